@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+// Symmetric eigendecomposition, eigenvalues in descending order.
+#pragma once
+
+#include <string>
+
+#include "deadspec/types.hpp"
+
+namespace deadspec {
+
+enum class EigStatus {
+    Success,
+    NotConverged,  ///< the LAPACK/Eigen iteration did not converge (info > 0)
+};
+
+struct SymEigResult {
+    Eigen::VectorXd values;   ///< descending
+    Eigen::MatrixXd vectors;  ///< column j is the eigenvector of values[j]; empty if not asked
+    EigStatus status = EigStatus::Success;
+};
+
+/// Name of the eigensolver this build uses: "lapack-syevd (scipy-openblas32)", "eigen", ...
+std::string eig_backend();
+
+/// The BLAS/LAPACK library's own description of its build ("OpenBLAS 0.3.x DYNAMIC_ARCH ...
+/// Haswell MAX_THREADS=64"), or "none" when the core runs on Eigen alone.
+std::string blas_info();
+
+/// Eigendecomposition of a real symmetric matrix (only the lower triangle is read).
+///
+/// \param a        m×m float32/float64 matrix, CPU, any strides; computed in float64.
+/// \param vectors  also return the eigenvectors.
+/// \throws std::invalid_argument if a is not square, is empty or holds NaN/Inf.
+SymEigResult sym_eig(const TensorView& a, bool vectors = false);
+
+/// Same, for a float64 Eigen matrix.
+SymEigResult sym_eig(const Eigen::Ref<const Eigen::MatrixXd>& a, bool vectors = false);
+
+}  // namespace deadspec

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: Apache-2.0
+// BLAS/LAPACK wrappers: OpenBLAS (PyPI scipy-openblas32 or the system's) or Eigen.
+#include <algorithm>
+
+#include <Eigen/Eigenvalues>
+
+#include "deadspec/config.hpp"
+#include "detail.hpp"
+
+#if defined(DEADSPEC_BLAS_PREFIX) || defined(DEADSPEC_SYSTEM_LAPACK)
+#define DEADSPEC_HAVE_LAPACK 1
+#include <cblas.h>
+#include <lapacke.h>
+#endif
+
+#if defined(DEADSPEC_BLAS_PREFIX)
+#define DEADSPEC_CAT2(a, b) a##b
+#define DEADSPEC_CAT(a, b) DEADSPEC_CAT2(a, b)
+#define DS_BLAS(name) DEADSPEC_CAT(DEADSPEC_BLAS_PREFIX, name)
+#else
+#define DS_BLAS(name) name
+#endif
+
+namespace deadspec::detail {
+
+namespace {
+#ifdef DEADSPEC_HAVE_LAPACK
+// BLAS takes 32-bit ints in scipy-openblas32: refuse sizes it cannot represent.
+blasint to_blasint(std::int64_t v) {
+    if (v > std::numeric_limits<blasint>::max())
+        throw std::invalid_argument(concat("deadspec: dimension ", v,
+                                           " exceeds the 32-bit BLAS index range"));
+    return static_cast<blasint>(v);
+}
+#endif
+}  // namespace
+
+void symmetrize_from_lower(RowMatrixXd& c) {
+    c.triangularView<Eigen::StrictlyUpper>() = c.transpose().triangularView<Eigen::StrictlyUpper>();
+}
+
+void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols, double alpha,
+                          RowMatrixXd& c) {
+    if (rows == 0 || cols == 0) return;
+#ifdef DEADSPEC_HAVE_LAPACK
+    DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
+                         to_blasint(cols), alpha, x, to_blasint(cols), 1.0, c.data(),
+                         to_blasint(rows));
+#else
+    Eigen::Map<const RowMatrixXd> m(x, rows, cols);
+    c.selfadjointView<Eigen::Lower>().rankUpdate(m, alpha);
+#endif
+}
+
+RowMatrixXd gram_rows(const double* x, std::int64_t rows, std::int64_t cols, double alpha) {
+    RowMatrixXd c = RowMatrixXd::Zero(rows, rows);
+    syrk_rows_accumulate(x, rows, cols, alpha, c);
+    symmetrize_from_lower(c);
+    return c;
+}
+
+RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, double alpha) {
+    RowMatrixXd c = RowMatrixXd::Zero(cols, cols);
+    if (rows > 0 && cols > 0) {
+#ifdef DEADSPEC_HAVE_LAPACK
+        DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasTrans, to_blasint(cols),
+                             to_blasint(rows), alpha, x, to_blasint(cols), 0.0, c.data(),
+                             to_blasint(cols));
+#else
+        Eigen::Map<const RowMatrixXd> m(x, rows, cols);
+        c.selfadjointView<Eigen::Lower>().rankUpdate(m.transpose(), alpha);
+#endif
+    }
+    symmetrize_from_lower(c);
+    return c;
+}
+
+void gemm_nt(const double* a, const double* b, std::int64_t m, std::int64_t n, std::int64_t k,
+             double* c) {
+#ifdef DEADSPEC_HAVE_LAPACK
+    DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, to_blasint(m), to_blasint(n),
+                         to_blasint(k), 1.0, a, to_blasint(k), b, to_blasint(k), 0.0, c,
+                         to_blasint(n));
+#else
+    Eigen::Map<const RowMatrixXd> ma(a, m, k), mb(b, n, k);
+    Eigen::Map<RowMatrixXd> mc(c, m, n);
+    mc.noalias() = ma * mb.transpose();
+#endif
+}
+
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
+    const auto n = a.rows();
+    w.resize(n);
+#ifdef DEADSPEC_HAVE_LAPACK
+    const auto info = DS_BLAS(LAPACKE_dsyevd)(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L',
+                                              to_blasint(n), a.data(), to_blasint(n), w.data());
+    if (info < 0)
+        throw Error(concat("deadspec: LAPACKE_dsyevd rejected argument ", -info));
+    return static_cast<int>(info);
+#else
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(
+        a, vectors ? Eigen::ComputeEigenvectors : Eigen::EigenvaluesOnly);
+    if (solver.info() != Eigen::Success) return 1;
+    w = solver.eigenvalues();
+    if (vectors) a = solver.eigenvectors();
+    return 0;
+#endif
+}
+
+std::string blas_config() {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    return DS_BLAS(openblas_get_config)();
+#elif defined(DEADSPEC_SYSTEM_LAPACK)
+    return "system BLAS/LAPACK";
+#else
+    return "none";
+#endif
+}
+
+const char* lapack_backend_name() {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    return "lapack-syevd (scipy-openblas32)";
+#elif defined(DEADSPEC_SYSTEM_LAPACK)
+    return "lapack-syevd (system)";
+#else
+    return "eigen";
+#endif
+}
+
+}  // namespace deadspec::detail

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// Private helpers of the core: input validation, host copies, BLAS/LAPACK wrappers.
+#pragma once
+
+#include <cstdint>
+
+#include "deadspec/errors.hpp"
+#include "deadspec/types.hpp"
+
+namespace deadspec::detail {
+
+/// A float64 row-major view of a tensor's data, flattened to rows×cols: the caller's buffer
+/// when it is already float64 and C-contiguous (zero-copy), else an owned converted copy.
+class HostMatrix {
+public:
+    HostMatrix() = default;
+    const double* data() const { return m_ptr; }
+    std::int64_t rows() const { return m_rows; }
+    std::int64_t cols() const { return m_cols; }
+    bool copied() const { return m_owned.size() > 0; }
+    Eigen::Map<const RowMatrixXd> map() const {
+        return Eigen::Map<const RowMatrixXd>(m_ptr, m_rows, m_cols);
+    }
+
+private:
+    friend HostMatrix host_matrix(const TensorView&, std::int64_t, const char*, const char*);
+    RowMatrixXd m_owned;
+    const double* m_ptr = nullptr;
+    std::int64_t m_rows = 0;
+    std::int64_t m_cols = 0;
+};
+
+/// Validate that `v` is a non-empty CPU float32/float64 tensor without NaN/Inf and return it
+/// as a float64 matrix: the first `row_dims` dimensions are flattened into rows, the rest
+/// into columns. `fn` and `arg` name the caller in messages ("deadspec.gram", "x").
+HostMatrix host_matrix(const TensorView& v, std::int64_t row_dims, const char* fn,
+                       const char* arg);
+
+/// Throws DeviceError unless v is on the CPU, DTypeError unless it is float32/float64.
+void check_cpu_float(const TensorView& v, const char* fn, const char* arg);
+
+// -- BLAS/LAPACK (or Eigen when the build has none) --------------------------------------
+
+/// alpha·X·Xᵀ of a row-major rows×cols X (full symmetric result).
+RowMatrixXd gram_rows(const double* x, std::int64_t rows, std::int64_t cols, double alpha);
+/// alpha·Xᵀ·X of a row-major rows×cols X (full symmetric result).
+RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, double alpha);
+/// C (m×n, row-major, ldc = n) = A·Bᵀ with A row-major m×k, B row-major n×k (lda = ldb = k).
+void gemm_nt(const double* a, const double* b, std::int64_t m, std::int64_t n, std::int64_t k,
+             double* c);
+/// C += alpha·X·Xᵀ, lower triangle only, X row-major rows×cols, C row-major rows×rows.
+void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols, double alpha,
+                          RowMatrixXd& c);
+/// Copy the lower triangle of a square row-major matrix to the upper one.
+void symmetrize_from_lower(RowMatrixXd& c);
+
+/// Eigendecomposition of the lower triangle of `a` (column-major, overwritten with the
+/// eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns LAPACK's info.
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors);
+const char* lapack_backend_name();
+std::string blas_config();
+
+}  // namespace deadspec::detail

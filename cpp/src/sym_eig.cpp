@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+// Symmetric eigendecomposition through LAPACK ?syevd (or Eigen), descending order.
+#include "deadspec/sym_eig.hpp"
+
+#include "detail.hpp"
+
+namespace deadspec {
+
+std::string eig_backend() { return detail::lapack_backend_name(); }
+std::string blas_info() { return detail::blas_config(); }
+
+SymEigResult sym_eig(const Eigen::Ref<const Eigen::MatrixXd>& a, bool vectors) {
+    DEADSPEC_CHECK_ARG(a.rows() == a.cols(), "deadspec.sym_eig: a must be a square matrix, got shape (",
+                       a.rows(), ", ", a.cols(), ")");
+    DEADSPEC_CHECK_ARG(a.rows() > 0, "deadspec.sym_eig: a must not be empty, got shape (0, 0)");
+    DEADSPEC_CHECK_ARG(a.allFinite(), "deadspec.sym_eig: a must be finite, got NaN or Inf");
+    Eigen::MatrixXd work = a;
+    Eigen::VectorXd w;
+    SymEigResult out;
+    const int info = detail::syevd(work, w, vectors);
+    if (info > 0) out.status = EigStatus::NotConverged;
+    out.values = w.reverse();
+    if (vectors) out.vectors = work.rowwise().reverse();
+    return out;
+}
+
+SymEigResult sym_eig(const TensorView& a, bool vectors) {
+    constexpr const char* fn = "deadspec.sym_eig";
+    detail::check_cpu_float(a, fn, "a");
+    DEADSPEC_CHECK_ARG(a.ndim() == 2 && a.shape[0] == a.shape[1], fn,
+                       ": a must be a square matrix, got shape ", a.shape_string());
+    const auto h = detail::host_matrix(a, 1, fn, "a");
+    // Row-major in memory = the transpose in column-major; the lower triangle of the transpose is
+    // the upper one of a, which is what LAPACK then reads. For a symmetric matrix both agree.
+    Eigen::Map<const Eigen::MatrixXd> col(h.data(), h.rows(), h.cols());
+    return sym_eig(Eigen::Ref<const Eigen::MatrixXd>(col), vectors);
+}
+
+}  // namespace deadspec

@@ -1,0 +1,110 @@
+"""deadspec: read and control the dead directions of deep networks.
+
+Dead-Direction Signatures (DDS): closed-form spectral readings of a layer's activation Gram and
+per-sample-gradient Fisher-Gram (log det⁺ of the active part, its slope along an approach to the
+singular set, dead-direction counts), from one forward, one backward and one eigendecomposition.
+"""
+
+from __future__ import annotations
+
+import os as _os
+from importlib import import_module as _import_module
+from typing import Any as _Any
+
+from deadspec import _core
+from deadspec.ops import (
+    GramAccumulator,
+    Slope,
+    Spectrum,
+    default_rtol,
+    fisher_gram,
+    fisher_gram_from_grads,
+    fisher_route,
+    fit_slope,
+    gram,
+    logdet_top,
+    spectrum,
+    spectrum_from_eigenvalues,
+    sym_eig,
+)
+
+__version__: str = _core.__version__
+Error = _core.Error
+
+# torch-facing names load lazily, so `import deadspec` works for numpy users without torch.
+_LAZY = {
+    "read": "deadspec.reading",
+    "Reading": "deadspec.reading",
+    "LayerReading": "deadspec.reading",
+    "approach_slope": "deadspec.approach",
+    "ApproachSlope": "deadspec.approach",
+    "direction_order": "deadspec.approach",
+    "DirectionOrder": "deadspec.approach",
+}
+_SUBMODULES = ("models", "theory", "experiments", "cli")
+
+__all__ = [
+    "ApproachSlope",
+    "DirectionOrder",
+    "Error",
+    "GramAccumulator",
+    "LayerReading",
+    "Reading",
+    "Slope",
+    "Spectrum",
+    "__version__",
+    "approach_slope",
+    "build_info",
+    "cmake_dir",
+    "default_rtol",
+    "direction_order",
+    "fisher_gram",
+    "fisher_gram_from_grads",
+    "fisher_route",
+    "fit_slope",
+    "gram",
+    "logdet_top",
+    "read",
+    "spectrum",
+    "spectrum_from_eigenvalues",
+    "sym_eig",
+]
+
+
+def build_info() -> dict[str, _Any]:
+    """Build flavour: version, CUDA (always False for now), LAPACK backend, eigensolver, Eigen."""
+    return dict(_core.build_info())
+
+
+def cmake_dir() -> str:
+    """Folder holding ``deadspecConfig.cmake``: pass it as ``deadspec_DIR`` to CMake.
+
+    Raises
+    ------
+    FileNotFoundError
+        If this installation does not carry the C++ SDK (e.g. a development tree).
+    """
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    path = _os.path.join(here, "lib", "cmake", "deadspec")
+    if not _os.path.isfile(_os.path.join(path, "deadspecConfig.cmake")):
+        raise FileNotFoundError(
+            f"deadspec.cmake_dir: no deadspecConfig.cmake under {path}; the C++ SDK is installed "
+            "by `pip install .` (it is not present in a source tree)"
+        )
+    return path
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        value = getattr(_import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = _import_module(f"deadspec.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'deadspec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -1,0 +1,677 @@
+"""The ``deadspec`` command line (console script ``deadspec``, also ``python -m deadspec``).
+
+Subcommands
+-----------
+``deadspec info``
+    Version, build flavour (:func:`deadspec.build_info`), torch/numpy versions and the
+    BLAS/LAPACK libraries in use.
+``deadspec read CKPT... --model MODULE:FACTORY --data FILE [--layers L ...] --out readings.csv``
+    Read the Dead-Direction Signatures (:func:`deadspec.read`) of every checkpoint and write one
+    CSV row per checkpoint × layer × side; ``--plot readings.png`` draws them across checkpoints.
+
+    * ``MODULE:FACTORY``: ``MODULE`` is a dotted module path (importable, the current directory
+      is on the path) or a path to a ``.py`` file; ``FACTORY`` names a zero-argument callable in it
+      (dotted attribute paths allowed) that returns the ``nn.Module`` the checkpoints belong to.
+      Example: ``deadspec.models:demo_mlp``.
+    * ``CKPT``: a file written by ``torch.save(model.state_dict(), path)``; loaded with
+      ``torch.load(path, map_location="cpu", weights_only=True)`` and applied with
+      ``load_state_dict(strict=True)``. A dict wrapping the state_dict under ``"state_dict"`` or
+      ``"model_state_dict"`` is unwrapped. The step column is the last integer in the file name
+      (``step_000300.pt`` -> 300), else the checkpoint's position on the command line.
+    * ``FILE``: a ``.pt`` file holding ``{"inputs": tensor, "targets": tensor}`` (``targets``
+      optional; a bare tensor is taken as inputs), or a ``.npz`` with arrays ``inputs`` and
+      optionally ``targets``. Floating inputs/targets are cast to the model's parameter dtype.
+      Integer targets mean classification (cross-entropy), float targets regression (Gaussian
+      NLL with σ = 1); without targets the Fisher side needs ``--labels sampled`` or
+      ``--no-fisher``.
+``deadspec repro rank-deficit [ARGS...]``
+    Runs :func:`deadspec.experiments.rank_deficit.main` with ``ARGS``.
+``deadspec demo --out DIR``
+    Trains a small over-parameterised MLP (:func:`deadspec.models.demo_mlp`) on generated data,
+    saves 6 checkpoints and the data file into DIR, then runs the ``read`` code path over them
+    (DIR/readings.csv, DIR/readings.png) and prints a summary table.
+
+Errors (missing files, bad factory strings, state_dict mismatches, unknown layers) are printed
+as ``deadspec: error: ...`` on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import importlib.util
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "CLIError", "load_factory", "load_data", "load_checkpoint", "read_checkpoints",
+           "write_csv", "plot_readings", "run_demo", "step_from_path"]
+
+#: Leading columns of the CSV written by ``deadspec read``; the rest follow Reading.to_records().
+LEAD_COLUMNS = ("checkpoint", "step", "layer", "side")
+RECORD_COLUMNS = ("n", "dim", "logdet_plus", "active", "structural_zeros", "dead_count", "clipped",
+                  "lambda_min", "effective_rank", "participation_ratio", "condition_number")
+
+
+class CLIError(Exception):
+    """A user-facing error of the command line (printed without a traceback, exit status 2)."""
+
+
+def _progress_default() -> bool:
+    return sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: factory, data, checkpoints
+# ---------------------------------------------------------------------------------------------
+def _import_module_from_file(path: Path):
+    name = "_deadspec_user_" + re.sub(r"\W", "_", str(path.resolve()))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"cannot import {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise CLIError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+    """Resolve ``MODULE:FACTORY`` to a callable.
+
+    Parameters
+    ----------
+    spec : str
+        ``MODULE`` is a dotted module path or a path to a ``.py`` file; ``FACTORY`` is an
+        attribute (dotted path allowed) of that module.
+
+    Returns
+    -------
+    callable
+
+    Raises
+    ------
+    CLIError
+        On a malformed string, a module that cannot be imported, a missing attribute or a
+        non-callable.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise CLIError(f"--model must be MODULE:FACTORY (e.g. deadspec.models:demo_mlp), got {spec!r}")
+    module_part, factory_part = spec.rsplit(":", 1)
+    if not module_part or not factory_part:
+        raise CLIError(f"--model must be MODULE:FACTORY (e.g. deadspec.models:demo_mlp), got {spec!r}")
+    if not all(p.isidentifier() for p in factory_part.split(".")):
+        raise CLIError(f"--model: FACTORY must be a Python name, got {factory_part!r} in {spec!r}")
+    is_file = module_part.endswith(".py") or os.sep in module_part or "/" in module_part
+    if is_file:
+        path = Path(module_part)
+        if not path.is_file():
+            raise CLIError(f"--model: module file {module_part!r} does not exist")
+        module = _import_module_from_file(path)
+    else:
+        if not all(p.isidentifier() for p in module_part.split(".")):
+            raise CLIError(f"--model: MODULE must be a dotted module path or a .py file, got {module_part!r}")
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(module_part)
+        except ImportError as exc:
+            raise CLIError(f"--model: cannot import module {module_part!r}: {exc}") from exc
+    obj: Any = module
+    for part in factory_part.split("."):
+        if not hasattr(obj, part):
+            raise CLIError(f"--model: module {module_part!r} has no attribute {factory_part!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CLIError(f"--model: {spec!r} is not callable (got {type(obj).__name__})")
+    return obj
+
+
+def _make_model(factory: Callable[[], Any], spec: str):
+    from torch import nn
+
+    try:
+        model = factory()
+    except Exception as exc:
+        raise CLIError(f"--model: calling {spec!r}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise CLIError(f"--model: {spec!r}() must return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def load_data(path: str | os.PathLike) -> tuple[Any, Any]:
+    """Load ``(inputs, targets)`` from a ``.pt`` or ``.npz`` file (targets may be None)."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"--data: file {str(p)!r} does not exist")
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "inputs" not in z.files:
+                    raise CLIError(f"--data: {str(p)!r} has no array 'inputs' (arrays: {z.files})")
+                inputs = torch.from_numpy(np.array(z["inputs"]))
+                targets = torch.from_numpy(np.array(z["targets"])) if "targets" in z.files else None
+        except CLIError:
+            raise
+        except Exception as exc:
+            raise CLIError(f"--data: cannot read {str(p)!r}: {type(exc).__name__}: {exc}") from exc
+        return inputs, targets
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CLIError(f"--data: cannot load {str(p)!r} with torch.load(weights_only=True): "
+                       f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, torch.Tensor):
+        return obj, None
+    if not isinstance(obj, dict) or "inputs" not in obj:
+        raise CLIError(f"--data: {str(p)!r} must hold a tensor or a dict with key 'inputs' "
+                       f"(and optionally 'targets'), got {type(obj).__name__}"
+                       + (f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else ""))
+    inputs, targets = obj["inputs"], obj.get("targets")
+    for name, t in (("inputs", inputs), ("targets", targets)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise CLIError(f"--data: {name} in {str(p)!r} must be a tensor, got {type(t).__name__}")
+    return inputs, targets
+
+
+def load_checkpoint(model, path: str | os.PathLike) -> None:
+    """Load a state_dict file into ``model`` (strict), with a clear error on mismatch."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"checkpoint {str(p)!r} does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CLIError(f"cannot load checkpoint {str(p)!r} with torch.load(weights_only=True): "
+                       f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise CLIError(f"checkpoint {str(p)!r} must hold a state_dict, got {type(state).__name__}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        msg = str(exc).strip().replace("\n\t", "\n  ")
+        raise CLIError(f"checkpoint {str(p)!r} does not match the model from --model: {msg}") from exc
+
+
+def step_from_path(path: str | os.PathLike, index: int) -> int:
+    """The last integer in the file name (without suffix), else ``index``."""
+    nums = re.findall(r"\d+", Path(path).stem)
+    return int(nums[-1]) if nums else index
+
+
+def _prepare_data(model, inputs, targets):
+    import torch
+
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    dtype = params[0].dtype if params else torch.get_default_dtype()
+    if inputs.is_floating_point():
+        inputs = inputs.to(dtype)
+    if targets is not None:
+        if targets.is_floating_point():
+            targets = targets.to(dtype)
+        if targets.shape[0] != inputs.shape[0]:
+            raise CLIError(f"--data: inputs and targets must have the same number of samples, "
+                           f"got {inputs.shape[0]} and {targets.shape[0]}")
+    return inputs, targets
+
+
+def read_checkpoints(
+    checkpoints: Sequence[str | os.PathLike],
+    model_spec: str,
+    inputs,
+    targets=None,
+    *,
+    layers: Sequence[str] | None = None,
+    fisher: bool = True,
+    labels: str = "observed",
+    batch_size: int | None = None,
+    seed: int | None = 0,
+    progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Read every checkpoint with :func:`deadspec.read`; the code path of ``deadspec read``.
+
+    Returns
+    -------
+    list of dict
+        One row per checkpoint × layer × side: ``checkpoint``, ``step``, then the fields of
+        ``Reading.to_records()``.
+    """
+    import deadspec
+    from tqdm.auto import tqdm
+
+    if not checkpoints:
+        raise CLIError("no checkpoints given")
+    missing = [str(c) for c in checkpoints if not Path(c).is_file()]
+    if missing:
+        raise CLIError(f"checkpoint file(s) not found: {', '.join(missing)}")
+    factory = load_factory(model_spec)
+    if fisher and targets is None and labels == "observed":
+        raise CLIError("the Fisher side needs targets: the data file has no 'targets'; "
+                       "use --labels sampled or --no-fisher")
+    if progress is None:
+        progress = _progress_default()
+    rows: list[dict[str, Any]] = []
+    for i, ckpt in enumerate(tqdm(list(checkpoints), desc="checkpoints", unit="ckpt",
+                                  disable=not progress)):
+        model = _make_model(factory, model_spec)
+        load_checkpoint(model, ckpt)
+        model.eval()
+        x, y = _prepare_data(model, inputs, targets)
+        if layers:
+            names = dict(model.named_modules())
+            unknown = [l for l in layers if l not in names]
+            if unknown:
+                linear = [n for n, m in model.named_modules() if type(m).__name__ == "Linear"]
+                raise CLIError(f"--layers: unknown layer(s) {unknown}; the model's modules include "
+                               f"{[n for n in names if n][:30]} (Linear layers: {linear})")
+        try:
+            reading = deadspec.read(model, x, targets=y, layers=list(layers) if layers else None,
+                                    fisher=fisher, labels=labels, batch_size=batch_size, seed=seed)
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"reading {str(ckpt)!r} failed: {exc}") from exc
+        step = step_from_path(ckpt, i)
+        for rec in reading.to_records():
+            row = {"checkpoint": str(ckpt), "step": step}
+            row.update(rec)
+            rows.append(row)
+    return rows
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Write rows (from :func:`read_checkpoints`) to CSV, lead columns first."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(LEAD_COLUMNS)
+    for row in rows:
+        for k in row:
+            if k not in columns:
+                columns.append(k)
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for row in rows:
+            w.writerow(row)
+
+
+def plot_readings(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Plot logdet_plus, dead_count, lambda_min (log scale) and effective_rank across
+    checkpoints (x = step), one line per layer × side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        series.setdefault((str(row["layer"]), str(row["side"])), []).append(row)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    panels = [("logdet_plus", "log det⁺", False), ("dead_count", "dead count", False),
+              ("lambda_min", "λ_min", True), ("effective_rank", "effective rank", False)]
+    for ax, (key, title, logy) in zip(axes.ravel(), panels):
+        for (layer, side), rs in series.items():
+            rs = sorted(rs, key=lambda r: r["step"])
+            xs, ys = [], []
+            for r in rs:
+                v = r.get(key)
+                try:
+                    v = float(v)
+                except (TypeError, ValueError):
+                    continue
+                if not math.isfinite(v) or (logy and v <= 0):
+                    continue
+                xs.append(r["step"])
+                ys.append(v)
+            if xs:
+                ax.plot(xs, ys, marker="o", ms=3, ls="-" if side == "activation" else "--",
+                        label=f"{layer} ({side})")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Demo
+# ---------------------------------------------------------------------------------------------
+DEMO_FACTORY = "deadspec.models:demo_mlp"
+
+
+def _demo_train(out: Path, *, steps: int, n_checkpoints: int, seed: int, n_samples: int,
+                progress: bool) -> list[Path]:
+    """Train :func:`deadspec.models.demo_mlp` on a rank-2 ReLU teacher; save checkpoints + data."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from deadspec.models import DEMO_WIDTHS, demo_mlp
+
+    g = torch.Generator().manual_seed(seed)
+    d_in, d_out = DEMO_WIDTHS[0], DEMO_WIDTHS[-1]
+    x = torch.randn(n_samples, d_in, generator=g)
+    # Teacher: a ReLU network with only 2 hidden units, so most of the student's 16+16 hidden
+    # units are spare and weight decay drives them toward dead.
+    w1 = torch.randn(d_in, 2, generator=g) / math.sqrt(d_in)
+    b1 = 0.1 * torch.randn(2, generator=g)
+    w2 = torch.randn(2, d_out, generator=g)
+    y = torch.relu(x @ w1 + b1) @ w2 + 0.05 * torch.randn(n_samples, d_out, generator=g)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"inputs": x, "targets": y}, out / "data.pt")
+
+    torch.manual_seed(seed)
+    model = demo_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=1e-4)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    save_at = sorted({round(i * steps / (n_checkpoints - 1)) for i in range(n_checkpoints)})
+    paths: list[Path] = []
+
+    def _save(step: int) -> None:
+        p = ckpt_dir / f"step_{step:06d}.pt"
+        torch.save(model.state_dict(), p)
+        paths.append(p)
+
+    for step in tqdm(range(steps + 1), desc="demo: training", disable=not progress):
+        if step in save_at:
+            _save(step)
+        if step == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss = 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return paths
+
+
+def _summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    layers = []
+    for r in rows:
+        if r["layer"] not in layers:
+            layers.append(r["layer"])
+    by = {(r["step"], r["layer"], r["side"]): r for r in rows}
+    steps = sorted({r["step"] for r in rows})
+    has_fisher = any(r["side"] == "fisher" for r in rows)
+    header = f"{'step':>6} {'layer':>6} {'dim':>4} {'active':>6} {'dead':>4} {'log det+':>10} " \
+             f"{'eff.rank':>8}" + (f" | {'F active':>8} {'F dead':>6} {'F log det+':>11}" if has_fisher else "")
+    lines = [header, "-" * len(header)]
+
+    def _f(v, fmt):
+        try:
+            return format(float(v), fmt)
+        except (TypeError, ValueError):
+            return str(v)
+
+    for s in steps:
+        for layer in layers:
+            a = by.get((s, layer, "activation"))
+            if a is None:
+                continue
+            line = (f"{s:>6} {layer:>6} {a['dim']:>4} {a['active']:>6} {a['dead_count']:>4} "
+                    f"{_f(a['logdet_plus'], '10.2f')} {_f(a['effective_rank'], '8.2f')}")
+            fr = by.get((s, layer, "fisher"))
+            if fr is not None:
+                line += f" | {fr['active']:>8} {fr['dead_count']:>6} {_f(fr['logdet_plus'], '11.2f')}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def run_demo(out: str | os.PathLike, *, steps: int = 300, n_checkpoints: int = 6, seed: int = 0,
+             n_samples: int = 256, fisher: bool = True, progress: bool | None = None,
+             echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The ``deadspec demo`` job: train, save checkpoints, read them, write CSV + PNG.
+
+    Returns the rows written to ``out/readings.csv``.
+    """
+    import torch
+
+    if progress is None:
+        progress = _progress_default()
+    out = Path(out)
+    if n_checkpoints < 2:
+        raise CLIError(f"demo: n_checkpoints must be >= 2, got {n_checkpoints}")
+    with torch.random.fork_rng():
+        paths = _demo_train(out, steps=steps, n_checkpoints=n_checkpoints, seed=seed,
+                            n_samples=n_samples, progress=progress)
+    inputs, targets = load_data(out / "data.pt")
+    rows = read_checkpoints(paths, DEMO_FACTORY, inputs, targets, fisher=fisher,
+                            progress=progress)
+    write_csv(rows, out / "readings.csv")
+    plot_readings(rows, out / "readings.png")
+    echo(_summary_table(rows))
+    echo("")
+    echo(f"wrote {len(paths)} checkpoints to {out / 'checkpoints'}, data to {out / 'data.pt'}")
+    echo(f"wrote {out / 'readings.csv'} and {out / 'readings.png'}")
+    echo("the same reading from the command line:")
+    echo(f"  deadspec read {out / 'checkpoints'}/step_*.pt --model {DEMO_FACTORY} "
+         f"--data {out / 'data.pt'} --out readings.csv --plot readings.png")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------
+def _torch_blas() -> str:
+    import torch
+
+    try:
+        cfg = torch.__config__.show()
+    except Exception:  # pragma: no cover - defensive
+        return "unknown"
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", cfg)
+    lapack = re.search(r"LAPACK_INFO=([^,\s]+)", cfg)
+    parts = [f"BLAS={blas.group(1) if blas else 'unknown'}",
+             f"LAPACK={lapack.group(1) if lapack else 'unknown'}"]
+    try:
+        parts.append(f"threads={torch.get_num_threads()}")
+    except Exception:  # pragma: no cover
+        pass
+    return ", ".join(parts)
+
+
+def _numpy_blas() -> str:
+    import numpy as np
+
+    try:
+        deps = np.show_config(mode="dicts").get("Build Dependencies", {})
+    except Exception:
+        return "unknown"
+    out = []
+    for key in ("blas", "lapack"):
+        d = deps.get(key, {}) or {}
+        out.append(f"{key.upper()}={d.get('name', 'unknown')} {d.get('version', '')}".strip())
+    return ", ".join(out)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    lines = []
+    ok = True
+    try:
+        import deadspec
+
+        lines.append(f"deadspec {getattr(deadspec, '__version__', 'unknown')} "
+                     f"({os.path.dirname(deadspec.__file__)})")
+        try:
+            bi = deadspec.build_info()
+        except Exception as exc:
+            bi = None
+            ok = False
+            lines.append(f"build: unavailable ({type(exc).__name__}: {exc})")
+        if bi is not None:
+            lines.append("build:")
+            for k in bi:
+                lines.append(f"  {k}: {bi[k]}")
+    except Exception as exc:
+        ok = False
+        lines.append(f"deadspec: import failed ({type(exc).__name__}: {exc})")
+    lines.append(f"python {platform.python_version()} ({sys.executable})")
+    try:
+        import torch
+
+        lines.append(f"torch {torch.__version__} ({_torch_blas()}, cuda available="
+                     f"{torch.cuda.is_available()})")
+    except Exception as exc:
+        lines.append(f"torch: not available ({exc})")
+    try:
+        import numpy as np
+
+        lines.append(f"numpy {np.__version__} ({_numpy_blas()})")
+    except Exception as exc:  # pragma: no cover
+        lines.append(f"numpy: not available ({exc})")
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# read / demo / repro commands
+# ---------------------------------------------------------------------------------------------
+def cmd_read(args: argparse.Namespace) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CLIError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    load_factory(args.model)  # fail fast on a bad factory string, before loading data
+    inputs, targets = load_data(args.data)
+    rows = read_checkpoints(args.checkpoints, args.model, inputs, targets, layers=args.layers,
+                            fisher=not args.no_fisher, labels=args.labels,
+                            batch_size=args.batch_size, seed=args.seed,
+                            progress=None if args.progress is None else args.progress)
+    write_csv(rows, args.out)
+    print(f"wrote {len(rows)} rows to {args.out}")
+    if args.plot:
+        plot_readings(rows, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(args.out, steps=args.steps, seed=args.seed, fisher=not args.no_fisher,
+             progress=args.progress)
+    return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    if args.experiment == "rank-deficit":
+        from deadspec.experiments import rank_deficit
+
+        rc = rank_deficit.main(list(args.rest))
+        return int(rc or 0)
+    raise CLIError(f"unknown experiment {args.experiment!r}")  # pragma: no cover
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("deadspec")
+    except Exception:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``deadspec`` command."""
+    parser = argparse.ArgumentParser(
+        prog="deadspec",
+        description="Read the dead directions of neural networks (Dead-Direction Signatures).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("info", help="version, build flavour, torch/numpy and BLAS/LAPACK in use")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "read", help="read DDS spectra of checkpoints into a CSV (and plot)",
+        description="Read activation-side and Fisher-side spectra (deadspec.read) of each "
+                    "checkpoint. DATA is a .pt file holding {'inputs': tensor, 'targets': tensor "
+                    "(optional)} or a .npz with arrays inputs/targets.")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="state_dict files (torch.save)")
+    p.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                   help="zero-argument callable returning the nn.Module, e.g. "
+                        "deadspec.models:demo_mlp or path/to/models.py:make_model")
+    p.add_argument("--data", required=True, metavar="FILE", help=".pt or .npz data file")
+    p.add_argument("--layers", nargs="+", default=None, metavar="L",
+                   help="module names (model.named_modules()); default: every nn.Linear")
+    p.add_argument("--out", required=True, metavar="CSV", help="output CSV path")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also plot the readings")
+    p.add_argument("--no-fisher", action="store_true", help="activation side only")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B")
+    p.add_argument("--labels", choices=["observed", "sampled"], default="observed",
+                   help="Fisher targets: observed (empirical Fisher) or sampled from the model")
+    p.add_argument("--seed", type=int, default=0, help="seed for --labels sampled")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("repro", help="reproduce a paper experiment",
+                       description="Reproduce an experiment; remaining arguments are passed on "
+                                   "(e.g. deadspec repro rank-deficit --quick).")
+    p.add_argument("experiment", choices=["rank-deficit"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the experiment")
+    p.set_defaults(func=cmd_repro)
+
+    p = sub.add_parser("demo", help="train a small MLP, save checkpoints, read them (< 1 min)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fisher", action="store_true")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deadspec`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `deadspec repro rank-deficit --help` must reach the experiment's own parser.
+    if len(argv) >= 2 and argv[0] == "repro" and argv[1] == "rank-deficit":
+        ns = argparse.Namespace(experiment="rank-deficit", rest=argv[2:])
+        try:
+            return cmd_repro(ns)
+        except CLIError as exc:
+            print(f"deadspec: error: {exc}", file=sys.stderr)
+            return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"deadspec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("deadspec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
