@@ -36,6 +36,10 @@ private:
 HostMatrix host_matrix(const TensorView& v, std::int64_t row_dims, const char* fn,
                        const char* arg);
 
+/// Throws std::overflow_error naming `fn` if the result holds Inf/NaN (finite inputs whose
+/// products overflow float64): never hand back a silently wrong number.
+const RowMatrixXd& check_finite_result(const RowMatrixXd& r, const char* fn);
+
 /// Throws DeviceError unless v is on the CPU, DTypeError unless it is float32/float64.
 void check_cpu_float(const TensorView& v, const char* fn, const char* arg);
 

@@ -120,6 +120,7 @@ RowMatrixXd fisher_gram(const TensorView& acts, const TensorView& grads,
         const RowMatrixXd kd = detail::gram_rows(hd.data(), n, dout, 1.0);
         k = ka.cwiseProduct(kd) * inv_n;
         if (opts.bias) k += kd * inv_n;
+        detail::check_finite_result(k, fn);
         return k;
     }
     const FisherRoute route = resolve_fisher_route(n, t, di, dout, opts.route);
@@ -136,6 +137,7 @@ RowMatrixXd fisher_gram(const TensorView& acts, const TensorView& grads,
                               .sum();
         k += detail::gram_rows(sums.data(), n, dout, inv_n);
     }
+    detail::check_finite_result(k, fn);
     return k;
 }
 
@@ -146,7 +148,9 @@ RowMatrixXd fisher_gram_from_grads(const TensorView& per_sample_grads) {
                        ": grads must be at least 2-D (N, p...), got shape ",
                        per_sample_grads.shape_string());
     const auto h = detail::host_matrix(per_sample_grads, 1, fn, "grads");
-    return detail::gram_rows(h.data(), h.rows(), h.cols(), 1.0 / static_cast<double>(h.rows()));
+    RowMatrixXd k = detail::gram_rows(h.data(), h.rows(), h.cols(), 1.0 / static_cast<double>(h.rows()));
+    detail::check_finite_result(k, fn);
+    return k;
 }
 
 }  // namespace deadspec

@@ -29,8 +29,10 @@ RowMatrixXd gram(const TensorView& x, const GramOptions& opts) {
         centred.rowwise() -= centred.colwise().mean();
         data = centred.data();
     }
-    return side == GramSide::Feature ? detail::gram_cols(data, n, d, alpha)
-                                     : detail::gram_rows(data, n, d, alpha);
+    RowMatrixXd g = side == GramSide::Feature ? detail::gram_cols(data, n, d, alpha)
+                                              : detail::gram_rows(data, n, d, alpha);
+    detail::check_finite_result(g, fn);
+    return g;
 }
 
 GramAccumulator::GramAccumulator(std::int64_t features) : m_features(features) {
@@ -91,6 +93,7 @@ RowMatrixXd GramAccumulator::gram(bool center) const {
     if (!center) g.selfadjointView<Eigen::Lower>().rankUpdate(m_mean, static_cast<double>(m_count));
     g /= static_cast<double>(m_count);
     detail::symmetrize_from_lower(g);
+    detail::check_finite_result(g, "deadspec.GramAccumulator.gram");
     return g;
 }
 

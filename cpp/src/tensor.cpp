@@ -134,6 +134,13 @@ void check_cpu_float(const TensorView& v, const char* fn, const char* arg) {
                            v.shape_string());
 }
 
+const RowMatrixXd& check_finite_result(const RowMatrixXd& r, const char* fn) {
+    if (!r.allFinite())
+        throw std::overflow_error(concat(fn, ": the result overflowed float64 (inputs too large; "
+                                             "rescale them)"));
+    return r;
+}
+
 namespace {
 
 template <typename T>

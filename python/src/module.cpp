@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 
 #include "bindings.hpp"
+#include "dlpack_view.hpp"
 #include "deadspec/config.hpp"
 #include "deadspec/errors.hpp"
 #include "deadspec/sym_eig.hpp"
@@ -38,6 +39,15 @@ PYBIND11_MODULE(_core, m) {
                              std::to_string(EIGEN_MINOR_VERSION);
         return d;
     }, "Build flavour of the core: version, CUDA, LAPACK backend, Eigen version.");
+
+    m.def(
+        "dlpack_data_ptr",
+        [](const py::object& capsule) {
+            deadspec::python::DLPackView v(capsule, "deadspec.dlpack_data_ptr", "x");
+            return reinterpret_cast<std::uintptr_t>(v.view().data);
+        },
+        py::arg("x"),
+        "Address the core reads from for this DLPack capsule (consumes it; for zero-copy tests).");
 
     deadspec::python::bind_gram(m);
     deadspec::python::bind_fisher(m);

@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+// Tests of the symmetric eigensolver (residuals, order, backend).
+#include <gtest/gtest.h>
+
+#include <Eigen/Eigenvalues>
+
+#include "deadspec/deadspec.hpp"
+#include "test_util.hpp"
+
+using namespace deadspec;
+
+TEST(SymEig, ResidualAndDescendingOrder) {
+    for (Eigen::Index d : {1, 2, 17, 64}) {
+        const RowMatrixXd x = dtest::make_data(d + 3, d, 20 + unsigned(d));
+        const Eigen::MatrixXd a = x.transpose() * x;
+        auto r = sym_eig(a, true);
+        ASSERT_EQ(r.status, EigStatus::Success);
+        ASSERT_EQ(r.values.size(), d);
+        for (Eigen::Index i = 1; i < d; ++i) EXPECT_GE(r.values[i - 1], r.values[i]);
+        const double res = (a * r.vectors - r.vectors * r.values.asDiagonal()).cwiseAbs().maxCoeff();
+        EXPECT_LT(res, 1e-10 * std::max(1.0, r.values[0])) << "d=" << d;
+        const double orth = (r.vectors.transpose() * r.vectors -
+                             Eigen::MatrixXd::Identity(d, d)).cwiseAbs().maxCoeff();
+        EXPECT_LT(orth, 1e-10) << "d=" << d;
+    }
+}
+
+TEST(SymEig, MatchesEigenSelfAdjointSolver) {
+    const RowMatrixXd x = dtest::make_data(40, 30, 21);
+    const Eigen::MatrixXd a = x.transpose() * x;
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> ref(a, Eigen::EigenvaluesOnly);
+    auto r = sym_eig(a, false);
+    EXPECT_EQ(r.vectors.size(), 0);
+    EXPECT_LT((r.values - ref.eigenvalues().reverse()).cwiseAbs().maxCoeff(), 1e-9);
+    EXPECT_FALSE(eig_backend().empty());
+}
+
+TEST(SymEig, RejectsNonSquare) {
+    std::vector<double> a(6, 1.0);
+    try {
+        sym_eig(TensorView::cpu(a.data(), {2, 3}));
+        FAIL();
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("must be a square matrix, got shape (2, 3)"),
+                  std::string::npos);
+    }
+}
