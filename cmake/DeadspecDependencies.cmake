@@ -26,12 +26,10 @@ endfunction()
 # Eigen 3.4: cmeel-eigen (PyPI) installs its config under <site-packages>/cmeel.prefix,
 # which CMake does not search by itself. Debian's libeigen3-dev is found without help.
 # ---------------------------------------------------------------------------
+# Search every sys.path entry: under pip's build isolation the build requirements live in an
+# overlay that is on sys.path but is not the interpreter's purelib.
 _deadspec_python_query(_cmeel_prefix
-  "import cmeel, os; from cmeel.config import cmeel_config as c; print(c.prefix)")
-if(NOT _cmeel_prefix)
-  _deadspec_python_query(_cmeel_prefix
-    "import sysconfig, os; p = os.path.join(sysconfig.get_paths()['purelib'], 'cmeel.prefix'); print(p if os.path.isdir(p) else '')")
-endif()
+  "import os, sys; print(next((os.path.join(p, 'cmeel.prefix') for p in sys.path if p and os.path.isdir(os.path.join(p, 'cmeel.prefix'))), ''))")
 if(_cmeel_prefix)
   list(PREPEND CMAKE_PREFIX_PATH "${_cmeel_prefix}")
 endif()

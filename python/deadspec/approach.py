@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -165,7 +166,9 @@ def _t_grid(t: Any, fn: str) -> np.ndarray:
         return np.logspace(-3, -1, 7)
     arr = np.asarray(t, dtype=np.float64)
     if arr.ndim != 1 or arr.size < 2:
-        raise ValueError(f"deadspec.{fn}: t must be a 1-D grid of at least 2 values, got shape {arr.shape}")
+        raise ValueError(
+            f"deadspec.{fn}: t must be a 1-D grid of at least 2 values, got shape {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"deadspec.{fn}: t must hold finite positive values, got {arr.tolist()}")
     arr = np.sort(arr)
@@ -177,7 +180,9 @@ def _t_grid(t: Any, fn: str) -> np.ndarray:
 def _linear_named(model: nn.Module, name: Any, what: str, fn: str) -> nn.Linear:
     named = dict(model.named_modules())
     if not isinstance(name, str):
-        raise TypeError(f"deadspec.{fn}: {what} must be a module name (str), got {type(name).__name__}")
+        raise TypeError(
+            f"deadspec.{fn}: {what} must be a module name (str), got {type(name).__name__}"
+        )
     if name not in named:
         raise ValueError(
             f"deadspec.{fn}: {what} {name!r} is not a module name of the model; "
@@ -185,7 +190,9 @@ def _linear_named(model: nn.Module, name: Any, what: str, fn: str) -> nn.Linear:
         )
     mod = named[name]
     if not isinstance(mod, nn.Linear):
-        raise ValueError(f"deadspec.{fn}: {what} {name!r} must be an nn.Linear, got {type(mod).__name__}")
+        raise TypeError(
+            f"deadspec.{fn}: {what} {name!r} must be an nn.Linear, got {type(mod).__name__}"
+        )
     return mod
 
 
@@ -206,7 +213,9 @@ def _check_units(units: Any, width: int, fn: str) -> tuple[int, ...]:
     try:
         vals = [int(u) for u in units]
     except TypeError:
-        raise TypeError(f"deadspec.{fn}: units must be a sequence of int, got {type(units).__name__}") from None
+        raise TypeError(
+            f"deadspec.{fn}: units must be a sequence of int, got {type(units).__name__}"
+        ) from None
     if not vals:
         raise ValueError(f"deadspec.{fn}: units must name at least one hidden unit, got []")
     if len(set(vals)) != len(vals):
@@ -285,10 +294,24 @@ def approach_slope(
     ApproachSlope
         Prediction (theory.md §3): slope ``2r`` for r dead units on the activation side, and a
         λ_min slope of 2 whatever r.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import deadspec
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Linear(8, 6, bias=False), nn.Linear(6, 5, bias=False)).double()
+    >>> x = torch.randn(200, 8, dtype=torch.float64)
+    >>> res = deadspec.approach_slope(net, x, layer="0", units=[0, 1])
+    >>> round(res.slope, 2), round(res.lambda_min_slope, 1)
+    (4.0, 2.0)
     """
     fn = "approach_slope"
     if not isinstance(model, nn.Module):
-        raise TypeError(f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
     if side not in _SIDES:
         raise ValueError(f"deadspec.{fn}: side must be one of {_SIDES}, got {side!r}")
     if method not in _METHODS:
@@ -300,7 +323,9 @@ def approach_slope(
     else:
         nxt = _linear_named(model, next_layer, "next_layer", fn)
         if next_layer == layer:
-            raise ValueError(f"deadspec.{fn}: next_layer must differ from layer, got {next_layer!r}")
+            raise ValueError(
+                f"deadspec.{fn}: next_layer must differ from layer, got {next_layer!r}"
+            )
         if nxt.in_features != width:
             raise ValueError(
                 f"deadspec.{fn}: next_layer {next_layer!r} must have in_features == "
@@ -316,9 +341,20 @@ def approach_slope(
 
     if unit_tuple is None:
         states, _ = _collect(
-            work, inputs, [layer], targets=None, loss_fn=None, fisher=False, labels="observed",
-            task=None, batch_size=batch_size, pool="none", seed=None, progress=False,
-            route="feature", fn=fn,
+            work,
+            inputs,
+            [layer],
+            targets=None,
+            loss_fn=None,
+            fisher=False,
+            labels="observed",
+            task=None,
+            batch_size=batch_size,
+            pool="none",
+            seed=None,
+            progress=False,
+            route="feature",
+            fn=fn,
         )
         spec0 = _activation_spectrum(states[0], center, None, gap_ratio, vectors=True)
         if spec0.dead_count == 0:
@@ -354,7 +390,9 @@ def approach_slope(
                     w2[:, idx] = w2_0[:, idx] * tv
                     w_next.weight.copy_(w2)
                 return
-            p = torch.eye(width, dtype=torch.float64, device=w1_0.device) + (tv - 1.0) * (u_t @ u_t.T)
+            p = torch.eye(width, dtype=torch.float64, device=w1_0.device) + (tv - 1.0) * (
+                u_t @ u_t.T
+            )
             w_lin.weight.copy_(p @ w1_0.double())
             if b1_0 is not None:
                 w_lin.bias.copy_(p @ b1_0.double())
@@ -365,15 +403,24 @@ def approach_slope(
     for tv in _progress(grid, progress, f"deadspec.{fn}", total=len(grid)):
         set_scale(float(tv))
         r = read(
-            work, inputs, targets=targets, loss_fn=loss_fn, layers=[layer],
-            fisher=(side == "fisher"), center=center, batch_size=batch_size, gap_ratio=gap_ratio,
+            work,
+            inputs,
+            targets=targets,
+            loss_fn=loss_fn,
+            layers=[layer],
+            fisher=(side == "fisher"),
+            center=center,
+            batch_size=batch_size,
+            gap_ratio=gap_ratio,
         )
         spec = r[layer].activation if side == "activation" else r[layer].fisher
         eigs.append(np.asarray(spec.eigenvalues, dtype=np.float64))
         last_active = spec.active
     k = int(last_active)  # the largest t is read last
     if k == 0:
-        raise ValueError(f"deadspec.{fn}: the {side} Gram of layer {layer!r} is zero at t={grid[-1]:g}")
+        raise ValueError(
+            f"deadspec.{fn}: the {side} Gram of layer {layer!r} is zero at t={grid[-1]:g}"
+        )
     logdet = np.empty(len(grid))
     lam = np.empty(len(grid))
     for i, ev in enumerate(eigs):
@@ -411,9 +458,7 @@ def approach_slope(
 # --------------------------------------------------------------------------------------------
 
 
-def _unit_direction(
-    model: nn.Module, direction: Any, fn: str
-) -> dict[str, torch.Tensor]:
+def _unit_direction(model: nn.Module, direction: Any, fn: str) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     if not params:
         raise ValueError(f"deadspec.{fn}: the model has no parameters")
@@ -446,7 +491,9 @@ def _unit_direction(
             )
         off = 0
         for name, p in params.items():
-            out[name] = v[off : off + p.numel()].reshape(p.shape).to(device=p.device, dtype=torch.float64)
+            out[name] = (
+                v[off : off + p.numel()].reshape(p.shape).to(device=p.device, dtype=torch.float64)
+            )
             off += p.numel()
     for name, v in out.items():
         if v.is_complex() or not bool(torch.isfinite(v).all()):
@@ -458,14 +505,20 @@ def _unit_direction(
 
 
 def _path_params(
-    model: nn.Module, theta0: dict[str, torch.Tensor], u: dict[str, torch.Tensor],
-    path: Callable | None, tv: float, fn: str,
+    model: nn.Module,
+    theta0: dict[str, torch.Tensor],
+    u: dict[str, torch.Tensor],
+    path: Callable | None,
+    tv: float,
+    fn: str,
 ) -> dict[str, torch.Tensor]:
     if path is None:
         return {n: theta0[n] + tv * u[n] for n in theta0}
     d = path(tv)
     if not isinstance(d, Mapping):
-        raise TypeError(f"deadspec.{fn}: path(t) must return a dict of parameters, got {type(d).__name__}")
+        raise TypeError(
+            f"deadspec.{fn}: path(t) must return a dict of parameters, got {type(d).__name__}"
+        )
     unknown = [k for k in d if k not in theta0]
     if unknown:
         raise ValueError(
@@ -504,9 +557,11 @@ def _directional_fisher(
     total = 0.0
     for sl in slices:
         args = tuple(x[sl] for x in tup)
-        out, v = jvp(lambda p: functional_call(model, p, args), (theta,), (tangent,))
+        out, v = jvp(lambda p, args=args: functional_call(model, p, args), (theta,), (tangent,))
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"deadspec.{fn}: the model output must be a tensor, got {type(out).__name__}")
+            raise TypeError(
+                f"deadspec.{fn}: the model output must be a tensor, got {type(out).__name__}"
+            )
         b = out.shape[0]
         if labels == "expected":
             vd = v.detach().double()
@@ -521,12 +576,38 @@ def _directional_fisher(
         else:
             y = targets[sl] if labels == "observed" else _sample_targets(out, task, gen)
             out_d = out.detach()
-            _, dl = jvp(lambda o: _per_sample_loss(o, y, loss_fn, fn), (out_d,), (v.detach(),))
+            _, dl = jvp(lambda o, y=y: _per_sample_loss(o, y, loss_fn, fn), (out_d,), (v.detach(),))
             q = dl.detach().double().pow(2)
         if not bool(torch.isfinite(q).all()):
-            raise ValueError(f"deadspec.{fn}: the directional derivatives must be finite, got NaN/Inf")
+            raise ValueError(
+                f"deadspec.{fn}: the directional derivatives must be finite, got NaN/Inf"
+            )
         total += float(q.sum())
     return total / n
+
+
+def _orders_loop(
+    model: nn.Module,
+    grid: np.ndarray,
+    theta0: dict,
+    u: dict,
+    probes: list,
+    path: Callable | None,
+    tup: tuple,
+    slices: list,
+    n: int,
+    fisher: np.ndarray,
+    reference: np.ndarray,
+    progress: bool | None,
+    kw: dict,
+) -> None:
+    fn = kw["fn"]
+    for i, tv in enumerate(_progress(grid, progress, f"deadspec.{fn}", total=len(grid))):
+        theta = _path_params(model, theta0, u, path, float(tv), fn)
+        fisher[i] = _directional_fisher(model, theta, u, tup, slices, n, **kw)
+        reference[i] = np.mean(
+            [_directional_fisher(model, theta, r, tup, slices, n, **kw) for r in probes]
+        )
 
 
 def direction_order(
@@ -603,19 +684,43 @@ def direction_order(
     Returns
     -------
     DirectionOrder
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import deadspec
+    >>> class Square(nn.Module):  # y = w² x, at the singular point w = 0
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w = nn.Parameter(torch.zeros((), dtype=torch.float64))
+    ...     def forward(self, x):
+    ...         return self.w**2 * x
+    >>> x = torch.randn(64, 1, dtype=torch.float64)
+    >>> res = deadspec.direction_order(Square(), x, {"w": torch.tensor(1.0)}, task="regression")
+    >>> res.kind, round(res.k_hat, 6), round(res.lambda_dir, 6)
+    ('genuine', 2.0, 0.25)
     """
     fn = "direction_order"
     if not isinstance(model, nn.Module):
-        raise TypeError(f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
     if labels not in _DIR_LABELS:
         raise ValueError(f"deadspec.{fn}: labels must be one of {_DIR_LABELS}, got {labels!r}")
     if method not in _METHODS:
         raise ValueError(f"deadspec.{fn}: method must be one of {_METHODS}, got {method!r}")
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
         raise ValueError(f"deadspec.{fn}: n_probes must be a positive int, got {n_probes!r}")
-    for nm, val in (("slope_tol", slope_tol), ("gauge_rtol", gauge_rtol), ("gauge_atol", gauge_atol)):
+    for nm, val in (
+        ("slope_tol", slope_tol),
+        ("gauge_rtol", gauge_rtol),
+        ("gauge_atol", gauge_atol),
+    ):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
-            raise ValueError(f"deadspec.{fn}: {nm} must be a finite non-negative number, got {val!r}")
+            raise ValueError(
+                f"deadspec.{fn}: {nm} must be a finite non-negative number, got {val!r}"
+            )
     if path is not None and not callable(path):
         raise TypeError(f"deadspec.{fn}: path must be callable or None, got {type(path).__name__}")
     tup, n = _as_input_tuple(inputs, fn)
@@ -626,8 +731,9 @@ def direction_order(
             raise ValueError(f"deadspec.{fn}: labels='observed' needs targets, got targets=None")
     else:
         task = _infer_task(targets, loss_fn, task, fn)
-    if targets is not None and (not isinstance(targets, torch.Tensor) or targets.ndim == 0
-                                or targets.shape[0] != n):
+    if targets is not None and (
+        not isinstance(targets, torch.Tensor) or targets.ndim == 0 or targets.shape[0] != n
+    ):
         raise ValueError(f"deadspec.{fn}: targets must be a tensor with {n} rows on axis 0")
 
     u = _unit_direction(model, direction, fn)
@@ -635,7 +741,10 @@ def direction_order(
     pgen = torch.Generator().manual_seed(0 if seed is None else int(seed))
     probes = []
     for _ in range(int(n_probes)):
-        raw = {name: torch.randn(p.shape, generator=pgen, dtype=torch.float64) for name, p in theta0.items()}
+        raw = {
+            name: torch.randn(p.shape, generator=pgen, dtype=torch.float64)
+            for name, p in theta0.items()
+        }
         probes.append(_unit_direction(model, raw, fn))
     gen = _make_generator(seed, tup[0].device) if labels == "sampled" else None
 
@@ -643,12 +752,35 @@ def direction_order(
     reference = np.empty(len(grid))
     snapshot = _ModelState(model)
     try:
-        for i, tv in enumerate(_progress(grid, progress, f"deadspec.{fn}", total=len(grid))):
-            theta = _path_params(model, theta0, u, path, float(tv), fn)
-            kw = dict(targets=targets, loss_fn=loss_fn, labels=labels, task=task, gen=gen, fn=fn)
-            fisher[i] = _directional_fisher(model, theta, u, tup, slices, n, **kw)
-            reference[i] = np.mean(
-                [_directional_fisher(model, theta, r, tup, slices, n, **kw) for r in probes]
+        with warnings.catch_warnings():
+            # torch's first forward-AD call loads jvp decompositions through torch.jit.script,
+            # which warns about its own deprecation (torch >= 2.9); not the user's concern.
+            warnings.filterwarnings(
+                "ignore",
+                message=r".*torch\.jit\.script.* is deprecated",
+                category=DeprecationWarning,
+            )
+            _orders_loop(
+                model,
+                grid,
+                theta0,
+                u,
+                probes,
+                path,
+                tup,
+                slices,
+                n,
+                fisher,
+                reference,
+                progress,
+                {
+                    "targets": targets,
+                    "loss_fn": loss_fn,
+                    "labels": labels,
+                    "task": task,
+                    "gen": gen,
+                    "fn": fn,
+                },
             )
     finally:
         snapshot.restore()
@@ -658,7 +790,12 @@ def direction_order(
     slope = r2 = stderr = intercept = float("nan")
     if pos.sum() >= 2:
         fit = fit_slope(np.log(grid[pos]), np.log(fisher[pos]), method=method)
-        slope, r2, stderr, intercept = float(fit.slope), float(fit.r2), float(fit.stderr), float(fit.intercept)
+        slope, r2, stderr, intercept = (
+            float(fit.slope),
+            float(fit.r2),
+            float(fit.stderr),
+            float(fit.intercept),
+        )
     if flat:
         kind, k_hat, lam = "flat-gauge", float("inf"), 0.0
     else:
@@ -671,6 +808,14 @@ def direction_order(
         k_hat = 1.0 + slope / 2.0
         lam = 1.0 / (2.0 * k_hat) if k_hat > 0 else float("nan")
     return DirectionOrder(
-        k_hat=k_hat, lambda_dir=lam, slope=slope, r2=r2, kind=kind, t=grid, fisher=fisher,
-        reference=reference, stderr=stderr, intercept=intercept,
+        k_hat=k_hat,
+        lambda_dir=lam,
+        slope=slope,
+        r2=r2,
+        kind=kind,
+        t=grid,
+        fisher=fisher,
+        reference=reference,
+        stderr=stderr,
+        intercept=intercept,
     )

@@ -18,8 +18,9 @@ Contract
   updated by a train-mode forward) are restored on exit, and every hook is removed, also when
   an exception is raised. Parameter ``.grad`` fields are never written: the output gradients
   come from ``torch.autograd.grad`` on zero "probe" tensors added to the layer outputs.
-- Tensors may live on any device the model runs on; the matrices handed to the core ops are
-  whatever :mod:`deadspec.ops` accepts (CPU today).
+- The model and data may live on any device. The core ops read CPU memory, so the captured
+  activation rows (or the ``h×h`` running Gram), layer inputs and output gradients are copied
+  to the host batch by batch; the forward/backward passes stay on the model's device.
 
 Memory
 ------
@@ -179,7 +180,7 @@ class Reading(Mapping):
                     "layer": name,
                     "side": side,
                     "n": int(n),
-                    "dim": int(len(s.eigenvalues)),
+                    "dim": len(s.eigenvalues),
                 }
                 for key in _RECORD_KEYS:
                     value = getattr(s, key)
@@ -236,8 +237,10 @@ def _as_input_tuple(inputs: Any, fn: str) -> tuple[tuple[torch.Tensor, ...], int
     """Normalise ``inputs`` (a tensor or a tuple/list of tensors) to a tuple and its N."""
     if isinstance(inputs, torch.Tensor):
         tup: tuple[torch.Tensor, ...] = (inputs,)
-    elif isinstance(inputs, (tuple, list)) and inputs and all(
-        isinstance(x, torch.Tensor) for x in inputs
+    elif (
+        isinstance(inputs, (tuple, list))
+        and inputs
+        and all(isinstance(x, torch.Tensor) for x in inputs)
     ):
         tup = tuple(inputs)
     else:
@@ -262,8 +265,14 @@ def _as_input_tuple(inputs: Any, fn: str) -> tuple[tuple[torch.Tensor, ...], int
 def _batch_slices(n: int, batch_size: int | None, fn: str) -> list[slice]:
     if batch_size is None:
         return [slice(0, n)]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"deadspec.{fn}: batch_size must be a positive int or None, got {batch_size!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"deadspec.{fn}: batch_size must be a positive int or None, got {batch_size!r}"
+        )
     b = int(batch_size)
     return [slice(i, min(i + b, n)) for i in range(0, n, b)]
 
@@ -302,9 +311,7 @@ def _resolve_layers(
 
 
 def _names_list(named: Mapping[str, nn.Module]) -> str:
-    return ", ".join(
-        f"{(n or '<root>')!s} ({type(m).__name__})" for n, m in named.items()
-    )
+    return ", ".join(f"{(n or '<root>')!s} ({type(m).__name__})" for n, m in named.items())
 
 
 def _infer_task(
@@ -340,9 +347,7 @@ def _default_loss(output: torch.Tensor, targets: torch.Tensor, fn: str) -> torch
                 f"{tuple(targets.shape)}"
             )
         c = output.shape[-1]
-        per = F.cross_entropy(
-            output.reshape(-1, c), targets.reshape(-1).long(), reduction="none"
-        )
+        per = F.cross_entropy(output.reshape(-1, c), targets.reshape(-1).long(), reduction="none")
         return per.reshape(n, -1).sum(1)
     if output.shape != targets.shape:
         raise ValueError(
@@ -435,14 +440,18 @@ def _progress(iterable: Any, enabled: bool | None, desc: str, total: int | None 
     return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False)
 
 
-def _activation_rows(out: torch.Tensor, module: nn.Module, pool: str, name: str, fn: str) -> torch.Tensor:
+def _activation_rows(
+    out: torch.Tensor, module: nn.Module, pool: str, name: str, fn: str
+) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(
             f"deadspec.{fn}: layer {name!r} ({type(module).__name__}) must output a tensor for "
             f"the activation side, got {type(out).__name__}"
         )
     if not out.is_floating_point():
-        raise TypeError(f"deadspec.{fn}: layer {name!r} output must be floating point, got {out.dtype}")
+        raise TypeError(
+            f"deadspec.{fn}: layer {name!r} output must be floating point, got {out.dtype}"
+        )
     x = out
     if isinstance(module, nn.modules.conv._ConvNd) and x.ndim >= 3:
         x = x.movedim(1, -1)  # channels last: one row per sample × position
@@ -488,25 +497,24 @@ class _LayerState:
 
     # activation side -----------------------------------------------------------------------
     def add_rows(self, rows: torch.Tensor, batch: int, n_total: int) -> None:
-        if self.route is None:
-            per_sample = rows.shape[0] // max(batch, 1)
-            self.route = "sample" if per_sample * n_total < rows.shape[1] else "feature"
-        if self.acc is None and self.route == "feature":
-            self.acc = GramAccumulator(int(rows.shape[1]))
-            self.width = int(rows.shape[1])
-            self.act_dtype = rows.dtype
-        if self.act_dtype is None:
+        if self.act_dtype is None:  # first batch: fix the width and the route
             self.act_dtype = rows.dtype
             self.width = int(rows.shape[1])
+            if self.route is None:
+                total_rows = (rows.shape[0] // max(batch, 1)) * n_total
+                self.route = "sample" if total_rows < self.width else "feature"
+            if self.route == "feature":
+                self.acc = GramAccumulator(self.width)
         if rows.shape[1] != self.width:
             raise ValueError(
                 f"deadspec.read: layer {self.name!r} changed width between batches "
                 f"({self.width} then {rows.shape[1]})"
             )
+        # The core reads CPU memory: device tensors are copied to the host here.
         if self.route == "feature":
-            self.acc.add(rows.detach())
+            self.acc.add(rows.detach().cpu())
         else:
-            self.rows.append(rows.detach().clone())
+            self.rows.append(rows.detach().to("cpu", copy=True))
         self.n_rows += int(rows.shape[0])
 
     def activation_gram(self, center: bool) -> Any:
@@ -516,13 +524,19 @@ class _LayerState:
 
 
 def _install_hooks(
-    states: Sequence[_LayerState], pool: str, n_total: int, want_fisher: bool, fn: str,
+    states: Sequence[_LayerState],
+    pool: str,
+    n_total: int,
+    want_fisher: bool,
+    fn: str,
     batch_ref: list[int],
 ) -> list[Any]:
     handles = []
     for st in states:
 
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any, st: _LayerState = st) -> Any:
+        def hook(
+            module: nn.Module, args: tuple, kwargs: dict, out: Any, st: _LayerState = st
+        ) -> Any:
             st.calls += 1
             if st.calls > 1:
                 raise ValueError(
@@ -540,7 +554,7 @@ def _install_hooks(
                         f"deadspec.{fn}: could not find the tensor input of layer {st.name!r}"
                     )
                 _check_finite(a, "inputs", st.name, fn)
-                st.cur_input = a.detach().clone()
+                st.cur_input = a.detach().to("cpu", copy=True)
                 probe = torch.zeros_like(out, requires_grad=True)
                 st.probe = probe
                 # d loss / d probe == d loss / d (layer output), and parameters' .grad are
@@ -575,9 +589,13 @@ def _collect(
     if pool not in _POOLS:
         raise ValueError(f"deadspec.{fn}: pool must be one of {_POOLS}, got {pool!r}")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
     if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"deadspec.{fn}: loss_fn must be callable or None, got {type(loss_fn).__name__}")
+        raise TypeError(
+            f"deadspec.{fn}: loss_fn must be callable or None, got {type(loss_fn).__name__}"
+        )
     tup, n = _as_input_tuple(inputs, fn)
     slices = _batch_slices(n, batch_size, fn)
     resolved = _resolve_layers(model, layers, fn)
@@ -635,7 +653,9 @@ def _collect(
                         y = _sample_targets(output, task, gen)
                     losses = _per_sample_loss(output, y, loss_fn, fn)
                     if not bool(torch.isfinite(losses.detach()).all()):
-                        raise ValueError(f"deadspec.{fn}: per-sample losses must be finite, got NaN/Inf")
+                        raise ValueError(
+                            f"deadspec.{fn}: per-sample losses must be finite, got NaN/Inf"
+                        )
                     fisher_states = [st for st in states if st.fisher]
                     if not losses.requires_grad:
                         raise RuntimeError(
@@ -659,12 +679,13 @@ def _collect(
                             f"deadspec.{fn}: layer {st.name!r} must see batched inputs, got "
                             f"input shape {tuple(a.shape)}"
                         )
+                    g = g.detach().cpu()
                     if a.ndim > 2:
                         a = a.reshape(b, -1, a.shape[-1])
                         g = g.reshape(b, -1, g.shape[-1])
                     st.d_in, st.d_out = int(a.shape[-1]), int(g.shape[-1])
                     st.f_acts.append(a)
-                    st.f_grads.append(g.detach())
+                    st.f_grads.append(g)
                     st.cur_input = None
                     st.probe = None
             else:
@@ -686,8 +707,9 @@ def _check_called(states: Sequence[_LayerState], fn: str) -> None:
             )
 
 
-def _activation_spectrum(st: _LayerState, center: bool, rtol: float | None, gap_ratio: float,
-                         vectors: bool = False) -> Spectrum:
+def _activation_spectrum(
+    st: _LayerState, center: bool, rtol: float | None, gap_ratio: float, vectors: bool = False
+) -> Spectrum:
     g = st.activation_gram(center)
     return spectrum(
         g,
@@ -777,7 +799,8 @@ def read(
         Passed to :func:`deadspec.spectrum`. The default rtol is ``max(R, h)·ε`` of the
         activations' dtype (R rows, h features); on the Fisher side ``max(N, d_in + d_out)·ε``.
     seed : int, optional
-        Seed of the label sampler (``labels="sampled"``); None draws a fresh seed.
+        Seed of the label sampler (``labels="sampled"``); None draws a fresh seed. The draw is
+        reproducible for a given (seed, batch_size); the generator is consumed batch by batch.
     progress : bool or None
         tqdm bar over batches; None shows it when stderr is a terminal.
     task : {"classification", "regression"}, optional
@@ -801,10 +824,20 @@ def read(
 
     Examples
     --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import deadspec
+    >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    >>> r = read(model, x, targets=y, layers=["0", "1", "2"])
-    >>> r["1"].activation.active, r["1"].fisher    # post-ReLU: no Fisher side
+    >>> r = deadspec.read(model, x, targets=y, layers=["0", "1", "2"])
+    >>> r["0"].activation.active  # rank of [W b] on [x; 1]: a width limit, 5 of 8
+    5
+    >>> r["1"].fisher is None  # ReLU output: activation side only
+    True
+    >>> r["2"].fisher.active <= (3 - 1) * (8 + 1)  # cross-entropy logit shift removes a class
+    True
+    >>> records = r.to_records()  # one dict per layer × side, e.g. for pandas
     """
     states, n = _collect(
         model,

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-import deadspec  # noqa: E402
+import deadspec
+from torch import nn
 
 DT = torch.float64
 M, H, O, N = 8, 6, 5, 200
@@ -90,12 +89,16 @@ def test_units_none_without_dead_cluster_raises():
 
 def test_fisher_side_slope():
     # Fisher-Gram of layer "0"'s weight: the rows of r dead units carry δ ∝ t through the scaled
-    # columns of W2 -> M·r eigenvalues ∝ t², slope 2·M·r.
-    model, x = _linear_net(), _inputs()
-    y = torch.randn(N, O, generator=torch.Generator().manual_seed(9), dtype=DT)
+    # columns of W2 -> M·r eigenvalues ∝ t², slope 2·M·r. The output must be wider than H, else
+    # δ = W2ᵀ·residual lives in an O-dim subspace (a width limit) that absorbs the scaling.
+    o_wide = H + 2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(M, H, bias=False), nn.Linear(H, o_wide, bias=False)).to(DT)
+    x = _inputs()
+    y = torch.randn(N, o_wide, generator=torch.Generator().manual_seed(9), dtype=DT)
     snap = _snapshot(model)
     res = deadspec.approach_slope(model, x, layer="0", units=[2], side="fisher", targets=y)
-    assert res.side == "fisher"
+    assert res.side == "fisher" and res.active == M * H
     assert res.slope == pytest.approx(2 * M, rel=0.05)
     assert res.lambda_min_slope == pytest.approx(2, rel=0.05)
     _assert_unchanged(model, snap)
@@ -173,24 +176,29 @@ def test_power_model_order(p, k):
     # F_u(t) = p² t^{2(p-1)} E[x²] exactly.
     want = p**2 * res.t ** (2 * (p - 1)) * float((x**2).mean())
     np.testing.assert_allclose(res.fisher, want, rtol=1e-10)
-    assert float(model.w) == 0.0
+    assert model.w.item() == 0.0
 
 
 def test_observed_labels_give_the_empirical_rate():
     # Empirical Fisher at a perfect fit vanishes faster: g = (w²x)·2wx ∝ t³ -> slope 6, k̂ = 4.
     x, y = _xy()
-    res = deadspec.direction_order(_Power(2), x, torch.ones(1, dtype=DT), targets=y, labels="observed")
+    res = deadspec.direction_order(
+        _Power(2), x, torch.ones(1, dtype=DT), targets=y, labels="observed"
+    )
     assert res.k_hat == pytest.approx(4, rel=1e-6)
     # Sampled labels: noisy but of the true order.
-    res_s = deadspec.direction_order(_Power(2), x, torch.ones(1, dtype=DT), targets=y,
-                                     labels="sampled", seed=5)
+    res_s = deadspec.direction_order(
+        _Power(2), x, torch.ones(1, dtype=DT), targets=y, labels="sampled", seed=5
+    )
     assert res_s.k_hat == pytest.approx(2, abs=0.3)
 
 
 def test_regular_linear_model():
     x = _xy()[0]
     y = 0.7 * x
-    res = deadspec.direction_order(_Power(1, w0=0.7), x, {"w": torch.tensor(2.0, dtype=DT)}, targets=y)
+    res = deadspec.direction_order(
+        _Power(1, w0=0.7), x, {"w": torch.tensor(2.0, dtype=DT)}, targets=y
+    )
     assert res.kind == "regular"
     assert abs(res.slope) < 1e-8
     assert res.k_hat == pytest.approx(1.0, abs=1e-8)

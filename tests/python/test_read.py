@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-from torch.func import functional_call, grad, vmap  # noqa: E402
-
-import deadspec  # noqa: E402
+import deadspec
+from torch import nn
+from torch.func import functional_call, grad, vmap
 
 DT = torch.float64
 
@@ -87,7 +86,9 @@ def test_center_and_fewer_rows_than_features():
     np.testing.assert_allclose(got.eigenvalues, want.eigenvalues[:6], rtol=1e-10, atol=1e-12)
     # Same answer streamed.
     rs = deadspec.read(model, x, fisher=False, center=True, batch_size=4)
-    np.testing.assert_allclose(rs["0"].activation.eigenvalues, got.eigenvalues, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        rs["0"].activation.eigenvalues, got.eigenvalues, rtol=1e-10, atol=1e-12
+    )
 
 
 # ------------------------------------------------------------------ Fisher side
@@ -115,7 +116,7 @@ def test_fisher_regression_default_loss_and_custom_loss_fn():
     want = _brute_fisher_eigs(model, x, y, "0", gauss)
     _assert_eigs_close(r["0"].fisher.eigenvalues, want)
     # An explicit loss_fn (reduction="none") is used as given: MSE = 2 × the Gaussian loss.
-    mse = lambda out, t: nn.functional.mse_loss(out, t, reduction="none").sum(-1)  # noqa: E731
+    mse = lambda out, t: nn.functional.mse_loss(out, t, reduction="none").sum(-1)
     r2 = deadspec.read(model, x, targets=y, layers=["0"], loss_fn=mse)
     _assert_eigs_close(r2["0"].fisher.eigenvalues, 4 * want)
 
@@ -127,12 +128,16 @@ def test_batch_streaming_equals_one_batch():
         many = deadspec.read(model, x, targets=y, layers=["0", "1", "2"], batch_size=bs)
         for name in one:
             np.testing.assert_allclose(
-                many[name].activation.eigenvalues, one[name].activation.eigenvalues,
-                rtol=1e-10, atol=1e-13,
+                many[name].activation.eigenvalues,
+                one[name].activation.eigenvalues,
+                rtol=1e-10,
+                atol=1e-13,
             )
             assert many[name].activation.active == one[name].activation.active
             if one[name].fisher is not None:
-                _assert_eigs_close(many[name].fisher.eigenvalues, one[name].fisher.eigenvalues, 1e-10)
+                _assert_eigs_close(
+                    many[name].fisher.eigenvalues, one[name].fisher.eigenvalues, 1e-10
+                )
 
 
 def test_sequence_input_linear_per_position():
@@ -146,18 +151,61 @@ def test_sequence_input_linear_per_position():
     with torch.no_grad():
         z = model[0](x)
     want_act = deadspec.spectrum(deadspec.gram(z.reshape(-1, d_out)))
-    np.testing.assert_allclose(r["0"].activation.eigenvalues, want_act.eigenvalues, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        r["0"].activation.eigenvalues, want_act.eigenvalues, rtol=1e-10, atol=1e-13
+    )
     assert r["0"].n_rows == n * t
     # pool="mean": one row per sample.
     rm = deadspec.read(model, x, targets=y, layers=["0"], pool="mean", fisher=False)
     want_mean = deadspec.spectrum(deadspec.gram(z.mean(1)))
-    np.testing.assert_allclose(rm["0"].activation.eigenvalues, want_mean.eigenvalues, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        rm["0"].activation.eigenvalues, want_mean.eigenvalues, rtol=1e-10, atol=1e-13
+    )
     assert rm["0"].n_rows == n
     # Fisher: per-sample loss = Σ_t 0.5||y_t - f_t||², g_i = Σ_t δ_it a_itᵀ.
-    want = _brute_fisher_eigs(model, x, y, "0", lambda out, yy: 0.5 * (yy - out).pow(2).sum((-1, -2)))
+    want = _brute_fisher_eigs(
+        model, x, y, "0", lambda out, yy: 0.5 * (yy - out).pow(2).sum((-1, -2))
+    )
     _assert_eigs_close(r["0"].fisher.eigenvalues, want)
     rs = deadspec.read(model, x, targets=y, layers=["0"], batch_size=5)
     _assert_eigs_close(rs["0"].fisher.eigenvalues, want)
+
+
+def test_sequence_classification_sums_tokens():
+    torch.manual_seed(9)
+    n, t = 10, 4
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).to(DT)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(n, t, 3, generator=g, dtype=DT)
+    y = torch.randint(0, 4, (n, t), generator=g)
+    r = deadspec.read(model, x, targets=y, layers=["0", "2"])
+
+    def ce_tokens(out, yy):
+        return nn.functional.cross_entropy(
+            out.reshape(-1, 4), yy.reshape(-1), reduction="none"
+        ).sum()
+
+    for layer in ("0", "2"):
+        want = _brute_fisher_eigs(model, x, y, layer, ce_tokens)
+        _assert_eigs_close(r[layer].fisher.eigenvalues, want)
+
+
+@pytest.mark.parametrize("n", [6, 60])  # R < h (rows kept) and R >= h (accumulator)
+def test_inplace_op_downstream_does_not_change_reading(n):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 20), nn.ReLU(inplace=True), nn.Linear(20, 2)).to(DT)
+    x = torch.randn(n, 4, generator=torch.Generator().manual_seed(3), dtype=DT)
+    y = torch.randn(n, 2, generator=torch.Generator().manual_seed(4), dtype=DT)
+    with torch.no_grad():
+        z = model[0](x)  # pre-activation, before the in-place ReLU
+    want = deadspec.spectrum(deadspec.gram(z))  # "auto": the same min(R, h) side as read
+    for fisher in (False, True):
+        r = deadspec.read(model, x, targets=y, layers=["0"], fisher=fisher, batch_size=4)
+        got = r["0"].activation.eigenvalues
+        np.testing.assert_allclose(got, want.eigenvalues, rtol=1e-10, atol=1e-12)
+    # The Fisher side sees the gradient w.r.t. the pre-activation (through the ReLU mask).
+    want_f = _brute_fisher_eigs(model, x, y, "0", lambda o, t: 0.5 * (t - o).pow(2).sum(-1))
+    _assert_eigs_close(r["0"].fisher.eigenvalues, want_f)
 
 
 # ------------------------------------------------------------------ labels
@@ -176,8 +224,14 @@ def test_sampled_labels_reproducible_and_differ_from_observed():
     # Without targets the task comes from loss_fn or task=.
     s4 = deadspec.read(model, x, layers=["2"], labels="sampled", seed=11, task="classification")
     np.testing.assert_array_equal(s4["2"].fisher.eigenvalues, e1)
-    s5 = deadspec.read(model, x, layers=["2"], labels="sampled", seed=11,
-                       loss_fn=nn.CrossEntropyLoss(reduction="none"))
+    s5 = deadspec.read(
+        model,
+        x,
+        layers=["2"],
+        labels="sampled",
+        seed=11,
+        loss_fn=nn.CrossEntropyLoss(reduction="none"),
+    )
     np.testing.assert_allclose(s5["2"].fisher.eigenvalues, e1, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="task="):
         deadspec.read(model, x, layers=["2"], labels="sampled", seed=11)
@@ -201,7 +255,10 @@ def test_sampled_regression_brute_force():
 def _state(model):
     return (
         [m.training for m in model.modules()],
-        [(p.requires_grad, p.grad, None if p.grad is None else p.grad.clone()) for p in model.parameters()],
+        [
+            (p.requires_grad, p.grad, None if p.grad is None else p.grad.clone())
+            for p in model.parameters()
+        ],
         {k: v.clone() for k, v in model.state_dict().items()},
     )
 
@@ -282,8 +339,12 @@ def test_scalar_loss_rejected():
     with pytest.raises(ValueError, match='reduction="none"'):
         deadspec.read(model, x, targets=y, loss_fn=nn.CrossEntropyLoss())
     with pytest.raises(ValueError, match=r"shape \(40,\)"):
-        deadspec.read(model, x, targets=nn.functional.one_hot(y, 3).to(DT),
-                      loss_fn=nn.MSELoss(reduction="none"))
+        deadspec.read(
+            model,
+            x,
+            targets=nn.functional.one_hot(y, 3).to(DT),
+            loss_fn=nn.MSELoss(reduction="none"),
+        )
 
 
 def test_missing_targets_and_bad_options():
@@ -323,10 +384,27 @@ def test_reading_mapping_records_repr():
     assert isinstance(r["0"], deadspec.LayerReading)
     recs = r.to_records()
     assert [(d["layer"], d["side"]) for d in recs] == [
-        ("0", "activation"), ("0", "fisher"), ("1", "activation"), ("2", "activation"), ("2", "fisher"),
+        ("0", "activation"),
+        ("0", "fisher"),
+        ("1", "activation"),
+        ("2", "activation"),
+        ("2", "fisher"),
     ]
-    keys = {"layer", "side", "n", "dim", "logdet_plus", "active", "structural_zeros", "dead_count",
-            "clipped", "lambda_min", "effective_rank", "participation_ratio", "condition_number"}
+    keys = {
+        "layer",
+        "side",
+        "n",
+        "dim",
+        "logdet_plus",
+        "active",
+        "structural_zeros",
+        "dead_count",
+        "clipped",
+        "lambda_min",
+        "effective_rank",
+        "participation_ratio",
+        "condition_number",
+    }
     assert all(set(d) == keys for d in recs)
     assert recs[1]["dim"] == 40 and recs[0]["dim"] == 7 and recs[0]["n"] == 40
     assert recs[0]["structural_zeros"] == recs[0]["dim"] - recs[0]["active"]
@@ -337,3 +415,20 @@ def test_reading_mapping_records_repr():
     assert "logdet+" in lines[1] and len(lines) == 2 + len(recs)
     with pytest.raises(KeyError, match="layers read"):
         r["zzz"]
+
+
+@pytest.mark.cuda
+def test_cuda_model_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model, (x, y) = _mlp(), _data()
+    cpu = deadspec.read(model, x, targets=y, layers=["0", "2"])
+    gpu = deadspec.read(model.cuda(), x.cuda(), targets=y.cuda(), layers=["0", "2"], batch_size=16)
+    for name in cpu:
+        np.testing.assert_allclose(
+            gpu[name].activation.eigenvalues,
+            cpu[name].activation.eigenvalues,
+            rtol=1e-8,
+            atol=1e-12,
+        )
+        _assert_eigs_close(gpu[name].fisher.eigenvalues, cpu[name].fisher.eigenvalues, 1e-8)
