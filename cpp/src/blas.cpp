@@ -117,6 +117,21 @@ std::string blas_config() {
 #endif
 }
 
+int blas_num_threads() {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    return DS_BLAS(openblas_get_num_threads)();
+#else
+    return 1;
+#endif
+}
+
+void blas_set_num_threads(int n) {
+    if (n < 1) throw std::invalid_argument(concat("deadspec.set_num_threads: n must be >= 1, got ", n));
+#if defined(DEADSPEC_BLAS_PREFIX)
+    DS_BLAS(openblas_set_num_threads)(n);
+#endif
+}
+
 const char* lapack_backend_name() {
 #if defined(DEADSPEC_BLAS_PREFIX)
     return "lapack-syevd (scipy-openblas32)";

@@ -63,5 +63,7 @@ void symmetrize_from_lower(RowMatrixXd& c);
 int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors);
 const char* lapack_backend_name();
 std::string blas_config();
+int blas_num_threads();
+void blas_set_num_threads(int n);
 
 }  // namespace deadspec::detail

@@ -8,6 +8,8 @@ namespace deadspec {
 
 std::string eig_backend() { return detail::lapack_backend_name(); }
 std::string blas_info() { return detail::blas_config(); }
+int num_threads() { return detail::blas_num_threads(); }
+void set_num_threads(int n) { detail::blas_set_num_threads(n); }
 
 SymEigResult sym_eig(const Eigen::Ref<const Eigen::MatrixXd>& a, bool vectors) {
     DEADSPEC_CHECK_ARG(a.rows() == a.cols(), "deadspec.sym_eig: a must be a square matrix, got shape (",

@@ -64,7 +64,9 @@ __all__ = [
     "fit_slope",
     "gram",
     "logdet_top",
+    "num_threads",
     "read",
+    "set_num_threads",
     "spectrum",
     "spectrum_from_eigenvalues",
     "sym_eig",
@@ -74,6 +76,20 @@ __all__ = [
 def build_info() -> dict[str, _Any]:
     """Build flavour: version, CUDA (always False for now), LAPACK backend, eigensolver, Eigen."""
     return dict(_core.build_info())
+
+
+def set_num_threads(n: int) -> None:
+    """Set the thread count of the core's BLAS/LAPACK (OpenBLAS; independent of torch's).
+
+    OpenBLAS threads busy-wait: on a machine shared with other work, 1 thread can be many times
+    faster than one per core.
+    """
+    _core.set_num_threads(int(n))
+
+
+def num_threads() -> int:
+    """Thread count of the core's BLAS/LAPACK."""
+    return _core.num_threads()
 
 
 def cmake_dir() -> str:

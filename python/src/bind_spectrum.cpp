@@ -50,6 +50,9 @@ py::dict to_dict(Spectrum&& s, bool vectors) {
 
 void bind_spectrum(py::module_& m) {
     m.def("eig_backend", &eig_backend);
+    m.def("num_threads", &num_threads, "Threads the BLAS/LAPACK backend may use.");
+    m.def("set_num_threads", &set_num_threads, py::arg("n"),
+          "Set the BLAS/LAPACK (OpenBLAS) thread count of the core.");
 
     m.def(
         "sym_eig",

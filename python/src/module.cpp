@@ -34,6 +34,7 @@ PYBIND11_MODULE(_core, m) {
         d["lapack"] = DEADSPEC_LAPACK_BACKEND;
         d["eig_backend"] = deadspec::eig_backend();
         d["blas_info"] = deadspec::blas_info();
+        d["num_threads"] = deadspec::num_threads();
         d["eigen_version"] = std::to_string(EIGEN_WORLD_VERSION) + "." +
                              std::to_string(EIGEN_MAJOR_VERSION) + "." +
                              std::to_string(EIGEN_MINOR_VERSION);

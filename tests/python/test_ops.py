@@ -128,6 +128,17 @@ def test_fit_slope():
     assert deadspec.fit_slope([0, 1, 2, 3, 4], [0, 1, 2, 3, 40], method="theil-sen").slope == 1.0
 
 
+def test_num_threads_round_trip():
+    before = deadspec.num_threads()
+    try:
+        deadspec.set_num_threads(1)
+        assert deadspec.num_threads() == 1 or deadspec.build_info()["lapack"] != "scipy-openblas32"
+    finally:
+        deadspec.set_num_threads(before)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        deadspec.set_num_threads(0)
+
+
 def test_build_info_and_backend():
     info = deadspec.build_info()
     assert info["cuda"] is False

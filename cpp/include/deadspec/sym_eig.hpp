@@ -26,6 +26,13 @@ std::string eig_backend();
 /// Haswell MAX_THREADS=64"), or "none" when the core runs on Eigen alone.
 std::string blas_info();
 
+/// Threads the BLAS/LAPACK backend may use (OpenBLAS); 1 when the core runs on Eigen alone.
+int num_threads();
+/// Set the BLAS/LAPACK thread count (OpenBLAS busy-waits: on a loaded machine fewer threads
+/// than cores can be much faster). No effect without a LAPACK backend.
+/// \throws std::invalid_argument if n < 1.
+void set_num_threads(int n);
+
 /// Eigendecomposition of a real symmetric matrix (only the lower triangle is read).
 ///
 /// \param a        m×m float32/float64 matrix, CPU, any strides; computed in float64.
