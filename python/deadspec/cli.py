@@ -49,13 +49,34 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "CLIError", "load_factory", "load_data", "load_checkpoint", "read_checkpoints",
-           "write_csv", "plot_readings", "run_demo", "step_from_path"]
+__all__ = [
+    "CLIError",
+    "load_checkpoint",
+    "load_data",
+    "load_factory",
+    "main",
+    "plot_readings",
+    "read_checkpoints",
+    "run_demo",
+    "step_from_path",
+    "write_csv",
+]
 
 #: Leading columns of the CSV written by ``deadspec read``; the rest follow Reading.to_records().
 LEAD_COLUMNS = ("checkpoint", "step", "layer", "side")
-RECORD_COLUMNS = ("n", "dim", "logdet_plus", "active", "structural_zeros", "dead_count", "clipped",
-                  "lambda_min", "effective_rank", "participation_ratio", "condition_number")
+RECORD_COLUMNS = (
+    "n",
+    "dim",
+    "logdet_plus",
+    "active",
+    "structural_zeros",
+    "dead_count",
+    "clipped",
+    "lambda_min",
+    "effective_rank",
+    "participation_ratio",
+    "condition_number",
+)
 
 
 class CLIError(Exception):
@@ -106,10 +127,14 @@ def load_factory(spec: str) -> Callable[[], Any]:
         non-callable.
     """
     if not isinstance(spec, str) or ":" not in spec:
-        raise CLIError(f"--model must be MODULE:FACTORY (e.g. deadspec.models:demo_mlp), got {spec!r}")
+        raise CLIError(
+            f"--model must be MODULE:FACTORY (e.g. deadspec.models:demo_mlp), got {spec!r}"
+        )
     module_part, factory_part = spec.rsplit(":", 1)
     if not module_part or not factory_part:
-        raise CLIError(f"--model must be MODULE:FACTORY (e.g. deadspec.models:demo_mlp), got {spec!r}")
+        raise CLIError(
+            f"--model must be MODULE:FACTORY (e.g. deadspec.models:demo_mlp), got {spec!r}"
+        )
     if not all(p.isidentifier() for p in factory_part.split(".")):
         raise CLIError(f"--model: FACTORY must be a Python name, got {factory_part!r} in {spec!r}")
     is_file = module_part.endswith(".py") or os.sep in module_part or "/" in module_part
@@ -120,7 +145,9 @@ def load_factory(spec: str) -> Callable[[], Any]:
         module = _import_module_from_file(path)
     else:
         if not all(p.isidentifier() for p in module_part.split(".")):
-            raise CLIError(f"--model: MODULE must be a dotted module path or a .py file, got {module_part!r}")
+            raise CLIError(
+                f"--model: MODULE must be a dotted module path or a .py file, got {module_part!r}"
+            )
         cwd = os.getcwd()
         if cwd not in sys.path:
             sys.path.insert(0, cwd)
@@ -146,7 +173,9 @@ def _make_model(factory: Callable[[], Any], spec: str):
     except Exception as exc:
         raise CLIError(f"--model: calling {spec!r}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise CLIError(f"--model: {spec!r}() must return a torch.nn.Module, got {type(model).__name__}")
+        raise CLIError(
+            f"--model: {spec!r}() must return a torch.nn.Module, got {type(model).__name__}"
+        )
     return model
 
 
@@ -173,14 +202,18 @@ def load_data(path: str | os.PathLike) -> tuple[Any, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CLIError(f"--data: cannot load {str(p)!r} with torch.load(weights_only=True): "
-                       f"{type(exc).__name__}: {exc}") from exc
+        raise CLIError(
+            f"--data: cannot load {str(p)!r} with torch.load(weights_only=True): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(obj, torch.Tensor):
         return obj, None
     if not isinstance(obj, dict) or "inputs" not in obj:
-        raise CLIError(f"--data: {str(p)!r} must hold a tensor or a dict with key 'inputs' "
-                       f"(and optionally 'targets'), got {type(obj).__name__}"
-                       + (f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else ""))
+        raise CLIError(
+            f"--data: {str(p)!r} must hold a tensor or a dict with key 'inputs' "
+            f"(and optionally 'targets'), got {type(obj).__name__}"
+            + (f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else "")
+        )
     inputs, targets = obj["inputs"], obj.get("targets")
     for name, t in (("inputs", inputs), ("targets", targets)):
         if t is not None and not isinstance(t, torch.Tensor):
@@ -198,8 +231,10 @@ def load_checkpoint(model, path: str | os.PathLike) -> None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CLIError(f"cannot load checkpoint {str(p)!r} with torch.load(weights_only=True): "
-                       f"{type(exc).__name__}: {exc}") from exc
+        raise CLIError(
+            f"cannot load checkpoint {str(p)!r} with torch.load(weights_only=True): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict"):
             if key in state and isinstance(state[key], dict):
@@ -211,7 +246,9 @@ def load_checkpoint(model, path: str | os.PathLike) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         msg = str(exc).strip().replace("\n\t", "\n  ")
-        raise CLIError(f"checkpoint {str(p)!r} does not match the model from --model: {msg}") from exc
+        raise CLIError(
+            f"checkpoint {str(p)!r} does not match the model from --model: {msg}"
+        ) from exc
 
 
 def step_from_path(path: str | os.PathLike, index: int) -> int:
@@ -231,8 +268,10 @@ def _prepare_data(model, inputs, targets):
         if targets.is_floating_point():
             targets = targets.to(dtype)
         if targets.shape[0] != inputs.shape[0]:
-            raise CLIError(f"--data: inputs and targets must have the same number of samples, "
-                           f"got {inputs.shape[0]} and {targets.shape[0]}")
+            raise CLIError(
+                f"--data: inputs and targets must have the same number of samples, "
+                f"got {inputs.shape[0]} and {targets.shape[0]}"
+            )
     return inputs, targets
 
 
@@ -257,8 +296,9 @@ def read_checkpoints(
         One row per checkpoint × layer × side: ``checkpoint``, ``step``, then the fields of
         ``Reading.to_records()``.
     """
-    import deadspec
     from tqdm.auto import tqdm
+
+    import deadspec
 
     if not checkpoints:
         raise CLIError("no checkpoints given")
@@ -267,13 +307,16 @@ def read_checkpoints(
         raise CLIError(f"checkpoint file(s) not found: {', '.join(missing)}")
     factory = load_factory(model_spec)
     if fisher and targets is None and labels == "observed":
-        raise CLIError("the Fisher side needs targets: the data file has no 'targets'; "
-                       "use --labels sampled or --no-fisher")
+        raise CLIError(
+            "the Fisher side needs targets: the data file has no 'targets'; "
+            "use --labels sampled or --no-fisher"
+        )
     if progress is None:
         progress = _progress_default()
     rows: list[dict[str, Any]] = []
-    for i, ckpt in enumerate(tqdm(list(checkpoints), desc="checkpoints", unit="ckpt",
-                                  disable=not progress)):
+    for i, ckpt in enumerate(
+        tqdm(list(checkpoints), desc="checkpoints", unit="ckpt", disable=not progress)
+    ):
         model = _make_model(factory, model_spec)
         load_checkpoint(model, ckpt)
         model.eval()
@@ -283,11 +326,21 @@ def read_checkpoints(
             unknown = [l for l in layers if l not in names]
             if unknown:
                 linear = [n for n, m in model.named_modules() if type(m).__name__ == "Linear"]
-                raise CLIError(f"--layers: unknown layer(s) {unknown}; the model's modules include "
-                               f"{[n for n in names if n][:30]} (Linear layers: {linear})")
+                raise CLIError(
+                    f"--layers: unknown layer(s) {unknown}; the model's modules include "
+                    f"{[n for n in names if n][:30]} (Linear layers: {linear})"
+                )
         try:
-            reading = deadspec.read(model, x, targets=y, layers=list(layers) if layers else None,
-                                    fisher=fisher, labels=labels, batch_size=batch_size, seed=seed)
+            reading = deadspec.read(
+                model,
+                x,
+                targets=y,
+                layers=list(layers) if layers else None,
+                fisher=fisher,
+                labels=labels,
+                batch_size=batch_size,
+                seed=seed,
+            )
         except (ValueError, TypeError) as exc:
             raise CLIError(f"reading {str(ckpt)!r} failed: {exc}") from exc
         step = step_from_path(ckpt, i)
@@ -327,8 +380,12 @@ def plot_readings(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
     for row in rows:
         series.setdefault((str(row["layer"]), str(row["side"])), []).append(row)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
-    panels = [("logdet_plus", "log det⁺", False), ("dead_count", "dead count", False),
-              ("lambda_min", "λ_min", True), ("effective_rank", "effective rank", False)]
+    panels = [
+        ("logdet_plus", "log det⁺", False),
+        ("dead_count", "dead count", False),
+        ("lambda_min", "λ_min", True),
+        ("effective_rank", "effective rank", False),
+    ]
     for ax, (key, title, logy) in zip(axes.ravel(), panels):
         for (layer, side), rs in series.items():
             rs = sorted(rs, key=lambda r: r["step"])
@@ -344,8 +401,14 @@ def plot_readings(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
                 xs.append(r["step"])
                 ys.append(v)
             if xs:
-                ax.plot(xs, ys, marker="o", ms=3, ls="-" if side == "activation" else "--",
-                        label=f"{layer} ({side})")
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    ms=3,
+                    ls="-" if side == "activation" else "--",
+                    label=f"{layer} ({side})",
+                )
         if logy:
             ax.set_yscale("log")
         ax.set_title(title)
@@ -367,8 +430,16 @@ def plot_readings(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
 DEMO_FACTORY = "deadspec.models:demo_mlp"
 
 
-def _demo_train(out: Path, *, steps: int, n_checkpoints: int, seed: int, n_samples: int,
-                progress: bool) -> list[Path]:
+def _demo_train(
+    out: Path,
+    *,
+    steps: int,
+    n_checkpoints: int,
+    seed: int,
+    n_samples: int,
+    progress: bool,
+    weight_decay: float = 3e-2,
+) -> list[Path]:
     """Train :func:`deadspec.models.demo_mlp` on a rank-2 ReLU teacher; save checkpoints + data."""
     import torch
     from tqdm.auto import tqdm
@@ -389,7 +460,8 @@ def _demo_train(out: Path, *, steps: int, n_checkpoints: int, seed: int, n_sampl
 
     torch.manual_seed(seed)
     model = demo_mlp()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    # Adam with coupled (L2) weight decay: drives the spare hidden directions toward 0.
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=1e-4)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
@@ -422,8 +494,11 @@ def _summary_table(rows: Sequence[dict[str, Any]]) -> str:
     by = {(r["step"], r["layer"], r["side"]): r for r in rows}
     steps = sorted({r["step"] for r in rows})
     has_fisher = any(r["side"] == "fisher" for r in rows)
-    header = f"{'step':>6} {'layer':>6} {'dim':>4} {'active':>6} {'dead':>4} {'log det+':>10} " \
-             f"{'eff.rank':>8}" + (f" | {'F active':>8} {'F dead':>6} {'F log det+':>11}" if has_fisher else "")
+    header = (
+        f"{'step':>6} {'layer':>6} {'dim':>4} {'active':>6} {'dead':>4} {'log det+':>10} "
+        f"{'eff.rank':>8}"
+        + (f" | {'F active':>8} {'F dead':>6} {'F log det+':>11}" if has_fisher else "")
+    )
     lines = [header, "-" * len(header)]
 
     def _f(v, fmt):
@@ -437,18 +512,30 @@ def _summary_table(rows: Sequence[dict[str, Any]]) -> str:
             a = by.get((s, layer, "activation"))
             if a is None:
                 continue
-            line = (f"{s:>6} {layer:>6} {a['dim']:>4} {a['active']:>6} {a['dead_count']:>4} "
-                    f"{_f(a['logdet_plus'], '10.2f')} {_f(a['effective_rank'], '8.2f')}")
+            line = (
+                f"{s:>6} {layer:>6} {a['dim']:>4} {a['active']:>6} {a['dead_count']:>4} "
+                f"{_f(a['logdet_plus'], '10.2f')} {_f(a['effective_rank'], '8.2f')}"
+            )
             fr = by.get((s, layer, "fisher"))
             if fr is not None:
-                line += f" | {fr['active']:>8} {fr['dead_count']:>6} {_f(fr['logdet_plus'], '11.2f')}"
+                line += (
+                    f" | {fr['active']:>8} {fr['dead_count']:>6} {_f(fr['logdet_plus'], '11.2f')}"
+                )
             lines.append(line)
     return "\n".join(lines)
 
 
-def run_demo(out: str | os.PathLike, *, steps: int = 300, n_checkpoints: int = 6, seed: int = 0,
-             n_samples: int = 256, fisher: bool = True, progress: bool | None = None,
-             echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_demo(
+    out: str | os.PathLike,
+    *,
+    steps: int = 300,
+    n_checkpoints: int = 6,
+    seed: int = 0,
+    n_samples: int = 256,
+    fisher: bool = True,
+    progress: bool | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """The ``deadspec demo`` job: train, save checkpoints, read them, write CSV + PNG.
 
     Returns the rows written to ``out/readings.csv``.
@@ -461,11 +548,16 @@ def run_demo(out: str | os.PathLike, *, steps: int = 300, n_checkpoints: int = 6
     if n_checkpoints < 2:
         raise CLIError(f"demo: n_checkpoints must be >= 2, got {n_checkpoints}")
     with torch.random.fork_rng():
-        paths = _demo_train(out, steps=steps, n_checkpoints=n_checkpoints, seed=seed,
-                            n_samples=n_samples, progress=progress)
+        paths = _demo_train(
+            out,
+            steps=steps,
+            n_checkpoints=n_checkpoints,
+            seed=seed,
+            n_samples=n_samples,
+            progress=progress,
+        )
     inputs, targets = load_data(out / "data.pt")
-    rows = read_checkpoints(paths, DEMO_FACTORY, inputs, targets, fisher=fisher,
-                            progress=progress)
+    rows = read_checkpoints(paths, DEMO_FACTORY, inputs, targets, fisher=fisher, progress=progress)
     write_csv(rows, out / "readings.csv")
     plot_readings(rows, out / "readings.png")
     echo(_summary_table(rows))
@@ -473,8 +565,10 @@ def run_demo(out: str | os.PathLike, *, steps: int = 300, n_checkpoints: int = 6
     echo(f"wrote {len(paths)} checkpoints to {out / 'checkpoints'}, data to {out / 'data.pt'}")
     echo(f"wrote {out / 'readings.csv'} and {out / 'readings.png'}")
     echo("the same reading from the command line:")
-    echo(f"  deadspec read {out / 'checkpoints'}/step_*.pt --model {DEMO_FACTORY} "
-         f"--data {out / 'data.pt'} --out readings.csv --plot readings.png")
+    echo(
+        f"  deadspec read {out / 'checkpoints'}/step_*.pt --model {DEMO_FACTORY} "
+        f"--data {out / 'data.pt'} --out readings.csv --plot readings.png"
+    )
     return rows
 
 
@@ -486,15 +580,17 @@ def _torch_blas() -> str:
 
     try:
         cfg = torch.__config__.show()
-    except Exception:  # pragma: no cover - defensive
+    except Exception:  # pragma: no cover - defensive  # noqa: BLE001
         return "unknown"
     blas = re.search(r"BLAS_INFO=([^,\s]+)", cfg)
     lapack = re.search(r"LAPACK_INFO=([^,\s]+)", cfg)
-    parts = [f"BLAS={blas.group(1) if blas else 'unknown'}",
-             f"LAPACK={lapack.group(1) if lapack else 'unknown'}"]
+    parts = [
+        f"BLAS={blas.group(1) if blas else 'unknown'}",
+        f"LAPACK={lapack.group(1) if lapack else 'unknown'}",
+    ]
     try:
         parts.append(f"threads={torch.get_num_threads()}")
-    except Exception:  # pragma: no cover
+    except Exception:  # pragma: no cover  # noqa: BLE001, S110
         pass
     return ", ".join(parts)
 
@@ -504,7 +600,7 @@ def _numpy_blas() -> str:
 
     try:
         deps = np.show_config(mode="dicts").get("Build Dependencies", {})
-    except Exception:
+    except Exception:  # noqa: BLE001
         return "unknown"
     out = []
     for key in ("blas", "lapack"):
@@ -521,11 +617,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         import deadspec
 
-        lines.append(f"deadspec {getattr(deadspec, '__version__', 'unknown')} "
-                     f"({os.path.dirname(deadspec.__file__)})")
+        lines.append(
+            f"deadspec {getattr(deadspec, '__version__', 'unknown')} "
+            f"({os.path.dirname(deadspec.__file__)})"
+        )
         try:
             bi = deadspec.build_info()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             bi = None
             ok = False
             lines.append(f"build: unavailable ({type(exc).__name__}: {exc})")
@@ -533,22 +631,24 @@ def cmd_info(args: argparse.Namespace) -> int:
             lines.append("build:")
             for k in bi:
                 lines.append(f"  {k}: {bi[k]}")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         ok = False
         lines.append(f"deadspec: import failed ({type(exc).__name__}: {exc})")
     lines.append(f"python {platform.python_version()} ({sys.executable})")
     try:
         import torch
 
-        lines.append(f"torch {torch.__version__} ({_torch_blas()}, cuda available="
-                     f"{torch.cuda.is_available()})")
-    except Exception as exc:
+        lines.append(
+            f"torch {torch.__version__} ({_torch_blas()}, cuda available="
+            f"{torch.cuda.is_available()})"
+        )
+    except Exception as exc:  # noqa: BLE001
         lines.append(f"torch: not available ({exc})")
     try:
         import numpy as np
 
         lines.append(f"numpy {np.__version__} ({_numpy_blas()})")
-    except Exception as exc:  # pragma: no cover
+    except Exception as exc:  # pragma: no cover  # noqa: BLE001
         lines.append(f"numpy: not available ({exc})")
     print("\n".join(lines))
     return 0 if ok else 1
@@ -562,10 +662,18 @@ def cmd_read(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be a positive integer, got {args.batch_size}")
     load_factory(args.model)  # fail fast on a bad factory string, before loading data
     inputs, targets = load_data(args.data)
-    rows = read_checkpoints(args.checkpoints, args.model, inputs, targets, layers=args.layers,
-                            fisher=not args.no_fisher, labels=args.labels,
-                            batch_size=args.batch_size, seed=args.seed,
-                            progress=None if args.progress is None else args.progress)
+    rows = read_checkpoints(
+        args.checkpoints,
+        args.model,
+        inputs,
+        targets,
+        layers=args.layers,
+        fisher=not args.no_fisher,
+        labels=args.labels,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=None if args.progress is None else args.progress,
+    )
     write_csv(rows, args.out)
     print(f"wrote {len(rows)} rows to {args.out}")
     if args.plot:
@@ -575,8 +683,13 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(args.out, steps=args.steps, seed=args.seed, fisher=not args.no_fisher,
-             progress=args.progress)
+    run_demo(
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        fisher=not args.no_fisher,
+        progress=args.progress,
+    )
     return 0
 
 
@@ -594,7 +707,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("deadspec")
-    except Exception:
+    except Exception:  # noqa: BLE001
         return "unknown"
 
 
@@ -602,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``deadspec`` command."""
     parser = argparse.ArgumentParser(
         prog="deadspec",
-        description="Read the dead directions of neural networks (Dead-Direction Signatures).")
+        description="Read the dead directions of neural networks (Dead-Direction Signatures).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -610,31 +724,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
-        "read", help="read DDS spectra of checkpoints into a CSV (and plot)",
+        "read",
+        help="read DDS spectra of checkpoints into a CSV (and plot)",
         description="Read activation-side and Fisher-side spectra (deadspec.read) of each "
-                    "checkpoint. DATA is a .pt file holding {'inputs': tensor, 'targets': tensor "
-                    "(optional)} or a .npz with arrays inputs/targets.")
+        "checkpoint. DATA is a .pt file holding {'inputs': tensor, 'targets': tensor "
+        "(optional)} or a .npz with arrays inputs/targets.",
+    )
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="state_dict files (torch.save)")
-    p.add_argument("--model", required=True, metavar="MODULE:FACTORY",
-                   help="zero-argument callable returning the nn.Module, e.g. "
-                        "deadspec.models:demo_mlp or path/to/models.py:make_model")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:FACTORY",
+        help="zero-argument callable returning the nn.Module, e.g. "
+        "deadspec.models:demo_mlp or path/to/models.py:make_model",
+    )
     p.add_argument("--data", required=True, metavar="FILE", help=".pt or .npz data file")
-    p.add_argument("--layers", nargs="+", default=None, metavar="L",
-                   help="module names (model.named_modules()); default: every nn.Linear")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        metavar="L",
+        help="module names (model.named_modules()); default: every nn.Linear",
+    )
     p.add_argument("--out", required=True, metavar="CSV", help="output CSV path")
     p.add_argument("--plot", default=None, metavar="PNG", help="also plot the readings")
     p.add_argument("--no-fisher", action="store_true", help="activation side only")
     p.add_argument("--batch-size", type=int, default=None, metavar="B")
-    p.add_argument("--labels", choices=["observed", "sampled"], default="observed",
-                   help="Fisher targets: observed (empirical Fisher) or sampled from the model")
+    p.add_argument(
+        "--labels",
+        choices=["observed", "sampled"],
+        default="observed",
+        help="Fisher targets: observed (empirical Fisher) or sampled from the model",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for --labels sampled")
     p.add_argument("--progress", dest="progress", action="store_true", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=cmd_read)
 
-    p = sub.add_parser("repro", help="reproduce a paper experiment",
-                       description="Reproduce an experiment; remaining arguments are passed on "
-                                   "(e.g. deadspec repro rank-deficit --quick).")
+    p = sub.add_parser(
+        "repro",
+        help="reproduce a paper experiment",
+        description="Reproduce an experiment; remaining arguments are passed on "
+        "(e.g. deadspec repro rank-deficit --quick).",
+    )
     p.add_argument("experiment", choices=["rank-deficit"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the experiment")
     p.set_defaults(func=cmd_repro)

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ReducedRankRegression",
-    "mlp",
-    "demo_mlp",
     "DEMO_WIDTHS",
+    "ReducedRankRegression",
+    "demo_mlp",
+    "mlp",
 ]
 
 #: Widths of the network built by :func:`demo_mlp` (input, hidden, hidden, output).
@@ -118,7 +118,9 @@ def mlp(
     torch.nn.Sequential
     """
     if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
-        raise TypeError(f"deadspec.mlp: widths must be a sequence of int, got {type(widths).__name__}")
+        raise TypeError(
+            f"deadspec.mlp: widths must be a sequence of int, got {type(widths).__name__}"
+        )
     if len(widths) < 2:
         raise ValueError(f"deadspec.mlp: widths must have at least 2 entries, got {list(widths)}")
     ws = [_check_pos_int("mlp", f"widths[{i}]", w) for i, w in enumerate(widths)]

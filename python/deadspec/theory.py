@@ -15,7 +15,8 @@ __all__ = ["rrr_rlct", "rrr_rlct_exact"]
 
 def _as_int(name: str, value: object) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"deadspec.rrr_rlct: {name} must be an integer, got bool {value!r}")
+        # ValueError (not TypeError) for every bad argument, as the API contract asks.
+        raise ValueError(f"deadspec.rrr_rlct: {name} must be an integer, got bool {value!r}")  # noqa: TRY004
     try:
         return operator.index(value)  # accepts int and numpy integers, rejects floats
     except TypeError:
