@@ -693,13 +693,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_repro(args: argparse.Namespace) -> int:
-    if args.experiment == "rank-deficit":
-        from deadspec.experiments import rank_deficit
+# `deadspec repro NAME` -> the module whose main(argv) runs the experiment.
+EXPERIMENTS = {
+    "rank-deficit": "deadspec.experiments.rank_deficit",
+}
 
-        rc = rank_deficit.main(list(args.rest))
-        return int(rc or 0)
-    raise CLIError(f"unknown experiment {args.experiment!r}")  # pragma: no cover
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    if args.experiment not in EXPERIMENTS:
+        raise CLIError(
+            f"unknown experiment {args.experiment!r}; choose from {sorted(EXPERIMENTS)}"
+        )
+    module = importlib.import_module(EXPERIMENTS[args.experiment])
+    return int(module.main(list(args.rest)) or 0)
 
 
 def _version() -> str:
@@ -767,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproduce an experiment; remaining arguments are passed on "
         "(e.g. deadspec repro rank-deficit --quick).",
     )
-    p.add_argument("experiment", choices=["rank-deficit"])
+    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the experiment")
     p.set_defaults(func=cmd_repro)
 
@@ -785,9 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deadspec`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `deadspec repro rank-deficit --help` must reach the experiment's own parser.
-    if len(argv) >= 2 and argv[0] == "repro" and argv[1] == "rank-deficit":
-        ns = argparse.Namespace(experiment="rank-deficit", rest=argv[2:])
+    # `deadspec repro NAME --help` must reach the experiment's own parser.
+    if len(argv) >= 2 and argv[0] == "repro" and argv[1] in EXPERIMENTS:
+        ns = argparse.Namespace(experiment=argv[1], rest=argv[2:])
         try:
             return cmd_repro(ns)
         except CLIError as exc:
