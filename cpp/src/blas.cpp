@@ -75,6 +75,20 @@ RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, dou
     return c;
 }
 
+void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m, std::int64_t n,
+             std::int64_t k, double* c) {
+#ifdef DEADSPEC_HAVE_LAPACK
+    DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasTrans, CblasNoTrans, to_blasint(m), to_blasint(n),
+                         to_blasint(k), 1.0, a, to_blasint(lda), b, to_blasint(n), 0.0, c,
+                         to_blasint(n));
+#else
+    Eigen::Map<const RowMatrixXd, 0, Eigen::OuterStride<>> ma(a, k, m, Eigen::OuterStride<>(lda));
+    Eigen::Map<const RowMatrixXd> mb(b, k, n);
+    Eigen::Map<RowMatrixXd> mc(c, m, n);
+    mc.noalias() = ma.transpose() * mb;
+#endif
+}
+
 void gemm_nt(const double* a, const double* b, std::int64_t m, std::int64_t n, std::int64_t k,
              double* c) {
 #ifdef DEADSPEC_HAVE_LAPACK

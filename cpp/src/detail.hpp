@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "deadspec/errors.hpp"
+#include "deadspec/sym_eig.hpp"
 #include "deadspec/types.hpp"
 
 namespace deadspec::detail {
@@ -61,6 +62,13 @@ void symmetrize_from_lower(RowMatrixXd& c);
 /// Eigendecomposition of the lower triangle of `a` (column-major, overwritten with the
 /// eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns LAPACK's info.
 int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors);
+/// Descending eigendecomposition of an owned column-major matrix (lower triangle read).
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors);
+/// C (m×n, row-major, ldc = n) = Aᵀ·B with A row-major k×m (leading dimension lda) and
+/// B row-major k×n (ldb = n).
+void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m, std::int64_t n,
+             std::int64_t k, double* c);
+
 const char* lapack_backend_name();
 std::string blas_config();
 int blas_num_threads();

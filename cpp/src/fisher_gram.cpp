@@ -30,36 +30,38 @@ FisherRoute resolve_fisher_route(std::int64_t n, std::int64_t t, std::int64_t d_
 
 namespace {
 
-// K_ij = Σ_{t,s} (A_it·A_js)(D_it·D_js) / N, computed for a chunk of rows i at a time.
+// K_ij = Σ_{t,s} (A_it·A_js)(D_it·D_js) / N for a chunk of rows i at a time, against the
+// samples j ≥ i only (K is symmetric), so each cross Gram covers about half the square.
 RowMatrixXd block_sum(const double* a, const double* d, std::int64_t n, std::int64_t t,
                       std::int64_t di, std::int64_t dout, std::int64_t chunk_bytes) {
     RowMatrixXd k(n, n);
     const std::int64_t nt = n * t;
     const std::int64_t per_sample = 2 * t * nt * static_cast<std::int64_t>(sizeof(double));
-    const std::int64_t chunk = std::clamp<std::int64_t>(chunk_bytes / std::max<std::int64_t>(per_sample, 1), 1, n);
+    const std::int64_t chunk =
+        std::clamp<std::int64_t>(chunk_bytes / std::max<std::int64_t>(per_sample, 1), 1, n);
     std::vector<double> ca(static_cast<std::size_t>(chunk * t * nt));
     std::vector<double> cd(ca.size());
     const double inv_n = 1.0 / static_cast<double>(n);
     for (std::int64_t i0 = 0; i0 < n; i0 += chunk) {
         const std::int64_t c = std::min(chunk, n - i0);
-        detail::gemm_nt(a + i0 * t * di, a, c * t, nt, di, ca.data());
-        detail::gemm_nt(d + i0 * t * dout, d, c * t, nt, dout, cd.data());
+        const std::int64_t cols = (n - i0) * t;  // positions of the samples j ≥ i0
+        detail::gemm_nt(a + i0 * t * di, a + i0 * t * di, c * t, cols, di, ca.data());
+        detail::gemm_nt(d + i0 * t * dout, d + i0 * t * dout, c * t, cols, dout, cd.data());
         for (std::int64_t ii = 0; ii < c; ++ii) {
-            for (std::int64_t j = 0; j < n; ++j) {
+            for (std::int64_t jj = ii; jj < n - i0; ++jj) {
                 double s = 0.0;
                 for (std::int64_t tt = 0; tt < t; ++tt) {
-                    const std::int64_t row = (ii * t + tt) * nt + j * t;
+                    const std::size_t row = static_cast<std::size_t>((ii * t + tt) * cols + jj * t);
                     for (std::int64_t ss = 0; ss < t; ++ss)
-                        s += ca[static_cast<std::size_t>(row + ss)] *
-                             cd[static_cast<std::size_t>(row + ss)];
+                        s += ca[row + static_cast<std::size_t>(ss)] *
+                             cd[row + static_cast<std::size_t>(ss)];
                 }
-                k(i0 + ii, j) = s * inv_n;
+                k(i0 + ii, i0 + jj) = s * inv_n;
+                k(i0 + jj, i0 + ii) = s * inv_n;
             }
         }
     }
-    // Symmetric by construction up to round-off: make it exactly symmetric.
-    RowMatrixXd sym = 0.5 * (k + k.transpose());
-    return sym;
+    return k;
 }
 
 // Γ formed in column chunks of the d_in axis: row i of a chunk is vec(A_i[:, r0:r1]ᵀ D_i).
@@ -72,13 +74,10 @@ RowMatrixXd materialize(const double* a, const double* d, std::int64_t n, std::i
     for (std::int64_t r0 = 0; r0 < di; r0 += rb) {
         const std::int64_t r = std::min(rb, di - r0);
         if (gamma.cols() != r * dout) gamma.resize(n, r * dout);
-        for (std::int64_t i = 0; i < n; ++i) {
-            Eigen::Map<const RowMatrixXd, 0, Eigen::OuterStride<>> ai(a + i * t * di + r0, t, r,
-                                                                     Eigen::OuterStride<>(di));
-            Eigen::Map<const RowMatrixXd> dmat(d + i * t * dout, t, dout);
-            Eigen::Map<RowMatrixXd> gi(gamma.row(i).data(), r, dout);
-            gi.noalias() = ai.transpose() * dmat;
-        }
+        // g_i[r0:r0+r, :] = A_i[:, r0:r0+r]ᵀ D_i through BLAS (runtime-dispatched SIMD kernels).
+        for (std::int64_t i = 0; i < n; ++i)
+            detail::gemm_tn(a + i * t * di + r0, di, d + i * t * dout, r, dout, t,
+                            gamma.row(i).data());
         detail::syrk_rows_accumulate(gamma.data(), n, r * dout, 1.0 / static_cast<double>(n), k);
     }
     detail::symmetrize_from_lower(k);

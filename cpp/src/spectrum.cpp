@@ -75,8 +75,7 @@ Spectrum spectrum(const TensorView& g, const SpectrumOptions& opts) {
     const double tol = g.dtype == DType::Float32 ? 1e-3 : 1e-6;
     DEADSPEC_CHECK_ARG(asym <= tol * scale, fn, ": g must be symmetric, got max |g - gᵀ| = ",
                        asym, " against max |g| = ", scale);
-    Eigen::Map<const Eigen::MatrixXd> col(h.data(), h.rows(), h.cols());
-    const SymEigResult eig = sym_eig(Eigen::Ref<const Eigen::MatrixXd>(col), opts.vectors);
+    const SymEigResult eig = detail::sym_eig_owned(map, opts.vectors);
     if (eig.status != EigStatus::Success)
         throw Error("deadspec.spectrum: the eigensolver did not converge");
     SpectrumOptions o = opts;

@@ -11,12 +11,9 @@ std::string blas_info() { return detail::blas_config(); }
 int num_threads() { return detail::blas_num_threads(); }
 void set_num_threads(int n) { detail::blas_set_num_threads(n); }
 
-SymEigResult sym_eig(const Eigen::Ref<const Eigen::MatrixXd>& a, bool vectors) {
-    DEADSPEC_CHECK_ARG(a.rows() == a.cols(), "deadspec.sym_eig: a must be a square matrix, got shape (",
-                       a.rows(), ", ", a.cols(), ")");
-    DEADSPEC_CHECK_ARG(a.rows() > 0, "deadspec.sym_eig: a must not be empty, got shape (0, 0)");
-    DEADSPEC_CHECK_ARG(a.allFinite(), "deadspec.sym_eig: a must be finite, got NaN or Inf");
-    Eigen::MatrixXd work = a;
+namespace detail {
+// `work` is column-major and owned: LAPACK reads its lower triangle and overwrites it.
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors) {
     Eigen::VectorXd w;
     SymEigResult out;
     const int info = detail::syevd(work, w, vectors);
@@ -25,6 +22,15 @@ SymEigResult sym_eig(const Eigen::Ref<const Eigen::MatrixXd>& a, bool vectors) {
     if (vectors) out.vectors = work.rowwise().reverse();
     return out;
 }
+}  // namespace detail
+
+SymEigResult sym_eig(const Eigen::Ref<const Eigen::MatrixXd>& a, bool vectors) {
+    DEADSPEC_CHECK_ARG(a.rows() == a.cols(), "deadspec.sym_eig: a must be a square matrix, got shape (",
+                       a.rows(), ", ", a.cols(), ")");
+    DEADSPEC_CHECK_ARG(a.rows() > 0, "deadspec.sym_eig: a must not be empty, got shape (0, 0)");
+    DEADSPEC_CHECK_ARG(a.allFinite(), "deadspec.sym_eig: a must be finite, got NaN or Inf");
+    return detail::sym_eig_owned(a, vectors);
+}
 
 SymEigResult sym_eig(const TensorView& a, bool vectors) {
     constexpr const char* fn = "deadspec.sym_eig";
@@ -32,10 +38,9 @@ SymEigResult sym_eig(const TensorView& a, bool vectors) {
     DEADSPEC_CHECK_ARG(a.ndim() == 2 && a.shape[0] == a.shape[1], fn,
                        ": a must be a square matrix, got shape ", a.shape_string());
     const auto h = detail::host_matrix(a, 1, fn, "a");
-    // Row-major in memory = the transpose in column-major; the lower triangle of the transpose is
-    // the upper one of a, which is what LAPACK then reads. For a symmetric matrix both agree.
-    Eigen::Map<const Eigen::MatrixXd> col(h.data(), h.rows(), h.cols());
-    return sym_eig(Eigen::Ref<const Eigen::MatrixXd>(col), vectors);
+    // The row-major data is copied into column-major storage (one copy, which LAPACK needs
+    // anyway since it overwrites its input), so the lower triangle of `a` is what is read.
+    return detail::sym_eig_owned(h.map(), vectors);
 }
 
 }  // namespace deadspec

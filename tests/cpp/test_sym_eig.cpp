@@ -45,3 +45,16 @@ TEST(SymEig, RejectsNonSquare) {
                   std::string::npos);
     }
 }
+
+TEST(SymEig, ReadsTheLowerTriangleOfARowMajorView) {
+    // Garbage above the diagonal must be ignored, garbage below it must not.
+    RowMatrixXd a = RowMatrixXd::Zero(3, 3);
+    a.diagonal() << 3.0, 2.0, 1.0;
+    a(0, 2) = 100.0;
+    auto r = sym_eig(TensorView::cpu(a));
+    EXPECT_NEAR(r.values[0], 3.0, 1e-12);
+    EXPECT_NEAR(r.values[2], 1.0, 1e-12);
+    a(0, 2) = 0.0;
+    a(2, 0) = 100.0;
+    EXPECT_GT(sym_eig(TensorView::cpu(a)).values[0], 100.0);
+}

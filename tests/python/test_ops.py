@@ -122,6 +122,14 @@ def test_sym_eig_values_and_vectors(rng):
     np.testing.assert_allclose(w2, w, rtol=1e-12)
 
 
+def test_sym_eig_reads_the_lower_triangle():
+    a = np.diag([3.0, 2.0, 1.0])
+    a[0, 2] = 100.0  # above the diagonal: ignored
+    np.testing.assert_allclose(deadspec.sym_eig(a)[0], [3.0, 2.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(deadspec.sym_eig(torch.from_numpy(a.T.copy()))[0][0],
+                               np.linalg.eigvalsh(a.T, UPLO="L")[-1], rtol=1e-12)
+
+
 def test_fit_slope():
     s = deadspec.fit_slope(np.log([1e-3, 1e-2, 1e-1]), 2 * np.log([1e-3, 1e-2, 1e-1]) + 1)
     assert s.slope == pytest.approx(2.0) and s.r2 == pytest.approx(1.0) and s.n == 3
