@@ -36,6 +36,11 @@ _LAZY = {
     "read": "deadspec.reading",
     "Reading": "deadspec.reading",
     "LayerReading": "deadspec.reading",
+    "GaugeZero": "deadspec.reading",
+    "TokenCrossEntropy": "deadspec.reading",
+    "classify_directions": "deadspec.approach",
+    "gauge_directions": "deadspec.approach",
+    "DirectionClass": "deadspec.approach",
     "approach_slope": "deadspec.approach",
     "ApproachSlope": "deadspec.approach",
     "direction_order": "deadspec.approach",
@@ -45,8 +50,10 @@ _SUBMODULES = ("models", "theory", "experiments", "cli")
 
 __all__ = [
     "ApproachSlope",
+    "DirectionClass",
     "DirectionOrder",
     "Error",
+    "GaugeZero",
     "GramAccumulator",
     "LayerReading",
     "Reading",
@@ -55,6 +62,7 @@ __all__ = [
     "__version__",
     "approach_slope",
     "build_info",
+    "classify_directions",
     "cmake_dir",
     "default_rtol",
     "direction_order",
@@ -62,6 +70,7 @@ __all__ = [
     "fisher_gram_from_grads",
     "fisher_route",
     "fit_slope",
+    "gauge_directions",
     "gram",
     "logdet_top",
     "num_threads",
@@ -70,6 +79,7 @@ __all__ = [
     "spectrum",
     "spectrum_from_eigenvalues",
     "sym_eig",
+    "TokenCrossEntropy",
 ]
 
 

@@ -42,7 +42,15 @@ from deadspec.reading import (
     read,
 )
 
-__all__ = ["ApproachSlope", "DirectionOrder", "approach_slope", "direction_order"]
+__all__ = [
+    "ApproachSlope",
+    "DirectionClass",
+    "DirectionOrder",
+    "approach_slope",
+    "classify_directions",
+    "direction_order",
+    "gauge_directions",
+]
 
 _SIDES = ("activation", "fisher")
 _METHODS = ("ols", "theil-sen")
@@ -819,3 +827,384 @@ def direction_order(
         stderr=stderr,
         intercept=intercept,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate directions and their classification (transformer readings)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class DirectionClass:
+    """One classified candidate direction (:func:`classify_directions`).
+
+    Attributes
+    ----------
+    name : str
+        ``"<source>:<where>"``, e.g. ``"qk-scale:blocks.0.attn[h=1]"``,
+        ``"eigen-fisher:blocks.0.mlp.fc_in[0]"``.
+    source : str
+        ``"gauge"`` (a symmetry detector), ``"eigen-fisher"`` (a small eigen-direction of a
+        layer's Fisher-Gram) or ``"user"``.
+    layer : str or None
+        The layer (or module) the direction lives in.
+    order : DirectionOrder
+        The measurement: ``kind`` ∈ {"genuine", "flat-gauge", "regular"}, ``k_hat``,
+        ``lambda_dir``.
+    direction : dict
+        The unit direction ``{parameter name: tensor}`` (non-zero entries only).
+    """
+
+    name: str
+    source: str
+    layer: str | None
+    order: DirectionOrder
+    direction: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.order.kind
+
+    @property
+    def k_hat(self) -> float:
+        return self.order.k_hat
+
+    @property
+    def lambda_dir(self) -> float:
+        return self.order.lambda_dir
+
+    def to_dict(self) -> dict[str, Any]:
+        """Scalars: name, source, layer, kind, k_hat, lambda_dir, slope, r2, F_u at the largest t."""
+        o = self.order
+        return {
+            "name": self.name,
+            "source": self.source,
+            "layer": self.layer,
+            "kind": o.kind,
+            "k_hat": float(o.k_hat),
+            "lambda_dir": float(o.lambda_dir),
+            "slope": float(o.slope),
+            "r2": float(o.r2),
+            "fisher": float(o.fisher[-1]),
+            "reference": float(o.reference[-1]) if o.reference is not None else float("nan"),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"DirectionClass(name={self.name!r}, kind={self.kind!r}, k_hat={self.k_hat:.4g}, "
+            f"lambda_dir={self.lambda_dir:.4g})"
+        )
+
+
+def _rows(w: torch.Tensor, idx: slice | int, axis: str) -> torch.Tensor:
+    z = torch.zeros_like(w)
+    if axis == "row":
+        z[idx] = w[idx]
+    else:
+        z[:, idx] = w[:, idx]
+    return z
+
+
+def _lin_param_names(prefix: str, mod: nn.Module) -> tuple[str, str | None]:
+    return f"{prefix}weight", (f"{prefix}bias" if getattr(mod, "bias", None) is not None else None)
+
+
+def gauge_directions(
+    model: nn.Module, *, output_layer: str | None = None, logit_shift: bool = True
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Parameter-space tangents of the exact gauges deadspec knows in a model.
+
+    Detectors (all tangents at the model's current parameters, not normalised):
+
+    - ``logit-shift:<layer>``: ``W ↦ W + 1vᵀ``, ``b ↦ b + c1`` of the logit layer
+      (``output_layer``; default the last ``nn.Linear`` in ``named_modules()`` order), with
+      ``v = 1``: exact for cross-entropy (softmax is shift-invariant).
+    - ``qk-scale:<attn>[h=i]`` and ``vo-scale:<attn>[h=i]`` for attention modules with a
+      ``deadspec_heads()`` layout (:class:`deadspec.models_transformer.SelfAttention`):
+      ``(W_q,h, W_k,h) ↦ (cW_q,h, W_k,h/c)`` (commutes with RoPE) and
+      ``(W_v,h, W_o[:,h]) ↦ (cW_v,h, W_o[:,h]/c)``.
+    - ``relu-scale:<mlp>[j=u]``: the ReLU rescaling of hidden unit u (the one with the largest
+      ``‖w_in‖·‖w_out‖``) in every ``Linear → ReLU → Linear`` found as consecutive children
+      (``nn.Sequential`` or modules with children ``fc_in, act, fc_out``).
+    - ``ln-scale:<ln>[i=k]``: LayerNorm channel k (largest |γ_k|) scaled against the input
+      column k of the layers it feeds, in :class:`TransformerBlock` (``ln1 → q, k, v``;
+      ``ln2 → mlp.fc_in``) and :class:`ModAddTransformer` (``ln_f → unembed``).
+
+    Returns
+    -------
+    dict
+        ``name -> {parameter name: tangent tensor}``.
+    """
+    from deadspec.models_transformer import ModAddTransformer, SelfAttention, TransformerBlock
+
+    named = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    out: dict[str, dict[str, torch.Tensor]] = {}
+
+    def pre(name: str) -> str:
+        return f"{name}." if name else ""
+
+    with torch.no_grad():
+        if logit_shift:
+            lname = output_layer
+            if lname is None:
+                lins = [n for n, m in named.items() if isinstance(m, nn.Linear)]
+                lname = lins[-1] if lins else None
+            if lname is not None:
+                lin = _linear_named(model, lname, "output_layer", "gauge_directions")
+                wn, bn = _lin_param_names(pre(lname), lin)
+                d = {wn: torch.ones_like(lin.weight)}
+                if bn is not None:
+                    d[bn] = torch.ones_like(lin.bias)
+                out[f"logit-shift:{lname}"] = d
+        for name, m in named.items():
+            p = pre(name)
+            if isinstance(m, SelfAttention):
+                for h in range(m.n_heads):
+                    sl = slice(h * m.d_head, (h + 1) * m.d_head)
+                    for label, a, b in (("qk-scale", "q", "k"), ("vo-scale", "v", "o")):
+                        d: dict[str, torch.Tensor] = {}
+                        la = getattr(m, a)
+                        d[f"{p}{a}.weight"] = _rows(la.weight, sl, "row")
+                        if la.bias is not None:
+                            d[f"{p}{a}.bias"] = _rows(la.bias, sl, "row")
+                        lb = getattr(m, b)
+                        if b == "k":
+                            d[f"{p}k.weight"] = -_rows(lb.weight, sl, "row")
+                            if lb.bias is not None:
+                                d[f"{p}k.bias"] = -_rows(lb.bias, sl, "row")
+                        else:
+                            d[f"{p}o.weight"] = -_rows(lb.weight, sl, "col")
+                        out[f"{label}:{name}[h={h}]"] = d
+            triples = []
+            kids = list(m.named_children())
+            if all(hasattr(m, c) for c in ("fc_in", "act", "fc_out")):
+                triples.append(("fc_in", "act", "fc_out"))
+            elif isinstance(m, nn.Sequential):
+                for i in range(len(kids) - 2):
+                    triples.append((kids[i][0], kids[i + 1][0], kids[i + 2][0]))
+            for a, act, b in triples:
+                la, mact, lb = getattr(m, a), getattr(m, act), getattr(m, b)
+                if not (
+                    isinstance(la, nn.Linear)
+                    and isinstance(mact, nn.ReLU)
+                    and isinstance(lb, nn.Linear)
+                    and la.out_features == lb.in_features
+                ):
+                    continue
+                score = la.weight.norm(dim=1) * lb.weight.norm(dim=0)
+                j = int(score.argmax())
+                d = {f"{p}{a}.weight": _rows(la.weight, j, "row")}
+                if la.bias is not None:
+                    d[f"{p}{a}.bias"] = _rows(la.bias, j, "row")
+                d[f"{p}{b}.weight"] = -_rows(lb.weight, j, "col")
+                out[f"relu-scale:{p}{a}[j={j}]"] = d
+            pairs: list[tuple[str, list[str]]] = []
+            if isinstance(m, TransformerBlock) and m.layernorm:
+                pairs = [("ln1", ["attn.q", "attn.k", "attn.v"]), ("ln2", ["mlp.fc_in"])]
+            elif isinstance(m, ModAddTransformer) and m.layernorm:
+                pairs = [("ln_f", ["unembed"])]
+            for ln_name, consumers in pairs:
+                ln = m.get_submodule(ln_name)
+                if ln.weight is None:
+                    continue
+                k = int(ln.weight.abs().argmax())
+                d = {f"{p}{ln_name}.weight": _rows(ln.weight, k, "row")}
+                if ln.bias is not None:
+                    d[f"{p}{ln_name}.bias"] = _rows(ln.bias, k, "row")
+                for c in consumers:
+                    d[f"{p}{c}.weight"] = -_rows(m.get_submodule(c).weight, k, "col")
+                out[f"ln-scale:{p}{ln_name}[i={k}]"] = d
+    for name, d in out.items():
+        unknown = [k for k in d if k not in params]
+        if unknown:  # pragma: no cover - detectors only name existing parameters
+            raise RuntimeError(f"deadspec.gauge_directions: {name} names unknown {unknown}")
+    return out
+
+
+def _fisher_eigen_directions(
+    model: nn.Module,
+    inputs: Any,
+    layers: Sequence[str],
+    n_small: int,
+    targets: torch.Tensor | None,
+    loss_fn: Callable | None,
+    batch_size: int | None,
+) -> list[tuple[str, str, dict[str, torch.Tensor]]]:
+    """Parameter directions Γᵀv of the smallest active eigenvectors v of each layer's K."""
+    from deadspec.ops import fisher_gram, spectrum
+
+    states, _n = _collect(
+        model,
+        inputs,
+        list(layers),
+        targets=targets,
+        loss_fn=loss_fn,
+        fisher=True,
+        labels="observed",
+        task=None,
+        batch_size=batch_size,
+        pool="none",
+        seed=None,
+        progress=False,
+        fn="classify_directions",
+        gauges=True,
+    )
+    out = []
+    params = dict(model.named_parameters())
+    for st in states:
+        cap = st.capture
+        if cap is None or cap.kind not in ("linear", "conv1d") or st.view is not None:
+            continue
+        acts, grads = cap.concatenated()
+        acts, grads = acts.double(), grads.double()
+        if grads.shape[-1] >= 2:  # exclude an exact shift gauge, as read() does
+            s = grads.sum(-1).abs().max() / grads.abs().max().clamp_min(1e-300)
+            if float(s) < 1e-6:
+                grads = grads - grads.mean(-1, keepdim=True)
+        has_bias = getattr(cap.module, "bias", None) is not None
+        k = fisher_gram(acts, grads, bias=has_bias)
+        spec = spectrum(k, vectors=True)
+        if spec.active == 0:
+            continue
+        vec = torch.as_tensor(spec.eigenvectors)
+        lo = max(spec.active - n_small, 0)
+        a3 = acts if acts.ndim == 3 else acts[:, None, :]
+        g3 = grads if grads.ndim == 3 else grads[:, None, :]
+        for j in range(spec.active - 1, lo - 1, -1):
+            v = vec[:, j]
+            w = torch.einsum("n,nte,ntd->ed", v, g3, a3)  # d_out × d_in
+            prefix = f"{st.name}." if st.name else ""
+            wname = f"{prefix}weight"
+            d: dict[str, torch.Tensor] = {}
+            pw = params[wname]
+            d[wname] = (w.T if cap.kind == "conv1d" else w).to(pw.dtype)
+            if has_bias:
+                d[f"{prefix}bias"] = torch.einsum("n,nte->e", v, g3).to(pw.dtype)
+            out.append((f"eigen-fisher:{st.name}[{spec.active - 1 - j}]", st.name, d))
+        cap.release()
+    return out
+
+
+def classify_directions(
+    model: nn.Module,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    targets: torch.Tensor | None = None,
+    loss_fn: Callable | None = None,
+    layers: Sequence[str] | None = None,
+    n_small: int = 1,
+    gauges: bool = True,
+    candidates: Mapping[str, Any] | None = None,
+    output_layer: str | None = None,
+    t: Sequence[float] | np.ndarray | None = None,
+    labels: str = "expected",
+    task: str | None = None,
+    slope_tol: float = 0.5,
+    gauge_rtol: float = 1e-8,
+    n_probes: int = 2,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    progress: bool | None = False,
+) -> list[DirectionClass]:
+    """Classify candidate directions: genuine singularity (k̂, λ_dir), flat gauge or regular.
+
+    Candidates come from three places:
+
+    1. **Gauge detectors** (``gauges=True``): :func:`gauge_directions`. A gauge is tested at the
+       checkpoint itself (the path is constant): ``"flat-gauge"`` when ``F_u`` is below
+       ``gauge_rtol`` times the random-direction reference, else ``"regular"`` (a detector
+       that does not apply, e.g. the logit shift under a squared loss).
+    2. **Small eigen-directions** of each layer's Fisher-Gram (``n_small`` per layer, for the
+       ``nn.Linear``/``Conv1D`` layers in ``layers``, default all ``nn.Linear``; needs
+       ``targets``): ``u = Γᵀv/‖Γᵀv‖`` for the smallest active eigenvectors v of K. Path:
+       the component of the layer's parameters along u is scaled by t (``θ(t) = θ −
+       (1 − t)⟨θ, u⟩u``), the approach of theory.md §3; the slope of ``log F_u`` gives k̂.
+    3. ``candidates``: ``{name: direction}`` in :func:`direction_order`'s format, measured
+       along its default path ``θ + t·u``.
+
+    Parameters
+    ----------
+    model, inputs, targets, loss_fn, t, labels, task, slope_tol, gauge_rtol, n_probes, seed,
+    batch_size, progress
+        As in :func:`direction_order` (``t`` for the eigen and user candidates).
+    layers : sequence of str, optional
+        Layers whose Fisher eigen-directions are candidates; default every ``nn.Linear``.
+    n_small : int
+        Eigen-directions per layer (0 disables them).
+    gauges : bool
+        Include the gauge detectors' candidates.
+    candidates : dict, optional
+        Extra user directions.
+    output_layer : str, optional
+        The logit layer for the logit-shift detector (default the last ``nn.Linear``); the
+        detector is used only for classification (integer targets or ``task``).
+
+    Returns
+    -------
+    list of DirectionClass
+    """
+    fn = "classify_directions"
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
+    if isinstance(n_small, bool) or not isinstance(n_small, (int, np.integer)) or n_small < 0:
+        raise ValueError(f"deadspec.{fn}: n_small must be a non-negative int, got {n_small!r}")
+    if candidates is not None and not isinstance(candidates, Mapping):
+        raise TypeError(
+            f"deadspec.{fn}: candidates must be a dict name -> direction, got "
+            f"{type(candidates).__name__}"
+        )
+    task = _infer_task(targets, loss_fn, task, fn)
+    common = {
+        "targets": targets,
+        "loss_fn": loss_fn,
+        "labels": labels,
+        "task": task,
+        "slope_tol": slope_tol,
+        "gauge_rtol": gauge_rtol,
+        "n_probes": n_probes,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    params = dict(model.named_parameters())
+    todo: list[tuple[str, str, str | None, dict, Callable | None, Any]] = []
+    if gauges:
+        found = gauge_directions(
+            model, output_layer=output_layer, logit_shift=(task == "classification")
+        )
+        for name, d in found.items():
+            where = name.split(":", 1)[1]
+            todo.append((name, "gauge", where, d, lambda tv: {}, np.array([1e-2, 1e-1])))
+    if n_small:
+        if layers is None:
+            layers = [nm for nm, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if targets is None:
+            raise ValueError(
+                f"deadspec.{fn}: Fisher eigen-directions need targets (or pass n_small=0)"
+            )
+        for name, layer, d in _fisher_eigen_directions(
+            model, inputs, layers, int(n_small), targets, loss_fn, batch_size
+        ):
+            norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in d.values()))
+            if norm == 0.0:
+                continue
+            unit = {k: v / norm for k, v in d.items()}
+            theta0 = {k: params[k].detach() for k in unit}
+            coef = sum(float((theta0[k].double() * unit[k].double()).sum()) for k in unit)
+
+            def path(tv: float, unit=unit, theta0=theta0, coef=coef) -> dict:
+                return {k: theta0[k] - (1.0 - tv) * coef * unit[k] for k in unit}
+
+            todo.append((name, "eigen-fisher", layer, unit, path, t))
+    for name, d in (candidates or {}).items():
+        todo.append((str(name), "user", None, d, None, t))
+    results = []
+    for name, source, layer, d, path, grid in _progress(
+        todo, progress, f"deadspec.{fn}", total=len(todo)
+    ):
+        order = direction_order(model, inputs, d, path=path, t=grid, **common)
+        nz = {k: v for k, v in d.items() if isinstance(v, torch.Tensor) and bool(v.ne(0).any())}
+        results.append(DirectionClass(name, source, layer, order, nz))
+    return results

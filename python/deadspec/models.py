@@ -14,9 +14,13 @@ from torch import nn
 
 __all__ = [
     "DEMO_WIDTHS",
+    "ModAddTransformer",
     "ReducedRankRegression",
+    "SelfAttention",
+    "TransformerBlock",
     "demo_mlp",
     "mlp",
+    "modadd_data",
 ]
 
 #: Widths of the network built by :func:`demo_mlp` (input, hidden, hidden, output).
@@ -144,3 +148,12 @@ def demo_mlp() -> nn.Sequential:
     ``deadspec read ckpt.pt --model deadspec.models:demo_mlp --data data.pt``.
     """
     return mlp(DEMO_WIDTHS, activation="relu", bias=True)
+
+
+# Transformer models live in their own module; they are part of this namespace.
+from deadspec.models_transformer import (  # noqa: E402
+    ModAddTransformer,
+    SelfAttention,
+    TransformerBlock,
+    modadd_data,
+)
