@@ -1,0 +1,675 @@
+"""Dead-Direction Conditioners: optimizers whose state lives on gauge-invariant coordinates.
+
+:class:`DDCAdam` is AdamW whose moments are kept in gauge-fixed, invariant coordinates, so the
+update is exactly equivariant under the network's gauges (:mod:`deadspec.gauges`):
+``step(g·θ) = g·step(θ)``. The design and its conventions are written up in ``docs/ddc.md``;
+in short, for per-unit rescaling sites (ReLU/SwiGLU :class:`~deadspec.gauges.Pair` s,
+LayerNorm/RMSNorm :class:`~deadspec.gauges.NormScale`), computed progressively along the
+network,
+
+- ``ρ_s`` = row norms of the producer block ``Ŵ = [W · diag(ρ_in) | b]`` (``(γ_i, β_i)`` for a
+  norm), ``ρ_in`` the scales of the site feeding the producer's columns (1 if none);
+- the invariant coordinates of a parameter are ``x̃ = x ⊙ σ⁻¹`` with the per-element scale
+  ``σ = ρ_row / ρ_col`` (``ρ_row`` of the site whose rows it holds, ``ρ_col`` of the site whose
+  units index its columns, 1 where none); the invariant gradient is ``g̃ = g ⊙ σ``;
+- bias-corrected Adam runs on ``g̃`` and the update is mapped back, ``Δx = −η·u ⊙ σ``.
+
+A parameter in no gauge has ``σ = 1``: its update is torch's AdamW's, bit for bit. The logit
+shift of a cross-entropy head needs no coordinate change (its gradient is already invariant);
+only its decoupled weight decay skips the gauge component (the row mean).
+
+Contract
+--------
+- Any device and floating dtype (the moments have the parameter's dtype, as in torch's AdamW).
+  The scales are computed in each producer's dtype; ``step`` is ``torch.no_grad``.
+- ``state_dict()`` holds the per-parameter moments (shapes of the parameters, as torch's
+  AdamW) plus a ``"ddc"`` entry (site names, ``gauge_mode`` and the per-site scalar moments of
+  ``gauge_mode="damped"``); ``load_state_dict`` refuses a state built for other sites.
+- Each parameter's update is a pure function of (parameter, gradient, its moments, its scale
+  ``σ``, group hyper-parameters) — :func:`_ddc_adam_update` — and each site's scale a pure
+  function of its producer block and its input scale — :func:`_site_rho`; these are the kernels
+  the C++ core will take over.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from deadspec import gauges as _g
+
+__all__ = ["DDCAdam"]
+
+_GAUGE_MODES = ("zero", "damped", "balance")
+_NONFINITE = ("raise", "skip")
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels (pure functions of one block; the C++ port replaces these)
+# --------------------------------------------------------------------------------------------
+
+
+def _site_rho(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+    units: torch.Tensor | None,
+) -> torch.Tensor:
+    """Effective gauge scale of a site: row norms of ``[W·diag(col_scale) | b]``.
+
+    ``weight`` is the producer's ``h×d`` weight (``(h,)`` γ for a norm, with ``bias`` = β).
+    Exactly-zero rows (and rows whose norm is below the dtype's ``tiny``) get scale 1, units
+    outside ``units`` get scale 1: they are not scaled (the "dead unit" convention).
+    """
+    if weight.ndim == 2:
+        w = weight if col_scale is None else weight * col_scale.to(weight.dtype).reshape(1, -1)
+        sq = w.square().sum(1)
+    else:
+        sq = weight.square()
+    if bias is not None:
+        sq = sq + bias.square()
+    rho = sq.sqrt()
+    tiny = torch.finfo(rho.dtype).tiny
+    rho = torch.where(rho > tiny, rho, torch.ones_like(rho))
+    if units is not None:
+        full = torch.ones_like(rho)
+        idx = units.to(rho.device)
+        full[idx] = rho[idx]
+        rho = full
+    return rho
+
+
+def _ddc_adam_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_t: torch.Tensor,
+    scale: torch.Tensor | None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """One bias-corrected Adam step in the invariant coordinates ``x̃ = x/σ``.
+
+    ``g̃ = grad·σ``, moments on ``g̃``, ``param ← param − lr/bc1 · m/(√(v/bc2) + eps) · σ``.
+    ``scale`` None means σ = 1 and reproduces ``torch.optim.AdamW`` (single-tensor path)
+    bitwise (decoupled decay is applied beforehand, as there).
+    """
+    step_t += 1
+    g = grad if scale is None else grad * scale
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step = step_t.item()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+    if scale is None:
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+    else:
+        param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Plan: the sites and the role of each parameter
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Site:
+    name: str
+    kind: str  # "pair" | "norm"
+    weight: torch.Tensor  # producer rows: Linear weight (h×d) or norm γ (h,)
+    bias: torch.Tensor | None  # Linear bias or norm β
+    consumers: list[torch.Tensor]  # weights whose columns index the units
+    units: torch.Tensor | None
+    size: int  # number of units in the gauge
+    in_site: int | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class _Plan:
+    def __init__(self) -> None:
+        self.sites: list[_Site] = []
+        self.row: dict[int, int] = {}
+        self.col: dict[int, int] = {}
+        self.shift: set[int] = set()
+        self.order: list[int] = []
+        self.gauges: list[_g.Gauge] = []
+
+    def add_site(self, site: _Site, fn: str) -> None:
+        idx = len(self.sites)
+        for t in (site.weight, site.bias):
+            if t is None:
+                continue
+            if id(t) in self.row:
+                other = self.sites[self.row[id(t)]]
+                raise ValueError(
+                    f"deadspec.{fn}: gauges must not share a producer, got "
+                    f"{site.name!r} and {other.name!r}"
+                )
+            if id(t) in self.shift:
+                raise ValueError(
+                    f"deadspec.{fn}: a LogitShift layer cannot also be a "
+                    f"producer, got {site.name!r}"
+                )
+        for c in site.consumers:
+            if id(c) in self.col:
+                other = self.sites[self.col[id(c)]]
+                raise ValueError(
+                    f"deadspec.{fn}: a consumer's columns must belong to one "
+                    f"gauge, got {site.name!r} and {other.name!r}"
+                )
+        self.sites.append(site)
+        for t in (site.weight, site.bias):
+            if t is not None:
+                self.row[id(t)] = idx
+        for c in site.consumers:
+            self.col[id(c)] = idx
+
+    def finish(self, fn: str) -> None:
+        for s in self.sites:
+            s.in_site = self.col.get(id(s.weight)) if s.kind == "pair" else None
+        # topological order over "producer columns come from site t"
+        state = [0] * len(self.sites)
+        order: list[int] = []
+
+        def visit(i: int) -> None:
+            if state[i] == 2:
+                return
+            if state[i] == 1:
+                raise ValueError(
+                    f"deadspec.{fn}: gauges must form an acyclic network, got a "
+                    f"cycle through {self.sites[i].name!r}"
+                )
+            state[i] = 1
+            j = self.sites[i].in_site
+            if j is not None:
+                visit(j)
+            state[i] = 2
+            order.append(i)
+
+        for i in range(len(self.sites)):
+            visit(i)
+        self.order = order
+
+
+def _build_plan(model: nn.Module, gauges: list[_g.Gauge], explicit: bool, fn: str) -> _Plan:
+    plan = _Plan()
+    pairs: list[_g.Pair] = []
+    norms: list[_g.NormScale] = []
+    shifts: list[_g.LogitShift] = []
+    chains: list[_g.Chain] = []
+    dropped_heads = 0
+    for g in gauges:
+        if not isinstance(g, _g.Gauge):
+            raise TypeError(
+                f"deadspec.{fn}: gauges must hold deadspec.gauges.Gauge objects, got "
+                f"{type(g).__name__}"
+            )
+        if isinstance(g, _g.HeadRotation):
+            if explicit:
+                raise NotImplementedError(
+                    f"deadspec.{fn}: DDCAdam is not equivariant under {g.describe()} (an Adam "
+                    f"base is coordinatewise; per-head rotations need an orthogonally "
+                    f"equivariant base, DDCMuon); drop the HeadRotation from gauges="
+                )
+            dropped_heads += 1
+            continue
+        if explicit and g.source == "declared":
+            g.validate(model)  # discovered gauges were checked by discovery
+        b = g.bind(model)
+        if isinstance(b, _g.Pair):
+            pairs.append(b)
+        elif isinstance(b, _g.NormScale):
+            norms.append(b)
+        elif isinstance(b, _g.LogitShift):
+            shifts.append(b)
+        elif isinstance(b, _g.Chain):
+            chains.append(b)
+        else:  # pragma: no cover - future gauge kinds
+            raise NotImplementedError(f"deadspec.{fn}: gauge kind {b.kind!r} is not supported")
+        plan.gauges.append(b)
+    if dropped_heads:
+        warnings.warn(
+            f"deadspec.{fn}: ignoring {dropped_heads} discovered HeadRotation gauge(s): DDCAdam "
+            f"is not equivariant under per-head rotations (use DDCMuon); those parameters get "
+            f"their other gauges' conditioning or plain AdamW",
+            UserWarning,
+            stacklevel=3,
+        )
+    have = {(p.producer, p.consumer) for p in pairs}
+    for ch in chains:
+        for p in ch.pairs():
+            if (p.producer, p.consumer) not in have:
+                pairs.append(p.bind(model))
+                have.add((p.producer, p.consumer))
+    for sh in shifts:
+        mod = model.get_submodule(sh.layer)
+        plan.shift.add(id(mod.weight))
+        if mod.bias is not None:
+            plan.shift.add(id(mod.bias))
+    for p in pairs:
+        prod = model.get_submodule(p.producer)
+        cons = [model.get_submodule(c).weight for c in _g._as_tuple(p.consumer)]
+        units = None if p.units is None else torch.as_tensor(p.units, dtype=torch.int64)
+        plan.add_site(
+            _Site(
+                f"pair:{p.producer}",
+                "pair",
+                prod.weight,
+                prod.bias,
+                cons,
+                units,
+                prod.out_features if units is None else int(units.numel()),
+            ),
+            fn,
+        )
+    for n in norms:
+        w, bb = _g._norm_params(model.get_submodule(n.norm))
+        cons = [model.get_submodule(c).weight for c in _g._as_tuple(n.consumer)]
+        plan.add_site(_Site(f"norm:{n.norm}", "norm", w, bb, cons, None, int(w.shape[0])), fn)
+    plan.finish(fn)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# The optimizer
+# --------------------------------------------------------------------------------------------
+
+
+class DDCAdam(torch.optim.Optimizer):
+    """AdamW with its state on gauge-invariant coordinates (exactly gauge-equivariant).
+
+    Parameters
+    ----------
+    model_or_params : nn.Module or iterable of parameters / param-group dicts
+        The model (needed for the gauges), or plain parameters (then no gauges: plain AdamW,
+        with a warning).
+    lr, betas, eps, weight_decay
+        As ``torch.optim.AdamW`` (decoupled weight decay, default 0).
+    gauges : list of deadspec.gauges.Gauge, optional
+        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``; discovered
+        :class:`~deadspec.gauges.HeadRotation` s are ignored with a warning. An explicit list is
+        bound to the model and its hand-declared entries (``source="declared"``) validated; an explicit ``HeadRotation`` raises NotImplementedError
+        (DDCMuon's job). ``[]``: no gauges (AdamW).
+    gauge_mode : {"zero", "damped", "balance"}
+        Policy on the pure-gauge scales ρ. ``"zero"``: ρ is kept (exactly equivariant).
+        ``"damped"``: ``log ρ`` moves by a scalar Adam step on the gauge-mode gradient
+        ``g_V = ĝ_in − ĝ_out`` normalised by the radial scale, ``Δlog ρ = −η·m̂_V/(√v̂_V + √v̂_U +
+        eps)`` (equivariant; it acts only where the declared gauge is broken, e.g. by an L2 term
+        inside the loss). ``"balance"``: ``log ρ`` moves toward equal producer-row and
+        consumer-column norms, closing ``balance_rate`` of the log gap per step (NOT
+        equivariant).
+    balance_rate : float
+        Fraction of the log-norm imbalance closed per step with ``gauge_mode="balance"``.
+    loss : {"cross_entropy", None}
+        For discovery: whether the output layer's logit shift is a gauge.
+    nonfinite : {"raise", "skip"}
+        A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
+        with a warning (parameters and state untouched).
+    params : iterable, optional
+        With a model: the parameters or param-group dicts to optimise (default
+        ``model.parameters()``), e.g. groups with different ``lr``/``weight_decay``.
+
+    Notes
+    -----
+    - Parameters without a gradient are skipped (no decay, no moment update), as in AdamW. In a
+      gauge block with a missing gradient the other parameters are still updated with their
+      scales (ρ is computed from the parameters alone); the site's ``g_V`` is not computed
+      (absent from :meth:`gauge_residuals`) and ``"damped"`` leaves its ρ unchanged.
+    - A unit whose producer row is exactly zero (ρ = 0) is not scaled (σ uses ρ := 1): its
+      coordinates are the raw ones and it gets plain Adam; never NaN. Exact equivariance holds
+      where every ρ > 0 (the group acts freely there).
+    """
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        gauges: list[_g.Gauge] | None = None,
+        gauge_mode: str = "zero",
+        balance_rate: float = 0.1,
+        loss: str | None = "cross_entropy",
+        nonfinite: str = "raise",
+        params: Iterable[Any] | None = None,
+    ) -> None:
+        fn = "DDCAdam"
+        if not (isinstance(lr, (int, float)) and lr >= 0.0):
+            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {lr!r}")
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"deadspec.{fn}: betas must be two floats in [0, 1), got {betas!r}")
+        if not eps >= 0.0:
+            raise ValueError(f"deadspec.{fn}: eps must be non-negative, got {eps!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(
+                f"deadspec.{fn}: weight_decay must be non-negative, got {weight_decay!r}"
+            )
+        if gauge_mode not in _GAUGE_MODES:
+            raise ValueError(
+                f"deadspec.{fn}: gauge_mode must be one of {_GAUGE_MODES}, got {gauge_mode!r}"
+            )
+        if nonfinite not in _NONFINITE:
+            raise ValueError(
+                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
+            )
+        if not (0.0 <= balance_rate <= 1.0):
+            raise ValueError(
+                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
+            )
+        if loss not in ("cross_entropy", None):
+            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
+        self.gauge_mode = gauge_mode
+        self.balance_rate = float(balance_rate)
+        self.nonfinite = nonfinite
+        self._names: dict[int, str] = {}
+        if isinstance(model_or_params, nn.Module):
+            model = model_or_params
+            self._names = {id(p): n for n, p in model.named_parameters()}
+            if gauges is None:
+                found = _g.discover(model, loss=loss, chains=False)
+                plan = _build_plan(model, list(found), explicit=False, fn=fn)
+            else:
+                plan = _build_plan(model, list(gauges), explicit=True, fn=fn)
+            source = model.parameters() if params is None else params
+        else:
+            if params is not None:
+                raise ValueError(
+                    f"deadspec.{fn}: params must only be given with a model, got "
+                    f"both parameters and params="
+                )
+            if gauges:
+                raise ValueError(
+                    f"deadspec.{fn}: gauges need the model (modules), got plain "
+                    f"parameters; pass the nn.Module"
+                )
+            warnings.warn(
+                f"deadspec.{fn}: given plain parameters, not a model: no gauges, DDCAdam is "
+                f"plain AdamW",
+                UserWarning,
+                stacklevel=2,
+            )
+            plan = _Plan()
+            source = model_or_params
+        self._plan = plan
+        self._residuals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        super().__init__(source, defaults)
+
+    # -- introspection -----------------------------------------------------------------------
+    @property
+    def gauges(self) -> list[_g.Gauge]:
+        """The (bound) gauges the optimizer conditions on."""
+        return list(self._plan.gauges)
+
+    @property
+    def sites(self) -> list[str]:
+        """Names of the rescaling sites (``pair:<producer>``, ``norm:<norm>``), in step order."""
+        return [self._plan.sites[i].name for i in self._plan.order]
+
+    def gauge_residuals(self, relative: bool = False) -> dict[str, torch.Tensor]:
+        """Last gauge-mode gradients ``g_V = ĝ_in − ĝ_out`` per site (one value per unit).
+
+        ``ĝ_in = ⟨g_row, w_row⟩`` over the producer block, ``ĝ_out = ⟨g_col, w_col⟩`` over the
+        consumers. Zero up to round-off for an exact gauge. ``relative=True`` divides by the
+        sum of the absolute terms (0 where that is 0).
+        """
+        out = {}
+        for name, (gv, scale) in self._residuals.items():
+            if relative:
+                out[name] = torch.where(
+                    scale > 0,
+                    gv.abs() / scale.clamp_min(torch.finfo(scale.dtype).tiny),
+                    torch.zeros_like(gv),
+                )
+            else:
+                out[name] = gv.clone()
+        return out
+
+    def gauge_scales(self) -> dict[str, torch.Tensor]:
+        """The current effective scales ρ per site (1 for dead or out-of-gauge units)."""
+        with torch.no_grad():
+            rho = self._site_scales()
+        return {self._plan.sites[i].name: rho[i].clone() for i in self._plan.order}
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["ddc"] = {
+            "gauge_mode": self.gauge_mode,
+            "sites": [s.name for s in self._plan.sites],
+            "site_state": {
+                s.name: {
+                    k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.state.items()
+                }
+                for s in self._plan.sites
+                if s.state
+            },
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        ddc = state_dict.pop("ddc", None)
+        if ddc is not None:
+            mine = [s.name for s in self._plan.sites]
+            if list(ddc.get("sites", [])) != mine:
+                raise ValueError(
+                    f"deadspec.DDCAdam.load_state_dict: the state must be for the same gauge "
+                    f"sites, got {list(ddc.get('sites', []))} but this optimizer has {mine}"
+                )
+        super().load_state_dict(state_dict)
+        for s in self._plan.sites:
+            s.state = {}
+            if ddc is not None and s.name in ddc.get("site_state", {}):
+                for k, v in ddc["site_state"][s.name].items():
+                    s.state[k] = (
+                        v.to(dtype=s.weight.dtype, device=s.weight.device).clone()
+                        if isinstance(v, torch.Tensor)
+                        else v
+                    )
+
+    # -- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bad = self._first_nonfinite()
+        if bad is not None:
+            msg = f"deadspec.DDCAdam.step: gradients must be finite, got NaN/Inf in {bad!r}"
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
+            return loss
+        modes = self._gauge_modes()
+        # (0) decoupled weight decay in the original coordinates
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if id(p) in self._plan.shift:
+                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                else:
+                    p.mul_(1 - lr * wd)
+        # (1) gauge scales, (3)-(4) Adam in invariant coordinates, mapped back
+        rho = self._site_scales()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                _ddc_adam_update(
+                    p,
+                    p.grad,
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    state["step"],
+                    self._param_scale(p, rho),
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
+                )
+        # (5) policy on the pure-gauge scales
+        if self.gauge_mode == "damped":
+            self._damped(modes)
+        elif self.gauge_mode == "balance":
+            self._balance()
+        return loss
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _first_nonfinite(self) -> str | None:
+        for i, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        "deadspec.DDCAdam.step: gradients must be dense, got a "
+                        f"sparse gradient for {self._name(p, i, j)!r}"
+                    )
+                if not bool(torch.isfinite(p.grad).all()):
+                    return self._name(p, i, j)
+        return None
+
+    def _name(self, p: torch.Tensor, i: int, j: int) -> str:
+        return self._names.get(id(p), f"param_groups[{i}]['params'][{j}]")
+
+    def _group_of(self, p: torch.Tensor) -> dict[str, Any]:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        return self.defaults
+
+    def _site_scales(self) -> list[torch.Tensor | None]:
+        rho: list[torch.Tensor | None] = [None] * len(self._plan.sites)
+        for i in self._plan.order:
+            s = self._plan.sites[i]
+            col = None if s.in_site is None else rho[s.in_site]
+            rho[i] = _site_rho(s.weight, s.bias, col, s.units)
+        return rho
+
+    def _param_scale(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> torch.Tensor | None:
+        r = self._plan.row.get(id(p))
+        c = self._plan.col.get(id(p))
+        if r is None and c is None:
+            return None
+        scale: torch.Tensor | None = None
+        if r is not None:
+            row = rho[r].to(p.dtype)
+            scale = row.reshape((-1,) + (1,) * (p.ndim - 1))
+        if c is not None:
+            inv = rho[c].to(p.dtype).reshape(1, -1)
+            scale = 1.0 / inv if scale is None else scale / inv
+        return scale
+
+    def _gauge_modes(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per site: (g_V, g_U) on the gauge's units, from the current gradients."""
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        self._residuals = {}
+        for s in self._plan.sites:
+            ts = [s.weight, s.bias, *s.consumers]
+            if any(t is not None and t.grad is None for t in ts):
+                out.append(None)
+                continue
+            dims = 1 if s.weight.ndim == 2 else None
+            t_in = s.weight.grad * s.weight
+            gin = t_in.sum(dims) if dims else t_in
+            ain = t_in.abs().sum(dims) if dims else t_in.abs()
+            if s.bias is not None:
+                tb = s.bias.grad * s.bias
+                gin, ain = gin + tb, ain + tb.abs()
+            gout = torch.zeros_like(gin)
+            aout = torch.zeros_like(gin)
+            for c in s.consumers:
+                tc = c.grad * c
+                gout = gout + tc.sum(0).to(gin.dtype)
+                aout = aout + tc.abs().sum(0).to(gin.dtype)
+            if s.units is not None:
+                idx = s.units.to(gin.device)
+                gin, gout, ain, aout = gin[idx], gout[idx], ain[idx], aout[idx]
+            gv, gu = gin - gout, gin + gout
+            self._residuals[s.name] = (gv.detach().clone(), (ain + aout).detach().clone())
+            out.append((gv, gu))
+        return out
+
+    def _scale_site_(self, s: _Site, c: torch.Tensor) -> None:
+        idx = s.units
+        _g._scale_rows_(s.weight, idx, c)
+        if s.bias is not None:
+            _g._scale_rows_(s.bias, idx, c)
+        for w in s.consumers:
+            _g._scale_cols_(w, idx, c)
+
+    def _damped(self, modes: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        for s, mode in zip(self._plan.sites, modes):
+            if mode is None:
+                continue
+            gv, gu = mode
+            group = self._group_of(s.weight)
+            beta1, beta2 = group["betas"]
+            lr, eps = group["lr"], group["eps"]
+            st = s.state
+            if not st:
+                st["step"] = 0
+                st["exp_avg"] = torch.zeros_like(gv)
+                st["exp_avg_sq"] = torch.zeros_like(gv)
+                st["radial_exp_avg_sq"] = torch.zeros_like(gv)
+            st["step"] += 1
+            st["exp_avg"].lerp_(gv, 1 - beta1)
+            st["exp_avg_sq"].mul_(beta2).addcmul_(gv, gv, value=1 - beta2)
+            st["radial_exp_avg_sq"].mul_(beta2).addcmul_(gu, gu, value=1 - beta2)
+            bc1 = 1 - beta1 ** st["step"]
+            bc2 = 1 - beta2 ** st["step"]
+            denom = (st["exp_avg_sq"] / bc2).sqrt() + (st["radial_exp_avg_sq"] / bc2).sqrt()
+            delta = -(lr / bc1) * st["exp_avg"] / denom.add_(eps)
+            self._scale_site_(s, torch.exp(delta))
+
+    def _balance(self) -> None:
+        deltas = []
+        for s in self._plan.sites:
+            if s.weight.ndim == 2:
+                p2 = s.weight.square().sum(1)
+            else:
+                p2 = s.weight.square()
+            if s.bias is not None:
+                p2 = p2 + s.bias.square()
+            q2 = torch.zeros_like(p2)
+            for c in s.consumers:
+                q2 = q2 + c.square().sum(0).to(p2.dtype)
+            if s.units is not None:
+                idx = s.units.to(p2.device)
+                p2, q2 = p2[idx], q2[idx]
+            ok = (p2 > 0) & (q2 > 0) & torch.isfinite(p2) & torch.isfinite(q2)
+            safe_p = torch.where(ok, p2, torch.ones_like(p2))
+            safe_q = torch.where(ok, q2, torch.ones_like(q2))
+            # log c = rate·½(log q − log p) with q, p the norms (here squared norms: ¼)
+            delta = torch.where(
+                ok, 0.25 * self.balance_rate * (safe_q.log() - safe_p.log()), torch.zeros_like(p2)
+            )
+            deltas.append(delta)
+        for s, d in zip(self._plan.sites, deltas):
+            self._scale_site_(s, torch.exp(d))
