@@ -24,8 +24,9 @@ Subcommands
       Integer targets mean classification (cross-entropy), float targets regression (Gaussian
       NLL with σ = 1); without targets the Fisher side needs ``--labels sampled`` or
       ``--no-fisher``.
-``deadspec repro rank-deficit [ARGS...]``
-    Runs :func:`deadspec.experiments.rank_deficit.main` with ``ARGS``.
+``deadspec repro NAME [ARGS...]``
+    Runs the experiment's ``main(ARGS)``: ``rank-deficit``
+    (:mod:`deadspec.experiments.rank_deficit`) or ``rrr`` (:mod:`deadspec.experiments.rrr`).
 ``deadspec demo --out DIR``
     Trains a small over-parameterised MLP (:func:`deadspec.models.demo_mlp`) on generated data,
     saves 6 checkpoints and the data file into DIR, then runs the ``read`` code path over them
@@ -696,6 +697,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # `deadspec repro NAME` -> the module whose main(argv) runs the experiment.
 EXPERIMENTS = {
     "rank-deficit": "deadspec.experiments.rank_deficit",
+    "rrr": "deadspec.experiments.rrr",
 }
 
 

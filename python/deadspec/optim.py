@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deadspec import _core
 from deadspec import gauges as _g
 
 __all__ = ["DDCAdam"]
@@ -84,6 +85,23 @@ def _site_rho(
     return rho
 
 
+def _fused_ok(param: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the C++ fused step can take this block (CPU, float32/64, 1-D/2-D, dense)."""
+    return (
+        param.device.type == "cpu"
+        and param.dtype in (torch.float32, torch.float64)
+        and param.ndim in (1, 2)
+        and param.is_contiguous()
+        and all(
+            t.device.type == "cpu" and t.dtype == param.dtype and t.shape == param.shape
+            and not t.is_sparse
+            for t in others
+        )
+        and others[1].is_contiguous()
+        and others[2].is_contiguous()
+    )
+
+
 def _ddc_adam_update(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -101,9 +119,26 @@ def _ddc_adam_update(
 
     ``g̃ = grad·σ``, moments on ``g̃``, ``param ← param − lr/bc1 · m/(√(v/bc2) + eps) · σ``.
     ``scale`` None means σ = 1 and reproduces ``torch.optim.AdamW`` (single-tensor path)
-    bitwise (decoupled decay is applied beforehand, as there).
+    bitwise (decoupled decay is applied beforehand, as there). Gauged CPU blocks (1-D/2-D,
+    float32/float64) run as one fused pass in the C++ core, in float64 arithmetic; anything
+    else takes the torch path below, which computes the same step.
     """
     step_t += 1
+    if scale is not None and _fused_ok(param, grad, exp_avg, exp_avg_sq):
+        # One fused pass in the C++ core (deadspec::ddc_adam_update), in float64 arithmetic.
+        _core.ddc_adam_update(
+            param.detach().__dlpack__(),
+            grad.detach().__dlpack__(),
+            exp_avg.__dlpack__(),
+            exp_avg_sq.__dlpack__(),
+            scale.to(param.dtype).expand_as(param).__dlpack__(),
+            lr=float(lr),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(eps),
+            step=int(step_t.item()),
+        )
+        return
     g = grad if scale is None else grad * scale
     exp_avg.lerp_(g, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)

@@ -10,4 +10,5 @@ void bind_gram(py::module_& m);
 void bind_fisher(py::module_& m);
 void bind_spectrum(py::module_& m);
 void bind_slope(py::module_& m);
+void bind_ddc(py::module_& m);
 }  // namespace deadspec::python

@@ -59,6 +59,7 @@ public:
         m_view.dtype = map_dtype(t->dtype);
         m_view.shape.assign(t->shape, t->shape + t->ndim);
         if (t->strides != nullptr) m_view.strides.assign(t->strides, t->strides + t->ndim);
+        m_view.read_only = versioned && (versioned->flags & DLPACK_FLAG_BITMASK_READ_ONLY);
         // Take ownership last: nothing below can throw, so the deleter always runs exactly once.
         cap.set_name(versioned ? "used_dltensor_versioned" : "used_dltensor");
         m_legacy = legacy;

@@ -54,4 +54,5 @@ PYBIND11_MODULE(_core, m) {
     deadspec::python::bind_fisher(m);
     deadspec::python::bind_spectrum(m);
     deadspec::python::bind_slope(m);
+    deadspec::python::bind_ddc(m);
 }

@@ -166,6 +166,14 @@ def test_repro_passthrough(tmp_path, capsys):
     assert (tmp_path / "rank_deficit.csv").is_file()
 
 
+def test_repro_rrr_reaches_its_own_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["repro", "rrr", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--quick" in out and "--epsilons" in out
+
+
 # ------------------------------------------------------------------------------------ errors
 def _err(capsys, argv):
     rc = cli.main(argv)

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "deadspec/config.hpp"
+#include "deadspec/ddc.hpp"
 #include "deadspec/errors.hpp"
 #include "deadspec/fisher_gram.hpp"
 #include "deadspec/gram.hpp"

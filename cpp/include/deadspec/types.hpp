@@ -42,6 +42,8 @@ struct TensorView {
     Device device{};
     std::vector<std::int64_t> shape;
     std::vector<std::int64_t> strides;
+    /// The producer forbids writes (DLPack's read-only flag); in-place kernels refuse the view.
+    bool read_only = false;
 
     int ndim() const { return static_cast<int>(shape.size()); }
     std::int64_t numel() const;

@@ -2,18 +2,21 @@
 
 - :mod:`deadspec.experiments.rank_deficit`: the active-volume log det⁺ slope counts dead
   directions (slope ratios r against r = 1), while λ_min is rank-blind.
+- :mod:`deadspec.experiments.rrr`: reduced-rank regression — calibrated LLC against the
+  closed-form λ (Aoyagi–Watanabe), DDS rank tracking, and the cost of each.
 """
 
 from __future__ import annotations
 
-__all__ = ["rank_deficit"]
+from importlib import import_module
+
+_MODULES = ("rank_deficit", "rrr")
+__all__ = list(_MODULES)
 
 
 def __getattr__(name: str):
-    if name == "rank_deficit":
-        from importlib import import_module
-
-        module = import_module("deadspec.experiments.rank_deficit")
+    if name in _MODULES:
+        module = import_module(f"deadspec.experiments.{name}")
         globals()[name] = module
         return module
     raise AttributeError(f"module 'deadspec.experiments' has no attribute {name!r}")

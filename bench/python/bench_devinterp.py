@@ -1,0 +1,248 @@
+"""Cross-check deadspec.llc against the PyPI ``devinterp`` package on RRR checkpoints.
+
+Not a test dependency: devinterp lives in its own virtual environment, outside the repository,
+and the comparison runs in a subprocess there.
+
+    python bench/python/bench_devinterp.py --setup     # create /tmp/devinterp-venv, install devinterp
+    python bench/python/bench_devinterp.py             # run the comparison, print a Markdown table
+    python bench/python/bench_devinterp.py --json out.json
+
+``--setup`` runs ``python -m venv VENV --system-site-packages`` (so the venv reuses the
+installed torch), then ``pip install --no-deps devinterp==VERSION`` and, with ``--no-deps``
+too, only those of devinterp's requirements (einops, pandas, cloudpickle, matplotlib, tqdm,
+numpy) that the venv cannot already import; it then checks that torch is still the system one.
+Version 1.3.2 by default: the callback API (``estimate_learning_coeff_with_summary`` with the
+SGLD optimizer) that takes any model and DataLoader; devinterp 2.x is LLM-oriented (Hugging Face
+datasets of ``input_ids``) and does not take a regression model.
+
+The comparison: for each RRR checkpoint (the grid points of ``deadspec repro rrr``, same data,
+same closed-form minimum), both tools estimate the LLC with the same ε, γ, nβ = n/log n, chains,
+burn-in and draws, full-batch SGLD and the Gaussian NLL ‖y − f‖²/(2σ²). ε and γ are the centre
+of the default calibration grid (ε = 0.4/P, γ = 1e-4·P, P = nβ·h_max) rather than a fresh
+calibration, so both tools see the identical setting. devinterp's update is the same as ours
+(``w ← w − (ε/2)(nβ∇L + γ(w − w*)) + N(0, ε)``); it runs its chains one after another
+(``cores=1``) in float64 here (the model's dtype), with its loss trace stored in float32.
+Agreement: |ours − theirs| ≤ max(std_ours, std_theirs) (their chain standard deviation, ddof=1
+both). Wall time is measured around each tool's estimate call, with one torch thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_VENV = Path("/tmp/devinterp-venv")
+DEFAULT_VERSION = "1.3.2"
+#: (M, N, H, r): one point per Aoyagi–Watanabe case, from the default RRR grid.
+POINTS = [(6, 6, 4, 2), (3, 8, 3, 2), (8, 3, 3, 1), (3, 3, 8, 1)]
+_DEPS = {"einops": "einops", "pandas": "pandas", "cloudpickle": "cloudpickle",
+         "matplotlib": "matplotlib", "tqdm": "tqdm", "numpy": "numpy"}
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def setup(venv: Path, version: str) -> None:
+    """Create the venv and install devinterp without touching torch."""
+    venv = Path(venv)
+    repo = Path(__file__).resolve().parents[2]
+    if repo in venv.resolve().parents or venv.resolve() == repo:
+        raise SystemExit(f"bench_devinterp: the venv must live outside the repository, got {venv}")
+    if not _venv_python(venv).exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv), "--system-site-packages"], check=True)
+    py = str(_venv_python(venv))
+    torch_before = subprocess.run([py, "-c", "import torch; print(torch.__version__)"],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run([py, "-m", "pip", "install", "--no-deps", f"devinterp=={version}"], check=True)
+    missing = []
+    for mod, pkg in _DEPS.items():
+        ok = subprocess.run([py, "-c", f"import {mod}"], capture_output=True,
+                            check=False).returncode == 0
+        if not ok:
+            missing.append(pkg)
+    if missing:
+        subprocess.run([py, "-m", "pip", "install", "--no-deps", *missing], check=True)
+    torch_after = subprocess.run([py, "-c", "import torch; print(torch.__version__)"],
+                                 check=True, capture_output=True, text=True).stdout.strip()
+    if torch_after != torch_before:
+        raise SystemExit(f"bench_devinterp: torch changed from {torch_before} to {torch_after}")
+    out = subprocess.run([py, "-c", ("import devinterp, importlib.metadata as m; "
+                          "print(m.version('devinterp'))")], check=True, capture_output=True, text=True)
+    print(f"devinterp {out.stdout.strip()} installed in {venv} (torch {torch_after}; "
+          f"installed missing deps: {missing or 'none'})")
+
+
+# ---------------------------------------------------------------------------------------------
+# worker: runs inside the devinterp venv
+# ---------------------------------------------------------------------------------------------
+
+
+def worker(job_path: str, out_path: str) -> None:
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    import importlib.metadata as md
+
+    from devinterp.optim import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    job = torch.load(job_path, weights_only=False)
+    results = []
+    for item in job["items"]:
+        M, N, H = item["M"], item["N"], item["H"]
+
+        class RRR(nn.Module):
+            def __init__(self, M: int, N: int, H: int) -> None:
+                super().__init__()
+                self.A = nn.Linear(M, H, bias=False)
+                self.B = nn.Linear(H, N, bias=False)
+
+            def forward(self, x):
+                return self.B(self.A(x))
+
+        model = RRR(M, N, H).double()
+        model.load_state_dict(item["state"])
+        x, y = item["x"], item["y"]
+        sigma = item["sigma"]
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                             batch_size=x.shape[0], shuffle=False)
+
+        def evaluate(m, data, sigma=sigma):
+            xb, yb = data
+            return ((yb - m(xb)) ** 2).sum(1).mean() / (2 * sigma * sigma)
+
+        t0 = time.perf_counter()
+        res = estimate_learning_coeff_with_summary(
+            model, loader, evaluate=evaluate, sampling_method=SGLD,
+            optimizer_kwargs={"lr": item["epsilon"], "localization": item["gamma"],
+                                  "nbeta": item["nbeta"]},
+            num_chains=item["chains"], num_draws=item["draws"], num_burnin_steps=item["burnin"],
+            cores=1, seed=item["seed"], device="cpu", verbose=False, online=False,
+        )
+        sec = time.perf_counter() - t0
+        per = [float(v) for v in res["llc/means"]] if "llc/means" in res else []
+        results.append({"point": item["point"], "mean": float(res["llc/mean"]),
+                            "std": float(res["llc/std"]), "per_chain": per, "seconds": sec})
+    with open(out_path, "w") as f:
+        json.dump({"version": md.version("devinterp"), "torch": torch.__version__,
+                       "results": results}, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# driver: runs in the project's environment
+# ---------------------------------------------------------------------------------------------
+
+
+def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: int,
+            seed: int) -> dict:
+    import torch
+    from deadspec import llc
+    from deadspec.experiments import rrr
+    from deadspec.models import ReducedRankRegression
+    from deadspec.theory import rrr_rlct
+
+    torch.set_num_threads(1)
+    py = _venv_python(venv)
+    if not py.exists():
+        raise SystemExit(f"bench_devinterp: no venv at {venv}; run with --setup first")
+    items, ours = [], []
+    for k, (M, N, H, r) in enumerate(POINTS):
+        x, y, _ = rrr._make_data(M, N, r, n, sigma, seed + 10 * k)
+        model = ReducedRankRegression(M, N, H).double()
+        rrr.fit_minimum(model, x, y)
+        lf = llc.gaussian_nll(sigma)
+        nbeta = llc.default_nbeta(n)
+        p = nbeta * llc.curvature_scale(model, (x, y), loss_fn=lf)
+        eps, gamma = 0.4 / p, 1e-4 * p
+        res = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma, chains=chains,
+                           draws=draws, burnin=burnin, seed=seed, warn=False)
+        seq = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma, chains=chains,
+                           draws=draws, burnin=burnin, seed=seed, warn=False, vectorize=False)
+        lam, _ = rrr_rlct(M, N, H, r)
+        ours.append({"point": [M, N, H, r], "lam": lam, "epsilon": eps, "gamma": gamma, "nbeta": nbeta,
+                         "mean": res.mean, "std": res.std, "seconds": res.seconds,
+                         "seconds_sequential": seq.seconds, "mean_sequential": seq.mean})
+        items.append({"point": [M, N, H, r], "M": M, "N": N, "H": H, "state": model.state_dict(), "x": x, "y": y,
+                          "sigma": sigma, "epsilon": eps, "gamma": gamma, "nbeta": nbeta, "chains": chains,
+                          "draws": draws, "burnin": burnin, "seed": seed})
+    with tempfile.TemporaryDirectory() as tmp:
+        job, out = os.path.join(tmp, "job.pt"), os.path.join(tmp, "out.json")
+        torch.save({"items": items}, job)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([str(py), os.path.abspath(__file__), "--worker", job, out], check=True,
+                       env=env)
+        with open(out) as f:
+            theirs = json.load(f)
+    rows = []
+    for o, t in zip(ours, theirs["results"]):
+        diff = abs(o["mean"] - t["mean"])
+        tol = max(o["std"], t["std"])
+        rows.append(dict(**o, di_mean=t["mean"], di_std=t["std"], di_seconds=t["seconds"],
+                         agree=bool(diff <= tol), diff=diff))
+    return {"devinterp": theirs["version"], "torch": theirs["torch"], "n": n, "sigma": sigma,
+                "chains": chains, "draws": draws, "burnin": burnin, "rows": rows}
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        (f"devinterp {report['devinterp']} (torch {report['torch']}); n = {report['n']}, "
+        f"σ = {report['sigma']}, nβ = n/log n, full batch, {report['chains']} chains × "
+        f"({report['burnin']} burn-in + {report['draws']} draws), ε = 0.4/P, γ = 1e-4·P, "
+        "float64, 1 thread."),
+        "",
+        "| (M, N, H, r) | λ | ε | γ | deadspec λ̂ ± std | devinterp λ̂ ± std | agree | deadspec s (vmap / loop) | devinterp s | speed-up (vmap / loop) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {tuple(r['point'])} | {r['lam']:.2f} | {r['epsilon']:.2e} | {r['gamma']:.3g} | "
+            f"{r['mean']:.2f} ± {r['std']:.2f} | {r['di_mean']:.2f} ± {r['di_std']:.2f} | "
+            f"{'yes' if r['agree'] else 'NO'} | {r['seconds']:.1f} / {r['seconds_sequential']:.1f} | "
+            f"{r['di_seconds']:.1f} | {r['di_seconds'] / r['seconds']:.1f}× / "
+            f"{r['di_seconds'] / r['seconds_sequential']:.1f}× |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--setup", action="store_true", help="create the venv and install devinterp")
+    p.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    p.add_argument("--version", default=DEFAULT_VERSION, help="devinterp version for --setup")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--sigma", type=float, default=0.1)
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--burnin", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.add_argument("--worker", nargs=2, metavar=("JOB", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(*args.worker)
+        return 0
+    if args.setup:
+        setup(args.venv, args.version)
+        return 0
+    report = compare(args.venv, args.n, args.sigma, args.chains, args.draws, args.burnin, args.seed)
+    print(markdown(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1))
+    ok = all(r["agree"] for r in report["rows"])
+    print(f"\nagreement within chain std: {sum(r['agree'] for r in report['rows'])}/{len(report['rows'])}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

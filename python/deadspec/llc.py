@@ -1,0 +1,944 @@
+"""The LLC baseline: local learning coefficient by localised SGLD (theory.md §5).
+
+This is the estimator the Dead-Direction Signatures are compared against: the *local learning
+coefficient* (Lau et al., "Quantifying degeneracy in singular models via the learning
+coefficient"; the devinterp library)
+
+    λ̂(w*) = nβ · (E_w[L_n(w)] − L_n(w*)),
+
+with L_n the average **negative log-likelihood** over the n training samples and the expectation
+over the localised tempered posterior ∝ exp(−nβ·L_n(w) − (γ/2)‖w − w*‖²), sampled by SGLD
+started at w*:
+
+    w ← w − (ε/2)·(nβ·∇L_batch(w) + γ·(w − w*)) + N(0, ε·I).
+
+Conventions (read these before comparing numbers with other tools)
+-------------------------------------------------------------------
+- **nβ = n / log n with n the dataset size** (``n`` defaults to the number of samples in
+  ``data``). devinterp's helper ``default_nbeta(loader)`` uses the *batch size* b instead
+  (b / log b); canonical-interp uses the dataset size like we do. With full-batch SGLD the two
+  agree; with minibatches they do not, and the devinterp convention gives a higher temperature
+  (a smaller nβ) that is not the β = 1/log n of the WBIC/LLC theory. Pass ``nbeta=`` explicitly
+  to reproduce another tool's numbers.
+- **The loss must be a negative log-likelihood per sample, averaged over the batch.** For
+  Gaussian regression with known noise σ this is ‖y − f(x)‖²/(2σ²) per sample (the constant
+  ½·dim·log(2πσ²) cancels in the difference), *not* plain MSE: use :func:`gaussian_nll`.
+  A loss that is the NLL multiplied by c behaves as the right loss at inverse temperature
+  c·nβ, which changes λ̂ (the localisation γ and the finite-n noise structure are not rescaled)
+  and makes every (ε, γ) calibrated for the right scale wrong. :func:`estimate` checks this for
+  float targets (``check_nll``): at a minimum of a Gaussian NLL with the right σ, the curvature
+  of the per-sample loss in the output, 1/σ², times the mean squared residual per output
+  coordinate, σ̂², is ≈ 1 (``LLCResult.nll_scale``); a value outside [2/3, 3/2] is reported as
+  a warning (plain ``F.mse_loss`` gives 2σ̂²/dim² there).
+- ``loss_fn(output, targets)`` returns per-sample losses (shape ``(B,)``) or their batch mean
+  (a scalar); the estimator uses the batch mean.
+- The loss trace records, at every draw, the batch loss at the current point before the
+  update (as devinterp does); ``L_n(w*)`` is the full-data loss at w*.
+- ``batch_size=None`` runs full-batch SGLD (every step sees all n samples). A minibatch is
+  drawn without replacement per step and per chain from that chain's generator.
+- ``passes`` counts forward-backward passes over a batch: chains × (burn-in + draws), plus the
+  forward passes that compute L_n(w*) (counted as whole passes). ``samples_processed`` is the
+  same in samples.
+- ``std`` is the standard deviation of the per-chain estimates (``ddof=1``, as devinterp).
+- Divergence: a chain whose loss becomes NaN/Inf, or whose per-draw λ estimate nβ(L − L*)
+  exceeds ``diverge_threshold`` (default ``10·d + 100``, d the number of sampled parameters;
+  λ ≤ d/2 always), is stopped; its estimate is NaN, ``diverged`` flags it, and
+  ``mean``/``std`` are NaN. Nothing is dropped silently.
+- Chains are independent: chain c draws its noise and minibatches from its own
+  ``torch.Generator`` seeded from ``numpy.random.SeedSequence(seed).spawn(chains)[c]``, so the
+  vectorised and sequential modes give the same numbers up to round-off.
+
+Vectorised chains: ``vectorize=True`` stacks a parameter copy per chain and runs all chains in
+one ``torch.func.vmap`` of ``torch.func.grad_and_value`` over ``torch.func.functional_call``;
+``"auto"`` (default) falls back to the sequential loop when the model cannot be vmapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "Calibration",
+    "LLCResult",
+    "LLCWarning",
+    "calibrate",
+    "cross_entropy_nll",
+    "curvature_scale",
+    "default_nbeta",
+    "estimate",
+    "gaussian_nll",
+]
+
+
+class LLCWarning(RuntimeWarning):
+    """Warning for a suspicious LLC setting (divergence, NaN, mis-scaled NLL, not a minimum)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# losses and conventions
+# ---------------------------------------------------------------------------------------------
+
+
+def gaussian_nll(sigma: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-sample Gaussian negative log-likelihood with known noise σ (up to a constant).
+
+    Returns ``loss_fn(output, targets) = Σ_j (y_j − f_j)² / (2σ²)`` per sample, shape ``(B,)``
+    (all non-batch axes summed). This is the loss the LLC needs for regression; plain MSE is
+    this times 2σ²/dim and gives a mis-scaled estimate (see the module docstring).
+
+    Parameters
+    ----------
+    sigma : float
+        Known noise standard deviation (> 0).
+    """
+    sigma = float(sigma)
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"deadspec.llc.gaussian_nll: sigma must be positive and finite, got {sigma}")
+    scale = 1.0 / (2.0 * sigma * sigma)
+
+    def loss_fn(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        diff = (targets - output).reshape(output.shape[0], -1)
+        return scale * diff.pow(2).sum(1)
+
+    loss_fn.sigma = sigma  # type: ignore[attr-defined]
+    loss_fn.__name__ = f"gaussian_nll(sigma={sigma:g})"
+    return loss_fn
+
+
+def cross_entropy_nll(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy (the categorical NLL), logits ``B×C`` (or ``B×T×C``, summed)."""
+    c = output.shape[-1]
+    per = nn.functional.cross_entropy(
+        output.reshape(-1, c), targets.reshape(-1).long(), reduction="none"
+    )
+    return per.reshape(output.shape[0], -1).sum(1)
+
+
+def default_nbeta(n: int) -> float:
+    """nβ = n / log n, with n the **dataset** size (devinterp uses the batch size; see module)."""
+    if isinstance(n, bool) or int(n) != n or n < 2:
+        raise ValueError(f"deadspec.llc.default_nbeta: n must be an integer >= 2, got {n!r}")
+    return float(n) / math.log(float(n))
+
+
+# ---------------------------------------------------------------------------------------------
+# result types
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LLCResult:
+    """Result of :func:`estimate`.
+
+    Attributes
+    ----------
+    mean, std : float
+        Mean and standard deviation (ddof=1) of the per-chain estimates; NaN when a chain
+        diverged (see ``diverged``).
+    per_chain : np.ndarray
+        λ̂ per chain (NaN for a diverged chain).
+    loss_trace : np.ndarray
+        ``chains × draws`` batch losses (NaN after a chain diverged).
+    init_loss : float
+        L_n(w*) on the full data.
+    passes : int
+        Forward-backward passes spent (see module docstring).
+    samples_processed : int
+        The same in samples.
+    seconds : float
+        Wall time of the call.
+    nbeta, epsilon, gamma : float
+        The settings used.
+    n, chains, draws, burnin : int
+    batch_size : int
+        Samples per SGLD step (n for full batch).
+    n_params : int
+        Number of sampled parameters d.
+    diverged : np.ndarray
+        Bool per chain.
+    diverged_at : np.ndarray
+        Step at which each chain diverged (-1 if it did not).
+    drift : float
+        Chain-averaged difference of the per-draw λ estimate between the second and first half
+        of the draws, nβ·(mean₂ − mean₁): a stationarity diagnostic (≈ 0 when stable).
+    nll_scale : float or None
+        The Gaussian-NLL scaling check (≈ 1 for the right σ; None if not checked).
+    vectorized : bool
+        Whether the chains ran vectorised.
+    warnings : tuple of str
+        Everything suspicious about this run.
+    """
+
+    mean: float
+    std: float
+    per_chain: np.ndarray
+    loss_trace: np.ndarray
+    init_loss: float
+    passes: int
+    samples_processed: int
+    seconds: float
+    nbeta: float
+    epsilon: float
+    gamma: float
+    n: int
+    chains: int
+    draws: int
+    burnin: int
+    batch_size: int
+    n_params: int
+    diverged: np.ndarray
+    diverged_at: np.ndarray
+    drift: float
+    nll_scale: float | None
+    vectorized: bool
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when no chain diverged and the estimate is finite."""
+        return bool(not self.diverged.any() and math.isfinite(self.mean))
+
+    @property
+    def llc_trace(self) -> np.ndarray:
+        """Per-draw λ estimates nβ·(L_t − L_n(w*)), ``chains × draws``."""
+        return self.nbeta * (self.loss_trace - self.init_loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Scalars only (for CSV rows)."""
+        return {
+            "llc_mean": self.mean,
+            "llc_std": self.std,
+            "init_loss": self.init_loss,
+            "passes": self.passes,
+            "samples_processed": self.samples_processed,
+            "seconds": self.seconds,
+            "nbeta": self.nbeta,
+            "epsilon": self.epsilon,
+            "gamma": self.gamma,
+            "n": self.n,
+            "chains": self.chains,
+            "draws": self.draws,
+            "burnin": self.burnin,
+            "batch_size": self.batch_size,
+            "n_params": self.n_params,
+            "n_diverged": int(self.diverged.sum()),
+            "drift": self.drift,
+            "nll_scale": self.nll_scale,
+            "vectorized": self.vectorized,
+            "warnings": "; ".join(self.warnings),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _progress(iterable: Any, enabled: bool | None, desc: str, total: int | None = None) -> Any:
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if enabled is None else (not enabled)
+    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False)
+
+
+def _unpack_data(data: Any, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, torch.utils.data.TensorDataset):
+        tensors = data.tensors
+    elif isinstance(data, (tuple, list)):
+        tensors = tuple(data)
+    else:
+        raise TypeError(
+            f"deadspec.llc.{fn}: data must be an (inputs, targets) pair of tensors or a "
+            f"TensorDataset, got {type(data).__name__}"
+        )
+    if len(tensors) != 2:
+        raise ValueError(
+            f"deadspec.llc.{fn}: data must hold exactly (inputs, targets), got {len(tensors)} tensors"
+        )
+    x, y = (torch.as_tensor(t) for t in tensors)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"deadspec.llc.{fn}: inputs and targets must share a leading sample axis, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.shape[0] < 2:
+        raise ValueError(f"deadspec.llc.{fn}: data must hold at least 2 samples, got {x.shape[0]}")
+    return x, y
+
+
+def _check_positive(fn: str, name: str, value: Any, integer: bool = False) -> Any:
+    if isinstance(value, bool):
+        raise TypeError(f"deadspec.llc.{fn}: {name} must be a number, got bool")
+    if integer:
+        if int(value) != value or value < 1:
+            raise ValueError(f"deadspec.llc.{fn}: {name} must be a positive integer, got {value!r}")
+        return int(value)
+    v = float(value)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"deadspec.llc.{fn}: {name} must be positive and finite, got {value!r}")
+    return v
+
+
+def _batch_mean_loss(loss_fn: Callable, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    loss = loss_fn(out, yb)
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"deadspec.llc.estimate: loss_fn must return a tensor, got {type(loss).__name__}")
+    if loss.ndim == 0:
+        return loss
+    if loss.ndim == 1 and loss.shape[0] == out.shape[0]:
+        return loss.mean()
+    raise ValueError(
+        "deadspec.llc.estimate: loss_fn must return per-sample losses of shape (B,) or their "
+        f"batch mean (a scalar), got shape {tuple(loss.shape)}"
+    )
+
+
+def _full_loss(model, loss_fn, x, y, chunk: int) -> tuple[float, int]:
+    """Mean loss over all samples (chunked forward passes); returns (loss, n_forwards)."""
+    total = 0.0
+    count = 0
+    n = x.shape[0]
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            xb, yb = x[s : s + chunk], y[s : s + chunk]
+            out = model(xb)
+            per = loss_fn(out, yb)
+            if per.ndim == 0:
+                total += float(per) * xb.shape[0]
+            else:
+                total += float(per.sum())
+            count += 1
+    return total / n, count
+
+
+def _nll_scale(model, loss_fn, x, y, chunk: int) -> float | None:
+    """κ·σ̂²: output curvature of the per-sample loss times the mean squared residual.
+
+    For a Gaussian NLL with noise σ, κ = 1/σ² per output coordinate; at a minimum σ̂² ≈ σ².
+    """
+    if not y.is_floating_point():
+        return None
+    xb, yb = x[:chunk], y[:chunk]
+    with torch.no_grad():
+        f = model(xb)
+        if not isinstance(f, torch.Tensor) or f.shape != yb.shape:
+            return None
+        g = torch.Generator(device=f.device).manual_seed(12345)
+        v = (torch.randint(0, 2, f.shape, generator=g, device=f.device) * 2 - 1).to(f.dtype)
+        h = 1e-2 * float(f.abs().mean().clamp_min(1.0))
+
+        def lsum(out: torch.Tensor) -> float:
+            per = loss_fn(out, yb)
+            return float(per.sum()) if per.ndim else float(per) * f.shape[0]
+
+        # the loss is quadratic in f for a Gaussian NLL: the central second difference is exact
+        second = (lsum(f + h * v) - 2 * lsum(f) + lsum(f - h * v)) / (h * h)
+        kappa = second / v.numel()
+        resid = float((yb - f).pow(2).mean())
+    if not math.isfinite(kappa) or resid == 0.0:
+        return None
+    return kappa * resid
+
+
+class _Functional:
+    """A model as a function of a dict of parameters (torch.func)."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.names = [k for k, p in model.named_parameters() if p.requires_grad]
+        if not self.names:
+            raise ValueError("deadspec.llc.estimate: the model has no parameter with requires_grad=True")
+        all_params = dict(model.named_parameters())
+        self.fixed = {k: v.detach() for k, v in all_params.items() if k not in self.names}
+        self.fixed.update({k: v.detach() for k, v in model.named_buffers()})
+        self.shapes = [all_params[k].shape for k in self.names]
+        self.numels = [all_params[k].numel() for k in self.names]
+        self.d = int(sum(self.numels))
+
+    def loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(self.model, {**params, **self.fixed}, (xb,))
+        return _batch_mean_loss(self.loss_fn, out, yb)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Split a (..., d) tensor into parameter-shaped pieces (leading axes kept)."""
+        lead = flat.shape[:-1]
+        parts = torch.split(flat, self.numels, dim=-1)
+        return [p.reshape(*lead, *s) for p, s in zip(parts, self.shapes)]
+
+
+def _chain_generators(seed: int | None, chains: int, device: torch.device) -> list[torch.Generator]:
+    ss = np.random.SeedSequence(seed)
+    gens = []
+    for child in ss.spawn(chains):
+        g = torch.Generator(device=device)
+        g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF))
+        gens.append(g)
+    return gens
+
+
+# ---------------------------------------------------------------------------------------------
+# estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def estimate(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    n: int | None = None,
+    nbeta: float | None = None,
+    epsilon: float,
+    gamma: float,
+    chains: int = 4,
+    draws: int = 200,
+    burnin: int = 100,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    vectorize: bool | str = "auto",
+    check_nll: bool = True,
+    diverge_threshold: float | None = None,
+    warn: bool = True,
+    progress: bool | None = None,
+) -> LLCResult:
+    """Estimate the local learning coefficient at the model's current parameters w*.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The checkpoint; its parameters (those with ``requires_grad``) are w*. Not modified.
+        Run in its current train/eval mode (call ``model.eval()`` for dropout/batch-norm).
+    data : (inputs, targets) tuple of tensors or TensorDataset
+        The n training samples (batch-first), moved to the model's device and, when floating,
+        cast to its dtype.
+    loss_fn : callable
+        ``loss_fn(output, targets)`` → per-sample **negative log-likelihood** ``(B,)`` or its
+        batch mean. Regression: :func:`gaussian_nll` with the known σ (not MSE). Classification:
+        :func:`cross_entropy_nll`.
+    n : int, optional
+        Dataset size in nβ = n / log n; default the number of samples in ``data``.
+    nbeta : float, optional
+        Override nβ (e.g. devinterp's b / log b).
+    epsilon : float
+        SGLD step size ε (> 0).
+    gamma : float
+        Localisation strength γ (≥ 0).
+    chains, draws, burnin : int
+        Independent chains, recorded draws per chain, and burn-in steps before them.
+    batch_size : int, optional
+        Samples per step; None for full batch.
+    seed : int, optional
+        Seed of the per-chain generators (reproducible runs); None draws fresh entropy.
+    vectorize : bool or "auto"
+        Run all chains in one ``torch.func.vmap``; "auto" falls back to a loop over chains if
+        the model cannot be vmapped.
+    check_nll : bool
+        For float targets, compute the Gaussian scaling check ``nll_scale`` and warn when it is
+        outside [2/3, 3/2].
+    diverge_threshold : float, optional
+        Per-draw nβ(L − L*) above which a chain counts as diverged; default ``10·d + 100``.
+    warn : bool
+        Also emit the result's warnings as :class:`LLCWarning`.
+    progress : bool or None
+        tqdm bars over steps (and chains when sequential); None: on when stderr is a tty.
+
+    Returns
+    -------
+    LLCResult
+
+    Examples
+    --------
+    >>> import torch, deadspec.llc as llc
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(2000, 4, dtype=torch.float64)
+    >>> y = x @ torch.ones(4, 1, dtype=torch.float64) + 0.5 * torch.randn(2000, 1, dtype=torch.float64)
+    >>> net = torch.nn.Linear(4, 1, bias=False).double()
+    >>> with torch.no_grad():
+    ...     _ = net.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    >>> res = llc.estimate(net, (x, y), loss_fn=llc.gaussian_nll(0.5), epsilon=1e-4,
+    ...                    gamma=1.0, chains=4, draws=300, burnin=100, seed=0)
+    >>> 1.5 < res.mean < 2.5   # d/2 = 2
+    True
+    """
+    t0 = time.perf_counter()
+    fn = "estimate"
+    x, y = _unpack_data(data, fn)
+    epsilon = _check_positive(fn, "epsilon", epsilon)
+    gamma = float(gamma)
+    if not (gamma >= 0 and math.isfinite(gamma)):
+        raise ValueError(f"deadspec.llc.estimate: gamma must be >= 0 and finite, got {gamma!r}")
+    chains = _check_positive(fn, "chains", chains, integer=True)
+    draws = _check_positive(fn, "draws", draws, integer=True)
+    if isinstance(burnin, bool) or int(burnin) != burnin or burnin < 0:
+        raise ValueError(f"deadspec.llc.estimate: burnin must be an integer >= 0, got {burnin!r}")
+    burnin = int(burnin)
+    if vectorize not in (True, False, "auto"):
+        raise ValueError(f'deadspec.llc.estimate: vectorize must be True, False or "auto", got {vectorize!r}')
+    if not callable(loss_fn):
+        raise TypeError(f"deadspec.llc.estimate: loss_fn must be callable, got {type(loss_fn).__name__}")
+    n_data = int(x.shape[0])
+    if n is None:
+        n = n_data
+    n = _check_positive(fn, "n", n, integer=True)
+    if nbeta is None:
+        nbeta = default_nbeta(n) if n >= 2 else 1.0
+    nbeta = _check_positive(fn, "nbeta", nbeta)
+    if batch_size is None:
+        b = n_data
+    else:
+        b = _check_positive(fn, "batch_size", batch_size, integer=True)
+        if b > n_data:
+            raise ValueError(
+                f"deadspec.llc.estimate: batch_size must be <= the number of samples {n_data}, got {b}"
+            )
+    full_batch = b == n_data
+
+    params0 = list(model.parameters())
+    if not params0:
+        raise ValueError("deadspec.llc.estimate: model has no parameters")
+    device, dtype = params0[0].device, params0[0].dtype
+    x = x.to(device)
+    y = y.to(device)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    if y.is_floating_point():
+        y = y.to(dtype)
+    func = _Functional(model, loss_fn)
+    d = func.d
+    if diverge_threshold is None:
+        diverge_threshold = 10.0 * d + 100.0
+    msgs: list[str] = []
+
+    chunk = b
+    init_loss, init_forwards = _full_loss(model, loss_fn, x, y, chunk)
+    if not math.isfinite(init_loss):
+        raise ValueError(f"deadspec.llc.estimate: the loss at w* is not finite, got {init_loss}")
+    nll_scale = _nll_scale(model, loss_fn, x, y, min(n_data, 4096)) if check_nll else None
+    if nll_scale is not None and not (2 / 3 <= nll_scale <= 1.5):
+        msgs.append(
+            f"Gaussian NLL scale check: curvature·residual variance = {nll_scale:.3g}, expected ≈ 1 "
+            "(is loss_fn ||y - f||²/(2σ²) per sample with the true σ, not MSE? is w* a minimum?)"
+        )
+
+    named = dict(model.named_parameters())
+    w_star = torch.cat([named[k].detach().reshape(-1) for k in func.names]).to(dtype)
+    gens = _chain_generators(seed, chains, device)
+    steps = burnin + draws
+    trace = np.full((chains, draws), np.nan)
+    diverged = np.zeros(chains, dtype=bool)
+    diverged_at = np.full(chains, -1, dtype=np.int64)
+    sqrt_eps = math.sqrt(epsilon)
+
+    def batch_for(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if full_batch:
+            return x, y
+        idx = torch.randperm(n_data, generator=gens[c], device=device)[:b]
+        return x[idx], y[idx]
+
+    def params_of(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(func.names, func.split(flat)))
+
+    def step_update(w: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return w - (0.5 * epsilon) * (nbeta * grad + gamma * (w - w_star)) + sqrt_eps * noise
+
+    def record(c: int, s: int, loss_val: float) -> bool:
+        """Record the loss; returns False if chain c diverged at this step."""
+        bad = not math.isfinite(loss_val) or nbeta * (loss_val - init_loss) > diverge_threshold
+        if bad:
+            diverged[c] = True
+            diverged_at[c] = s
+            return False
+        if s >= burnin:
+            trace[c, s - burnin] = loss_val
+        return True
+
+    def grad_flat(pd: dict[str, torch.Tensor], lead: int | None) -> torch.Tensor:
+        return torch.cat([pd[k].reshape(*(() if lead is None else (lead,)), -1) for k in func.names], -1)
+
+    def run_vectorized() -> None:
+        gv = torch.func.grad_and_value(func.loss)
+        in_x = None if full_batch else 0
+        vg = torch.func.vmap(gv, in_dims=(0, in_x, in_x), randomness="error")
+        w = w_star.unsqueeze(0).repeat(chains, 1)
+        alive = torch.ones(chains, dtype=torch.bool, device=device)
+        for s in _progress(range(steps), progress, f"llc: {chains} chains (vmap)", steps):
+            if full_batch:
+                xb, yb = x, y
+            else:
+                pairs = [batch_for(c) for c in range(chains)]
+                xb = torch.stack([p[0] for p in pairs])
+                yb = torch.stack([p[1] for p in pairs])
+            g, lv = vg(params_of(w), xb, yb)
+            noise = torch.stack(
+                [torch.randn(d, generator=gens[c], device=device, dtype=dtype) for c in range(chains)]
+            )
+            lv = lv.detach().cpu().numpy()
+            for c in range(chains):
+                if alive[c] and not record(c, s, float(lv[c])):
+                    alive[c] = False
+            gflat = grad_flat(g, chains)
+            w_new = step_update(w, gflat, noise)
+            # a dead chain is parked at w* (its numbers are discarded) so it cannot spread NaN
+            w = torch.where(alive.unsqueeze(1), w_new, w_star.unsqueeze(0))
+            if not bool(alive.any()):
+                break
+
+    def run_sequential() -> None:
+        gv = torch.func.grad_and_value(func.loss)
+        for c in _progress(range(chains), progress, "llc: chains", chains):
+            w = w_star.clone()
+            for s in _progress(range(steps), progress, f"llc: chain {c}", steps):
+                xb, yb = batch_for(c)
+                g, lv = gv(params_of(w), xb, yb)
+                noise = torch.randn(d, generator=gens[c], device=device, dtype=dtype)
+                if not record(c, s, float(lv)):
+                    break
+                w = step_update(w, grad_flat(g, None), noise)
+
+    vectorized = False
+    if vectorize in (True, "auto") and chains > 1:
+        try:
+            run_vectorized()
+            vectorized = True
+        except Exception as exc:
+            if vectorize is True:
+                raise
+            msgs.append(f"vectorised chains failed ({type(exc).__name__}: {exc}); ran sequentially")
+            trace[:] = np.nan
+            diverged[:] = False
+            diverged_at[:] = -1
+            gens = _chain_generators(seed, chains, device)
+            run_sequential()
+    else:
+        run_sequential()
+
+    with np.errstate(invalid="ignore"):
+        per_chain = nbeta * (trace.mean(axis=1) - init_loss)
+    per_chain = np.where(diverged, np.nan, per_chain)
+    if diverged.any():
+        msgs.append(
+            f"{int(diverged.sum())}/{chains} chains diverged (NaN/Inf loss or nβ(L−L*) > "
+            f"{diverge_threshold:g}) at steps {diverged_at[diverged].tolist()}: lower epsilon or raise gamma"
+        )
+        mean = float("nan")
+        std = float("nan")
+    else:
+        mean = float(per_chain.mean())
+        std = float(per_chain.std(ddof=1)) if chains > 1 else 0.0
+    if math.isfinite(mean) and mean < 0:
+        msgs.append(f"negative LLC estimate {mean:.4g}: w* is not a local minimum of the loss")
+    half = draws // 2
+    if half >= 1 and not diverged.all():
+        ok = ~diverged
+        m1 = np.nanmean(trace[ok, :half], axis=1)
+        m2 = np.nanmean(trace[ok, draws - half :], axis=1)
+        drift = float(nbeta * np.mean(m2 - m1))
+    else:
+        drift = float("nan")
+    if warn:
+        for m in msgs:
+            warnings.warn(f"deadspec.llc.estimate: {m}", LLCWarning, stacklevel=2)
+    passes = chains * steps + init_forwards
+    return LLCResult(
+        mean=mean,
+        std=std,
+        per_chain=per_chain,
+        loss_trace=trace,
+        init_loss=float(init_loss),
+        passes=int(passes),
+        samples_processed=int(chains * steps * b + n_data),
+        seconds=time.perf_counter() - t0,
+        nbeta=float(nbeta),
+        epsilon=float(epsilon),
+        gamma=float(gamma),
+        n=int(n),
+        chains=chains,
+        draws=draws,
+        burnin=burnin,
+        batch_size=int(b),
+        n_params=d,
+        diverged=diverged,
+        diverged_at=diverged_at,
+        drift=drift,
+        nll_scale=nll_scale,
+        vectorized=vectorized,
+        warnings=tuple(msgs),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# curvature scale and calibration
+# ---------------------------------------------------------------------------------------------
+
+
+def curvature_scale(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss_fn: Callable,
+    iters: int = 30,
+    seed: int | None = 0,
+) -> float:
+    """Largest Hessian eigenvalue of L_n at w* (power iteration on Hessian-vector products).
+
+    Used to scale the default calibration grid: SGLD on nβ·L_n is stable only for
+    ε·nβ·h_max < 2 (and its discretisation bias is ≈ ε·nβ·h/4 in each direction).
+    """
+    x, y = _unpack_data(data, "curvature_scale")
+    p0 = next(iter(model.parameters()))
+    x = x.to(p0.device)
+    y = y.to(p0.device)
+    if x.is_floating_point():
+        x = x.to(p0.dtype)
+    if y.is_floating_point():
+        y = y.to(p0.dtype)
+    func = _Functional(model, loss_fn)
+    named = dict(model.named_parameters())
+    w = torch.cat([named[k].detach().reshape(-1) for k in func.names])
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        return func.loss(dict(zip(func.names, func.split(flat))), x, y)
+
+    g = torch.Generator(device=w.device).manual_seed(0 if seed is None else int(seed))
+    v = torch.randn(w.shape, generator=g, dtype=w.dtype, device=w.device)
+    v = v / v.norm()
+    wr = w.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(wr), wr, create_graph=True)
+    lam = 0.0
+    for _ in range(iters):
+        # Hessian-vector product by double backward (no forward-mode AD needed)
+        (hv,) = torch.autograd.grad(grad, wr, grad_outputs=v, retain_graph=True)
+        hv = hv.detach()
+        lam = float(torch.dot(hv, v))
+        nrm = hv.norm()
+        if not torch.isfinite(nrm) or float(nrm) == 0.0:
+            break
+        v = hv / nrm
+    return abs(lam)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Result of :func:`calibrate`.
+
+    Attributes
+    ----------
+    epsilon, gamma : float or None
+        The chosen setting (None when no setting was stable).
+    best : LLCResult or None
+        The sweep's run at the chosen setting.
+    sweep : list of dict
+        One row per (ε, γ): epsilon, gamma, llc_mean, llc_std, n_diverged, drift, rel_drift,
+        stable, plateau, chosen, reason, seconds, passes.
+    results : dict
+        (epsilon, gamma) → LLCResult.
+    rule : str
+        How the choice was made (or why nothing was chosen).
+    passes, seconds : int, float
+        Total cost of the sweep.
+    h_max : float or None
+        Curvature scale used for the default grid.
+    """
+
+    epsilon: float | None
+    gamma: float | None
+    best: LLCResult | None
+    sweep: list[dict[str, Any]]
+    results: Mapping[tuple[float, float], LLCResult]
+    rule: str
+    passes: int
+    seconds: float
+    h_max: float | None = None
+
+    def plot(self, path: str | None = None, ax: Any = None) -> Any:
+        """λ̂ against ε, one line per γ (error bars = chain std); chosen setting circled."""
+        import matplotlib
+
+        if ax is None:
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+        else:
+            fig = ax.figure
+        gammas = sorted({r["gamma"] for r in self.sweep})
+        for gm in gammas:
+            rows = sorted((r for r in self.sweep if r["gamma"] == gm), key=lambda r: r["epsilon"])
+            e = [r["epsilon"] for r in rows]
+            m = [r["llc_mean"] for r in rows]
+            s = [r["llc_std"] for r in rows]
+            ax.errorbar(e, m, yerr=s, marker="o", capsize=2, label=f"γ={gm:.3g}")
+            for r in rows:
+                if not r["stable"]:
+                    ax.plot(r["epsilon"], r["llc_mean"] if math.isfinite(r["llc_mean"]) else 0.0,
+                            "x", color="red")
+        if self.epsilon is not None and self.best is not None:
+            ax.plot(self.epsilon, self.best.mean, "o", ms=14, mfc="none", mec="k")
+        ax.set_xscale("log")
+        ax.set_xlabel("ε")
+        ax.set_ylabel("λ̂")
+        ax.legend(fontsize=7)
+        if path is not None:
+            fig.tight_layout()
+            fig.savefig(path, dpi=120)
+        return fig
+
+
+def _default_grids(h_max: float, nbeta: float) -> tuple[list[float], list[float]]:
+    p = max(nbeta * h_max, 1e-300)
+    epsilons = [c / p for c in (0.05, 0.1, 0.2, 0.4, 0.8)]
+    gammas = [p * c for c in (1e-5, 1e-4, 1e-3)]
+    return epsilons, gammas
+
+
+def calibrate(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss_fn: Callable,
+    epsilons: Sequence[float] | None = None,
+    gammas: Sequence[float] | None = None,
+    n: int | None = None,
+    nbeta: float | None = None,
+    chains: int = 4,
+    draws: int = 200,
+    burnin: int = 100,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    plateau_rtol: float = 0.1,
+    drift_tol: float = 0.25,
+    vectorize: bool | str = "auto",
+    progress: bool | None = None,
+) -> Calibration:
+    """Sweep ε and γ and pick a setting by the stability rule below.
+
+    Default grids (when ``epsilons``/``gammas`` are None) are scaled by the curvature
+    P = nβ·h_max (h_max from :func:`curvature_scale`): ε ∈ {0.05, 0.1, 0.2, 0.4, 0.8}/P (the
+    Euler–Maruyama step is stable for εP < 4 in the stiffest direction, where it inflates the
+    posterior variance by 1/(1 − εP/4)) and γ ∈ {1e-5, 1e-4, 1e-3}·P (γ ≪ nβ·h for every
+    regular direction that matters).
+
+    Stability rule
+    --------------
+    1. *Stable*: no chain diverged (no NaN/Inf, no blow-up), λ̂ > 0, and the loss trace is
+       stationary: |drift| ≤ ``drift_tol``·λ̂, drift = nβ·(mean of the second half of the draws
+       − mean of the first half), averaged over chains.
+    2. *Plateau*: at fixed γ, sort ε; a maximal run of consecutive stable ε whose neighbouring
+       λ̂ agree within ``plateau_rtol`` (relative to their mean) is a plateau if it holds ≥ 2
+       settings.
+    3. *Pick*: the smallest γ that has a plateau (least localisation bias); at that γ the
+       longest plateau (ties: larger ε), and in it the **middle ε** (the lower middle for an
+       even count): the setting furthest from both failure modes, under-mixing at the small-ε
+       end (a chain that has not left w* under-estimates) and the Euler–Maruyama bias at the
+       large-ε end (over-estimates; ≈ +ε·nβ·h/4 in a direction of curvature h).
+       Fallback without any plateau: the stable setting of smallest γ, then smallest |drift|
+       (reported in ``rule``). Nothing stable: ``epsilon = gamma = best = None``.
+
+    Other parameters are as in :func:`estimate`; every setting runs with the same ``seed``.
+    Returns a :class:`Calibration` (``.sweep`` for plotting, ``.plot()``).
+    """
+    t0 = time.perf_counter()
+    x, y = _unpack_data(data, "calibrate")
+    h_max = None
+    nb = nbeta
+    if nb is None:
+        nb = default_nbeta(int(n if n is not None else x.shape[0]))
+    if epsilons is None or gammas is None:
+        h_max = curvature_scale(model, (x, y), loss_fn=loss_fn)
+        de, dg = _default_grids(h_max, nb)
+        epsilons = de if epsilons is None else epsilons
+        gammas = dg if gammas is None else gammas
+    epsilons = sorted(float(e) for e in epsilons)
+    gammas = sorted(float(g) for g in gammas)
+    if not epsilons or not gammas:
+        raise ValueError("deadspec.llc.calibrate: epsilons and gammas must be non-empty")
+    results: dict[tuple[float, float], LLCResult] = {}
+    rows: list[dict[str, Any]] = []
+    grid = [(e, g) for g in gammas for e in epsilons]
+    for e, g in _progress(grid, progress, "llc calibrate", len(grid)):
+        res = estimate(
+            model, (x, y), loss_fn=loss_fn, n=n, nbeta=nb, epsilon=e, gamma=g, chains=chains,
+            draws=draws, burnin=burnin, batch_size=batch_size, seed=seed, vectorize=vectorize,
+            check_nll=False, warn=False, progress=False,
+        )
+        results[(e, g)] = res
+        lam = res.mean
+        rel = abs(res.drift) / lam if (math.isfinite(lam) and lam > 0) else float("nan")
+        reason = ""
+        if res.diverged.any():
+            reason = "diverged"
+        elif not math.isfinite(lam):
+            reason = "nan"
+        elif lam <= 0:
+            reason = "non-positive"
+        elif not (rel <= drift_tol):
+            reason = "drift"
+        rows.append({
+            "epsilon": e, "gamma": g, "llc_mean": lam, "llc_std": res.std,
+            "n_diverged": int(res.diverged.sum()), "drift": res.drift, "rel_drift": rel,
+            "stable": reason == "", "plateau": False, "chosen": False, "reason": reason or "stable",
+            "seconds": res.seconds, "passes": res.passes,
+        })
+    by = {(r["epsilon"], r["gamma"]): r for r in rows}
+    choice: tuple[float, float] | None = None
+    rule = ""
+    for g in gammas:
+        runs: list[list[float]] = []
+        cur: list[float] = []
+        for e in epsilons:
+            r = by[(e, g)]
+            if r["stable"] and cur:
+                prev = by[(cur[-1], g)]["llc_mean"]
+                agree = abs(r["llc_mean"] - prev) <= plateau_rtol * 0.5 * (r["llc_mean"] + prev)
+                if agree:
+                    cur.append(e)
+                    continue
+            if len(cur) >= 2:
+                runs.append(cur)
+            cur = [e] if r["stable"] else []
+        if len(cur) >= 2:
+            runs.append(cur)
+        for run_ in runs:
+            for e in run_:
+                by[(e, g)]["plateau"] = True
+        if runs and choice is None:
+            best_run = max(runs, key=lambda rr: (len(rr), rr[-1]))
+            e_pick = best_run[(len(best_run) - 1) // 2]
+            choice = (e_pick, g)
+            rule = (
+                f"smallest γ with a plateau (γ={g:.3g}; plateau ε ∈ [{best_run[0]:.3g}, "
+                f"{best_run[-1]:.3g}], within {plateau_rtol:.0%}); middle ε={e_pick:.3g}"
+            )
+    if choice is None:
+        stable = [r for r in rows if r["stable"]]
+        if stable:
+            r = min(stable, key=lambda r: (r["gamma"], abs(r["rel_drift"])))
+            choice = (r["epsilon"], r["gamma"])
+            rule = "no plateau: fallback to the stable setting of smallest γ and smallest drift"
+        else:
+            rule = "no stable setting (every setting diverged, was non-positive or drifted)"
+    if choice is not None:
+        by[choice]["chosen"] = True
+    passes = sum(r.passes for r in results.values())
+    return Calibration(
+        epsilon=None if choice is None else choice[0],
+        gamma=None if choice is None else choice[1],
+        best=None if choice is None else results[choice],
+        sweep=rows,
+        results=results,
+        rule=rule,
+        passes=int(passes),
+        seconds=time.perf_counter() - t0,
+        h_max=h_max,
+    )
