@@ -27,6 +27,39 @@ void check_same_layout(const TensorView& ref, const TensorView& v, const char* a
     }
 }
 
+// σ for element (i, j): a row vector broadcast along j, a column vector broadcast along i, a
+// full strided matrix, or 1. Resolved once per block so the inner loop stays simple.
+enum class ScaleKind { None, Row, Col, Full };
+
+template <typename T, typename S, ScaleKind K>
+void run_rows(T* x, T* m, T* v, const T* g, std::int64_t gs0, std::int64_t gs1, const S* s,
+              std::int64_t ss0, std::int64_t ss1, std::int64_t r0, std::int64_t r1,
+              std::int64_t cols, T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+    const T one = T(1);
+    for (std::int64_t i = r0; i < r1; ++i) {
+        T* xi = x + i * cols;
+        T* mi = m + i * cols;
+        T* vi = v + i * cols;
+        const T* gi = g + i * gs0;
+        const T row_sigma = K == ScaleKind::Row ? static_cast<T>(s[i * ss0]) : one;
+        for (std::int64_t j = 0; j < cols; ++j) {
+            T sigma = one;
+            if constexpr (K == ScaleKind::Row) sigma = row_sigma;
+            if constexpr (K == ScaleKind::Col) sigma = static_cast<T>(s[j * ss1]);
+            if constexpr (K == ScaleKind::Full) sigma = static_cast<T>(s[i * ss0 + j * ss1]);
+            const T gt = gi[j * gs1] * sigma;
+            const T mk = b1 * mi[j] + (one - b1) * gt;
+            const T vk = b2 * vi[j] + (one - b2) * gt * gt;
+            mi[j] = mk;
+            vi[j] = vk;
+            xi[j] -= step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * sigma;
+        }
+    }
+}
+
+// Blocks above this many elements are split over threads by rows (each row is independent).
+constexpr std::int64_t kParallelElements = std::int64_t(1) << 18;
+
 template <typename T, typename S>
 void run(const TensorView& param, const TensorView& grad, const TensorView& m_view,
          const TensorView& v_view, const TensorView& scale, const AdamStep& hp) {
@@ -35,28 +68,45 @@ void run(const TensorView& param, const TensorView& grad, const TensorView& m_vi
     T* v = static_cast<T*>(const_cast<void*>(v_view.data));
     const T* g = static_cast<const T*>(grad.data);
     const S* s = static_cast<const S*>(scale.data);
+    const bool two_d = param.ndim() == 2;
     const std::int64_t rows = param.shape[0];
-    const std::int64_t cols = param.ndim() == 2 ? param.shape[1] : 1;
-    const std::int64_t gs0 = grad.stride(0), gs1 = param.ndim() == 2 ? grad.stride(1) : 0;
+    const std::int64_t cols = two_d ? param.shape[1] : 1;
+    const std::int64_t gs0 = grad.stride(0), gs1 = two_d ? grad.stride(1) : 1;
     const std::int64_t ss0 = s ? scale.stride(0) : 0;
-    const std::int64_t ss1 = s && param.ndim() == 2 ? scale.stride(1) : 0;
-    const double b1 = hp.beta1, b2 = hp.beta2;
-    const double bc1 = 1.0 - std::pow(b1, static_cast<double>(hp.step));
-    const double bc2_sqrt = std::sqrt(1.0 - std::pow(b2, static_cast<double>(hp.step)));
-    const double step_size = hp.lr / bc1;
-    for (std::int64_t i = 0; i < rows; ++i) {
-        for (std::int64_t j = 0; j < cols; ++j) {
-            const std::int64_t k = i * cols + j;
-            const double sigma = s ? static_cast<double>(s[i * ss0 + j * ss1]) : 1.0;
-            const double gt = static_cast<double>(g[i * gs0 + j * gs1]) * sigma;
-            const double mk = b1 * static_cast<double>(m[k]) + (1.0 - b1) * gt;
-            const double vk = b2 * static_cast<double>(v[k]) + (1.0 - b2) * gt * gt;
-            m[k] = static_cast<T>(mk);
-            v[k] = static_cast<T>(vk);
-            const double denom = std::sqrt(vk) / bc2_sqrt + hp.eps;
-            x[k] = static_cast<T>(static_cast<double>(x[k]) - step_size * (mk / denom) * sigma);
+    const std::int64_t ss1 = s && two_d ? scale.stride(1) : 0;
+    ScaleKind kind = ScaleKind::None;
+    if (s) kind = !two_d || ss1 == 0 ? ScaleKind::Row : (ss0 == 0 ? ScaleKind::Col : ScaleKind::Full);
+    // Bias corrections in float64, the per-element arithmetic in the parameter's dtype (as
+    // torch's Adam does).
+    const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
+    const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));
+    const T b1 = static_cast<T>(hp.beta1), b2 = static_cast<T>(hp.beta2);
+    const T inv_bc2_sqrt = static_cast<T>(1.0 / std::sqrt(bc2));
+    const T step_size = static_cast<T>(hp.lr / bc1), eps = static_cast<T>(hp.eps);
+
+    auto work = [&](std::int64_t r0, std::int64_t r1) {
+        switch (kind) {
+            case ScaleKind::None:
+                run_rows<T, S, ScaleKind::None>(x, m, v, g, gs0, gs1, s, ss0, ss1, r0, r1, cols,
+                                                b1, b2, inv_bc2_sqrt, step_size, eps);
+                break;
+            case ScaleKind::Row:
+                run_rows<T, S, ScaleKind::Row>(x, m, v, g, gs0, gs1, s, ss0, ss1, r0, r1, cols,
+                                               b1, b2, inv_bc2_sqrt, step_size, eps);
+                break;
+            case ScaleKind::Col:
+                run_rows<T, S, ScaleKind::Col>(x, m, v, g, gs0, gs1, s, ss0, ss1, r0, r1, cols,
+                                               b1, b2, inv_bc2_sqrt, step_size, eps);
+                break;
+            case ScaleKind::Full:
+                run_rows<T, S, ScaleKind::Full>(x, m, v, g, gs0, gs1, s, ss0, ss1, r0, r1, cols,
+                                                b1, b2, inv_bc2_sqrt, step_size, eps);
+                break;
         }
-    }
+    };
+    // A 1-D block is one "row" per element: split it as cols = 1 rows.
+    const int threads = detail::worker_threads(rows * cols, kParallelElements, rows);
+    detail::parallel_rows(rows, threads, work);
 }
 
 template <typename T>

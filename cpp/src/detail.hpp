@@ -2,7 +2,11 @@
 // Private helpers of the core: input validation, host copies, BLAS/LAPACK wrappers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <thread>
+#include <vector>
 
 #include "deadspec/errors.hpp"
 #include "deadspec/sym_eig.hpp"
@@ -73,5 +77,46 @@ const char* lapack_backend_name();
 std::string blas_config();
 int blas_num_threads();
 void blas_set_num_threads(int n);
+
+/// Threads for `work` units of element-wise work: 1 below `min_work`, else the core's thread
+/// setting (deadspec::num_threads, shared with OpenBLAS), at most `max_parts`.
+inline int worker_threads(std::int64_t work, std::int64_t min_work, std::int64_t max_parts) {
+    if (work < min_work || max_parts < 2) return 1;
+    const int hw = std::max(1u, std::thread::hardware_concurrency());
+    const int cap = std::max(1, std::min(hw, num_threads()));
+    return static_cast<int>(std::min<std::int64_t>(cap, max_parts));
+}
+
+/// Run f(r0, r1) over [0, rows) split into `threads` contiguous ranges; the calling thread takes
+/// the first. An exception from any range is rethrown on the caller after all have joined.
+template <typename F>
+void parallel_rows(std::int64_t rows, int threads, F&& f) {
+    if (threads <= 1 || rows < 2) {
+        f(std::int64_t(0), rows);
+        return;
+    }
+    const std::int64_t chunk = (rows + threads - 1) / threads;
+    std::vector<std::thread> pool;
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
+    for (int t = 1; t < threads; ++t) {
+        const std::int64_t r0 = t * chunk, r1 = std::min(rows, r0 + chunk);
+        if (r0 >= r1) break;
+        pool.emplace_back([&, t, r0, r1] {
+            try {
+                f(r0, r1);
+            } catch (...) {
+                errors[static_cast<std::size_t>(t)] = std::current_exception();
+            }
+        });
+    }
+    try {
+        f(std::int64_t(0), std::min(rows, chunk));
+    } catch (...) {
+        errors[0] = std::current_exception();
+    }
+    for (auto& th : pool) th.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+}
 
 }  // namespace deadspec::detail

@@ -33,6 +33,7 @@ Contract
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from torch import nn
 from deadspec import _core
 from deadspec import gauges as _g
 
-__all__ = ["DDCAdam"]
+__all__ = ["DDCAdam", "DDCMuon"]
 
 _GAUGE_MODES = ("zero", "damped", "balance")
 _NONFINITE = ("raise", "skip")
@@ -120,7 +121,8 @@ def _ddc_adam_update(
     ``g̃ = grad·σ``, moments on ``g̃``, ``param ← param − lr/bc1 · m/(√(v/bc2) + eps) · σ``.
     ``scale`` None means σ = 1 and reproduces ``torch.optim.AdamW`` (single-tensor path)
     bitwise (decoupled decay is applied beforehand, as there). Gauged CPU blocks (1-D/2-D,
-    float32/float64) run as one fused pass in the C++ core, in float64 arithmetic; anything
+    float32/float64) run as one fused pass in the C++ core (arithmetic in the parameter's dtype,
+    as here); anything
     else takes the torch path below, which computes the same step.
     """
     step_t += 1
@@ -153,6 +155,139 @@ def _ddc_adam_update(
         param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
 
 
+def _ddc_adam_block_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_t: torch.Tensor,
+    scale: torch.Tensor | None,
+    axis: int,
+    segments: list[tuple[int, int]],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """:func:`_ddc_adam_update` with the second moment shared along a rotated axis.
+
+    Within each ``[start, stop)`` of ``segments`` along ``axis`` (a head block that a
+    HeadRotation rotates), ``g̃²`` is replaced by its mean along ``axis`` before it enters
+    ``exp_avg_sq``: the denominator is then invariant under the rotation and the update
+    ``m/(√v + eps)`` rotates with the gradient. Elsewhere it is Adam, coordinate by coordinate.
+    (Used by :class:`DDCMuon` for the biases of rotated heads.)
+    """
+    step_t += 1
+    g = grad if scale is None else grad * scale
+    exp_avg.lerp_(g, 1 - beta1)
+    g2 = g * g
+    for a, b in segments:
+        blk = g2.narrow(axis, a, b - a)
+        blk.copy_(blk.mean(axis, keepdim=True).expand_as(blk))
+    exp_avg_sq.mul_(beta2).add_(g2, alpha=1 - beta2)
+    step = step_t.item()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+    if scale is None:
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+    else:
+        param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+
+
+def _newton_schulz(
+    x: torch.Tensor,
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Muon's quintic Newton–Schulz iteration ``X ← aX + b(XXᵀ)X + c(XXᵀ)²X`` in ``dtype``.
+
+    ``x`` is one matrix ``(m, n)`` or a batch ``(B, m, n)``. A tall matrix is transposed first;
+    ``X`` starts at ``x/max(‖x‖_F, eps)`` (per matrix). The result has ``x``'s shape and
+    ``dtype``. For one matrix the operations are those of ``torch.optim.Muon`` (bitwise with
+    ``dtype=torch.bfloat16``). Every step is ``p(XXᵀ)X``, so ``NS(R x Q) = R·NS(x)·Q`` for
+    orthogonal ``R, Q`` after any number of steps (not only at convergence); a diagonal
+    rescaling does not commute with it.
+    """
+    a, b, c = coefficients
+    y = x.to(dtype=dtype, copy=True)
+    tall = y.size(-2) > y.size(-1)
+    if y.ndim == 2:
+        if tall:
+            y = y.T
+        y.div_(y.norm().clamp(min=eps))
+        for _ in range(steps):
+            gram = y @ y.T
+            upd = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            y = torch.addmm(y, upd, y, beta=a)
+        return y.T if tall else y
+    if tall:
+        y = y.mT
+    y = y / y.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = y @ y.mT
+        upd = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        y = torch.baddbmm(y, upd, y, beta=a)
+    return y.mT if tall else y
+
+
+def _ddc_muon_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    scale: torch.Tensor | None,
+    blocks: tuple[int, list[tuple[int, int]]] | None,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    ns_coefficients: tuple[float, float, float],
+    ns_steps: int,
+    ns_eps: float,
+    ns_dtype: torch.dtype,
+) -> None:
+    """One Muon step in the invariant coordinates ``x̃ = x/σ`` of a 2-D parameter.
+
+    ``g̃ = grad·σ``; ``B ← lerp(B, g̃, 1 − μ)``; ``U = lerp(g̃, B, μ)`` (Nesterov) or ``B``;
+    ``O = NS(U)`` per block; ``param ← param − lr·s·O·σ``. ``blocks`` None: the whole matrix
+    is one block with Keller's shape scale ``s = max(1, rows/cols)^½``; otherwise
+    ``(axis, ranges)``, a partition of ``axis`` into row (axis 0) or column (axis 1) blocks,
+    each orthogonalised on its own with ``s = (max(r_b, c_b)/cols)^½`` — the scale that gives
+    each block the RMS ``1/√cols`` Keller's scale gives the whole matrix. ``scale`` None (σ = 1)
+    reproduces ``torch.optim.Muon``'s single-tensor step bitwise when ``ns_dtype`` is bfloat16
+    (decoupled decay is applied beforehand, as there).
+    """
+    g = grad if scale is None else grad * scale
+    momentum_buffer.lerp_(g, 1 - momentum)
+    upd = g.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
+    rows, cols = param.shape
+    if blocks is None:
+        out = _newton_schulz(upd, ns_coefficients, ns_steps, ns_eps, ns_dtype)
+        adjusted = lr * math.sqrt(max(1, rows / cols))
+    else:
+        axis, ranges = blocks
+        out = torch.empty(param.shape, dtype=ns_dtype, device=param.device)
+        by_len: dict[int, list[int]] = {}
+        for a, b in ranges:
+            by_len.setdefault(b - a, []).append(a)
+        for n, starts in by_len.items():
+            blk = torch.stack([upd.narrow(axis, a, n) for a in starts])
+            o = _newton_schulz(blk, ns_coefficients, ns_steps, ns_eps, ns_dtype)
+            r_b, c_b = (n, cols) if axis == 0 else (rows, n)
+            o.mul_(math.sqrt(max(r_b, c_b) / cols))
+            for a, ob in zip(starts, o):
+                out.narrow(axis, a, n).copy_(ob)
+        adjusted = lr
+    if scale is None:
+        param.add_(out, alpha=-adjusted)
+    else:
+        param.add_(out.to(param.dtype).mul_(scale), alpha=-adjusted)
+
+
 # --------------------------------------------------------------------------------------------
 # Plan: the sites and the role of each parameter
 # --------------------------------------------------------------------------------------------
@@ -179,6 +314,7 @@ class _Plan:
         self.shift: set[int] = set()
         self.order: list[int] = []
         self.gauges: list[_g.Gauge] = []
+        self.rot: dict[int, _Rot] = {}  # id(param) -> rotated head blocks (DDCMuon)
 
     def add_site(self, site: _Site, fn: str) -> None:
         idx = len(self.sites)
@@ -237,8 +373,12 @@ class _Plan:
         self.order = order
 
 
-def _build_plan(model: nn.Module, gauges: list[_g.Gauge], explicit: bool, fn: str) -> _Plan:
+def _build_plan(
+    model: nn.Module, gauges: list[_g.Gauge], explicit: bool, fn: str, heads: bool = False
+) -> _Plan:
+    """Sites, roles and (``heads=True``, DDCMuon) the rotated head blocks of the gauges."""
     plan = _Plan()
+    rotations: list[_g.HeadRotation] = []
     pairs: list[_g.Pair] = []
     norms: list[_g.NormScale] = []
     shifts: list[_g.LogitShift] = []
@@ -250,6 +390,11 @@ def _build_plan(model: nn.Module, gauges: list[_g.Gauge], explicit: bool, fn: st
                 f"deadspec.{fn}: gauges must hold deadspec.gauges.Gauge objects, got "
                 f"{type(g).__name__}"
             )
+        if isinstance(g, _g.HeadRotation) and heads:
+            b = g.bind(model)
+            rotations.append(b)
+            plan.gauges.append(b)
+            continue
         if isinstance(g, _g.HeadRotation):
             if explicit:
                 raise NotImplementedError(
@@ -313,7 +458,97 @@ def _build_plan(model: nn.Module, gauges: list[_g.Gauge], explicit: bool, fn: st
         cons = [model.get_submodule(c).weight for c in _g._as_tuple(n.consumer)]
         plan.add_site(_Site(f"norm:{n.norm}", "norm", w, bb, cons, None, int(w.shape[0])), fn)
     plan.finish(fn)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for r in rotations:
+        _add_rotation(plan, model, r, names, fn)
     return plan
+
+
+@dataclass
+class _Rot:
+    """The head blocks of one parameter that a HeadRotation rotates.
+
+    ``axis`` 0: the rows of a block are rotated (q/k/v weights and biases, ``W_h ↦ R W_h``);
+    ``axis`` 1: its columns (the output projection, ``W_o[:, h] ↦ W_o[:, h] Rᵀ``). ``segments``
+    are the disjoint ``[start, stop)`` ranges along ``axis``, one per rotated head.
+    """
+
+    name: str
+    axis: int
+    size: int
+    segments: list[tuple[int, int]]
+
+    def cover(self) -> list[tuple[int, int]]:
+        """The segments plus the maximal unrotated ranges between them: a partition of the axis."""
+        out: list[tuple[int, int]] = []
+        at = 0
+        for a, b in self.segments:
+            if a > at:
+                out.append((at, a))
+            out.append((a, b))
+            at = b
+        if at < self.size:
+            out.append((at, self.size))
+        return out
+
+
+def _add_rotation(
+    plan: _Plan, model: nn.Module, r: _g.HeadRotation, names: dict[int, str], fn: str
+) -> None:
+    mod = model.get_submodule(r.attention)
+    h, dh = int(r.num_heads), int(r.dim)
+    heads = [(i * dh, (i + 1) * dh) for i in range(h)]
+    parts = ("q", "k", "v") if r.part == "both" else (("q", "k") if r.part == "qk" else ("v",))
+    entries: list[tuple[torch.Tensor, int, list[tuple[int, int]]]] = []
+    if isinstance(mod, nn.MultiheadAttention):
+        e = mod.embed_dim
+        for key in parts:
+            off = "qkv".index(key) * e
+            segs = [(a + off, b + off) for a, b in heads]
+            entries.append((mod.in_proj_weight, 0, segs))
+            if mod.in_proj_bias is not None:
+                entries.append((mod.in_proj_bias, 0, segs))
+        if "v" in parts:
+            entries.append((mod.out_proj.weight, 1, heads))
+    else:
+        for key in parts:
+            lin = getattr(mod, key)
+            entries.append((lin.weight, 0, heads))
+            if lin.bias is not None:
+                entries.append((lin.bias, 0, heads))
+        if "v" in parts:
+            entries.append((mod.o.weight, 1, heads))
+    for p, axis, segs in entries:
+        name = names.get(id(p), f"{r.attention}.<param>")
+        # the rescaling σ must be constant along the rotated axis and the site scales ρ must not
+        # see the rotation: rotated rows may not be a producer's, rotated columns not a consumer's
+        if axis == 0 and id(p) in plan.row:
+            raise ValueError(
+                f"deadspec.{fn}: the rows that {r.describe()} rotates must not also be rescaled "
+                f"by a Pair or NormScale, got {name!r} as the producer of "
+                f"{plan.sites[plan.row[id(p)]].name!r}"
+            )
+        if axis == 1 and id(p) in plan.col:
+            raise ValueError(
+                f"deadspec.{fn}: the columns that {r.describe()} rotates must not also be "
+                f"rescaled by a Pair or NormScale, got {name!r} as a consumer of "
+                f"{plan.sites[plan.col[id(p)]].name!r}"
+            )
+        rot = plan.rot.get(id(p))
+        if rot is None:
+            rot = plan.rot[id(p)] = _Rot(name, axis, int(p.shape[axis]), [])
+        elif rot.axis != axis:
+            raise ValueError(
+                f"deadspec.{fn}: a parameter must be rotated along one axis, got {name!r} "
+                f"rotated along its rows and its columns"
+            )
+        merged = sorted(rot.segments + segs)
+        if any(b0 > a1 for (_, b0), (a1, _) in zip(merged, merged[1:])):
+            raise ValueError(
+                f"deadspec.{fn}: a head block must belong to one HeadRotation, got overlapping "
+                f"rotations of {name!r}"
+            )
+        rot.segments = merged
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,127 +556,21 @@ def _build_plan(model: nn.Module, gauges: list[_g.Gauge], explicit: bool, fn: st
 # --------------------------------------------------------------------------------------------
 
 
-class DDCAdam(torch.optim.Optimizer):
-    """AdamW with its state on gauge-invariant coordinates (exactly gauge-equivariant).
+class _DDCBase(torch.optim.Optimizer):
+    """Shared machinery of the DDC optimizers: sites, scales, residuals, policies, state.
 
-    Parameters
-    ----------
-    model_or_params : nn.Module or iterable of parameters / param-group dicts
-        The model (needed for the gauges), or plain parameters (then no gauges: plain AdamW,
-        with a warning).
-    lr, betas, eps, weight_decay
-        As ``torch.optim.AdamW`` (decoupled weight decay, default 0).
-    gauges : list of deadspec.gauges.Gauge, optional
-        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``; discovered
-        :class:`~deadspec.gauges.HeadRotation` s are ignored with a warning. An explicit list is
-        bound to the model and its hand-declared entries (``source="declared"``) validated; an explicit ``HeadRotation`` raises NotImplementedError
-        (DDCMuon's job). ``[]``: no gauges (AdamW).
-    gauge_mode : {"zero", "damped", "balance"}
-        Policy on the pure-gauge scales ρ. ``"zero"``: ρ is kept (exactly equivariant).
-        ``"damped"``: ``log ρ`` moves by a scalar Adam step on the gauge-mode gradient
-        ``g_V = ĝ_in − ĝ_out`` normalised by the radial scale, ``Δlog ρ = −η·m̂_V/(√v̂_V + √v̂_U +
-        eps)`` (equivariant; it acts only where the declared gauge is broken, e.g. by an L2 term
-        inside the loss). ``"balance"``: ``log ρ`` moves toward equal producer-row and
-        consumer-column norms, closing ``balance_rate`` of the log gap per step (NOT
-        equivariant).
-    balance_rate : float
-        Fraction of the log-norm imbalance closed per step with ``gauge_mode="balance"``.
-    loss : {"cross_entropy", None}
-        For discovery: whether the output layer's logit shift is a gauge.
-    nonfinite : {"raise", "skip"}
-        A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
-        with a warning (parameters and state untouched).
-    params : iterable, optional
-        With a model: the parameters or param-group dicts to optimise (default
-        ``model.parameters()``), e.g. groups with different ``lr``/``weight_decay``.
-
-    Notes
-    -----
-    - Parameters without a gradient are skipped (no decay, no moment update), as in AdamW. In a
-      gauge block with a missing gradient the other parameters are still updated with their
-      scales (ρ is computed from the parameters alone); the site's ``g_V`` is not computed
-      (absent from :meth:`gauge_residuals`) and ``"damped"`` leaves its ρ unchanged.
-    - A unit whose producer row is exactly zero (ρ = 0) is not scaled (σ uses ρ := 1): its
-      coordinates are the raw ones and it gets plain Adam; never NaN. Exact equivariance holds
-      where every ρ > 0 (the group acts freely there).
+    Subclasses set ``_fn`` (the name in messages), ``_plan``, ``_names``, ``_residuals``,
+    ``gauge_mode``, ``balance_rate`` and ``nonfinite`` before ``torch.optim.Optimizer.__init__``,
+    and implement ``step`` and :meth:`_damped_hparams`.
     """
 
-    def __init__(
-        self,
-        model_or_params: nn.Module | Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        gauges: list[_g.Gauge] | None = None,
-        gauge_mode: str = "zero",
-        balance_rate: float = 0.1,
-        loss: str | None = "cross_entropy",
-        nonfinite: str = "raise",
-        params: Iterable[Any] | None = None,
-    ) -> None:
-        fn = "DDCAdam"
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {lr!r}")
-        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-            raise ValueError(f"deadspec.{fn}: betas must be two floats in [0, 1), got {betas!r}")
-        if not eps >= 0.0:
-            raise ValueError(f"deadspec.{fn}: eps must be non-negative, got {eps!r}")
-        if not weight_decay >= 0.0:
-            raise ValueError(
-                f"deadspec.{fn}: weight_decay must be non-negative, got {weight_decay!r}"
-            )
-        if gauge_mode not in _GAUGE_MODES:
-            raise ValueError(
-                f"deadspec.{fn}: gauge_mode must be one of {_GAUGE_MODES}, got {gauge_mode!r}"
-            )
-        if nonfinite not in _NONFINITE:
-            raise ValueError(
-                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
-            )
-        if not (0.0 <= balance_rate <= 1.0):
-            raise ValueError(
-                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
-            )
-        if loss not in ("cross_entropy", None):
-            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
-        self.gauge_mode = gauge_mode
-        self.balance_rate = float(balance_rate)
-        self.nonfinite = nonfinite
-        self._names: dict[int, str] = {}
-        if isinstance(model_or_params, nn.Module):
-            model = model_or_params
-            self._names = {id(p): n for n, p in model.named_parameters()}
-            if gauges is None:
-                found = _g.discover(model, loss=loss, chains=False)
-                plan = _build_plan(model, list(found), explicit=False, fn=fn)
-            else:
-                plan = _build_plan(model, list(gauges), explicit=True, fn=fn)
-            source = model.parameters() if params is None else params
-        else:
-            if params is not None:
-                raise ValueError(
-                    f"deadspec.{fn}: params must only be given with a model, got "
-                    f"both parameters and params="
-                )
-            if gauges:
-                raise ValueError(
-                    f"deadspec.{fn}: gauges need the model (modules), got plain "
-                    f"parameters; pass the nn.Module"
-                )
-            warnings.warn(
-                f"deadspec.{fn}: given plain parameters, not a model: no gauges, DDCAdam is "
-                f"plain AdamW",
-                UserWarning,
-                stacklevel=2,
-            )
-            plan = _Plan()
-            source = model_or_params
-        self._plan = plan
-        self._residuals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        super().__init__(source, defaults)
+    _fn = "DDC"
+    _plan: _Plan
+    _names: dict[int, str]
+    _residuals: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    gauge_mode: str
+    balance_rate: float
+    nonfinite: str
 
     # -- introspection -----------------------------------------------------------------------
     @property
@@ -502,7 +631,7 @@ class DDCAdam(torch.optim.Optimizer):
             mine = [s.name for s in self._plan.sites]
             if list(ddc.get("sites", [])) != mine:
                 raise ValueError(
-                    f"deadspec.DDCAdam.load_state_dict: the state must be for the same gauge "
+                    f"deadspec.{self._fn}.load_state_dict: the state must be for the same gauge "
                     f"sites, got {list(ddc.get('sites', []))} but this optimizer has {mine}"
                 )
         super().load_state_dict(state_dict)
@@ -516,65 +645,6 @@ class DDCAdam(torch.optim.Optimizer):
                         else v
                     )
 
-    # -- step --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        bad = self._first_nonfinite()
-        if bad is not None:
-            msg = f"deadspec.DDCAdam.step: gradients must be finite, got NaN/Inf in {bad!r}"
-            if self.nonfinite == "raise":
-                raise RuntimeError(msg)
-            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
-            return loss
-        modes = self._gauge_modes()
-        # (0) decoupled weight decay in the original coordinates
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            if wd == 0:
-                continue
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if id(p) in self._plan.shift:
-                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
-                else:
-                    p.mul_(1 - lr * wd)
-        # (1) gauge scales, (3)-(4) Adam in invariant coordinates, mapped back
-        rho = self._site_scales()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                _ddc_adam_update(
-                    p,
-                    p.grad,
-                    state["exp_avg"],
-                    state["exp_avg_sq"],
-                    state["step"],
-                    self._param_scale(p, rho),
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                )
-        # (5) policy on the pure-gauge scales
-        if self.gauge_mode == "damped":
-            self._damped(modes)
-        elif self.gauge_mode == "balance":
-            self._balance()
-        return loss
-
     # -- helpers -----------------------------------------------------------------------------
     def _first_nonfinite(self) -> str | None:
         for i, group in enumerate(self.param_groups):
@@ -583,7 +653,7 @@ class DDCAdam(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError(
-                        "deadspec.DDCAdam.step: gradients must be dense, got a "
+                        f"deadspec.{self._fn}.step: gradients must be dense, got a "
                         f"sparse gradient for {self._name(p, i, j)!r}"
                     )
                 if not bool(torch.isfinite(p.grad).all()):
@@ -592,6 +662,10 @@ class DDCAdam(torch.optim.Optimizer):
 
     def _name(self, p: torch.Tensor, i: int, j: int) -> str:
         return self._names.get(id(p), f"param_groups[{i}]['params'][{j}]")
+
+    def _damped_hparams(self, s: _Site) -> tuple[float, tuple[float, float], float]:
+        """(lr, betas, eps) of the scalar Adam on a site's gauge mode (``gauge_mode="damped"``)."""
+        raise NotImplementedError  # pragma: no cover - overridden
 
     def _group_of(self, p: torch.Tensor) -> dict[str, Any]:
         for group in self.param_groups:
@@ -664,9 +738,7 @@ class DDCAdam(torch.optim.Optimizer):
             if mode is None:
                 continue
             gv, gu = mode
-            group = self._group_of(s.weight)
-            beta1, beta2 = group["betas"]
-            lr, eps = group["lr"], group["eps"]
+            lr, (beta1, beta2), eps = self._damped_hparams(s)
             st = s.state
             if not st:
                 st["step"] = 0
@@ -708,3 +780,653 @@ class DDCAdam(torch.optim.Optimizer):
             deltas.append(delta)
         for s, d in zip(self._plan.sites, deltas):
             self._scale_site_(s, torch.exp(d))
+
+
+class DDCAdam(_DDCBase):
+    """AdamW with its state on gauge-invariant coordinates (exactly gauge-equivariant).
+
+    Parameters
+    ----------
+    model_or_params : nn.Module or iterable of parameters / param-group dicts
+        The model (needed for the gauges), or plain parameters (then no gauges: plain AdamW,
+        with a warning).
+    lr, betas, eps, weight_decay
+        As ``torch.optim.AdamW`` (decoupled weight decay, default 0).
+    gauges : list of deadspec.gauges.Gauge, optional
+        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``; discovered
+        :class:`~deadspec.gauges.HeadRotation` s are ignored with a warning. An explicit list is
+        bound to the model and its hand-declared entries (``source="declared"``) validated; an explicit ``HeadRotation`` raises NotImplementedError
+        (DDCMuon's job). ``[]``: no gauges (AdamW).
+    gauge_mode : {"zero", "damped", "balance"}
+        Policy on the pure-gauge scales ρ. ``"zero"``: ρ is kept (exactly equivariant).
+        ``"damped"``: ``log ρ`` moves by a scalar Adam step on the gauge-mode gradient
+        ``g_V = ĝ_in − ĝ_out`` normalised by the radial scale, ``Δlog ρ = −η·m̂_V/(√v̂_V + √v̂_U +
+        eps)`` (equivariant; it acts only where the declared gauge is broken, e.g. by an L2 term
+        inside the loss). ``"balance"``: ``log ρ`` moves toward equal producer-row and
+        consumer-column norms, closing ``balance_rate`` of the log gap per step (NOT
+        equivariant).
+    balance_rate : float
+        Fraction of the log-norm imbalance closed per step with ``gauge_mode="balance"``.
+    loss : {"cross_entropy", None}
+        For discovery: whether the output layer's logit shift is a gauge.
+    nonfinite : {"raise", "skip"}
+        A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
+        with a warning (parameters and state untouched).
+    params : iterable, optional
+        With a model: the parameters or param-group dicts to optimise (default
+        ``model.parameters()``), e.g. groups with different ``lr``/``weight_decay``.
+
+    Notes
+    -----
+    - Parameters without a gradient are skipped (no decay, no moment update), as in AdamW. In a
+      gauge block with a missing gradient the other parameters are still updated with their
+      scales (ρ is computed from the parameters alone); the site's ``g_V`` is not computed
+      (absent from :meth:`gauge_residuals`) and ``"damped"`` leaves its ρ unchanged.
+    - A unit whose producer row is exactly zero (ρ = 0) is not scaled (σ uses ρ := 1): its
+      coordinates are the raw ones and it gets plain Adam; never NaN. Exact equivariance holds
+      where every ρ > 0 (the group acts freely there).
+    """
+
+    _fn = "DDCAdam"
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        gauges: list[_g.Gauge] | None = None,
+        gauge_mode: str = "zero",
+        balance_rate: float = 0.1,
+        loss: str | None = "cross_entropy",
+        nonfinite: str = "raise",
+        params: Iterable[Any] | None = None,
+    ) -> None:
+        fn = self._fn
+        if not (isinstance(lr, (int, float)) and lr >= 0.0):
+            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {lr!r}")
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"deadspec.{fn}: betas must be two floats in [0, 1), got {betas!r}")
+        if not eps >= 0.0:
+            raise ValueError(f"deadspec.{fn}: eps must be non-negative, got {eps!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(
+                f"deadspec.{fn}: weight_decay must be non-negative, got {weight_decay!r}"
+            )
+        if gauge_mode not in _GAUGE_MODES:
+            raise ValueError(
+                f"deadspec.{fn}: gauge_mode must be one of {_GAUGE_MODES}, got {gauge_mode!r}"
+            )
+        if nonfinite not in _NONFINITE:
+            raise ValueError(
+                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
+            )
+        if not (0.0 <= balance_rate <= 1.0):
+            raise ValueError(
+                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
+            )
+        if loss not in ("cross_entropy", None):
+            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
+        self.gauge_mode = gauge_mode
+        self.balance_rate = float(balance_rate)
+        self.nonfinite = nonfinite
+        self._names: dict[int, str] = {}
+        if isinstance(model_or_params, nn.Module):
+            model = model_or_params
+            self._names = {id(p): n for n, p in model.named_parameters()}
+            if gauges is None:
+                found = _g.discover(model, loss=loss, chains=False)
+                plan = _build_plan(model, list(found), explicit=False, fn=fn)
+            else:
+                plan = _build_plan(model, list(gauges), explicit=True, fn=fn)
+            source = model.parameters() if params is None else params
+        else:
+            if params is not None:
+                raise ValueError(
+                    f"deadspec.{fn}: params must only be given with a model, got "
+                    f"both parameters and params="
+                )
+            if gauges:
+                raise ValueError(
+                    f"deadspec.{fn}: gauges need the model (modules), got plain "
+                    f"parameters; pass the nn.Module"
+                )
+            warnings.warn(
+                f"deadspec.{fn}: given plain parameters, not a model: no gauges, DDCAdam is "
+                f"plain AdamW",
+                UserWarning,
+                stacklevel=2,
+            )
+            plan = _Plan()
+            source = model_or_params
+        self._plan = plan
+        self._residuals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        super().__init__(source, defaults)
+
+    # -- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bad = self._first_nonfinite()
+        if bad is not None:
+            msg = f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in {bad!r}"
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
+            return loss
+        modes = self._gauge_modes()
+        # (0) decoupled weight decay in the original coordinates
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if id(p) in self._plan.shift:
+                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                else:
+                    p.mul_(1 - lr * wd)
+        # (1) gauge scales, (3)-(4) Adam in invariant coordinates, mapped back
+        rho = self._site_scales()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                _ddc_adam_update(
+                    p,
+                    p.grad,
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    state["step"],
+                    self._param_scale(p, rho),
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
+                )
+        # (5) policy on the pure-gauge scales
+        if self.gauge_mode == "damped":
+            self._damped(modes)
+        elif self.gauge_mode == "balance":
+            self._balance()
+        return loss
+
+    def _damped_hparams(self, s: _Site) -> tuple[float, tuple[float, float], float]:
+        group = self._group_of(s.weight)
+        return group["lr"], group["betas"], group["eps"]
+
+
+# --------------------------------------------------------------------------------------------
+# DDCMuon
+# --------------------------------------------------------------------------------------------
+
+_MUON_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "ns_steps", "ns_coefficients")
+_ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
+_NS_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+class DDCMuon(_DDCBase):
+    """Muon for hidden matrices + AdamW for the rest, both in gauge-fixed coordinates.
+
+    Exactly equivariant under the network's gauges, ``step(g·θ) = g·step(θ)``, rescalings
+    (Pair, Chain, NormScale), the logit shift and the per-head attention rotations
+    (:class:`~deadspec.gauges.HeadRotation`) included. The design, and what is exactly
+    equivariant, is written up in ``docs/ddc.md`` (section "DDCMuon").
+
+    Parameters
+    ----------
+    model_or_params : nn.Module or iterable of parameters / param-group dicts
+        The model (needed for the gauges and to tell hidden matrices from the output head and
+        embeddings), or plain parameters (no gauges, a warning: 2-D tensors get Muon, the
+        rest AdamW).
+    lr, momentum, nesterov, weight_decay, ns_steps, ns_coefficients
+        The Muon path: ``B ← lerp(B, g̃, 1 − momentum)``, Nesterov ``U = lerp(g̃, B, momentum)``,
+        ``ns_steps`` quintic Newton–Schulz steps with ``ns_coefficients``, Keller's shape scale
+        ``max(1, rows/cols)^½``, decoupled weight decay ``x ← (1 − lr·weight_decay)x`` (as
+        ``torch.optim.Muon``).
+    adamw_lr, adamw_betas, adamw_eps
+        The AdamW path (embeddings, the output head, norm gains, biases, any non-2-D tensor).
+    gauges : list of deadspec.gauges.Gauge, optional
+        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``, HeadRotations included.
+        An explicit list is bound to the model and its hand-declared entries validated.
+        ``[]``: no gauges (plain Muon + AdamW).
+    gauge_mode : {"zero", "damped", "balance"}
+        Policy on the pure-gauge scales ρ, as :class:`DDCAdam` (the damped scalar Adam uses the
+        AdamW hyper-parameters of the site's gain/bias, else ``adamw_*``).
+    nonfinite : {"raise", "skip"}
+        A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
+        with a warning (parameters and state untouched).
+    adamw_weight_decay : float, optional
+        Decoupled weight decay of the AdamW path (default: ``weight_decay``).
+    ns_dtype : torch.dtype, optional
+        Dtype of the Newton–Schulz iteration (float64, float32, bfloat16, float16). Default:
+        each parameter's dtype. ``torch.bfloat16`` reproduces ``torch.optim.Muon`` (and
+        KellerJordan/Muon); exact equivariance is measured in float64.
+    ns_eps : float
+        ``X₀ = U/max(‖U‖_F, ns_eps)`` (``torch.optim.Muon``'s ``eps``).
+    per_head : bool
+        Orthogonalise each rotated head block on its own (default; ``W_q,h``, ``W_k,h``,
+        ``W_v,h`` as ``d_head×d_model`` matrices, ``W_o[:, h]`` as ``d_model×d_head``). False:
+        whole matrices (also exactly equivariant: the block-diagonal rotation is orthogonal).
+    head : "auto", str, sequence of str or None
+        Modules whose weights are the output head (AdamW path). "auto": the LogitShift layers
+        among the gauges, plus the layer the traced model returns (a warning when the model
+        cannot be traced and no LogitShift names it). None: no head.
+    balance_rate, loss
+        As :class:`DDCAdam`.
+    params : iterable, optional
+        With a model: the parameters or param-group dicts (default ``model.parameters()``).
+        A group with ``use_muon=True`` is a Muon group (keys ``lr``, ``momentum``,
+        ``nesterov``, ``weight_decay``, ``ns_steps``, ``ns_coefficients``; 2-D tensors only);
+        ``use_muon=False`` an AdamW group (keys ``lr``, ``betas``, ``eps``, ``weight_decay``,
+        defaults ``adamw_*``); without ``use_muon`` the group is split into both, the AdamW
+        half taking ``adamw_lr``, ``adamw_betas``, ``adamw_eps``, ``adamw_weight_decay`` from
+        the group or the defaults. Every entry of ``param_groups`` is therefore one path, with
+        ``"use_muon"`` True or False, and its ``"lr"`` is that path's (LR schedulers scale
+        both paths).
+
+    Notes
+    -----
+    - Muon path (default): the ``weight`` of every ``nn.Linear`` and the ``in_proj_weight`` of
+      ``nn.MultiheadAttention``, except the output head and weights shared with an embedding.
+    - Parameters without a gradient are skipped, dead units (ρ = 0) are not scaled, as in
+      :class:`DDCAdam`.
+    - A HeadRotation whose rotated rows are also a Pair/NormScale producer's (or whose rotated
+      columns a consumer's) raises ValueError: σ must be constant along the rotated axis.
+    """
+
+    _fn = "DDCMuon"
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+        adamw_lr: float = 3e-4,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        *,
+        gauges: list[_g.Gauge] | None = None,
+        gauge_mode: str = "zero",
+        nonfinite: str = "raise",
+        adamw_weight_decay: float | None = None,
+        ns_dtype: torch.dtype | None = None,
+        ns_eps: float = 1e-7,
+        per_head: bool = True,
+        head: str | Iterable[str] | None = "auto",
+        balance_rate: float = 0.1,
+        loss: str | None = "cross_entropy",
+        params: Iterable[Any] | None = None,
+    ) -> None:
+        fn = self._fn
+        if gauge_mode not in _GAUGE_MODES:
+            raise ValueError(
+                f"deadspec.{fn}: gauge_mode must be one of {_GAUGE_MODES}, got {gauge_mode!r}"
+            )
+        if nonfinite not in _NONFINITE:
+            raise ValueError(
+                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
+            )
+        if not (0.0 <= balance_rate <= 1.0):
+            raise ValueError(
+                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
+            )
+        if loss not in ("cross_entropy", None):
+            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
+        if ns_dtype is not None and ns_dtype not in _NS_DTYPES:
+            raise ValueError(
+                f"deadspec.{fn}: ns_dtype must be None or one of {_NS_DTYPES}, got {ns_dtype!r}"
+            )
+        if not (isinstance(ns_eps, (int, float)) and ns_eps > 0):
+            raise ValueError(f"deadspec.{fn}: ns_eps must be a positive float, got {ns_eps!r}")
+        self.gauge_mode = gauge_mode
+        self.balance_rate = float(balance_rate)
+        self.nonfinite = nonfinite
+        self.ns_dtype = ns_dtype
+        self.ns_eps = float(ns_eps)
+        self.per_head = bool(per_head)
+        self._muon_defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": bool(nesterov),
+            "weight_decay": weight_decay,
+            "ns_steps": ns_steps,
+            "ns_coefficients": tuple(ns_coefficients),
+        }
+        self._adamw_defaults = {
+            "lr": adamw_lr,
+            "betas": tuple(adamw_betas),
+            "eps": adamw_eps,
+            "weight_decay": weight_decay if adamw_weight_decay is None else adamw_weight_decay,
+        }
+        self._adamw_wd_follows = adamw_weight_decay is None
+        self._check_muon(self._muon_defaults)
+        self._check_adamw(self._adamw_defaults, "adamw_")
+        self._names = {}
+        self._muon_ids: set[int] | None = None  # None: plain parameters, 2-D -> Muon
+        if isinstance(model_or_params, nn.Module):
+            model = model_or_params
+            self._names = {id(p): n for n, p in model.named_parameters()}
+            if gauges is None:
+                found = _g.discover(model, loss=loss, chains=False)
+                plan = _build_plan(model, list(found), explicit=False, fn=fn, heads=True)
+            else:
+                plan = _build_plan(model, list(gauges), explicit=True, fn=fn, heads=True)
+            self._muon_ids = self._hidden_matrices(model, plan, head)
+            source = model.parameters() if params is None else params
+        else:
+            if params is not None:
+                raise ValueError(
+                    f"deadspec.{fn}: params must only be given with a model, got "
+                    f"both parameters and params="
+                )
+            if gauges:
+                raise ValueError(
+                    f"deadspec.{fn}: gauges need the model (modules), got plain "
+                    f"parameters; pass the nn.Module"
+                )
+            warnings.warn(
+                f"deadspec.{fn}: given plain parameters, not a model: no gauges, DDCMuon is "
+                f"plain Muon (2-D tensors) + AdamW",
+                UserWarning,
+                stacklevel=2,
+            )
+            plan = _Plan()
+            source = model_or_params
+        self._plan = plan
+        self._residuals = {}
+        super().__init__(source, {"lr": lr, "weight_decay": weight_decay})
+
+    # -- construction helpers ----------------------------------------------------------------
+    def _check_muon(self, g: dict[str, Any]) -> None:
+        fn = self._fn
+        if not (isinstance(g["lr"], (int, float)) and g["lr"] >= 0.0):
+            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {g['lr']!r}")
+        if not (isinstance(g["momentum"], (int, float)) and 0.0 <= g["momentum"] < 1.0):
+            raise ValueError(
+                f"deadspec.{fn}: momentum must be a float in [0, 1), got {g['momentum']!r}"
+            )
+        if not g["weight_decay"] >= 0.0:
+            raise ValueError(
+                f"deadspec.{fn}: weight_decay must be non-negative, got {g['weight_decay']!r}"
+            )
+        ns = g["ns_steps"]
+        if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
+            raise ValueError(f"deadspec.{fn}: ns_steps must be a positive integer, got {ns!r}")
+        if len(tuple(g["ns_coefficients"])) != 3:
+            raise ValueError(
+                f"deadspec.{fn}: ns_coefficients must hold 3 floats (a, b, c), got "
+                f"{g['ns_coefficients']!r}"
+            )
+
+    def _check_adamw(self, g: dict[str, Any], prefix: str = "") -> None:
+        fn = self._fn
+        if not (isinstance(g["lr"], (int, float)) and g["lr"] >= 0.0):
+            raise ValueError(
+                f"deadspec.{fn}: {prefix}lr must be a non-negative float, got {g['lr']!r}"
+            )
+        betas = tuple(g["betas"])
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(
+                f"deadspec.{fn}: {prefix}betas must be two floats in [0, 1), got {betas!r}"
+            )
+        if not g["eps"] >= 0.0:
+            raise ValueError(f"deadspec.{fn}: {prefix}eps must be non-negative, got {g['eps']!r}")
+        if not g["weight_decay"] >= 0.0:
+            raise ValueError(
+                f"deadspec.{fn}: {prefix}weight_decay must be non-negative, got "
+                f"{g['weight_decay']!r}"
+            )
+
+    def _hidden_matrices(self, model: nn.Module, plan: _Plan, head: Any) -> set[int]:
+        fn = self._fn
+        if head == "auto":
+            heads = {g.layer for g in plan.gauges if isinstance(g, _g.LogitShift)}
+            info = _g._trace_info(model)
+            heads |= set(info.logit_layers) | _g._fallback_logit(model, None)
+            if not heads and not info.root_traced:
+                warnings.warn(
+                    f"deadspec.{fn}: could not identify the output head (the model cannot be "
+                    f"traced and no LogitShift names it): every nn.Linear weight gets Muon; "
+                    f"pass head=<module name> (or head=None to silence this)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        elif head is None:
+            heads = set()
+        else:
+            heads = {head} if isinstance(head, str) else {str(h) for h in head}
+            mods = dict(model.named_modules())
+            for h in heads:
+                if h not in mods:
+                    raise ValueError(
+                        f"deadspec.{fn}: head must name modules of the model, got {h!r}"
+                    )
+        embedded = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+            for p in m.parameters(recurse=False)
+        }
+        out: set[int] = set()
+        for name, m in model.named_modules():
+            if name in heads:
+                continue
+            if isinstance(m, nn.Linear):
+                out.add(id(m.weight))
+            elif isinstance(m, nn.MultiheadAttention):
+                for w in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight, m.v_proj_weight):
+                    if w is not None:
+                        out.add(id(w))
+        return out - embedded
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; without ``use_muon`` it is split into a Muon and an AdamW group."""
+        if not isinstance(param_group, dict):
+            raise TypeError(
+                f"deadspec.{self._fn}.add_param_group: param_group must be a dict, got "
+                f"{type(param_group).__name__}"
+            )
+        group = dict(param_group)
+        params = group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(
+                f"deadspec.{self._fn}: params must be an ordered collection, got a set"
+            )
+        params = list(params)
+        use = group.pop("use_muon", None)
+        extra_keys = set(_MUON_KEYS) | {"adamw_lr", "adamw_betas", "adamw_eps"}
+        extra_keys |= {"adamw_weight_decay", "betas", "eps", "params", "param_names"}
+        extra = {k: v for k, v in group.items() if k not in extra_keys}
+        if use is None:
+            tensor = [e[1] if isinstance(e, tuple) else e for e in params]
+            muon = [e for e, t in zip(params, tensor) if self._auto_muon(t)]
+            rest = [e for e, t in zip(params, tensor) if not self._auto_muon(t)]
+            adam = {
+                "lr": group.get("adamw_lr", self._adamw_defaults["lr"]),
+                "betas": group.get("adamw_betas", self._adamw_defaults["betas"]),
+                "eps": group.get("adamw_eps", self._adamw_defaults["eps"]),
+                "weight_decay": group.get("adamw_weight_decay", self._adamw_defaults["weight_decay"]),
+            }
+            if "adamw_weight_decay" not in group and self._adamw_wd_follows and "weight_decay" in group:
+                adam["weight_decay"] = group["weight_decay"]  # adamw_weight_decay=None follows it
+            if muon or not rest:
+                mu = {k: group.get(k, self._muon_defaults[k]) for k in _MUON_KEYS}
+                self._add_path_group({**extra, **mu, "params": muon}, True)
+            if rest:
+                self._add_path_group({**extra, **adam, "params": rest}, False)
+            return
+        if use:
+            mu = {k: group.get(k, self._muon_defaults[k]) for k in _MUON_KEYS}
+            self._add_path_group({**extra, **mu, "params": params}, True)
+        else:
+            ad = {k: group.get(k, self._adamw_defaults[k]) for k in _ADAMW_KEYS}
+            self._add_path_group({**extra, **ad, "params": params}, False)
+
+    def _auto_muon(self, p: torch.Tensor) -> bool:
+        if self._muon_ids is None:
+            return p.ndim == 2
+        return id(p) in self._muon_ids
+
+    def _add_path_group(self, group: dict[str, Any], muon: bool) -> None:
+        if muon:
+            group["ns_coefficients"] = tuple(group["ns_coefficients"])
+            group["nesterov"] = bool(group["nesterov"])
+            self._check_muon(group)
+            for e in group["params"]:
+                t = e[1] if isinstance(e, tuple) else e
+                if isinstance(t, torch.Tensor) and t.ndim != 2:
+                    raise ValueError(
+                        f"deadspec.{self._fn}: params on the Muon path (use_muon=True) must be "
+                        f"2-D matrices, got {self._names.get(id(t), 'a tensor')!r} of shape "
+                        f"{tuple(t.shape)}"
+                    )
+        else:
+            group["betas"] = tuple(group["betas"])
+            self._check_adamw(group)
+        group["use_muon"] = bool(muon)
+        super().add_param_group(group)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["ddc"]["rotated"] = sorted(r.name for r in self._plan.rot.values())
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        fn = self._fn
+        ddc = state_dict.get("ddc")
+        if ddc is not None:
+            mine = sorted(r.name for r in self._plan.rot.values())
+            if list(ddc.get("rotated", [])) != mine:
+                raise ValueError(
+                    f"deadspec.{fn}.load_state_dict: the state must be for the same head "
+                    f"rotations, got {list(ddc.get('rotated', []))} but this optimizer has {mine}"
+                )
+        saved = [bool(g.get("use_muon")) for g in state_dict.get("param_groups", [])]
+        paths = [g["use_muon"] for g in self.param_groups]
+        if saved != paths:
+            raise ValueError(
+                f"deadspec.{fn}.load_state_dict: the state must have the same Muon/AdamW "
+                f"groups (use_muon), got {saved} but this optimizer has {paths}"
+            )
+        super().load_state_dict(state_dict)
+
+    # -- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One DDCMuon step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bad = self._first_nonfinite()
+        if bad is not None:
+            msg = f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in {bad!r}"
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
+            return loss
+        modes = self._gauge_modes()
+        # (0) decoupled weight decay in the original coordinates (shift-aware on the logit layer)
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if id(p) in self._plan.shift:
+                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                else:
+                    p.mul_(1 - lr * wd)
+        # (1) gauge scales; (2) Muon / AdamW in invariant coordinates, mapped back
+        rho = self._site_scales()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                scale = self._param_scale(p, rho)
+                rot = self._plan.rot.get(id(p))
+                if group["use_muon"]:
+                    if len(state) == 0:
+                        state["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
+                    blocks = None
+                    if rot is not None and self.per_head:
+                        blocks = (rot.axis, rot.cover())
+                    _ddc_muon_update(
+                        p,
+                        p.grad,
+                        state["momentum_buffer"],
+                        scale,
+                        blocks,
+                        lr=group["lr"],
+                        momentum=group["momentum"],
+                        nesterov=group["nesterov"],
+                        ns_coefficients=group["ns_coefficients"],
+                        ns_steps=group["ns_steps"],
+                        ns_eps=self.ns_eps,
+                        ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
+                    )
+                    continue
+                if len(state) == 0:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                beta1, beta2 = group["betas"]
+                kw = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"]}
+                if rot is None:
+                    _ddc_adam_update(
+                        p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], scale, **kw
+                    )
+                else:
+                    _ddc_adam_block_update(
+                        p,
+                        p.grad,
+                        state["exp_avg"],
+                        state["exp_avg_sq"],
+                        state["step"],
+                        scale,
+                        rot.axis,
+                        rot.segments,
+                        **kw,
+                    )
+        # (3) policy on the pure-gauge scales
+        if self.gauge_mode == "damped":
+            self._damped(modes)
+        elif self.gauge_mode == "balance":
+            self._balance()
+        return loss
+
+    def _damped_hparams(self, s: _Site) -> tuple[float, tuple[float, float], float]:
+        for t in (s.bias, s.weight):
+            if t is None:
+                continue
+            group = self._group_of(t)
+            if group.get("use_muon") is False:
+                return group["lr"], group["betas"], group["eps"]
+        d = self._adamw_defaults
+        return d["lr"], d["betas"], d["eps"]

@@ -52,7 +52,8 @@ def test_fused_step_float32_and_strided_grad():
     _ddc_adam_update(p, g, m, v, torch.tensor(0.0), scale, lr=1e-1, beta1=0.9, beta2=0.999, eps=1e-8)
     ref, _, _ = _reference(p64, g.double(), 0 * p64, 0 * p64, 1, scale.double(), 1e-1, 0.9, 0.999, 1e-8)
     assert p.dtype == torch.float32
-    torch.testing.assert_close(p.double(), ref, rtol=1e-6, atol=1e-7)
+    # float32 arithmetic (as torch's Adam) against a float64 reference: float32 round-off.
+    torch.testing.assert_close(p.double(), ref, rtol=1e-5, atol=2e-6)
 
 
 def test_fused_step_validates_its_inputs():

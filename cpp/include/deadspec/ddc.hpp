@@ -22,8 +22,10 @@ struct AdamStep {
 /// The optimizer keeps its moments on the invariant coordinates x̃ = x/σ of the block, where
 /// σ_ij = ρ_row,i / ρ_col,j comes from the gauge-fixing scales (docs/ddc.md). Per element:
 /// g̃ = g·σ; m ← β₁m + (1−β₁)g̃; v ← β₂v + (1−β₂)g̃²;
-/// x ← x − (lr/(1−β₁ᵗ))·m/(√v/√(1−β₂ᵗ) + ε)·σ. Arithmetic is in float64, storage in the
-/// parameter's dtype. Decoupled weight decay is applied by the caller beforehand.
+/// x ← x − (lr/(1−β₁ᵗ))·m/(√v/√(1−β₂ᵗ) + ε)·σ. The bias corrections are computed in float64,
+/// the per-element arithmetic in the parameter's dtype (as torch's Adam does). Blocks of more
+/// than 2¹⁸ elements are split by rows over deadspec::num_threads() threads.
+/// Decoupled weight decay is applied by the caller beforehand.
 ///
 /// \param param       1-D or 2-D float32/float64 CPU tensor, C-contiguous, writable.
 /// \param grad        same shape and dtype, any strides.
