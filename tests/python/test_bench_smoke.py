@@ -22,6 +22,7 @@ SCRIPTS = [
     ("bench_eig.py", ["--no-memory"]),
     ("bench_gram.py", ["--no-memory"]),
     ("bench_read.py", ["--no-memory"]),
+    ("bench_optim.py", []),
 ]
 
 
