@@ -46,7 +46,7 @@ _LAZY = {
     "direction_order": "deadspec.approach",
     "DirectionOrder": "deadspec.approach",
 }
-_SUBMODULES = ("models", "theory", "experiments", "cli", "gauges", "optim", "llc")
+_SUBMODULES = ("models", "theory", "experiments", "cli", "gauges", "optim", "llc", "monitor")
 
 __all__ = [
     "ApproachSlope",
