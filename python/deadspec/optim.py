@@ -18,6 +18,11 @@ A parameter in no gauge has ``σ = 1``: its update is torch's AdamW's, bit for b
 shift of a cross-entropy head needs no coordinate change (its gradient is already invariant);
 only its decoupled weight decay skips the gauge component (the row mean).
 
+:class:`DDCMuon` runs Muon (momentum, Newton–Schulz orthogonalisation, Keller's shape scale) on
+the invariant coordinates of the hidden matrices and the same DDC AdamW on the rest; Muon's
+orthogonaliser commutes with orthogonal maps, so DDCMuon is also exactly equivariant under the
+attention :class:`~deadspec.gauges.HeadRotation` s (``docs/ddc.md`` §5).
+
 Contract
 --------
 - Any device and floating dtype (the moments have the parameter's dtype, as in torch's AdamW).
@@ -33,6 +38,7 @@ Contract
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -543,7 +549,7 @@ def _add_rotation(
                 f"rotated along its rows and its columns"
             )
         merged = sorted(rot.segments + segs)
-        if any(b0 > a1 for (_, b0), (a1, _) in zip(merged, merged[1:])):
+        if any(b0 > a1 for (_, b0), (a1, _) in itertools.pairwise(merged)):
             raise ValueError(
                 f"deadspec.{fn}: a head block must belong to one HeadRotation, got overlapping "
                 f"rotations of {name!r}"
@@ -1250,9 +1256,7 @@ class DDCMuon(_DDCBase):
         if isinstance(params, torch.Tensor):
             params = [params]
         elif isinstance(params, set):
-            raise TypeError(
-                f"deadspec.{self._fn}: params must be an ordered collection, got a set"
-            )
+            raise TypeError(f"deadspec.{self._fn}: params must be an ordered collection, got a set")
         params = list(params)
         use = group.pop("use_muon", None)
         extra_keys = set(_MUON_KEYS) | {"adamw_lr", "adamw_betas", "adamw_eps"}
@@ -1266,9 +1270,15 @@ class DDCMuon(_DDCBase):
                 "lr": group.get("adamw_lr", self._adamw_defaults["lr"]),
                 "betas": group.get("adamw_betas", self._adamw_defaults["betas"]),
                 "eps": group.get("adamw_eps", self._adamw_defaults["eps"]),
-                "weight_decay": group.get("adamw_weight_decay", self._adamw_defaults["weight_decay"]),
+                "weight_decay": group.get(
+                    "adamw_weight_decay", self._adamw_defaults["weight_decay"]
+                ),
             }
-            if "adamw_weight_decay" not in group and self._adamw_wd_follows and "weight_decay" in group:
+            if (
+                "adamw_weight_decay" not in group
+                and self._adamw_wd_follows
+                and "weight_decay" in group
+            ):
                 adam["weight_decay"] = group["weight_decay"]  # adamw_weight_decay=None follows it
             if muon or not rest:
                 mu = {k: group.get(k, self._muon_defaults[k]) for k in _MUON_KEYS}
