@@ -147,4 +147,110 @@ void ddc_adam_update(const TensorView& param, const TensorView& grad, const Tens
         dispatch_scale<float>(param, grad, exp_avg, exp_avg_sq, scale, hp);
 }
 
+namespace {
+
+template <typename T>
+double at2(const TensorView& v, std::int64_t i, std::int64_t j) {
+    return static_cast<double>(static_cast<const T*>(v.data)[i * v.stride(0) + j * v.stride(1)]);
+}
+
+double at(const TensorView& v, std::int64_t i, std::int64_t j) {
+    return v.dtype == DType::Float64 ? at2<double>(v, i, j) : at2<float>(v, i, j);
+}
+
+double at1(const TensorView& v, std::int64_t i) {
+    return v.dtype == DType::Float64
+               ? static_cast<const double*>(v.data)[i * v.stride(0)]
+               : static_cast<double>(static_cast<const float*>(v.data)[i * v.stride(0)]);
+}
+
+void check_vector(const TensorView& v, std::int64_t n, const char* fn, const char* arg) {
+    detail::check_cpu_float(v, fn, arg);
+    DEADSPEC_CHECK_ARG(v.ndim() == 1 && v.shape[0] == n, fn, ": ", arg, " must have shape (", n,
+                       ",), got ", v.shape_string());
+}
+
+}  // namespace
+
+Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_scale,
+                              const TensorView& bias) {
+    constexpr const char* fn = "deadspec.ddc_row_norms";
+    detail::check_cpu_float(weight, fn, "weight");
+    DEADSPEC_CHECK_ARG(weight.ndim() == 2, fn, ": weight must be 2-D, got shape ",
+                       weight.shape_string());
+    const std::int64_t h = weight.shape[0], d = weight.shape[1];
+    if (col_scale.data) check_vector(col_scale, d, fn, "col_scale");
+    if (bias.data) check_vector(bias, h, fn, "bias");
+    Eigen::VectorXd c = Eigen::VectorXd::Ones(d);
+    if (col_scale.data)
+        for (std::int64_t j = 0; j < d; ++j) c[j] = at1(col_scale, j);
+    Eigen::VectorXd out(h);
+    detail::parallel_rows(h, detail::worker_threads(h * d, kParallelElements, h),
+                          [&](std::int64_t r0, std::int64_t r1) {
+                              for (std::int64_t i = r0; i < r1; ++i) {
+                                  double sq = 0.0;
+                                  for (std::int64_t j = 0; j < d; ++j) {
+                                      const double w = at(weight, i, j) * c[j];
+                                      sq += w * w;
+                                  }
+                                  if (bias.data) {
+                                      const double b = at1(bias, i);
+                                      sq += b * b;
+                                  }
+                                  out[i] = std::sqrt(sq);
+                              }
+                          });
+    return out;
+}
+
+std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
+                                                           const TensorView& g, int axis) {
+    constexpr const char* fn = "deadspec.ddc_gauge_dots";
+    detail::check_cpu_float(x, fn, "x");
+    detail::check_cpu_float(g, fn, "g");
+    DEADSPEC_CHECK_ARG(x.ndim() == 2, fn, ": x must be 2-D, got shape ", x.shape_string());
+    DEADSPEC_CHECK_ARG(g.shape == x.shape, fn, ": g must have the shape of x ", x.shape_string(),
+                       ", got ", g.shape_string());
+    DEADSPEC_CHECK_ARG(axis == 0 || axis == 1, fn, ": axis must be 0 or 1, got ", axis);
+    const std::int64_t h = x.shape[0], d = x.shape[1];
+    if (axis == 1) {
+        Eigen::VectorXd s = Eigen::VectorXd::Zero(h), a = Eigen::VectorXd::Zero(h);
+        detail::parallel_rows(h, detail::worker_threads(h * d, kParallelElements, h),
+                              [&](std::int64_t r0, std::int64_t r1) {
+                                  for (std::int64_t i = r0; i < r1; ++i) {
+                                      double si = 0.0, ai = 0.0;
+                                      for (std::int64_t j = 0; j < d; ++j) {
+                                          const double p = at(x, i, j) * at(g, i, j);
+                                          si += p;
+                                          ai += std::abs(p);
+                                      }
+                                      s[i] = si;
+                                      a[i] = ai;
+                                  }
+                              });
+        return {s, a};
+    }
+    // Column sums: each thread owns a range of rows and its own partial sums (summed after, in
+    // thread order, so the result does not depend on scheduling).
+    const int threads = detail::worker_threads(h * d, kParallelElements, h);
+    std::vector<Eigen::VectorXd> ps(static_cast<std::size_t>(threads), Eigen::VectorXd::Zero(d));
+    std::vector<Eigen::VectorXd> pa(ps);
+    const std::int64_t chunk = (h + threads - 1) / threads;
+    detail::parallel_rows(h, threads, [&](std::int64_t r0, std::int64_t r1) {
+        const auto t = static_cast<std::size_t>(r0 / std::max<std::int64_t>(chunk, 1));
+        for (std::int64_t i = r0; i < r1; ++i)
+            for (std::int64_t j = 0; j < d; ++j) {
+                const double p = at(x, i, j) * at(g, i, j);
+                ps[t][j] += p;
+                pa[t][j] += std::abs(p);
+            }
+    });
+    Eigen::VectorXd s = Eigen::VectorXd::Zero(d), a = Eigen::VectorXd::Zero(d);
+    for (std::size_t t = 0; t < ps.size(); ++t) {
+        s += ps[t];
+        a += pa[t];
+    }
+    return {s, a};
+}
+
 }  // namespace deadspec

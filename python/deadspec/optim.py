@@ -74,14 +74,24 @@ def _site_rho(
     Exactly-zero rows (and rows whose norm is below the dtype's ``tiny``) get scale 1, units
     outside ``units`` get scale 1: they are not scaled (the "dead unit" convention).
     """
-    if weight.ndim == 2:
-        w = weight if col_scale is None else weight * col_scale.to(weight.dtype).reshape(1, -1)
-        sq = w.square().sum(1)
+    if weight.ndim == 2 and _cpu_float(weight, col_scale, bias):
+        # One pass in the C++ core (float64 accumulation), no temporaries.
+        rho = torch.from_numpy(
+            _core.ddc_row_norms(
+                weight.detach().__dlpack__(),
+                None if col_scale is None else col_scale.detach().__dlpack__(),
+                None if bias is None else bias.detach().__dlpack__(),
+            )
+        ).to(weight.dtype)
     else:
-        sq = weight.square()
-    if bias is not None:
-        sq = sq + bias.square()
-    rho = sq.sqrt()
+        if weight.ndim == 2:
+            w = weight if col_scale is None else weight * col_scale.to(weight.dtype).reshape(1, -1)
+            sq = w.square().sum(1)
+        else:
+            sq = weight.square()
+        if bias is not None:
+            sq = sq + bias.square()
+        rho = sq.sqrt()
     tiny = torch.finfo(rho.dtype).tiny
     rho = torch.where(rho > tiny, rho, torch.ones_like(rho))
     if units is not None:
@@ -90,6 +100,24 @@ def _site_rho(
         full[idx] = rho[idx]
         rho = full
     return rho
+
+
+def _cpu_float(*ts: torch.Tensor | None) -> bool:
+    """All given tensors (None skipped) are dense CPU float32/float64 tensors."""
+    return all(
+        t is None
+        or (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.is_sparse)
+        for t in ts
+    )
+
+
+def _gauge_dots(x: torch.Tensor, g: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ x·g, Σ |x·g|) of a 2-D block along ``axis``, in x's dtype (one pass in the core)."""
+    if _cpu_float(x, g):
+        s, a = _core.ddc_gauge_dots(x.detach().__dlpack__(), g.detach().__dlpack__(), axis)
+        return torch.from_numpy(s).to(x.dtype), torch.from_numpy(a).to(x.dtype)
+    t = g * x
+    return t.sum(axis), t.abs().sum(axis)
 
 
 def _fused_ok(param: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -653,6 +681,14 @@ class _DDCBase(torch.optim.Optimizer):
 
     # -- helpers -----------------------------------------------------------------------------
     def _first_nonfinite(self) -> str | None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        dense = [t for t in grads if not t.is_sparse]
+        if len(dense) == len(grads) and dense:
+            # One pass over all gradients: a norm is finite iff every element is (a finite norm
+            # cannot hide a NaN/Inf; an overflowing one falls through to the exact check).
+            norms = torch._foreach_norm(dense)
+            if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+                return None
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 if p.grad is None:
@@ -710,19 +746,20 @@ class _DDCBase(torch.optim.Optimizer):
             if any(t is not None and t.grad is None for t in ts):
                 out.append(None)
                 continue
-            dims = 1 if s.weight.ndim == 2 else None
-            t_in = s.weight.grad * s.weight
-            gin = t_in.sum(dims) if dims else t_in
-            ain = t_in.abs().sum(dims) if dims else t_in.abs()
+            if s.weight.ndim == 2:
+                gin, ain = _gauge_dots(s.weight, s.weight.grad, 1)
+            else:
+                t_in = s.weight.grad * s.weight
+                gin, ain = t_in, t_in.abs()
             if s.bias is not None:
                 tb = s.bias.grad * s.bias
                 gin, ain = gin + tb, ain + tb.abs()
             gout = torch.zeros_like(gin)
             aout = torch.zeros_like(gin)
             for c in s.consumers:
-                tc = c.grad * c
-                gout = gout + tc.sum(0).to(gin.dtype)
-                aout = aout + tc.abs().sum(0).to(gin.dtype)
+                gc, ac = _gauge_dots(c, c.grad, 0)
+                gout = gout + gc.to(gin.dtype)
+                aout = aout + ac.to(gin.dtype)
             if s.units is not None:
                 idx = s.units.to(gin.device)
                 gin, gout, ain, aout = gin[idx], gout[idx], ain[idx], aout[idx]

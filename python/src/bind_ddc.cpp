@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Bindings: the fused DDCAdam block step (in place on DLPack tensors).
+#include <pybind11/eigen.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <optional>
 
@@ -32,6 +34,33 @@ void bind_ddc(py::module_& m) {
         py::arg("scale"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
         py::arg("eps"), py::arg("step"),
         "Fused DDCAdam block step in place (param, exp_avg, exp_avg_sq are written).");
+
+    m.def(
+        "ddc_row_norms",
+        [](const py::object& weight, const py::object& col_scale, const py::object& bias) {
+            constexpr const char* fn = "deadspec.ddc_row_norms";
+            DLPackView vw(weight, fn, "weight");
+            std::optional<DLPackView> vc, vb;
+            if (!col_scale.is_none()) vc.emplace(col_scale, fn, "col_scale");
+            if (!bias.is_none()) vb.emplace(bias, fn, "bias");
+            py::gil_scoped_release nogil;
+            return ddc_row_norms(vw.view(), vc ? vc->view() : TensorView{},
+                                 vb ? vb->view() : TensorView{});
+        },
+        py::arg("weight"), py::arg("col_scale") = py::none(), py::arg("bias") = py::none(),
+        "Row norms of [W·diag(col_scale) | b] (float64).");
+
+    m.def(
+        "ddc_gauge_dots",
+        [](const py::object& x, const py::object& g, int axis) {
+            constexpr const char* fn = "deadspec.ddc_gauge_dots";
+            DLPackView vx(x, fn, "x");
+            DLPackView vg(g, fn, "g");
+            py::gil_scoped_release nogil;
+            return ddc_gauge_dots(vx.view(), vg.view(), axis);
+        },
+        py::arg("x"), py::arg("g"), py::arg("axis"),
+        "(Σ x·g, Σ |x·g|) along axis (1: per row, 0: per column), float64.");
 }
 
 }  // namespace deadspec::python

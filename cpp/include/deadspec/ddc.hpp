@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "deadspec/types.hpp"
 
@@ -38,5 +39,23 @@ struct AdamStep {
 /// \throws deadspec::DeviceError for non-CPU tensors.
 void ddc_adam_update(const TensorView& param, const TensorView& grad, const TensorView& exp_avg,
                      const TensorView& exp_avg_sq, const TensorView& scale, const AdamStep& hp);
+
+/// Row norms of [W·diag(col_scale) | b]: the gauge-fixing scales ρ of a producer layer.
+///
+/// \param weight     h×d float32/float64 CPU tensor, any strides.
+/// \param col_scale  d scales (float32/float64) or a null view for none.
+/// \param bias       h entries (float32/float64) or a null view for none.
+/// \return           h norms, accumulated in float64.
+Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_scale,
+                              const TensorView& bias);
+
+/// Sums of x⊙g and |x⊙g| along one axis of a 2-D block, in one pass and without temporaries:
+/// the log-norm gradients ĝ of a gauge's producer rows (axis = 1) or consumer columns (axis = 0).
+///
+/// \param x, g  h×d float32/float64 CPU tensors of one shape, any strides.
+/// \param axis  1: one sum per row (h values); 0: one sum per column (d values).
+/// \return      (Σ x·g, Σ |x·g|), float64.
+std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
+                                                           const TensorView& g, int axis);
 
 }  // namespace deadspec
