@@ -680,6 +680,35 @@ class _DDCBase(torch.optim.Optimizer):
                     )
 
     # -- helpers -----------------------------------------------------------------------------
+    def _prologue(self, closure: Callable[[], Any] | None) -> tuple[Any, bool, list[Any]]:
+        """The steps every DDC optimizer starts with: the closure, the non-finite policy, the
+        gauge-mode gradients, then (0) decoupled weight decay in the original coordinates
+        (shift-aware on the logit layer). Returns (loss, proceed, modes)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bad = self._first_nonfinite()
+        if bad is not None:
+            msg = f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in {bad!r}"
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=3)
+            return loss, False, []
+        modes = self._gauge_modes()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if id(p) in self._plan.shift:
+                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                else:
+                    p.mul_(1 - lr * wd)
+        return loss, True, modes
+
     def _first_nonfinite(self) -> str | None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         dense = [t for t in grads if not t.is_sparse]
@@ -953,30 +982,9 @@ class DDCAdam(_DDCBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        bad = self._first_nonfinite()
-        if bad is not None:
-            msg = f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in {bad!r}"
-            if self.nonfinite == "raise":
-                raise RuntimeError(msg)
-            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
+        loss, ok, modes = self._prologue(closure)
+        if not ok:
             return loss
-        modes = self._gauge_modes()
-        # (0) decoupled weight decay in the original coordinates
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            if wd == 0:
-                continue
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if id(p) in self._plan.shift:
-                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
-                else:
-                    p.mul_(1 - lr * wd)
         # (1) gauge scales, (3)-(4) Adam in invariant coordinates, mapped back
         rho = self._site_scales()
         for group in self.param_groups:
@@ -1383,30 +1391,9 @@ class DDCMuon(_DDCBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One DDCMuon step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        bad = self._first_nonfinite()
-        if bad is not None:
-            msg = f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in {bad!r}"
-            if self.nonfinite == "raise":
-                raise RuntimeError(msg)
-            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=2)
+        loss, ok, modes = self._prologue(closure)
+        if not ok:
             return loss
-        modes = self._gauge_modes()
-        # (0) decoupled weight decay in the original coordinates (shift-aware on the logit layer)
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            if wd == 0:
-                continue
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if id(p) in self._plan.shift:
-                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
-                else:
-                    p.mul_(1 - lr * wd)
         # (1) gauge scales; (2) Muon / AdamW in invariant coordinates, mapped back
         rho = self._site_scales()
         for group in self.param_groups:
