@@ -26,7 +26,8 @@ Subcommands
       ``--no-fisher``.
 ``deadspec repro NAME [ARGS...]``
     Runs the experiment's ``main(ARGS)``: ``rank-deficit``
-    (:mod:`deadspec.experiments.rank_deficit`) or ``rrr`` (:mod:`deadspec.experiments.rrr`).
+    (:mod:`deadspec.experiments.rank_deficit`), ``rrr`` (:mod:`deadspec.experiments.rrr`) or
+    ``modadd`` (:mod:`deadspec.experiments.modadd`).
 ``deadspec demo --out DIR``
     Trains a small over-parameterised MLP (:func:`deadspec.models.demo_mlp`) on generated data,
     saves 6 checkpoints and the data file into DIR, then runs the ``read`` code path over them
@@ -698,6 +699,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 EXPERIMENTS = {
     "rank-deficit": "deadspec.experiments.rank_deficit",
     "rrr": "deadspec.experiments.rrr",
+    "modadd": "deadspec.experiments.modadd",
 }
 
 

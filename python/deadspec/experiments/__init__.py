@@ -4,13 +4,15 @@
   directions (slope ratios r against r = 1), while λ_min is rank-blind.
 - :mod:`deadspec.experiments.rrr`: reduced-rank regression — calibrated LLC against the
   closed-form λ (Aoyagi–Watanabe), DDS rank tracking, and the cost of each.
+- :mod:`deadspec.experiments.modadd`: a one-layer modular-addition transformer over a d_model
+  sweep: DDS volumes against a calibrated LLC at a fixed budget.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-_MODULES = ("rank_deficit", "rrr")
+_MODULES = ("rank_deficit", "rrr", "modadd")
 __all__ = list(_MODULES)
 
 

@@ -100,16 +100,16 @@ OBSERVABLES: tuple[tuple[str, int, bool], ...] = (
 #: Architectures (M, N, H) and true ranks per size; chosen to cover the four cases.
 _GRIDS: dict[str, list[tuple[int, int, int, tuple[int, ...]]]] = {
     "quick": [
-        (3, 3, 2, (1, 2)),      # case 1
-        (2, 5, 2, (1,)),        # case 2
-        (5, 2, 2, (1,)),        # case 3
-        (2, 2, 4, (1,)),        # case 4
+        (3, 3, 2, (1, 2)),  # case 1
+        (2, 5, 2, (1,)),  # case 2
+        (5, 2, 2, (1,)),  # case 3
+        (2, 2, 4, (1,)),  # case 4
     ],
     "default": [
-        (6, 6, 4, (1, 2, 3, 4)),   # case 1
-        (3, 8, 3, (1, 2, 3)),      # case 2
-        (8, 3, 3, (1, 2, 3)),      # case 3
-        (3, 3, 8, (1, 2, 3)),      # case 4
+        (6, 6, 4, (1, 2, 3, 4)),  # case 1
+        (3, 8, 3, (1, 2, 3)),  # case 2
+        (8, 3, 3, (1, 2, 3)),  # case 3
+        (3, 3, 8, (1, 2, 3)),  # case 4
     ],
     "full": [
         (6, 6, 4, (1, 2, 3, 4)),
@@ -124,19 +124,78 @@ _GRIDS: dict[str, list[tuple[int, int, int, tuple[int, ...]]]] = {
 }
 _SIZES = {
     # n, n_dds, chains, draws, burnin, calib draws, calib burnin
-    "quick": {"n": 600, "n_dds": 200, "chains": 2, "draws": 100, "burnin": 50, "cal_draws": 60, "cal_burnin": 30},
-    "default": {"n": 2000, "n_dds": 256, "chains": 4, "draws": 2000, "burnin": 1000, "cal_draws": 600, "cal_burnin": 300},
-    "full": {"n": 5000, "n_dds": 256, "chains": 8, "draws": 4000, "burnin": 2000, "cal_draws": 1500, "cal_burnin": 500},
+    "quick": {
+        "n": 600,
+        "n_dds": 200,
+        "chains": 2,
+        "draws": 100,
+        "burnin": 50,
+        "cal_draws": 60,
+        "cal_burnin": 30,
+    },
+    "default": {
+        "n": 2000,
+        "n_dds": 256,
+        "chains": 4,
+        "draws": 2000,
+        "burnin": 1000,
+        "cal_draws": 600,
+        "cal_burnin": 300,
+    },
+    "full": {
+        "n": 5000,
+        "n_dds": 256,
+        "chains": 8,
+        "draws": 4000,
+        "burnin": 2000,
+        "cal_draws": 1500,
+        "cal_burnin": 500,
+    },
 }
 
 CSV_COLUMNS = (
-    "M", "N", "H", "r", "case", "lam", "mult", "llc", "llc_std", "ratio", "epsilon", "gamma",
-    "n_diverged", "calib_rule", "n", "n_dds", "noise", "grad_norm", "train_loss",
-    "act_logdet_A", "act_logdet_B", "fisher_logdet_A", "fisher_logdet_B", "act_logdet",
-    "fisher_logdet", "slope_A", "abs_slope_A", "slope_r2_A", "lambda_min_slope_A",
-    "dead_count_A", "active_A", "effective_rank_A", "fisher_effective_rank_A",
-    "fisher_dead_count_A", "llc_passes", "llc_seconds", "calib_passes", "calib_seconds",
-    "dds_passes", "dds_seconds", "seed", "error",
+    "M",
+    "N",
+    "H",
+    "r",
+    "case",
+    "lam",
+    "mult",
+    "llc",
+    "llc_std",
+    "ratio",
+    "epsilon",
+    "gamma",
+    "n_diverged",
+    "calib_rule",
+    "n",
+    "n_dds",
+    "noise",
+    "grad_norm",
+    "train_loss",
+    "act_logdet_A",
+    "act_logdet_B",
+    "fisher_logdet_A",
+    "fisher_logdet_B",
+    "act_logdet",
+    "fisher_logdet",
+    "slope_A",
+    "abs_slope_A",
+    "slope_r2_A",
+    "lambda_min_slope_A",
+    "dead_count_A",
+    "active_A",
+    "effective_rank_A",
+    "fisher_effective_rank_A",
+    "fisher_dead_count_A",
+    "llc_passes",
+    "llc_seconds",
+    "calib_passes",
+    "calib_seconds",
+    "dds_passes",
+    "dds_seconds",
+    "seed",
+    "error",
 )
 
 
@@ -200,7 +259,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, int]:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"deadspec.spearman: x and y must be 1-D of equal length, got {x.shape}, {y.shape}")
+        raise ValueError(
+            f"deadspec.spearman: x and y must be 1-D of equal length, got {x.shape}, {y.shape}"
+        )
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     n = len(x)
@@ -229,7 +290,9 @@ def aw_case(M: int, N: int, H: int, r: int) -> int:
 def grid_for(size: str) -> list[tuple[int, int, int, int]]:
     """The (M, N, H, r) grid of a size ("quick", "default" or "full")."""
     if size not in _GRIDS:
-        raise ValueError(f"deadspec.rrr.grid_for: size must be one of {sorted(_GRIDS)}, got {size!r}")
+        raise ValueError(
+            f"deadspec.rrr.grid_for: size must be one of {sorted(_GRIDS)}, got {size!r}"
+        )
     return [(M, N, H, r) for (M, N, H, rs) in _GRIDS[size] for r in rs]
 
 
@@ -241,7 +304,11 @@ def _make_data(M: int, N: int, r: int, n: int, noise: float, seed: int):
     if r > 0:
         u, _ = torch.linalg.qr(torch.randn(N, r, generator=g, dtype=torch.float64))
         v, _ = torch.linalg.qr(torch.randn(M, r, generator=g, dtype=torch.float64))
-        s = torch.linspace(1.0, 2.0, r, dtype=torch.float64) if r > 1 else torch.tensor([1.5], dtype=torch.float64)
+        s = (
+            torch.linspace(1.0, 2.0, r, dtype=torch.float64)
+            if r > 1
+            else torch.tensor([1.5], dtype=torch.float64)
+        )
         c0 = u @ torch.diag(s) @ v.T
     else:
         c0 = torch.zeros(N, M, dtype=torch.float64)
@@ -341,8 +408,9 @@ def _dds(model, x, y, loss_fn, gap_ratio: float) -> dict[str, Any]:
     counter = _PassCounter(model)
     t0 = time.perf_counter()
     try:
-        reading = deadspec.read(model, x, targets=y, loss_fn=loss_fn, layers=["A", "B"],
-                                gap_ratio=gap_ratio)
+        reading = deadspec.read(
+            model, x, targets=y, loss_fn=loss_fn, layers=["A", "B"], gap_ratio=gap_ratio
+        )
         la, lb = reading["A"], reading["B"]
         row["act_logdet_A"] = la.activation.logdet_plus
         row["act_logdet_B"] = lb.activation.logdet_plus
@@ -362,8 +430,12 @@ def _dds(model, x, y, loss_fn, gap_ratio: float) -> dict[str, Any]:
             row["slope_r2_A"] = ap.r2
             row["lambda_min_slope_A"] = ap.lambda_min_slope
         else:
-            row.update(slope_A=float("nan"), abs_slope_A=float("nan"), slope_r2_A=float("nan"),
-                       lambda_min_slope_A=float("nan"))
+            row.update(
+                slope_A=float("nan"),
+                abs_slope_A=float("nan"),
+                slope_r2_A=float("nan"),
+                lambda_min_slope_A=float("nan"),
+            )
     finally:
         row["dds_seconds"] = time.perf_counter() - t0
         row["dds_passes"] = counter.calls
@@ -371,8 +443,26 @@ def _dds(model, x, y, loss_fn, gap_ratio: float) -> dict[str, Any]:
     return row
 
 
-def _point(M, N, H, r, *, n, n_dds, noise, chains, draws, burnin, cal_draws, cal_burnin,
-           epsilons, gammas, gap_ratio, seed, vectorize) -> dict[str, Any]:
+def _point(
+    M,
+    N,
+    H,
+    r,
+    *,
+    n,
+    n_dds,
+    noise,
+    chains,
+    draws,
+    burnin,
+    cal_draws,
+    cal_burnin,
+    epsilons,
+    gammas,
+    gap_ratio,
+    seed,
+    vectorize,
+) -> dict[str, Any]:
     import torch
 
     from deadspec import llc
@@ -380,8 +470,20 @@ def _point(M, N, H, r, *, n, n_dds, noise, chains, draws, burnin, cal_draws, cal
     from deadspec.theory import rrr_rlct
 
     lam, mult = rrr_rlct(M, N, H, r)
-    row: dict[str, Any] = {"M": M, "N": N, "H": H, "r": r, "case": aw_case(M, N, H, r), "lam": lam, "mult": mult,
-                               "n": n, "n_dds": min(n_dds, n), "noise": noise, "seed": seed, "error": ""}
+    row: dict[str, Any] = {
+        "M": M,
+        "N": N,
+        "H": H,
+        "r": r,
+        "case": aw_case(M, N, H, r),
+        "lam": lam,
+        "mult": mult,
+        "n": n,
+        "n_dds": min(n_dds, n),
+        "noise": noise,
+        "seed": seed,
+        "error": "",
+    }
     x, y, _ = _make_data(M, N, r, n, noise, seed)
     model = ReducedRankRegression(M, N, H).double()
     fit_minimum(model, x, y)
@@ -401,23 +503,59 @@ def _point(M, N, H, r, *, n, n_dds, noise, chains, draws, burnin, cal_draws, cal
         row["error"] += f"dds: {type(exc).__name__}: {exc}; "
 
     # calibrated LLC
-    cal = llc.calibrate(model, (x, y), loss_fn=loss_fn, epsilons=epsilons, gammas=gammas,
-                        chains=chains, draws=cal_draws, burnin=cal_burnin, seed=seed + 1,
-                        vectorize=vectorize, progress=False)
+    cal = llc.calibrate(
+        model,
+        (x, y),
+        loss_fn=loss_fn,
+        epsilons=epsilons,
+        gammas=gammas,
+        chains=chains,
+        draws=cal_draws,
+        burnin=cal_burnin,
+        seed=seed + 1,
+        vectorize=vectorize,
+        progress=False,
+    )
     row["calib_passes"] = cal.passes
     row["calib_seconds"] = cal.seconds
     row["calib_rule"] = cal.rule
     if cal.epsilon is None:
-        row.update(llc=float("nan"), llc_std=float("nan"), ratio=float("nan"), epsilon=float("nan"),
-                   gamma=float("nan"), n_diverged=-1, llc_passes=0, llc_seconds=0.0)
+        row.update(
+            llc=float("nan"),
+            llc_std=float("nan"),
+            ratio=float("nan"),
+            epsilon=float("nan"),
+            gamma=float("nan"),
+            n_diverged=-1,
+            llc_passes=0,
+            llc_seconds=0.0,
+        )
         row["error"] += "llc: no stable setting; "
         return row
-    res = llc.estimate(model, (x, y), loss_fn=loss_fn, epsilon=cal.epsilon, gamma=cal.gamma,
-                       chains=chains, draws=draws, burnin=burnin, seed=seed + 2,
-                       vectorize=vectorize, warn=False, progress=False)
-    row.update(llc=res.mean, llc_std=res.std, ratio=res.mean / lam if lam > 0 else float("nan"),
-               epsilon=cal.epsilon, gamma=cal.gamma, n_diverged=int(res.diverged.sum()),
-               llc_passes=res.passes, llc_seconds=res.seconds)
+    res = llc.estimate(
+        model,
+        (x, y),
+        loss_fn=loss_fn,
+        epsilon=cal.epsilon,
+        gamma=cal.gamma,
+        chains=chains,
+        draws=draws,
+        burnin=burnin,
+        seed=seed + 2,
+        vectorize=vectorize,
+        warn=False,
+        progress=False,
+    )
+    row.update(
+        llc=res.mean,
+        llc_std=res.std,
+        ratio=res.mean / lam if lam > 0 else float("nan"),
+        epsilon=cal.epsilon,
+        gamma=cal.gamma,
+        n_diverged=int(res.diverged.sum()),
+        llc_passes=res.passes,
+        llc_seconds=res.seconds,
+    )
     if res.warnings:
         row["error"] += "llc: " + " | ".join(res.warnings) + "; "
     return row
@@ -445,7 +583,10 @@ def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
                 if math.isfinite(w):
                     within.append(w)
         sp[col] = {
-            "rho": rho, "predicted_sign": sign, "n": npairs, "logdet": is_logdet,
+            "rho": rho,
+            "predicted_sign": sign,
+            "n": npairs,
+            "logdet": is_logdet,
             "right_sign": bool(math.isfinite(rho) and np.sign(rho) == sign),
             "within_rho": float(np.mean(within)) if within else float("nan"),
             "within_n": len(within),
@@ -455,17 +596,32 @@ def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
         v = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
         return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
 
-    cost = {k: med(k) for k in ("llc_passes", "llc_seconds", "calib_passes", "calib_seconds",
-                                 "dds_passes", "dds_seconds")}
+    cost = {
+        k: med(k)
+        for k in (
+            "llc_passes",
+            "llc_seconds",
+            "calib_passes",
+            "calib_seconds",
+            "dds_passes",
+            "dds_seconds",
+        )
+    }
     cost["pass_ratio"] = cost["llc_passes"] / cost["dds_passes"]
     cost["time_ratio"] = cost["llc_seconds"] / cost["dds_seconds"]
-    cost["pass_ratio_with_calibration"] = (cost["llc_passes"] + cost["calib_passes"]) / cost["dds_passes"]
-    cost["time_ratio_with_calibration"] = (cost["llc_seconds"] + cost["calib_seconds"]) / cost["dds_seconds"]
+    cost["pass_ratio_with_calibration"] = (cost["llc_passes"] + cost["calib_passes"]) / cost[
+        "dds_passes"
+    ]
+    cost["time_ratio_with_calibration"] = (cost["llc_seconds"] + cost["calib_seconds"]) / cost[
+        "dds_seconds"
+    ]
     targets = {"llc_recovery>=0.9": bool(recovery >= 0.9)}
     for col, _, is_logdet in OBSERVABLES:
         if is_logdet:
             s = sp[col]
-            targets[f"{col}: |rho|>=0.8 right sign"] = bool(s["right_sign"] and abs(s["rho"]) >= 0.8)
+            targets[f"{col}: |rho|>=0.8 right sign"] = bool(
+                s["right_sign"] and abs(s["rho"]) >= 0.8
+            )
     targets["passes>=1000x (estimate only)"] = bool(cost["pass_ratio"] >= 1000)
     targets["passes>=1000x (with calibration)"] = bool(cost["pass_ratio_with_calibration"] >= 1000)
     targets["wall>=100x (estimate only)"] = bool(cost["time_ratio"] >= 100)
@@ -545,8 +701,13 @@ def run(
     if not (noise > 0):
         raise ValueError(f"deadspec.rrr.run: noise must be > 0, got {noise!r}")
     cfg = dict(_SIZES[size])
-    for key, val in (("n", n), ("n_dds", n_dds), ("chains", chains), ("draws", draws),
-                     ("burnin", burnin)):
+    for key, val in (
+        ("n", n),
+        ("n_dds", n_dds),
+        ("chains", chains),
+        ("draws", draws),
+        ("burnin", burnin),
+    ):
         if val is not None:
             if int(val) != val or val < (0 if key == "burnin" else 1):
                 raise ValueError(f"deadspec.rrr.run: {key} must be a positive integer, got {val!r}")
@@ -558,11 +719,25 @@ def run(
     rows: list[dict[str, Any]] = []
     with _threads(threads):
         for i, (M, N, H, r) in enumerate(tqdm(grid, desc="rrr grid", disable=not progress)):
-            row = _point(M, N, H, r, n=cfg["n"], n_dds=cfg["n_dds"], noise=noise,
-                         chains=cfg["chains"], draws=cfg["draws"], burnin=cfg["burnin"],
-                         cal_draws=cfg["cal_draws"], cal_burnin=cfg["cal_burnin"],
-                         epsilons=epsilons, gammas=gammas, gap_ratio=gap_ratio,
-                         seed=seed * 1000 + 10 * i, vectorize=vectorize)
+            row = _point(
+                M,
+                N,
+                H,
+                r,
+                n=cfg["n"],
+                n_dds=cfg["n_dds"],
+                noise=noise,
+                chains=cfg["chains"],
+                draws=cfg["draws"],
+                burnin=cfg["burnin"],
+                cal_draws=cfg["cal_draws"],
+                cal_burnin=cfg["cal_burnin"],
+                epsilons=epsilons,
+                gammas=gammas,
+                gap_ratio=gap_ratio,
+                seed=seed * 1000 + 10 * i,
+                vectorize=vectorize,
+            )
             rows.append(row)
     recovery, sp, cost, targets = _summarise(rows)
     seconds = time.perf_counter() - t0
@@ -574,8 +749,15 @@ def run(
         _write_summary(recovery, sp, cost, targets, out_path / "rrr_summary.csv")
         if plot:
             _plot(rows, sp, out_path)
-    result = RRRResult(rows=rows, recovery=recovery, spearman=sp, cost=cost, targets=targets,
-                       seconds=seconds, out=out_path)
+    result = RRRResult(
+        rows=rows,
+        recovery=recovery,
+        spearman=sp,
+        cost=cost,
+        targets=targets,
+        seconds=seconds,
+        out=out_path,
+    )
     if echo is not None:
         echo(format_report(result, size=size))
     return result
@@ -598,8 +780,10 @@ def _fmt(v: Any, spec: str) -> str:
 
 def format_report(res: RRRResult, size: str = "") -> str:
     """The grid table, the recovery, the Spearman table, the costs and the targets."""
-    lines = [f"RRR validation ({size}): {len(res.rows)} points, {res.seconds:.0f} s",
-             "   M   N   H   r case     λ     λ̂ ± std   λ̂/λ      ε        γ   logdetA  fishA  slopeA dead"]
+    lines = [
+        f"RRR validation ({size}): {len(res.rows)} points, {res.seconds:.0f} s",
+        "   M   N   H   r case     λ     λ̂ ± std   λ̂/λ      ε        γ   logdetA  fishA  slopeA dead",
+    ]
     for r in res.rows:
         lines.append(
             f"{r['M']:4d}{r['N']:4d}{r['H']:4d}{r['r']:4d}{r['case']:5d} {r['lam']:6.2f} "
@@ -650,7 +834,14 @@ def _write_summary(recovery, sp, cost, targets, path: Path) -> None:
         w.writerow(["llc_recovery_mean_ratio", recovery, "", targets["llc_recovery>=0.9"]])
         for col, s in sp.items():
             key = f"{col}: |rho|>=0.8 right sign"
-            w.writerow([f"spearman_{col}", s["rho"], s["predicted_sign"], targets.get(key, s["right_sign"])])
+            w.writerow(
+                [
+                    f"spearman_{col}",
+                    s["rho"],
+                    s["predicted_sign"],
+                    targets.get(key, s["right_sign"]),
+                ]
+            )
             w.writerow([f"spearman_within_{col}", s["within_rho"], s["predicted_sign"], ""])
         for k, v in cost.items():
             w.writerow([f"cost_{k}", v, "", ""])
@@ -685,8 +876,9 @@ def _plot(rows, sp, out: Path) -> None:
     cols = [c for c, _, _ in OBSERVABLES]
     ncol = 5
     nrow = math.ceil(len(cols) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.9 * nrow), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.2 * ncol, 2.9 * nrow), squeeze=False, constrained_layout=True
+    )
     for k, col in enumerate(cols):
         ax = axes[k // ncol, k % ncol]
         v = np.array([r.get(col, np.nan) for r in rows], dtype=float)
@@ -695,8 +887,10 @@ def _plot(rows, sp, out: Path) -> None:
             if m.any():
                 ax.plot(lam[m], v[m], "o", label=f"case {c}")
         s = sp[col]
-        ax.set_title(f"{col}\nρ={_fmt(s['rho'], '+.2f')} (pred {'+' if s['predicted_sign'] > 0 else '−'})",
-                     fontsize=8)
+        ax.set_title(
+            f"{col}\nρ={_fmt(s['rho'], '+.2f')} (pred {'+' if s['predicted_sign'] > 0 else '−'})",
+            fontsize=8,
+        )
         ax.set_xlabel("λ", fontsize=8)
         ax.tick_params(labelsize=7)
     for k in range(len(cols), nrow * ncol):
@@ -711,8 +905,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="deadspec repro rrr",
         description="Reduced-rank regression: calibrated LLC and DDS against the closed-form λ.",
     )
-    p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
-                   help=f"output folder (default ./{DEFAULT_OUT})")
+    p.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        metavar="DIR",
+        help=f"output folder (default ./{DEFAULT_OUT})",
+    )
     p.add_argument("--size", choices=["default", "full"], default="default")
     p.add_argument("--quick", action="store_true", help="tiny grid and budget (for tests)")
     p.add_argument("--seed", type=int, default=0)
@@ -738,10 +936,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     not enforced)."""
     args = _parser().parse_args(argv)
     run(
-        args.out, size=args.size, quick=args.quick, seed=args.seed, n=args.n, n_dds=args.n_dds,
-        noise=args.noise, chains=args.chains, draws=args.draws, burnin=args.burnin,
-        epsilons=args.epsilons, gammas=args.gammas, gap_ratio=args.gap_ratio,
-        vectorize=args.vectorize, threads=args.threads or None, plot=not args.no_plot,
+        args.out,
+        size=args.size,
+        quick=args.quick,
+        seed=args.seed,
+        n=args.n,
+        n_dds=args.n_dds,
+        noise=args.noise,
+        chains=args.chains,
+        draws=args.draws,
+        burnin=args.burnin,
+        epsilons=args.epsilons,
+        gammas=args.gammas,
+        gap_ratio=args.gap_ratio,
+        vectorize=args.vectorize,
+        threads=args.threads or None,
+        plot=not args.no_plot,
         progress=args.progress,
     )
     return 0
