@@ -102,22 +102,33 @@ void gemm_nt(const double* a, const double* b, std::int64_t m, std::int64_t n, s
 #endif
 }
 
-int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
-    const auto n = a.rows();
-    w.resize(n);
-#ifdef DEADSPEC_HAVE_LAPACK
-    const auto info = DS_BLAS(LAPACKE_dsyevd)(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L',
-                                              to_blasint(n), a.data(), to_blasint(n), w.data());
-    if (info < 0)
-        throw Error(concat("deadspec: LAPACKE_dsyevd rejected argument ", -info));
-    return static_cast<int>(info);
-#else
+namespace {
+int syevd_eigen(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(
         a, vectors ? Eigen::ComputeEigenvectors : Eigen::EigenvaluesOnly);
     if (solver.info() != Eigen::Success) return 1;
     w = solver.eigenvalues();
     if (vectors) a = solver.eigenvectors();
     return 0;
+}
+}  // namespace
+
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
+    const auto n = a.rows();
+    w.resize(n);
+#ifdef DEADSPEC_HAVE_LAPACK
+    // Small problems go to Eigen's single-threaded solver: it is as fast as one LAPACK thread up
+    // to n = 256 (bench/README.md), and it never wakes OpenBLAS's thread pool, whose
+    // busy-waiting threads contend with torch's OpenMP pool on small machines (a 256² spectrum
+    // measured 1.45 s through 2 OpenBLAS threads right after torch work, 0.02 s alone).
+    if (n <= kEigenSolverMaxDim) return syevd_eigen(a, w, vectors);
+    const auto info = DS_BLAS(LAPACKE_dsyevd)(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L',
+                                              to_blasint(n), a.data(), to_blasint(n), w.data());
+    if (info < 0)
+        throw Error(concat("deadspec: LAPACKE_dsyevd rejected argument ", -info));
+    return static_cast<int>(info);
+#else
+    return syevd_eigen(a, w, vectors);
 #endif
 }
 
@@ -148,9 +159,9 @@ void blas_set_num_threads(int n) {
 
 const char* lapack_backend_name() {
 #if defined(DEADSPEC_BLAS_PREFIX)
-    return "lapack-syevd (scipy-openblas32)";
+    return "lapack-syevd (scipy-openblas32); eigen for n <= 256";
 #elif defined(DEADSPEC_SYSTEM_LAPACK)
-    return "lapack-syevd (system)";
+    return "lapack-syevd (system); eigen for n <= 256";
 #else
     return "eigen";
 #endif

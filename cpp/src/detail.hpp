@@ -63,6 +63,9 @@ void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols,
 /// Copy the lower triangle of a square row-major matrix to the upper one.
 void symmetrize_from_lower(RowMatrixXd& c);
 
+/// Matrices up to this size are decomposed by Eigen's solver even when LAPACK is available.
+constexpr std::int64_t kEigenSolverMaxDim = 256;
+
 /// Eigendecomposition of the lower triangle of `a` (column-major, overwritten with the
 /// eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns LAPACK's info.
 int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors);

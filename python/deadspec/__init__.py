@@ -31,6 +31,17 @@ from deadspec.ops import (
 __version__: str = _core.__version__
 Error = _core.Error
 
+# DEADSPEC_NUM_THREADS sets the core's BLAS/LAPACK threads at import (default: OpenBLAS's own,
+# one per core). On a shared or small machine 1 is often much faster (README, "Threads").
+if _os.environ.get("DEADSPEC_NUM_THREADS"):
+    try:
+        _core.set_num_threads(int(_os.environ["DEADSPEC_NUM_THREADS"]))
+    except ValueError as _exc:
+        raise ValueError(
+            f"deadspec: DEADSPEC_NUM_THREADS must be a positive integer, got "
+            f"{_os.environ['DEADSPEC_NUM_THREADS']!r}"
+        ) from _exc
+
 # torch-facing names load lazily, so `import deadspec` works for numpy users without torch.
 _LAZY = {
     "read": "deadspec.reading",

@@ -10,7 +10,7 @@
 using namespace deadspec;
 
 TEST(SymEig, ResidualAndDescendingOrder) {
-    for (Eigen::Index d : {1, 2, 17, 64}) {
+    for (Eigen::Index d : {1, 2, 17, 64, 300}) {  // 300: the LAPACK path (> 256)
         const RowMatrixXd x = dtest::make_data(d + 3, d, 20 + unsigned(d));
         const Eigen::MatrixXd a = x.transpose() * x;
         auto r = sym_eig(a, true);

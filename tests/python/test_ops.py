@@ -111,8 +111,9 @@ def test_spectrum_default_rtol_follows_input_dtype():
     assert deadspec.default_rtol("float32", 100) == pytest.approx(s32.rtol)
 
 
-def test_sym_eig_values_and_vectors(rng):
-    a = rng.standard_normal((30, 30))
+@pytest.mark.parametrize("d", [30, 300])  # 300: LAPACK's dsyevd, 30: Eigen's solver
+def test_sym_eig_values_and_vectors(rng, d):
+    a = rng.standard_normal((d, d))
     a = a + a.T
     w, v = deadspec.sym_eig(a, vectors=True)
     np.testing.assert_allclose(w, np.linalg.eigvalsh(a)[::-1], rtol=1e-10, atol=1e-10)
@@ -145,6 +146,21 @@ def test_num_threads_round_trip():
         deadspec.set_num_threads(before)
     with pytest.raises(ValueError, match="n must be >= 1"):
         deadspec.set_num_threads(0)
+
+
+def test_num_threads_from_environment():
+    import subprocess
+    import sys
+
+    code = "import deadspec; print(deadspec.num_threads())"
+    env = dict(__import__("os").environ, DEADSPEC_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if deadspec.build_info()["lapack"] == "scipy-openblas32":
+        assert out.stdout.strip() == "1"
+    env["DEADSPEC_NUM_THREADS"] = "zero"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "DEADSPEC_NUM_THREADS must be a positive integer" in out.stderr
 
 
 def test_build_info_and_backend():

@@ -19,7 +19,8 @@ struct SymEigResult {
     EigStatus status = EigStatus::Success;
 };
 
-/// Name of the eigensolver this build uses: "lapack-syevd (scipy-openblas32)", "eigen", ...
+/// Name of the eigensolver this build uses, e.g. "lapack-syevd (scipy-openblas32); eigen for
+/// n <= 256" (small problems stay on Eigen's single-threaded solver) or "eigen".
 std::string eig_backend();
 
 /// The BLAS/LAPACK library's own description of its build ("OpenBLAS 0.3.x DYNAMIC_ARCH ...
