@@ -25,9 +25,9 @@ Subcommands
       NLL with σ = 1); without targets the Fisher side needs ``--labels sampled`` or
       ``--no-fisher``.
 ``deadspec repro NAME [ARGS...]``
-    Runs the experiment's ``main(ARGS)``: ``rank-deficit``
-    (:mod:`deadspec.experiments.rank_deficit`), ``rrr`` (:mod:`deadspec.experiments.rrr`) or
-    ``modadd`` (:mod:`deadspec.experiments.modadd`).
+    Runs the experiment's ``main(ARGS)`` (the table ``EXPERIMENTS`` below): ``rank-deficit``,
+    ``rrr``, ``modadd`` (the DDS paper) and ``over-training``, ``detection``, ``grokking``
+    (the DDC paper), each a module of :mod:`deadspec.experiments`.
 ``deadspec demo --out DIR``
     Trains a small over-parameterised MLP (:func:`deadspec.models.demo_mlp`) on generated data,
     saves 6 checkpoints and the data file into DIR, then runs the ``read`` code path over them
@@ -700,6 +700,9 @@ EXPERIMENTS = {
     "rank-deficit": "deadspec.experiments.rank_deficit",
     "rrr": "deadspec.experiments.rrr",
     "modadd": "deadspec.experiments.modadd",
+    "over-training": "deadspec.experiments.overtraining",
+    "detection": "deadspec.experiments.detection",
+    "grokking": "deadspec.experiments.grokking",
 }
 
 

@@ -6,13 +6,16 @@
   closed-form λ (Aoyagi–Watanabe), DDS rank tracking, and the cost of each.
 - :mod:`deadspec.experiments.modadd`: a one-layer modular-addition transformer over a d_model
   sweep: DDS volumes against a calibrated LLC at a fixed budget.
+- :mod:`deadspec.experiments.overtraining`, :mod:`deadspec.experiments.detection`,
+  :mod:`deadspec.experiments.grokking`: DDCAdam/DDCMuon against AdamW/Muon (validation − train
+  gap past the point of fit, cells in which the dead-direction rate reads, seeds that grok).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-_MODULES = ("rank_deficit", "rrr", "modadd")
+_MODULES = ("rank_deficit", "rrr", "modadd", "overtraining", "detection", "grokking")
 __all__ = list(_MODULES)
 
 

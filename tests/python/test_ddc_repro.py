@@ -1,0 +1,147 @@
+"""The DDC paper's reproductions (--quick): over-training, detection, grokking.
+
+Only the plumbing is asserted (files, columns, finite numbers); the paper's outcomes are not
+expected at these tiny sizes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from deadspec.experiments import _lm, detection, grokking, overtraining
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def _finite(value) -> bool:
+    return math.isfinite(float(value))
+
+
+@pytest.fixture(scope="module")
+def ot(tmp_path_factory):
+    out = tmp_path_factory.mktemp("over-training")
+    return overtraining.run(out, quick=True, progress=False, echo=None)
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory):
+    out = tmp_path_factory.mktemp("detection")
+    return detection.run(out, quick=True, progress=False, echo=None)
+
+
+@pytest.fixture(scope="module")
+def grok(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grokking")
+    return grokking.run(out, quick=True, progress=False, echo=None)
+
+
+# --- shared pieces ---------------------------------------------------------------------------
+def test_corpus_is_deterministic_and_in_vocabulary():
+    a = _lm.generate_corpus(500, seed=3)
+    assert a == _lm.generate_corpus(500, seed=3)
+    assert a != _lm.generate_corpus(500, seed=4)
+    assert set(a) <= set(_lm.corpus_vocabulary())
+    x, y, xv, _, v = _lm.lm_batches(4, 3, 8, seed=0)
+    assert x.shape == y.shape == (4, 8) and xv.shape == (3, 8)
+    assert torch.equal(x[:, 1:], y[:, :-1])  # next-token targets
+    assert int(x.max()) < v
+
+
+def test_lm_head_gauges_are_exact():
+    torch.manual_seed(0)
+    x, _, _, _, v = _lm.lm_batches(4, 2, 6, seed=0)
+    model = _lm.TinyLM(v, 6, d_model=8, n_heads=2, n_layers=1)
+    gauges = _lm.lm_gauges(model)
+    kinds = {type(g).__name__ for g in gauges}
+    assert {"NormScale", "LogitShift", "Pair"} <= kinds
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for g in gauges[-2:]:  # the declared head gauges
+            g.bind(model).check(model, x)  # raises when not an exact symmetry
+
+
+def test_make_optimizer_rejects_unknown():
+    model = _lm.TinyLM(10, 4, d_model=8, n_heads=2, n_layers=1)
+    with pytest.raises(ValueError, match="name must be one of"):
+        _lm.make_optimizer("sgd", model, lr=1e-3, weight_decay=0.0)
+
+
+# --- over-training ---------------------------------------------------------------------------
+def test_overtraining_quick_outputs(ot):
+    assert ot.png_path.exists() and ot.png_path.stat().st_size > 0
+    cols, rows = _read_csv(ot.csv_path)
+    assert tuple(cols) == overtraining.CSV_COLUMNS
+    assert {r["optimizer"] for r in rows} == {"ddc-adam", "adamw", "muon"}
+    for r in rows:
+        for k in ("final_train", "final_val", "gap", "min_val"):
+            assert _finite(r[k]), (k, r)
+        assert float(r["gap"]) == pytest.approx(float(r["final_val"]) - float(r["final_train"]))
+    cols, curves = _read_csv(ot.curves_path)
+    assert tuple(cols) == overtraining.CURVE_COLUMNS
+    assert len(curves) >= 3 * 2
+    assert all(_finite(c["train_loss"]) and _finite(c["val_loss"]) for c in curves)
+    assert [s["optimizer"] for s in ot.summary] == ["ddc-adam", "adamw", "muon"]
+
+
+def test_overtraining_cli_rejects_bad_grid(tmp_path, capsys):
+    assert overtraining.main(["--quick", "--out", str(tmp_path), "--lrs", "-1"]) == 2
+    assert "lrs must be positive" in capsys.readouterr().err
+
+
+# --- detection -------------------------------------------------------------------------------
+def test_detection_quick_outputs(det, ot):
+    assert det.png_path.exists() and det.png_path.stat().st_size > 0
+    cols, rows = _read_csv(det.csv_path)
+    assert tuple(cols) == detection.CSV_COLUMNS
+    n_layers = len(_lm.TinyLM(10, 4, d_model=8, n_heads=2, n_layers=1).monitored_layers())
+    for r in rows:
+        assert int(r["cells_total"]) == n_layers * 2 * 2  # layers × sides × counted observables
+        assert 0 <= int(r["cells_reading"]) <= int(r["cells_dead"]) <= int(r["cells_total"])
+        assert int(r["readings"]) >= 4
+        assert _finite(r["gap"])
+    # the monitor leaves the model alone: the same runs as the over-training experiment
+    gaps = {(r["optimizer"]): float(r["gap"]) for r in rows}
+    for r in ot.rows:
+        assert gaps[r["optimizer"]] == pytest.approx(r["gap"], rel=1e-5, abs=1e-6)
+    cols, cells = _read_csv(det.cells_path)
+    assert tuple(cols) == detection.CELL_COLUMNS
+    assert len(cells) == len(rows) * n_layers * 2 * 3
+
+
+# --- grokking --------------------------------------------------------------------------------
+def test_grokking_quick_outputs(grok):
+    assert grok.png_path.exists() and grok.png_path.stat().st_size > 0
+    cols, rows = _read_csv(grok.csv_path)
+    assert tuple(cols) == grokking.CSV_COLUMNS
+    assert len(rows) == 2 * grok.sizes.seeds
+    for r in rows:
+        for k in ("final_train_acc", "final_test_acc", "best_test_acc", "final_train_loss"):
+            assert _finite(r[k]) and float(r[k]) >= 0, (k, r)
+        assert r["grokked"] in ("True", "False")
+    cols, curves = _read_csv(grok.curves_path)
+    assert tuple(cols) == grokking.CURVE_COLUMNS
+    assert all(0.0 <= float(c["test_acc"]) <= 1.0 for c in curves)
+    assert {s["optimizer"] for s in grok.summary} == {"ddc-muon", "muon"}
+
+
+def test_deep_mlp_shapes_and_validation():
+    model = grokking.DeepModAddMLP(5, d_embed=4, width=8, depth=3)
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 3
+    tokens = torch.tensor([[1, 2, 5], [0, 4, 5]])
+    assert model(tokens).shape == (2, 5)
+    with pytest.raises(ValueError, match="depth must be"):
+        grokking.DeepModAddMLP(5, depth=1)
+    with pytest.raises(ValueError, match="train_frac"):
+        grokking.run(None, quick=True, train_frac=1.5, echo=None)
