@@ -164,6 +164,45 @@ double at1(const TensorView& v, std::int64_t i) {
                : static_cast<double>(static_cast<const float*>(v.data)[i * v.stride(0)]);
 }
 
+// Contiguous fast paths: typed pointers and plain loops the compiler vectorises.
+template <typename T>
+double row_sq(const TensorView& w, std::int64_t i, std::int64_t d, const double* c) {
+    const T* p = static_cast<const T*>(w.data) + i * d;
+    double sq = 0.0;
+    for (std::int64_t j = 0; j < d; ++j) {
+        const double v = static_cast<double>(p[j]) * c[j];
+        sq += v * v;
+    }
+    return sq;
+}
+
+template <typename T>
+void row_dots(const TensorView& x, const TensorView& g, std::int64_t i, std::int64_t d,
+              double& s, double& a) {
+    const T* px = static_cast<const T*>(x.data) + i * d;
+    const T* pg = static_cast<const T*>(g.data) + i * d;
+    double si = 0.0, ai = 0.0;
+    for (std::int64_t j = 0; j < d; ++j) {
+        const double p = static_cast<double>(px[j]) * static_cast<double>(pg[j]);
+        si += p;
+        ai += std::abs(p);
+    }
+    s = si;
+    a = ai;
+}
+
+template <typename T>
+void col_dots(const TensorView& x, const TensorView& g, std::int64_t i, std::int64_t d,
+              double* s, double* a) {
+    const T* px = static_cast<const T*>(x.data) + i * d;
+    const T* pg = static_cast<const T*>(g.data) + i * d;
+    for (std::int64_t j = 0; j < d; ++j) {
+        const double p = static_cast<double>(px[j]) * static_cast<double>(pg[j]);
+        s[j] += p;
+        a[j] += std::abs(p);
+    }
+}
+
 void check_vector(const TensorView& v, std::int64_t n, const char* fn, const char* arg) {
     detail::check_cpu_float(v, fn, arg);
     DEADSPEC_CHECK_ARG(v.ndim() == 1 && v.shape[0] == n, fn, ": ", arg, " must have shape (", n,
@@ -189,10 +228,15 @@ Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_sc
                           [&](std::int64_t r0, std::int64_t r1) {
                               for (std::int64_t i = r0; i < r1; ++i) {
                                   double sq = 0.0;
-                                  for (std::int64_t j = 0; j < d; ++j) {
-                                      const double w = at(weight, i, j) * c[j];
-                                      sq += w * w;
-                                  }
+                                  if (weight.is_contiguous())
+                                      sq = weight.dtype == DType::Float64
+                                               ? row_sq<double>(weight, i, d, c.data())
+                                               : row_sq<float>(weight, i, d, c.data());
+                                  else
+                                      for (std::int64_t j = 0; j < d; ++j) {
+                                          const double w = at(weight, i, j) * c[j];
+                                          sq += w * w;
+                                      }
                                   if (bias.data) {
                                       const double b = at1(bias, i);
                                       sq += b * b;
@@ -213,11 +257,19 @@ std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
                        ", got ", g.shape_string());
     DEADSPEC_CHECK_ARG(axis == 0 || axis == 1, fn, ": axis must be 0 or 1, got ", axis);
     const std::int64_t h = x.shape[0], d = x.shape[1];
+    const bool fast = x.is_contiguous() && g.is_contiguous() && x.dtype == g.dtype;
     if (axis == 1) {
         Eigen::VectorXd s = Eigen::VectorXd::Zero(h), a = Eigen::VectorXd::Zero(h);
         detail::parallel_rows(h, detail::worker_threads(h * d, kParallelElements, h),
                               [&](std::int64_t r0, std::int64_t r1) {
                                   for (std::int64_t i = r0; i < r1; ++i) {
+                                      if (fast) {
+                                          if (x.dtype == DType::Float64)
+                                              row_dots<double>(x, g, i, d, s[i], a[i]);
+                                          else
+                                              row_dots<float>(x, g, i, d, s[i], a[i]);
+                                          continue;
+                                      }
                                       double si = 0.0, ai = 0.0;
                                       for (std::int64_t j = 0; j < d; ++j) {
                                           const double p = at(x, i, j) * at(g, i, j);
@@ -238,12 +290,20 @@ std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
     const std::int64_t chunk = (h + threads - 1) / threads;
     detail::parallel_rows(h, threads, [&](std::int64_t r0, std::int64_t r1) {
         const auto t = static_cast<std::size_t>(r0 / std::max<std::int64_t>(chunk, 1));
-        for (std::int64_t i = r0; i < r1; ++i)
+        for (std::int64_t i = r0; i < r1; ++i) {
+            if (fast) {
+                if (x.dtype == DType::Float64)
+                    col_dots<double>(x, g, i, d, ps[t].data(), pa[t].data());
+                else
+                    col_dots<float>(x, g, i, d, ps[t].data(), pa[t].data());
+                continue;
+            }
             for (std::int64_t j = 0; j < d; ++j) {
                 const double p = at(x, i, j) * at(g, i, j);
                 ps[t][j] += p;
                 pa[t][j] += std::abs(p);
             }
+        }
     });
     Eigen::VectorXd s = Eigen::VectorXd::Zero(d), a = Eigen::VectorXd::Zero(d);
     for (std::size_t t = 0; t < ps.size(); ++t) {
