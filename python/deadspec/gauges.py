@@ -410,6 +410,17 @@ def _units_index(fn: str, units: Any, h: int) -> torch.Tensor | None:
     return idx.sort().values
 
 
+def _positive_vector(kind: str, element: Any, dim: int) -> torch.Tensor:
+    """A group element of a rescaling gauge as float64, checked: shape (dim,), all entries > 0."""
+    c = torch.as_tensor(element, dtype=torch.float64)
+    if c.shape != (dim,) or not bool((c > 0).all()):
+        raise ValueError(
+            f"deadspec.{kind}.apply: element must be a positive vector of shape ({dim},), "
+            f"got shape {tuple(c.shape)}"
+        )
+    return c
+
+
 def _positive_element(n: int, generator: torch.Generator | None, spread: float) -> torch.Tensor:
     u = torch.rand(n, generator=generator, dtype=torch.float64) * 2.0 - 1.0
     return torch.exp(spread * u)
@@ -643,12 +654,7 @@ class Pair(Gauge):
 
     def apply(self, model: nn.Module, element: torch.Tensor) -> None:
         g = self.bind(model)
-        c = torch.as_tensor(element, dtype=torch.float64)
-        if c.shape != (g.dim,) or not bool((c > 0).all()):
-            raise ValueError(
-                f"deadspec.Pair.apply: element must be a positive vector of shape "
-                f"({g.dim},), got shape {tuple(c.shape)}"
-            )
+        c = _positive_vector("Pair", element, int(g.dim))
         idx = g._index()
         prod = model.get_submodule(g.producer)
         with torch.no_grad():
@@ -811,12 +817,7 @@ class NormScale(Gauge):
 
     def apply(self, model: nn.Module, element: torch.Tensor) -> None:
         g = self.bind(model)
-        c = torch.as_tensor(element, dtype=torch.float64)
-        if c.shape != (g.dim,) or not bool((c > 0).all()):
-            raise ValueError(
-                f"deadspec.NormScale.apply: element must be a positive vector of "
-                f"shape ({g.dim},), got shape {tuple(c.shape)}"
-            )
+        c = _positive_vector("NormScale", element, int(g.dim))
         w, b = _norm_params(model.get_submodule(g.norm))
         with torch.no_grad():
             _scale_rows_(w, None, c)
