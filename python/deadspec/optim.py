@@ -680,6 +680,26 @@ class _DDCBase(torch.optim.Optimizer):
                     )
 
     # -- helpers -----------------------------------------------------------------------------
+    def _check_gauge_options(
+        self, gauge_mode: str, nonfinite: str, balance_rate: float, loss: str | None
+    ) -> None:
+        """Validate the constructor options every DDC optimizer shares."""
+        fn = self._fn
+        if gauge_mode not in _GAUGE_MODES:
+            raise ValueError(
+                f"deadspec.{fn}: gauge_mode must be one of {_GAUGE_MODES}, got {gauge_mode!r}"
+            )
+        if nonfinite not in _NONFINITE:
+            raise ValueError(
+                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
+            )
+        if not (0.0 <= balance_rate <= 1.0):
+            raise ValueError(
+                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
+            )
+        if loss not in ("cross_entropy", None):
+            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
+
     def _prologue(self, closure: Callable[[], Any] | None) -> tuple[Any, bool, list[Any]]:
         """The steps every DDC optimizer starts with: the closure, the non-finite policy, the
         gauge-mode gradients, then (0) decoupled weight decay in the original coordinates
@@ -927,20 +947,7 @@ class DDCAdam(_DDCBase):
             raise ValueError(
                 f"deadspec.{fn}: weight_decay must be non-negative, got {weight_decay!r}"
             )
-        if gauge_mode not in _GAUGE_MODES:
-            raise ValueError(
-                f"deadspec.{fn}: gauge_mode must be one of {_GAUGE_MODES}, got {gauge_mode!r}"
-            )
-        if nonfinite not in _NONFINITE:
-            raise ValueError(
-                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
-            )
-        if not (0.0 <= balance_rate <= 1.0):
-            raise ValueError(
-                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
-            )
-        if loss not in ("cross_entropy", None):
-            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
+        self._check_gauge_options(gauge_mode, nonfinite, balance_rate, loss)
         self.gauge_mode = gauge_mode
         self.balance_rate = float(balance_rate)
         self.nonfinite = nonfinite
@@ -1128,20 +1135,7 @@ class DDCMuon(_DDCBase):
         params: Iterable[Any] | None = None,
     ) -> None:
         fn = self._fn
-        if gauge_mode not in _GAUGE_MODES:
-            raise ValueError(
-                f"deadspec.{fn}: gauge_mode must be one of {_GAUGE_MODES}, got {gauge_mode!r}"
-            )
-        if nonfinite not in _NONFINITE:
-            raise ValueError(
-                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
-            )
-        if not (0.0 <= balance_rate <= 1.0):
-            raise ValueError(
-                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
-            )
-        if loss not in ("cross_entropy", None):
-            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
+        self._check_gauge_options(gauge_mode, nonfinite, balance_rate, loss)
         if ns_dtype is not None and ns_dtype not in _NS_DTYPES:
             raise ValueError(
                 f"deadspec.{fn}: ns_dtype must be None or one of {_NS_DTYPES}, got {ns_dtype!r}"
