@@ -7,35 +7,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one intra-op thread avoids spin-wait slowdowns on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _mlp_ln(seed: int = 0) -> nn.Sequential:
-    """2 hidden ReLU layers, a LayerNorm before a linear layer, a cross-entropy head."""
-    torch.manual_seed(seed)
-    m = nn.Sequential(
-        nn.Linear(6, 10),
-        nn.ReLU(),
-        nn.Linear(10, 8),
-        nn.ReLU(),
-        nn.Linear(8, 7),
-        nn.LayerNorm(7),
-        nn.Linear(7, 4),
-    ).double()
-    with torch.no_grad():
-        m[5].weight.uniform_(0.5, 1.5)
-        m[5].bias.normal_()
-    return m
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 48, d: int = 6, k: int = 4, seed: int = 1):

@@ -8,30 +8,15 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
 from deadspec.optim import DDCAdam
 from torch import nn
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K_STEPS = 5
 LR, WD = 1e-2, 0.1
-
-
-def _mlp_ln(seed: int = 0, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """2 hidden ReLU layers, a LayerNorm before a linear layer, a cross-entropy head."""
-    torch.manual_seed(seed)
-    m = nn.Sequential(
-        nn.Linear(6, 10),
-        act(),
-        nn.Linear(10, 8),
-        act(),
-        nn.Linear(8, 7),
-        nn.LayerNorm(7),
-        nn.Linear(7, 4),
-    ).double()
-    with torch.no_grad():
-        m[5].weight.uniform_(0.5, 1.5)
-        m[5].bias.normal_()
-    return m
 
 
 def _data(n: int = 64, seed: int = 1):
@@ -42,15 +27,6 @@ def _data(n: int = 64, seed: int = 1):
 
 
 X, Y = _data()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: one intra-op thread avoids spin-wait slowdowns on a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _train(model: nn.Module, opt: torch.optim.Optimizer, k: int = K_STEPS) -> None:

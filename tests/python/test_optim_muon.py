@@ -10,45 +10,22 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
 from deadspec.models_transformer import TransformerBlock
 from deadspec.optim import DDCAdam, DDCMuon, _newton_schulz
 from torch import nn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 K_STEPS = 5
 LR, ADAM_LR, WD = 2e-2, 1e-2, 0.1
 NS_F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------------------------
 # Models, data, the equivariance harness
 # --------------------------------------------------------------------------------------------
-
-
-def _mlp_ln(seed: int = 0) -> nn.Sequential:
-    """2 hidden ReLU layers, a LayerNorm before a linear layer, a cross-entropy head."""
-    torch.manual_seed(seed)
-    m = nn.Sequential(
-        nn.Linear(6, 10),
-        nn.ReLU(),
-        nn.Linear(10, 8),
-        nn.ReLU(),
-        nn.Linear(8, 7),
-        nn.LayerNorm(7),
-        nn.Linear(7, 4),
-    ).double()
-    with torch.no_grad():
-        m[5].weight.uniform_(0.5, 1.5)
-        m[5].bias.normal_()
-    return m
 
 
 _g = torch.Generator().manual_seed(1)
