@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.adamw import adamw as _torch_adamw
 
 from deadspec import _core
 from deadspec import gauges as _g
@@ -67,20 +68,27 @@ def _site_rho(
     bias: torch.Tensor | None,
     col_scale: torch.Tensor | None,
     units: torch.Tensor | None,
+    factors: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
-    """Effective gauge scale of a site: row norms of ``[W·diag(col_scale) | b]``.
+    """Effective gauge scale of a site: row norms of ``[f_w·W·diag(col_scale) | f_b·b]``.
 
-    ``weight`` is the producer's ``h×d`` weight (``(h,)`` γ for a norm, with ``bias`` = β).
+    ``weight`` is the producer's ``h×d`` weight (``(h,)`` γ for a norm, with ``bias`` = β);
+    ``factors`` = (f_w, f_b) are the weight-decay factors about to be applied to them (the
+    scales of the decayed block, read before it is written).
     Exactly-zero rows (and rows whose norm is below the dtype's ``tiny``) get scale 1, units
     outside ``units`` get scale 1: they are not scaled (the "dead unit" convention).
     """
-    if weight.ndim == 2 and _cpu_float(weight, col_scale, bias):
-        # One pass in the C++ core (float64 accumulation), no temporaries.
+    if weight.ndim == 1:
+        col_scale = None  # a norm's γ: one entry per unit, no columns to scale
+    if weight.ndim in (1, 2) and _cpu_float(weight, col_scale, bias):
+        # One pass in the C++ core (float64 accumulation), no temporaries; γ as an h×1 block.
         rho = torch.from_numpy(
             _core.ddc_row_norms(
-                weight.detach().__dlpack__(),
+                weight.detach().reshape(weight.shape[0], -1).__dlpack__(),
                 None if col_scale is None else col_scale.detach().__dlpack__(),
                 None if bias is None else bias.detach().__dlpack__(),
+                weight_factor=float(factors[0]),
+                bias_factor=float(factors[1]),
             )
         ).to(weight.dtype)
     else:
@@ -89,8 +97,10 @@ def _site_rho(
             sq = w.square().sum(1)
         else:
             sq = weight.square()
+        if factors[0] != 1.0:
+            sq = sq * factors[0] ** 2
         if bias is not None:
-            sq = sq + bias.square()
+            sq = sq + bias.square() * factors[1] ** 2
         rho = sq.sqrt()
     tiny = torch.finfo(rho.dtype).tiny
     rho = torch.where(rho > tiny, rho, torch.ones_like(rho))
@@ -149,32 +159,46 @@ def _ddc_adam_update(
     beta1: float,
     beta2: float,
     eps: float,
+    col_scale: torch.Tensor | None = None,
+    decay: float = 1.0,
 ) -> None:
     """One bias-corrected Adam step in the invariant coordinates ``x̃ = x/σ``.
 
-    ``g̃ = grad·σ``, moments on ``g̃``, ``param ← param − lr/bc1 · m/(√(v/bc2) + eps) · σ``.
-    ``scale`` None means σ = 1 and reproduces ``torch.optim.AdamW`` (single-tensor path)
-    bitwise (decoupled decay is applied beforehand, as there). Gauged CPU blocks (1-D/2-D,
-    float32/float64) run as one fused pass in the C++ core (arithmetic in the parameter's dtype,
-    as here); anything
-    else takes the torch path below, which computes the same step.
+    ``σ = scale · col_scale`` (``scale`` broadcastable to the block, e.g. a ``(h, 1)`` row
+    vector; ``col_scale`` one entry per column; None = 1). ``param ← decay·param`` first
+    (decoupled weight decay, ``decay = 1 − lr·wd``), then ``g̃ = grad·σ``, moments on ``g̃``,
+    ``param ← param − lr/bc1 · m/(√(v/bc2) + eps) · σ``. With σ = 1 this is
+    ``torch.optim.AdamW``'s single-tensor step, bitwise. Gauged CPU blocks (1-D/2-D,
+    float32/float64) run as one fused pass in the C++ core (arithmetic in the parameter's
+    dtype, as here); anything else takes the torch path below, which computes the same step.
     """
     step_t += 1
-    if scale is not None and _fused_ok(param, grad, exp_avg, exp_avg_sq):
-        # One fused pass in the C++ core (deadspec::ddc_adam_update), in float64 arithmetic.
+    gauged = scale is not None or col_scale is not None
+    if gauged and _fused_ok(param, grad, exp_avg, exp_avg_sq) and (
+        col_scale is None or param.ndim == 2
+    ):
         _core.ddc_adam_update(
             param.detach().__dlpack__(),
             grad.detach().__dlpack__(),
             exp_avg.__dlpack__(),
             exp_avg_sq.__dlpack__(),
-            scale.to(param.dtype).expand_as(param).__dlpack__(),
+            None if scale is None else scale.to(param.dtype).expand_as(param).__dlpack__(),
             lr=float(lr),
             beta1=float(beta1),
             beta2=float(beta2),
             eps=float(eps),
             step=int(step_t.item()),
+            col_scale=None if col_scale is None else col_scale.to(param.dtype).__dlpack__(),
+            decay=float(decay),
         )
         return
+    if decay != 1.0:
+        param.mul_(decay)
+    if scale is not None:
+        scale = scale.to(param.dtype)
+    if col_scale is not None:
+        col = col_scale.to(param.dtype).reshape(1, -1)
+        scale = col if scale is None else scale.to(param.dtype) * col
     g = grad if scale is None else grad * scale
     exp_avg.lerp_(g, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -622,8 +646,15 @@ class _DDCBase(torch.optim.Optimizer):
 
         ``ĝ_in = ⟨g_row, w_row⟩`` over the producer block, ``ĝ_out = ⟨g_col, w_col⟩`` over the
         consumers. Zero up to round-off for an exact gauge. ``relative=True`` divides by the
-        sum of the absolute terms (0 where that is 0).
+        sum of the absolute terms (0 where that is 0). They cost a pass over every gauged
+        block, so they are computed only with ``track_residuals=True`` (or
+        ``gauge_mode="damped"``, which needs them); otherwise this raises RuntimeError.
         """
+        if not self._wants_modes():
+            raise RuntimeError(
+                f"deadspec.{self._fn}.gauge_residuals: the gauge-mode gradients are not "
+                f"computed; construct the optimizer with track_residuals=True"
+            )
         out = {}
         for name, (gv, scale) in self._residuals.items():
             if relative:
@@ -700,10 +731,16 @@ class _DDCBase(torch.optim.Optimizer):
         if loss not in ("cross_entropy", None):
             raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
 
-    def _prologue(self, closure: Callable[[], Any] | None) -> tuple[Any, bool, list[Any]]:
+    def _wants_modes(self) -> bool:
+        return self.track_residuals or self.gauge_mode == "damped"
+
+    def _prologue(
+        self, closure: Callable[[], Any] | None, decay: bool = True
+    ) -> tuple[Any, bool, list[Any]]:
         """The steps every DDC optimizer starts with: the closure, the non-finite policy, the
-        gauge-mode gradients, then (0) decoupled weight decay in the original coordinates
-        (shift-aware on the logit layer). Returns (loss, proceed, modes)."""
+        gauge-mode gradients (when wanted), then (0) decoupled weight decay in the original
+        coordinates (shift-aware on the logit layer) unless ``decay=False`` (the caller folds
+        it into its update). Returns (loss, proceed, modes)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -715,7 +752,9 @@ class _DDCBase(torch.optim.Optimizer):
                 raise RuntimeError(msg)
             warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=3)
             return loss, False, []
-        modes = self._gauge_modes()
+        modes = self._gauge_modes() if self._wants_modes() else []
+        if not decay:
+            return loss, True, modes
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             if wd == 0:
@@ -764,13 +803,29 @@ class _DDCBase(torch.optim.Optimizer):
                 return group
         return self.defaults
 
-    def _site_scales(self) -> list[torch.Tensor | None]:
+    def _site_scales(self, pending_decay: bool = False) -> list[torch.Tensor | None]:
+        """ρ per site. ``pending_decay``: the parameters are not decayed yet; return the scales
+        of the decayed ones (:meth:`_decay_factor` applied inside the norms)."""
         rho: list[torch.Tensor | None] = [None] * len(self._plan.sites)
         for i in self._plan.order:
             s = self._plan.sites[i]
             col = None if s.in_site is None else rho[s.in_site]
-            rho[i] = _site_rho(s.weight, s.bias, col, s.units)
+            factors = (1.0, 1.0)
+            if pending_decay:
+                factors = (
+                    self._decay_factor(s.weight),
+                    1.0 if s.bias is None else self._decay_factor(s.bias),
+                )
+            rho[i] = _site_rho(s.weight, s.bias, col, s.units, factors)
         return rho
+
+    def _decay_factor(self, p: torch.Tensor) -> float:
+        """The factor ``1 − lr·wd`` decoupled weight decay multiplies ``p`` by this step (1 for a
+        parameter without a gradient: it is skipped)."""
+        if p.grad is None:
+            return 1.0
+        group = self._group_of(p)
+        return 1.0 - group["lr"] * group["weight_decay"]
 
     def _param_scale(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> torch.Tensor | None:
         r = self._plan.row.get(id(p))
@@ -907,6 +962,9 @@ class DDCAdam(_DDCBase):
     params : iterable, optional
         With a model: the parameters or param-group dicts to optimise (default
         ``model.parameters()``), e.g. groups with different ``lr``/``weight_decay``.
+    track_residuals : bool
+        Compute the gauge-mode gradients ``g_V`` each step for :meth:`gauge_residuals` (a
+        diagnostic: one more pass over every gauged block; always on with ``"damped"``).
 
     Notes
     -----
@@ -935,8 +993,10 @@ class DDCAdam(_DDCBase):
         loss: str | None = "cross_entropy",
         nonfinite: str = "raise",
         params: Iterable[Any] | None = None,
+        track_residuals: bool = False,
     ) -> None:
         fn = self._fn
+        self.track_residuals = bool(track_residuals)
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {lr!r}")
         if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
@@ -989,13 +1049,30 @@ class DDCAdam(_DDCBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
-        loss, ok, modes = self._prologue(closure)
+        # Decoupled weight decay is folded into the fused update (one pass per block) unless a
+        # producer of a site is on the logit layer, whose shift-aware decay is not a factor.
+        fold = not any(
+            id(t) in self._plan.shift
+            for st in self._plan.sites
+            for t in (st.weight, st.bias)
+            if t is not None
+        )
+        loss, ok, modes = self._prologue(closure, decay=not fold)
         if not ok:
             return loss
-        # (1) gauge scales, (3)-(4) Adam in invariant coordinates, mapped back
-        rho = self._site_scales()
+        # (1) gauge scales (of the decayed parameters), (3)-(4) Adam in invariant coordinates,
+        # mapped back
+        rho = self._site_scales(pending_decay=fold)
+        inv: dict[int, torch.Tensor] = {}  # 1/ρ per consumed site, shared by its consumers
+        gauged = bool(self._plan.sites)
+        fused: list[tuple[Any, ...]] = []
+        steps: list[torch.Tensor] = []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            # Without any gauge: torch's AdamW multi-tensor step (bitwise AdamW(foreach=True)),
+            # decay left to it except on the logit layer (shift-aware, done here).
+            plain: dict[bool, list[list[torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -1004,18 +1081,55 @@ class DDCAdam(_DDCBase):
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                _ddc_adam_update(
-                    p,
-                    p.grad,
-                    state["exp_avg"],
-                    state["exp_avg_sq"],
-                    state["step"],
-                    self._param_scale(p, rho),
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
+                decay = 1.0
+                shift = id(p) in self._plan.shift
+                if fold and wd != 0:
+                    if shift:
+                        p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                    else:
+                        decay = 1.0 - lr * wd
+                m, v, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                r = self._plan.row.get(id(p))
+                c = self._plan.col.get(id(p))
+                if not gauged:
+                    lists = plain.setdefault(shift or not fold, [[], [], [], [], []])
+                    for lst, t in zip(lists, (p, p.grad, m, v, step_t)):
+                        lst.append(t)
+                    continue
+                row = None if r is None else rho[r].reshape((-1,) + (1,) * (p.ndim - 1))
+                col = None
+                if c is not None:
+                    if c not in inv:
+                        inv[c] = 1.0 / rho[c]
+                    col = inv[c]
+                if _fused_ok(p, p.grad, m, v) and (col is None or p.ndim == 2):
+                    # (3)-(4): every block of the step in one call of the C++ core, below
+                    # (off-gauge blocks with σ = 1: AdamW's formula in the same pass).
+                    steps.append(step_t)
+                    fused.append((
+                        p.detach().__dlpack__(),
+                        p.grad.detach().__dlpack__(),
+                        m.__dlpack__(),
+                        v.__dlpack__(),
+                        None if row is None else row.expand_as(p).__dlpack__(),
+                        None if col is None else col.__dlpack__(),
+                        float(lr), float(beta1), float(beta2), float(eps),
+                        int(step_t.item()) + 1, float(decay),
+                    ))
+                else:
+                    _ddc_adam_update(
+                        p, p.grad, m, v, step_t, row, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                        col_scale=col, decay=decay,
+                    )
+            for decayed, (ps, gs, ms, vs, ss) in plain.items():
+                _torch_adamw(
+                    ps, gs, ms, vs, [], ss, foreach=True, amsgrad=False, beta1=beta1,
+                    beta2=beta2, lr=lr, weight_decay=0.0 if decayed else wd, eps=eps,
+                    maximize=False,
                 )
+        if fused:
+            _core.ddc_adam_update_many(fused)
+            torch._foreach_add_(steps, 1.0)
         # (5) policy on the pure-gauge scales
         if self.gauge_mode == "damped":
             self._damped(modes)
@@ -1096,6 +1210,8 @@ class DDCMuon(_DDCBase):
         the group or the defaults. Every entry of ``param_groups`` is therefore one path, with
         ``"use_muon"`` True or False, and its ``"lr"`` is that path's (LR schedulers scale
         both paths).
+    track_residuals : bool
+        As :class:`DDCAdam`: compute ``g_V`` each step for :meth:`gauge_residuals`.
 
     Notes
     -----
@@ -1133,8 +1249,10 @@ class DDCMuon(_DDCBase):
         balance_rate: float = 0.1,
         loss: str | None = "cross_entropy",
         params: Iterable[Any] | None = None,
+        track_residuals: bool = False,
     ) -> None:
         fn = self._fn
+        self.track_residuals = bool(track_residuals)
         self._check_gauge_options(gauge_mode, nonfinite, balance_rate, loss)
         if ns_dtype is not None and ns_dtype not in _NS_DTYPES:
             raise ValueError(

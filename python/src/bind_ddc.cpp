@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "bindings.hpp"
 #include "deadspec/ddc.hpp"
@@ -17,27 +19,72 @@ void bind_ddc(py::module_& m) {
         "ddc_adam_update",
         [](const py::object& param, const py::object& grad, const py::object& exp_avg,
            const py::object& exp_avg_sq, const py::object& scale, double lr, double beta1,
-           double beta2, double eps, std::int64_t step) {
+           double beta2, double eps, std::int64_t step, const py::object& col_scale,
+           double decay) {
             constexpr const char* fn = "deadspec.ddc_adam_update";
             DLPackView vp(param, fn, "param");
             DLPackView vg(grad, fn, "grad");
             DLPackView vm(exp_avg, fn, "exp_avg");
             DLPackView vv(exp_avg_sq, fn, "exp_avg_sq");
             std::optional<DLPackView> vs;
+            std::optional<DLPackView> vc;
             if (!scale.is_none()) vs.emplace(scale, fn, "scale");
-            const AdamStep hp{lr, beta1, beta2, eps, step};
+            if (!col_scale.is_none()) vc.emplace(col_scale, fn, "col_scale");
+            const AdamStep hp{lr, beta1, beta2, eps, step, decay};
             py::gil_scoped_release nogil;
             ddc_adam_update(vp.view(), vg.view(), vm.view(), vv.view(),
-                            vs ? vs->view() : TensorView{}, hp);
+                            vs ? vs->view() : TensorView{}, vc ? vc->view() : TensorView{}, hp);
         },
         py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
         py::arg("scale"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
-        py::arg("eps"), py::arg("step"),
-        "Fused DDCAdam block step in place (param, exp_avg, exp_avg_sq are written).");
+        py::arg("eps"), py::arg("step"), py::arg("col_scale") = py::none(),
+        py::arg("decay") = 1.0,
+        "Fused DDCAdam block step in place (param, exp_avg, exp_avg_sq are written); "
+        "σ = scale·col_scale, param multiplied by decay first.");
+
+    m.def(
+        "ddc_adam_update_many",
+        [](const py::list& blocks) {
+            constexpr const char* fn = "deadspec.ddc_adam_update_many";
+            // The views own their capsules until the call returns (not movable: held by pointer).
+            std::vector<std::unique_ptr<DLPackView>> views;
+            std::vector<AdamBlock> bs;
+            bs.reserve(blocks.size());
+            auto view = [&](const py::handle& obj, const char* arg) {
+                if (obj.is_none()) return TensorView{};
+                views.push_back(std::make_unique<DLPackView>(py::reinterpret_borrow<py::object>(obj), fn, arg));
+                return views.back()->view();
+            };
+            for (const py::handle& h : blocks) {
+                const auto t = py::reinterpret_borrow<py::tuple>(h);
+                DEADSPEC_CHECK_ARG(t.size() == 12, fn,
+                                   ": each block must be a 12-tuple (param, grad, exp_avg, "
+                                   "exp_avg_sq, scale, col_scale, lr, beta1, beta2, eps, step, "
+                                   "decay), got ", t.size(), " entries");
+                AdamBlock b;
+                b.param = view(t[0], "param");
+                b.grad = view(t[1], "grad");
+                b.exp_avg = view(t[2], "exp_avg");
+                b.exp_avg_sq = view(t[3], "exp_avg_sq");
+                b.scale = view(t[4], "scale");
+                b.col_scale = view(t[5], "col_scale");
+                b.hp = AdamStep{t[6].cast<double>(), t[7].cast<double>(), t[8].cast<double>(),
+                                t[9].cast<double>(), t[10].cast<std::int64_t>(),
+                                t[11].cast<double>()};
+                bs.push_back(b);
+            }
+            py::gil_scoped_release nogil;
+            ddc_adam_update_many(bs);
+        },
+        py::arg("blocks"),
+        "Fused DDCAdam step of many blocks in one call: a list of 12-tuples (param, grad, "
+        "exp_avg, exp_avg_sq, scale|None, col_scale|None, lr, beta1, beta2, eps, step, decay). "
+        "All are validated before any is written.");
 
     m.def(
         "ddc_row_norms",
-        [](const py::object& weight, const py::object& col_scale, const py::object& bias) {
+        [](const py::object& weight, const py::object& col_scale, const py::object& bias,
+           double weight_factor, double bias_factor) {
             constexpr const char* fn = "deadspec.ddc_row_norms";
             DLPackView vw(weight, fn, "weight");
             std::optional<DLPackView> vc, vb;
@@ -45,10 +92,11 @@ void bind_ddc(py::module_& m) {
             if (!bias.is_none()) vb.emplace(bias, fn, "bias");
             py::gil_scoped_release nogil;
             return ddc_row_norms(vw.view(), vc ? vc->view() : TensorView{},
-                                 vb ? vb->view() : TensorView{});
+                                 vb ? vb->view() : TensorView{}, weight_factor, bias_factor);
         },
         py::arg("weight"), py::arg("col_scale") = py::none(), py::arg("bias") = py::none(),
-        "Row norms of [W·diag(col_scale) | b] (float64).");
+        py::arg("weight_factor") = 1.0, py::arg("bias_factor") = 1.0,
+        "Row norms of [f_w·W·diag(col_scale) | f_b·b] (float64).");
 
     m.def(
         "ddc_gauge_dots",

@@ -87,3 +87,40 @@ TEST(DdcKernels, ColumnSumsAreThreadedDeterministically) {
     EXPECT_EQ((a.first - b.first).cwiseAbs().maxCoeff(), 0.0);
     EXPECT_LT((a.first - w.cwiseProduct(g).colwise().sum().transpose()).cwiseAbs().maxCoeff(), 1e-10);
 }
+
+TEST(DdcAdam, ManyBlocksEqualOneByOneAndValidateFirst) {
+    // Batched: the same result as stepping each block alone (row and column scales, decay, a
+    // 1-D block), and a bad block anywhere leaves every block unwritten.
+    const RowMatrixXd x0 = dtest::make_data(300, 150, 50), g0 = dtest::make_data(300, 150, 51);
+    Eigen::VectorXd row = Eigen::VectorXd::LinSpaced(300, 0.5, 2.0);
+    Eigen::VectorXd col = Eigen::VectorXd::LinSpaced(150, 1.5, 0.25);
+    Eigen::VectorXd b0 = Eigen::VectorXd::LinSpaced(7, -1.0, 1.0), gb = b0.reverse();
+    AdamStep hp{1e-2, 0.9, 0.99, 1e-8, 3, 0.95};
+    auto row_view = TensorView::cpu(row.data(), {300, 150});
+    row_view.strides = {1, 0};
+    RowMatrixXd xa = x0, ma = RowMatrixXd::Constant(300, 150, 0.1), va = ma;
+    Eigen::VectorXd ba = b0, mba = Eigen::VectorXd::Zero(7), vba = mba;
+    ddc_adam_update(TensorView::cpu(xa), TensorView::cpu(g0), TensorView::cpu(ma),
+                    TensorView::cpu(va), row_view, TensorView::cpu(col.data(), {150}), hp);
+    ddc_adam_update(TensorView::cpu(ba.data(), {7}), TensorView::cpu(gb.data(), {7}),
+                    TensorView::cpu(mba.data(), {7}), TensorView::cpu(vba.data(), {7}),
+                    TensorView{}, hp);
+    RowMatrixXd xb = x0, mb = RowMatrixXd::Constant(300, 150, 0.1), vb = mb;
+    Eigen::VectorXd bb = b0, mbb = Eigen::VectorXd::Zero(7), vbb = mbb;
+    std::vector<AdamBlock> blocks{
+        {TensorView::cpu(xb), TensorView::cpu(g0), TensorView::cpu(mb), TensorView::cpu(vb),
+         row_view, TensorView::cpu(col.data(), {150}), hp},
+        {TensorView::cpu(bb.data(), {7}), TensorView::cpu(gb.data(), {7}),
+         TensorView::cpu(mbb.data(), {7}), TensorView::cpu(vbb.data(), {7}), TensorView{},
+         TensorView{}, hp}};
+    ddc_adam_update_many(blocks);
+    EXPECT_EQ((xa - xb).cwiseAbs().maxCoeff(), 0.0);
+    EXPECT_EQ((va - vb).cwiseAbs().maxCoeff(), 0.0);
+    EXPECT_EQ((ba - bb).cwiseAbs().maxCoeff(), 0.0);
+    EXPECT_GT((xa - x0).cwiseAbs().maxCoeff(), 1e-3);
+
+    const RowMatrixXd before = xb;
+    blocks[1].hp.eps = 0.0;  // invalid: the first block must not be written either
+    EXPECT_THROW(ddc_adam_update_many(blocks), std::invalid_argument);
+    EXPECT_EQ((xb - before).cwiseAbs().maxCoeff(), 0.0);
+}

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "deadspec/types.hpp"
 
@@ -16,6 +17,7 @@ struct AdamStep {
     double beta2 = 0.999;
     double eps = 1e-8;
     std::int64_t step = 1;
+    double decay = 1.0;  ///< decoupled weight decay as a factor on x before the step (1 − lr·wd)
 };
 
 /// One fused pass of DDCAdam over a parameter block, in place.
@@ -26,7 +28,7 @@ struct AdamStep {
 /// x ← x − (lr/(1−β₁ᵗ))·m/(√v/√(1−β₂ᵗ) + ε)·σ. The bias corrections are computed in float64,
 /// the per-element arithmetic in the parameter's dtype (as torch's Adam does). Blocks of more
 /// than 2¹⁸ elements are split by rows over deadspec::num_threads() threads.
-/// Decoupled weight decay is applied by the caller beforehand.
+/// Decoupled weight decay: `hp.decay` multiplies x first, in the same pass (1 = none).
 ///
 /// \param param       1-D or 2-D float32/float64 CPU tensor, C-contiguous, writable.
 /// \param grad        same shape and dtype, any strides.
@@ -40,14 +42,38 @@ struct AdamStep {
 void ddc_adam_update(const TensorView& param, const TensorView& grad, const TensorView& exp_avg,
                      const TensorView& exp_avg_sq, const TensorView& scale, const AdamStep& hp);
 
+/// ddc_adam_update with σ_ij = scale_ij · col_scale_j: `col_scale` (a vector with one entry per
+/// column of a 2-D param, any stride, or a null view) lets a block scaled on both sides pass its
+/// row and column scales as two vectors instead of a materialised h×d σ.
+void ddc_adam_update(const TensorView& param, const TensorView& grad, const TensorView& exp_avg,
+                     const TensorView& exp_avg_sq, const TensorView& scale,
+                     const TensorView& col_scale, const AdamStep& hp);
+
+/// One block of a batched DDCAdam step (see ddc_adam_update for each field).
+struct AdamBlock {
+    TensorView param, grad, exp_avg, exp_avg_sq;
+    TensorView scale;      ///< σ broadcast to param's shape, or a null view (1)
+    TensorView col_scale;  ///< per-column factor of σ (2-D param), or a null view
+    AdamStep hp;
+};
+
+/// ddc_adam_update over many blocks in one call: every block is validated before any is
+/// written, then row ranges of all blocks are shared out over deadspec::num_threads() threads
+/// (small blocks no longer run one at a time). Each element is written by one thread, so the
+/// result is the same as stepping the blocks one by one.
+void ddc_adam_update_many(const std::vector<AdamBlock>& blocks);
+
 /// Row norms of [W·diag(col_scale) | b]: the gauge-fixing scales ρ of a producer layer.
 ///
 /// \param weight     h×d float32/float64 CPU tensor, any strides.
 /// \param col_scale  d scales (float32/float64) or a null view for none.
 /// \param bias       h entries (float32/float64) or a null view for none.
-/// \return           h norms, accumulated in float64.
+/// \param weight_factor, bias_factor  factors on W and b (the norms of the decayed block
+///                    (f_w·W, f_b·b) without writing it), finite.
+/// \return           h norms √(f_w²‖W_i·diag(c)‖² + f_b²b_i²), accumulated in float64.
 Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_scale,
-                              const TensorView& bias);
+                              const TensorView& bias, double weight_factor = 1.0,
+                              double bias_factor = 1.0);
 
 /// Sums of x⊙g and |x⊙g| along one axis of a 2-D block, in one pass and without temporaries:
 /// the log-norm gradients ĝ of a gauge's producer rows (axis = 1) or consumer columns (axis = 0).
