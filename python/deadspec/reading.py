@@ -196,6 +196,10 @@ class Reading(Mapping):
         Row convention of sequence outputs (``"none"`` or ``"mean"``).
     center : bool
         Whether the activation Grams were centred.
+    joint_fisher : Spectrum or None
+        The joint Fisher-Gram reading of ``read(..., joint=True)`` (None otherwise).
+    joint_layers : tuple of str
+        The layers summed into it.
     """
 
     def __init__(
@@ -206,7 +210,11 @@ class Reading(Mapping):
         labels: str = "observed",
         pool: str = "none",
         center: bool = False,
+        joint_fisher: Any = None,
+        joint_layers: tuple[str, ...] = (),
     ) -> None:
+        self.joint_fisher = joint_fisher
+        self.joint_layers = tuple(joint_layers)
         self._layers = dict(layers)
         self.n_samples = int(n_samples)
         self.labels = labels
@@ -238,13 +246,19 @@ class Reading(Mapping):
             whose spectrum was read), ``logdet_plus``, ``active``, ``structural_zeros``,
             ``dead_count``, ``clipped``, ``lambda_min``, ``effective_rank``,
             ``participation_ratio``, ``condition_number``. Plain Python scalars, ready for
-            ``pandas.DataFrame`` or ``csv.DictWriter``.
+            ``pandas.DataFrame`` or ``csv.DictWriter``. A joint Fisher reading comes last, as
+            layer ``"joint"``.
         """
         records: list[dict[str, Any]] = []
+        entries: list[tuple[str, list[tuple[str, Any, int]]]] = []
         for name, lr in self._layers.items():
             sides = [("activation", lr.activation, lr.n_rows)]
             if lr.fisher is not None:
                 sides.append(("fisher", lr.fisher, lr.n_samples))
+            entries.append((name, sides))
+        if self.joint_fisher is not None:
+            entries.append(("joint", [("fisher", self.joint_fisher, self.n_samples)]))
+        for name, sides in entries:
             for side, s, n in sides:
                 rec: dict[str, Any] = {
                     "layer": name,
@@ -1454,6 +1468,7 @@ def read(
     heads: bool = False,
     gauges: bool = True,
     route: str = "auto",
+    joint: bool = False,
 ) -> Reading:
     """Read the activation-Gram and Fisher-Gram spectra of a model's layers.
 
@@ -1531,6 +1546,16 @@ def read(
         Sequence Fisher-Gram algorithm (:func:`deadspec.fisher_gram`): ``"auto"`` takes the one
         with fewer operations for the layer's (N, T, d_in, d_out); the route taken is in
         ``LayerReading.route``.
+    joint : bool
+        Also read the **joint Fisher-Gram** of all the Fisher layers read (per-head entries
+        excluded: they are blocks of their projection): the Fisher-Gram of the concatenated
+        parameters, ``K = Σ_ℓ K_ℓ`` (per-sample gradients of disjoint parameter blocks add in
+        the inner product), whose non-zero spectrum is that of the empirical Fisher of all those
+        parameters together. It is a reading of the model rather than of a layer — the one to
+        set beside a learning coefficient λ, which belongs to the whole model. In
+        ``Reading.joint_fisher`` (a Spectrum; rtol size ``max(N, Σ(d_in + d_out))``), with the
+        layers summed in ``Reading.joint_layers``; ``to_records`` adds it as layer
+        ``"joint"``.
 
     Returns
     -------
@@ -1588,6 +1613,9 @@ def read(
     out: dict[str, LayerReading] = {}
     done: dict[int, int] = {}
     remaining: dict[int, int] = {}
+    joint_k: Any = None
+    joint_layers: list[str] = []
+    joint_size, joint_dtype = 0, None
     for st in states:
         if st.fisher:
             remaining[id(st.capture)] = remaining.get(id(st.capture), 0) + 1
@@ -1617,9 +1645,32 @@ def read(
                 # are products of inner products over d_in and d_out coordinates.
                 rtol_size=max(n, d_in + d_out),
             )
+            if joint and "[h=" not in st.name:
+                kd = torch.as_tensor(k).to(torch.float64)
+                joint_k = kd.clone() if joint_k is None else joint_k + kd
+                joint_layers.append(st.name)
+                joint_size += d_in + d_out
+                joint_dtype = dtype if joint_dtype is None else joint_dtype
             key = id(st.capture)
             done[key] = done.get(key, 0) + 1
             if done[key] == remaining[key]:
                 st.capture.release()
         out[st.name] = LayerReading(st.name, act, fis, n, st.n_rows, taken, tuple(found))
-    return Reading(out, n_samples=n, labels=labels, pool=pool, center=center)
+    joint_spec = None
+    if joint_k is not None:
+        joint_spec = spectrum(
+            joint_k,
+            rtol=rtol,
+            gap_ratio=gap_ratio,
+            input_dtype=_dtype_name(joint_dtype),
+            rtol_size=max(n, joint_size),
+        )
+    return Reading(
+        out,
+        n_samples=n,
+        labels=labels,
+        pool=pool,
+        center=center,
+        joint_fisher=joint_spec,
+        joint_layers=tuple(joint_layers),
+    )

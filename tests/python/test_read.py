@@ -25,9 +25,10 @@ def _data(n: int = 40, seed: int = 1, classes: int = 3, d: int = 5):
     return x, y
 
 
-def _brute_fisher_eigs(model, x, y, layer: str, per_sample_loss) -> np.ndarray:
-    """Eigenvalues of (1/N) Γ Γᵀ, Γ the per-sample gradients of `layer`'s weight and bias."""
-    names = [f"{layer}.weight", f"{layer}.bias"]
+def _brute_fisher_eigs(model, x, y, layer: str | list[str], per_sample_loss) -> np.ndarray:
+    """Eigenvalues of (1/N) Γ Γᵀ, Γ the per-sample gradients of the layers' weights and biases."""
+    layers = [layer] if isinstance(layer, str) else layer
+    names = [f"{ly}.{k}" for ly in layers for k in ("weight", "bias")]
     params = {k: v.detach() for k, v in model.named_parameters() if k in names}
 
     def loss_one(p, xi, yi):
@@ -103,6 +104,21 @@ def test_fisher_matches_brute_force_per_sample_grads(layer):
     # The cross-entropy logit shift: at the output layer δ_i sums to 0, rank ≤ (3-1)·(7+1).
     if layer == "2":
         assert r[layer].fisher.active == 16
+
+
+def test_joint_fisher_is_the_fisher_gram_of_all_parameters():
+    # K_joint = Σ_ℓ K_ℓ: the Fisher-Gram of the concatenated per-sample gradients of both layers.
+    model, (x, y) = _mlp(), _data()
+    r = deadspec.read(model, x, targets=y, layers=["0", "1", "2"], joint=True)
+    assert r.joint_layers == ("0", "2")  # the Tanh has no Fisher side
+    want = _brute_fisher_eigs(model, x, y, ["0", "2"], _ce)
+    _assert_eigs_close(r.joint_fisher.eigenvalues, want)
+    # neither layer alone has that spectrum
+    assert r.joint_fisher.logdet_plus != pytest.approx(r["0"].fisher.logdet_plus)
+    recs = r.to_records()
+    assert recs[-1]["layer"] == "joint" and recs[-1]["side"] == "fisher"
+    assert recs[-1]["logdet_plus"] == pytest.approx(r.joint_fisher.logdet_plus)
+    assert deadspec.read(model, x, targets=y, layers=["0"]).joint_fisher is None
 
 
 def test_fisher_regression_default_loss_and_custom_loss_fn():

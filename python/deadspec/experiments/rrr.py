@@ -29,7 +29,9 @@ point, in float64:
 - **DDS**: on the first ``n_dds`` samples (default 256: at least 5× the largest layer's
   parameter count p = H·M or N·H ≤ 48 of the grid, so the N×N Fisher-Gram can reach its full
   rank p; its O(N³) eigendecomposition is most of the reading's cost), :func:`deadspec.read` of layers ``"A"`` and ``"B"``
-  (activation and Fisher spectra, Gaussian NLL targets) and :func:`deadspec.approach_slope` of
+  (activation and Fisher spectra, Gaussian NLL targets; also their joint Fisher-Gram,
+  ``read(..., joint=True)``: the Fisher-Gram of all the model's parameters, the reading of the
+  model that λ is a property of) and :func:`deadspec.approach_slope` of
   layer ``"A"`` with ``units=None`` (the dead cluster of A's activation spectrum; NaN when
   there is none). ``gap_ratio`` (default 1e2) delimits the dead cluster in both.
 
@@ -91,6 +93,8 @@ OBSERVABLES: tuple[tuple[str, int, bool], ...] = (
     ("fisher_logdet_B", +1, True),
     ("act_logdet", +1, True),
     ("fisher_logdet", +1, True),
+    ("fisher_logdet_joint", +1, True),
+    ("fisher_active_joint", +1, False),
     ("abs_slope_A", -1, False),
     ("dead_count_A", -1, False),
     ("effective_rank_A", +1, False),
@@ -176,6 +180,8 @@ CSV_COLUMNS = (
     "act_logdet_A",
     "act_logdet_B",
     "fisher_logdet_A",
+    "fisher_logdet_joint",
+    "fisher_active_joint",
     "fisher_logdet_B",
     "act_logdet",
     "fisher_logdet",
@@ -409,7 +415,13 @@ def _dds(model, x, y, loss_fn, gap_ratio: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         reading = deadspec.read(
-            model, x, targets=y, loss_fn=loss_fn, layers=["A", "B"], gap_ratio=gap_ratio
+            model,
+            x,
+            targets=y,
+            loss_fn=loss_fn,
+            layers=["A", "B"],
+            gap_ratio=gap_ratio,
+            joint=True,
         )
         la, lb = reading["A"], reading["B"]
         row["act_logdet_A"] = la.activation.logdet_plus
@@ -418,6 +430,9 @@ def _dds(model, x, y, loss_fn, gap_ratio: float) -> dict[str, Any]:
         row["fisher_logdet_B"] = lb.fisher.logdet_plus
         row["act_logdet"] = row["act_logdet_A"] + row["act_logdet_B"]
         row["fisher_logdet"] = row["fisher_logdet_A"] + row["fisher_logdet_B"]
+        # the model's Fisher-Gram (both layers' parameters together): λ is the model's
+        row["fisher_logdet_joint"] = reading.joint_fisher.logdet_plus
+        row["fisher_active_joint"] = reading.joint_fisher.active
         row["dead_count_A"] = la.activation.dead_count
         row["active_A"] = la.activation.active
         row["effective_rank_A"] = la.activation.effective_rank
