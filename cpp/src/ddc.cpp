@@ -107,6 +107,23 @@ void step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols,
     step_row_base<T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
 }
 
+// The step with the second-moment input given (`g2`, e.g. g̃² averaged over a rotated head
+// block) and the scaled gradient `gt` = g·σ precomputed; `sig` null for σ = 1.
+template <typename T>
+void step_row_g2(T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gt,
+                 const T* __restrict g2, const T* __restrict sig, std::int64_t cols, T decay,
+                 T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+    const T one = T(1);
+    for (std::int64_t j = 0; j < cols; ++j) {
+        const T mk = b1 * mi[j] + (one - b1) * gt[j];
+        const T vk = b2 * vi[j] + (one - b2) * g2[j];
+        mi[j] = mk;
+        vi[j] = vk;
+        const T u = step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
+        xi[j] = xi[j] * decay - (sig ? u * sig[j] : u);
+    }
+}
+
 // Work above this many elements is split over threads. These kernels are bound by memory
 // bandwidth, and a thread started while torch's OpenMP workers still spin after a parallel op
 // (a backward pass, say) waits for a core: measured on 2 cores, a 1024×256 row-norm pass took
@@ -155,39 +172,123 @@ public:
         step_size_ = static_cast<T>(hp.lr / bc1);
         eps_ = static_cast<T>(hp.eps);
         decay_ = static_cast<T>(hp.decay);
+        // a 1-D block is one row: its rotated elements are that row's columns
+        rot_axis_ = param.ndim() == 1 && b.rot_axis == 0 ? 1 : b.rot_axis;
+        segs_ = b.rot_segments;
     }
 
     std::int64_t rows() const { return rows_; }
+    /// A block with rotated head segments is stepped as one work item (its row-segment means
+    /// need whole segments).
+    bool rotated() const { return rot_axis_ >= 0 && !segs_.empty(); }
     std::int64_t cols() const { return cols_; }
 
     void operator()(std::int64_t r0, std::int64_t r1) const {
+        if (rotated()) {
+            rotated_rows();
+            return;
+        }
         const auto n = static_cast<std::size_t>(cols_);
-        const bool sigma = has_scale_ || !col_.empty();
-        std::vector<T> sig(sigma ? n : 0), gbuf(gs1_ == 1 ? 0 : n);
+        std::vector<T> sig(has_sigma() ? n : 0), gbuf(gs1_ == 1 ? 0 : n);
         for (std::int64_t i = r0; i < r1; ++i) {
-            const T* gi = g_ + i * gs0_;
-            if (gs1_ != 1) {  // a strided gradient row: gather it once
-                for (std::size_t j = 0; j < n; ++j) gbuf[j] = gi[static_cast<std::int64_t>(j) * gs1_];
-                gi = gbuf.data();
-            }
-            if (has_scale_) {
-                if (ss1_ == 0) {  // σ constant along the row
-                    std::fill(sig.begin(), sig.end(), element<T>(scale_, i * ss0_));
-                } else {
-                    for (std::size_t j = 0; j < n; ++j)
-                        sig[j] = element<T>(scale_, i * ss0_ + static_cast<std::int64_t>(j) * ss1_);
-                }
-                for (std::size_t j = 0; j < col_.size(); ++j) sig[j] *= col_[j];
-            } else if (!col_.empty()) {
-                std::copy(col_.begin(), col_.end(), sig.begin());
-            }
-            step_row<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gi,
-                        sigma ? sig.data() : nullptr, cols_, decay_, b1_, b2_, inv_bc2_sqrt_,
-                        step_size_, eps_);
+            const T* gi = grad_row(i, gbuf);
+            const T* si = sigma_row(i, sig);
+            step_row<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gi, si, cols_, decay_,
+                        b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
         }
     }
 
 private:
+    bool has_sigma() const { return has_scale_ || !col_.empty(); }
+
+    // Row i of the gradient, contiguous (gathered into `buf` when strided).
+    const T* grad_row(std::int64_t i, std::vector<T>& buf) const {
+        const T* gi = g_ + i * gs0_;
+        if (gs1_ == 1) return gi;
+        buf.resize(static_cast<std::size_t>(cols_));
+        for (std::size_t j = 0; j < buf.size(); ++j) buf[j] = gi[static_cast<std::int64_t>(j) * gs1_];
+        return buf.data();
+    }
+
+    // σ along row i in `sig` (null for σ = 1).
+    const T* sigma_row(std::int64_t i, std::vector<T>& sig) const {
+        if (!has_sigma()) return nullptr;
+        sig.resize(static_cast<std::size_t>(cols_));
+        if (has_scale_) {
+            if (ss1_ == 0) {  // σ constant along the row
+                std::fill(sig.begin(), sig.end(), element<T>(scale_, i * ss0_));
+            } else {
+                for (std::size_t j = 0; j < sig.size(); ++j)
+                    sig[j] = element<T>(scale_, i * ss0_ + static_cast<std::int64_t>(j) * ss1_);
+            }
+            for (std::size_t j = 0; j < col_.size(); ++j) sig[j] *= col_[j];
+        } else {
+            std::copy(col_.begin(), col_.end(), sig.begin());
+        }
+        return sig.data();
+    }
+
+    // The head-rotation variant: within each rotated segment (rows for axis 0, columns for
+    // axis 1) the second-moment input g̃² is replaced by its mean over the segment, so v is
+    // invariant under a rotation of the segment and m/(√v + ε) rotates with the gradient.
+    void rotated_rows() const {
+        const auto n = static_cast<std::size_t>(cols_);
+        std::vector<T> gbuf, sig, gt(n), g2(n);
+        auto scaled = [&](std::int64_t i, T* out_gt, const T** out_sig, std::vector<T>& sbuf) {
+            const T* gi = grad_row(i, gbuf);
+            const T* si = sigma_row(i, sbuf);
+            for (std::size_t j = 0; j < n; ++j) out_gt[j] = si ? gi[j] * si[j] : gi[j];
+            *out_sig = si;
+        };
+        if (rot_axis_ == 1) {
+            for (std::int64_t i = 0; i < rows_; ++i) {
+                const T* si = nullptr;
+                scaled(i, gt.data(), &si, sig);
+                for (std::size_t j = 0; j < n; ++j) g2[j] = gt[j] * gt[j];
+                for (const auto& [a, b] : segs_) {
+                    T sum = T(0);
+                    for (std::int64_t j = a; j < b; ++j) sum += g2[static_cast<std::size_t>(j)];
+                    const T mean = sum / static_cast<T>(b - a);
+                    for (std::int64_t j = a; j < b; ++j) g2[static_cast<std::size_t>(j)] = mean;
+                }
+                step_row_g2<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gt.data(),
+                               g2.data(), si, cols_, decay_, b1_, b2_, inv_bc2_sqrt_,
+                               step_size_, eps_);
+            }
+            return;
+        }
+        std::vector<char> in_seg(static_cast<std::size_t>(rows_), 0);
+        for (const auto& [a, b] : segs_)
+            for (std::int64_t i = a; i < b; ++i) in_seg[static_cast<std::size_t>(i)] = 1;
+        for (std::int64_t i = 0; i < rows_; ++i)
+            if (!in_seg[static_cast<std::size_t>(i)]) (*this).plain_row(i, gbuf, sig);
+        for (const auto& [a, b] : segs_) {
+            const auto k = static_cast<std::size_t>(b - a);
+            std::vector<T> gts(k * n), sigs(has_sigma() ? k * n : 0);
+            std::fill(g2.begin(), g2.end(), T(0));
+            for (std::size_t r = 0; r < k; ++r) {
+                const T* si = nullptr;
+                scaled(a + static_cast<std::int64_t>(r), gts.data() + r * n, &si, sig);
+                if (si) std::copy(si, si + n, sigs.begin() + static_cast<std::ptrdiff_t>(r * n));
+                for (std::size_t j = 0; j < n; ++j) g2[j] += gts[r * n + j] * gts[r * n + j];
+            }
+            for (std::size_t j = 0; j < n; ++j) g2[j] /= static_cast<T>(k);
+            for (std::size_t r = 0; r < k; ++r) {
+                const std::int64_t i = a + static_cast<std::int64_t>(r);
+                step_row_g2<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gts.data() + r * n,
+                               g2.data(), sigs.empty() ? nullptr : sigs.data() + r * n, cols_,
+                               decay_, b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
+            }
+        }
+    }
+
+    void plain_row(std::int64_t i, std::vector<T>& gbuf, std::vector<T>& sig) const {
+        const T* gi = grad_row(i, gbuf);
+        const T* si = sigma_row(i, sig);
+        step_row<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gi, si, cols_, decay_, b1_,
+                    b2_, inv_bc2_sqrt_, step_size_, eps_);
+    }
+
     T *x_ = nullptr, *m_ = nullptr, *v_ = nullptr;
     const T* g_ = nullptr;
     TensorView scale_;
@@ -195,6 +296,8 @@ private:
     bool has_scale_ = false;
     std::vector<T> col_;
     T b1_{}, b2_{}, inv_bc2_sqrt_{}, step_size_{}, eps_{}, decay_{};
+    int rot_axis_ = -1;
+    std::vector<std::pair<std::int64_t, std::int64_t>> segs_;
 };
 
 void check_block(const AdamBlock& b) {
@@ -220,6 +323,32 @@ void check_block(const AdamBlock& b) {
                            "param, got ", b.col_scale.shape_string(), " for param ",
                            param.shape_string());
     }
+    if (b.rot_axis >= 0 || !b.rot_segments.empty()) {
+        DEADSPEC_CHECK_ARG(b.rot_axis == 0 || (b.rot_axis == 1 && param.ndim() == 2), kFn,
+                           ": rot_axis must be 0, or 1 for a 2-D param, got ", b.rot_axis);
+        const std::int64_t len = param.ndim() == 2 ? param.shape[static_cast<std::size_t>(b.rot_axis)]
+                                                   : param.shape[0];
+        std::int64_t at = 0;
+        for (const auto& [a, e] : b.rot_segments) {
+            DEADSPEC_CHECK_ARG(a >= at && e > a && e <= len, kFn,
+                               ": rot_segments must be ascending, disjoint, non-empty ranges "
+                               "within [0, ", len, "), got [", a, ", ", e, ")");
+            at = e;
+        }
+        if (param.ndim() == 1) {
+            DEADSPEC_CHECK_ARG(b.scale.data == nullptr, kFn,
+                               ": a rotated 1-D param must have σ = 1 (no scale)");
+        }
+        if (b.rot_axis == 0 && param.ndim() == 2) {
+            DEADSPEC_CHECK_ARG(b.scale.data == nullptr || b.scale.stride(0) == 0, kFn,
+                               ": σ must be constant along rotated rows (a column scale only)");
+        }
+        if (b.rot_axis == 1) {
+            DEADSPEC_CHECK_ARG(b.col_scale.data == nullptr &&
+                                   (b.scale.data == nullptr || b.scale.stride(1) == 0),
+                               kFn, ": σ must be constant along rotated columns (a row scale only)");
+        }
+    }
     const AdamStep& hp = b.hp;
     DEADSPEC_CHECK_ARG(hp.step >= 1, kFn, ": step must be >= 1, got ", hp.step);
     DEADSPEC_CHECK_ARG(hp.lr >= 0.0 && std::isfinite(hp.lr), kFn, ": lr must be finite and >= 0, got ", hp.lr);
@@ -243,7 +372,7 @@ void ddc_adam_update(const TensorView& param, const TensorView& grad, const Tens
 void ddc_adam_update(const TensorView& param, const TensorView& grad, const TensorView& exp_avg,
                      const TensorView& exp_avg_sq, const TensorView& scale,
                      const TensorView& col_scale, const AdamStep& hp) {
-    ddc_adam_update_many({AdamBlock{param, grad, exp_avg, exp_avg_sq, scale, col_scale, hp}});
+    ddc_adam_update_many({AdamBlock{param, grad, exp_avg, exp_avg_sq, scale, col_scale, hp, -1, {}}});
 }
 
 void ddc_adam_update_many(const std::vector<AdamBlock>& blocks) {
@@ -268,7 +397,10 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks) {
             rows = s->rows(), cols = s->cols();
             steps.emplace_back([s](std::int64_t r0, std::int64_t r1) { (*s)(r0, r1); });
         }
-        const std::int64_t per = std::max<std::int64_t>(1, kChunkElements / std::max<std::int64_t>(cols, 1));
+        // a block with rotated segments is one item (its segment means need whole segments)
+        const bool whole = b.rot_axis >= 0 && !b.rot_segments.empty();
+        const std::int64_t per =
+            whole ? rows : std::max<std::int64_t>(1, kChunkElements / std::max<std::int64_t>(cols, 1));
         for (std::int64_t r = 0; r < rows; r += per)
             items.push_back({steps.size() - 1, r, std::min(rows, r + per)});
         total += rows * cols;

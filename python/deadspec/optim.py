@@ -434,14 +434,14 @@ class _Plan:
 def _build_plan(
     model: nn.Module, gauges: list[_g.Gauge], explicit: bool, fn: str, heads: bool = False
 ) -> _Plan:
-    """Sites, roles and (``heads=True``, DDCMuon) the rotated head blocks of the gauges."""
+    """Sites, roles and (``heads=True``) the rotated head blocks of the gauges (``heads=False``:
+    discovered HeadRotations are left out, declared ones refused)."""
     plan = _Plan()
     rotations: list[_g.HeadRotation] = []
     pairs: list[_g.Pair] = []
     norms: list[_g.NormScale] = []
     shifts: list[_g.LogitShift] = []
     chains: list[_g.Chain] = []
-    dropped_heads = 0
     for g in gauges:
         if not isinstance(g, _g.Gauge):
             raise TypeError(
@@ -455,12 +455,10 @@ def _build_plan(
             continue
         if isinstance(g, _g.HeadRotation):
             if explicit:
-                raise NotImplementedError(
-                    f"deadspec.{fn}: DDCAdam is not equivariant under {g.describe()} (an Adam "
-                    f"base is coordinatewise; per-head rotations need an orthogonally "
-                    f"equivariant base, DDCMuon); drop the HeadRotation from gauges="
+                raise ValueError(
+                    f"deadspec.{fn}: given {g.describe()} with rotations=False; drop it from "
+                    f"gauges= or construct with rotations=True"
                 )
-            dropped_heads += 1
             continue
         if explicit and g.source == "declared":
             g.validate(model)  # discovered gauges were checked by discovery
@@ -476,14 +474,6 @@ def _build_plan(
         else:  # pragma: no cover - future gauge kinds
             raise NotImplementedError(f"deadspec.{fn}: gauge kind {b.kind!r} is not supported")
         plan.gauges.append(b)
-    if dropped_heads:
-        warnings.warn(
-            f"deadspec.{fn}: ignoring {dropped_heads} discovered HeadRotation gauge(s): DDCAdam "
-            f"is not equivariant under per-head rotations (use DDCMuon); those parameters get "
-            f"their other gauges' conditioning or plain AdamW",
-            UserWarning,
-            stacklevel=3,
-        )
     have = {(p.producer, p.consumer) for p in pairs}
     for ch in chains:
         for p in ch.pairs():
@@ -940,10 +930,9 @@ class DDCAdam(_DDCBase):
     lr, betas, eps, weight_decay
         As ``torch.optim.AdamW`` (decoupled weight decay, default 0).
     gauges : list of deadspec.gauges.Gauge, optional
-        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``; discovered
-        :class:`~deadspec.gauges.HeadRotation` s are ignored with a warning. An explicit list is
-        bound to the model and its hand-declared entries (``source="declared"``) validated; an explicit ``HeadRotation`` raises NotImplementedError
-        (DDCMuon's job). ``[]``: no gauges (AdamW).
+        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``. An explicit list is
+        bound to the model and its hand-declared entries (``source="declared"``) validated.
+        ``[]``: no gauges (AdamW).
     gauge_mode : {"zero", "damped", "balance"}
         Policy on the pure-gauge scales ρ. ``"zero"``: ρ is kept (exactly equivariant).
         ``"damped"``: ``log ρ`` moves by a scalar Adam step on the gauge-mode gradient
@@ -965,6 +954,15 @@ class DDCAdam(_DDCBase):
     track_residuals : bool
         Compute the gauge-mode gradients ``g_V`` each step for :meth:`gauge_residuals` (a
         diagnostic: one more pass over every gauged block; always on with ``"damped"``).
+    rotations : bool
+        Condition on :class:`~deadspec.gauges.HeadRotation` gauges (per-head rotations of
+        q/k/v rows and output-projection columns). Adam is coordinatewise, so it is not
+        rotation-equivariant as it stands; on the rotated blocks the second moment is shared
+        within each head: ``g̃²`` is replaced by its mean over the head's rows (q/k/v weights and
+        biases, per column) or columns (the output projection, per row) before it enters
+        ``v``. ``v`` is then invariant under the rotation and ``m/(√v + ε)`` rotates with the
+        gradient, so the step is exactly equivariant. False: discovered rotations are left out
+        (those blocks get per-coordinate Adam) and a declared one raises ValueError.
 
     Notes
     -----
@@ -994,9 +992,11 @@ class DDCAdam(_DDCBase):
         nonfinite: str = "raise",
         params: Iterable[Any] | None = None,
         track_residuals: bool = False,
+        rotations: bool = True,
     ) -> None:
         fn = self._fn
         self.track_residuals = bool(track_residuals)
+        self.rotations = bool(rotations)
         if not (isinstance(lr, (int, float)) and lr >= 0.0):
             raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {lr!r}")
         if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
@@ -1017,9 +1017,9 @@ class DDCAdam(_DDCBase):
             self._names = {id(p): n for n, p in model.named_parameters()}
             if gauges is None:
                 found = _g.discover(model, loss=loss, chains=False)
-                plan = _build_plan(model, list(found), explicit=False, fn=fn)
+                plan = _build_plan(model, list(found), explicit=False, fn=fn, heads=rotations)
             else:
-                plan = _build_plan(model, list(gauges), explicit=True, fn=fn)
+                plan = _build_plan(model, list(gauges), explicit=True, fn=fn, heads=rotations)
             source = model.parameters() if params is None else params
         else:
             if params is not None:
@@ -1064,7 +1064,7 @@ class DDCAdam(_DDCBase):
         # mapped back
         rho = self._site_scales(pending_decay=fold)
         inv: dict[int, torch.Tensor] = {}  # 1/ρ per consumed site, shared by its consumers
-        gauged = bool(self._plan.sites)
+        gauged = bool(self._plan.sites) or bool(self._plan.rot)
         fused: list[tuple[Any, ...]] = []
         steps: list[torch.Tensor] = []
         for group in self.param_groups:
@@ -1102,11 +1102,13 @@ class DDCAdam(_DDCBase):
                     if c not in inv:
                         inv[c] = 1.0 / rho[c]
                     col = inv[c]
+                rot = self._plan.rot.get(id(p))
                 if _fused_ok(p, p.grad, m, v) and (col is None or p.ndim == 2):
                     # (3)-(4): every block of the step in one call of the C++ core, below
-                    # (off-gauge blocks with σ = 1: AdamW's formula in the same pass).
+                    # (off-gauge blocks with σ = 1: AdamW's formula in the same pass; rotated
+                    # head blocks with their second moment shared per head).
                     steps.append(step_t)
-                    fused.append((
+                    block: tuple[Any, ...] = (
                         p.detach().__dlpack__(),
                         p.grad.detach().__dlpack__(),
                         m.__dlpack__(),
@@ -1115,7 +1117,21 @@ class DDCAdam(_DDCBase):
                         None if col is None else col.__dlpack__(),
                         float(lr), float(beta1), float(beta2), float(eps),
                         int(step_t.item()) + 1, float(decay),
-                    ))
+                    )
+                    if rot is not None:
+                        block += (rot.axis, list(rot.segments))
+                    fused.append(block)
+                elif rot is not None:
+                    if decay != 1.0:
+                        p.mul_(decay)
+                    scale = row
+                    if col is not None:
+                        c2 = col.to(p.dtype).reshape(1, -1)
+                        scale = c2 if scale is None else scale.to(p.dtype) * c2
+                    _ddc_adam_block_update(
+                        p, p.grad, m, v, step_t, scale, rot.axis, rot.segments, lr=lr,
+                        beta1=beta1, beta2=beta2, eps=eps,
+                    )
                 else:
                     _ddc_adam_update(
                         p, p.grad, m, v, step_t, row, lr=lr, beta1=beta1, beta2=beta2, eps=eps,

@@ -57,10 +57,11 @@ void bind_ddc(py::module_& m) {
             };
             for (const py::handle& h : blocks) {
                 const auto t = py::reinterpret_borrow<py::tuple>(h);
-                DEADSPEC_CHECK_ARG(t.size() == 12, fn,
+                DEADSPEC_CHECK_ARG(t.size() == 12 || t.size() == 14, fn,
                                    ": each block must be a 12-tuple (param, grad, exp_avg, "
                                    "exp_avg_sq, scale, col_scale, lr, beta1, beta2, eps, step, "
-                                   "decay), got ", t.size(), " entries");
+                                   "decay) or a 14-tuple adding (rot_axis, rot_segments), got ",
+                                   t.size(), " entries");
                 AdamBlock b;
                 b.param = view(t[0], "param");
                 b.grad = view(t[1], "grad");
@@ -71,6 +72,11 @@ void bind_ddc(py::module_& m) {
                 b.hp = AdamStep{t[6].cast<double>(), t[7].cast<double>(), t[8].cast<double>(),
                                 t[9].cast<double>(), t[10].cast<std::int64_t>(),
                                 t[11].cast<double>()};
+                if (t.size() == 14) {
+                    b.rot_axis = t[12].cast<int>();
+                    b.rot_segments =
+                        t[13].cast<std::vector<std::pair<std::int64_t, std::int64_t>>>();
+                }
                 bs.push_back(b);
             }
             py::gil_scoped_release nogil;

@@ -109,10 +109,10 @@ TEST(DdcAdam, ManyBlocksEqualOneByOneAndValidateFirst) {
     Eigen::VectorXd bb = b0, mbb = Eigen::VectorXd::Zero(7), vbb = mbb;
     std::vector<AdamBlock> blocks{
         {TensorView::cpu(xb), TensorView::cpu(g0), TensorView::cpu(mb), TensorView::cpu(vb),
-         row_view, TensorView::cpu(col.data(), {150}), hp},
+         row_view, TensorView::cpu(col.data(), {150}), hp, -1, {}},
         {TensorView::cpu(bb.data(), {7}), TensorView::cpu(gb.data(), {7}),
          TensorView::cpu(mbb.data(), {7}), TensorView::cpu(vbb.data(), {7}), TensorView{},
-         TensorView{}, hp}};
+         TensorView{}, hp, -1, {}}};
     ddc_adam_update_many(blocks);
     EXPECT_EQ((xa - xb).cwiseAbs().maxCoeff(), 0.0);
     EXPECT_EQ((va - vb).cwiseAbs().maxCoeff(), 0.0);

@@ -338,11 +338,12 @@ def test_head_rotation_policy():
             return self.head(self.att(x, x, x, need_weights=False)[0])
 
     m = Att()
-    with pytest.raises(NotImplementedError, match="DDCMuon"):
-        DDCAdam(m, gauges=[G.HeadRotation("att")])
-    with pytest.warns(UserWarning, match="HeadRotation"):
-        opt = DDCAdam(m)
+    with pytest.raises(ValueError, match="rotations=False"):
+        DDCAdam(m, gauges=[G.HeadRotation("att")], rotations=False)
+    opt = DDCAdam(m, rotations=False)
     assert [g.kind for g in opt.gauges] == ["logit_shift"]
+    opt = DDCAdam(m)
+    assert sorted(g.kind for g in opt.gauges) == ["head_rotation", "logit_shift"]
 
 
 def test_damped_moves_along_the_orbit_against_a_broken_gauge():

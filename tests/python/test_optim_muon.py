@@ -567,10 +567,88 @@ def test_head_detection_and_embeddings():
         DDCMuon(m.parameters())
 
 
-def test_ddcadam_head_rotation_policy_unchanged():
+def test_ddcadam_declared_rotation_needs_rotations():
     m = _attn_net()
-    with pytest.raises(NotImplementedError, match="DDCMuon"):
-        DDCAdam(m, gauges=[G.HeadRotation("block.attn")])
+    with pytest.raises(ValueError, match="rotations=True"):
+        DDCAdam(m, gauges=[G.HeadRotation("block.attn")], rotations=False)
+
+
+# --------------------------------------------------------------------------------------------
+# DDCAdam on attention: head rotations through a per-head shared second moment
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("subset", list(ATTN_SUBSETS))
+def test_ddcadam_equivariant_attention(subset, rope):
+    m0, gs = _attn_gauges(ATTN_SUBSETS[subset], rope)
+    make = lambda m: DDCAdam(m, lr=ADAM_LR, weight_decay=WD, gauges=gs)  # noqa: E731
+    err = _equivariance_error(m0, gs, make, _train_attn)
+    # as DDCMuon: ~1e-15, up to ~1e-11 on the key bias without RoPE (a gauge direction itself)
+    assert err <= 1e-10, err
+    if "head_rotation" in ATTN_SUBSETS[subset]:
+        # AdamW, and DDCAdam without its rotation conditioning, are not equivariant
+        adamw = lambda m: torch.optim.AdamW(m.parameters(), lr=ADAM_LR, weight_decay=WD)  # noqa: E731
+        assert _equivariance_error(m0, gs, adamw, _train_attn) > 1e-3
+        rest = [g for g in gs if g.kind != "head_rotation"]
+        no_rot = lambda m: DDCAdam(  # noqa: E731
+            m, lr=ADAM_LR, weight_decay=WD, gauges=rest, rotations=False
+        )
+        assert _equivariance_error(m0, gs, no_rot, _train_attn) > 1e-3
+
+
+def test_ddcadam_equivariant_multihead_attention():
+    class MHA(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.head(self.att(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    m0 = MHA().double()
+    with torch.no_grad():
+        m0.att.in_proj_bias.normal_(0, 0.3)
+    for part in ("both", "qk", "vo"):
+        gs = [G.HeadRotation("att", part=part), G.LogitShift("head", source="fx")]
+        make = lambda m, gs=gs: DDCAdam(m, lr=ADAM_LR, gauges=gs)  # noqa: E731
+        err = _equivariance_error(m0, gs, make, _train_attn)
+        assert err <= 1e-10, (part, err)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rotated_block_fused_step_matches_the_torch_path(axis, dtype):
+    from deadspec import _core
+    from deadspec.optim import _ddc_adam_block_update
+
+    gen = torch.Generator().manual_seed(4)
+    p = torch.randn(8, 6, dtype=dtype, generator=gen)
+    segs = [(0, 2), (3, 5)] if axis == 1 else [(0, 3), (3, 6)]
+    scale = (torch.rand(1, 6, dtype=dtype, generator=gen) + 0.5) if axis == 0 else (
+        torch.rand(8, 1, dtype=dtype, generator=gen) + 0.5
+    )
+    q, m, v, mq, vq = p.clone(), *(torch.zeros_like(p) for _ in range(4))
+    st, stq = torch.tensor(0.0), torch.tensor(0.0)
+    for k in range(3):
+        g = torch.randn(8, 6, dtype=dtype, generator=gen)
+        _ddc_adam_block_update(p, g, m, v, st, scale, axis, segs, lr=1e-2, beta1=0.9,
+                               beta2=0.99, eps=1e-8)
+        stq += 1
+        row = scale.expand_as(q).__dlpack__() if axis == 1 else None
+        col = scale.reshape(-1).__dlpack__() if axis == 0 else None
+        _core.ddc_adam_update_many([(q.__dlpack__(), g.__dlpack__(), mq.__dlpack__(),
+                                     vq.__dlpack__(), row, col, 1e-2, 0.9, 0.99, 1e-8,
+                                     int(stq.item()), 1.0, axis, segs)])
+    tol = dict(rtol=1e-13, atol=1e-15) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(q, p, **tol)
+    torch.testing.assert_close(vq, v, **tol)
+    with pytest.raises(ValueError, match="rot_segments must be ascending"):
+        _core.ddc_adam_update_many([(q.__dlpack__(), g.__dlpack__(), mq.__dlpack__(),
+                                     vq.__dlpack__(), None, None, 1e-2, 0.9, 0.99, 1e-8, 1, 1.0,
+                                     axis, [(2, 1)])])
 
 
 def test_argument_validation():

@@ -55,6 +55,13 @@ struct AdamBlock {
     TensorView scale;      ///< σ broadcast to param's shape, or a null view (1)
     TensorView col_scale;  ///< per-column factor of σ (2-D param), or a null view
     AdamStep hp;
+    /// Head rotations (DDCAdam's HeadRotation gauge): -1 for none, else the axis (0: rows,
+    /// 1: columns of a 2-D param; 0 for a 1-D param) along which `rot_segments` — ascending,
+    /// disjoint [start, stop) ranges, one per rotated head — are rotated. Within a segment the
+    /// second-moment input g̃² is replaced by its mean over the segment, so v is invariant and
+    /// m/(√v + ε) rotates with the gradient. σ must be constant along the rotated axis.
+    int rot_axis = -1;
+    std::vector<std::pair<std::int64_t, std::int64_t>> rot_segments;
 };
 
 /// ddc_adam_update over many blocks in one call: every block is validated before any is

@@ -513,10 +513,6 @@ def _dds(model, x, y, layers, *, gap_ratio, approach, approach_gap_ratio, read_d
         reading = deadspec.read(work, x, targets=y, layers=list(layers), gap_ratio=gap_ratio)
         for name in layers:
             lr_ = reading[name]
-            act = lr_.activation
-            n_dead = deadspec.spectrum_from_eigenvalues(
-                act.eigenvalues, rtol=act.rtol, gap_ratio=approach_gap_ratio
-            ).dead_count
             for side in SIDES:
                 spec = lr_.activation if side == "activation" else lr_.fisher
                 row: dict[str, Any] = {"layer": name, "side": side, "n": lr_.n_samples}
@@ -551,7 +547,7 @@ def _dds(model, x, y, layers, *, gap_ratio, approach, approach_gap_ratio, read_d
                             approach_r2=ap.r2,
                             approach_stderr=ap.stderr,
                             approach_lambda_min_slope=ap.lambda_min_slope,
-                            approach_units=len(ap.units) if ap.units is not None else n_dead,
+                            approach_units=ap.n_directions,
                             approach_active=ap.active,
                         )
                     except (ValueError, RuntimeError) as exc:
