@@ -108,20 +108,60 @@ void step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols,
 }
 
 // The step with the second-moment input given (`g2`, e.g. g̃² averaged over a rotated head
-// block) and the scaled gradient `gt` = g·σ precomputed; `sig` null for σ = 1.
+// block) and the scaled gradient `gt` = g·σ precomputed; `sig` null for σ = 1. Dispatched like
+// step_row.
 template <typename T>
-void step_row_g2(T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gt,
-                 const T* __restrict g2, const T* __restrict sig, std::int64_t cols, T decay,
-                 T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+inline __attribute__((always_inline)) void step_row_g2_loop(
+    T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gt,
+    const T* __restrict g2, const T* __restrict sig, std::int64_t cols, T decay, T b1, T b2,
+    T inv_bc2_sqrt, T step_size, T eps) {
     const T one = T(1);
+    if (sig == nullptr) {
+        for (std::int64_t j = 0; j < cols; ++j) {
+            const T mk = b1 * mi[j] + (one - b1) * gt[j];
+            const T vk = b2 * vi[j] + (one - b2) * g2[j];
+            mi[j] = mk;
+            vi[j] = vk;
+            xi[j] = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
+        }
+        return;
+    }
     for (std::int64_t j = 0; j < cols; ++j) {
         const T mk = b1 * mi[j] + (one - b1) * gt[j];
         const T vk = b2 * vi[j] + (one - b2) * g2[j];
         mi[j] = mk;
         vi[j] = vk;
-        const T u = step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
-        xi[j] = xi[j] * decay - (sig ? u * sig[j] : u);
+        xi[j] = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * sig[j];
     }
+}
+
+template <typename T>
+void step_row_g2_base(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig,
+                      std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+    step_row_g2_loop<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+}
+
+#ifdef DEADSPEC_DDC_AVX2
+template <typename T>
+__attribute__((target("avx2"))) void step_row_g2_avx2(T* xi, T* mi, T* vi, const T* gt,
+                                                      const T* g2, const T* sig,
+                                                      std::int64_t cols, T decay, T b1, T b2,
+                                                      T inv_bc2_sqrt, T step_size, T eps) {
+    step_row_g2_loop<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+}
+#endif
+
+template <typename T>
+void step_row_g2(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig, std::int64_t cols,
+                 T decay, T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+#ifdef DEADSPEC_DDC_AVX2
+    if (has_avx2()) {
+        step_row_g2_avx2<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size,
+                            eps);
+        return;
+    }
+#endif
+    step_row_g2_base<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
 }
 
 // Work above this many elements is split over threads. These kernels are bound by memory

@@ -138,7 +138,15 @@ for dtype in (torch.float32, torch.float64):
         g = torch.randn(9, 37, dtype=dtype, generator=gen)
         _ddc_adam_update(p, g, m, v, s, row if k != 1 else None, lr=1e-2, beta1=0.9,
                          beta2=0.99, eps=1e-8, col_scale=col, decay=0.99)
-    out[str(dtype)] = (p, m, v)
+    # a rotated block (the per-head shared second moment)
+    from deadspec import _core
+    q, mq, vq = torch.randn(8, 37, dtype=dtype, generator=gen), torch.zeros(8, 37, dtype=dtype), torch.zeros(8, 37, dtype=dtype)
+    for k in range(1, 3):
+        g = torch.randn(8, 37, dtype=dtype, generator=gen)
+        _core.ddc_adam_update_many([(q.__dlpack__(), g.__dlpack__(), mq.__dlpack__(), vq.__dlpack__(),
+                                     None, col.__dlpack__(), 1e-2, 0.9, 0.99, 1e-8, k, 0.99, 0,
+                                     [(0, 4), (4, 8)])])
+    out[str(dtype)] = (p, m, v, q, mq, vq)
 torch.save(out, sys.argv[1])
 """
 
