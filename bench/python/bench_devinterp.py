@@ -145,7 +145,7 @@ def worker(job_path: str, out_path: str) -> None:
 
 
 def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: int,
-            seed: int) -> dict:
+            seed: int, points: list | None = None, chain_seed: int | None = None) -> dict:
     import torch
     from deadspec import llc
     from deadspec.experiments import rrr
@@ -157,7 +157,11 @@ def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: i
     if not py.exists():
         raise SystemExit(f"bench_devinterp: no venv at {venv}; run with --setup first")
     items, ours = [], []
+    cs = seed if chain_seed is None else chain_seed  # the samplers' seed (both tools)
     for k, (M, N, H, r) in enumerate(POINTS):
+        if points is not None and (M, N, H, r) not in points:
+            continue
+        # the checkpoint depends on --seed and the point's place in POINTS only
         x, y, _ = rrr._make_data(M, N, r, n, sigma, seed + 10 * k)
         model = ReducedRankRegression(M, N, H).double()
         rrr.fit_minimum(model, x, y)
@@ -166,16 +170,16 @@ def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: i
         p = nbeta * llc.curvature_scale(model, (x, y), loss_fn=lf)
         eps, gamma = 0.4 / p, 1e-4 * p
         res = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma, chains=chains,
-                           draws=draws, burnin=burnin, seed=seed, warn=False)
+                           draws=draws, burnin=burnin, seed=cs, warn=False)
         seq = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma, chains=chains,
-                           draws=draws, burnin=burnin, seed=seed, warn=False, vectorize=False)
+                           draws=draws, burnin=burnin, seed=cs, warn=False, vectorize=False)
         lam, _ = rrr_rlct(M, N, H, r)
         ours.append({"point": [M, N, H, r], "lam": lam, "epsilon": eps, "gamma": gamma, "nbeta": nbeta,
                          "mean": res.mean, "std": res.std, "seconds": res.seconds,
                          "seconds_sequential": seq.seconds, "mean_sequential": seq.mean})
         items.append({"point": [M, N, H, r], "M": M, "N": N, "H": H, "state": model.state_dict(), "x": x, "y": y,
                           "sigma": sigma, "epsilon": eps, "gamma": gamma, "nbeta": nbeta, "chains": chains,
-                          "draws": draws, "burnin": burnin, "seed": seed})
+                          "draws": draws, "burnin": burnin, "seed": cs})
     with tempfile.TemporaryDirectory() as tmp:
         job, out = os.path.join(tmp, "job.pt"), os.path.join(tmp, "out.json")
         torch.save({"items": items}, job)
@@ -225,7 +229,11 @@ def main(argv=None) -> int:
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=2000)
     p.add_argument("--burnin", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data seed (and sampler seed by default)")
+    p.add_argument("--chain-seed", type=int, default=None,
+                   help="sampler seed of both tools (default: --seed), to rerun the same checkpoints")
+    p.add_argument("--points", default=None,
+                   help="only these grid points of POINTS, e.g. '8,3,3,1' or '8,3,3,1;6,6,4,2'")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.add_argument("--worker", nargs=2, metavar=("JOB", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -235,7 +243,14 @@ def main(argv=None) -> int:
     if args.setup:
         setup(args.venv, args.version)
         return 0
-    report = compare(args.venv, args.n, args.sigma, args.chains, args.draws, args.burnin, args.seed)
+    points = None
+    if args.points:
+        points = [tuple(int(v) for v in pt.split(",")) for pt in args.points.split(";")]
+        unknown = [pt for pt in points if pt not in POINTS]
+        if unknown or any(len(pt) != 4 for pt in points):
+            p.error(f"--points must be among {POINTS}, got {args.points!r}")
+    report = compare(args.venv, args.n, args.sigma, args.chains, args.draws, args.burnin,
+                     args.seed, points, args.chain_seed)
     print(markdown(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1))
