@@ -27,7 +27,9 @@ void check_same_layout(const TensorView& ref, const TensorView& v, const char* a
     DEADSPEC_CHECK_ARG(v.dtype == ref.dtype, kFn, ": ", arg, " must have param's dtype ",
                        dtype_name(ref.dtype), ", got ", dtype_name(v.dtype));
     if (writable) {
-        DEADSPEC_CHECK_ARG(v.is_contiguous(), kFn, ": ", arg, " must be C-contiguous");
+        // (an empty tensor is never written, whatever strides its producer gave it)
+        DEADSPEC_CHECK_ARG(v.numel() == 0 || v.is_contiguous(), kFn, ": ", arg,
+                           " must be C-contiguous");
         DEADSPEC_CHECK_ARG(!v.read_only, kFn, ": ", arg, " must be writable, got a read-only tensor");
         DEADSPEC_CHECK_ARG(v.data != nullptr || v.numel() == 0, kFn, ": ", arg,
                            " has a null data pointer");
@@ -39,8 +41,14 @@ void check_same_layout(const TensorView& ref, const TensorView& v, const char* a
 // inlined into (below: the baseline ISA and, chosen at run time, AVX2). This file is built with
 // -fno-math-errno (so sqrt vectorises) and -ffp-contract=off (no fused multiply-adds): both
 // versions round every operation alike and give bit-identical results.
+#if defined(__GNUC__) || defined(__clang__)
+#define DEADSPEC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DEADSPEC_ALWAYS_INLINE inline
+#endif
+
 template <typename T>
-inline __attribute__((always_inline)) void step_row_loop(
+DEADSPEC_ALWAYS_INLINE void step_row_loop(
     T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gi,
     const T* __restrict sig, std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt,
     T step_size, T eps) {
@@ -111,7 +119,7 @@ void step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols,
 // block) and the scaled gradient `gt` = g·σ precomputed; `sig` null for σ = 1. Dispatched like
 // step_row.
 template <typename T>
-inline __attribute__((always_inline)) void step_row_g2_loop(
+DEADSPEC_ALWAYS_INLINE void step_row_g2_loop(
     T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gt,
     const T* __restrict g2, const T* __restrict sig, std::int64_t cols, T decay, T b1, T b2,
     T inv_bc2_sqrt, T step_size, T eps) {
@@ -394,9 +402,9 @@ void check_block(const AdamBlock& b) {
     DEADSPEC_CHECK_ARG(hp.lr >= 0.0 && std::isfinite(hp.lr), kFn, ": lr must be finite and >= 0, got ", hp.lr);
     DEADSPEC_CHECK_ARG(hp.beta1 >= 0.0 && hp.beta1 < 1.0 && hp.beta2 >= 0.0 && hp.beta2 < 1.0, kFn,
                        ": betas must be in [0, 1), got (", hp.beta1, ", ", hp.beta2, ")");
-    DEADSPEC_CHECK_ARG(hp.eps > 0.0, kFn, ": eps must be > 0, got ", hp.eps);
-    DEADSPEC_CHECK_ARG(std::isfinite(hp.decay) && hp.decay >= 0.0, kFn,
-                       ": decay must be finite and >= 0, got ", hp.decay);
+    // eps = 0 and a negative decay (lr·wd > 1) are accepted, as torch's AdamW accepts them.
+    DEADSPEC_CHECK_ARG(hp.eps >= 0.0, kFn, ": eps must be >= 0, got ", hp.eps);
+    DEADSPEC_CHECK_ARG(std::isfinite(hp.decay), kFn, ": decay must be finite, got ", hp.decay);
 }
 
 // Work items of about this many elements (whole rows) are shared out over the threads.

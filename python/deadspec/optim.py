@@ -14,9 +14,12 @@ network,
   units index its columns, 1 where none); the invariant gradient is ``g̃ = g ⊙ σ``;
 - bias-corrected Adam runs on ``g̃`` and the update is mapped back, ``Δx = −η·u ⊙ σ``.
 
-A parameter in no gauge has ``σ = 1``: its update is torch's AdamW's, bit for bit. The logit
-shift of a cross-entropy head needs no coordinate change (its gradient is already invariant);
-only its decoupled weight decay skips the gauge component (the row mean).
+A parameter in no gauge has ``σ = 1``: AdamW's formula (with no gauge at all in the model, torch's
+multi-tensor AdamW step itself, bit for bit; otherwise the fused pass, equal to it up to
+round-off). The logit shift of a cross-entropy head needs no coordinate change (its gradient is
+already invariant); only its decoupled weight decay skips the gauge component (the row mean).
+On attention, the blocks a :class:`~deadspec.gauges.HeadRotation` rotates share their second
+moment within each head, which makes Adam rotation-equivariant there (``rotations=True``).
 
 :class:`DDCMuon` runs Muon (momentum, Newton–Schulz orthogonalisation, Keller's shape scale) on
 the invariant coordinates of the hidden matrices and the same DDC AdamW on the rest; Muon's
@@ -32,8 +35,9 @@ Contract
   ``gauge_mode="damped"``); ``load_state_dict`` refuses a state built for other sites.
 - Each parameter's update is a pure function of (parameter, gradient, its moments, its scale
   ``σ``, group hyper-parameters) — :func:`_ddc_adam_update` — and each site's scale a pure
-  function of its producer block and its input scale — :func:`_site_rho`; these are the kernels
-  the C++ core will take over.
+  function of its producer block and its input scale — :func:`_site_rho`. On CPU the C++ core
+  runs both (``ddc_adam_update_many``: every block of a step in one call; ``ddc_row_norms``);
+  the torch code here is the reference and the path for other devices and dtypes.
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ def _fused_ok(param: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether the C++ fused step can take this block (CPU, float32/64, 1-D/2-D, dense)."""
     return (
         param.device.type == "cpu"
+        and param.numel() > 0
         and param.dtype in (torch.float32, torch.float64)
         and param.ndim in (1, 2)
         and param.is_contiguous()
@@ -234,7 +239,8 @@ def _ddc_adam_block_update(
     HeadRotation rotates), ``g̃²`` is replaced by its mean along ``axis`` before it enters
     ``exp_avg_sq``: the denominator is then invariant under the rotation and the update
     ``m/(√v + eps)`` rotates with the gradient. Elsewhere it is Adam, coordinate by coordinate.
-    (Used by :class:`DDCMuon` for the biases of rotated heads.)
+    (The torch path of rotated blocks: DDCAdam's off-CPU/other-dtype blocks, DDCMuon's biases
+    of rotated heads; the C++ core's ``ddc_adam_update_many`` does the same on CPU.)
     """
     step_t += 1
     g = grad if scale is None else grad * scale
@@ -811,11 +817,13 @@ class _DDCBase(torch.optim.Optimizer):
 
     def _decay_factor(self, p: torch.Tensor) -> float:
         """The factor ``1 − lr·wd`` decoupled weight decay multiplies ``p`` by this step (1 for a
-        parameter without a gradient: it is skipped)."""
+        parameter without a gradient, or in no param group: it is not stepped)."""
         if p.grad is None:
             return 1.0
-        group = self._group_of(p)
-        return 1.0 - group["lr"] * group["weight_decay"]
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return 1.0 - group["lr"] * group["weight_decay"]
+        return 1.0
 
     def _param_scale(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> torch.Tensor | None:
         r = self._plan.row.get(id(p))

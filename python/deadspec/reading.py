@@ -1551,7 +1551,8 @@ def read(
         excluded: they are blocks of their projection): the Fisher-Gram of the concatenated
         parameters, ``K = Σ_ℓ K_ℓ`` (per-sample gradients of disjoint parameter blocks add in
         the inner product), whose non-zero spectrum is that of the empirical Fisher of all those
-        parameters together. It is a reading of the model rather than of a layer — the one to
+        parameters together. Layers sharing a weight (tied weights) raise ValueError: their sum
+        would miss the cross terms. It is a reading of the model rather than of a layer — the one to
         set beside a learning coefficient λ, which belongs to the whole model. In
         ``Reading.joint_fisher`` (a Spectrum; rtol size ``max(N, Σ(d_in + d_out))``), with the
         layers summed in ``Reading.joint_layers``; ``to_records`` adds it as layer
@@ -1616,6 +1617,7 @@ def read(
     joint_k: Any = None
     joint_layers: list[str] = []
     joint_size, joint_dtype = 0, None
+    joint_owner: dict[tuple[int, Any], str] = {}
     for st in states:
         if st.fisher:
             remaining[id(st.capture)] = remaining.get(id(st.capture), 0) + 1
@@ -1646,6 +1648,18 @@ def read(
                 rtol_size=max(n, d_in + d_out),
             )
             if joint and "[h=" not in st.name:
+                # Σ K_ℓ is the Fisher-Gram of the concatenated parameters only when the blocks
+                # are disjoint: tied weights would need the cross terms.
+                cap = st.capture
+                w = getattr(cap.module, "weight", None)
+                owner = (id(w) if isinstance(w, torch.Tensor) else id(cap.module), cap.proj)
+                if owner in joint_owner:
+                    raise ValueError(
+                        f"deadspec.read: joint=True needs layers with disjoint parameters, got "
+                        f"{joint_owner[owner]!r} and {st.name!r} sharing a weight (tied "
+                        f"weights); read them without joint=True or leave one out"
+                    )
+                joint_owner[owner] = st.name
                 kd = torch.as_tensor(k).to(torch.float64)
                 joint_k = kd.clone() if joint_k is None else joint_k + kd
                 joint_layers.append(st.name)

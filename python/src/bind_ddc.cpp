@@ -84,8 +84,9 @@ void bind_ddc(py::module_& m) {
         },
         py::arg("blocks"),
         "Fused DDCAdam step of many blocks in one call: a list of 12-tuples (param, grad, "
-        "exp_avg, exp_avg_sq, scale|None, col_scale|None, lr, beta1, beta2, eps, step, decay). "
-        "All are validated before any is written.");
+        "exp_avg, exp_avg_sq, scale|None, col_scale|None, lr, beta1, beta2, eps, step, decay), "
+        "or 14-tuples adding (rot_axis, rot_segments) for a block whose head segments are "
+        "rotated (second moment shared per segment). All are validated before any is written.");
 
     m.def(
         "ddc_row_norms",

@@ -120,7 +120,7 @@ TEST(DdcAdam, ManyBlocksEqualOneByOneAndValidateFirst) {
     EXPECT_GT((xa - x0).cwiseAbs().maxCoeff(), 1e-3);
 
     const RowMatrixXd before = xb;
-    blocks[1].hp.eps = 0.0;  // invalid: the first block must not be written either
+    blocks[1].hp.eps = -1.0;  // invalid: the first block must not be written either
     EXPECT_THROW(ddc_adam_update_many(blocks), std::invalid_argument);
     EXPECT_EQ((xb - before).cwiseAbs().maxCoeff(), 0.0);
 }

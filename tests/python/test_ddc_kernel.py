@@ -119,9 +119,19 @@ def test_fused_step_rejects_a_bad_column_scale_or_decay():
         _core.ddc_adam_update(p.__dlpack__(), z.__dlpack__(), z.clone().__dlpack__(),
                               z.clone().__dlpack__(), None,
                               col_scale=torch.ones(3, dtype=torch.float64).__dlpack__(), **kw)
-    with pytest.raises(ValueError, match="decay must be finite and >= 0"):
+    with pytest.raises(ValueError, match="decay must be finite"):
         _core.ddc_adam_update(p.__dlpack__(), z.__dlpack__(), z.clone().__dlpack__(),
                               z.clone().__dlpack__(), None, decay=float("nan"), **kw)
+    # what torch's AdamW accepts, the kernel accepts: eps = 0, lr·wd > 1 (a negative factor)
+    q = torch.ones(3, 2, dtype=torch.float64)
+    g = torch.ones_like(q)
+    _core.ddc_adam_update(q.__dlpack__(), g.__dlpack__(), z.clone().__dlpack__(),
+                          z.clone().__dlpack__(), None, decay=-0.5, **{**kw, "eps": 0.0})
+    torch.testing.assert_close(q, torch.full_like(q, -0.5 - 1e-3))
+    # an empty block (torch calls a (3, 0) tensor contiguous whatever its strides) is no error
+    e = torch.empty(3, 0, dtype=torch.float64)
+    _core.ddc_adam_update_many([(e.__dlpack__(), e.__dlpack__(), e.clone().__dlpack__(),
+                                 e.clone().__dlpack__(), None, None, 1e-3, 0.9, 0.999, 1e-8, 1, 1.0)])
 
 
 _ISA_SCRIPT = r"""

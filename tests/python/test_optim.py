@@ -483,6 +483,35 @@ def test_scales_of_the_pending_decay_equal_the_scales_after_it():
         torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
 
 
+def test_a_producer_outside_the_param_groups_is_not_decayed_in_the_scales():
+    # Only the consumer is optimised here: its producer is not stepped (nor decayed), so the
+    # scales read before the decay must be the producer's own.
+    m = _mlp_ln()
+    F.cross_entropy(m(X), Y).backward()
+    opt = DDCAdam(m, lr=0.1, weight_decay=0.5, params=[m[2].weight, m[2].bias])
+    names = [s.name for s in opt._plan.sites]
+    pending, now = opt._site_scales(pending_decay=True), opt._site_scales()
+    i0, i2 = names.index("pair:0"), names.index("pair:2")
+    torch.testing.assert_close(pending[i0], now[i0], rtol=0, atol=0)  # m[0]: not stepped
+    torch.testing.assert_close(pending[i2], 0.95 * now[i2], rtol=1e-14, atol=0)  # m[2]: decayed
+
+
+def test_empty_parameter_in_a_gauged_model():
+    class WithEmpty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = _mlp_ln()
+            self.extra = nn.Parameter(torch.empty(3, 0, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.mlp(x) + self.extra.sum()
+
+    m = WithEmpty()
+    opt = DDCAdam(m, lr=LR, weight_decay=WD)
+    _train(m, opt, k=2)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
 def test_gauge_residuals_need_tracking():
     m = _mlp_ln()
     opt = DDCAdam(m, lr=LR)

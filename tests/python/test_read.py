@@ -119,6 +119,11 @@ def test_joint_fisher_is_the_fisher_gram_of_all_parameters():
     assert recs[-1]["layer"] == "joint" and recs[-1]["side"] == "fisher"
     assert recs[-1]["logdet_plus"] == pytest.approx(r.joint_fisher.logdet_plus)
     assert deadspec.read(model, x, targets=y, layers=["0"]).joint_fisher is None
+    # tied weights: the sum of the per-layer Grams would miss the cross terms
+    tied = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).to(DT)
+    tied[2].weight = tied[0].weight
+    with pytest.raises(ValueError, match="disjoint parameters"):
+        deadspec.read(tied, x[:, :3], targets=y, layers=["0", "2"], joint=True)
 
 
 def test_fisher_regression_default_loss_and_custom_loss_fn():

@@ -26,8 +26,9 @@ struct AdamStep {
 /// σ_ij = ρ_row,i / ρ_col,j comes from the gauge-fixing scales (docs/ddc.md). Per element:
 /// g̃ = g·σ; m ← β₁m + (1−β₁)g̃; v ← β₂v + (1−β₂)g̃²;
 /// x ← x − (lr/(1−β₁ᵗ))·m/(√v/√(1−β₂ᵗ) + ε)·σ. The bias corrections are computed in float64,
-/// the per-element arithmetic in the parameter's dtype (as torch's Adam does). Blocks of more
-/// than 2¹⁸ elements are split by rows over deadspec::num_threads() threads.
+/// the per-element arithmetic in the parameter's dtype (as torch's Adam does). Calls with more
+/// than 2²¹ elements in all are split by row ranges over deadspec::num_threads() threads (see
+/// ddc_adam_update_many).
 /// Decoupled weight decay: `hp.decay` multiplies x first, in the same pass (1 = none).
 ///
 /// \param param       1-D or 2-D float32/float64 CPU tensor, C-contiguous, writable.
@@ -37,7 +38,7 @@ struct AdamStep {
 /// \param scale       σ with param's shape and any strides (0-strides: a broadcast row or column
 ///                    vector), float32/float64; a view with a null data pointer means σ = 1.
 /// \throws std::invalid_argument on shape/dtype/layout mismatch, a read-only output, step < 1,
-///         or a non-finite σ.
+///         lr < 0 or non-finite, betas outside [0, 1), eps < 0, or a non-finite decay.
 /// \throws deadspec::DeviceError for non-CPU tensors.
 void ddc_adam_update(const TensorView& param, const TensorView& grad, const TensorView& exp_avg,
                      const TensorView& exp_avg_sq, const TensorView& scale, const AdamStep& hp);
