@@ -820,6 +820,7 @@ def calibrate(
     drift_tol: float = 0.25,
     vectorize: bool | str = "auto",
     progress: bool | None = None,
+    extend: int = 3,
 ) -> Calibration:
     """Sweep ε and γ and pick a setting by the stability rule below.
 
@@ -827,7 +828,13 @@ def calibrate(
     P = nβ·h_max (h_max from :func:`curvature_scale`): ε ∈ {0.05, 0.1, 0.2, 0.4, 0.8}/P (the
     Euler–Maruyama step is stable for εP < 4 in the stiffest direction, where it inflates the
     posterior variance by 1/(1 − εP/4)) and γ ∈ {1e-5, 1e-4, 1e-3}·P (γ ≪ nβ·h for every
-    regular direction that matters).
+    regular direction that matters). That grid keeps εP ≤ 0.8, well inside the stability limit,
+    so a divergence anywhere in it means h_max was under-estimated: h_max is the curvature *at*
+    w*, and where the loss is nearly zero (a grokked or interpolating checkpoint) it can be far
+    smaller than the curvature a chain meets a step away. Then (default ε grid only) the ε grid
+    is moved down tenfold and swept again, until a sweep has no divergence or ``extend``
+    moves are spent; every setting tried stays in ``sweep`` and the rule below runs over all
+    of them (``rule`` says how far the grid was moved).
 
     Stability rule
     --------------
@@ -854,6 +861,9 @@ def calibrate(
     nb = nbeta
     if nb is None:
         nb = default_nbeta(int(n if n is not None else x.shape[0]))
+    if not (isinstance(extend, int) and extend >= 0):
+        raise ValueError(f"deadspec.llc.calibrate: extend must be an int >= 0, got {extend!r}")
+    may_extend = epsilons is None and extend > 0  # only the curvature-scaled default ε grid
     if epsilons is None or gammas is None:
         h_max = curvature_scale(model, (x, y), loss_fn=loss_fn)
         de, dg = _default_grids(h_max, nb)
@@ -863,33 +873,48 @@ def calibrate(
     gammas = sorted(float(g) for g in gammas)
     if not epsilons or not gammas:
         raise ValueError("deadspec.llc.calibrate: epsilons and gammas must be non-empty")
+    epsilons_base = list(epsilons)
+
+    def _sweep(grid: list[tuple[float, float]]) -> None:
+        for e, g in _progress(grid, progress, "llc calibrate", len(grid)):
+            res = estimate(
+                model, (x, y), loss_fn=loss_fn, n=n, nbeta=nb, epsilon=e, gamma=g, chains=chains,
+                draws=draws, burnin=burnin, batch_size=batch_size, seed=seed, vectorize=vectorize,
+                check_nll=False, warn=False, progress=False,
+            )
+            results[(e, g)] = res
+            lam = res.mean
+            rel = abs(res.drift) / lam if (math.isfinite(lam) and lam > 0) else float("nan")
+            reason = ""
+            if res.diverged.any():
+                reason = "diverged"
+            elif not math.isfinite(lam):
+                reason = "nan"
+            elif lam <= 0:
+                reason = "non-positive"
+            elif not (rel <= drift_tol):
+                reason = "drift"
+            rows.append({
+                "epsilon": e, "gamma": g, "llc_mean": lam, "llc_std": res.std,
+                "n_diverged": int(res.diverged.sum()), "drift": res.drift, "rel_drift": rel,
+                "stable": reason == "", "plateau": False, "chosen": False, "reason": reason or "stable",
+                "seconds": res.seconds, "passes": res.passes,
+            })
+
     results: dict[tuple[float, float], LLCResult] = {}
     rows: list[dict[str, Any]] = []
     grid = [(e, g) for g in gammas for e in epsilons]
-    for e, g in _progress(grid, progress, "llc calibrate", len(grid)):
-        res = estimate(
-            model, (x, y), loss_fn=loss_fn, n=n, nbeta=nb, epsilon=e, gamma=g, chains=chains,
-            draws=draws, burnin=burnin, batch_size=batch_size, seed=seed, vectorize=vectorize,
-            check_nll=False, warn=False, progress=False,
-        )
-        results[(e, g)] = res
-        lam = res.mean
-        rel = abs(res.drift) / lam if (math.isfinite(lam) and lam > 0) else float("nan")
-        reason = ""
-        if res.diverged.any():
-            reason = "diverged"
-        elif not math.isfinite(lam):
-            reason = "nan"
-        elif lam <= 0:
-            reason = "non-positive"
-        elif not (rel <= drift_tol):
-            reason = "drift"
-        rows.append({
-            "epsilon": e, "gamma": g, "llc_mean": lam, "llc_std": res.std,
-            "n_diverged": int(res.diverged.sum()), "drift": res.drift, "rel_drift": rel,
-            "stable": reason == "", "plateau": False, "chosen": False, "reason": reason or "stable",
-            "seconds": res.seconds, "passes": res.passes,
-        })
+    extended = 0
+    while True:
+        start = len(rows)
+        _sweep(grid)
+        diverged = any(r["reason"] in ("diverged", "nan") for r in rows[start:])
+        if not (may_extend and diverged and extended < extend):
+            break
+        extended += 1
+        lower = [e / 10.0 ** extended for e in epsilons_base]
+        epsilons = sorted(set(epsilons) | set(lower))
+        grid = [(e, g) for g in gammas for e in lower]
     by = {(r["epsilon"], r["gamma"]): r for r in rows}
     choice: tuple[float, float] | None = None
     rule = ""
@@ -928,6 +953,11 @@ def calibrate(
             rule = "no plateau: fallback to the stable setting of smallest γ and smallest drift"
         else:
             rule = "no stable setting (every setting diverged, was non-positive or drifted)"
+    if extended:
+        rule += (
+            f" [the default ε grid diverged (h_max under-estimated); moved down by a factor "
+            f"10 {extended}×]"
+        )
     if choice is not None:
         by[choice]["chosen"] = True
     passes = sum(r.passes for r in results.values())

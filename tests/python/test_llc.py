@@ -167,6 +167,29 @@ def test_calibrate_picks_a_stable_plateau_setting(tmp_path):
     assert bad.epsilon is None and bad.best is None and "no stable" in bad.rule
 
 
+def test_calibrate_extends_a_default_grid_that_diverges_everywhere(monkeypatch):
+    # A curvature at w* far below the curvature a chain meets (as at a grokked checkpoint):
+    # simulated by under-reporting h_max 1000-fold, so the whole default ε grid diverges.
+    net, x, y = _linear_problem(d=6, seed=4)
+    true_h = llc.curvature_scale(net, (x, y), loss_fn=llc.gaussian_nll(SIGMA))
+    monkeypatch.setattr(llc, "curvature_scale", lambda *a, **k: true_h / 1000.0)
+    kw = dict(loss_fn=llc.gaussian_nll(SIGMA), chains=3, draws=150, burnin=50, seed=0,
+              progress=False)
+    cal = llc.calibrate(net, (x, y), **kw)
+    first = cal.sweep[:15]
+    assert all(r["reason"] in ("diverged", "nan") for r in first)
+    # moved down until a sweep has no divergence: three moves, back onto the right scale
+    assert len(cal.sweep) == 4 * 15 and "10 3×" in cal.rule
+    assert all(r["reason"] not in ("diverged", "nan") for r in cal.sweep[45:])
+    assert cal.epsilon is not None and "plateau" in cal.rule
+    assert abs(cal.best.mean - 3.0) <= 0.2 * 3.0
+    # without extension: reported as nothing stable
+    bare = llc.calibrate(net, (x, y), extend=0, **kw)
+    assert len(bare.sweep) == 15 and bare.epsilon is None and "no stable" in bare.rule
+    with pytest.raises(ValueError, match="extend"):
+        llc.calibrate(net, (x, y), extend=-1, **kw)
+
+
 def test_validation_messages():
     net, x, y = _linear_problem(d=2, seed=5)
     lf = llc.gaussian_nll(SIGMA)
