@@ -73,7 +73,9 @@ nβ = n / log n, float32 (the training dtype), vectorised chains.
   setting is stable the LLC is NaN and the reason is recorded (``llc_rule``).
   *Why not the library's curvature-scaled grid*: at a grokked checkpoint the cross-entropy is
   ~1e-5, so the Hessian at w* is tiny (measured h_max ≈ 6e-3 at p = 53, d_model = 64) and
-  ε = 0.05/(nβ·h_max) ≈ 0.06 diverges at every setting; the fixed grid brackets the range where
+  ε = 0.05/(nβ·h_max) ≈ 0.06 diverges at every setting (``llc.calibrate`` now moves such a
+  grid down tenfold, up to 3 times, when it diverges; the fixed grid is kept here so that
+  every width is calibrated over the same settings); the fixed grid brackets the range where
   a probe on that checkpoint was stable (ε = 1e-4, γ = 1e3: λ̂ ≈ 1.4, small drift; ε = 1e-3
   diverges; γ = 1e4 over-localises to λ̂ ≈ 0).
 - **Approach-slope gap**: the trained spectra decay smoothly over ~8–10 decades with no 1e3 gap
