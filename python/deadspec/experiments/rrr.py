@@ -101,6 +101,9 @@ OBSERVABLES: tuple[tuple[str, int, bool], ...] = (
     ("fisher_effective_rank_A", +1, False),
 )
 
+#: Observables are ranked at this many significant digits (ties up to round-off, see spearman).
+_RANK_DIGITS = 9
+
 #: Architectures (M, N, H) and true ranks per size; chosen to cover the four cases.
 _GRIDS: dict[str, list[tuple[int, int, int, tuple[int, ...]]]] = {
     "quick": [
@@ -256,14 +259,30 @@ def _rank(a: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, int]:
+def _round_sig(a: np.ndarray, digits: int) -> np.ndarray:
+    """``a`` rounded to ``digits`` significant digits (0 and non-finite values kept)."""
+    out = a.copy()
+    nz = np.isfinite(a) & (a != 0)
+    mag = np.floor(np.log10(np.abs(a[nz])))
+    scale = 10.0 ** (digits - 1 - mag)
+    out[nz] = np.round(a[nz] * scale) / scale
+    return out
+
+
+def spearman(
+    x: Sequence[float], y: Sequence[float], sig_digits: int | None = None
+) -> tuple[float, int]:
     """Spearman rank correlation (average ranks for ties) over the pairs where both are finite.
 
     Returns ``(rho, n_pairs)``; rho is NaN with fewer than 3 pairs or a constant input.
-    Same as ``scipy.stats.spearmanr`` (which is not a dependency).
+    Same as ``scipy.stats.spearmanr`` (which is not a dependency). ``sig_digits``: rank the
+    values rounded to that many significant digits, so that values equal up to round-off (e.g.
+    approach slopes of exactly 2, 4, 6 per dead unit) tie instead of being ordered by noise.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    if sig_digits is not None:
+        x, y = _round_sig(x, sig_digits), _round_sig(y, sig_digits)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(
             f"deadspec.spearman: x and y must be 1-D of equal length, got {x.shape}, {y.shape}"
@@ -589,12 +608,12 @@ def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
     archs = sorted({(r["M"], r["N"], r["H"]) for r in rows})
     for col, sign, is_logdet in OBSERVABLES:
         v = np.array([r.get(col, np.nan) for r in rows], dtype=np.float64)
-        rho, npairs = spearman(v, lam)
+        rho, npairs = spearman(v, lam, sig_digits=_RANK_DIGITS)
         within = []
         for a in archs:
             idx = [i for i, r in enumerate(rows) if (r["M"], r["N"], r["H"]) == a]
             if len(idx) >= 3:
-                w, _ = spearman(v[idx], lam[idx])
+                w, _ = spearman(v[idx], lam[idx], sig_digits=_RANK_DIGITS)
                 if math.isfinite(w):
                     within.append(w)
         sp[col] = {
