@@ -152,6 +152,24 @@ def _fused_ok(param: torch.Tensor, *others: torch.Tensor) -> bool:
     )
 
 
+def _decay_and_sigma(
+    param: torch.Tensor,
+    scale: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+    decay: float,
+) -> torch.Tensor | None:
+    """The torch paths' prologue: ``param ← decay·param``; returns σ = scale·col_scale in the
+    parameter's dtype (broadcastable to it), or None for σ = 1."""
+    if decay != 1.0:
+        param.mul_(decay)
+    if scale is not None:
+        scale = scale.to(param.dtype)
+    if col_scale is not None:
+        col = col_scale.to(param.dtype).reshape(1, -1)
+        scale = col if scale is None else scale * col
+    return scale
+
+
 def _ddc_adam_update(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -197,13 +215,7 @@ def _ddc_adam_update(
             decay=float(decay),
         )
         return
-    if decay != 1.0:
-        param.mul_(decay)
-    if scale is not None:
-        scale = scale.to(param.dtype)
-    if col_scale is not None:
-        col = col_scale.to(param.dtype).reshape(1, -1)
-        scale = col if scale is None else scale.to(param.dtype) * col
+    scale = _decay_and_sigma(param, scale, col_scale, decay)
     g = grad if scale is None else grad * scale
     exp_avg.lerp_(g, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -232,6 +244,8 @@ def _ddc_adam_block_update(
     beta1: float,
     beta2: float,
     eps: float,
+    col_scale: torch.Tensor | None = None,
+    decay: float = 1.0,
 ) -> None:
     """:func:`_ddc_adam_update` with the second moment shared along a rotated axis.
 
@@ -243,6 +257,7 @@ def _ddc_adam_block_update(
     of rotated heads; the C++ core's ``ddc_adam_update_many`` does the same on CPU.)
     """
     step_t += 1
+    scale = _decay_and_sigma(param, scale, col_scale, decay)
     g = grad if scale is None else grad * scale
     exp_avg.lerp_(g, 1 - beta1)
     g2 = g * g
@@ -1130,15 +1145,9 @@ class DDCAdam(_DDCBase):
                         block += (rot.axis, list(rot.segments))
                     fused.append(block)
                 elif rot is not None:
-                    if decay != 1.0:
-                        p.mul_(decay)
-                    scale = row
-                    if col is not None:
-                        c2 = col.to(p.dtype).reshape(1, -1)
-                        scale = c2 if scale is None else scale.to(p.dtype) * c2
                     _ddc_adam_block_update(
-                        p, p.grad, m, v, step_t, scale, rot.axis, rot.segments, lr=lr,
-                        beta1=beta1, beta2=beta2, eps=eps,
+                        p, p.grad, m, v, step_t, row, rot.axis, rot.segments, lr=lr,
+                        beta1=beta1, beta2=beta2, eps=eps, col_scale=col, decay=decay,
                     )
                 else:
                     _ddc_adam_update(
