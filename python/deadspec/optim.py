@@ -170,6 +170,31 @@ def _decay_and_sigma(
     return scale
 
 
+def _adam_apply(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_t: torch.Tensor,
+    scale: torch.Tensor | None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """The torch paths' bias-corrected apply: ``param −= lr/bc1 · m/(√(v/bc2) + eps) · σ``
+    (torch AdamW's single-tensor operations when σ is None)."""
+    step = step_t.item()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+    if scale is None:
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+    else:
+        param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+
+
 def _ddc_adam_update(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -219,15 +244,7 @@ def _ddc_adam_update(
     g = grad if scale is None else grad * scale
     exp_avg.lerp_(g, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    step = step_t.item()
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
-    if scale is None:
-        param.addcdiv_(exp_avg, denom, value=-step_size)
-    else:
-        param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+    _adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
 
 
 def _ddc_adam_block_update(
@@ -265,15 +282,7 @@ def _ddc_adam_block_update(
         blk = g2.narrow(axis, a, b - a)
         blk.copy_(blk.mean(axis, keepdim=True).expand_as(blk))
     exp_avg_sq.mul_(beta2).add_(g2, alpha=1 - beta2)
-    step = step_t.item()
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
-    if scale is None:
-        param.addcdiv_(exp_avg, denom, value=-step_size)
-    else:
-        param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+    _adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
 
 
 def _newton_schulz(
