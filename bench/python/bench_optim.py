@@ -45,6 +45,7 @@ def _optimizers(model: nn.Module) -> dict[str, object]:
         "AdamW (foreach)": lambda: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, foreach=True),
         "AdamW (fused)": lambda: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, fused=True),
         "DDCAdam": lambda: DDCAdam(model, lr=1e-3, weight_decay=0.1),
+        "DDCAdam (split)": lambda: DDCAdam(model, lr=1e-3, weight_decay=0.1, form="split"),
     }
     if hasattr(torch.optim, "Muon"):
         two_d = [p for p in params if p.ndim == 2]

@@ -647,3 +647,279 @@ std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
 }
 
 }  // namespace deadspec
+
+// --------------------------------------------------------------------------------------------
+// The split form (DDCAdam form="split"): three passes over each block, the per-unit
+// coefficients combined by the caller in between.
+// --------------------------------------------------------------------------------------------
+
+namespace deadspec {
+
+namespace {
+
+constexpr const char* kSplitFn = "deadspec.ddc_split";
+
+void check_split_block(const SplitBlock& b) {
+    // param, grad, moments, hyper-parameters and rotation segments as a fused DDCAdam block
+    AdamBlock a;
+    a.param = b.param;
+    a.grad = b.grad;
+    a.exp_avg = b.exp_avg;
+    a.exp_avg_sq = b.exp_avg_sq;
+    a.hp = b.hp;
+    a.rot_axis = b.rot_axis;
+    a.rot_segments = b.rot_segments;
+    check_block(a);
+    const TensorView& p = b.param;
+    const std::int64_t h = p.shape[0];
+    const bool two_d = p.ndim() == 2;
+    for (const auto& [v, arg] : {std::pair{&b.row_scale, "row_scale"},
+                                 std::pair{&b.row_coef, "row_coef"},
+                                 std::pair{&b.row_mult, "row_mult"}})
+        if (v->data) check_vector(*v, h, kSplitFn, arg);
+    for (const auto& [v, arg] :
+         {std::pair{&b.col_scale, "col_scale"}, std::pair{&b.col_mean, "col_mean"},
+          std::pair{&b.col_coef, "col_coef"}, std::pair{&b.col_norm, "col_norm"},
+          std::pair{&b.col_mult, "col_mult"}}) {
+        if (!v->data) continue;
+        DEADSPEC_CHECK_ARG(two_d, kSplitFn, ": ", arg, " needs a 2-D param, got shape ",
+                           p.shape_string());
+        check_vector(*v, p.shape[1], kSplitFn, arg);
+    }
+    DEADSPEC_CHECK_ARG(!(b.row_coef.data && b.col_coef.data), kSplitFn,
+                       ": a block is split along its rows or its columns, not both");
+    DEADSPEC_CHECK_ARG(!b.col_coef.data || b.col_norm.data, kSplitFn,
+                       ": col_coef needs col_norm");
+    DEADSPEC_CHECK_ARG(!(b.col_mean.data && b.row_mult.data), kSplitFn,
+                       ": a centred (col_mean) block takes no row_mult");
+    const int axis = !two_d && b.rot_axis == 0 ? 0 : b.rot_axis;
+    if (axis == 0 && !b.rot_segments.empty())
+        DEADSPEC_CHECK_ARG(!b.row_scale.data, kSplitFn,
+                           ": σ must be constant along rotated rows (no row_scale)");
+    if (axis == 1 && !b.rot_segments.empty())
+        DEADSPEC_CHECK_ARG(!b.col_scale.data, kSplitFn,
+                           ": σ must be constant along rotated columns (no col_scale)");
+}
+
+template <typename T>
+std::vector<T> read_vector(const TensorView& v) {
+    std::vector<T> out(v.data ? static_cast<std::size_t>(v.shape[0]) : 0);
+    for (std::size_t i = 0; i < out.size(); ++i)
+        out[i] = element<T>(v, static_cast<std::int64_t>(i) * v.stride(0));
+    return out;
+}
+
+// One split block with its vectors read once. A 1-D block is a column (h×1): each element is
+// the row of its own unit (a producer's bias or a norm's γ, β).
+template <typename T>
+class SplitStep {
+public:
+    explicit SplitStep(const SplitBlock& b)
+        : rs_(read_vector<T>(b.row_scale)), cs_(read_vector<T>(b.col_scale)),
+          mu_(read_vector<T>(b.col_mean)), a_(read_vector<T>(b.row_coef)),
+          bc_(read_vector<T>(b.col_coef)), n_(read_vector<T>(b.col_norm)),
+          rm_(read_vector<T>(b.row_mult)), cm_(read_vector<T>(b.col_mult)) {
+        const TensorView& p = b.param;
+        x_ = static_cast<T*>(const_cast<void*>(p.data));
+        m_ = static_cast<T*>(const_cast<void*>(b.exp_avg.data));
+        v_ = static_cast<T*>(const_cast<void*>(b.exp_avg_sq.data));
+        g_ = static_cast<const T*>(b.grad.data);
+        rows_ = p.shape[0];
+        two_d_ = p.ndim() == 2;
+        cols_ = two_d_ ? p.shape[1] : 1;
+        gs0_ = b.grad.stride(0);
+        gs1_ = p.ndim() == 2 ? b.grad.stride(1) : 1;
+        const AdamStep& hp = b.hp;
+        const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
+        const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));
+        b1_ = static_cast<T>(hp.beta1);
+        b2_ = static_cast<T>(hp.beta2);
+        inv_bc2_sqrt_ = static_cast<T>(1.0 / std::sqrt(bc2));
+        step_size_ = static_cast<T>(hp.lr / bc1);
+        eps_ = static_cast<T>(hp.eps);
+        axis_ = p.ndim() == 1 && b.rot_axis >= 0 ? 0 : b.rot_axis;
+        segs_ = b.rot_segments;
+        if (segs_.empty()) axis_ = -1;
+    }
+
+    SplitSums sums() const {
+        SplitSums s;
+        s.row_gx = Eigen::VectorXd::Zero(rows_);
+        s.row_xx = Eigen::VectorXd::Zero(rows_);
+        const bool cols = two_d_;
+        if (cols) {
+            s.col_gx = Eigen::VectorXd::Zero(cols_);
+            s.col_xx = Eigen::VectorXd::Zero(cols_);
+        }
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            double rg = 0.0, rx = 0.0;
+            for (std::int64_t j = 0; j < cols_; ++j) {
+                const T sg = sigma(i, j);
+                const T xt = x_[i * cols_ + j] / sg;
+                const T gt = g(i, j) * sg;
+                rg += static_cast<double>(gt) * static_cast<double>(xt);
+                rx += static_cast<double>(xt) * static_cast<double>(xt);
+                if (cols) {
+                    const double pc = static_cast<double>(centred(xt, j));
+                    s.col_gx[j] += static_cast<double>(gt) * pc;
+                    s.col_xx[j] += pc * pc;
+                }
+            }
+            s.row_gx[i] = rg;
+            s.row_xx[i] = rx;
+        }
+        return s;
+    }
+
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> moments() const {
+        const auto n = static_cast<std::size_t>(cols_);
+        // the tangential inputs t and their squares (segment means for rotated heads)
+        const bool whole = axis_ == 0;
+        std::vector<T> t(whole ? static_cast<std::size_t>(rows_) * n : n);
+        std::vector<T> t2(t.size());
+        auto fill_row = [&](std::int64_t i, T* ti, T* t2i) {
+            for (std::int64_t j = 0; j < cols_; ++j) {
+                const T sg = sigma(i, j);
+                const T xt = x_[i * cols_ + j] / sg;
+                ti[j] = project(g(i, j) * sg, xt, i, j);
+                t2i[j] = ti[j] * ti[j];
+            }
+            if (axis_ == 1) segment_means_in_row(t2i);
+        };
+        Eigen::VectorXd ru = Eigen::VectorXd::Zero(rows_);
+        Eigen::VectorXd cu = Eigen::VectorXd::Zero(two_d_ ? cols_ : 0);
+        auto update_row = [&](std::int64_t i, const T* ti, const T* t2i) {
+            double acc = 0.0;
+            for (std::int64_t j = 0; j < cols_; ++j) {
+                const std::int64_t k = i * cols_ + j;
+                const T one = T(1);
+                const T mk = b1_ * m_[k] + (one - b1_) * ti[j];
+                const T vk = b2_ * v_[k] + (one - b2_) * t2i[j];
+                m_[k] = mk;
+                v_[k] = vk;
+                const T u = update(mk, vk);
+                const T xt = x_[k] / sigma(i, j);
+                acc += static_cast<double>(u) * static_cast<double>(xt);
+                if (two_d_) cu[j] += static_cast<double>(u) * static_cast<double>(centred(xt, j));
+            }
+            ru[i] = acc;
+        };
+        if (!whole) {
+            for (std::int64_t i = 0; i < rows_; ++i) {
+                fill_row(i, t.data(), t2.data());
+                update_row(i, t.data(), t2.data());
+            }
+            return {ru, cu};
+        }
+        for (std::int64_t i = 0; i < rows_; ++i)
+            fill_row(i, t.data() + static_cast<std::size_t>(i) * n,
+                     t2.data() + static_cast<std::size_t>(i) * n);
+        for (const auto& [a, e] : segs_) {
+            for (std::size_t j = 0; j < n; ++j) {
+                T sum = T(0);
+                for (std::int64_t i = a; i < e; ++i) sum += t2[static_cast<std::size_t>(i) * n + j];
+                const T mean = sum / static_cast<T>(e - a);
+                for (std::int64_t i = a; i < e; ++i) t2[static_cast<std::size_t>(i) * n + j] = mean;
+            }
+        }
+        for (std::int64_t i = 0; i < rows_; ++i)
+            update_row(i, t.data() + static_cast<std::size_t>(i) * n,
+                       t2.data() + static_cast<std::size_t>(i) * n);
+        return {ru, cu};
+    }
+
+    void apply() const {
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            const T r = rm_.empty() ? T(1) : rm_[static_cast<std::size_t>(i)];
+            for (std::int64_t j = 0; j < cols_; ++j) {
+                const std::int64_t k = i * cols_ + j;
+                const T sg = sigma(i, j);
+                const T x = x_[k];
+                const T xt = x / sg;
+                const T u = project(update(m_[k], v_[k]), xt, i, j);
+                T xn = x * r;
+                if (!cm_.empty()) {
+                    const T c = cm_[static_cast<std::size_t>(j)];
+                    xn = mu_.empty() ? xn * c : xn + (c - T(1)) * (sg * centred(xt, j));
+                }
+                x_[k] = xn - sg * u;
+            }
+        }
+    }
+
+private:
+    T sigma(std::int64_t i, std::int64_t j) const {
+        T s = rs_.empty() ? T(1) : rs_[static_cast<std::size_t>(i)];
+        if (!cs_.empty()) s *= cs_[static_cast<std::size_t>(j)];
+        return s;
+    }
+    T g(std::int64_t i, std::int64_t j) const { return g_[i * gs0_ + j * gs1_]; }
+    T centred(T xt, std::int64_t j) const {
+        return mu_.empty() ? xt : xt - mu_[static_cast<std::size_t>(j)];
+    }
+    // v minus its radial part along the block (row: a_i·x̃; column: b_j·P x̃, times n_j)
+    T project(T v, T xt, std::int64_t i, std::int64_t j) const {
+        if (!a_.empty()) return v - a_[static_cast<std::size_t>(i)] * xt;
+        if (!bc_.empty()) {
+            const auto jj = static_cast<std::size_t>(j);
+            return (v - bc_[jj] * centred(xt, j)) * n_[jj];
+        }
+        return v;
+    }
+    T update(T mk, T vk) const { return mk / (std::sqrt(vk) * inv_bc2_sqrt_ + eps_) * step_size_; }
+    void segment_means_in_row(T* t2i) const {
+        for (const auto& [a, e] : segs_) {
+            T sum = T(0);
+            for (std::int64_t j = a; j < e; ++j) sum += t2i[j];
+            const T mean = sum / static_cast<T>(e - a);
+            for (std::int64_t j = a; j < e; ++j) t2i[j] = mean;
+        }
+    }
+
+    std::vector<T> rs_, cs_, mu_, a_, bc_, n_, rm_, cm_;
+    T *x_ = nullptr, *m_ = nullptr, *v_ = nullptr;
+    const T* g_ = nullptr;
+    std::int64_t rows_ = 0, cols_ = 0, gs0_ = 0, gs1_ = 0;
+    bool two_d_ = false;
+    T b1_{}, b2_{}, inv_bc2_sqrt_{}, step_size_{}, eps_{};
+    int axis_ = -1;
+    std::vector<std::pair<std::int64_t, std::int64_t>> segs_;
+};
+
+template <typename F>
+auto split_each(const std::vector<SplitBlock>& blocks, F&& f) {
+    for (const SplitBlock& b : blocks) check_split_block(b);
+    using R = decltype(f(SplitStep<double>(blocks.front())));
+    std::vector<R> out;
+    out.reserve(blocks.size());
+    for (const SplitBlock& b : blocks) {
+        if (b.param.dtype == DType::Float64)
+            out.push_back(f(SplitStep<double>(b)));
+        else
+            out.push_back(f(SplitStep<float>(b)));
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<SplitSums> ddc_split_sums(const std::vector<SplitBlock>& blocks) {
+    if (blocks.empty()) return {};
+    return split_each(blocks, [](const auto& s) { return s.sums(); });
+}
+
+std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
+    const std::vector<SplitBlock>& blocks) {
+    if (blocks.empty()) return {};
+    return split_each(blocks, [](const auto& s) { return s.moments(); });
+}
+
+void ddc_split_apply(const std::vector<SplitBlock>& blocks) {
+    if (blocks.empty()) return;
+    split_each(blocks, [](const auto& s) {
+        s.apply();
+        return 0;
+    });
+}
+
+}  // namespace deadspec

@@ -4,8 +4,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <iterator>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "bindings.hpp"
@@ -87,6 +90,100 @@ void bind_ddc(py::module_& m) {
         "exp_avg, exp_avg_sq, scale|None, col_scale|None, lr, beta1, beta2, eps, step, decay), "
         "or 14-tuples adding (rot_axis, rot_segments) for a block whose head segments are "
         "rotated (second moment shared per segment). All are validated before any is written.");
+
+    // The split form's three passes: each takes a list of dicts (param, grad, exp_avg,
+    // exp_avg_sq, lr, beta1, beta2, eps, step; optional row_scale, col_scale, col_mean,
+    // row_coef, col_coef, col_norm, row_mult, col_mult, rot_axis, rot_segments).
+    struct SplitArgs {
+        std::vector<std::unique_ptr<DLPackView>> views;
+        std::vector<SplitBlock> blocks;
+    };
+    auto parse_split = [](const py::list& blocks, const char* fn) {
+        auto out = std::make_shared<SplitArgs>();
+        auto view = [&](const py::dict& d, const char* key) {
+            if (!d.contains(key) || d[key].is_none()) return TensorView{};
+            out->views.push_back(std::make_unique<DLPackView>(
+                py::reinterpret_borrow<py::object>(d[key]), fn, key));
+            return out->views.back()->view();
+        };
+        static const char* known[] = {"param", "grad", "exp_avg", "exp_avg_sq", "row_scale",
+                                      "col_scale", "col_mean", "row_coef", "col_coef",
+                                      "col_norm", "row_mult", "col_mult", "lr", "beta1",
+                                      "beta2", "eps", "step", "rot_axis", "rot_segments"};
+        for (const py::handle& h : blocks) {
+            DEADSPEC_CHECK_ARG(py::isinstance<py::dict>(h), fn, ": each block must be a dict");
+            const auto d = py::reinterpret_borrow<py::dict>(h);
+            for (const auto& item : d) {
+                const auto key = item.first.cast<std::string>();
+                DEADSPEC_CHECK_ARG(std::find(std::begin(known), std::end(known), key) !=
+                                       std::end(known),
+                                   fn, ": unknown block entry '", key, "'");
+            }
+            for (const char* key : {"param", "grad", "exp_avg", "exp_avg_sq", "lr", "beta1",
+                                    "beta2", "eps", "step"})
+                DEADSPEC_CHECK_ARG(d.contains(key), fn, ": a block needs '", key, "'");
+            SplitBlock b;
+            b.param = view(d, "param");
+            b.grad = view(d, "grad");
+            b.exp_avg = view(d, "exp_avg");
+            b.exp_avg_sq = view(d, "exp_avg_sq");
+            b.row_scale = view(d, "row_scale");
+            b.col_scale = view(d, "col_scale");
+            b.col_mean = view(d, "col_mean");
+            b.row_coef = view(d, "row_coef");
+            b.col_coef = view(d, "col_coef");
+            b.col_norm = view(d, "col_norm");
+            b.row_mult = view(d, "row_mult");
+            b.col_mult = view(d, "col_mult");
+            b.hp = AdamStep{d["lr"].cast<double>(), d["beta1"].cast<double>(),
+                            d["beta2"].cast<double>(), d["eps"].cast<double>(),
+                            d["step"].cast<std::int64_t>(), 1.0};
+            if (d.contains("rot_axis") && !d["rot_axis"].is_none()) {
+                b.rot_axis = d["rot_axis"].cast<int>();
+                b.rot_segments =
+                    d["rot_segments"].cast<std::vector<std::pair<std::int64_t, std::int64_t>>>();
+            }
+            out->blocks.push_back(b);
+        }
+        return out;
+    };
+    m.def(
+        "ddc_split_sums",
+        [parse_split](const py::list& blocks) {
+            auto args = parse_split(blocks, "deadspec.ddc_split_sums");
+            std::vector<SplitSums> res;
+            {
+                py::gil_scoped_release nogil;
+                res = ddc_split_sums(args->blocks);
+            }
+            py::list out;
+            for (const SplitSums& s : res)
+                out.append(py::make_tuple(s.row_gx, s.row_xx, s.col_gx, s.col_xx));
+            return out;
+        },
+        py::arg("blocks"),
+        "Split form, pass 0: per block (Σ g̃x̃ per row, Σ x̃² per row, Σ g̃·Px̃ per column, "
+        "Σ (Px̃)² per column), float64.");
+    m.def(
+        "ddc_split_moments",
+        [parse_split](const py::list& blocks) {
+            auto args = parse_split(blocks, "deadspec.ddc_split_moments");
+            py::gil_scoped_release nogil;
+            return ddc_split_moments(args->blocks);
+        },
+        py::arg("blocks"),
+        "Split form, pass 1: moments on the tangential inputs (written); per block the "
+        "update's (Σ u·x̃ per row, Σ u·Px̃ per column), float64.");
+    m.def(
+        "ddc_split_apply",
+        [parse_split](const py::list& blocks) {
+            auto args = parse_split(blocks, "deadspec.ddc_split_apply");
+            py::gil_scoped_release nogil;
+            ddc_split_apply(args->blocks);
+        },
+        py::arg("blocks"),
+        "Split form, pass 2: the re-projected update applied in place (radial factors "
+        "row_mult/col_mult, coefficients of the update in row_coef/col_coef).");
 
     m.def(
         "ddc_row_norms",

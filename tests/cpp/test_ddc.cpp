@@ -124,3 +124,61 @@ TEST(DdcAdam, ManyBlocksEqualOneByOneAndValidateFirst) {
     EXPECT_THROW(ddc_adam_update_many(blocks), std::invalid_argument);
     EXPECT_EQ((xb - before).cwiseAbs().maxCoeff(), 0.0);
 }
+
+TEST(DdcSplit, OneProducerBlockStepsTangentiallyAndRadially) {
+    // A 3×4 producer block with σ = ρ per row (unit x̃ rows): pass 0 gives ĝ and ‖x̃‖² = 1, pass
+    // 1 the moments on g̃ − ĝ·x̃, pass 2 with the update's own coefficients applies a step whose
+    // additive part is orthogonal to each row, on top of the radial factor.
+    RowMatrixXd x = dtest::make_data(3, 4, 50);
+    const RowMatrixXd g = dtest::make_data(3, 4, 51), x0 = x;
+    const Eigen::VectorXd rho = x.rowwise().norm();
+    RowMatrixXd m = RowMatrixXd::Zero(3, 4), v = m;
+    SplitBlock b;
+    b.param = TensorView::cpu(x);
+    b.grad = TensorView::cpu(g);
+    b.exp_avg = TensorView::cpu(m);
+    b.exp_avg_sq = TensorView::cpu(v);
+    b.row_scale = TensorView::cpu(rho.data(), {3});
+    b.hp = AdamStep{1e-2, 0.9, 0.99, 1e-8, 1};
+    const SplitSums s = ddc_split_sums({b}).front();
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_NEAR(s.row_xx[i], 1.0, 1e-14);
+        EXPECT_NEAR(s.row_gx[i], g.row(i).dot(x0.row(i)), 1e-14);
+    }
+    Eigen::VectorXd a = s.row_gx;  // ĝ/‖x̃‖² with ‖x̃‖ = 1
+    b.row_coef = TensorView::cpu(a.data(), {3});
+    const auto dots = ddc_split_moments({b}).front();
+    // the moments' input is tangential: m ⟂ x̃ per row
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(m.row(i).dot(x0.row(i)) / rho[i], 0.0, 1e-15);
+    Eigen::VectorXd au = dots.first;  // the update's radial parts, re-projected out below
+    Eigen::VectorXd mult(3);
+    mult << 1.5, 1.0, 0.5;
+    b.row_coef = TensorView::cpu(au.data(), {3});
+    b.row_mult = TensorView::cpu(mult.data(), {3});
+    ddc_split_apply({b});
+    for (int i = 0; i < 3; ++i) {
+        const Eigen::RowVectorXd add = x.row(i) - mult[i] * x0.row(i);
+        EXPECT_NEAR(add.dot(x0.row(i)), 0.0, 1e-15);
+        EXPECT_GT(add.norm(), 1e-4);
+    }
+}
+
+TEST(DdcSplit, RejectsBadInput) {
+    RowMatrixXd x = RowMatrixXd::Ones(2, 3), g = x, m = RowMatrixXd::Zero(2, 3), v = m;
+    std::vector<double> two(2, 1.0), three(3, 1.0);
+    SplitBlock b;
+    b.param = TensorView::cpu(x);
+    b.grad = TensorView::cpu(g);
+    b.exp_avg = TensorView::cpu(m);
+    b.exp_avg_sq = TensorView::cpu(v);
+    b.row_coef = TensorView::cpu(three.data(), {3});  // a row vector of the wrong length
+    EXPECT_THROW(ddc_split_moments({b}), std::invalid_argument);
+    b.row_coef = TensorView::cpu(two.data(), {2});
+    b.col_coef = TensorView::cpu(three.data(), {3});  // both sides: refused
+    b.col_norm = TensorView::cpu(three.data(), {3});
+    EXPECT_THROW(ddc_split_moments({b}), std::invalid_argument);
+    b.row_coef = TensorView{};
+    b.col_norm = TensorView{};  // col_coef without col_norm
+    EXPECT_THROW(ddc_split_apply({b}), std::invalid_argument);
+    EXPECT_EQ(x, RowMatrixXd::Ones(2, 3));  // nothing written
+}

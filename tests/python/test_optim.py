@@ -66,11 +66,13 @@ SUBSETS = {
 }
 
 
+@pytest.mark.parametrize("form", ["coordinate", "split"])
 @pytest.mark.parametrize("mode", ["zero", "damped"])
 @pytest.mark.parametrize("subset", list(SUBSETS))
-def test_ddcadam_is_equivariant(subset, mode):
+def test_ddcadam_is_equivariant(subset, mode, form):
     err = _equivariance_error(
-        lambda m: DDCAdam(m, lr=LR, weight_decay=WD, gauge_mode=mode), SUBSETS[subset]
+        lambda m: DDCAdam(m, lr=LR, weight_decay=WD, gauge_mode=mode, form=form),
+        SUBSETS[subset],
     )
     assert err <= 1e-10, err
 
@@ -203,14 +205,15 @@ def test_trains_comparably_to_adamw():
     assert ddc < 1.5 * adamw + 0.05, (ddc, adamw)
 
 
-@pytest.mark.parametrize("mode", ["zero", "damped"])
-def test_state_dict_resume_is_bitwise(mode):
+@pytest.mark.parametrize(("mode", "form"), [("zero", "coordinate"), ("damped", "coordinate"),
+                                             ("damped", "split")])
+def test_state_dict_resume_is_bitwise(mode, form):
     full = _mlp_ln()
-    of = DDCAdam(full, lr=LR, weight_decay=WD, gauge_mode=mode)
+    of = DDCAdam(full, lr=LR, weight_decay=WD, gauge_mode=mode, form=form)
     _train(full, of, k=6)
 
     part = _mlp_ln()
-    op = DDCAdam(part, lr=LR, weight_decay=WD, gauge_mode=mode)
+    op = DDCAdam(part, lr=LR, weight_decay=WD, gauge_mode=mode, form=form)
     _train(part, op, k=3)
     buf = io.BytesIO()
     torch.save({"model": part.state_dict(), "opt": op.state_dict()}, buf)
@@ -218,7 +221,7 @@ def test_state_dict_resume_is_bitwise(mode):
     ck = torch.load(buf)
     resumed = _mlp_ln(seed=5)
     resumed.load_state_dict(ck["model"])
-    orr = DDCAdam(resumed, lr=LR, weight_decay=WD, gauge_mode=mode)
+    orr = DDCAdam(resumed, lr=LR, weight_decay=WD, gauge_mode=mode, form=form)
     orr.load_state_dict(ck["opt"])
     for i in range(3, 6):  # continue the same minibatch sequence
         sl = slice(4 * i, 4 * i + 24)
@@ -233,6 +236,11 @@ def test_load_state_dict_for_other_sites_rejected():
     sd = DDCAdam(_mlp_ln(), gauges=[]).state_dict()
     with pytest.raises(ValueError, match="same gauge sites"):
         DDCAdam(_mlp_ln()).load_state_dict(sd)
+    m = _mlp_ln()
+    opt = DDCAdam(m, form="split")
+    _train(m, opt, k=1)
+    with pytest.raises(ValueError, match="same form"):
+        DDCAdam(_mlp_ln()).load_state_dict(opt.state_dict())
 
 
 def test_nonfinite_raise_names_parameter():
@@ -264,7 +272,8 @@ def test_nonfinite_skip_leaves_state_untouched():
     assert state["ddc"]["site_state"].keys() == after["ddc"]["site_state"].keys()
 
 
-def test_zero_norm_unit_never_nan():
+@pytest.mark.parametrize("form", ["coordinate", "split"])
+def test_zero_norm_unit_never_nan(form):
     m = _mlp_ln(act=lambda: nn.LeakyReLU(0.1))
     with torch.no_grad():
         m[0].weight[3].zero_()
@@ -272,7 +281,8 @@ def test_zero_norm_unit_never_nan():
         m[2].weight[:, 3].zero_()  # dead both ways
         m[2].weight[5].zero_()
         m[2].bias[5] = 0.0
-    opt = DDCAdam(m, lr=LR, weight_decay=WD, gauge_mode="damped")
+        m[6].weight[:, 2].zero_()  # a zero consumer-only column (split: not split, plain Adam)
+    opt = DDCAdam(m, lr=LR, weight_decay=WD, gauge_mode="damped", form=form)
     scales = opt.gauge_scales()
     assert float(scales["pair:0"][3]) == 1.0
     _train(m, opt, k=5)
@@ -281,6 +291,7 @@ def test_zero_norm_unit_never_nan():
     assert all(torch.isfinite(r).all() for r in opt.gauge_residuals().values())
     # LeakyReLU passes gradient through a zero pre-activation: the unit 5 row moves again
     assert float(m[2].weight.detach()[5].abs().sum()) > 0
+    assert float(m[6].weight.detach()[:, 2].abs().sum()) > 0
 
 
 def test_param_groups_different_lr():
@@ -315,10 +326,11 @@ def test_scheduler_and_closure():
     assert lrs == pytest.approx([1e-2, 5e-3, 5e-3, 2.5e-3])
 
 
-def test_missing_gradient_in_gauge_block():
+@pytest.mark.parametrize("form", ["coordinate", "split"])
+def test_missing_gradient_in_gauge_block(form):
     m = _mlp_ln()
     m[2].weight.requires_grad_(False)  # consumer of pair:0, producer of pair:2
-    opt = DDCAdam(m, lr=LR, track_residuals=True)
+    opt = DDCAdam(m, lr=LR, track_residuals=True, form=form)
     frozen = m[2].weight.detach().clone()
     _train(m, opt, k=2)
     assert torch.equal(m[2].weight, frozen)
@@ -425,8 +437,9 @@ class _SwiGLUNet(nn.Module):
         return self.head(self.w2(F.silu(self.w1(h)) * self.w3(h)))
 
 
+@pytest.mark.parametrize("form", ["coordinate", "split"])
 @pytest.mark.parametrize("which", ["swiglu", "transformer"])
-def test_ddcadam_equivariant_multi_consumer_models(which):
+def test_ddcadam_equivariant_multi_consumer_models(which, form):
     # NormScale read by several layers (SwiGLU gate+up, attention q/k/v), SwiGLU's linear
     # branch, an untraceable root (discovery bottom-up + the logit layer found at run time)
     from deadspec.models_transformer import ModAddTransformer, modadd_data
@@ -449,7 +462,7 @@ def test_ddcadam_equivariant_multi_consumer_models(which):
 
     errs = []
     for make in (
-        lambda m: DDCAdam(m, lr=LR, weight_decay=WD, gauges=gs),
+        lambda m: DDCAdam(m, lr=LR, weight_decay=WD, gauges=gs, form=form),
         lambda m: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WD),
     ):
         moved, plain = copy.deepcopy(m0), copy.deepcopy(m0)

@@ -578,11 +578,14 @@ def test_ddcadam_declared_rotation_needs_rotations():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("form", ["coordinate", "split"])
 @pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("subset", list(ATTN_SUBSETS))
-def test_ddcadam_equivariant_attention(subset, rope):
+def test_ddcadam_equivariant_attention(subset, rope, form):
     m0, gs = _attn_gauges(ATTN_SUBSETS[subset], rope)
-    make = lambda m: DDCAdam(m, lr=ADAM_LR, weight_decay=WD, gauges=gs)  # noqa: E731
+    make = lambda m: DDCAdam(  # noqa: E731
+        m, lr=ADAM_LR, weight_decay=WD, gauges=gs, form=form
+    )
     err = _equivariance_error(m0, gs, make, _train_attn)
     # as DDCMuon: ~1e-15, up to ~1e-11 on the key bias without RoPE (a gauge direction itself)
     assert err <= 1e-10, err
@@ -613,9 +616,12 @@ def test_ddcadam_equivariant_multihead_attention():
         m0.att.in_proj_bias.normal_(0, 0.3)
     for part in ("both", "qk", "vo"):
         gs = [G.HeadRotation("att", part=part), G.LogitShift("head", source="fx")]
-        make = lambda m, gs=gs: DDCAdam(m, lr=ADAM_LR, gauges=gs)  # noqa: E731
-        err = _equivariance_error(m0, gs, make, _train_attn)
-        assert err <= 1e-10, (part, err)
+        for form in ("coordinate", "split"):
+            make = lambda m, gs=gs, form=form: DDCAdam(  # noqa: E731
+                m, lr=ADAM_LR, gauges=gs, form=form
+            )
+            err = _equivariance_error(m0, gs, make, _train_attn)
+            assert err <= 1e-10, (part, form, err)
 
 
 @pytest.mark.parametrize("axis", [0, 1])

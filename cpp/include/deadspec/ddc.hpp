@@ -71,6 +71,53 @@ struct AdamBlock {
 /// result is the same as stepping the blocks one by one.
 void ddc_adam_update_many(const std::vector<AdamBlock>& blocks);
 
+/// One block of a split-form DDCAdam step (`form="split"`: theory.md §6, docs/ddc.md "The split
+/// form"). The block's invariant coordinates are x̃ = x/σ with σ_ij = row_scale_i·col_scale_j,
+/// its invariant gradient g̃ = g·σ, and P x̃ = x̃ − col_mean (the column means of x̃ removed; no
+/// centring without col_mean). A 1-D block is one row: row_scale then has one entry per element.
+///
+/// Three passes, each over a list of blocks (all validated before any is written):
+/// ddc_split_sums (no write), ddc_split_moments (writes the moments), ddc_split_apply (writes
+/// the parameter). Between them the caller combines the sums of the blocks of one unit (a
+/// producer's weight row and bias, a site's several consumers) into the per-unit coefficients.
+struct SplitBlock {
+    TensorView param, grad, exp_avg, exp_avg_sq;
+    TensorView row_scale;  ///< σ's row factor (h entries), or a null view (1)
+    TensorView col_scale;  ///< σ's column factor (d entries, 2-D param), or a null view (1)
+    TensorView col_mean;   ///< column means of x̃ to centre by (d entries), or a null view
+    /// The radial coefficient along each x̃ row (a producer block: v ← v − a_i·x̃_i), or null.
+    TensorView row_coef;
+    /// The radial coefficient along each P x̃ column (a consumer block: v ← (v − b_j·P x̃_j)·n_j),
+    /// or null; `col_norm` holds the n_j (required with col_coef).
+    TensorView col_coef, col_norm;
+    /// ddc_split_apply only: radial factors on the rows and the columns of x (null: 1). With
+    /// col_mean, the column factor scales P x only (x + (c_j − 1)·σ·P x̃), not the column mean.
+    TensorView row_mult, col_mult;
+    AdamStep hp;  ///< lr, betas, eps, step (the decay field is not used: decay first)
+    /// As AdamBlock: the second-moment input is shared within each rotated segment.
+    int rot_axis = -1;
+    std::vector<std::pair<std::int64_t, std::int64_t>> rot_segments;
+};
+
+/// Sums of one split block (float64): per row Σ g̃·x̃ and Σ x̃², per column Σ g̃·P x̃ and
+/// Σ (P x̃)² (empty vectors for a 1-D block's columns).
+struct SplitSums {
+    Eigen::VectorXd row_gx, row_xx, col_gx, col_xx;
+};
+
+/// Pass 0 of the split step: the block sums (the radial gradients and the block norms).
+std::vector<SplitSums> ddc_split_sums(const std::vector<SplitBlock>& blocks);
+
+/// Pass 1: the tangential input t = (g̃ − radial part)·(norm), the Adam moments on it, and the
+/// update u = lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε). Returns per block (Σ u·x̃ per row, Σ u·P x̃ per
+/// column): the radial parts of the update, for the re-projection.
+std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
+    const std::vector<SplitBlock>& blocks);
+
+/// Pass 2: u recomputed from the moments, re-projected with the coefficients now given in
+/// row_coef / col_coef (those of the update), and applied: x ← x·r_i·c_j − σ·u.
+void ddc_split_apply(const std::vector<SplitBlock>& blocks);
+
 /// Row norms of [W·diag(col_scale) | b]: the gauge-fixing scales ρ of a producer layer.
 ///
 /// \param weight     h×d float32/float64 CPU tensor, any strides.

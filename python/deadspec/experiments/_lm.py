@@ -24,6 +24,7 @@ unembedding ``unembed`` (no bias). Output: logits ``(N, T, V)``.
 Optimizers (:func:`make_optimizer`)
 -----------------------------------
 - ``"ddc-adam"``: :class:`deadspec.optim.DDCAdam` (gauges discovered; HeadRotations ignored).
+- ``"ddc-adam-split"``: the same with ``form="split"`` (theory.md §6's split step).
 - ``"adamw"``: ``torch.optim.AdamW``.
 - ``"muon"``: ``torch.optim.Muon`` on the 2-D hidden weights (every ``nn.Linear`` weight except
   the output head; embeddings excluded) + ``torch.optim.AdamW`` on the rest (embeddings, head,
@@ -61,7 +62,7 @@ __all__ = [
     "make_optimizer",
 ]
 
-OPTIMIZERS = ("ddc-adam", "adamw", "muon", "ddc-muon")
+OPTIMIZERS = ("ddc-adam", "adamw", "muon", "ddc-muon", "ddc-adam-split")
 
 # ---------------------------------------------------------------------------------------------
 # Corpus: a probabilistic grammar with agreement
@@ -308,7 +309,7 @@ def make_optimizer(
 
     Parameters
     ----------
-    name : {"ddc-adam", "adamw", "muon", "ddc-muon"}
+    name : {"ddc-adam", "adamw", "muon", "ddc-muon", "ddc-adam-split"}
     lr : float
         The AdamW learning rate (and the Muon one unless ``muon_lr`` is given).
     weight_decay : float
@@ -338,12 +339,15 @@ def make_optimizer(
             f"{muon_adjust!r}"
         )
     mlr = lr if muon_lr is None else muon_lr
-    if name == "ddc-adam":
+    if name in ("ddc-adam", "ddc-adam-split"):
         import warnings
 
+        form = "split" if name == "ddc-adam-split" else "coordinate"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "HeadRotation ignored" (an Adam base cannot use it)
-            return dopt.DDCAdam(model, lr=lr, betas=betas, weight_decay=weight_decay, gauges=gauges)
+            return dopt.DDCAdam(
+                model, lr=lr, betas=betas, weight_decay=weight_decay, gauges=gauges, form=form
+            )
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     hidden = hidden_matrices(model, head)
@@ -490,7 +494,7 @@ def train_lm(
     Parameters
     ----------
     sizes : LMSizes
-    optimizer : {"ddc-adam", "adamw", "muon"}
+    optimizer : one of OPTIMIZERS
         (``"ddc-muon"`` also works; Muon variants use ``muon_adjust="match_rms_adamw"`` so the
         learning-rate grid is shared.)
     lr, weight_decay : float

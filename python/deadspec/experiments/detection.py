@@ -290,7 +290,9 @@ def plot_detection(rows, cells, path: Path, sizes: _lm.LMSizes) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"ddc-adam": "C0", "adamw": "C3", "muon": "C2", "ddc-muon": "C1"}
+    colors = {
+        "ddc-adam": "C0", "adamw": "C3", "muon": "C2", "ddc-muon": "C1", "ddc-adam-split": "C4"
+    }
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     ax = axes[0]
     labels = [f"{r['optimizer']} {r['lr']:g}/{r['weight_decay']:g}" for r in rows]

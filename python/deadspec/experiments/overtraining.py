@@ -224,7 +224,8 @@ def run(
     seed : int
         Seed of the corpus streams and of the (shared) initialisation.
     optimizers : sequence of str
-        Subset of ``("ddc-adam", "adamw", "muon")`` (``"ddc-muon"`` is accepted too).
+        Subset of ``("ddc-adam", "adamw", "muon")`` (``"ddc-muon"`` and ``"ddc-adam-split"``,
+        DDCAdam with ``form="split"``, are accepted too).
     lrs, weight_decays : sequence of float, optional
         Override the grid.
     steps, n_train : int, optional
@@ -325,7 +326,9 @@ def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-_COLORS = {"ddc-adam": "C0", "adamw": "C3", "muon": "C2", "ddc-muon": "C1"}
+_COLORS = {
+    "ddc-adam": "C0", "adamw": "C3", "muon": "C2", "ddc-muon": "C1", "ddc-adam-split": "C4"
+}
 
 
 def plot_overtraining(results, summary, path: Path, sizes: _lm.LMSizes) -> None:
