@@ -519,6 +519,7 @@ class _Plan:
         self.order: list[int] = []
         self.gauges: list[_g.Gauge] = []
         self.rot: dict[int, _Rot] = {}  # id(param) -> rotated head blocks (DDCMuon)
+        self.chain_layers: dict[str, nn.Module] = {}  # the Chains' layers, by name
 
     def add_site(self, site: _Site, fn: str) -> None:
         idx = len(self.sites)
@@ -622,6 +623,8 @@ def _build_plan(
         plan.gauges.append(b)
     have = {(p.producer, p.consumer) for p in pairs}
     for ch in chains:
+        for name in ch.layers:
+            plan.chain_layers[name] = model.get_submodule(name)
         for p in ch.pairs():
             if (p.producer, p.consumer) not in have:
                 pairs.append(p.bind(model))
@@ -801,6 +804,47 @@ class _DDCBase(torch.optim.Optimizer):
                 )
             else:
                 out[name] = gv.clone()
+        return out
+
+    def chain_modes(self) -> dict[str, torch.Tensor]:
+        """The DCT gauge-mode basis of each :class:`~deadspec.gauges.Chain` (theory.md §6).
+
+        For a chain of ``L`` layers (``W_ℓ ↦ a_ℓW_ℓ``, ``b_ℓ ↦ (a_1⋯a_ℓ)b_ℓ``) the invariants
+        are the log-scale gradients ``ĝ_ℓ = ∂L/∂log a_ℓ = ⟨g_{W_ℓ}, W_ℓ⟩ + Σ_{m≥ℓ} ⟨g_{b_m},
+        b_m⟩``. Returned per chain (key ``"chain:<first>-><last>"``): their orthonormal DCT-II
+        coefficients ``c_k = s_k Σ_ℓ ĝ_ℓ cos(πk(ℓ + ½)/L)``, ``s_0 = √(1/L)``,
+        ``s_k = √(2/L)``. ``c_0 = Σĝ/√L`` is the radial coordinate (it changes the function);
+        ``c_1 … c_{L−1}`` are the chain's ``L − 1`` gauge modes, zero up to round-off for an
+        exact chain. Read from the current parameters and gradients (a chain with a missing
+        gradient is left out). A readout: the optimizer conditions on the chain through its
+        finer per-unit Pairs (the chain's modes are combinations of their ``g_V``).
+        """
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for g in self._plan.gauges:
+                if not isinstance(g, _g.Chain):
+                    continue
+                mods = [self._plan.chain_layers[n] for n in g.layers]
+                ts = [t for m in mods for t in (m.weight, m.bias) if t is not None]
+                if any(t.grad is None for t in ts):
+                    continue
+                w_dot = torch.stack([(m.weight.grad * m.weight).sum().double() for m in mods])
+                b_dot = torch.stack(
+                    [
+                        (m.bias.grad * m.bias).sum().double()
+                        if m.bias is not None
+                        else torch.zeros((), dtype=torch.float64)
+                        for m in mods
+                    ]
+                )
+                # Σ_{m ≥ ℓ}: a bias of layer m is scaled by a_1⋯a_m
+                ghat = w_dot + b_dot.flip(0).cumsum(0).flip(0)
+                n = ghat.numel()
+                k = torch.arange(n, dtype=torch.float64).reshape(-1, 1)
+                ell = torch.arange(n, dtype=torch.float64).reshape(1, -1)
+                basis = torch.cos(math.pi * k * (ell + 0.5) / n) * math.sqrt(2.0 / n)
+                basis[0] = math.sqrt(1.0 / n)
+                out[f"chain:{g.layers[0]}->{g.layers[-1]}"] = basis @ ghat
         return out
 
     def gauge_scales(self) -> dict[str, torch.Tensor]:

@@ -531,3 +531,38 @@ def test_gauge_residuals_need_tracking():
     _train(m, opt, k=1)
     with pytest.raises(RuntimeError, match="track_residuals=True"):
         opt.gauge_residuals()
+
+
+def test_chain_modes_are_the_dct_of_the_layer_log_scale_gradients():
+    m0 = _mlp_ln()
+    chain = [g for g in G.discover(m0) if g.kind == "chain"]
+    assert len(chain) == 1 and len(chain[0].layers) == 3  # 0 -> 2 -> 4
+
+    def modes(m, l2=0.0):
+        opt = DDCAdam(m, gauges=chain)
+        opt.zero_grad()
+        loss = F.cross_entropy(m(X), Y)
+        if l2:  # an L2 term on the weights breaks the rescaling symmetry
+            loss = loss + l2 * sum(m[i].weight.square().sum() for i in (0, 2, 4))
+        loss.backward()
+        (c,) = opt.chain_modes().values()
+        return c
+
+    c = modes(m0)
+    # the definition, written out: ĝ_ℓ = ⟨g_W, W⟩ + Σ_{m≥ℓ} ⟨g_b, b⟩, orthonormal DCT-II
+    lay = [m0[i] for i in (0, 2, 4)]
+    wd = [float((x.weight.grad * x.weight.detach()).sum()) for x in lay]
+    bd = [float((x.bias.grad * x.bias.detach()).sum()) for x in lay]
+    ghat = [wd[0] + sum(bd), wd[1] + bd[1] + bd[2], wd[2] + bd[2]]
+    assert float(c[0]) == pytest.approx(sum(ghat) / 3**0.5, rel=1e-12)
+    # (c_0 is small here too: the chain feeds a LayerNorm, whose input scale is a gauge up to
+    # the norm's eps — one of the deferred LayerNorm-input gauges)
+    scale = max(abs(v) for v in wd + bd)
+    assert float(c[1:].abs().max()) <= 1e-12 * scale  # the gauge modes vanish
+    # invariant under the chain (and every other gauge) ...
+    moved = copy.deepcopy(m0)
+    gs = [g for g in G.discover(m0) if g.kind in ("chain", "pair", "norm")]
+    G.apply_elements(moved, gs, G.random_elements(m0, gs, torch.Generator().manual_seed(2)))
+    assert torch.allclose(modes(moved), c, rtol=1e-10, atol=1e-12 * scale)
+    # ... and they read a broken gauge
+    assert float(modes(copy.deepcopy(m0), l2=0.05)[1:].abs().max()) > 1e-3
