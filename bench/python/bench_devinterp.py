@@ -24,6 +24,12 @@ calibration, so both tools see the identical setting. devinterp's update is the 
 (``cores=1``) in float64 here (the model's dtype), with its loss trace stored in float32.
 Agreement: |ours − theirs| ≤ max(std_ours, std_theirs) (their chain standard deviation, ddof=1
 both). Wall time is measured around each tool's estimate call, with one torch thread each.
+
+``--same-noise`` runs both tools on one shared noise stream instead of their own generators
+(float32-representable N(0, 1) draws, chain after chain; devinterp's ``torch.normal`` and
+deadspec's ``torch.randn`` are replaced for the run, deadspec's chains run sequentially), and
+reports the largest difference between the two loss traces step by step and both estimates: if
+the samplers are the same algorithm, the traces agree to devinterp's float32 loss storage.
 """
 
 from __future__ import annotations
@@ -84,6 +90,27 @@ def setup(venv: Path, version: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _stream_normal(noise):
+    """A stand-in for ``torch.normal(mean, std, size=...)`` that hands out the next entries of
+    ``noise`` (rows of the flat parameter vector, one row per SGLD step, consumed in order)."""
+    import torch
+
+    at = {"row": 0, "col": 0}
+
+    def normal(mean=0.0, std=1.0, size=None, device=None, generator=None, **kw):
+        n = 1
+        for v in size:
+            n *= int(v)
+        row = noise[at["row"]]
+        out = row[at["col"] : at["col"] + n].reshape(size).to(torch.float32) * std + mean
+        at["col"] += n
+        if at["col"] == row.numel():
+            at["row"], at["col"] = at["row"] + 1, 0
+        return out
+
+    return normal
+
+
 def worker(job_path: str, out_path: str) -> None:
     import warnings
 
@@ -99,8 +126,13 @@ def worker(job_path: str, out_path: str) -> None:
 
     job = torch.load(job_path, weights_only=False)
     results = []
+    real_normal = torch.normal
     for item in job["items"]:
         M, N, H = item["M"], item["N"], item["H"]
+        if item.get("noise") is not None:
+            torch.normal = _stream_normal(item["noise"])  # devinterp's SGLD draws its noise here
+        else:
+            torch.normal = real_normal
 
         class RRR(nn.Module):
             def __init__(self, M: int, N: int, H: int) -> None:
@@ -133,7 +165,8 @@ def worker(job_path: str, out_path: str) -> None:
         sec = time.perf_counter() - t0
         per = [float(v) for v in res["llc/means"]] if "llc/means" in res else []
         results.append({"point": item["point"], "mean": float(res["llc/mean"]),
-                            "std": float(res["llc/std"]), "per_chain": per, "seconds": sec})
+                            "std": float(res["llc/std"]), "per_chain": per, "seconds": sec,
+                            "loss_trace": res["loss/trace"].tolist() if "noise" in item else None})
     with open(out_path, "w") as f:
         json.dump({"version": md.version("devinterp"), "torch": torch.__version__,
                        "results": results}, f)
@@ -145,7 +178,8 @@ def worker(job_path: str, out_path: str) -> None:
 
 
 def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: int,
-            seed: int, points: list | None = None, chain_seed: int | None = None) -> dict:
+            seed: int, points: list | None = None, chain_seed: int | None = None,
+            same_noise: bool = False) -> dict:
     import torch
     from deadspec import llc
     from deadspec.experiments import rrr
@@ -169,17 +203,30 @@ def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: i
         nbeta = llc.default_nbeta(n)
         p = nbeta * llc.curvature_scale(model, (x, y), loss_fn=lf)
         eps, gamma = 0.4 / p, 1e-4 * p
-        res = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma, chains=chains,
-                           draws=draws, burnin=burnin, seed=cs, warn=False)
-        seq = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma, chains=chains,
-                           draws=draws, burnin=burnin, seed=cs, warn=False, vectorize=False)
+        noise = None
+        if same_noise:
+            d = sum(q.numel() for q in model.parameters())
+            gen = torch.Generator().manual_seed(cs)
+            noise = torch.randn(chains * (burnin + draws), d, generator=gen).double()
+            res = seq = _estimate_on_stream(llc, noise, model, (x, y), loss_fn=lf, epsilon=eps,
+                                            gamma=gamma, chains=chains, draws=draws,
+                                            burnin=burnin, seed=cs, warn=False,
+                                            vectorize=False)
+        else:
+            res = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma,
+                               chains=chains, draws=draws, burnin=burnin, seed=cs, warn=False)
+            seq = llc.estimate(model, (x, y), loss_fn=lf, epsilon=eps, gamma=gamma,
+                               chains=chains, draws=draws, burnin=burnin, seed=cs, warn=False,
+                               vectorize=False)
         lam, _ = rrr_rlct(M, N, H, r)
         ours.append({"point": [M, N, H, r], "lam": lam, "epsilon": eps, "gamma": gamma, "nbeta": nbeta,
                          "mean": res.mean, "std": res.std, "seconds": res.seconds,
-                         "seconds_sequential": seq.seconds, "mean_sequential": seq.mean})
+                         "per_chain": [float(v) for v in res.per_chain],
+                         "seconds_sequential": seq.seconds, "mean_sequential": seq.mean,
+                         "trace": res.loss_trace if same_noise else None})
         items.append({"point": [M, N, H, r], "M": M, "N": N, "H": H, "state": model.state_dict(), "x": x, "y": y,
                           "sigma": sigma, "epsilon": eps, "gamma": gamma, "nbeta": nbeta, "chains": chains,
-                          "draws": draws, "burnin": burnin, "seed": cs})
+                          "draws": draws, "burnin": burnin, "seed": cs, "noise": noise})
     with tempfile.TemporaryDirectory() as tmp:
         job, out = os.path.join(tmp, "job.pt"), os.path.join(tmp, "out.json")
         torch.save({"items": items}, job)
@@ -192,13 +239,61 @@ def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: i
     for o, t in zip(ours, theirs["results"]):
         diff = abs(o["mean"] - t["mean"])
         tol = max(o["std"], t["std"])
-        rows.append(dict(**o, di_mean=t["mean"], di_std=t["std"], di_seconds=t["seconds"],
-                         agree=bool(diff <= tol), diff=diff))
+        row = dict(**o, di_mean=t["mean"], di_std=t["std"], di_seconds=t["seconds"],
+                   agree=bool(diff <= tol), diff=diff)
+        trace = row.pop("trace")
+        if same_noise:
+            import numpy as np
+
+            row["trace_max_diff"] = float(np.abs(np.asarray(t["loss_trace"]) - trace).max())
+            row["per_chain"], row["di_per_chain"] = o["per_chain"], t["per_chain"]
+        rows.append(row)
     return {"devinterp": theirs["version"], "torch": theirs["torch"], "n": n, "sigma": sigma,
-                "chains": chains, "draws": draws, "burnin": burnin, "rows": rows}
+                "chains": chains, "draws": draws, "burnin": burnin, "same_noise": same_noise,
+                "rows": rows}
+
+
+def _estimate_on_stream(llc, noise, *args, **kwargs):
+    """``llc.estimate`` (sequential chains) with its per-step noise taken from the rows of
+    ``noise`` in order, instead of its generators."""
+    import torch
+
+    real = torch.randn
+    d = noise.shape[1]
+    at = {"row": 0}
+
+    def randn(*a, **kw):
+        if a == (d,) and "generator" in kw:
+            row = noise[at["row"]]
+            at["row"] += 1
+            return row.to(kw.get("dtype") or torch.float64)
+        return real(*a, **kw)
+
+    torch.randn = randn
+    try:
+        res = llc.estimate(*args, **kwargs)
+    finally:
+        torch.randn = real
+    if at["row"] != noise.shape[0]:
+        raise RuntimeError(f"bench_devinterp: used {at['row']} of {noise.shape[0]} noise rows")
+    return res
 
 
 def markdown(report: dict) -> str:
+    if report.get("same_noise"):
+        lines = [
+            (f"devinterp {report['devinterp']}; one shared noise stream; {report['chains']} "
+             f"chains × ({report['burnin']} + {report['draws']}) steps, float64."),
+            "",
+            "| (M, N, H, r) | λ | deadspec λ̂ per chain | devinterp λ̂ per chain | max |Δ loss| per step |",
+            "|---|---|---|---|---|",
+        ]
+        for r in report["rows"]:
+            ours = ", ".join(f"{v:.4f}" for v in r["per_chain"])
+            theirs = ", ".join(f"{v:.4f}" for v in r["di_per_chain"])
+            lines.append(f"| {tuple(r['point'])} | {r['lam']:.2f} | {ours} | {theirs} | "
+                         f"{r['trace_max_diff']:.2e} |")
+        return "\n".join(lines)
     lines = [
         (f"devinterp {report['devinterp']} (torch {report['torch']}); n = {report['n']}, "
         f"σ = {report['sigma']}, nβ = n/log n, full batch, {report['chains']} chains × "
@@ -234,6 +329,8 @@ def main(argv=None) -> int:
                    help="sampler seed of both tools (default: --seed), to rerun the same checkpoints")
     p.add_argument("--points", default=None,
                    help="only these grid points of POINTS, e.g. '8,3,3,1' or '8,3,3,1;6,6,4,2'")
+    p.add_argument("--same-noise", action="store_true",
+                   help="both tools on one shared noise stream (are the samplers the same?)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.add_argument("--worker", nargs=2, metavar=("JOB", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -250,10 +347,17 @@ def main(argv=None) -> int:
         if unknown or any(len(pt) != 4 for pt in points):
             p.error(f"--points must be among {POINTS}, got {args.points!r}")
     report = compare(args.venv, args.n, args.sigma, args.chains, args.draws, args.burnin,
-                     args.seed, points, args.chain_seed)
+                     args.seed, points, args.chain_seed, args.same_noise)
     print(markdown(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.same_noise:
+        worst = max(r["trace_max_diff"] for r in report["rows"])
+        gap = max(abs(a - b) for r in report["rows"]
+                  for a, b in zip(r["per_chain"], r["di_per_chain"]))
+        print(f"\nsame noise: largest per-step loss difference {worst:.2e}, largest per-chain "
+              f"λ̂ difference {gap:.2e}")
+        return 0 if worst < 1e-5 else 1
     ok = all(r["agree"] for r in report["rows"])
     print(f"\nagreement within chain std: {sum(r['agree'] for r in report['rows'])}/{len(report['rows'])}")
     return 0 if ok else 1

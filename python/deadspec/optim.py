@@ -343,13 +343,17 @@ def _split_project(
 
 
 def _split_update(state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor:
-    """``lr/(1−β₁ᵗ) · m/(√v/√(1−β₂ᵗ) + ε)`` as the core computes it."""
+    """``lr/(1−β₁ᵗ) · m/(√v/√(1−β₂ᵗ) + ε)`` as the core computes it (0 where the denominator
+    is 0: ε = 0 on a coordinate whose moments are both 0, as a block with no tangent space)."""
     beta1, beta2 = group["betas"]
     step = state["step"].item()
     inv_bc2_sqrt = 1.0 / math.sqrt(1 - beta2**step)
     step_size = group["lr"] / (1 - beta1**step)
     m, v = state["exp_avg"], state["exp_avg_sq"]
-    return m / (v.sqrt() * inv_bc2_sqrt + group["eps"]) * step_size
+    denom = v.sqrt() * inv_bc2_sqrt + group["eps"]
+    if group["eps"] == 0:  # a coordinate with m = v = 0 (e.g. a block with no tangent) stays
+        return torch.where(denom > 0, m / denom, torch.zeros_like(m)) * step_size
+    return m / denom * step_size
 
 
 def _split_moments(
@@ -1272,7 +1276,8 @@ class DDCAdam(_DDCBase):
         """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
         # Decoupled weight decay is folded into the fused update (one pass per block) unless a
         # producer of a site is on the logit layer, whose shift-aware decay is not a factor.
-        if self.form == "split":
+        if self.form == "split" and self._plan.sites:
+            # (without a rescaling site nothing is split: the coordinate path below is the step)
             loss, ok, modes = self._prologue(closure, decay=True)
             if ok:
                 self._split_step()
@@ -1423,13 +1428,15 @@ class DDCAdam(_DDCBase):
                 )
         self._split_coefficients(sites, "update", blk)
         # (5) apply: radial multiplicatively, tangential additively
-        for p, _ in stepped:
+        # (each side's Δlog ρ = lr·(the site's radial Adam direction), with its own group's lr:
+        # a group with lr = 0 does not move)
+        for p, group in stepped:
             b = blk[id(p)]
             r, c = plan.row.get(id(p)), plan.col.get(id(p))
             if r is not None and sites[r] is not None:
-                b["row_mult"] = torch.exp(sites[r]["radial"]).to(p.dtype)
+                b["row_mult"] = torch.exp(group["lr"] * sites[r]["radial"]).to(p.dtype)
             if c is not None and sites[c] is not None:
-                b["col_mult"] = torch.exp(sites[c]["radial"]).to(p.dtype)
+                b["col_mult"] = torch.exp(group["lr"] * sites[c]["radial"]).to(p.dtype)
         self._split_pass("apply", blk, stepped)
 
     def _split_block(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> dict[str, Any]:
@@ -1567,7 +1574,7 @@ class DDCAdam(_DDCBase):
         g_in = self._unit_rows(s, sums, 0)  # ĝ₁ = ⟨g̃, x̃⟩ = ⟨g, w⟩ over the producer block
         g_out = self._unit_cols(s, sums, 2, only=False)  # ĝ₂ over every consumer (centred)
         g_u = torch.where(live, (g_in + g_out) / math.sqrt(2.0), zero)
-        lr, (beta1, beta2), eps = self._damped_hparams(s)
+        _, (beta1, beta2), eps = self._damped_hparams(s)
         st = s.state
         if "split_step" not in st:
             st["split_step"] = 0
@@ -1577,14 +1584,17 @@ class DDCAdam(_DDCBase):
         st["split_exp_avg"].lerp_(g_u, 1 - beta1)
         st["split_exp_avg_sq"].mul_(beta2).addcmul_(g_u, g_u, value=1 - beta2)
         bc1, bc2 = 1 - beta1 ** st["split_step"], 1 - beta2 ** st["split_step"]
-        delta = -(lr / bc1) * st["split_exp_avg"] / (st["split_exp_avg_sq"] / bc2).sqrt().add_(eps)
+        denom = (st["split_exp_avg_sq"] / bc2).sqrt().add_(eps)
+        # the radial Adam's direction −m̂/(√v̂ + ε) (0 where m = v = 0 and ε = 0); each side
+        # scales it by its own group's lr when it is applied
+        direction = torch.where(denom > 0, -(st["split_exp_avg"] / bc1) / denom, zero)
         return {
             "live": live,
             "q": q,
             "n2": n2,
             "n2_safe": n2_safe,
             "zero": zero,
-            "radial": torch.where(live, delta / math.sqrt(2.0), zero),
+            "radial": torch.where(live, direction / math.sqrt(2.0), zero),
             "grad_row": torch.where(live, g_in / q, zero),
             "grad_col": torch.where(n2 > 0, self._unit_cols(s, sums, 2, only=True) / n2_safe, zero),
             "col_norm": torch.where(n2 > 0, n2.sqrt(), one),

@@ -128,9 +128,10 @@ def test_gauge_mode_gradient_vanishes_on_exact_gauges():
             assert float(r.max()) <= 1e-10, (name, float(r.max()))
 
 
-def test_no_gauges_is_adamw_bitwise():
+@pytest.mark.parametrize("form", ["coordinate", "split"])
+def test_no_gauges_is_adamw_bitwise(form):
     a, b = _mlp_ln(), _mlp_ln()
-    oa = DDCAdam(a, lr=LR, weight_decay=WD, gauges=[])
+    oa = DDCAdam(a, lr=LR, weight_decay=WD, gauges=[], form=form)
     ob = torch.optim.AdamW(b.parameters(), lr=LR, weight_decay=WD, foreach=True)
     _train(a, oa)
     _train(b, ob)
@@ -294,12 +295,16 @@ def test_zero_norm_unit_never_nan(form):
     assert float(m[6].weight.detach()[:, 2].abs().sum()) > 0
 
 
-def test_param_groups_different_lr():
+@pytest.mark.parametrize("frozen", ["norm", "head"])
+@pytest.mark.parametrize("form", ["coordinate", "split"])
+def test_param_groups_different_lr(form, frozen):
+    # a group with lr = 0 does not move, whichever side of a site it is on (split form: the
+    # site's radial factor is scaled by each block's own lr)
     m = _mlp_ln()
-    ln = [m[5].weight, m[5].bias]
+    ln = [m[5].weight, m[5].bias] if frozen == "norm" else [m[6].weight, m[6].bias, m[4].weight]
     rest = [p for p in m.parameters() if all(p is not q for q in ln)]
     before = [p.detach().clone() for p in ln]
-    opt = DDCAdam(m, params=[{"params": rest}, {"params": ln, "lr": 0.0}], lr=LR)
+    opt = DDCAdam(m, params=[{"params": rest}, {"params": ln, "lr": 0.0}], lr=LR, form=form)
     _train(m, opt, k=3)
     for p, q in zip(ln, before):
         assert torch.equal(p, q)
@@ -566,3 +571,16 @@ def test_chain_modes_are_the_dct_of_the_layer_log_scale_gradients():
     assert torch.allclose(modes(moved), c, rtol=1e-10, atol=1e-12 * scale)
     # ... and they read a broken gauge
     assert float(modes(copy.deepcopy(m0), l2=0.05)[1:].abs().max()) > 1e-3
+
+
+def test_split_form_with_eps_zero_on_one_element_blocks():
+    # a bias-free RMSNorm channel is a one-element producer block: it has no tangent space, its
+    # tangential moments stay 0, and with eps = 0 the step must not divide 0 by 0
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.RMSNorm(8), nn.Linear(8, 4)).double()
+    opt = DDCAdam(m, lr=LR, eps=0.0, form="split")
+    assert any(g.kind == "norm" for g in opt.gauges)
+    _train(m, opt, k=3)
+    for p in m.parameters():
+        assert torch.isfinite(p).all()
+    assert not torch.equal(m[1].weight, torch.ones(8, dtype=torch.float64))  # radial steps

@@ -74,7 +74,9 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks);
 /// One block of a split-form DDCAdam step (`form="split"`: theory.md §6, docs/ddc.md "The split
 /// form"). The block's invariant coordinates are x̃ = x/σ with σ_ij = row_scale_i·col_scale_j,
 /// its invariant gradient g̃ = g·σ, and P x̃ = x̃ − col_mean (the column means of x̃ removed; no
-/// centring without col_mean). A 1-D block is one row: row_scale then has one entry per element.
+/// centring without col_mean). A 1-D block is a column (h×1): each element is the row of its own
+/// unit (a producer's bias, a norm's γ or β), and row_scale / row_coef / row_mult have one entry
+/// per element.
 ///
 /// Three passes, each over a list of blocks (all validated before any is written):
 /// ddc_split_sums (no write), ddc_split_moments (writes the moments), ddc_split_apply (writes
