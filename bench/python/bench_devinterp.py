@@ -22,6 +22,9 @@ of the default calibration grid (ε = 0.4/P, γ = 1e-4·P, P = nβ·h_max) rathe
 calibration, so both tools see the identical setting. devinterp's update is the same as ours
 (``w ← w − (ε/2)(nβ∇L + γ(w − w*)) + N(0, ε)``); it runs its chains one after another
 (``cores=1``) in float64 here (the model's dtype), with its loss trace stored in float32.
+devinterp seeds chain ``i`` with ``seed + i`` when given one integer, so runs with consecutive
+seeds share chains; the script passes it the list ``1000·seed + i`` instead (distinct chains
+for distinct ``--chain-seed``).
 Agreement: |ours − theirs| ≤ max(std_ours, std_theirs) (their chain standard deviation, ddof=1
 both). Wall time is measured around each tool's estimate call, with one torch thread each.
 
@@ -154,16 +157,20 @@ def worker(job_path: str, out_path: str) -> None:
             xb, yb = data
             return ((yb - m(xb)) ** 2).sum(1).mean() / (2 * sigma * sigma)
 
+        with torch.no_grad():
+            init_loss = float(evaluate(model, (x, y)))
         t0 = time.perf_counter()
         res = estimate_learning_coeff_with_summary(
             model, loader, evaluate=evaluate, sampling_method=SGLD,
             optimizer_kwargs={"lr": item["epsilon"], "localization": item["gamma"],
                                   "nbeta": item["nbeta"]},
             num_chains=item["chains"], num_draws=item["draws"], num_burnin_steps=item["burnin"],
-            cores=1, seed=item["seed"], device="cpu", verbose=False, online=False,
+            cores=1, seed=[1000 * item["seed"] + i for i in range(item["chains"])],
+            device="cpu", verbose=False, online=False,
         )
         sec = time.perf_counter() - t0
-        per = [float(v) for v in res["llc/means"]] if "llc/means" in res else []
+        # per chain, from its loss trace (the estimator returns only the mean and std)
+        per = [float(item["nbeta"] * (float(t.mean()) - init_loss)) for t in res["loss/trace"]]
         results.append({"point": item["point"], "mean": float(res["llc/mean"]),
                             "std": float(res["llc/std"]), "per_chain": per, "seconds": sec,
                             "loss_trace": res["loss/trace"].tolist() if "noise" in item else None})
@@ -242,11 +249,11 @@ def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: i
         row = dict(**o, di_mean=t["mean"], di_std=t["std"], di_seconds=t["seconds"],
                    agree=bool(diff <= tol), diff=diff)
         trace = row.pop("trace")
+        row["di_per_chain"] = t["per_chain"]
         if same_noise:
             import numpy as np
 
             row["trace_max_diff"] = float(np.abs(np.asarray(t["loss_trace"]) - trace).max())
-            row["per_chain"], row["di_per_chain"] = o["per_chain"], t["per_chain"]
         rows.append(row)
     return {"devinterp": theirs["version"], "torch": theirs["torch"], "n": n, "sigma": sigma,
                 "chains": chains, "draws": draws, "burnin": burnin, "same_noise": same_noise,
@@ -357,7 +364,7 @@ def main(argv=None) -> int:
                   for a, b in zip(r["per_chain"], r["di_per_chain"]))
         print(f"\nsame noise: largest per-step loss difference {worst:.2e}, largest per-chain "
               f"λ̂ difference {gap:.2e}")
-        return 0 if worst < 1e-5 else 1
+        return 0 if worst < 1e-5 and gap < 1e-3 else 1
     ok = all(r["agree"] for r in report["rows"])
     print(f"\nagreement within chain std: {sum(r['agree'] for r in report['rows'])}/{len(report['rows'])}")
     return 0 if ok else 1
