@@ -709,6 +709,194 @@ std::vector<T> read_vector(const TensorView& v) {
     return out;
 }
 
+// Row kernels of the split passes for 2-D blocks without rotated heads: plain loops over one
+// row, vectorised for the ISA of the wrapper they are inlined into (baseline, or AVX2 chosen at
+// run time, as the fused DDCAdam step). x̃ = x·(1/σ), g̃ = g·σ with σ and 1/σ given per row.
+// The centring `mu` is a row of zeros for a block without one (x̃ − 0 is x̃ exactly).
+enum SplitMode : int { kSplitPlain = 0, kSplitRow = 1, kSplitCol = 2 };
+
+// (the quotient is formed unconditionally and then selected, so the loops stay branch-free and
+// vectorise; 0/0 where the denominator is 0 is discarded)
+template <typename T>
+DEADSPEC_ALWAYS_INLINE T split_update(T mk, T vk, T ibc, T ss, T eps) {
+    const T den = std::sqrt(vk) * ibc + eps;
+    const T q = mk / den;
+    return (den > T(0) ? q : T(0)) * ss;
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void split_sums_loop(const T* __restrict x, const T* __restrict g,
+                                            const T* __restrict sig, const T* __restrict isig,
+                                            const T* __restrict mu, T* __restrict xt,
+                                            T* __restrict gt, double* __restrict cgx,
+                                            double* __restrict cxx, std::int64_t n) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        xt[j] = x[j] * isig[j];
+        gt[j] = g[j] * sig[j];
+    }
+    for (std::int64_t j = 0; j < n; ++j) {
+        const double pc = static_cast<double>(xt[j] - mu[j]);
+        cgx[j] += static_cast<double>(gt[j]) * pc;
+        cxx[j] += pc * pc;
+    }
+}
+
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE void split_moments_loop(
+    const T* __restrict x, const T* __restrict g, T* __restrict m, T* __restrict v,
+    const T* __restrict sig, const T* __restrict isig, T a, const T* __restrict b,
+    const T* __restrict nrm, const T* __restrict mu, T* __restrict u, T* __restrict xt,
+    double* __restrict cu, std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
+    const T one = T(1);
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = x[j] * isig[j];
+        const T gj = g[j] * sig[j];
+        T t = gj;
+        if constexpr (Mode == kSplitRow) t = gj - a * xj;
+        if constexpr (Mode == kSplitCol) t = (gj - b[j] * (xj - mu[j])) * nrm[j];
+        const T mk = b1 * m[j] + (one - b1) * t;
+        const T vk = b2 * v[j] + (one - b2) * (t * t);
+        m[j] = mk;
+        v[j] = vk;
+        u[j] = split_update(mk, vk, ibc, ss, eps);
+        xt[j] = xj;
+    }
+    for (std::int64_t j = 0; j < n; ++j)
+        cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
+}
+
+// Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
+template <typename T, int Mode, int Cm>
+DEADSPEC_ALWAYS_INLINE void split_apply_loop(
+    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict sig,
+    const T* __restrict isig, T a, const T* __restrict b, const T* __restrict nrm,
+    const T* __restrict mu, T r, const T* __restrict c, std::int64_t n, T ibc, T ss, T eps) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = x[j];
+        const T xtj = xj * isig[j];
+        T u = split_update(m[j], v[j], ibc, ss, eps);
+        if constexpr (Mode == kSplitRow) u = u - a * xtj;
+        if constexpr (Mode == kSplitCol) u = (u - b[j] * (xtj - mu[j])) * nrm[j];
+        T xn = xj * r;
+        if constexpr (Cm == 1) xn = xn * c[j];
+        if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig[j] * (xtj - mu[j]));
+        x[j] = xn - sig[j] * u;
+    }
+}
+
+template <typename T>
+using SplitSumsFn = void (*)(const T*, const T*, const T*, const T*, const T*, T*, T*, double*,
+                             double*, std::int64_t);
+template <typename T>
+using SplitMomentsFn = void (*)(const T*, const T*, T*, T*, const T*, const T*, T, const T*,
+                                const T*, const T*, T*, T*, double*, std::int64_t, T, T, T, T,
+                                T);
+template <typename T>
+using SplitApplyFn = void (*)(T*, const T*, const T*, const T*, const T*, T, const T*,
+                              const T*, const T*, T, const T*, std::int64_t, T, T, T);
+
+template <typename T>
+void split_sums_base(const T* x, const T* g, const T* sig, const T* isig, const T* mu, T* xt,
+                     T* gt, double* cgx, double* cxx, std::int64_t n) {
+    split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
+}
+template <typename T, int Mode>
+void split_moments_base(const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a,
+                        const T* b, const T* nrm, const T* mu, T* u, T* xt, double* cu,
+                        std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
+    split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
+                                ss, eps);
+}
+template <typename T, int Mode, int Cm>
+void split_apply_base(T* x, const T* m, const T* v, const T* sig, const T* isig, T a,
+                      const T* b, const T* nrm, const T* mu, T r, const T* c, std::int64_t n,
+                      T ibc, T ss, T eps) {
+    split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
+}
+
+#ifdef DEADSPEC_DDC_AVX2
+template <typename T>
+__attribute__((target("avx2"))) void split_sums_avx2(const T* x, const T* g, const T* sig,
+                                                     const T* isig, const T* mu, T* xt, T* gt,
+                                                     double* cgx, double* cxx, std::int64_t n) {
+    split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
+}
+template <typename T, int Mode>
+__attribute__((target("avx2"))) void split_moments_avx2(
+    const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a, const T* b,
+    const T* nrm, const T* mu, T* u, T* xt, double* cu, std::int64_t n, T b1, T b2, T ibc,
+    T ss, T eps) {
+    split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
+                                ss, eps);
+}
+template <typename T, int Mode, int Cm>
+__attribute__((target("avx2"))) void split_apply_avx2(T* x, const T* m, const T* v,
+                                                      const T* sig, const T* isig, T a,
+                                                      const T* b, const T* nrm, const T* mu,
+                                                      T r, const T* c, std::int64_t n, T ibc,
+                                                      T ss, T eps) {
+    split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
+}
+#endif
+
+template <typename T>
+SplitSumsFn<T> pick_split_sums() {
+#ifdef DEADSPEC_DDC_AVX2
+    if (has_avx2()) return &split_sums_avx2<T>;
+#endif
+    return &split_sums_base<T>;
+}
+
+template <typename T, int Mode>
+SplitMomentsFn<T> pick_split_moments_mode() {
+#ifdef DEADSPEC_DDC_AVX2
+    if (has_avx2()) return &split_moments_avx2<T, Mode>;
+#endif
+    return &split_moments_base<T, Mode>;
+}
+
+template <typename T>
+SplitMomentsFn<T> pick_split_moments(int mode) {
+    if (mode == kSplitRow) return pick_split_moments_mode<T, kSplitRow>();
+    if (mode == kSplitCol) return pick_split_moments_mode<T, kSplitCol>();
+    return pick_split_moments_mode<T, kSplitPlain>();
+}
+
+template <typename T, int Mode, int Cm>
+SplitApplyFn<T> pick_split_apply_mc() {
+#ifdef DEADSPEC_DDC_AVX2
+    if (has_avx2()) return &split_apply_avx2<T, Mode, Cm>;
+#endif
+    return &split_apply_base<T, Mode, Cm>;
+}
+
+template <typename T, int Mode>
+SplitApplyFn<T> pick_split_apply_m(int cm) {
+    if (cm == 1) return pick_split_apply_mc<T, Mode, 1>();
+    if (cm == 2) return pick_split_apply_mc<T, Mode, 2>();
+    return pick_split_apply_mc<T, Mode, 0>();
+}
+
+template <typename T>
+SplitApplyFn<T> pick_split_apply(int mode, int cm) {
+    if (mode == kSplitRow) return pick_split_apply_m<T, kSplitRow>(cm);
+    if (mode == kSplitCol) return pick_split_apply_m<T, kSplitCol>(cm);
+    return pick_split_apply_m<T, kSplitPlain>(cm);
+}
+
+// Σ a·b in float64 with eight partial sums in a fixed order (lanes the compiler can keep in
+// vector registers; a single running sum could not be reordered without -ffast-math).
+template <typename T>
+double dot8(const T* __restrict a, const T* __restrict b, std::int64_t n) {
+    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    std::int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; ++k)
+            acc[k] += static_cast<double>(a[j + k]) * static_cast<double>(b[j + k]);
+    for (; j < n; ++j) acc[0] += static_cast<double>(a[j]) * static_cast<double>(b[j]);
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // One split block with its vectors read once. A 1-D block is a column (h×1): each element is
 // the row of its own unit (a producer's bias or a norm's γ, β).
 template <typename T>
@@ -740,9 +928,14 @@ public:
         axis_ = p.ndim() == 1 && b.rot_axis >= 0 ? 0 : b.rot_axis;
         segs_ = b.rot_segments;
         if (segs_.empty()) axis_ = -1;
+        ics_.resize(cs_.size());
+        for (std::size_t j = 0; j < cs_.size(); ++j) ics_[j] = T(1) / cs_[j];
+        if (mu_.empty() && two_d_) zeros_.assign(static_cast<std::size_t>(cols_), T(0));
+        mode_ = !a_.empty() ? kSplitRow : (!bc_.empty() ? kSplitCol : kSplitPlain);
     }
 
     SplitSums sums() const {
+        if (fast()) return fast_sums();
         SplitSums s;
         s.row_gx = Eigen::VectorXd::Zero(rows_);
         s.row_xx = Eigen::VectorXd::Zero(rows_);
@@ -772,6 +965,7 @@ public:
     }
 
     std::pair<Eigen::VectorXd, Eigen::VectorXd> moments() const {
+        if (fast()) return fast_moments();
         const auto n = static_cast<std::size_t>(cols_);
         // the tangential inputs t and their squares (segment means for rotated heads)
         const bool whole = axis_ == 0;
@@ -829,6 +1023,10 @@ public:
     }
 
     void apply() const {
+        if (fast()) {
+            fast_apply();
+            return;
+        }
         for (std::int64_t i = 0; i < rows_; ++i) {
             const T r = rm_.empty() ? T(1) : rm_[static_cast<std::size_t>(i)];
             for (std::int64_t j = 0; j < cols_; ++j) {
@@ -848,6 +1046,85 @@ public:
     }
 
 private:
+    // A 2-D block without rotated heads runs the vectorised row kernels (x̃ = x·(1/σ)); the
+    // rest (1-D blocks, rotated heads) the element-wise code (x̃ = x/σ) below.
+    bool fast() const { return two_d_ && axis_ < 0; }
+
+    void scales_row(std::int64_t i, T* sig, T* isig) const {
+        const T r = rs_.empty() ? T(1) : rs_[static_cast<std::size_t>(i)];
+        const T ir = rs_.empty() ? T(1) : T(1) / r;
+        if (cs_.empty()) {
+            std::fill(sig, sig + cols_, r);
+            std::fill(isig, isig + cols_, ir);
+            return;
+        }
+        for (std::int64_t j = 0; j < cols_; ++j) {
+            sig[j] = r * cs_[static_cast<std::size_t>(j)];
+            isig[j] = ir * ics_[static_cast<std::size_t>(j)];
+        }
+    }
+
+    const T* grad_row(std::int64_t i, std::vector<T>& buf) const {
+        const T* gi = g_ + i * gs0_;
+        if (gs1_ == 1) return gi;
+        buf.resize(static_cast<std::size_t>(cols_));
+        for (std::int64_t j = 0; j < cols_; ++j) buf[static_cast<std::size_t>(j)] = gi[j * gs1_];
+        return buf.data();
+    }
+
+    const T* mu_row() const { return mu_.empty() ? zeros_.data() : mu_.data(); }
+    T row_coef(std::int64_t i) const {
+        return a_.empty() ? T(0) : a_[static_cast<std::size_t>(i)];
+    }
+
+    SplitSums fast_sums() const {
+        SplitSums s;
+        s.row_gx = Eigen::VectorXd::Zero(rows_);
+        s.row_xx = Eigen::VectorXd::Zero(rows_);
+        s.col_gx = Eigen::VectorXd::Zero(cols_);
+        s.col_xx = Eigen::VectorXd::Zero(cols_);
+        const auto n = static_cast<std::size_t>(cols_);
+        std::vector<T> sig(n), isig(n), xt(n), gt(n), gbuf;
+        const SplitSumsFn<T> fn = pick_split_sums<T>();
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            fn(x_ + i * cols_, grad_row(i, gbuf), sig.data(), isig.data(), mu_row(), xt.data(),
+               gt.data(), s.col_gx.data(), s.col_xx.data(), cols_);
+            s.row_gx[i] = dot8(gt.data(), xt.data(), cols_);
+            s.row_xx[i] = dot8(xt.data(), xt.data(), cols_);
+        }
+        return s;
+    }
+
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> fast_moments() const {
+        Eigen::VectorXd ru = Eigen::VectorXd::Zero(rows_), cu = Eigen::VectorXd::Zero(cols_);
+        const auto n = static_cast<std::size_t>(cols_);
+        std::vector<T> sig(n), isig(n), u(n), xt(n), gbuf;
+        const SplitMomentsFn<T> fn = pick_split_moments<T>(mode_);
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            fn(x_ + i * cols_, grad_row(i, gbuf), m_ + i * cols_, v_ + i * cols_, sig.data(),
+               isig.data(), row_coef(i), bc_.data(), n_.data(), mu_row(), u.data(), xt.data(),
+               cu.data(), cols_, b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
+            ru[i] = dot8(u.data(), xt.data(), cols_);
+        }
+        return {ru, cu};
+    }
+
+    void fast_apply() const {
+        const auto n = static_cast<std::size_t>(cols_);
+        std::vector<T> sig(n), isig(n);
+        const int cm = cm_.empty() ? 0 : (mu_.empty() ? 1 : 2);
+        const SplitApplyFn<T> fn = pick_split_apply<T>(mode_, cm);
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            const T r = rm_.empty() ? T(1) : rm_[static_cast<std::size_t>(i)];
+            fn(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, sig.data(), isig.data(),
+               row_coef(i), bc_.data(), n_.data(), mu_row(), r, cm_.data(), cols_,
+               inv_bc2_sqrt_, step_size_, eps_);
+        }
+    }
+
     T sigma(std::int64_t i, std::int64_t j) const {
         T s = rs_.empty() ? T(1) : rs_[static_cast<std::size_t>(i)];
         if (!cs_.empty()) s *= cs_[static_cast<std::size_t>(j)];
@@ -868,10 +1145,7 @@ private:
     }
     // 0 where the denominator is 0 (ε = 0 on a coordinate whose moments are both 0, as in a
     // one-element block, which has no tangent space)
-    T update(T mk, T vk) const {
-        const T den = std::sqrt(vk) * inv_bc2_sqrt_ + eps_;
-        return den > T(0) ? mk / den * step_size_ : T(0);
-    }
+    T update(T mk, T vk) const { return split_update(mk, vk, inv_bc2_sqrt_, step_size_, eps_); }
     void segment_means_in_row(T* t2i) const {
         for (const auto& [a, e] : segs_) {
             T sum = T(0);
@@ -882,6 +1156,8 @@ private:
     }
 
     std::vector<T> rs_, cs_, mu_, a_, bc_, n_, rm_, cm_;
+    std::vector<T> ics_, zeros_;
+    int mode_ = kSplitPlain;
     T *x_ = nullptr, *m_ = nullptr, *v_ = nullptr;
     const T* g_ = nullptr;
     std::int64_t rows_ = 0, cols_ = 0, gs0_ = 0, gs1_ = 0;
