@@ -765,6 +765,46 @@ DEADSPEC_ALWAYS_INLINE void split_moments_loop(
         cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
 }
 
+// The moments step in two halves, for rotated head blocks whose second-moment input t² is
+// averaged over each head segment in between: the tangential input (t, t²), then the moments
+// and the update from given (t, t²).
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE void split_tangent_loop(const T* __restrict x, const T* __restrict g,
+                                               const T* __restrict sig,
+                                               const T* __restrict isig, T a,
+                                               const T* __restrict b, const T* __restrict nrm,
+                                               const T* __restrict mu, T* __restrict t,
+                                               T* __restrict t2, std::int64_t n) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = x[j] * isig[j];
+        const T gj = g[j] * sig[j];
+        T tj = gj;
+        if constexpr (Mode == kSplitRow) tj = gj - a * xj;
+        if constexpr (Mode == kSplitCol) tj = (gj - b[j] * (xj - mu[j])) * nrm[j];
+        t[j] = tj;
+        t2[j] = tj * tj;
+    }
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void split_moments_t2_loop(
+    const T* __restrict x, const T* __restrict isig, const T* __restrict mu,
+    const T* __restrict t, const T* __restrict t2, T* __restrict m, T* __restrict v,
+    T* __restrict u, T* __restrict xt, double* __restrict cu, std::int64_t n, T b1, T b2, T ibc,
+    T ss, T eps) {
+    const T one = T(1);
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T mk = b1 * m[j] + (one - b1) * t[j];
+        const T vk = b2 * v[j] + (one - b2) * t2[j];
+        m[j] = mk;
+        v[j] = vk;
+        u[j] = split_update(mk, vk, ibc, ss, eps);
+        xt[j] = x[j] * isig[j];
+    }
+    for (std::int64_t j = 0; j < n; ++j)
+        cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
+}
+
 // Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
 template <typename T, int Mode, int Cm>
 DEADSPEC_ALWAYS_INLINE void split_apply_loop(
@@ -1046,9 +1086,9 @@ public:
     }
 
 private:
-    // A 2-D block without rotated heads runs the vectorised row kernels (x̃ = x·(1/σ)); the
-    // rest (1-D blocks, rotated heads) the element-wise code (x̃ = x/σ) below.
-    bool fast() const { return two_d_ && axis_ < 0; }
+    // A 2-D block runs the vectorised row kernels (x̃ = x·(1/σ)); a 1-D block (one element per
+    // unit) the element-wise code (x̃ = x/σ) below.
+    bool fast() const { return two_d_; }
 
     void scales_row(std::int64_t i, T* sig, T* isig) const {
         const T r = rs_.empty() ? T(1) : rs_[static_cast<std::size_t>(i)];
@@ -1096,7 +1136,68 @@ private:
         return s;
     }
 
+    void tangent_row(std::int64_t i, const T* sig, const T* isig, const T* gi, T* t,
+                     T* t2) const {
+        const T* x = x_ + i * cols_;
+        const T a = row_coef(i);
+        if (mode_ == kSplitRow)
+            split_tangent_loop<T, kSplitRow>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(), t,
+                                             t2, cols_);
+        else if (mode_ == kSplitCol)
+            split_tangent_loop<T, kSplitCol>(x, gi, sig, isig, a, bc_.data(), n_.data(),
+                                             mu_row(), t, t2, cols_);
+        else
+            split_tangent_loop<T, kSplitPlain>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(),
+                                               t, t2, cols_);
+    }
+
+    // Rotated head blocks: t² averaged over each head segment (along the row for axis 1, over
+    // the segment's rows per column for axis 0) before it enters v.
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> rotated_moments() const {
+        Eigen::VectorXd ru = Eigen::VectorXd::Zero(rows_), cu = Eigen::VectorXd::Zero(cols_);
+        const auto n = static_cast<std::size_t>(cols_);
+        const bool whole = axis_ == 0;
+        const std::size_t kept = whole ? static_cast<std::size_t>(rows_) : 1;
+        std::vector<T> sig(n), isig(n), t(kept * n), t2(kept * n), u(n), xt(n), gbuf;
+        auto update = [&](std::int64_t i, const T* ti, const T* t2i) {
+            scales_row(i, sig.data(), isig.data());
+            split_moments_t2_loop<T>(x_ + i * cols_, isig.data(), mu_row(), ti, t2i,
+                                     m_ + i * cols_, v_ + i * cols_, u.data(), xt.data(),
+                                     cu.data(), cols_, b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
+            ru[i] = dot8(u.data(), xt.data(), cols_);
+        };
+        if (!whole) {
+            for (std::int64_t i = 0; i < rows_; ++i) {
+                scales_row(i, sig.data(), isig.data());
+                tangent_row(i, sig.data(), isig.data(), grad_row(i, gbuf), t.data(), t2.data());
+                segment_means_in_row(t2.data());
+                update(i, t.data(), t2.data());
+            }
+            return {ru, cu};
+        }
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            const auto off = static_cast<std::size_t>(i) * n;
+            tangent_row(i, sig.data(), isig.data(), grad_row(i, gbuf), t.data() + off,
+                        t2.data() + off);
+        }
+        for (const auto& [a, e] : segs_) {
+            for (std::size_t j = 0; j < n; ++j) {
+                T sum = T(0);
+                for (std::int64_t i = a; i < e; ++i) sum += t2[static_cast<std::size_t>(i) * n + j];
+                const T mean = sum / static_cast<T>(e - a);
+                for (std::int64_t i = a; i < e; ++i) t2[static_cast<std::size_t>(i) * n + j] = mean;
+            }
+        }
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            const auto off = static_cast<std::size_t>(i) * n;
+            update(i, t.data() + off, t2.data() + off);
+        }
+        return {ru, cu};
+    }
+
     std::pair<Eigen::VectorXd, Eigen::VectorXd> fast_moments() const {
+        if (axis_ >= 0) return rotated_moments();
         Eigen::VectorXd ru = Eigen::VectorXd::Zero(rows_), cu = Eigen::VectorXd::Zero(cols_);
         const auto n = static_cast<std::size_t>(cols_);
         std::vector<T> sig(n), isig(n), u(n), xt(n), gbuf;
