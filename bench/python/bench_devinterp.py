@@ -22,9 +22,9 @@ of the default calibration grid (ε = 0.4/P, γ = 1e-4·P, P = nβ·h_max) rathe
 calibration, so both tools see the identical setting. devinterp's update is the same as ours
 (``w ← w − (ε/2)(nβ∇L + γ(w − w*)) + N(0, ε)``); it runs its chains one after another
 (``cores=1``) in float64 here (the model's dtype), with its loss trace stored in float32.
-devinterp seeds chain ``i`` with ``seed + i`` when given one integer, so runs with consecutive
-seeds share chains; the script passes it the list ``1000·seed + i`` instead (distinct chains
-for distinct ``--chain-seed``).
+devinterp is given an explicit list of chain seeds, ``1000·seed + i`` (its docstring says an
+integer seed is an offset added to the chain index; version 1.3.2's code derives the chain
+seeds from ``numpy.random.SeedSequence(seed)`` instead), so the chains a run uses are stated.
 Agreement: |ours − theirs| ≤ max(std_ours, std_theirs) (their chain standard deviation, ddof=1
 both). Wall time is measured around each tool's estimate call, with one torch thread each.
 
@@ -111,6 +111,7 @@ def _stream_normal(noise):
             at["row"], at["col"] = at["row"] + 1, 0
         return out
 
+    normal.consumed = lambda: at["row"] == noise.shape[0] and at["col"] == 0
     return normal
 
 
@@ -173,7 +174,10 @@ def worker(job_path: str, out_path: str) -> None:
         per = [float(item["nbeta"] * (float(t.mean()) - init_loss)) for t in res["loss/trace"]]
         results.append({"point": item["point"], "mean": float(res["llc/mean"]),
                             "std": float(res["llc/std"]), "per_chain": per, "seconds": sec,
-                            "loss_trace": res["loss/trace"].tolist() if "noise" in item else None})
+                            "loss_trace": (res["loss/trace"].tolist()
+                                           if item.get("noise") is not None else None)})
+        if item.get("noise") is not None and not torch.normal.consumed():
+            raise RuntimeError("bench_devinterp: devinterp did not use every noise row")
     with open(out_path, "w") as f:
         json.dump({"version": md.version("devinterp"), "torch": torch.__version__,
                        "results": results}, f)

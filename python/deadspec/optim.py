@@ -351,9 +351,8 @@ def _split_update(state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor:
     step_size = group["lr"] / (1 - beta1**step)
     m, v = state["exp_avg"], state["exp_avg_sq"]
     denom = v.sqrt() * inv_bc2_sqrt + group["eps"]
-    if group["eps"] == 0:  # a coordinate with m = v = 0 (e.g. a block with no tangent) stays
-        return torch.where(denom > 0, m / denom, torch.zeros_like(m)) * step_size
-    return m / denom * step_size
+    # (a coordinate with m = v = 0 and eps = 0, e.g. in a block with no tangent, stays put)
+    return torch.where(denom > 0, m / denom, torch.zeros_like(m)) * step_size
 
 
 def _split_moments(
