@@ -184,12 +184,49 @@ T element(const TensorView& s, std::int64_t off) {
                                      : static_cast<T>(static_cast<const float*>(s.data)[off]);
 }
 
+// The scalars of one bias-corrected Adam step: bias corrections in float64, the per-element
+// arithmetic in the parameter's dtype (as torch's Adam does).
+template <typename T>
+struct AdamScalars {
+    explicit AdamScalars(const AdamStep& hp)
+        : b1(static_cast<T>(hp.beta1)), b2(static_cast<T>(hp.beta2)),
+          inv_bc2_sqrt(static_cast<T>(
+              1.0 / std::sqrt(1.0 - std::pow(hp.beta2, static_cast<double>(hp.step))))),
+          step_size(static_cast<T>(hp.lr /
+                                   (1.0 - std::pow(hp.beta1, static_cast<double>(hp.step))))),
+          eps(static_cast<T>(hp.eps)), decay(static_cast<T>(hp.decay)) {}
+    T b1, b2, inv_bc2_sqrt, step_size, eps, decay;
+};
+
+// Row i of a gradient with strides (s0, s1), contiguous: the row itself when s1 = 1, else
+// gathered into `buf`.
+template <typename T>
+const T* gather_row(const T* g, std::int64_t i, std::int64_t s0, std::int64_t s1,
+                    std::int64_t cols, std::vector<T>& buf) {
+    const T* gi = g + i * s0;
+    if (s1 == 1) return gi;
+    buf.resize(static_cast<std::size_t>(cols));
+    for (std::int64_t j = 0; j < cols; ++j) buf[static_cast<std::size_t>(j)] = gi[j * s1];
+    return buf.data();
+}
+
+// Each [a, e) segment of `row` replaced by its mean (a rotated head's shared second moment).
+template <typename T>
+void mean_within_segments(T* row, const std::vector<std::pair<std::int64_t, std::int64_t>>& segs) {
+    for (const auto& [a, e] : segs) {
+        T sum = T(0);
+        for (std::int64_t j = a; j < e; ++j) sum += row[j];
+        const T mean = sum / static_cast<T>(e - a);
+        for (std::int64_t j = a; j < e; ++j) row[j] = mean;
+    }
+}
+
 // One block, prepared for stepping any range of its rows (from any thread): typed pointers,
 // σ's structure, the column scales and the scalar hyper-parameters resolved once.
 template <typename T>
 class BlockStep {
 public:
-    BlockStep(const AdamBlock& b) {
+    BlockStep(const AdamBlock& b) : k_(b.hp) {
         const TensorView& param = b.param;
         const TensorView& grad = b.grad;
         x_ = static_cast<T*>(const_cast<void*>(param.data));
@@ -209,17 +246,6 @@ public:
         col_.resize(b.col_scale.data ? static_cast<std::size_t>(cols_) : 0);
         for (std::size_t j = 0; j < col_.size(); ++j)
             col_[j] = element<T>(b.col_scale, static_cast<std::int64_t>(j) * b.col_scale.stride(0));
-        // Bias corrections in float64, the per-element arithmetic in the parameter's dtype (as
-        // torch's Adam does).
-        const AdamStep& hp = b.hp;
-        const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
-        const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));
-        b1_ = static_cast<T>(hp.beta1);
-        b2_ = static_cast<T>(hp.beta2);
-        inv_bc2_sqrt_ = static_cast<T>(1.0 / std::sqrt(bc2));
-        step_size_ = static_cast<T>(hp.lr / bc1);
-        eps_ = static_cast<T>(hp.eps);
-        decay_ = static_cast<T>(hp.decay);
         // a 1-D block is one row: its rotated elements are that row's columns
         rot_axis_ = param.ndim() == 1 && b.rot_axis == 0 ? 1 : b.rot_axis;
         segs_ = b.rot_segments;
@@ -241,8 +267,8 @@ public:
         for (std::int64_t i = r0; i < r1; ++i) {
             const T* gi = grad_row(i, gbuf);
             const T* si = sigma_row(i, sig);
-            step_row<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gi, si, cols_, decay_,
-                        b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
+            step_row<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gi, si, cols_, k_.decay,
+                        k_.b1, k_.b2, k_.inv_bc2_sqrt, k_.step_size, k_.eps);
         }
     }
 
@@ -251,11 +277,7 @@ private:
 
     // Row i of the gradient, contiguous (gathered into `buf` when strided).
     const T* grad_row(std::int64_t i, std::vector<T>& buf) const {
-        const T* gi = g_ + i * gs0_;
-        if (gs1_ == 1) return gi;
-        buf.resize(static_cast<std::size_t>(cols_));
-        for (std::size_t j = 0; j < buf.size(); ++j) buf[j] = gi[static_cast<std::int64_t>(j) * gs1_];
-        return buf.data();
+        return gather_row(g_, i, gs0_, gs1_, cols_, buf);
     }
 
     // σ along row i in `sig` (null for σ = 1).
@@ -293,15 +315,10 @@ private:
                 const T* si = nullptr;
                 scaled(i, gt.data(), &si, sig);
                 for (std::size_t j = 0; j < n; ++j) g2[j] = gt[j] * gt[j];
-                for (const auto& [a, b] : segs_) {
-                    T sum = T(0);
-                    for (std::int64_t j = a; j < b; ++j) sum += g2[static_cast<std::size_t>(j)];
-                    const T mean = sum / static_cast<T>(b - a);
-                    for (std::int64_t j = a; j < b; ++j) g2[static_cast<std::size_t>(j)] = mean;
-                }
+                mean_within_segments(g2.data(), segs_);
                 step_row_g2<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gt.data(),
-                               g2.data(), si, cols_, decay_, b1_, b2_, inv_bc2_sqrt_,
-                               step_size_, eps_);
+                               g2.data(), si, cols_, k_.decay, k_.b1, k_.b2, k_.inv_bc2_sqrt,
+                               k_.step_size, k_.eps);
             }
             return;
         }
@@ -325,7 +342,7 @@ private:
                 const std::int64_t i = a + static_cast<std::int64_t>(r);
                 step_row_g2<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gts.data() + r * n,
                                g2.data(), sigs.empty() ? nullptr : sigs.data() + r * n, cols_,
-                               decay_, b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
+                               k_.decay, k_.b1, k_.b2, k_.inv_bc2_sqrt, k_.step_size, k_.eps);
             }
         }
     }
@@ -333,8 +350,8 @@ private:
     void plain_row(std::int64_t i, std::vector<T>& gbuf, std::vector<T>& sig) const {
         const T* gi = grad_row(i, gbuf);
         const T* si = sigma_row(i, sig);
-        step_row<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gi, si, cols_, decay_, b1_,
-                    b2_, inv_bc2_sqrt_, step_size_, eps_);
+        step_row<T>(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, gi, si, cols_, k_.decay, k_.b1,
+                    k_.b2, k_.inv_bc2_sqrt, k_.step_size, k_.eps);
     }
 
     T *x_ = nullptr, *m_ = nullptr, *v_ = nullptr;
@@ -343,7 +360,7 @@ private:
     std::int64_t rows_ = 0, cols_ = 0, gs0_ = 0, gs1_ = 0, ss0_ = 0, ss1_ = 0;
     bool has_scale_ = false;
     std::vector<T> col_;
-    T b1_{}, b2_{}, inv_bc2_sqrt_{}, step_size_{}, eps_{}, decay_{};
+    AdamScalars<T> k_;
     int rot_axis_ = -1;
     std::vector<std::pair<std::int64_t, std::int64_t>> segs_;
 };
@@ -937,8 +954,9 @@ double dot8(const T* __restrict a, const T* __restrict b, std::int64_t n) {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-// One split block with its vectors read once. A 1-D block is a column (h×1): each element is
-// the row of its own unit (a producer's bias or a norm's γ, β).
+// One split block with its vectors read once, stepped row by row through the kernels above. A
+// 1-D block is a column (h×1): each element is the row of its own unit (a producer's bias or a
+// norm's γ, β).
 template <typename T>
 class SplitStep {
 public:
@@ -946,7 +964,7 @@ public:
         : rs_(read_vector<T>(b.row_scale)), cs_(read_vector<T>(b.col_scale)),
           mu_(read_vector<T>(b.col_mean)), a_(read_vector<T>(b.row_coef)),
           bc_(read_vector<T>(b.col_coef)), n_(read_vector<T>(b.col_norm)),
-          rm_(read_vector<T>(b.row_mult)), cm_(read_vector<T>(b.col_mult)) {
+          rm_(read_vector<T>(b.row_mult)), cm_(read_vector<T>(b.col_mult)), k_(b.hp) {
         const TensorView& p = b.param;
         x_ = static_cast<T*>(const_cast<void*>(p.data));
         m_ = static_cast<T*>(const_cast<void*>(b.exp_avg.data));
@@ -956,168 +974,17 @@ public:
         two_d_ = p.ndim() == 2;
         cols_ = two_d_ ? p.shape[1] : 1;
         gs0_ = b.grad.stride(0);
-        gs1_ = p.ndim() == 2 ? b.grad.stride(1) : 1;
-        const AdamStep& hp = b.hp;
-        const double bc1 = 1.0 - std::pow(hp.beta1, static_cast<double>(hp.step));
-        const double bc2 = 1.0 - std::pow(hp.beta2, static_cast<double>(hp.step));
-        b1_ = static_cast<T>(hp.beta1);
-        b2_ = static_cast<T>(hp.beta2);
-        inv_bc2_sqrt_ = static_cast<T>(1.0 / std::sqrt(bc2));
-        step_size_ = static_cast<T>(hp.lr / bc1);
-        eps_ = static_cast<T>(hp.eps);
-        axis_ = p.ndim() == 1 && b.rot_axis >= 0 ? 0 : b.rot_axis;
+        gs1_ = two_d_ ? b.grad.stride(1) : 1;
+        axis_ = !two_d_ && b.rot_axis >= 0 ? 0 : b.rot_axis;  // a 1-D block's elements are rows
         segs_ = b.rot_segments;
         if (segs_.empty()) axis_ = -1;
         ics_.resize(cs_.size());
         for (std::size_t j = 0; j < cs_.size(); ++j) ics_[j] = T(1) / cs_[j];
-        if (mu_.empty() && two_d_) zeros_.assign(static_cast<std::size_t>(cols_), T(0));
+        if (mu_.empty()) zeros_.assign(static_cast<std::size_t>(cols_), T(0));
         mode_ = !a_.empty() ? kSplitRow : (!bc_.empty() ? kSplitCol : kSplitPlain);
     }
 
     SplitSums sums() const {
-        if (fast()) return fast_sums();
-        SplitSums s;
-        s.row_gx = Eigen::VectorXd::Zero(rows_);
-        s.row_xx = Eigen::VectorXd::Zero(rows_);
-        const bool cols = two_d_;
-        if (cols) {
-            s.col_gx = Eigen::VectorXd::Zero(cols_);
-            s.col_xx = Eigen::VectorXd::Zero(cols_);
-        }
-        for (std::int64_t i = 0; i < rows_; ++i) {
-            double rg = 0.0, rx = 0.0;
-            for (std::int64_t j = 0; j < cols_; ++j) {
-                const T sg = sigma(i, j);
-                const T xt = x_[i * cols_ + j] / sg;
-                const T gt = g(i, j) * sg;
-                rg += static_cast<double>(gt) * static_cast<double>(xt);
-                rx += static_cast<double>(xt) * static_cast<double>(xt);
-                if (cols) {
-                    const double pc = static_cast<double>(centred(xt, j));
-                    s.col_gx[j] += static_cast<double>(gt) * pc;
-                    s.col_xx[j] += pc * pc;
-                }
-            }
-            s.row_gx[i] = rg;
-            s.row_xx[i] = rx;
-        }
-        return s;
-    }
-
-    std::pair<Eigen::VectorXd, Eigen::VectorXd> moments() const {
-        if (fast()) return fast_moments();
-        const auto n = static_cast<std::size_t>(cols_);
-        // the tangential inputs t and their squares (segment means for rotated heads)
-        const bool whole = axis_ == 0;
-        std::vector<T> t(whole ? static_cast<std::size_t>(rows_) * n : n);
-        std::vector<T> t2(t.size());
-        auto fill_row = [&](std::int64_t i, T* ti, T* t2i) {
-            for (std::int64_t j = 0; j < cols_; ++j) {
-                const T sg = sigma(i, j);
-                const T xt = x_[i * cols_ + j] / sg;
-                ti[j] = project(g(i, j) * sg, xt, i, j);
-                t2i[j] = ti[j] * ti[j];
-            }
-            if (axis_ == 1) segment_means_in_row(t2i);
-        };
-        Eigen::VectorXd ru = Eigen::VectorXd::Zero(rows_);
-        Eigen::VectorXd cu = Eigen::VectorXd::Zero(two_d_ ? cols_ : 0);
-        auto update_row = [&](std::int64_t i, const T* ti, const T* t2i) {
-            double acc = 0.0;
-            for (std::int64_t j = 0; j < cols_; ++j) {
-                const std::int64_t k = i * cols_ + j;
-                const T one = T(1);
-                const T mk = b1_ * m_[k] + (one - b1_) * ti[j];
-                const T vk = b2_ * v_[k] + (one - b2_) * t2i[j];
-                m_[k] = mk;
-                v_[k] = vk;
-                const T u = update(mk, vk);
-                const T xt = x_[k] / sigma(i, j);
-                acc += static_cast<double>(u) * static_cast<double>(xt);
-                if (two_d_) cu[j] += static_cast<double>(u) * static_cast<double>(centred(xt, j));
-            }
-            ru[i] = acc;
-        };
-        if (!whole) {
-            for (std::int64_t i = 0; i < rows_; ++i) {
-                fill_row(i, t.data(), t2.data());
-                update_row(i, t.data(), t2.data());
-            }
-            return {ru, cu};
-        }
-        for (std::int64_t i = 0; i < rows_; ++i)
-            fill_row(i, t.data() + static_cast<std::size_t>(i) * n,
-                     t2.data() + static_cast<std::size_t>(i) * n);
-        for (const auto& [a, e] : segs_) {
-            for (std::size_t j = 0; j < n; ++j) {
-                T sum = T(0);
-                for (std::int64_t i = a; i < e; ++i) sum += t2[static_cast<std::size_t>(i) * n + j];
-                const T mean = sum / static_cast<T>(e - a);
-                for (std::int64_t i = a; i < e; ++i) t2[static_cast<std::size_t>(i) * n + j] = mean;
-            }
-        }
-        for (std::int64_t i = 0; i < rows_; ++i)
-            update_row(i, t.data() + static_cast<std::size_t>(i) * n,
-                       t2.data() + static_cast<std::size_t>(i) * n);
-        return {ru, cu};
-    }
-
-    void apply() const {
-        if (fast()) {
-            fast_apply();
-            return;
-        }
-        for (std::int64_t i = 0; i < rows_; ++i) {
-            const T r = rm_.empty() ? T(1) : rm_[static_cast<std::size_t>(i)];
-            for (std::int64_t j = 0; j < cols_; ++j) {
-                const std::int64_t k = i * cols_ + j;
-                const T sg = sigma(i, j);
-                const T x = x_[k];
-                const T xt = x / sg;
-                const T u = project(update(m_[k], v_[k]), xt, i, j);
-                T xn = x * r;
-                if (!cm_.empty()) {
-                    const T c = cm_[static_cast<std::size_t>(j)];
-                    xn = mu_.empty() ? xn * c : xn + (c - T(1)) * (sg * centred(xt, j));
-                }
-                x_[k] = xn - sg * u;
-            }
-        }
-    }
-
-private:
-    // A 2-D block runs the vectorised row kernels (x̃ = x·(1/σ)); a 1-D block (one element per
-    // unit) the element-wise code (x̃ = x/σ) below.
-    bool fast() const { return two_d_; }
-
-    void scales_row(std::int64_t i, T* sig, T* isig) const {
-        const T r = rs_.empty() ? T(1) : rs_[static_cast<std::size_t>(i)];
-        const T ir = rs_.empty() ? T(1) : T(1) / r;
-        if (cs_.empty()) {
-            std::fill(sig, sig + cols_, r);
-            std::fill(isig, isig + cols_, ir);
-            return;
-        }
-        for (std::int64_t j = 0; j < cols_; ++j) {
-            sig[j] = r * cs_[static_cast<std::size_t>(j)];
-            isig[j] = ir * ics_[static_cast<std::size_t>(j)];
-        }
-    }
-
-    const T* grad_row(std::int64_t i, std::vector<T>& buf) const {
-        const T* gi = g_ + i * gs0_;
-        if (gs1_ == 1) return gi;
-        buf.resize(static_cast<std::size_t>(cols_));
-        for (std::int64_t j = 0; j < cols_; ++j) buf[static_cast<std::size_t>(j)] = gi[j * gs1_];
-        return buf.data();
-    }
-
-    const T* mu_row() const { return mu_.empty() ? zeros_.data() : mu_.data(); }
-    T row_coef(std::int64_t i) const {
-        return a_.empty() ? T(0) : a_[static_cast<std::size_t>(i)];
-    }
-
-    SplitSums fast_sums() const {
         SplitSums s;
         s.row_gx = Eigen::VectorXd::Zero(rows_);
         s.row_xx = Eigen::VectorXd::Zero(rows_);
@@ -1133,7 +1000,67 @@ private:
             s.row_gx[i] = dot8(gt.data(), xt.data(), cols_);
             s.row_xx[i] = dot8(xt.data(), xt.data(), cols_);
         }
+        if (!two_d_) s.col_gx.resize(0), s.col_xx.resize(0);  // a 1-D block has no columns
         return s;
+    }
+
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> moments() const {
+        auto out = axis_ >= 0 ? rotated_moments() : plain_moments();
+        if (!two_d_) out.second.resize(0);
+        return out;
+    }
+
+    void apply() const {
+        const auto n = static_cast<std::size_t>(cols_);
+        std::vector<T> sig(n), isig(n);
+        const int cm = cm_.empty() ? 0 : (mu_.empty() ? 1 : 2);
+        const SplitApplyFn<T> fn = pick_split_apply<T>(mode_, cm);
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            const T r = rm_.empty() ? T(1) : rm_[static_cast<std::size_t>(i)];
+            fn(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, sig.data(), isig.data(),
+               row_coef(i), bc_.data(), n_.data(), mu_row(), r, cm_.data(), cols_,
+               k_.inv_bc2_sqrt, k_.step_size, k_.eps);
+        }
+    }
+
+private:
+    // σ and 1/σ along row i (x̃ = x·(1/σ), g̃ = g·σ).
+    void scales_row(std::int64_t i, T* sig, T* isig) const {
+        const T r = rs_.empty() ? T(1) : rs_[static_cast<std::size_t>(i)];
+        const T ir = rs_.empty() ? T(1) : T(1) / r;
+        if (cs_.empty()) {
+            std::fill(sig, sig + cols_, r);
+            std::fill(isig, isig + cols_, ir);
+            return;
+        }
+        for (std::int64_t j = 0; j < cols_; ++j) {
+            sig[j] = r * cs_[static_cast<std::size_t>(j)];
+            isig[j] = ir * ics_[static_cast<std::size_t>(j)];
+        }
+    }
+
+    const T* grad_row(std::int64_t i, std::vector<T>& buf) const {
+        return gather_row(g_, i, gs0_, gs1_, cols_, buf);
+    }
+    const T* mu_row() const { return mu_.empty() ? zeros_.data() : mu_.data(); }
+    T row_coef(std::int64_t i) const {
+        return a_.empty() ? T(0) : a_[static_cast<std::size_t>(i)];
+    }
+
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> plain_moments() const {
+        Eigen::VectorXd ru = Eigen::VectorXd::Zero(rows_), cu = Eigen::VectorXd::Zero(cols_);
+        const auto n = static_cast<std::size_t>(cols_);
+        std::vector<T> sig(n), isig(n), u(n), xt(n), gbuf;
+        const SplitMomentsFn<T> fn = pick_split_moments<T>(mode_);
+        for (std::int64_t i = 0; i < rows_; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            fn(x_ + i * cols_, grad_row(i, gbuf), m_ + i * cols_, v_ + i * cols_, sig.data(),
+               isig.data(), row_coef(i), bc_.data(), n_.data(), mu_row(), u.data(), xt.data(),
+               cu.data(), cols_, k_.b1, k_.b2, k_.inv_bc2_sqrt, k_.step_size, k_.eps);
+            ru[i] = dot8(u.data(), xt.data(), cols_);
+        }
+        return {ru, cu};
     }
 
     void tangent_row(std::int64_t i, const T* sig, const T* isig, const T* gi, T* t,
@@ -1163,14 +1090,15 @@ private:
             scales_row(i, sig.data(), isig.data());
             split_moments_t2_loop<T>(x_ + i * cols_, isig.data(), mu_row(), ti, t2i,
                                      m_ + i * cols_, v_ + i * cols_, u.data(), xt.data(),
-                                     cu.data(), cols_, b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
+                                     cu.data(), cols_, k_.b1, k_.b2, k_.inv_bc2_sqrt,
+                                     k_.step_size, k_.eps);
             ru[i] = dot8(u.data(), xt.data(), cols_);
         };
         if (!whole) {
             for (std::int64_t i = 0; i < rows_; ++i) {
                 scales_row(i, sig.data(), isig.data());
                 tangent_row(i, sig.data(), isig.data(), grad_row(i, gbuf), t.data(), t2.data());
-                segment_means_in_row(t2.data());
+                mean_within_segments(t2.data(), segs_);
                 update(i, t.data(), t2.data());
             }
             return {ru, cu};
@@ -1196,74 +1124,14 @@ private:
         return {ru, cu};
     }
 
-    std::pair<Eigen::VectorXd, Eigen::VectorXd> fast_moments() const {
-        if (axis_ >= 0) return rotated_moments();
-        Eigen::VectorXd ru = Eigen::VectorXd::Zero(rows_), cu = Eigen::VectorXd::Zero(cols_);
-        const auto n = static_cast<std::size_t>(cols_);
-        std::vector<T> sig(n), isig(n), u(n), xt(n), gbuf;
-        const SplitMomentsFn<T> fn = pick_split_moments<T>(mode_);
-        for (std::int64_t i = 0; i < rows_; ++i) {
-            scales_row(i, sig.data(), isig.data());
-            fn(x_ + i * cols_, grad_row(i, gbuf), m_ + i * cols_, v_ + i * cols_, sig.data(),
-               isig.data(), row_coef(i), bc_.data(), n_.data(), mu_row(), u.data(), xt.data(),
-               cu.data(), cols_, b1_, b2_, inv_bc2_sqrt_, step_size_, eps_);
-            ru[i] = dot8(u.data(), xt.data(), cols_);
-        }
-        return {ru, cu};
-    }
-
-    void fast_apply() const {
-        const auto n = static_cast<std::size_t>(cols_);
-        std::vector<T> sig(n), isig(n);
-        const int cm = cm_.empty() ? 0 : (mu_.empty() ? 1 : 2);
-        const SplitApplyFn<T> fn = pick_split_apply<T>(mode_, cm);
-        for (std::int64_t i = 0; i < rows_; ++i) {
-            scales_row(i, sig.data(), isig.data());
-            const T r = rm_.empty() ? T(1) : rm_[static_cast<std::size_t>(i)];
-            fn(x_ + i * cols_, m_ + i * cols_, v_ + i * cols_, sig.data(), isig.data(),
-               row_coef(i), bc_.data(), n_.data(), mu_row(), r, cm_.data(), cols_,
-               inv_bc2_sqrt_, step_size_, eps_);
-        }
-    }
-
-    T sigma(std::int64_t i, std::int64_t j) const {
-        T s = rs_.empty() ? T(1) : rs_[static_cast<std::size_t>(i)];
-        if (!cs_.empty()) s *= cs_[static_cast<std::size_t>(j)];
-        return s;
-    }
-    T g(std::int64_t i, std::int64_t j) const { return g_[i * gs0_ + j * gs1_]; }
-    T centred(T xt, std::int64_t j) const {
-        return mu_.empty() ? xt : xt - mu_[static_cast<std::size_t>(j)];
-    }
-    // v minus its radial part along the block (row: a_i·x̃; column: b_j·P x̃, times n_j)
-    T project(T v, T xt, std::int64_t i, std::int64_t j) const {
-        if (!a_.empty()) return v - a_[static_cast<std::size_t>(i)] * xt;
-        if (!bc_.empty()) {
-            const auto jj = static_cast<std::size_t>(j);
-            return (v - bc_[jj] * centred(xt, j)) * n_[jj];
-        }
-        return v;
-    }
-    // 0 where the denominator is 0 (ε = 0 on a coordinate whose moments are both 0, as in a
-    // one-element block, which has no tangent space)
-    T update(T mk, T vk) const { return split_update(mk, vk, inv_bc2_sqrt_, step_size_, eps_); }
-    void segment_means_in_row(T* t2i) const {
-        for (const auto& [a, e] : segs_) {
-            T sum = T(0);
-            for (std::int64_t j = a; j < e; ++j) sum += t2i[j];
-            const T mean = sum / static_cast<T>(e - a);
-            for (std::int64_t j = a; j < e; ++j) t2i[j] = mean;
-        }
-    }
-
     std::vector<T> rs_, cs_, mu_, a_, bc_, n_, rm_, cm_;
+    AdamScalars<T> k_;
     std::vector<T> ics_, zeros_;
     int mode_ = kSplitPlain;
     T *x_ = nullptr, *m_ = nullptr, *v_ = nullptr;
     const T* g_ = nullptr;
     std::int64_t rows_ = 0, cols_ = 0, gs0_ = 0, gs1_ = 0;
     bool two_d_ = false;
-    T b1_{}, b2_{}, inv_bc2_sqrt_{}, step_size_{}, eps_{};
     int axis_ = -1;
     std::vector<std::pair<std::int64_t, std::int64_t>> segs_;
 };
