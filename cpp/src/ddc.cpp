@@ -741,6 +741,18 @@ DEADSPEC_ALWAYS_INLINE T split_update(T mk, T vk, T ibc, T ss, T eps) {
     return (den > T(0) ? q : T(0)) * ss;
 }
 
+// v minus its radial part along the block: a_i·x̃ along a row (kSplitRow), b_j·P x̃ along a
+// column times the column norm n_j (kSplitCol), nothing (kSplitPlain). `b`, `nrm` are read only
+// for kSplitCol. The tangential input (v = g̃) and the re-projected update (v = u) alike.
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE T split_project(T v, T xj, T a, const T* __restrict b,
+                                       const T* __restrict nrm, const T* __restrict mu,
+                                       std::int64_t j) {
+    if constexpr (Mode == kSplitRow) return v - a * xj;
+    if constexpr (Mode == kSplitCol) return (v - b[j] * (xj - mu[j])) * nrm[j];
+    return v;
+}
+
 template <typename T>
 DEADSPEC_ALWAYS_INLINE void split_sums_loop(const T* __restrict x, const T* __restrict g,
                                             const T* __restrict sig, const T* __restrict isig,
@@ -767,10 +779,7 @@ DEADSPEC_ALWAYS_INLINE void split_moments_loop(
     const T one = T(1);
     for (std::int64_t j = 0; j < n; ++j) {
         const T xj = x[j] * isig[j];
-        const T gj = g[j] * sig[j];
-        T t = gj;
-        if constexpr (Mode == kSplitRow) t = gj - a * xj;
-        if constexpr (Mode == kSplitCol) t = (gj - b[j] * (xj - mu[j])) * nrm[j];
+        const T t = split_project<T, Mode>(g[j] * sig[j], xj, a, b, nrm, mu, j);
         const T mk = b1 * m[j] + (one - b1) * t;
         const T vk = b2 * v[j] + (one - b2) * (t * t);
         m[j] = mk;
@@ -793,11 +802,7 @@ DEADSPEC_ALWAYS_INLINE void split_tangent_loop(const T* __restrict x, const T* _
                                                const T* __restrict mu, T* __restrict t,
                                                T* __restrict t2, std::int64_t n) {
     for (std::int64_t j = 0; j < n; ++j) {
-        const T xj = x[j] * isig[j];
-        const T gj = g[j] * sig[j];
-        T tj = gj;
-        if constexpr (Mode == kSplitRow) tj = gj - a * xj;
-        if constexpr (Mode == kSplitCol) tj = (gj - b[j] * (xj - mu[j])) * nrm[j];
+        const T tj = split_project<T, Mode>(g[j] * sig[j], x[j] * isig[j], a, b, nrm, mu, j);
         t[j] = tj;
         t2[j] = tj * tj;
     }
@@ -831,9 +836,8 @@ DEADSPEC_ALWAYS_INLINE void split_apply_loop(
     for (std::int64_t j = 0; j < n; ++j) {
         const T xj = x[j];
         const T xtj = xj * isig[j];
-        T u = split_update(m[j], v[j], ibc, ss, eps);
-        if constexpr (Mode == kSplitRow) u = u - a * xtj;
-        if constexpr (Mode == kSplitCol) u = (u - b[j] * (xtj - mu[j])) * nrm[j];
+        const T u = split_project<T, Mode>(split_update(m[j], v[j], ibc, ss, eps), xtj, a, b, nrm,
+                                           mu, j);
         T xn = xj * r;
         if constexpr (Cm == 1) xn = xn * c[j];
         if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig[j] * (xtj - mu[j]));
