@@ -172,6 +172,14 @@ def _decay_and_sigma(
     return scale
 
 
+def _init_adam_state(state: dict[str, Any], p: torch.Tensor) -> None:
+    """A fresh Adam state for ``p``, as torch's AdamW makes it (float32 step count, zero
+    moments of p's shape and dtype)."""
+    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def _adam_apply(
     param: torch.Tensor,
     exp_avg: torch.Tensor,
@@ -249,6 +257,17 @@ def _ddc_adam_update(
     _adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
 
 
+def _mean_within_segments(
+    sq: torch.Tensor, axis: int, segments: list[tuple[int, int]]
+) -> torch.Tensor:
+    """``sq`` (a fresh tensor, written in place) with each ``[start, stop)`` segment along
+    ``axis`` replaced by its mean there: a rotated head's shared second-moment input."""
+    for a, b in segments:
+        blk = sq.narrow(axis, a, b - a)
+        blk.copy_(blk.mean(axis, keepdim=True).expand_as(blk))
+    return sq
+
+
 def _ddc_adam_block_update(
     param: torch.Tensor,
     grad: torch.Tensor,
@@ -279,10 +298,7 @@ def _ddc_adam_block_update(
     scale = _decay_and_sigma(param, scale, col_scale, decay)
     g = grad if scale is None else grad * scale
     exp_avg.lerp_(g, 1 - beta1)
-    g2 = g * g
-    for a, b in segments:
-        blk = g2.narrow(axis, a, b - a)
-        blk.copy_(blk.mean(axis, keepdim=True).expand_as(blk))
+    g2 = _mean_within_segments(g * g, axis, segments)
     exp_avg_sq.mul_(beta2).add_(g2, alpha=1 - beta2)
     _adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
 
@@ -370,11 +386,8 @@ def _split_moments(
     beta1, beta2 = group["betas"]
     state["exp_avg"].lerp_(t, 1 - beta1)
     t2 = t * t
-    axis = blk.get("rot_axis")
-    if axis is not None:
-        for a, b in blk["rot_segments"]:
-            seg = t2.narrow(axis, a, b - a)
-            seg.copy_(seg.mean(axis, keepdim=True).expand_as(seg))
+    if blk.get("rot_axis") is not None:
+        t2 = _mean_within_segments(t2, blk["rot_axis"], blk["rot_segments"])
     state["exp_avg_sq"].mul_(beta2).add_(t2, alpha=1 - beta2)
     u = _split_update(state, group)
     if p.ndim == 1:
@@ -1309,9 +1322,7 @@ class DDCAdam(_DDCBase):
                     continue
                 state = self.state[p]
                 if len(state) == 0:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    _init_adam_state(state, p)
                 decay = 1.0
                 shift = id(p) in self._plan.shift
                 if fold and wd != 0:
@@ -1405,9 +1416,7 @@ class DDCAdam(_DDCBase):
         for p, _ in stepped:
             state = self.state[p]
             if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                _init_adam_state(state, p)
             state["step"] += 1
         sums = self._split_pass("sums", blk, stepped)
         # (1)-(3) per unit: live units, radial coefficients of g̃, the radial Adam
@@ -2032,9 +2041,7 @@ class DDCMuon(_DDCBase):
                     )
                     continue
                 if len(state) == 0:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    _init_adam_state(state, p)
                 beta1, beta2 = group["betas"]
                 kw = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"]}
                 if rot is None:

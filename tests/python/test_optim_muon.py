@@ -322,18 +322,25 @@ def test_plain_muon_and_rotations(muon_float64):
     assert err > 1e-3, err
 
 
-def test_ddcmuon_equivariant_multihead_attention():
-    class MHA(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
-            self.head = nn.Linear(8, 5)
+class _MHANet(nn.Module):
+    """nn.MultiheadAttention (8 wide, 2 heads) under a linear logit head."""
 
-        def forward(self, x):
-            return self.head(self.att(x, x, x, need_weights=False)[0])
+    def __init__(self) -> None:
+        super().__init__()
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 5)
 
+    def forward(self, x):
+        return self.head(self.att(x, x, x, need_weights=False)[0])
+
+
+def _mha_net() -> _MHANet:
     torch.manual_seed(0)
-    m0 = MHA().double()
+    return _MHANet().double()
+
+
+def test_ddcmuon_equivariant_multihead_attention():
+    m0 = _mha_net()
     with torch.no_grad():  # torch zero-initialises it; the key part is a gauge (zero gradient)
         m0.att.in_proj_bias.normal_(0, 0.3)
     for part in ("both", "qk"):
@@ -601,17 +608,7 @@ def test_ddcadam_equivariant_attention(subset, rope, form):
 
 
 def test_ddcadam_equivariant_multihead_attention():
-    class MHA(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
-            self.head = nn.Linear(8, 5)
-
-        def forward(self, x):
-            return self.head(self.att(x, x, x, need_weights=False)[0])
-
-    torch.manual_seed(0)
-    m0 = MHA().double()
+    m0 = _mha_net()
     with torch.no_grad():
         m0.att.in_proj_bias.normal_(0, 0.3)
     for part in ("both", "qk", "vo"):
