@@ -1406,19 +1406,18 @@ class DDCAdam(_DDCBase):
         ]
         # every block the sites read (a producer outside the param groups still defines its
         # units' rows) and the stepped ones, with σ's factors and a logit-shift centring
-        blk: dict[int, dict[str, Any]] = {}
-        for p, _ in stepped:
-            blk[id(p)] = self._split_block(p, rho)
+        tensors = {id(p): p for p, _ in stepped}
         for st in plan.sites:
             for t in (st.weight, st.bias, *st.consumers):
-                if t is not None and t.grad is not None and id(t) not in blk:
-                    blk[id(t)] = self._split_block(t, rho)
+                if t is not None and t.grad is not None:
+                    tensors.setdefault(id(t), t)
+        blk = {i: self._split_block(t, rho) for i, t in tensors.items()}
         for p, _ in stepped:
             state = self.state[p]
             if len(state) == 0:
                 _init_adam_state(state, p)
             state["step"] += 1
-        sums = self._split_pass("sums", blk, stepped)
+        sums = self._split_pass("sums", blk, stepped, tensors)
         # (1)-(3) per unit: live units, radial coefficients of g̃, the radial Adam
         sites = [self._split_site(s, sums) for s in plan.sites]
         self._split_coefficients(sites, "grad", blk)
@@ -1469,18 +1468,14 @@ class DDCAdam(_DDCBase):
         which: str,
         blk: dict[int, dict[str, Any]],
         stepped: list[tuple[torch.Tensor, dict[str, Any]]],
+        tensors: dict[int, torch.Tensor] | None = None,
     ) -> dict[int, tuple[torch.Tensor | None, ...]]:
-        """One pass over the blocks: ``"sums"`` (every block), ``"moments"``, ``"apply"`` (the
-        stepped ones). CPU float blocks go to the core in one call, the rest through torch."""
-        ids = [id(p) for p, _ in stepped]
+        """One pass over ``tensors`` (``"sums"``: every block the sites read) or the stepped
+        parameters (``"moments"``, ``"apply"``). CPU float blocks go to the core in one call, the
+        rest through torch."""
         groups = {id(p): g for p, g in stepped}
-        params = {id(p): p for p, _ in stepped}
-        if which == "sums":
-            for st in self._plan.sites:
-                for t in (st.weight, st.bias, *st.consumers):
-                    if t is not None and id(t) in blk and id(t) not in params:
-                        params[id(t)] = t
-                        ids.append(id(t))
+        params = {id(p): p for p, _ in stepped} if tensors is None else tensors
+        ids = list(params)
         out: dict[int, tuple[torch.Tensor | None, ...]] = {}
         fused: list[int] = []
         calls: list[dict[str, Any]] = []
