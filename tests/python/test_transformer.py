@@ -321,7 +321,7 @@ def test_multihead_attention_projections_and_heads(batch_first, kdim):
 
 def test_patched_mha_equals_torch_forward():
     torch.manual_seed(10)
-    from deadspec.reading import _mha_forward
+    from deadspec._engine.mha import mha_forward
 
     mha = nn.MultiheadAttention(8, 2, dropout=0.0).to(DT).eval()
     q = torch.randn(4, 3, 8, dtype=DT)
@@ -332,7 +332,7 @@ def test_patched_mha_equals_torch_forward():
     ]
     for kpm, mask in masks:
         want, wts = mha(q, q, q, key_padding_mask=kpm, attn_mask=mask)
-        got, gw = _mha_forward(mha, {}, None, "t", q, q, q, key_padding_mask=kpm, attn_mask=mask)
+        got, gw = mha_forward(mha, {}, None, "t", q, q, q, key_padding_mask=kpm, attn_mask=mask)
         assert torch.allclose(got, want, atol=1e-12) and torch.allclose(gw, wts, atol=1e-12)
 
 

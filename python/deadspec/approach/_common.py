@@ -1,0 +1,89 @@
+"""Helpers shared by the approach readings: the t grid, layer and unit arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from deadspec._engine.inputs import names_list
+
+__all__ = [
+    "DIR_LABELS",
+    "METHODS",
+    "SIDES",
+    "check_units",
+    "default_next_layer",
+    "linear_named",
+    "t_grid",
+]
+
+SIDES = ("activation", "fisher")
+METHODS = ("ols", "theil-sen")
+DIR_LABELS = ("expected", "observed", "sampled")
+
+
+def t_grid(t: Any, fn: str) -> np.ndarray:
+    if t is None:
+        return np.logspace(-3, -1, 7)
+    arr = np.asarray(t, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(
+            f"deadspec.{fn}: t must be a 1-D grid of at least 2 values, got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"deadspec.{fn}: t must hold finite positive values, got {arr.tolist()}")
+    arr = np.sort(arr)
+    if np.any(np.diff(arr) == 0):
+        raise ValueError(f"deadspec.{fn}: t must hold distinct values, got {arr.tolist()}")
+    return arr
+
+
+def linear_named(model: nn.Module, name: Any, what: str, fn: str) -> nn.Linear:
+    named = dict(model.named_modules())
+    if not isinstance(name, str):
+        raise TypeError(
+            f"deadspec.{fn}: {what} must be a module name (str), got {type(name).__name__}"
+        )
+    if name not in named:
+        raise ValueError(
+            f"deadspec.{fn}: {what} {name!r} is not a module name of the model; "
+            f"available names: {names_list(named)}"
+        )
+    mod = named[name]
+    if not isinstance(mod, nn.Linear):
+        raise TypeError(
+            f"deadspec.{fn}: {what} {name!r} must be an nn.Linear, got {type(mod).__name__}"
+        )
+    return mod
+
+
+def default_next_layer(model: nn.Module, layer: str, width: int) -> str | None:
+    after = False
+    for name, mod in model.named_modules():
+        if name == layer:
+            after = True
+            continue
+        if after and isinstance(mod, nn.Linear) and mod.in_features == width:
+            return name
+    return None
+
+
+def check_units(units: Any, width: int, fn: str) -> tuple[int, ...]:
+    if isinstance(units, (int, np.integer)) and not isinstance(units, bool):
+        units = [units]
+    try:
+        vals = [int(u) for u in units]
+    except TypeError:
+        raise TypeError(
+            f"deadspec.{fn}: units must be a sequence of int, got {type(units).__name__}"
+        ) from None
+    if not vals:
+        raise ValueError(f"deadspec.{fn}: units must name at least one hidden unit, got []")
+    if len(set(vals)) != len(vals):
+        raise ValueError(f"deadspec.{fn}: units must be distinct, got {vals}")
+    bad = [u for u in vals if not 0 <= u < width]
+    if bad:
+        raise ValueError(f"deadspec.{fn}: units must lie in [0, {width}), got {bad}")
+    return tuple(vals)

@@ -1,0 +1,449 @@
+"""The directional order of a candidate dead direction, from its directional-Fisher rate.
+
+``F_u(t) = (1/N) Σ_i ⟨g_i(θ(t)), u⟩²`` along a path θ(t) (theory.md §1, §3), from one
+Jacobian–vector product of the model per t (``torch.func.jvp`` of ``functional_call``), never a
+per-sample gradient; slope s of ``log F_u`` against ``log t``, ``k̂ = 1 + s/2``,
+``λ_dir = 1/(2k̂)``. The model's modes and buffers are restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deadspec._engine.inputs import ModelState, as_input_tuple, batch_slices, make_generator
+from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
+from deadspec._util import progress as progress_bar
+from deadspec.approach._common import DIR_LABELS, METHODS, t_grid
+from deadspec.ops import fit_slope
+
+__all__ = ["DirectionOrder", "direction_order"]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class DirectionOrder:
+    """Result of :func:`direction_order`.
+
+    Attributes
+    ----------
+    k_hat : float
+        Order estimate ``1 + slope/2`` (``inf`` for a flat gauge direction).
+    lambda_dir : float
+        Contribution ``1/(2·k_hat)`` to the learning coefficient (0 for a flat direction).
+    slope, r2 : float
+        Fit of ``log F_u`` against ``log t`` over the t with ``F_u > 0`` (NaN if fewer than 2).
+    kind : str
+        ``"genuine"``, ``"flat-gauge"`` or ``"regular"``.
+    t : np.ndarray
+        The grid, ascending.
+    fisher : np.ndarray
+        ``F_u(t) = (1/N) Σ_i <g_i(θ(t)), u>²``.
+    reference : np.ndarray
+        The scale the flatness test compares with: the mean directional Fisher over random unit
+        directions (a Hutchinson estimate of ``tr F / p``).
+    stderr, intercept : float
+        Of the fit.
+    """
+
+    k_hat: float
+    lambda_dir: float
+    slope: float
+    r2: float
+    kind: str
+    t: np.ndarray
+    fisher: np.ndarray
+    reference: np.ndarray | None = None
+    stderr: float = float("nan")
+    intercept: float = float("nan")
+
+    def __repr__(self) -> str:
+        return (
+            f"DirectionOrder(kind={self.kind!r}, k_hat={self.k_hat:.4g}, "
+            f"lambda_dir={self.lambda_dir:.4g}, slope={self.slope:.4g}, r2={self.r2:.4f}, "
+            f"t=[{self.t[0]:.3g}..{self.t[-1]:.3g}] ({len(self.t)} points))"
+        )
+
+
+def _unit_direction(model: nn.Module, direction: Any, fn: str) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    if not params:
+        raise ValueError(f"deadspec.{fn}: the model has no parameters")
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(direction, Mapping):
+        unknown = [k for k in direction if k not in params]
+        if unknown:
+            raise ValueError(
+                f"deadspec.{fn}: direction names {unknown} are not parameters of the model; "
+                f"parameters: {list(params)}"
+            )
+        for name, p in params.items():
+            if name in direction:
+                v = torch.as_tensor(direction[name])
+                if tuple(v.shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"deadspec.{fn}: direction[{name!r}] must have shape {tuple(p.shape)}, "
+                        f"got {tuple(v.shape)}"
+                    )
+                out[name] = v.detach().to(device=p.device, dtype=torch.float64)
+            else:
+                out[name] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+    else:
+        v = torch.as_tensor(direction).detach()
+        total = sum(p.numel() for p in params.values())
+        if v.ndim != 1 or v.numel() != total:
+            raise ValueError(
+                f"deadspec.{fn}: a flat direction must be a 1-D vector of length {total} "
+                f"(sum of parameter sizes, named_parameters() order), got shape {tuple(v.shape)}"
+            )
+        off = 0
+        for name, p in params.items():
+            out[name] = (
+                v[off : off + p.numel()].reshape(p.shape).to(device=p.device, dtype=torch.float64)
+            )
+            off += p.numel()
+    for name, v in out.items():
+        if v.is_complex() or not bool(torch.isfinite(v).all()):
+            raise ValueError(f"deadspec.{fn}: direction[{name!r}] must be real and finite")
+    norm = math.sqrt(sum(float(v.pow(2).sum()) for v in out.values()))
+    if norm == 0.0:
+        raise ValueError(f"deadspec.{fn}: direction must be non-zero, got norm 0")
+    return {name: (v / norm).to(params[name].dtype) for name, v in out.items()}
+
+
+def _path_params(
+    model: nn.Module,
+    theta0: dict[str, torch.Tensor],
+    u: dict[str, torch.Tensor],
+    path: Callable | None,
+    tv: float,
+    fn: str,
+) -> dict[str, torch.Tensor]:
+    if path is None:
+        return {n: theta0[n] + tv * u[n] for n in theta0}
+    d = path(tv)
+    if not isinstance(d, Mapping):
+        raise TypeError(
+            f"deadspec.{fn}: path(t) must return a dict of parameters, got {type(d).__name__}"
+        )
+    unknown = [k for k in d if k not in theta0]
+    if unknown:
+        raise ValueError(
+            f"deadspec.{fn}: path(t) returned names {unknown} that are not parameters; "
+            f"parameters: {list(theta0)}"
+        )
+    merged = dict(theta0)
+    for name, v in d.items():
+        v = torch.as_tensor(v).detach().to(device=theta0[name].device, dtype=theta0[name].dtype)
+        if v.shape != theta0[name].shape:
+            raise ValueError(
+                f"deadspec.{fn}: path(t)[{name!r}] must have shape {tuple(theta0[name].shape)}, "
+                f"got {tuple(v.shape)}"
+            )
+        merged[name] = v
+    return merged
+
+
+class _Measure:
+    """``F_u(θ) = (1/N) Σ_i ⟨g_i(θ), u⟩²`` over the data, from JVPs of the model's output."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tup: tuple[torch.Tensor, ...],
+        slices: list[slice],
+        n: int,
+        *,
+        targets: torch.Tensor | None,
+        loss_fn: Callable | None,
+        labels: str,
+        task: str | None,
+        gen: torch.Generator | None,
+        fn: str,
+    ) -> None:
+        self.model, self.tup, self.slices, self.n = model, tup, slices, n
+        self.targets, self.loss_fn, self.labels = targets, loss_fn, labels
+        self.task, self.gen, self.fn = task, gen, fn
+
+    def __call__(self, theta: dict[str, torch.Tensor], tangent: dict[str, torch.Tensor]) -> float:
+        from torch.func import functional_call, jvp
+
+        total = 0.0
+        for sl in self.slices:
+            args = tuple(x[sl] for x in self.tup)
+            out, v = jvp(
+                lambda p, args=args: functional_call(self.model, p, args), (theta,), (tangent,)
+            )
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"deadspec.{self.fn}: the model output must be a tensor, got "
+                    f"{type(out).__name__}"
+                )
+            q = self._per_sample(out, v, sl)
+            if not bool(torch.isfinite(q).all()):
+                raise ValueError(
+                    f"deadspec.{self.fn}: the directional derivatives must be finite, got NaN/Inf"
+                )
+            total += float(q.sum())
+        return total / self.n
+
+    def _per_sample(self, out: torch.Tensor, v: torch.Tensor, sl: slice) -> torch.Tensor:
+        """⟨g_i, u⟩² per sample (its expectation over the predictive, for "expected")."""
+        b = out.shape[0]
+        if self.labels == "expected":
+            vd = v.detach().double()
+            if self.task == "regression":
+                return vd.pow(2).reshape(b, -1).sum(1)
+            # Var_p(v) per position = vᵀ(diag p − ppᵀ)v, written centred so that a constant
+            # logit shift gives 0 up to round-off of v only.
+            p = torch.softmax(out.detach().double(), dim=-1)
+            vbar = (p * vd).sum(-1, keepdim=True)
+            return (p * (vd - vbar).pow(2)).sum(-1).reshape(b, -1).sum(1)
+        if self.labels == "observed":
+            y = self.targets[sl]
+        else:
+            y = sample_targets(out, self.task, self.gen)
+        out_d = out.detach()
+        _, dl = _loss_jvp(out_d, y, v.detach(), self.loss_fn, self.fn)
+        return dl.detach().double().pow(2)
+
+
+def _loss_jvp(
+    out: torch.Tensor, y: torch.Tensor, v: torch.Tensor, loss_fn: Callable | None, fn: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample losses, their directional derivatives along v in the output)."""
+    from torch.func import jvp
+
+    return jvp(lambda o: per_sample_loss(o, y, loss_fn, fn), (out,), (v,))
+
+
+def direction_order(
+    model: nn.Module,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    direction: Mapping[str, torch.Tensor] | torch.Tensor | np.ndarray,
+    *,
+    targets: torch.Tensor | None = None,
+    loss_fn: Callable | None = None,
+    t: Sequence[float] | np.ndarray | None = None,
+    path: Callable[[float], Mapping[str, torch.Tensor]] | None = None,
+    labels: str = "expected",
+    task: str | None = None,
+    method: str = "ols",
+    slope_tol: float = 0.5,
+    gauge_rtol: float = 1e-8,
+    gauge_atol: float = 0.0,
+    n_probes: int = 2,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    progress: bool | None = False,
+) -> DirectionOrder:
+    """KL order of a candidate dead direction from its directional-Fisher rate.
+
+    ``F_u(t) = (1/N) Σ_i <g_i(θ(t)), u>²`` with ``g_i`` the gradient of sample i's loss, from
+    one Jacobian–vector product of the model per t (``torch.func.jvp`` of
+    ``functional_call``), never a per-sample gradient. Slope s of ``log F_u`` vs ``log t``,
+    ``k̂ = 1 + s/2``, ``λ_dir = 1/(2k̂)`` (theory.md §1, §3).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Sits at (or near) the singular point θ; left unchanged.
+    inputs : Tensor or tuple of Tensor
+        Batch-first inputs, N samples.
+    direction : dict or 1-D tensor/array
+        ``{name: tensor}`` over ``named_parameters()`` (missing names are zero), or a flat
+        vector of length Σ numel in ``named_parameters()`` order. Normalised to unit norm.
+    targets, loss_fn
+        Per-sample losses as in :func:`deadspec.read` (used by ``labels="observed"`` and
+        ``"sampled"``; for ``"expected"`` only to infer the task).
+    t : array-like, optional
+        Positive grid, default ``np.logspace(-3, -1, 7)``.
+    path : callable, optional
+        ``path(t) -> {name: tensor}`` giving θ(t) (missing names keep the model's values);
+        default ``θ(t) = θ + t·u``.
+    labels : {"expected", "observed", "sampled"}
+        ``"expected"`` (default): the Fisher metric itself, i.e. the expectation over the
+        model's predictive distribution in closed form: ``F_u = mean_i ||J_i u||²`` for
+        regression (Gaussian, σ = 1) and ``mean_i Σ_positions Var_{p_i}(J_i u)`` for
+        classification (softmax logits or log-probabilities). ``"observed"``: the empirical
+        Fisher with the given targets (near a fit it can vanish faster, e.g. slope 6 instead of
+        2 for ``y = w²x``). ``"sampled"``: labels drawn from the model at each t.
+    task : {"classification", "regression"}, optional
+        Inferred from the targets' dtype or the loss_fn type when None.
+    method : {"ols", "theil-sen"}
+        Passed to :func:`deadspec.fit_slope`.
+    slope_tol : float
+        ``"genuine"`` when the slope exceeds it (k̂ > 1 + slope_tol/2), else ``"regular"``.
+    gauge_rtol, gauge_atol : float
+        ``"flat-gauge"`` when ``F_u(t) <= gauge_rtol·reference(t) + gauge_atol`` at every t;
+        ``reference(t)`` is the mean directional Fisher over ``n_probes`` random unit
+        directions (seeded by ``seed``), a Hutchinson estimate of ``tr F(θ(t)) / p``.
+        A flat direction gets ``k_hat = inf`` and ``lambda_dir = 0``.
+    n_probes : int
+        Number of random reference directions (≥ 1).
+    seed : int or None
+        Seed of the probes and of sampled labels.
+    batch_size : int, optional
+        Evaluate in batches of this size.
+    progress : bool or None
+        tqdm bar over the t grid.
+
+    Returns
+    -------
+    DirectionOrder
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> import deadspec
+    >>> class Square(nn.Module):  # y = w² x, at the singular point w = 0
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w = nn.Parameter(torch.zeros((), dtype=torch.float64))
+    ...     def forward(self, x):
+    ...         return self.w**2 * x
+    >>> x = torch.randn(64, 1, dtype=torch.float64)
+    >>> res = deadspec.direction_order(Square(), x, {"w": torch.tensor(1.0)}, task="regression")
+    >>> res.kind, round(res.k_hat, 6), round(res.lambda_dir, 6)
+    ('genuine', 2.0, 0.25)
+    """
+    fn = "direction_order"
+    _check_order_options(model, labels, method, n_probes, slope_tol, gauge_rtol, gauge_atol, path)
+    tup, n = as_input_tuple(inputs, fn)
+    slices = batch_slices(n, batch_size, fn)
+    grid = t_grid(t, fn)
+    if labels == "observed":
+        if targets is None:
+            raise ValueError(f"deadspec.{fn}: labels='observed' needs targets, got targets=None")
+    else:
+        task = infer_task(targets, loss_fn, task, fn)
+    if targets is not None and (
+        not isinstance(targets, torch.Tensor) or targets.ndim == 0 or targets.shape[0] != n
+    ):
+        raise ValueError(f"deadspec.{fn}: targets must be a tensor with {n} rows on axis 0")
+
+    u = _unit_direction(model, direction, fn)
+    theta0 = {name: p.detach() for name, p in model.named_parameters()}
+    pgen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    probes = []
+    for _ in range(int(n_probes)):
+        raw = {
+            name: torch.randn(p.shape, generator=pgen, dtype=torch.float64)
+            for name, p in theta0.items()
+        }
+        probes.append(_unit_direction(model, raw, fn))
+    measure = _Measure(
+        model,
+        tup,
+        slices,
+        n,
+        targets=targets,
+        loss_fn=loss_fn,
+        labels=labels,
+        task=task,
+        gen=make_generator(seed, tup[0].device) if labels == "sampled" else None,
+        fn=fn,
+    )
+    fisher = np.empty(len(grid))
+    reference = np.empty(len(grid))
+    snapshot = ModelState(model)
+    try:
+        with warnings.catch_warnings():
+            # torch's first forward-AD call loads jvp decompositions through torch.jit.script,
+            # which warns about its own deprecation (torch >= 2.9); not the user's concern.
+            warnings.filterwarnings(
+                "ignore",
+                message=r".*torch\.jit\.script.* is deprecated",
+                category=DeprecationWarning,
+            )
+            for i, tv in enumerate(progress_bar(grid, progress, f"deadspec.{fn}", len(grid))):
+                theta = _path_params(model, theta0, u, path, float(tv), fn)
+                fisher[i] = measure(theta, u)
+                reference[i] = np.mean([measure(theta, r) for r in probes])
+    finally:
+        snapshot.restore()
+    return _classify(grid, fisher, reference, method, slope_tol, gauge_rtol, gauge_atol, fn)
+
+
+def _check_order_options(
+    model: Any,
+    labels: str,
+    method: str,
+    n_probes: Any,
+    slope_tol: Any,
+    gauge_rtol: Any,
+    gauge_atol: Any,
+    path: Any,
+) -> None:
+    fn = "direction_order"
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
+    if labels not in DIR_LABELS:
+        raise ValueError(f"deadspec.{fn}: labels must be one of {DIR_LABELS}, got {labels!r}")
+    if method not in METHODS:
+        raise ValueError(f"deadspec.{fn}: method must be one of {METHODS}, got {method!r}")
+    if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
+        raise ValueError(f"deadspec.{fn}: n_probes must be a positive int, got {n_probes!r}")
+    for nm, val in (
+        ("slope_tol", slope_tol),
+        ("gauge_rtol", gauge_rtol),
+        ("gauge_atol", gauge_atol),
+    ):
+        if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
+            raise ValueError(
+                f"deadspec.{fn}: {nm} must be a finite non-negative number, got {val!r}"
+            )
+    if path is not None and not callable(path):
+        raise TypeError(f"deadspec.{fn}: path must be callable or None, got {type(path).__name__}")
+
+
+def _classify(
+    grid: np.ndarray,
+    fisher: np.ndarray,
+    reference: np.ndarray,
+    method: str,
+    slope_tol: float,
+    gauge_rtol: float,
+    gauge_atol: float,
+    fn: str,
+) -> DirectionOrder:
+    """Fit ``log F_u`` against ``log t`` and classify: flat gauge, genuine or regular."""
+    flat = bool(np.all(fisher <= gauge_rtol * reference + gauge_atol))
+    pos = fisher > 0
+    slope = r2 = stderr = intercept = float("nan")
+    if pos.sum() >= 2:
+        fit = fit_slope(np.log(grid[pos]), np.log(fisher[pos]), method=method)
+        slope, r2 = float(fit.slope), float(fit.r2)
+        stderr, intercept = float(fit.stderr), float(fit.intercept)
+    if flat:
+        kind, k_hat, lam = "flat-gauge", float("inf"), 0.0
+    else:
+        if pos.sum() < 2:
+            raise ValueError(
+                f"deadspec.{fn}: F_u(t) > 0 at fewer than 2 grid points ({fisher.tolist()}); "
+                f"cannot fit a slope"
+            )
+        kind = "genuine" if slope > slope_tol else "regular"
+        k_hat = 1.0 + slope / 2.0
+        lam = 1.0 / (2.0 * k_hat) if k_hat > 0 else float("nan")
+    return DirectionOrder(
+        k_hat=k_hat,
+        lambda_dir=lam,
+        slope=slope,
+        r2=r2,
+        kind=kind,
+        t=grid,
+        fisher=fisher,
+        reference=reference,
+        stderr=stderr,
+        intercept=intercept,
+    )

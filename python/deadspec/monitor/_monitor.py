@@ -1,0 +1,493 @@
+"""The :class:`DeadDirectionMonitor`: recording readings along training."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deadspec._engine import collect, read_states, reading_options
+from deadspec._engine.results import RECORD_KEYS, Reading
+from deadspec._engine.sites import resolve_sites
+from deadspec._util import write_csv
+from deadspec.monitor._approach import (
+    DEAD_NORM,
+    DEAD_PROJECTION,
+    FN,
+    Checkpoint,
+    Point,
+    approach_table,
+    call_approach,
+    dead_directions,
+    reference_cluster,
+    resolve_approach,
+    singular_values,
+    weight_summary,
+)
+from deadspec.monitor._rates import (
+    FitOptions,
+    check_fit_options,
+    check_int,
+    check_predictions,
+    rate_rows,
+)
+
+__all__ = ["DeadDirectionMonitor"]
+
+_READ_OPTIONS = (
+    "labels",
+    "batch_size",
+    "center",
+    "pool",
+    "rtol",
+    "gap_ratio",
+    "seed",
+    "task",
+    "gauges",
+    "route",
+)
+
+
+class DeadDirectionMonitor:
+    """Record DDS readings along training and fit the trajectory-rate readout.
+
+    Call ``monitor.step(step)`` (or ``monitor(step)``) from the training loop; every ``every``
+    steps it runs :func:`deadspec.read` on the probe batch. See the module docstring for the
+    approach parameter, the window, the prediction table and the overhead.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained. Each reading leaves it as found (modes, ``.grad``,
+        ``requires_grad``, buffers: :func:`deadspec.read`'s guarantee).
+    layers : str or sequence of str, optional
+        Layers to read (``named_modules()`` names, or the virtual names
+        :func:`deadspec.read` accepts); None reads every linear-like layer.
+    every : int
+        Read when ``step % every == 0`` (≥ 1).
+    inputs : Tensor or tuple of Tensor
+        The fixed probe batch (N samples), read at every checkpoint.
+    targets : Tensor, optional
+        Probe targets for the Fisher side (``labels="observed"``).
+    loss_fn : callable, optional
+        Per-sample loss, as in :func:`deadspec.read`.
+    fisher : bool
+        Read the Fisher side too.
+    approach : "dead-norm", "dead-projection", callable or dict
+        The approach parameter: ``"dead-norm"`` (default, per layer the norm of the r smallest
+        singular values of ``[W b]``, r the dead count of the last checkpoint's activation
+        Gram), ``"dead-projection"`` (‖P_dead [W b]‖_F against that Gram's dead
+        eigenvectors), ``approach(model) -> float`` (one value for all layers), or a dict
+        ``layer -> "dead-norm" | "dead-projection" | callable | "<linear module name>"``
+        (layers missing from the dict use ``"dead-norm"``).
+    predictions : mapping, optional
+        Overrides of :data:`DEFAULT_PREDICTIONS`, keyed ``"<side>.<observable>"``; values a
+        number, None, or ``f(r) -> float``.
+    tolerance : float
+        Relative tolerance of a reading cell (default 0.25: within ±25% of the prediction).
+    min_r2 : float
+        Minimum R² of a reading cell (default 0.9).
+    window : {"after-peak", "all"} or (first_step, last_step)
+        Default window of :meth:`rates`.
+    frac : float
+        Keep window points with ``a ≤ frac·a_peak`` (0 < frac ≤ 1; default 1).
+    min_points : int
+        Fewest points for a fit (default 4).
+    fixed_active : bool
+        Fit ``logdet_top(μ, k)`` and ``μ_k`` with the active size k fixed over the window
+        (default), or each reading's own ``logdet_plus`` and ``lambda_min``.
+    method : {"ols", "theil-sen"}
+        Passed to :func:`deadspec.fit_slope`.
+    **read_options
+        Passed to :func:`deadspec.read`: ``labels``, ``batch_size``, ``center``, ``pool``,
+        ``rtol``, ``gap_ratio``, ``seed``, ``task``, ``gauges``, ``route``.
+
+    Raises
+    ------
+    ValueError
+        Unknown layer (listing the available names), ``every < 1``, a layer whose default
+        approach parameter is undefined (not linear-like: pass ``approach=``), missing targets
+        for the observed Fisher side, bad options.
+    TypeError
+        Wrong argument types.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from deadspec.monitor import DeadDirectionMonitor
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    >>> x, y = torch.randn(32, 4), torch.randn(32, 1)
+    >>> monitor = DeadDirectionMonitor(model, ["0", "2"], every=10, inputs=x, targets=y)
+    >>> opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    >>> for step in range(30):
+    ...     opt.zero_grad()
+    ...     loss = ((model(x) - y) ** 2).mean()
+    ...     loss.backward()
+    ...     opt.step()
+    ...     _ = monitor(step)
+    >>> len(monitor.records())  # 3 checkpoints × 2 layers × 2 sides
+    12
+    >>> count, total = monitor.cells_reading()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: str | Sequence[str] | None = None,
+        *,
+        every: int = 1,
+        inputs: torch.Tensor | Sequence[torch.Tensor],
+        targets: torch.Tensor | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        fisher: bool = True,
+        approach: str | Callable[[nn.Module], float] | Mapping[str, Any] = DEAD_NORM,
+        predictions: Mapping[str, Any] | None = None,
+        tolerance: float = 0.25,
+        min_r2: float = 0.9,
+        window: str | tuple[int, int] = "after-peak",
+        frac: float = 1.0,
+        min_points: int = 4,
+        fixed_active: bool = True,
+        method: str = "ols",
+        **read_options: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"deadspec.{FN}: model must be a torch.nn.Module, got {type(model).__name__}"
+            )
+        self.every = check_int(every, "every", 1)
+        unknown = sorted(set(read_options) - set(_READ_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"deadspec.{FN}: read options must be among {_READ_OPTIONS}, got {unknown}"
+            )
+        labels = read_options.get("labels", "observed")
+        if fisher and targets is None and labels == "observed":
+            raise ValueError(
+                f"deadspec.{FN}: targets must be given for the Fisher side with "
+                f"labels='observed' (or pass fisher=False or labels='sampled'), got None"
+            )
+        sites = resolve_sites(model, layers, False, FN)
+        self.model = model
+        self.layers: list[str] = [name for name, _ in sites]
+        self.inputs = inputs
+        self.targets = targets
+        self.loss_fn = loss_fn
+        self.fisher = bool(fisher)
+        self.read_options = dict(read_options)
+        check_fit_options(tolerance, min_r2, window, frac, min_points, method)
+        self.tolerance = float(tolerance)
+        self.min_r2 = float(min_r2)
+        self.window = window
+        self.frac = float(frac)
+        self.min_points = int(min_points)
+        self.fixed_active = bool(fixed_active)
+        self.method = method
+        self.predictions = check_predictions(predictions)
+        # per layer: (DEAD_NORM | DEAD_PROJECTION, weight module name) or ("callable", fn)
+        self._approach = resolve_approach(model, sites, approach)
+        self._checkpoints: list[Checkpoint] = []
+        self._ref_gram: dict[str, np.ndarray] = {}
+        self._calls = 0
+        self._cache: tuple[int, dict[str, np.ndarray]] | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # Recording
+    # ----------------------------------------------------------------------------------------
+
+    def __call__(self, step: int | None = None, *, force: bool = False) -> Reading | None:
+        """Same as :meth:`step`."""
+        return self.step(step, force=force)
+
+    def step(self, step: int | None = None, *, force: bool = False) -> Reading | None:
+        """Read the model if ``step % every == 0`` (or ``force``); else do nothing.
+
+        Parameters
+        ----------
+        step : int, optional
+            The training step. None counts the calls (0, 1, 2, ...).
+        force : bool
+            Read whatever the step (e.g. once more at the end of training).
+
+        Returns
+        -------
+        Reading or None
+            The :class:`deadspec.Reading` taken, or None when this step is not read.
+
+        Raises
+        ------
+        ValueError
+            A negative step, or a step not after the last one recorded.
+        """
+        if step is None:
+            step = self._calls
+        step = check_int(step, "step", 0)
+        self._calls = step + 1
+        if not force and step % self.every:
+            return None
+        if self._checkpoints and step <= self._checkpoints[-1].step:
+            raise ValueError(
+                f"deadspec.{FN}: step must be after the last recorded step "
+                f"{self._checkpoints[-1].step}, got {step}"
+            )
+        return self._record(step)
+
+    def _record(self, step: int) -> Reading:
+        t0 = time.perf_counter()
+        collect_opts, read_opts = reading_options(
+            targets=self.targets,
+            loss_fn=self.loss_fn,
+            fisher=self.fisher,
+            progress=False,
+            **self.read_options,
+        )
+        collected = collect(self.model, self.inputs, self.layers, collect_opts)
+        center = bool(self.read_options.get("center", False))
+        states = {st.name: st for st in collected.states}
+        for name in self.layers:
+            if self._approach[name][0] == DEAD_PROJECTION:
+                # the Gram the reading read, on the feature side (h×h) whatever its route
+                self._ref_gram[name] = states[name].feature_gram(center)
+        reading = read_states(collected, read_opts)
+        named = dict(self.model.named_modules())
+        points: dict[str, Point] = {}
+        for name in self.layers:
+            lr = reading[name]
+            point = Point(lr.activation, lr.fisher, int(lr.n_rows), int(lr.n_samples))
+            kind, value = self._approach[name]
+            if kind == DEAD_NORM:
+                point.singular_values = singular_values(named[value])
+            elif kind == DEAD_PROJECTION:
+                summary, is_gram = weight_summary(named[value])
+                if self._ref_gram[name].shape[0] != summary.shape[0]:
+                    raise ValueError(
+                        f"deadspec.{FN}: layer {name!r} output width "
+                        f"{self._ref_gram[name].shape[0]} must match its weight's "
+                        f"{summary.shape[0]} rows, got a mismatch"
+                    )
+                point.weight, point.weight_is_gram = summary, is_gram
+            else:
+                point.approach = call_approach(value, self.model, name)
+            points[name] = point
+        self._checkpoints.append(Checkpoint(step, time.perf_counter() - t0, points))
+        self._cache = None
+        return reading
+
+    # ----------------------------------------------------------------------------------------
+    # Approach parameter
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps recorded so far."""
+        return [c.step for c in self._checkpoints]
+
+    @property
+    def seconds(self) -> float:
+        """Total wall time spent in readings (the monitor's overhead)."""
+        return float(sum(c.seconds for c in self._checkpoints))
+
+    def dead_directions(self, layer: str) -> np.ndarray:
+        """The reference dead cluster ``U`` (h × r) of a layer's activation Gram.
+
+        Eigenvectors (columns) of the last recorded activation Gram below its largest log-gap
+        (``dead_count`` of them; r = 0 gives an ``h × 0`` array). Only for layers monitored
+        with ``approach="dead-projection"`` (the only ones whose Gram is kept).
+        """
+        self._check_layer(layer)
+        if self._approach[layer][0] != DEAD_PROJECTION:
+            raise ValueError(
+                f"deadspec.{FN}: dead_directions needs approach={DEAD_PROJECTION!r} for layer "
+                f"{layer!r}, got {self._approach[layer][0]!r}"
+            )
+        if not self._checkpoints:
+            raise ValueError(f"deadspec.{FN}: no checkpoint recorded yet, got 0")
+        lo, hi = reference_cluster(self._checkpoints, layer)
+        return dead_directions(self._ref_gram[layer], lo, hi)
+
+    def approach_values(self, layer: str) -> np.ndarray:
+        """The approach parameter a(t) of a layer at every recorded checkpoint (NaN: undefined)."""
+        self._check_layer(layer)
+        return self._approach_table()[layer].copy()
+
+    def _approach_table(self) -> dict[str, np.ndarray]:
+        n = len(self._checkpoints)
+        if self._cache is None or self._cache[0] != n:
+            table = approach_table(self._checkpoints, self.layers, self._approach, self._ref_gram)
+            self._cache = (n, table)
+        return self._cache[1]
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise ValueError(
+                f"deadspec.{FN}: layer must be one of the monitored layers {self.layers}, "
+                f"got {layer!r}"
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Results
+    # ----------------------------------------------------------------------------------------
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat dict per checkpoint × layer × side.
+
+        Returns
+        -------
+        list of dict
+            Keys: ``step``, ``layer``, ``side``, ``approach`` (a(t); with the default approach
+            measured against the latest reference, see the module docstring), ``n``, ``dim``
+            and the spectral readings of :meth:`deadspec.Reading.to_records` (``logdet_plus``,
+            ``active``, ``structural_zeros``, ``dead_count``, ``clipped``, ``lambda_min``,
+            ``effective_rank``, ``participation_ratio``, ``condition_number``), and
+            ``seconds`` (wall time of that checkpoint's reading).
+        """
+        table = self._approach_table()
+        out: list[dict[str, Any]] = []
+        for i, c in enumerate(self._checkpoints):
+            for name in self.layers:
+                p = c.layers[name]
+                for side, spec, n in (
+                    ("activation", p.activation, p.n_rows),
+                    ("fisher", p.fisher, p.n_samples),
+                ):
+                    if spec is None:
+                        continue
+                    rec: dict[str, Any] = {
+                        "step": c.step,
+                        "layer": name,
+                        "side": side,
+                        "approach": float(table[name][i]),
+                        "n": int(n),
+                        "dim": int(spec.dim),
+                    }
+                    for key in RECORD_KEYS:
+                        v = getattr(spec, key)
+                        rec[key] = int(v) if isinstance(v, (int, np.integer)) else float(v)
+                    rec["seconds"] = float(c.seconds)
+                    out.append(rec)
+        return out
+
+    def to_csv(self, path: Any, *, what: str = "records", **rate_options: Any) -> None:
+        """Write :meth:`records` (``what="records"``) or :meth:`rates` (``what="rates"``) as CSV.
+
+        ``rate_options`` are passed to :meth:`rates`. Non-finite numbers are written as
+        ``nan``/``inf``; a None prediction as an empty field. The file is written to a
+        temporary name and renamed into place.
+        """
+        if what == "records":
+            rows = self.records()
+        elif what == "rates":
+            rows = self.rates(**rate_options)
+        else:
+            raise ValueError(
+                f"deadspec.{FN}.to_csv: what must be 'records' or 'rates', got {what!r}"
+            )
+        if not rows:
+            raise ValueError(f"deadspec.{FN}.to_csv: nothing recorded yet, got 0 rows")
+        write_csv(path, rows)
+
+    def _fit_options(self, **rate_options: Any) -> FitOptions:
+        def pick(key: str) -> Any:
+            value = rate_options.get(key)
+            return getattr(self, key) if value is None else value
+
+        return FitOptions(
+            pick("window"),
+            pick("frac"),
+            pick("min_points"),
+            pick("tolerance"),
+            pick("min_r2"),
+            bool(pick("fixed_active")),
+            pick("method"),
+        )
+
+    def rates(
+        self,
+        *,
+        window: str | tuple[int, int] | None = None,
+        frac: float | None = None,
+        min_points: int | None = None,
+        tolerance: float | None = None,
+        min_r2: float | None = None,
+        fixed_active: bool | None = None,
+        method: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The trajectory-rate readout: one row per layer × side × observable.
+
+        Each argument left None takes the constructor's value.
+
+        Returns
+        -------
+        list of dict
+            Keys: ``layer``, ``side``, ``observable`` (``logdet_plus`` | ``lambda_min`` |
+            ``effective_rank``; the fitted y is log det⁺, log λ_min, log effective rank),
+            ``slope``, ``intercept``, ``r2``, ``stderr`` (NaN without a fit), ``n_points``,
+            ``predicted`` (float, or None when the table leaves the cell out), ``reads``
+            (bool), ``dead_count`` (r used by the prediction), ``active`` (fixed k),
+            ``first_step``, ``last_step`` (window), ``log_range`` (``log(a_max/a_min)`` over
+            the fitted points).
+        """
+        fo = self._fit_options(
+            window=window,
+            frac=frac,
+            min_points=min_points,
+            tolerance=tolerance,
+            min_r2=min_r2,
+            fixed_active=fixed_active,
+            method=method,
+        )
+        return rate_rows(
+            self._checkpoints, self.layers, self._approach_table(), self.predictions, fo
+        )
+
+    def cells_reading(self, **rate_options: Any) -> tuple[int, int]:
+        """``(cells that read the predicted rate, cells with a prediction)``.
+
+        ``rate_options`` are passed to :meth:`rates`. Cells whose prediction is None (by
+        default the effective rank) are not counted in the total.
+        """
+        rows = self.rates(**rate_options)
+        counted = [r for r in rows if r["predicted"] is not None]
+        return sum(bool(r["reads"]) for r in counted), len(counted)
+
+    # ----------------------------------------------------------------------------------------
+    # Plot
+    # ----------------------------------------------------------------------------------------
+
+    def plot(self, path: Any, *, dpi: int = 100, **rate_options: Any) -> None:
+        """Write a PNG: the observables against step and against log a, with the fits.
+
+        One row per layer × side. Left: log det⁺, log λ_min and log effective rank of every
+        reading against the step, each shifted to 0 at the first checkpoint. Right: the
+        fixed-active-set values of the fitting window against ``log a`` (shifted to 0 at the
+        window's first point), the fitted lines (solid) and the predicted slopes (dashed).
+        Drawn with matplotlib's Agg canvas (no global backend change).
+        """
+        if not self._checkpoints:
+            raise ValueError(f"deadspec.{FN}.plot: nothing recorded yet, got 0 checkpoints")
+        from deadspec.monitor._plot import plot_monitor
+
+        fo = self._fit_options(**rate_options)
+        plot_monitor(
+            path,
+            self._checkpoints,
+            self.layers,
+            self._approach_table(),
+            self.rates(**rate_options),
+            window=fo.window,
+            frac=fo.frac,
+            fixed_active=fo.fixed_active,
+            dpi=dpi,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"DeadDirectionMonitor(layers={self.layers}, every={self.every}, "
+            f"checkpoints={len(self._checkpoints)}, fisher={self.fisher})"
+        )
