@@ -55,6 +55,8 @@ from torch.optim.adamw import adamw as _torch_adamw
 
 from deadspec import _core
 from deadspec import gauges as _g
+from deadspec.gauges._modules import as_tuple, norm_params, scale_cols_, scale_rows_
+from deadspec.gauges._tracing import fallback_logit, trace_info
 
 __all__ = ["DDCAdam", "DDCMuon"]
 
@@ -652,7 +654,7 @@ def _build_plan(
             plan.shift.add(id(mod.bias))
     for p in pairs:
         prod = model.get_submodule(p.producer)
-        cons = [model.get_submodule(c).weight for c in _g._as_tuple(p.consumer)]
+        cons = [model.get_submodule(c).weight for c in as_tuple(p.consumer)]
         units = None if p.units is None else torch.as_tensor(p.units, dtype=torch.int64)
         plan.add_site(
             _Site(
@@ -667,8 +669,8 @@ def _build_plan(
             fn,
         )
     for n in norms:
-        w, bb = _g._norm_params(model.get_submodule(n.norm))
-        cons = [model.get_submodule(c).weight for c in _g._as_tuple(n.consumer)]
+        w, bb = norm_params(model.get_submodule(n.norm))
+        cons = [model.get_submodule(c).weight for c in as_tuple(n.consumer)]
         plan.add_site(_Site(f"norm:{n.norm}", "norm", w, bb, cons, None, int(w.shape[0])), fn)
     plan.finish(fn)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -1080,11 +1082,11 @@ class _DDCBase(torch.optim.Optimizer):
 
     def _scale_site_(self, s: _Site, c: torch.Tensor) -> None:
         idx = s.units
-        _g._scale_rows_(s.weight, idx, c)
+        scale_rows_(s.weight, idx, c)
         if s.bias is not None:
-            _g._scale_rows_(s.bias, idx, c)
+            scale_rows_(s.bias, idx, c)
         for w in s.consumers:
-            _g._scale_cols_(w, idx, c)
+            scale_cols_(w, idx, c)
 
     def _policy(self, modes: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
         """(5) The policy on the pure-gauge scales."""
@@ -1860,8 +1862,8 @@ class DDCMuon(_DDCBase):
         fn = self._fn
         if head == "auto":
             heads = {g.layer for g in plan.gauges if isinstance(g, _g.LogitShift)}
-            info = _g._trace_info(model)
-            heads |= set(info.logit_layers) | _g._fallback_logit(model, None)
+            info = trace_info(model)
+            heads |= set(info.logit_layers) | fallback_logit(model, None)
             if not heads and not info.root_traced:
                 warnings.warn(
                     f"deadspec.{fn}: could not identify the output head (the model cannot be "

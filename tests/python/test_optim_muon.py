@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
+from deadspec.gauges._modules import random_orthogonal
 from deadspec.models_transformer import TransformerBlock
 from deadspec.optim import DDCAdam, DDCMuon, _newton_schulz
 from torch import nn
@@ -186,8 +187,8 @@ def test_newton_schulz_is_torch_muons_and_orthogonally_equivariant():
         assert torch.equal(_newton_schulz(m, coeffs, 5, 1e-7, torch.bfloat16), ref)
         # exact arithmetic: NS(R M Q) = R NS(M) Q for orthogonal R, Q (a polynomial p(MMᵀ)M)
         md = m.double()
-        r = G._random_orthogonal(1, shape[0], g)[0]
-        q = G._random_orthogonal(1, shape[1], g)[0]
+        r = random_orthogonal(1, shape[0], g)[0]
+        q = random_orthogonal(1, shape[1], g)[0]
         lhs = _newton_schulz(r @ md @ q, coeffs, 5, 1e-7, NS_F64)
         rhs = r @ _newton_schulz(md, coeffs, 5, 1e-7, NS_F64) @ q
         assert float((lhs - rhs).norm() / rhs.norm()) < 1e-13

@@ -1,0 +1,228 @@
+"""Module and tensor helpers of the gauges: name resolution, norms, shared parameters, group
+elements and their action on weights (rows scaled up, columns scaled down)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Ref",
+    "as_inputs",
+    "as_tuple",
+    "heads_map",
+    "is_norm",
+    "join",
+    "norm_params",
+    "observe",
+    "positive_element",
+    "positive_vector",
+    "random_orthogonal",
+    "require_linear",
+    "require_unshared",
+    "resolve",
+    "scale_cols_",
+    "scale_rows_",
+    "shared_param_ids",
+    "units_index",
+]
+
+
+Ref = str | nn.Module
+
+
+
+
+def is_norm(m: nn.Module) -> bool:
+    """A per-channel-affine normalisation over the last axis (LayerNorm / RMSNorm-like)."""
+    if isinstance(m, nn.LayerNorm):
+        return bool(m.elementwise_affine) and len(m.normalized_shape) == 1 and m.weight is not None
+    rms = getattr(nn, "RMSNorm", None)
+    if rms is not None and isinstance(m, rms):
+        return m.weight is not None and len(m.normalized_shape) == 1
+    name = type(m).__name__.lower()
+    if ("rmsnorm" in name or "layernorm" in name) and not list(m.children()):
+        params = dict(m.named_parameters(recurse=False))
+        w = params.get("weight")
+        b = params.get("bias")
+        extra = set(params) - {"weight", "bias"}
+        if w is not None and w.ndim == 1 and not extra and (b is None or b.shape == w.shape):
+            return True
+    return False
+
+
+def norm_params(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return m.weight, getattr(m, "bias", None)
+
+
+def heads_map(m: nn.Module) -> dict[str, Any] | None:
+    """The q/k/v/o map of a module following deadspec's ``deadspec_heads`` convention."""
+    fn = getattr(m, "deadspec_heads", None)
+    if fn is None or not callable(fn):
+        return None
+    try:
+        mp = dict(fn())
+    except Exception:  # noqa: BLE001 - a foreign method; treat as absent
+        return None
+    if not {"q", "k", "v", "o"} <= set(mp):
+        return None
+    return mp
+
+
+def join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def resolve(model: nn.Module, ref: Ref, fn: str, arg: str) -> tuple[str, nn.Module]:
+    if isinstance(ref, str):
+        try:
+            return ref, model.get_submodule(ref)
+        except AttributeError:
+            raise ValueError(
+                f"deadspec.{fn}: {arg} must name a submodule of the model, got {ref!r}"
+            ) from None
+    if isinstance(ref, nn.Module):
+        for name, mod in model.named_modules(remove_duplicate=False):
+            if mod is ref:
+                return name, mod
+        raise ValueError(
+            f"deadspec.{fn}: {arg} must be a submodule of the model, got a "
+            f"{type(ref).__name__} that is not in it"
+        )
+    raise TypeError(
+        f"deadspec.{fn}: {arg} must be a module name (str) or an nn.Module, got "
+        f"{type(ref).__name__}"
+    )
+
+
+def as_tuple(ref: Ref | Sequence[Ref]) -> tuple[Ref, ...]:
+    if isinstance(ref, (str, nn.Module)):
+        return (ref,)
+    return tuple(ref)
+
+
+def shared_param_ids(model: nn.Module) -> set[int]:
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, v in seen.items() if v > 1}
+
+
+def require_linear(fn: str, arg: str, name: str, mod: nn.Module) -> nn.Linear:
+    if not isinstance(mod, nn.Linear):
+        # the declared gauge does not hold on this model: ValueError, as documented
+        raise ValueError(  # noqa: TRY004
+            f"deadspec.{fn}: {arg} must be an nn.Linear, got {type(mod).__name__} {name!r}"
+        )
+    return mod
+
+
+def require_unshared(
+    fn: str, name: str, params: Iterable[torch.Tensor | None], shared: set[int]
+) -> None:
+    for p in params:
+        if p is not None and id(p) in shared:
+            raise ValueError(
+                f"deadspec.{fn}: the parameters of {name!r} must not be shared with another "
+                f"module (tied weights break the gauge), got a shared parameter"
+            )
+
+
+def units_index(fn: str, units: Any, h: int) -> torch.Tensor | None:
+    if units is None:
+        return None
+    idx = torch.as_tensor(units)
+    if idx.dtype == torch.bool:
+        if idx.shape != (h,):
+            raise ValueError(
+                f"deadspec.{fn}: units as a mask must have shape ({h},), got {tuple(idx.shape)}"
+            )
+        idx = idx.nonzero().flatten()
+    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(
+            f"deadspec.{fn}: units must be integer indices or a bool mask, got dtype {idx.dtype}"
+        )
+    idx = idx.to(torch.int64).flatten()
+    if idx.numel() == 0:
+        raise ValueError(f"deadspec.{fn}: units must not be empty, got 0 indices")
+    if int(idx.min()) < 0 or int(idx.max()) >= h:
+        raise ValueError(
+            f"deadspec.{fn}: units must lie in [0, {h}), got range "
+            f"[{int(idx.min())}, {int(idx.max())}]"
+        )
+    if idx.unique().numel() != idx.numel():
+        raise ValueError(f"deadspec.{fn}: units must be distinct, got repeated indices")
+    return idx.sort().values
+
+
+def positive_vector(kind: str, element: Any, dim: int) -> torch.Tensor:
+    """A group element of a rescaling gauge as float64, checked: shape (dim,), all entries > 0."""
+    c = torch.as_tensor(element, dtype=torch.float64)
+    if c.shape != (dim,) or not bool((c > 0).all()):
+        raise ValueError(
+            f"deadspec.{kind}.apply: element must be a positive vector of shape ({dim},), "
+            f"got shape {tuple(c.shape)}"
+        )
+    return c
+
+
+def positive_element(n: int, generator: torch.Generator | None, spread: float) -> torch.Tensor:
+    u = torch.rand(n, generator=generator, dtype=torch.float64) * 2.0 - 1.0
+    return torch.exp(spread * u)
+
+
+def as_inputs(inputs: Any) -> tuple[Any, ...]:
+    args = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return tuple(
+        a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args
+    )
+
+
+def observe(out: Any, targets: Any, loss_fn: Any, logit: bool) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if loss_fn is not None:
+        t = (
+            targets.to(torch.float64)
+            if isinstance(targets, torch.Tensor) and targets.is_floating_point()
+            else targets
+        )
+        return torch.as_tensor(loss_fn(out, t), dtype=torch.float64).reshape(1)
+    if targets is not None:
+        if targets.is_floating_point():
+            return F.mse_loss(out, targets.to(out.dtype)).reshape(1)
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), targets.reshape(-1)).reshape(1)
+    if logit:
+        return torch.log_softmax(out, dim=-1)
+    return out
+
+
+def scale_rows_(w: torch.Tensor, idx: torch.Tensor | None, c: torch.Tensor) -> None:
+    c = c.to(dtype=w.dtype, device=w.device)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    if idx is None:
+        w.mul_(c.reshape(shape))
+    else:
+        idx = idx.to(w.device)
+        w[idx] = w[idx] * c.reshape(shape)
+
+
+def scale_cols_(w: torch.Tensor, idx: torch.Tensor | None, c: torch.Tensor) -> None:
+    c = c.to(dtype=w.dtype, device=w.device)
+    if idx is None:
+        w.div_(c.reshape(1, -1))
+    else:
+        idx = idx.to(w.device)
+        w[:, idx] = w[:, idx] / c.reshape(1, -1)
+
+
+def random_orthogonal(h: int, d: int, generator: torch.Generator | None) -> torch.Tensor:
+    """h random d×d orthogonal matrices (Haar: QR of a Gaussian with the signs fixed)."""
+    a = torch.randn(h, d, d, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
