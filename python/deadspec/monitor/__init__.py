@@ -64,7 +64,7 @@ directions approached so far that they read as structural zeros.
 cell                              default prediction  why
 ===============================  ==================  =========================================
 ``activation.logdet_plus``        2·r                 each dead direction's eigenvalue ∝ a²;
-                                                      log det is additive over them (§1)
+                                                      log det is additive (theory.md §1.4)
 ``activation.lambda_min``         2 (0 if r = 0)      rank-blind: one direction's rate
 ``activation.effective_rank``     None (not counted)  the dead eigenvalues' share of Σμ → 0,
                                                       so log eff. rank → const. (slope → 0,
