@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from deadspec import _core
-from deadspec.optim import _ddc_adam_update
+from deadspec.optim._functional import ddc_adam_update
 
 
 def _reference(p, g, m, v, step, scale, lr, b1, b2, eps):
-    # The torch path of _ddc_adam_update, spelled out (float64 throughout).
+    # The torch path of ddc_adam_update, spelled out (float64 throughout).
     gt = g * scale
     m = b1 * m + (1 - b1) * gt
     v = b2 * v + (1 - b2) * gt * gt
@@ -34,7 +34,7 @@ def test_fused_step_matches_reference_over_several_steps(shape, scale_kind):
     rp, rm, rv = p.clone(), m.clone(), v.clone()
     for k in range(1, 5):
         g = torch.randn(shape, dtype=torch.float64, generator=gen)
-        _ddc_adam_update(p, g, m, v, step_t, scale, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8)
+        ddc_adam_update(p, g, m, v, step_t, scale, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8)
         rp, rm, rv = _reference(rp, g, rm, rv, k, scale, 1e-2, 0.9, 0.99, 1e-8)
     assert step_t.item() == 4
     torch.testing.assert_close(p, rp, rtol=1e-13, atol=1e-15)
@@ -49,7 +49,7 @@ def test_fused_step_float32_and_strided_grad():
     scale = torch.rand(4, 1, generator=gen) + 0.5
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     p64 = p.double()
-    _ddc_adam_update(p, g, m, v, torch.tensor(0.0), scale, lr=1e-1, beta1=0.9, beta2=0.999, eps=1e-8)
+    ddc_adam_update(p, g, m, v, torch.tensor(0.0), scale, lr=1e-1, beta1=0.9, beta2=0.999, eps=1e-8)
     ref, _, _ = _reference(p64, g.double(), 0 * p64, 0 * p64, 1, scale.double(), 1e-1, 0.9, 0.999, 1e-8)
     assert p.dtype == torch.float32
     # float32 arithmetic (as torch's Adam) against a float64 reference: float32 round-off.
@@ -92,7 +92,7 @@ def test_fused_step_row_and_column_vectors_with_decay(dtype):
     rp, rm, rv = p.double().clone(), m.double().clone(), v.double().clone()
     for k in range(1, 4):
         g = torch.randn(7, 5, dtype=dtype, generator=gen)
-        _ddc_adam_update(p, g, m, v, step_t, row, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8,
+        ddc_adam_update(p, g, m, v, step_t, row, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8,
                          col_scale=col, decay=0.97)
         sigma = row.double() * col.double().reshape(1, -1)
         rp, rm, rv = _reference(0.97 * rp, g.double(), rm, rv, k, sigma, 1e-2, 0.9, 0.99, 1e-8)
@@ -104,7 +104,7 @@ def test_fused_step_row_and_column_vectors_with_decay(dtype):
     q0 = q.clone()
     g = torch.randn(7, 5, dtype=torch.float64, generator=gen)
     mq, vq = torch.zeros(7, 5, dtype=torch.float64), torch.zeros(7, 5, dtype=torch.float64)
-    _ddc_adam_update(q, g, mq, vq, torch.tensor(0.0), row.double(), lr=1e-2, beta1=0.9,
+    ddc_adam_update(q, g, mq, vq, torch.tensor(0.0), row.double(), lr=1e-2, beta1=0.9,
                      beta2=0.99, eps=1e-8, col_scale=col.double(), decay=0.97)
     sigma = row.double() * col.double().reshape(1, -1)
     ref, _, _ = _reference(0.97 * q0, g, 0 * g, 0 * g, 1, sigma, 1e-2, 0.9, 0.99, 1e-8)
@@ -136,7 +136,7 @@ def test_fused_step_rejects_a_bad_column_scale_or_decay():
 
 _ISA_SCRIPT = r"""
 import sys, torch
-from deadspec.optim import _ddc_adam_update
+from deadspec.optim._functional import ddc_adam_update
 out = {}
 for dtype in (torch.float32, torch.float64):
     gen = torch.Generator().manual_seed(3)
@@ -146,7 +146,7 @@ for dtype in (torch.float32, torch.float64):
     col = torch.rand(37, dtype=dtype, generator=gen) + 0.5
     for k in range(3):
         g = torch.randn(9, 37, dtype=dtype, generator=gen)
-        _ddc_adam_update(p, g, m, v, s, row if k != 1 else None, lr=1e-2, beta1=0.9,
+        ddc_adam_update(p, g, m, v, s, row if k != 1 else None, lr=1e-2, beta1=0.9,
                          beta2=0.99, eps=1e-8, col_scale=col, decay=0.99)
     # a rotated block (the per-head shared second moment)
     from deadspec import _core

@@ -14,7 +14,8 @@ from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
 from deadspec.gauges._modules import random_orthogonal
 from deadspec.models_transformer import TransformerBlock
-from deadspec.optim import DDCAdam, DDCMuon, _newton_schulz
+from deadspec.optim import DDCAdam, DDCMuon
+from deadspec.optim._muon import newton_schulz
 from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -184,25 +185,25 @@ def test_newton_schulz_is_torch_muons_and_orthogonally_equivariant():
     for shape in ((6, 9), (9, 6), (7, 7)):
         m = torch.randn(*shape, generator=g)
         ref = tm._zeropower_via_newtonschulz(m, coeffs, 5, 1e-7)
-        assert torch.equal(_newton_schulz(m, coeffs, 5, 1e-7, torch.bfloat16), ref)
+        assert torch.equal(newton_schulz(m, coeffs, 5, 1e-7, torch.bfloat16), ref)
         # exact arithmetic: NS(R M Q) = R NS(M) Q for orthogonal R, Q (a polynomial p(MMᵀ)M)
         md = m.double()
         r = random_orthogonal(1, shape[0], g)[0]
         q = random_orthogonal(1, shape[1], g)[0]
-        lhs = _newton_schulz(r @ md @ q, coeffs, 5, 1e-7, NS_F64)
-        rhs = r @ _newton_schulz(md, coeffs, 5, 1e-7, NS_F64) @ q
+        lhs = newton_schulz(r @ md @ q, coeffs, 5, 1e-7, NS_F64)
+        rhs = r @ newton_schulz(md, coeffs, 5, 1e-7, NS_F64) @ q
         assert float((lhs - rhs).norm() / rhs.norm()) < 1e-13
         # ... but not with a diagonal rescaling
         d = torch.exp(torch.rand(shape[0], generator=g, dtype=torch.float64) * 2 - 1)
-        lhs = _newton_schulz(d[:, None] * md, coeffs, 5, 1e-7, NS_F64)
-        rhs = d[:, None] * _newton_schulz(md, coeffs, 5, 1e-7, NS_F64)
+        lhs = newton_schulz(d[:, None] * md, coeffs, 5, 1e-7, NS_F64)
+        rhs = d[:, None] * newton_schulz(md, coeffs, 5, 1e-7, NS_F64)
         assert float((lhs - rhs).norm() / rhs.norm()) > 1e-2
         # batched = one by one; the cubic iteration converges to the polar factor UVᵀ
         batch = torch.stack([md, 2 * md])
-        one = _newton_schulz(md, coeffs, 5, 1e-7, NS_F64)
-        torch.testing.assert_close(_newton_schulz(batch, coeffs, 5, 1e-7, NS_F64)[1], one)
+        one = newton_schulz(md, coeffs, 5, 1e-7, NS_F64)
+        torch.testing.assert_close(newton_schulz(batch, coeffs, 5, 1e-7, NS_F64)[1], one)
         u, _, vh = torch.linalg.svd(md, full_matrices=False)
-        polar = _newton_schulz(md, (1.5, -0.5, 0.0), 80, 1e-7, NS_F64)
+        polar = newton_schulz(md, (1.5, -0.5, 0.0), 80, 1e-7, NS_F64)
         torch.testing.assert_close(polar, u @ vh, rtol=0, atol=1e-10)
 
 
@@ -626,7 +627,7 @@ def test_ddcadam_equivariant_multihead_attention():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_rotated_block_fused_step_matches_the_torch_path(axis, dtype):
     from deadspec import _core
-    from deadspec.optim import _ddc_adam_block_update
+    from deadspec.optim._functional import ddc_adam_block_update
 
     gen = torch.Generator().manual_seed(4)
     p = torch.randn(8, 6, dtype=dtype, generator=gen)
@@ -638,7 +639,7 @@ def test_rotated_block_fused_step_matches_the_torch_path(axis, dtype):
     st, stq = torch.tensor(0.0), torch.tensor(0.0)
     for k in range(3):
         g = torch.randn(8, 6, dtype=dtype, generator=gen)
-        _ddc_adam_block_update(p, g, m, v, st, scale, axis, segs, lr=1e-2, beta1=0.9,
+        ddc_adam_block_update(p, g, m, v, st, scale, axis, segs, lr=1e-2, beta1=0.9,
                                beta2=0.99, eps=1e-8)
         stq += 1
         row = scale.expand_as(q).__dlpack__() if axis == 1 else None

@@ -150,12 +150,13 @@ def test_form_is_validated():
 
 
 def _run_split(make_model, data, dtype, fused, monkeypatch, steps=5):
-    import deadspec.optim as O
+    from deadspec import _core
+    from deadspec.optim import _split
 
-    monkeypatch.setattr(O, "_SPLIT_FUSED", fused)
+    monkeypatch.setattr(_split, "FUSED", fused)
     calls = []
-    real = O._core.ddc_split_moments
-    monkeypatch.setattr(O._core, "ddc_split_moments", lambda b: calls.append(len(b)) or real(b))
+    real = _core.ddc_split_moments
+    monkeypatch.setattr(_core, "ddc_split_moments", lambda b: calls.append(len(b)) or real(b))
     m = make_model().to(dtype)
     opt = DDCAdam(m, lr=1e-2, weight_decay=0.1, form="split", gauge_mode="damped")
     x, y = data

@@ -1,0 +1,449 @@
+"""The machinery every DDC optimizer shares: construction (gauges → plan), sites and their
+scales, gauge-mode gradients and policies, the non-finite policy, state."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from deadspec import gauges as G
+from deadspec.gauges._modules import scale_cols_, scale_rows_
+from deadspec.optim._functional import gauge_dots, site_rho
+from deadspec.optim._plan import Plan, Site, build_plan
+
+__all__ = ["FORMS", "GAUGE_MODES", "NONFINITE", "DDCBase"]
+
+GAUGE_MODES = ("zero", "damped", "balance")
+NONFINITE = ("raise", "skip")
+FORMS = ("coordinate", "split")
+
+
+class DDCBase(torch.optim.Optimizer):
+    """Shared machinery of the DDC optimizers: sites, scales, residuals, policies, state.
+
+    The constructor binds the gauges (discovered, or the given ones) to the model as a
+    :class:`~deadspec.optim._plan.Plan` and hands the parameters to ``torch.optim.Optimizer``;
+    subclasses validate their own options first, may override :meth:`_bind_model` (called with
+    the model once the plan exists, before the param groups are added) and implement ``step``
+    and :meth:`_damped_hparams`.
+    """
+
+    _fn = "DDC"  #: the optimizer's name in messages
+    _plain = "plain"  #: what the optimizer is without gauges (the plain-parameters warning)
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        defaults: dict[str, Any],
+        *,
+        gauges: list[G.Gauge] | None,
+        gauge_mode: str,
+        balance_rate: float,
+        loss: str | None,
+        nonfinite: str,
+        params: Iterable[Any] | None,
+        track_residuals: bool,
+        rotations: bool,
+        form: str = "coordinate",
+    ) -> None:
+        fn = self._fn
+        self._check_gauge_options(gauge_mode, nonfinite, balance_rate, loss)
+        self.gauge_mode = gauge_mode
+        self.balance_rate = float(balance_rate)
+        self.nonfinite = nonfinite
+        self.track_residuals = bool(track_residuals)
+        self.form = form
+        self._names: dict[int, str] = {}
+        self._residuals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if isinstance(model_or_params, nn.Module):
+            model = model_or_params
+            self._names = {id(p): n for n, p in model.named_parameters()}
+            explicit = gauges is not None
+            found = G.discover(model, loss=loss, chains=False) if gauges is None else gauges
+            self._plan = build_plan(model, list(found), explicit=explicit, fn=fn, heads=rotations)
+            self._bind_model(model)
+            source = model.parameters() if params is None else params
+        else:
+            if params is not None:
+                raise ValueError(
+                    f"deadspec.{fn}: params must only be given with a model, got both "
+                    f"parameters and params="
+                )
+            if gauges:
+                raise ValueError(
+                    f"deadspec.{fn}: gauges need the model (modules), got plain parameters; "
+                    f"pass the nn.Module"
+                )
+            warnings.warn(
+                f"deadspec.{fn}: given plain parameters, not a model: no gauges, {fn} is "
+                f"{self._plain}",
+                UserWarning,
+                stacklevel=3,
+            )
+            self._plan = Plan()
+            source = model_or_params
+        super().__init__(source, defaults)
+
+    def _bind_model(self, model: nn.Module) -> None:
+        """Called once the plan is built, before the param groups are added."""
+
+    # -- introspection -----------------------------------------------------------------------
+    @property
+    def gauges(self) -> list[G.Gauge]:
+        """The (bound) gauges the optimizer conditions on."""
+        return list(self._plan.gauges)
+
+    @property
+    def sites(self) -> list[str]:
+        """Names of the rescaling sites (``pair:<producer>``, ``norm:<norm>``), in step order."""
+        return [self._plan.sites[i].name for i in self._plan.order]
+
+    def gauge_residuals(self, relative: bool = False) -> dict[str, torch.Tensor]:
+        """Last gauge-mode gradients ``g_V = ĝ_in − ĝ_out`` per site (one value per unit).
+
+        ``ĝ_in = ⟨g_row, w_row⟩`` over the producer block, ``ĝ_out = ⟨g_col, w_col⟩`` over the
+        consumers. Zero up to round-off for an exact gauge. ``relative=True`` divides by the
+        sum of the absolute terms (0 where that is 0). They cost a pass over every gauged
+        block, so they are computed only with ``track_residuals=True`` (or
+        ``gauge_mode="damped"``, which needs them); otherwise this raises RuntimeError.
+        """
+        if not self._wants_modes():
+            raise RuntimeError(
+                f"deadspec.{self._fn}.gauge_residuals: the gauge-mode gradients are not "
+                f"computed; construct the optimizer with track_residuals=True"
+            )
+        out = {}
+        for name, (gv, scale) in self._residuals.items():
+            if relative:
+                out[name] = torch.where(
+                    scale > 0,
+                    gv.abs() / scale.clamp_min(torch.finfo(scale.dtype).tiny),
+                    torch.zeros_like(gv),
+                )
+            else:
+                out[name] = gv.clone()
+        return out
+
+    def chain_modes(self) -> dict[str, torch.Tensor]:
+        """The DCT gauge-mode basis of each :class:`~deadspec.gauges.Chain` (theory.md §6).
+
+        For a chain of ``L`` layers (``W_ℓ ↦ a_ℓW_ℓ``, ``b_ℓ ↦ (a_1⋯a_ℓ)b_ℓ``) the invariants
+        are the log-scale gradients ``ĝ_ℓ = ∂L/∂log a_ℓ = ⟨g_{W_ℓ}, W_ℓ⟩ + Σ_{m≥ℓ} ⟨g_{b_m},
+        b_m⟩``. Returned per chain (key ``"chain:<first>-><last>"``): their orthonormal DCT-II
+        coefficients ``c_k = s_k Σ_ℓ ĝ_ℓ cos(πk(ℓ + ½)/L)``, ``s_0 = √(1/L)``,
+        ``s_k = √(2/L)``. ``c_0 = Σĝ/√L`` is the radial coordinate (it changes the function);
+        ``c_1 … c_{L−1}`` are the chain's ``L − 1`` gauge modes, zero up to round-off for an
+        exact chain. Read from the current parameters and gradients (a chain with a missing
+        gradient is left out). A readout: the optimizer conditions on the chain through its
+        finer per-unit Pairs (the chain's modes are combinations of their ``g_V``).
+        """
+        out: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for g in self._plan.gauges:
+                if not isinstance(g, G.Chain):
+                    continue
+                mods = [self._plan.chain_layers[n] for n in g.layers]
+                ts = [t for m in mods for t in (m.weight, m.bias) if t is not None]
+                if any(t.grad is None for t in ts):
+                    continue
+                w_dot = torch.stack([(m.weight.grad * m.weight).sum().double() for m in mods])
+                b_dot = torch.stack(
+                    [
+                        (m.bias.grad * m.bias).sum().double()
+                        if m.bias is not None
+                        else torch.zeros((), dtype=torch.float64)
+                        for m in mods
+                    ]
+                )
+                # Σ_{m ≥ ℓ}: a bias of layer m is scaled by a_1⋯a_m
+                ghat = w_dot + b_dot.flip(0).cumsum(0).flip(0)
+                n = ghat.numel()
+                k = torch.arange(n, dtype=torch.float64).reshape(-1, 1)
+                ell = torch.arange(n, dtype=torch.float64).reshape(1, -1)
+                basis = torch.cos(math.pi * k * (ell + 0.5) / n) * math.sqrt(2.0 / n)
+                basis[0] = math.sqrt(1.0 / n)
+                out[f"chain:{g.layers[0]}->{g.layers[-1]}"] = basis @ ghat
+        return out
+
+    def gauge_scales(self) -> dict[str, torch.Tensor]:
+        """The current effective scales ρ per site (1 for dead or out-of-gauge units)."""
+        with torch.no_grad():
+            rho = self._site_scales()
+        return {self._plan.sites[i].name: rho[i].clone() for i in self._plan.order}
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["ddc"] = {
+            "gauge_mode": self.gauge_mode,
+            "form": self.form,
+            "sites": [s.name for s in self._plan.sites],
+            "site_state": {
+                s.name: {
+                    k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.state.items()
+                }
+                for s in self._plan.sites
+                if s.state
+            },
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        ddc = state_dict.pop("ddc", None)
+        if ddc is not None:
+            mine = [s.name for s in self._plan.sites]
+            if list(ddc.get("sites", [])) != mine:
+                raise ValueError(
+                    f"deadspec.{self._fn}.load_state_dict: the state must be for the same gauge "
+                    f"sites, got {list(ddc.get('sites', []))} but this optimizer has {mine}"
+                )
+            form = self.form
+            if ddc.get("form", "coordinate") != form:
+                raise ValueError(
+                    f"deadspec.{self._fn}.load_state_dict: the state must be for the same "
+                    f"form, got {ddc.get('form', 'coordinate')!r} but this optimizer has "
+                    f"form={form!r} (its moments are of other inputs)"
+                )
+        super().load_state_dict(state_dict)
+        for s in self._plan.sites:
+            s.state = {}
+            if ddc is not None and s.name in ddc.get("site_state", {}):
+                for k, v in ddc["site_state"][s.name].items():
+                    s.state[k] = (
+                        v.to(dtype=s.weight.dtype, device=s.weight.device).clone()
+                        if isinstance(v, torch.Tensor)
+                        else v
+                    )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _check_gauge_options(
+        self, gauge_mode: str, nonfinite: str, balance_rate: float, loss: str | None
+    ) -> None:
+        """Validate the constructor options every DDC optimizer shares."""
+        fn = self._fn
+        if gauge_mode not in GAUGE_MODES:
+            raise ValueError(
+                f"deadspec.{fn}: gauge_mode must be one of {GAUGE_MODES}, got {gauge_mode!r}"
+            )
+        if nonfinite not in NONFINITE:
+            raise ValueError(
+                f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
+            )
+        if not (0.0 <= balance_rate <= 1.0):
+            raise ValueError(
+                f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
+            )
+        if loss not in ("cross_entropy", None):
+            raise ValueError(f"deadspec.{fn}: loss must be 'cross_entropy' or None, got {loss!r}")
+
+    def _wants_modes(self) -> bool:
+        return self.track_residuals or self.gauge_mode == "damped"
+
+    def _prologue(
+        self, closure: Callable[[], Any] | None, decay: bool = True
+    ) -> tuple[Any, bool, list[Any]]:
+        """The steps every DDC optimizer starts with: the closure, the non-finite policy, the
+        gauge-mode gradients (when wanted), then (0) decoupled weight decay in the original
+        coordinates (shift-aware on the logit layer) unless ``decay=False`` (the caller folds
+        it into its update). Returns (loss, proceed, modes)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        bad = self._first_nonfinite()
+        if bad is not None:
+            msg = f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in {bad!r}"
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=3)
+            return loss, False, []
+        modes = self._gauge_modes() if self._wants_modes() else []
+        if not decay:
+            return loss, True, modes
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if id(p) in self._plan.shift:
+                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                else:
+                    p.mul_(1 - lr * wd)
+        return loss, True, modes
+
+    def _first_nonfinite(self) -> str | None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        dense = [t for t in grads if not t.is_sparse]
+        if len(dense) == len(grads) and dense:
+            # One pass over all gradients: a norm is finite iff every element is (a finite norm
+            # cannot hide a NaN/Inf; an overflowing one falls through to the exact check).
+            norms = torch._foreach_norm(dense)
+            if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+                return None
+        for i, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        f"deadspec.{self._fn}.step: gradients must be dense, got a "
+                        f"sparse gradient for {self._name(p, i, j)!r}"
+                    )
+                if not bool(torch.isfinite(p.grad).all()):
+                    return self._name(p, i, j)
+        return None
+
+    def _name(self, p: torch.Tensor, i: int, j: int) -> str:
+        return self._names.get(id(p), f"param_groups[{i}]['params'][{j}]")
+
+    def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
+        """(lr, betas, eps) of the scalar Adam on a site's gauge mode (``gauge_mode="damped"``)."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def _group_of(self, p: torch.Tensor) -> dict[str, Any]:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        return self.defaults
+
+    def _site_scales(self, pending_decay: bool = False) -> list[torch.Tensor | None]:
+        """ρ per site. ``pending_decay``: the parameters are not decayed yet; return the scales
+        of the decayed ones (:meth:`_decay_factor` applied inside the norms)."""
+        rho: list[torch.Tensor | None] = [None] * len(self._plan.sites)
+        for i in self._plan.order:
+            s = self._plan.sites[i]
+            col = None if s.in_site is None else rho[s.in_site]
+            factors = (1.0, 1.0)
+            if pending_decay:
+                factors = (
+                    self._decay_factor(s.weight),
+                    1.0 if s.bias is None else self._decay_factor(s.bias),
+                )
+            rho[i] = site_rho(s.weight, s.bias, col, s.units, factors)
+        return rho
+
+    def _decay_factor(self, p: torch.Tensor) -> float:
+        """The factor ``1 − lr·wd`` decoupled weight decay multiplies ``p`` by this step (1 for a
+        parameter without a gradient, or in no param group: it is not stepped)."""
+        if p.grad is None:
+            return 1.0
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return 1.0 - group["lr"] * group["weight_decay"]
+        return 1.0
+
+    def _param_scale(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> torch.Tensor | None:
+        r = self._plan.row.get(id(p))
+        c = self._plan.col.get(id(p))
+        if r is None and c is None:
+            return None
+        scale: torch.Tensor | None = None
+        if r is not None:
+            row = rho[r].to(p.dtype)
+            scale = row.reshape((-1,) + (1,) * (p.ndim - 1))
+        if c is not None:
+            inv = rho[c].to(p.dtype).reshape(1, -1)
+            scale = 1.0 / inv if scale is None else scale / inv
+        return scale
+
+    def _gauge_modes(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per site: (g_V, g_U) on the gauge's units, from the current gradients."""
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        self._residuals = {}
+        for s in self._plan.sites:
+            ts = [s.weight, s.bias, *s.consumers]
+            if any(t is not None and t.grad is None for t in ts):
+                out.append(None)
+                continue
+            if s.weight.ndim == 2:
+                gin, ain = gauge_dots(s.weight, s.weight.grad, 1)
+            else:
+                t_in = s.weight.grad * s.weight
+                gin, ain = t_in, t_in.abs()
+            if s.bias is not None:
+                tb = s.bias.grad * s.bias
+                gin, ain = gin + tb, ain + tb.abs()
+            gout = torch.zeros_like(gin)
+            aout = torch.zeros_like(gin)
+            for c in s.consumers:
+                gc, ac = gauge_dots(c, c.grad, 0)
+                gout = gout + gc.to(gin.dtype)
+                aout = aout + ac.to(gin.dtype)
+            if s.units is not None:
+                idx = s.units.to(gin.device)
+                gin, gout, ain, aout = gin[idx], gout[idx], ain[idx], aout[idx]
+            gv, gu = gin - gout, gin + gout
+            self._residuals[s.name] = (gv.detach().clone(), (ain + aout).detach().clone())
+            out.append((gv, gu))
+        return out
+
+    def _scale_site_(self, s: Site, c: torch.Tensor) -> None:
+        idx = s.units
+        scale_rows_(s.weight, idx, c)
+        if s.bias is not None:
+            scale_rows_(s.bias, idx, c)
+        for w in s.consumers:
+            scale_cols_(w, idx, c)
+
+    def _policy(self, modes: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        """(5) The policy on the pure-gauge scales."""
+        if self.gauge_mode == "damped":
+            self._damped(modes)
+        elif self.gauge_mode == "balance":
+            self._balance()
+
+    def _damped(self, modes: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        for s, mode in zip(self._plan.sites, modes):
+            if mode is None:
+                continue
+            gv, gu = mode
+            lr, (beta1, beta2), eps = self._damped_hparams(s)
+            st = s.state
+            if "exp_avg" not in st:
+                st["step"] = 0
+                st["exp_avg"] = torch.zeros_like(gv)
+                st["exp_avg_sq"] = torch.zeros_like(gv)
+                st["radial_exp_avg_sq"] = torch.zeros_like(gv)
+            st["step"] += 1
+            st["exp_avg"].lerp_(gv, 1 - beta1)
+            st["exp_avg_sq"].mul_(beta2).addcmul_(gv, gv, value=1 - beta2)
+            st["radial_exp_avg_sq"].mul_(beta2).addcmul_(gu, gu, value=1 - beta2)
+            bc1 = 1 - beta1 ** st["step"]
+            bc2 = 1 - beta2 ** st["step"]
+            denom = (st["exp_avg_sq"] / bc2).sqrt() + (st["radial_exp_avg_sq"] / bc2).sqrt()
+            delta = -(lr / bc1) * st["exp_avg"] / denom.add_(eps)
+            self._scale_site_(s, torch.exp(delta))
+
+    def _balance(self) -> None:
+        deltas = []
+        for s in self._plan.sites:
+            if s.weight.ndim == 2:
+                p2 = s.weight.square().sum(1)
+            else:
+                p2 = s.weight.square()
+            if s.bias is not None:
+                p2 = p2 + s.bias.square()
+            q2 = torch.zeros_like(p2)
+            for c in s.consumers:
+                q2 = q2 + c.square().sum(0).to(p2.dtype)
+            if s.units is not None:
+                idx = s.units.to(p2.device)
+                p2, q2 = p2[idx], q2[idx]
+            ok = (p2 > 0) & (q2 > 0) & torch.isfinite(p2) & torch.isfinite(q2)
+            safe_p = torch.where(ok, p2, torch.ones_like(p2))
+            safe_q = torch.where(ok, q2, torch.ones_like(q2))
+            # log c = rate·½(log q − log p) with q, p the norms (here squared norms: ¼)
+            delta = torch.where(
+                ok, 0.25 * self.balance_rate * (safe_q.log() - safe_p.log()), torch.zeros_like(p2)
+            )
+            deltas.append(delta)
+        for s, d in zip(self._plan.sites, deltas):
+            self._scale_site_(s, torch.exp(d))

@@ -1,0 +1,364 @@
+"""The DDC optimizers' update kernels, as pure functions of one block, and their dispatcher.
+
+In the shape of torch's ``adam()`` → ``_single_tensor_adam`` / ``_fused_adam``:
+:func:`ddc_adam` takes a list of :class:`AdamBlock` s and sends the dense CPU float32/float64
+blocks to the C++ core in one call (:func:`_fused_ddc_adam`, ``_core.ddc_adam_update_many``)
+and every other block through the torch reference (:func:`_single_tensor_ddc_adam`), which
+computes the same step. The gauge scales: :func:`site_rho` (one site's ρ) and
+:func:`gauge_dots` (the log-norm gradients ĝ of a block), both in the core on CPU.
+
+A block's step in the invariant coordinates ``x̃ = x/σ`` (theory.md §6.3):
+``x ← decay·x``, ``g̃ = g·σ``, Adam moments on ``g̃``,
+``x ← x − lr/bc1 · m/(√(v/bc2) + eps) · σ``; with σ = 1 this is ``torch.optim.AdamW``'s
+single-tensor step, bitwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from deadspec import _core
+
+if TYPE_CHECKING:
+    from deadspec.optim._plan import Rot
+
+__all__ = [
+    "AdamBlock",
+    "adam_apply",
+    "cpu_float",
+    "ddc_adam",
+    "ddc_adam_block_update",
+    "ddc_adam_update",
+    "decay_and_sigma",
+    "fused_ok",
+    "gauge_dots",
+    "init_adam_state",
+    "mean_within_segments",
+    "site_rho",
+]
+
+
+def site_rho(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+    units: torch.Tensor | None,
+    factors: tuple[float, float] = (1.0, 1.0),
+) -> torch.Tensor:
+    """Effective gauge scale of a site: row norms of ``[f_w·W·diag(col_scale) | f_b·b]``.
+
+    ``weight`` is the producer's ``h×d`` weight (``(h,)`` γ for a norm, with ``bias`` = β);
+    ``factors`` = (f_w, f_b) are the weight-decay factors about to be applied to them (the
+    scales of the decayed block, read before it is written).
+    Exactly-zero rows (and rows whose norm is below the dtype's ``tiny``) get scale 1, units
+    outside ``units`` get scale 1: they are not scaled (the "dead unit" convention).
+    """
+    if weight.ndim == 1:
+        col_scale = None  # a norm's γ: one entry per unit, no columns to scale
+    if weight.ndim in (1, 2) and cpu_float(weight, col_scale, bias):
+        # One pass in the C++ core (float64 accumulation), no temporaries; γ as an h×1 block.
+        rho = torch.from_numpy(
+            _core.ddc_row_norms(
+                weight.detach().reshape(weight.shape[0], -1).__dlpack__(),
+                None if col_scale is None else col_scale.detach().__dlpack__(),
+                None if bias is None else bias.detach().__dlpack__(),
+                weight_factor=float(factors[0]),
+                bias_factor=float(factors[1]),
+            )
+        ).to(weight.dtype)
+    else:
+        if weight.ndim == 2:
+            w = weight if col_scale is None else weight * col_scale.to(weight.dtype).reshape(1, -1)
+            sq = w.square().sum(1)
+        else:
+            sq = weight.square()
+        if factors[0] != 1.0:
+            sq = sq * factors[0] ** 2
+        if bias is not None:
+            sq = sq + bias.square() * factors[1] ** 2
+        rho = sq.sqrt()
+    tiny = torch.finfo(rho.dtype).tiny
+    rho = torch.where(rho > tiny, rho, torch.ones_like(rho))
+    if units is not None:
+        full = torch.ones_like(rho)
+        idx = units.to(rho.device)
+        full[idx] = rho[idx]
+        rho = full
+    return rho
+
+
+def cpu_float(*ts: torch.Tensor | None) -> bool:
+    """All given tensors (None skipped) are dense CPU float32/float64 tensors."""
+    return all(
+        t is None
+        or (
+            t.device.type == "cpu"
+            and t.dtype in (torch.float32, torch.float64)
+            and not t.is_sparse
+        )
+        for t in ts
+    )
+
+
+def gauge_dots(x: torch.Tensor, g: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ x·g, Σ |x·g|) of a 2-D block along ``axis``, in x's dtype (one pass in the core)."""
+    if cpu_float(x, g):
+        s, a = _core.ddc_gauge_dots(x.detach().__dlpack__(), g.detach().__dlpack__(), axis)
+        return torch.from_numpy(s).to(x.dtype), torch.from_numpy(a).to(x.dtype)
+    t = g * x
+    return t.sum(axis), t.abs().sum(axis)
+
+
+def fused_ok(param: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the C++ fused step can take this block (CPU, float32/64, 1-D/2-D, dense)."""
+    return (
+        param.device.type == "cpu"
+        and param.numel() > 0
+        and param.dtype in (torch.float32, torch.float64)
+        and param.ndim in (1, 2)
+        and param.is_contiguous()
+        and all(
+            t.device.type == "cpu" and t.dtype == param.dtype and t.shape == param.shape
+            and not t.is_sparse
+            for t in others
+        )
+        and others[1].is_contiguous()
+        and others[2].is_contiguous()
+    )
+
+
+def decay_and_sigma(
+    param: torch.Tensor,
+    scale: torch.Tensor | None,
+    col_scale: torch.Tensor | None,
+    decay: float,
+) -> torch.Tensor | None:
+    """The torch paths' prologue: ``param ← decay·param``; returns σ = scale·col_scale in the
+    parameter's dtype (broadcastable to it), or None for σ = 1."""
+    if decay != 1.0:
+        param.mul_(decay)
+    if scale is not None:
+        scale = scale.to(param.dtype)
+    if col_scale is not None:
+        col = col_scale.to(param.dtype).reshape(1, -1)
+        scale = col if scale is None else scale * col
+    return scale
+
+
+def init_adam_state(state: dict[str, Any], p: torch.Tensor) -> None:
+    """A fresh Adam state for ``p``, as torch's AdamW makes it (float32 step count, zero
+    moments of p's shape and dtype)."""
+    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def adam_apply(
+    param: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_t: torch.Tensor,
+    scale: torch.Tensor | None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
+    """The torch paths' bias-corrected apply: ``param −= lr/bc1 · m/(√(v/bc2) + eps) · σ``
+    (torch AdamW's single-tensor operations when σ is None)."""
+    step = step_t.item()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+    if scale is None:
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+    else:
+        param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+
+
+def ddc_adam_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_t: torch.Tensor,
+    scale: torch.Tensor | None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    col_scale: torch.Tensor | None = None,
+    decay: float = 1.0,
+) -> None:
+    """One bias-corrected Adam step in the invariant coordinates ``x̃ = x/σ``.
+
+    ``σ = scale · col_scale`` (``scale`` broadcastable to the block, e.g. a ``(h, 1)`` row
+    vector; ``col_scale`` one entry per column; None = 1). ``param ← decay·param`` first
+    (decoupled weight decay, ``decay = 1 − lr·wd``), then ``g̃ = grad·σ``, moments on ``g̃``,
+    ``param ← param − lr/bc1 · m/(√(v/bc2) + eps) · σ``. With σ = 1 this is
+    ``torch.optim.AdamW``'s single-tensor step, bitwise. Gauged CPU blocks (1-D/2-D,
+    float32/float64) run as one fused pass in the C++ core (arithmetic in the parameter's
+    dtype, as here); anything else takes the torch path below, which computes the same step.
+    """
+    step_t += 1
+    gauged = scale is not None or col_scale is not None
+    if gauged and fused_ok(param, grad, exp_avg, exp_avg_sq) and (
+        col_scale is None or param.ndim == 2
+    ):
+        _core.ddc_adam_update(
+            param.detach().__dlpack__(),
+            grad.detach().__dlpack__(),
+            exp_avg.__dlpack__(),
+            exp_avg_sq.__dlpack__(),
+            None if scale is None else scale.to(param.dtype).expand_as(param).__dlpack__(),
+            lr=float(lr),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(eps),
+            step=int(step_t.item()),
+            col_scale=None if col_scale is None else col_scale.to(param.dtype).__dlpack__(),
+            decay=float(decay),
+        )
+        return
+    scale = decay_and_sigma(param, scale, col_scale, decay)
+    g = grad if scale is None else grad * scale
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+
+
+def mean_within_segments(
+    sq: torch.Tensor, axis: int, segments: list[tuple[int, int]]
+) -> torch.Tensor:
+    """``sq`` (a fresh tensor, written in place) with each ``[start, stop)`` segment along
+    ``axis`` replaced by its mean there: a rotated head's shared second-moment input."""
+    for a, b in segments:
+        blk = sq.narrow(axis, a, b - a)
+        blk.copy_(blk.mean(axis, keepdim=True).expand_as(blk))
+    return sq
+
+
+def ddc_adam_block_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step_t: torch.Tensor,
+    scale: torch.Tensor | None,
+    axis: int,
+    segments: list[tuple[int, int]],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    col_scale: torch.Tensor | None = None,
+    decay: float = 1.0,
+) -> None:
+    """:func:`ddc_adam_update` with the second moment shared along a rotated axis.
+
+    Within each ``[start, stop)`` of ``segments`` along ``axis`` (a head block that a
+    HeadRotation rotates), ``g̃²`` is replaced by its mean along ``axis`` before it enters
+    ``exp_avg_sq``: the denominator is then invariant under the rotation and the update
+    ``m/(√v + eps)`` rotates with the gradient. Elsewhere it is Adam, coordinate by coordinate.
+    (The torch path of rotated blocks: DDCAdam's off-CPU/other-dtype blocks, DDCMuon's biases
+    of rotated heads; the C++ core's ``ddc_adam_update_many`` does the same on CPU.)
+    """
+    step_t += 1
+    scale = decay_and_sigma(param, scale, col_scale, decay)
+    g = grad if scale is None else grad * scale
+    exp_avg.lerp_(g, 1 - beta1)
+    g2 = mean_within_segments(g * g, axis, segments)
+    exp_avg_sq.mul_(beta2).add_(g2, alpha=1 - beta2)
+    adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+
+
+@dataclasses.dataclass
+class AdamBlock:
+    """One parameter block of a DDC Adam step: its tensors, σ's factors and hyper-parameters.
+
+    ``row`` is σ's row factor broadcastable to the block (e.g. ``(h, 1)``; or the whole σ),
+    ``col`` one factor per column of a 2-D block; None = 1. ``rot``: the head blocks whose second
+    moment is shared (a HeadRotation), or None. ``decay`` multiplies the parameter first
+    (``1 − lr·wd``).
+    """
+
+    param: torch.Tensor
+    grad: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    step: torch.Tensor
+    row: torch.Tensor | None
+    col: torch.Tensor | None
+    rot: Rot | None
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    decay: float = 1.0
+
+    def fusable(self) -> bool:
+        """Whether the C++ core's fused pass can take the block."""
+        p = self.param
+        return fused_ok(p, self.grad, self.exp_avg, self.exp_avg_sq) and (
+            self.col is None or p.ndim == 2
+        )
+
+
+def ddc_adam(blocks: list[AdamBlock], *, fused: bool | None = None) -> None:
+    """One DDC Adam step over ``blocks`` (in place; each block's ``step`` is incremented).
+
+    ``fused=None`` sends the blocks the core can take to it, in one call, and the rest through
+    torch; ``fused=False`` takes the torch path for every block (which still runs a single
+    gauged CPU block through the core's one-block kernel, as :func:`ddc_adam_update` does).
+    """
+    if fused is False:
+        _single_tensor_ddc_adam(blocks)
+        return
+    core = [b for b in blocks if b.fusable()]
+    _fused_ddc_adam(core)
+    _single_tensor_ddc_adam([b for b in blocks if not b.fusable()])
+
+
+def _single_tensor_ddc_adam(blocks: list[AdamBlock]) -> None:
+    for b in blocks:
+        kw = {"lr": b.lr, "beta1": b.beta1, "beta2": b.beta2, "eps": b.eps}
+        kw.update(col_scale=b.col, decay=b.decay)
+        args = (b.param, b.grad, b.exp_avg, b.exp_avg_sq, b.step, b.row)
+        if b.rot is None:
+            ddc_adam_update(*args, **kw)
+        else:
+            ddc_adam_block_update(*args, b.rot.axis, b.rot.segments, **kw)
+
+
+def _core_block(b: AdamBlock) -> Any:
+    """A block as ``_core.ddc_adam_update_many`` takes it."""
+    p = b.param
+    block: tuple[Any, ...] = (
+        p.detach().__dlpack__(),
+        b.grad.detach().__dlpack__(),
+        b.exp_avg.__dlpack__(),
+        b.exp_avg_sq.__dlpack__(),
+        None if b.row is None else b.row.expand_as(p).__dlpack__(),
+        None if b.col is None else b.col.__dlpack__(),
+        float(b.lr), float(b.beta1), float(b.beta2), float(b.eps),
+        int(b.step.item()) + 1, float(b.decay),
+    )
+    if b.rot is not None:
+        block += (b.rot.axis, list(b.rot.segments))
+    return block  # TUPLE-FORM: replaced by the named structure when the binding takes it
+
+
+def _fused_ddc_adam(blocks: list[AdamBlock]) -> None:
+    """Every block in one call of the C++ core (off-gauge blocks with σ = 1: AdamW's formula in
+    the same pass; rotated head blocks with their second moment shared per head)."""
+    if not blocks:
+        return
+    _core.ddc_adam_update_many([_core_block(b) for b in blocks])
+    torch._foreach_add_([b.step for b in blocks], 1.0)

@@ -1,0 +1,127 @@
+"""DDCMuon's kernels: Muon's Newton–Schulz orthogonaliser and the Muon step in the invariant
+coordinates (theory.md §6.8), and the rule of which weights take the Muon path."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["ddc_muon_update", "hidden_matrices", "newton_schulz"]
+
+
+def newton_schulz(
+    x: torch.Tensor,
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Muon's quintic Newton–Schulz iteration ``X ← aX + b(XXᵀ)X + c(XXᵀ)²X`` in ``dtype``.
+
+    ``x`` is one matrix ``(m, n)`` or a batch ``(B, m, n)``. A tall matrix is transposed first;
+    ``X`` starts at ``x/max(‖x‖_F, eps)`` (per matrix). The result has ``x``'s shape and
+    ``dtype``. For one matrix the operations are those of ``torch.optim.Muon`` (bitwise with
+    ``dtype=torch.bfloat16``). Every step is ``p(XXᵀ)X``, so ``NS(R x Q) = R·NS(x)·Q`` for
+    orthogonal ``R, Q`` after any number of steps (not only at convergence); a diagonal
+    rescaling does not commute with it.
+    """
+    a, b, c = coefficients
+    y = x.to(dtype=dtype, copy=True)
+    tall = y.size(-2) > y.size(-1)
+    if y.ndim == 2:
+        if tall:
+            y = y.T
+        y.div_(y.norm().clamp(min=eps))
+        for _ in range(steps):
+            gram = y @ y.T
+            upd = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+            y = torch.addmm(y, upd, y, beta=a)
+        return y.T if tall else y
+    if tall:
+        y = y.mT
+    y = y / y.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = y @ y.mT
+        upd = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        y = torch.baddbmm(y, upd, y, beta=a)
+    return y.mT if tall else y
+
+
+def ddc_muon_update(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    scale: torch.Tensor | None,
+    blocks: tuple[int, list[tuple[int, int]]] | None,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    ns_coefficients: tuple[float, float, float],
+    ns_steps: int,
+    ns_eps: float,
+    ns_dtype: torch.dtype,
+) -> None:
+    """One Muon step in the invariant coordinates ``x̃ = x/σ`` of a 2-D parameter.
+
+    ``g̃ = grad·σ``; ``B ← lerp(B, g̃, 1 − μ)``; ``U = lerp(g̃, B, μ)`` (Nesterov) or ``B``;
+    ``O = NS(U)`` per block; ``param ← param − lr·s·O·σ``. ``blocks`` None: the whole matrix
+    is one block with Keller's shape scale ``s = max(1, rows/cols)^½``; otherwise
+    ``(axis, ranges)``, a partition of ``axis`` into row (axis 0) or column (axis 1) blocks,
+    each orthogonalised on its own with ``s = (max(r_b, c_b)/cols)^½`` — the scale that gives
+    each block the RMS ``1/√cols`` Keller's scale gives the whole matrix. ``scale`` None (σ = 1)
+    reproduces ``torch.optim.Muon``'s single-tensor step bitwise when ``ns_dtype`` is bfloat16
+    (decoupled decay is applied beforehand, as there).
+    """
+    g = grad if scale is None else grad * scale
+    momentum_buffer.lerp_(g, 1 - momentum)
+    upd = g.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
+    rows, cols = param.shape
+    if blocks is None:
+        out = newton_schulz(upd, ns_coefficients, ns_steps, ns_eps, ns_dtype)
+        adjusted = lr * math.sqrt(max(1, rows / cols))
+    else:
+        axis, ranges = blocks
+        out = torch.empty(param.shape, dtype=ns_dtype, device=param.device)
+        by_len: dict[int, list[int]] = {}
+        for a, b in ranges:
+            by_len.setdefault(b - a, []).append(a)
+        for n, starts in by_len.items():
+            blk = torch.stack([upd.narrow(axis, a, n) for a in starts])
+            o = newton_schulz(blk, ns_coefficients, ns_steps, ns_eps, ns_dtype)
+            r_b, c_b = (n, cols) if axis == 0 else (rows, n)
+            o.mul_(math.sqrt(max(r_b, c_b) / cols))
+            for a, ob in zip(starts, o):
+                out.narrow(axis, a, n).copy_(ob)
+        adjusted = lr
+    if scale is None:
+        param.add_(out, alpha=-adjusted)
+    else:
+        param.add_(out.to(param.dtype).mul_(scale), alpha=-adjusted)
+
+
+def hidden_matrices(model: nn.Module, heads: Iterable[str]) -> set[int]:
+    """``id`` s of the weights that take the Muon path: every ``nn.Linear`` weight and the
+    input projections of ``nn.MultiheadAttention``, except the ``heads`` modules' and weights
+    shared with an embedding (tied)."""
+    heads = set(heads)
+    embedded = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+        for p in m.parameters(recurse=False)
+    }
+    out: set[int] = set()
+    for name, m in model.named_modules():
+        if name in heads:
+            continue
+        if isinstance(m, nn.Linear):
+            out.add(id(m.weight))
+        elif isinstance(m, nn.MultiheadAttention):
+            for w in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight, m.v_proj_weight):
+                if w is not None:
+                    out.add(id(w))
+    return out - embedded

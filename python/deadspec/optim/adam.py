@@ -1,0 +1,252 @@
+"""DDCAdam: AdamW with its state on gauge-invariant coordinates (theory.md §6.3, §6.5)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.adamw import adamw as torch_adamw
+
+from deadspec import gauges as G
+from deadspec.optim._base import FORMS, DDCBase
+from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
+from deadspec.optim._plan import Site
+from deadspec.optim._split import SplitStep
+
+__all__ = ["DDCAdam"]
+
+
+class DDCAdam(DDCBase):
+    """AdamW with its state on gauge-invariant coordinates (exactly gauge-equivariant).
+
+    Parameters
+    ----------
+    model_or_params : nn.Module or iterable of parameters / param-group dicts
+        The model (needed for the gauges), or plain parameters (then no gauges: plain AdamW,
+        with a warning).
+    lr, betas, eps, weight_decay
+        As ``torch.optim.AdamW`` (decoupled weight decay, default 0).
+    gauges : list of deadspec.gauges.Gauge, optional
+        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``. An explicit list is
+        bound to the model and its hand-declared entries (``source="declared"``) validated.
+        ``[]``: no gauges (AdamW).
+    gauge_mode : {"zero", "damped", "balance"}
+        Policy on the pure-gauge scales ρ. ``"zero"``: ρ is kept (exactly equivariant).
+        ``"damped"``: ``log ρ`` moves by a scalar Adam step on the gauge-mode gradient
+        ``g_V = ĝ_in − ĝ_out`` normalised by the radial scale, ``Δlog ρ = −η·m̂_V/(√v̂_V + √v̂_U +
+        eps)`` (equivariant; it acts only where the declared gauge is broken, e.g. by an L2 term
+        inside the loss). ``"balance"``: ``log ρ`` moves toward equal producer-row and
+        consumer-column norms, closing ``balance_rate`` of the log gap per step (NOT
+        equivariant).
+    balance_rate : float
+        Fraction of the log-norm imbalance closed per step with ``gauge_mode="balance"``.
+    loss : {"cross_entropy", None}
+        For discovery: whether the output layer's logit shift is a gauge.
+    nonfinite : {"raise", "skip"}
+        A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
+        with a warning (parameters and state untouched).
+    params : iterable, optional
+        With a model: the parameters or param-group dicts to optimise (default
+        ``model.parameters()``), e.g. groups with different ``lr``/``weight_decay``.
+    track_residuals : bool
+        Compute the gauge-mode gradients ``g_V`` each step for :meth:`gauge_residuals` (a
+        diagnostic: one more pass over every gauged block; always on with ``"damped"``).
+    rotations : bool
+        Condition on :class:`~deadspec.gauges.HeadRotation` gauges (per-head rotations of
+        q/k/v rows and output-projection columns). Adam is coordinatewise, so it is not
+        rotation-equivariant as it stands; on the rotated blocks the second moment is shared
+        within each head: ``g̃²`` is replaced by its mean over the head's rows (q/k/v weights and
+        biases, per column) or columns (the output projection, per row) before it enters
+        ``v``. ``v`` is then invariant under the rotation and ``m/(√v + ε)`` rotates with the
+        gradient, so the step is exactly equivariant. False: discovered rotations are left out
+        (those blocks get per-coordinate Adam) and a declared one raises ValueError.
+    form : {"coordinate", "split"}
+        ``"coordinate"``: per-coordinate Adam on the invariant coordinates, radial part
+        included (fused in the C++ core on CPU). ``"split"``: theory.md §6's split form — per
+        unit, the radial part of each block's invariant gradient is taken out and driven by a
+        scalar Adam (``g_U = (ĝ₁ + ĝ₂)/√2``, applied multiplicatively to the producer row and
+        the consumer columns), the tangential part gets per-coordinate Adam, re-projected, and
+        applied additively as ``w ← e^{Δ}·w − η·‖w‖·u`` (``docs/ddc.md``, "The split form",
+        for the stacked generalisation). Both forms are exactly equivariant. On CPU the split
+        form runs as three passes of the C++ core over each block (``ddc_split_sums``,
+        ``ddc_split_moments``, ``ddc_split_apply``).
+
+    Notes
+    -----
+    - Parameters without a gradient are skipped (no decay, no moment update), as in AdamW. In a
+      gauge block with a missing gradient the other parameters are still updated with their
+      scales (ρ is computed from the parameters alone); the site's ``g_V`` is not computed
+      (absent from :meth:`gauge_residuals`) and ``"damped"`` leaves its ρ unchanged.
+    - A unit whose producer row is exactly zero (ρ = 0) is not scaled (σ uses ρ := 1): its
+      coordinates are the raw ones and it gets plain Adam; never NaN. Exact equivariance holds
+      where every ρ > 0 (the group acts freely there).
+    """
+
+    _fn = "DDCAdam"
+    _plain = "plain AdamW"
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        gauges: list[G.Gauge] | None = None,
+        gauge_mode: str = "zero",
+        balance_rate: float = 0.1,
+        loss: str | None = "cross_entropy",
+        nonfinite: str = "raise",
+        params: Iterable[Any] | None = None,
+        track_residuals: bool = False,
+        rotations: bool = True,
+        form: str = "coordinate",
+    ) -> None:
+        fn = self._fn
+        self.rotations = bool(rotations)
+        if form not in FORMS:
+            raise ValueError(f"deadspec.{fn}: form must be one of {FORMS}, got {form!r}")
+        if not (isinstance(lr, (int, float)) and lr >= 0.0):
+            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {lr!r}")
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"deadspec.{fn}: betas must be two floats in [0, 1), got {betas!r}")
+        if not eps >= 0.0:
+            raise ValueError(f"deadspec.{fn}: eps must be non-negative, got {eps!r}")
+        if not weight_decay >= 0.0:
+            raise ValueError(
+                f"deadspec.{fn}: weight_decay must be non-negative, got {weight_decay!r}"
+            )
+        super().__init__(
+            model_or_params,
+            {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay},
+            gauges=gauges,
+            gauge_mode=gauge_mode,
+            balance_rate=balance_rate,
+            loss=loss,
+            nonfinite=nonfinite,
+            params=params,
+            track_residuals=track_residuals,
+            rotations=self.rotations,
+            form=form,
+        )
+
+    # -- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
+        if self.form == "split" and self._plan.sites:
+            # (without a rescaling site nothing is split: the coordinate path below is the step)
+            loss, ok, modes = self._prologue(closure, decay=True)
+            if ok:
+                rho = self._site_scales()  # of the decayed parameters
+                split = SplitStep(
+                    self._plan, self.state, self.param_groups, rho, self._damped_hparams
+                )
+                split.run()
+                self._policy(modes)
+            return loss
+        # Decoupled weight decay is folded into the update (one pass per block) unless a
+        # producer of a site is on the logit layer, whose shift-aware decay is not a factor.
+        fold = not any(
+            id(t) in self._plan.shift
+            for st in self._plan.sites
+            for t in (st.weight, st.bias)
+            if t is not None
+        )
+        loss, ok, modes = self._prologue(closure, decay=not fold)
+        if not ok:
+            return loss
+        if self._plan.sites or self._plan.rot:
+            ddc_adam(self._blocks(fold))
+        else:
+            self._adamw(fold)
+        self._policy(modes)
+        return loss
+
+    def _stepped(self, fold: bool) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
+        """(group, parameter, decay factor still to apply) of every parameter with a gradient,
+        its state initialised; the logit layer's shift-aware decay is applied here."""
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    init_adam_state(state, p)
+                decay = 1.0
+                if fold and wd != 0:
+                    if id(p) in self._plan.shift:
+                        p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                    else:
+                        decay = 1.0 - lr * wd
+                yield group, p, decay
+
+    def _blocks(self, fold: bool) -> list[AdamBlock]:
+        """(1) the gauge scales of the decayed parameters, as each block's σ factors."""
+        rho = self._site_scales(pending_decay=fold)
+        inv: dict[int, torch.Tensor] = {}  # 1/ρ per consumed site, shared by its consumers
+        blocks = []
+        for group, p, decay in self._stepped(fold):
+            r, c = self._plan.row.get(id(p)), self._plan.col.get(id(p))
+            row = None if r is None else rho[r].reshape((-1,) + (1,) * (p.ndim - 1))
+            if c is not None and c not in inv:
+                inv[c] = 1.0 / rho[c]
+            state = self.state[p]
+            beta1, beta2 = group["betas"]
+            blocks.append(
+                AdamBlock(
+                    p,
+                    p.grad,
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    state["step"],
+                    row,
+                    None if c is None else inv[c],
+                    self._plan.rot.get(id(p)),
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
+                    decay=decay,
+                )
+            )
+        return blocks
+
+    def _adamw(self, fold: bool) -> None:
+        """Without a rescaling site or rotation: torch's multi-tensor AdamW step, bitwise
+        ``AdamW(foreach=True)`` (its decay left to it, except the logit layer's shift-aware one,
+        already applied, and a decay the prologue applied)."""
+        lists: dict[tuple[int, bool], tuple[dict[str, Any], list[list[torch.Tensor]]]] = {}
+        for group, p, _ in self._stepped(fold):
+            decayed = id(p) in self._plan.shift or not fold
+            _, entry = lists.setdefault((id(group), decayed), (group, [[], [], [], [], []]))
+            state = self.state[p]
+            tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+            for lst, t in zip(entry, tensors):
+                lst.append(t)
+        for (_, decayed), (group, (ps, gs, ms, vs, ss)) in lists.items():
+            beta1, beta2 = group["betas"]
+            torch_adamw(
+                ps,
+                gs,
+                ms,
+                vs,
+                [],
+                ss,
+                foreach=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=0.0 if decayed else group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+            )
+
+    def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
+        group = self._group_of(s.weight)
+        return group["lr"], group["betas"], group["eps"]

@@ -1,0 +1,408 @@
+"""DDCMuon: Muon on the invariant coordinates of the hidden matrices, DDC AdamW on the rest
+(theory.md §6.8)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from deadspec import gauges as G
+from deadspec.gauges._tracing import fallback_logit, trace_info
+from deadspec.optim._base import DDCBase
+from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
+from deadspec.optim._muon import ddc_muon_update, hidden_matrices
+from deadspec.optim._plan import Site
+
+__all__ = ["DDCMuon"]
+
+_MUON_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "ns_steps", "ns_coefficients")
+_ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
+_NS_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+class DDCMuon(DDCBase):
+    """Muon for hidden matrices + AdamW for the rest, both in gauge-fixed coordinates.
+
+    Exactly equivariant under the network's gauges, ``step(g·θ) = g·step(θ)``, rescalings
+    (Pair, Chain, NormScale), the logit shift and the per-head attention rotations
+    (:class:`~deadspec.gauges.HeadRotation`) included. The design, and what is exactly
+    equivariant, is written up in ``docs/ddc.md`` (section "DDCMuon").
+
+    Parameters
+    ----------
+    model_or_params : nn.Module or iterable of parameters / param-group dicts
+        The model (needed for the gauges and to tell hidden matrices from the output head and
+        embeddings), or plain parameters (no gauges, a warning: 2-D tensors get Muon, the
+        rest AdamW).
+    lr, momentum, nesterov, weight_decay, ns_steps, ns_coefficients
+        The Muon path: ``B ← lerp(B, g̃, 1 − momentum)``, Nesterov ``U = lerp(g̃, B, momentum)``,
+        ``ns_steps`` quintic Newton–Schulz steps with ``ns_coefficients``, Keller's shape scale
+        ``max(1, rows/cols)^½``, decoupled weight decay ``x ← (1 − lr·weight_decay)x`` (as
+        ``torch.optim.Muon``).
+    adamw_lr, adamw_betas, adamw_eps
+        The AdamW path (embeddings, the output head, norm gains, biases, any non-2-D tensor).
+    gauges : list of deadspec.gauges.Gauge, optional
+        None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``, HeadRotations included.
+        An explicit list is bound to the model and its hand-declared entries validated.
+        ``[]``: no gauges (plain Muon + AdamW).
+    gauge_mode : {"zero", "damped", "balance"}
+        Policy on the pure-gauge scales ρ, as :class:`DDCAdam` (the damped scalar Adam uses the
+        AdamW hyper-parameters of the site's gain/bias, else ``adamw_*``).
+    nonfinite : {"raise", "skip"}
+        A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
+        with a warning (parameters and state untouched).
+    adamw_weight_decay : float, optional
+        Decoupled weight decay of the AdamW path (default: ``weight_decay``).
+    ns_dtype : torch.dtype, optional
+        Dtype of the Newton–Schulz iteration (float64, float32, bfloat16, float16). Default:
+        each parameter's dtype. ``torch.bfloat16`` reproduces ``torch.optim.Muon`` (and
+        KellerJordan/Muon); exact equivariance is measured in float64.
+    ns_eps : float
+        ``X₀ = U/max(‖U‖_F, ns_eps)`` (``torch.optim.Muon``'s ``eps``).
+    per_head : bool
+        Orthogonalise each rotated head block on its own (default; ``W_q,h``, ``W_k,h``,
+        ``W_v,h`` as ``d_head×d_model`` matrices, ``W_o[:, h]`` as ``d_model×d_head``). False:
+        whole matrices (also exactly equivariant: the block-diagonal rotation is orthogonal).
+    head : "auto", str, sequence of str or None
+        Modules whose weights are the output head (AdamW path). "auto": the LogitShift layers
+        among the gauges, plus the layer the traced model returns (a warning when the model
+        cannot be traced and no LogitShift names it). None: no head.
+    balance_rate, loss
+        As :class:`DDCAdam`.
+    params : iterable, optional
+        With a model: the parameters or param-group dicts (default ``model.parameters()``).
+        A group with ``use_muon=True`` is a Muon group (keys ``lr``, ``momentum``,
+        ``nesterov``, ``weight_decay``, ``ns_steps``, ``ns_coefficients``; 2-D tensors only);
+        ``use_muon=False`` an AdamW group (keys ``lr``, ``betas``, ``eps``, ``weight_decay``,
+        defaults ``adamw_*``); without ``use_muon`` the group is split into both, the AdamW
+        half taking ``adamw_lr``, ``adamw_betas``, ``adamw_eps``, ``adamw_weight_decay`` from
+        the group or the defaults. Every entry of ``param_groups`` is therefore one path, with
+        ``"use_muon"`` True or False, and its ``"lr"`` is that path's (LR schedulers scale
+        both paths).
+    track_residuals : bool
+        As :class:`DDCAdam`: compute ``g_V`` each step for :meth:`gauge_residuals`.
+
+    Notes
+    -----
+    - Muon path (default): the ``weight`` of every ``nn.Linear`` and the ``in_proj_weight`` of
+      ``nn.MultiheadAttention``, except the output head and weights shared with an embedding.
+    - Parameters without a gradient are skipped, dead units (ρ = 0) are not scaled, as in
+      :class:`DDCAdam`.
+    - A HeadRotation whose rotated rows are also a Pair/NormScale producer's (or whose rotated
+      columns a consumer's) raises ValueError: σ must be constant along the rotated axis.
+    """
+
+    _fn = "DDCMuon"
+    _plain = "plain Muon (2-D tensors) + AdamW"
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
+        adamw_lr: float = 3e-4,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        *,
+        gauges: list[G.Gauge] | None = None,
+        gauge_mode: str = "zero",
+        nonfinite: str = "raise",
+        adamw_weight_decay: float | None = None,
+        ns_dtype: torch.dtype | None = None,
+        ns_eps: float = 1e-7,
+        per_head: bool = True,
+        head: str | Iterable[str] | None = "auto",
+        balance_rate: float = 0.1,
+        loss: str | None = "cross_entropy",
+        params: Iterable[Any] | None = None,
+        track_residuals: bool = False,
+    ) -> None:
+        fn = self._fn
+        if ns_dtype is not None and ns_dtype not in _NS_DTYPES:
+            raise ValueError(
+                f"deadspec.{fn}: ns_dtype must be None or one of {_NS_DTYPES}, got {ns_dtype!r}"
+            )
+        if not (isinstance(ns_eps, (int, float)) and ns_eps > 0):
+            raise ValueError(f"deadspec.{fn}: ns_eps must be a positive float, got {ns_eps!r}")
+        self.ns_dtype = ns_dtype
+        self.ns_eps = float(ns_eps)
+        self.per_head = bool(per_head)
+        self._muon_defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": bool(nesterov),
+            "weight_decay": weight_decay,
+            "ns_steps": ns_steps,
+            "ns_coefficients": tuple(ns_coefficients),
+        }
+        self._adamw_defaults = {
+            "lr": adamw_lr,
+            "betas": tuple(adamw_betas),
+            "eps": adamw_eps,
+            "weight_decay": weight_decay if adamw_weight_decay is None else adamw_weight_decay,
+        }
+        self._adamw_wd_follows = adamw_weight_decay is None
+        self._check_muon(self._muon_defaults)
+        self._check_adamw(self._adamw_defaults, "adamw_")
+        self._head = head
+        self._muon_ids: set[int] | None = None  # None: plain parameters, 2-D -> Muon
+        super().__init__(
+            model_or_params,
+            {"lr": lr, "weight_decay": weight_decay},
+            gauges=gauges,
+            gauge_mode=gauge_mode,
+            balance_rate=balance_rate,
+            loss=loss,
+            nonfinite=nonfinite,
+            params=params,
+            track_residuals=track_residuals,
+            rotations=True,
+        )
+
+    def _bind_model(self, model: nn.Module) -> None:
+        self._muon_ids = hidden_matrices(model, self._heads(model, self._head))
+
+    # -- construction helpers ----------------------------------------------------------------
+    def _check_muon(self, g: dict[str, Any]) -> None:
+        fn = self._fn
+        if not (isinstance(g["lr"], (int, float)) and g["lr"] >= 0.0):
+            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {g['lr']!r}")
+        if not (isinstance(g["momentum"], (int, float)) and 0.0 <= g["momentum"] < 1.0):
+            raise ValueError(
+                f"deadspec.{fn}: momentum must be a float in [0, 1), got {g['momentum']!r}"
+            )
+        if not g["weight_decay"] >= 0.0:
+            raise ValueError(
+                f"deadspec.{fn}: weight_decay must be non-negative, got {g['weight_decay']!r}"
+            )
+        ns = g["ns_steps"]
+        if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
+            raise ValueError(f"deadspec.{fn}: ns_steps must be a positive integer, got {ns!r}")
+        if len(tuple(g["ns_coefficients"])) != 3:
+            raise ValueError(
+                f"deadspec.{fn}: ns_coefficients must hold 3 floats (a, b, c), got "
+                f"{g['ns_coefficients']!r}"
+            )
+
+    def _check_adamw(self, g: dict[str, Any], prefix: str = "") -> None:
+        fn = self._fn
+        if not (isinstance(g["lr"], (int, float)) and g["lr"] >= 0.0):
+            raise ValueError(
+                f"deadspec.{fn}: {prefix}lr must be a non-negative float, got {g['lr']!r}"
+            )
+        betas = tuple(g["betas"])
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(
+                f"deadspec.{fn}: {prefix}betas must be two floats in [0, 1), got {betas!r}"
+            )
+        if not g["eps"] >= 0.0:
+            raise ValueError(f"deadspec.{fn}: {prefix}eps must be non-negative, got {g['eps']!r}")
+        if not g["weight_decay"] >= 0.0:
+            raise ValueError(
+                f"deadspec.{fn}: {prefix}weight_decay must be non-negative, got "
+                f"{g['weight_decay']!r}"
+            )
+
+    def _heads(self, model: nn.Module, head: Any) -> set[str]:
+        """The output head modules (AdamW path): ``head`` resolved against the model."""
+        fn = self._fn
+        if head is None:
+            return set()
+        if head != "auto":
+            heads = {head} if isinstance(head, str) else {str(h) for h in head}
+            mods = dict(model.named_modules())
+            for h in heads:
+                if h not in mods:
+                    raise ValueError(
+                        f"deadspec.{fn}: head must name modules of the model, got {h!r}"
+                    )
+            return heads
+        heads = {g.layer for g in self._plan.gauges if isinstance(g, G.LogitShift)}
+        info = trace_info(model)
+        heads |= set(info.logit_layers) | fallback_logit(model, None)
+        if not heads and not info.root_traced:
+            warnings.warn(
+                f"deadspec.{fn}: could not identify the output head (the model cannot be "
+                f"traced and no LogitShift names it): every nn.Linear weight gets Muon; "
+                f"pass head=<module name> (or head=None to silence this)",
+                UserWarning,
+                stacklevel=5,
+            )
+        return heads
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; without ``use_muon`` it is split into a Muon and an AdamW group."""
+        if not isinstance(param_group, dict):
+            raise TypeError(
+                f"deadspec.{self._fn}.add_param_group: param_group must be a dict, got "
+                f"{type(param_group).__name__}"
+            )
+        group = dict(param_group)
+        params = group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(f"deadspec.{self._fn}: params must be an ordered collection, got a set")
+        params = list(params)
+        use = group.pop("use_muon", None)
+        extra_keys = set(_MUON_KEYS) | {"adamw_lr", "adamw_betas", "adamw_eps"}
+        extra_keys |= {"adamw_weight_decay", "betas", "eps", "params", "param_names"}
+        extra = {k: v for k, v in group.items() if k not in extra_keys}
+        if use is None:
+            tensor = [e[1] if isinstance(e, tuple) else e for e in params]
+            muon = [e for e, t in zip(params, tensor) if self._auto_muon(t)]
+            rest = [e for e, t in zip(params, tensor) if not self._auto_muon(t)]
+            adam = {
+                "lr": group.get("adamw_lr", self._adamw_defaults["lr"]),
+                "betas": group.get("adamw_betas", self._adamw_defaults["betas"]),
+                "eps": group.get("adamw_eps", self._adamw_defaults["eps"]),
+                "weight_decay": group.get(
+                    "adamw_weight_decay", self._adamw_defaults["weight_decay"]
+                ),
+            }
+            if (
+                "adamw_weight_decay" not in group
+                and self._adamw_wd_follows
+                and "weight_decay" in group
+            ):
+                adam["weight_decay"] = group["weight_decay"]  # adamw_weight_decay=None follows it
+            if muon or not rest:
+                mu = {k: group.get(k, self._muon_defaults[k]) for k in _MUON_KEYS}
+                self._add_path_group({**extra, **mu, "params": muon}, True)
+            if rest:
+                self._add_path_group({**extra, **adam, "params": rest}, False)
+            return
+        if use:
+            mu = {k: group.get(k, self._muon_defaults[k]) for k in _MUON_KEYS}
+            self._add_path_group({**extra, **mu, "params": params}, True)
+        else:
+            ad = {k: group.get(k, self._adamw_defaults[k]) for k in _ADAMW_KEYS}
+            self._add_path_group({**extra, **ad, "params": params}, False)
+
+    def _auto_muon(self, p: torch.Tensor) -> bool:
+        if self._muon_ids is None:
+            return p.ndim == 2
+        return id(p) in self._muon_ids
+
+    def _add_path_group(self, group: dict[str, Any], muon: bool) -> None:
+        if muon:
+            group["ns_coefficients"] = tuple(group["ns_coefficients"])
+            group["nesterov"] = bool(group["nesterov"])
+            self._check_muon(group)
+            for e in group["params"]:
+                t = e[1] if isinstance(e, tuple) else e
+                if isinstance(t, torch.Tensor) and t.ndim != 2:
+                    raise ValueError(
+                        f"deadspec.{self._fn}: params on the Muon path (use_muon=True) must be "
+                        f"2-D matrices, got {self._names.get(id(t), 'a tensor')!r} of shape "
+                        f"{tuple(t.shape)}"
+                    )
+        else:
+            group["betas"] = tuple(group["betas"])
+            self._check_adamw(group)
+        group["use_muon"] = bool(muon)
+        super().add_param_group(group)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["ddc"]["rotated"] = sorted(r.name for r in self._plan.rot.values())
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        fn = self._fn
+        ddc = state_dict.get("ddc")
+        if ddc is not None:
+            mine = sorted(r.name for r in self._plan.rot.values())
+            if list(ddc.get("rotated", [])) != mine:
+                raise ValueError(
+                    f"deadspec.{fn}.load_state_dict: the state must be for the same head "
+                    f"rotations, got {list(ddc.get('rotated', []))} but this optimizer has {mine}"
+                )
+        saved = [bool(g.get("use_muon")) for g in state_dict.get("param_groups", [])]
+        paths = [g["use_muon"] for g in self.param_groups]
+        if saved != paths:
+            raise ValueError(
+                f"deadspec.{fn}.load_state_dict: the state must have the same Muon/AdamW "
+                f"groups (use_muon), got {saved} but this optimizer has {paths}"
+            )
+        super().load_state_dict(state_dict)
+
+    # -- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One DDCMuon step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
+        loss, ok, modes = self._prologue(closure)
+        if not ok:
+            return loss
+        # (1) gauge scales; (2) Muon / AdamW in invariant coordinates, mapped back
+        rho = self._site_scales()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                scale = self._param_scale(p, rho)
+                rot = self._plan.rot.get(id(p))
+                if group["use_muon"]:
+                    if len(state) == 0:
+                        state["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
+                    blocks = None
+                    if rot is not None and self.per_head:
+                        blocks = (rot.axis, rot.cover())
+                    ddc_muon_update(
+                        p,
+                        p.grad,
+                        state["momentum_buffer"],
+                        scale,
+                        blocks,
+                        lr=group["lr"],
+                        momentum=group["momentum"],
+                        nesterov=group["nesterov"],
+                        ns_coefficients=group["ns_coefficients"],
+                        ns_steps=group["ns_steps"],
+                        ns_eps=self.ns_eps,
+                        ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
+                    )
+                    continue
+                if len(state) == 0:
+                    init_adam_state(state, p)
+                beta1, beta2 = group["betas"]
+                block = AdamBlock(
+                    p,
+                    p.grad,
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    state["step"],
+                    scale,
+                    None,
+                    rot,
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
+                )
+                ddc_adam([block], fused=False)
+        # (3) policy on the pure-gauge scales
+        self._policy(modes)
+        return loss
+
+    def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
+        for t in (s.bias, s.weight):
+            if t is None:
+                continue
+            group = self._group_of(t)
+            if group.get("use_muon") is False:
+                return group["lr"], group["betas"], group["eps"]
+        d = self._adamw_defaults
+        return d["lr"], d["betas"], d["eps"]
