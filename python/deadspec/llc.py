@@ -29,7 +29,7 @@ Conventions (read these before comparing numbers with other tools)
   float targets (``check_nll``): at a minimum of a Gaussian NLL with the right σ, the curvature
   of the per-sample loss in the output, 1/σ², times the mean squared residual per output
   coordinate, σ̂², is ≈ 1 (``LLCResult.nll_scale``); a value outside [2/3, 3/2] is reported as
-  a warning (plain ``F.mse_loss`` gives 2σ̂²/dim² there).
+  a warning (plain ``F.mse_loss`` gives 2σ̂²/dim there).
 - ``loss_fn(output, targets)`` returns per-sample losses (shape ``(B,)``) or their batch mean
   (a scalar); the estimator uses the batch mean.
 - The loss trace records, at every draw, the batch loss at the current point before the
@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +65,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from deadspec._util import progress as progress_bar
 
 __all__ = [
     "Calibration",
@@ -103,7 +104,9 @@ def gaussian_nll(sigma: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], t
     """
     sigma = float(sigma)
     if not (sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"deadspec.llc.gaussian_nll: sigma must be positive and finite, got {sigma}")
+        raise ValueError(
+            f"deadspec.llc.gaussian_nll: sigma must be positive and finite, got {sigma}"
+        )
     scale = 1.0 / (2.0 * sigma * sigma)
 
     def loss_fn(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -244,13 +247,6 @@ class LLCResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _progress(iterable: Any, enabled: bool | None, desc: str, total: int | None = None) -> Any:
-    from tqdm.auto import tqdm
-
-    disable = (not sys.stderr.isatty()) if enabled is None else (not enabled)
-    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False)
-
-
 def _unpack_data(data: Any, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, torch.utils.data.TensorDataset):
         tensors = data.tensors
@@ -263,7 +259,8 @@ def _unpack_data(data: Any, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if len(tensors) != 2:
         raise ValueError(
-            f"deadspec.llc.{fn}: data must hold exactly (inputs, targets), got {len(tensors)} tensors"
+            f"deadspec.llc.{fn}: data must hold exactly (inputs, targets), got {len(tensors)} "
+            f"tensors"
         )
     x, y = (torch.as_tensor(t) for t in tensors)
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
@@ -292,7 +289,9 @@ def _check_positive(fn: str, name: str, value: Any, integer: bool = False) -> An
 def _batch_mean_loss(loss_fn: Callable, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     loss = loss_fn(out, yb)
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"deadspec.llc.estimate: loss_fn must return a tensor, got {type(loss).__name__}")
+        raise TypeError(
+            f"deadspec.llc.estimate: loss_fn must return a tensor, got {type(loss).__name__}"
+        )
     if loss.ndim == 0:
         return loss
     if loss.ndim == 1 and loss.shape[0] == out.shape[0]:
@@ -358,7 +357,9 @@ class _Functional:
         self.loss_fn = loss_fn
         self.names = [k for k, p in model.named_parameters() if p.requires_grad]
         if not self.names:
-            raise ValueError("deadspec.llc.estimate: the model has no parameter with requires_grad=True")
+            raise ValueError(
+                "deadspec.llc.estimate: the model has no parameter with requires_grad=True"
+            )
         all_params = dict(model.named_parameters())
         self.fixed = {k: v.detach() for k, v in all_params.items() if k not in self.names}
         self.fixed.update({k: v.detach() for k, v in model.named_buffers()})
@@ -366,7 +367,9 @@ class _Functional:
         self.numels = [all_params[k].numel() for k in self.names]
         self.d = int(sum(self.numels))
 
-    def loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+    ) -> torch.Tensor:
         out = torch.func.functional_call(self.model, {**params, **self.fixed}, (xb,))
         return _batch_mean_loss(self.loss_fn, out, yb)
 
@@ -390,6 +393,241 @@ def _chain_generators(seed: int | None, chains: int, device: torch.device) -> li
 # ---------------------------------------------------------------------------------------------
 # estimate
 # ---------------------------------------------------------------------------------------------
+
+
+def sgld_step(
+    w: torch.Tensor,
+    grad: torch.Tensor,
+    noise: torch.Tensor,
+    w_star: torch.Tensor,
+    *,
+    epsilon: float,
+    nbeta: float,
+    gamma: float,
+) -> torch.Tensor:
+    """One localised SGLD update (theory.md §5.2), a pure function of flat parameter vectors:
+    ``w − (ε/2)·(nβ·∇L_batch(w) + γ·(w − w*)) + √ε·ξ`` with ``ξ = noise`` ~ N(0, I)."""
+    return w - (0.5 * epsilon) * (nbeta * grad + gamma * (w - w_star)) + math.sqrt(epsilon) * noise
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """The validated settings of one :func:`estimate`."""
+
+    epsilon: float
+    gamma: float
+    nbeta: float
+    n: int
+    chains: int
+    draws: int
+    burnin: int
+    batch_size: int  #: samples per step (the number of samples for full batch)
+    diverge_threshold: float
+
+
+class _Chains:
+    """SGLD chains from w*: their generators, loss trace and divergence flags.
+
+    Chain c draws its noise and minibatches from its own generator; a chain whose loss is
+    NaN/Inf or whose per-draw λ estimate nβ(L − L*) exceeds the threshold is stopped.
+    """
+
+    def __init__(
+        self,
+        func: _Functional,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w_star: torch.Tensor,
+        init_loss: float,
+        cfg: _Settings,
+        seed: int | None,
+    ) -> None:
+        self.func, self.x, self.y, self.w_star = func, x, y, w_star
+        self.init_loss, self.cfg, self.seed = init_loss, cfg, seed
+        self.n_data = int(x.shape[0])
+        self.full_batch = cfg.batch_size == self.n_data
+        self.steps = cfg.burnin + cfg.draws
+        self.reset()
+
+    def reset(self) -> None:
+        cfg = self.cfg
+        self.gens = _chain_generators(self.seed, cfg.chains, self.w_star.device)
+        self.trace = np.full((cfg.chains, cfg.draws), np.nan)
+        self.diverged = np.zeros(cfg.chains, dtype=bool)
+        self.diverged_at = np.full(cfg.chains, -1, dtype=np.int64)
+
+    def batch(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.full_batch:
+            return self.x, self.y
+        idx = torch.randperm(self.n_data, generator=self.gens[c], device=self.x.device)
+        idx = idx[: self.cfg.batch_size]
+        return self.x[idx], self.y[idx]
+
+    def noise(self, c: int) -> torch.Tensor:
+        w = self.w_star
+        return torch.randn(self.func.d, generator=self.gens[c], device=w.device, dtype=w.dtype)
+
+    def params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.func.names, self.func.split(flat)))
+
+    def flat(self, pd: dict[str, torch.Tensor], lead: int | None) -> torch.Tensor:
+        shape = () if lead is None else (lead,)
+        return torch.cat([pd[k].reshape(*shape, -1) for k in self.func.names], -1)
+
+    def update(self, w: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        return sgld_step(
+            w, grad, noise, self.w_star, epsilon=cfg.epsilon, nbeta=cfg.nbeta, gamma=cfg.gamma
+        )
+
+    def record(self, c: int, s: int, loss_val: float) -> bool:
+        """Record chain c's loss at step s; False if the chain diverged there."""
+        cfg = self.cfg
+        bad = not math.isfinite(loss_val)
+        bad = bad or cfg.nbeta * (loss_val - self.init_loss) > cfg.diverge_threshold
+        if bad:
+            self.diverged[c] = True
+            self.diverged_at[c] = s
+            return False
+        if s >= cfg.burnin:
+            self.trace[c, s - cfg.burnin] = loss_val
+        return True
+
+    def run_vectorized(self, progress: bool | None) -> None:
+        """All chains in one ``torch.func.vmap`` of ``grad_and_value``."""
+        chains = self.cfg.chains
+        gv = torch.func.grad_and_value(self.func.loss)
+        in_x = None if self.full_batch else 0
+        vg = torch.func.vmap(gv, in_dims=(0, in_x, in_x), randomness="error")
+        w = self.w_star.unsqueeze(0).repeat(chains, 1)
+        alive = torch.ones(chains, dtype=torch.bool, device=w.device)
+        desc = f"llc: {chains} chains (vmap)"
+        for s in progress_bar(range(self.steps), progress, desc, self.steps):
+            if self.full_batch:
+                xb, yb = self.x, self.y
+            else:
+                pairs = [self.batch(c) for c in range(chains)]
+                xb = torch.stack([p[0] for p in pairs])
+                yb = torch.stack([p[1] for p in pairs])
+            g, lv = vg(self.params(w), xb, yb)
+            noise = torch.stack([self.noise(c) for c in range(chains)])
+            lv = lv.detach().cpu().numpy()
+            for c in range(chains):
+                if alive[c] and not self.record(c, s, float(lv[c])):
+                    alive[c] = False
+            w_new = self.update(w, self.flat(g, chains), noise)
+            # a dead chain is parked at w* (its numbers are discarded) so it cannot spread NaN
+            w = torch.where(alive.unsqueeze(1), w_new, self.w_star.unsqueeze(0))
+            if not bool(alive.any()):
+                break
+
+    def run_sequential(self, progress: bool | None) -> None:
+        """One chain after the other."""
+        gv = torch.func.grad_and_value(self.func.loss)
+        chains = self.cfg.chains
+        for c in progress_bar(range(chains), progress, "llc: chains", chains):
+            w = self.w_star.clone()
+            for s in progress_bar(range(self.steps), progress, f"llc: chain {c}", self.steps):
+                xb, yb = self.batch(c)
+                g, lv = gv(self.params(w), xb, yb)
+                noise = self.noise(c)
+                if not self.record(c, s, float(lv)):
+                    break
+                w = self.update(w, self.flat(g, None), noise)
+
+    def run(self, vectorize: bool | str, progress: bool | None, msgs: list[str]) -> bool:
+        """Run the chains (vectorised when asked and possible); returns whether vectorised."""
+        if vectorize in (True, "auto") and self.cfg.chains > 1:
+            try:
+                self.run_vectorized(progress)
+                return True
+            except Exception as exc:
+                if vectorize is True:
+                    raise
+                msgs.append(
+                    f"vectorised chains failed ({type(exc).__name__}: {exc}); ran sequentially"
+                )
+                self.reset()
+        self.run_sequential(progress)
+        return False
+
+
+def _settings(
+    x: torch.Tensor,
+    *,
+    n: int | None,
+    nbeta: float | None,
+    epsilon: float,
+    gamma: float,
+    chains: int,
+    draws: int,
+    burnin: int,
+    batch_size: int | None,
+    vectorize: Any,
+    loss_fn: Any,
+    diverge_threshold: float | None,
+    d: int,
+) -> _Settings:
+    fn = "estimate"
+    epsilon = _check_positive(fn, "epsilon", epsilon)
+    gamma = float(gamma)
+    if not (gamma >= 0 and math.isfinite(gamma)):
+        raise ValueError(f"deadspec.llc.estimate: gamma must be >= 0 and finite, got {gamma!r}")
+    chains = _check_positive(fn, "chains", chains, integer=True)
+    draws = _check_positive(fn, "draws", draws, integer=True)
+    if isinstance(burnin, bool) or int(burnin) != burnin or burnin < 0:
+        raise ValueError(f"deadspec.llc.estimate: burnin must be an integer >= 0, got {burnin!r}")
+    if vectorize not in (True, False, "auto"):
+        raise ValueError(
+            f'deadspec.llc.estimate: vectorize must be True, False or "auto", got {vectorize!r}'
+        )
+    if not callable(loss_fn):
+        raise TypeError(
+            f"deadspec.llc.estimate: loss_fn must be callable, got {type(loss_fn).__name__}"
+        )
+    n_data = int(x.shape[0])
+    n = _check_positive(fn, "n", n_data if n is None else n, integer=True)
+    if nbeta is None:
+        nbeta = default_nbeta(n) if n >= 2 else 1.0
+    nbeta = _check_positive(fn, "nbeta", nbeta)
+    b = n_data
+    if batch_size is not None:
+        b = _check_positive(fn, "batch_size", batch_size, integer=True)
+        if b > n_data:
+            raise ValueError(
+                f"deadspec.llc.estimate: batch_size must be <= the number of samples {n_data}, "
+                f"got {b}"
+            )
+    threshold = 10.0 * d + 100.0 if diverge_threshold is None else diverge_threshold
+    return _Settings(epsilon, gamma, nbeta, n, chains, draws, int(burnin), b, threshold)
+
+
+def _summary(run: _Chains, msgs: list[str]) -> tuple[np.ndarray, float, float, float]:
+    """(per-chain λ̂, mean, std, drift) of finished chains; divergence and sign noted in msgs."""
+    cfg, trace, diverged = run.cfg, run.trace, run.diverged
+    with np.errstate(invalid="ignore"):
+        per_chain = cfg.nbeta * (trace.mean(axis=1) - run.init_loss)
+    per_chain = np.where(diverged, np.nan, per_chain)
+    if diverged.any():
+        msgs.append(
+            f"{int(diverged.sum())}/{cfg.chains} chains diverged (NaN/Inf loss or nβ(L−L*) > "
+            f"{cfg.diverge_threshold:g}) at steps {run.diverged_at[diverged].tolist()}: lower "
+            f"epsilon or raise gamma"
+        )
+        mean = std = float("nan")
+    else:
+        mean = float(per_chain.mean())
+        std = float(per_chain.std(ddof=1)) if cfg.chains > 1 else 0.0
+    if math.isfinite(mean) and mean < 0:
+        msgs.append(f"negative LLC estimate {mean:.4g}: w* is not a local minimum of the loss")
+    half = cfg.draws // 2
+    drift = float("nan")
+    if half >= 1 and not diverged.all():
+        ok = ~diverged
+        m1 = np.nanmean(trace[ok, :half], axis=1)
+        m2 = np.nanmean(trace[ok, cfg.draws - half :], axis=1)
+        drift = float(cfg.nbeta * np.mean(m2 - m1))
+    return per_chain, mean, std, drift
 
 
 def estimate(
@@ -462,7 +700,8 @@ def estimate(
     >>> import torch, deadspec.llc as llc
     >>> _ = torch.manual_seed(0)
     >>> x = torch.randn(2000, 4, dtype=torch.float64)
-    >>> y = x @ torch.ones(4, 1, dtype=torch.float64) + 0.5 * torch.randn(2000, 1, dtype=torch.float64)
+    >>> noise = torch.randn(2000, 1, dtype=torch.float64)
+    >>> y = x @ torch.ones(4, 1, dtype=torch.float64) + 0.5 * noise
     >>> net = torch.nn.Linear(4, 1, bias=False).double()
     >>> with torch.no_grad():
     ...     _ = net.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
@@ -472,209 +711,85 @@ def estimate(
     True
     """
     t0 = time.perf_counter()
-    fn = "estimate"
-    x, y = _unpack_data(data, fn)
-    epsilon = _check_positive(fn, "epsilon", epsilon)
-    gamma = float(gamma)
-    if not (gamma >= 0 and math.isfinite(gamma)):
-        raise ValueError(f"deadspec.llc.estimate: gamma must be >= 0 and finite, got {gamma!r}")
-    chains = _check_positive(fn, "chains", chains, integer=True)
-    draws = _check_positive(fn, "draws", draws, integer=True)
-    if isinstance(burnin, bool) or int(burnin) != burnin or burnin < 0:
-        raise ValueError(f"deadspec.llc.estimate: burnin must be an integer >= 0, got {burnin!r}")
-    burnin = int(burnin)
-    if vectorize not in (True, False, "auto"):
-        raise ValueError(f'deadspec.llc.estimate: vectorize must be True, False or "auto", got {vectorize!r}')
-    if not callable(loss_fn):
-        raise TypeError(f"deadspec.llc.estimate: loss_fn must be callable, got {type(loss_fn).__name__}")
-    n_data = int(x.shape[0])
-    if n is None:
-        n = n_data
-    n = _check_positive(fn, "n", n, integer=True)
-    if nbeta is None:
-        nbeta = default_nbeta(n) if n >= 2 else 1.0
-    nbeta = _check_positive(fn, "nbeta", nbeta)
-    if batch_size is None:
-        b = n_data
-    else:
-        b = _check_positive(fn, "batch_size", batch_size, integer=True)
-        if b > n_data:
-            raise ValueError(
-                f"deadspec.llc.estimate: batch_size must be <= the number of samples {n_data}, got {b}"
-            )
-    full_batch = b == n_data
-
+    x, y = _unpack_data(data, "estimate")
     params0 = list(model.parameters())
     if not params0:
         raise ValueError("deadspec.llc.estimate: model has no parameters")
     device, dtype = params0[0].device, params0[0].dtype
-    x = x.to(device)
-    y = y.to(device)
-    if x.is_floating_point():
-        x = x.to(dtype)
-    if y.is_floating_point():
-        y = y.to(dtype)
-    func = _Functional(model, loss_fn)
-    d = func.d
-    if diverge_threshold is None:
-        diverge_threshold = 10.0 * d + 100.0
+    x, y = _to_model(x, y, device, dtype)
+    func = _Functional(model, loss_fn) if callable(loss_fn) else None
+    cfg = _settings(
+        x,
+        n=n,
+        nbeta=nbeta,
+        epsilon=epsilon,
+        gamma=gamma,
+        chains=chains,
+        draws=draws,
+        burnin=burnin,
+        batch_size=batch_size,
+        vectorize=vectorize,
+        loss_fn=loss_fn,
+        diverge_threshold=diverge_threshold,
+        d=0 if func is None else func.d,
+    )
     msgs: list[str] = []
-
-    chunk = b
-    init_loss, init_forwards = _full_loss(model, loss_fn, x, y, chunk)
+    n_data = int(x.shape[0])
+    init_loss, init_forwards = _full_loss(model, loss_fn, x, y, cfg.batch_size)
     if not math.isfinite(init_loss):
         raise ValueError(f"deadspec.llc.estimate: the loss at w* is not finite, got {init_loss}")
     nll_scale = _nll_scale(model, loss_fn, x, y, min(n_data, 4096)) if check_nll else None
     if nll_scale is not None and not (2 / 3 <= nll_scale <= 1.5):
         msgs.append(
-            f"Gaussian NLL scale check: curvature·residual variance = {nll_scale:.3g}, expected ≈ 1 "
-            "(is loss_fn ||y - f||²/(2σ²) per sample with the true σ, not MSE? is w* a minimum?)"
+            f"Gaussian NLL scale check: curvature·residual variance = {nll_scale:.3g}, expected "
+            "≈ 1 (is loss_fn ||y - f||²/(2σ²) per sample with the true σ, not MSE? is w* a "
+            "minimum?)"
         )
-
     named = dict(model.named_parameters())
     w_star = torch.cat([named[k].detach().reshape(-1) for k in func.names]).to(dtype)
-    gens = _chain_generators(seed, chains, device)
-    steps = burnin + draws
-    trace = np.full((chains, draws), np.nan)
-    diverged = np.zeros(chains, dtype=bool)
-    diverged_at = np.full(chains, -1, dtype=np.int64)
-    sqrt_eps = math.sqrt(epsilon)
-
-    def batch_for(c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if full_batch:
-            return x, y
-        idx = torch.randperm(n_data, generator=gens[c], device=device)[:b]
-        return x[idx], y[idx]
-
-    def params_of(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(func.names, func.split(flat)))
-
-    def step_update(w: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return w - (0.5 * epsilon) * (nbeta * grad + gamma * (w - w_star)) + sqrt_eps * noise
-
-    def record(c: int, s: int, loss_val: float) -> bool:
-        """Record the loss; returns False if chain c diverged at this step."""
-        bad = not math.isfinite(loss_val) or nbeta * (loss_val - init_loss) > diverge_threshold
-        if bad:
-            diverged[c] = True
-            diverged_at[c] = s
-            return False
-        if s >= burnin:
-            trace[c, s - burnin] = loss_val
-        return True
-
-    def grad_flat(pd: dict[str, torch.Tensor], lead: int | None) -> torch.Tensor:
-        return torch.cat([pd[k].reshape(*(() if lead is None else (lead,)), -1) for k in func.names], -1)
-
-    def run_vectorized() -> None:
-        gv = torch.func.grad_and_value(func.loss)
-        in_x = None if full_batch else 0
-        vg = torch.func.vmap(gv, in_dims=(0, in_x, in_x), randomness="error")
-        w = w_star.unsqueeze(0).repeat(chains, 1)
-        alive = torch.ones(chains, dtype=torch.bool, device=device)
-        for s in _progress(range(steps), progress, f"llc: {chains} chains (vmap)", steps):
-            if full_batch:
-                xb, yb = x, y
-            else:
-                pairs = [batch_for(c) for c in range(chains)]
-                xb = torch.stack([p[0] for p in pairs])
-                yb = torch.stack([p[1] for p in pairs])
-            g, lv = vg(params_of(w), xb, yb)
-            noise = torch.stack(
-                [torch.randn(d, generator=gens[c], device=device, dtype=dtype) for c in range(chains)]
-            )
-            lv = lv.detach().cpu().numpy()
-            for c in range(chains):
-                if alive[c] and not record(c, s, float(lv[c])):
-                    alive[c] = False
-            gflat = grad_flat(g, chains)
-            w_new = step_update(w, gflat, noise)
-            # a dead chain is parked at w* (its numbers are discarded) so it cannot spread NaN
-            w = torch.where(alive.unsqueeze(1), w_new, w_star.unsqueeze(0))
-            if not bool(alive.any()):
-                break
-
-    def run_sequential() -> None:
-        gv = torch.func.grad_and_value(func.loss)
-        for c in _progress(range(chains), progress, "llc: chains", chains):
-            w = w_star.clone()
-            for s in _progress(range(steps), progress, f"llc: chain {c}", steps):
-                xb, yb = batch_for(c)
-                g, lv = gv(params_of(w), xb, yb)
-                noise = torch.randn(d, generator=gens[c], device=device, dtype=dtype)
-                if not record(c, s, float(lv)):
-                    break
-                w = step_update(w, grad_flat(g, None), noise)
-
-    vectorized = False
-    if vectorize in (True, "auto") and chains > 1:
-        try:
-            run_vectorized()
-            vectorized = True
-        except Exception as exc:
-            if vectorize is True:
-                raise
-            msgs.append(f"vectorised chains failed ({type(exc).__name__}: {exc}); ran sequentially")
-            trace[:] = np.nan
-            diverged[:] = False
-            diverged_at[:] = -1
-            gens = _chain_generators(seed, chains, device)
-            run_sequential()
-    else:
-        run_sequential()
-
-    with np.errstate(invalid="ignore"):
-        per_chain = nbeta * (trace.mean(axis=1) - init_loss)
-    per_chain = np.where(diverged, np.nan, per_chain)
-    if diverged.any():
-        msgs.append(
-            f"{int(diverged.sum())}/{chains} chains diverged (NaN/Inf loss or nβ(L−L*) > "
-            f"{diverge_threshold:g}) at steps {diverged_at[diverged].tolist()}: lower epsilon or raise gamma"
-        )
-        mean = float("nan")
-        std = float("nan")
-    else:
-        mean = float(per_chain.mean())
-        std = float(per_chain.std(ddof=1)) if chains > 1 else 0.0
-    if math.isfinite(mean) and mean < 0:
-        msgs.append(f"negative LLC estimate {mean:.4g}: w* is not a local minimum of the loss")
-    half = draws // 2
-    if half >= 1 and not diverged.all():
-        ok = ~diverged
-        m1 = np.nanmean(trace[ok, :half], axis=1)
-        m2 = np.nanmean(trace[ok, draws - half :], axis=1)
-        drift = float(nbeta * np.mean(m2 - m1))
-    else:
-        drift = float("nan")
+    run = _Chains(func, x, y, w_star, init_loss, cfg, seed)
+    vectorized = run.run(vectorize, progress, msgs)
+    per_chain, mean, std, drift = _summary(run, msgs)
     if warn:
         for m in msgs:
             warnings.warn(f"deadspec.llc.estimate: {m}", LLCWarning, stacklevel=2)
-    passes = chains * steps + init_forwards
     return LLCResult(
         mean=mean,
         std=std,
         per_chain=per_chain,
-        loss_trace=trace,
+        loss_trace=run.trace,
         init_loss=float(init_loss),
-        passes=int(passes),
-        samples_processed=int(chains * steps * b + n_data),
+        passes=int(cfg.chains * run.steps + init_forwards),
+        samples_processed=int(cfg.chains * run.steps * cfg.batch_size + n_data),
         seconds=time.perf_counter() - t0,
-        nbeta=float(nbeta),
-        epsilon=float(epsilon),
-        gamma=float(gamma),
-        n=int(n),
-        chains=chains,
-        draws=draws,
-        burnin=burnin,
-        batch_size=int(b),
-        n_params=d,
-        diverged=diverged,
-        diverged_at=diverged_at,
+        nbeta=float(cfg.nbeta),
+        epsilon=float(cfg.epsilon),
+        gamma=float(cfg.gamma),
+        n=int(cfg.n),
+        chains=cfg.chains,
+        draws=cfg.draws,
+        burnin=cfg.burnin,
+        batch_size=int(cfg.batch_size),
+        n_params=func.d,
+        diverged=run.diverged,
+        diverged_at=run.diverged_at,
         drift=drift,
         nll_scale=nll_scale,
         vectorized=vectorized,
         warnings=tuple(msgs),
     )
+
+
+def _to_model(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data on the model's device; floating data in its dtype."""
+    x, y = x.to(device), y.to(device)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    if y.is_floating_point():
+        y = y.to(dtype)
+    return x, y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,7 +808,8 @@ def curvature_scale(
     """Largest Hessian eigenvalue of L_n at w* (power iteration on Hessian-vector products).
 
     Used to scale the default calibration grid: SGLD on nβ·L_n is stable only for
-    ε·nβ·h_max < 2 (and its discretisation bias is ≈ ε·nβ·h/4 in each direction).
+    ε·nβ·h_max < 4 (the update multiplies a direction of curvature h by 1 − ε·nβ·h/2); its
+    discretisation inflates that direction's posterior variance by 1/(1 − ε·nβ·h/4).
     """
     x, y = _unpack_data(data, "curvature_scale")
     p0 = next(iter(model.parameters()))
@@ -763,13 +879,14 @@ class Calibration:
 
     def plot(self, path: str | None = None, ax: Any = None) -> Any:
         """λ̂ against ε, one line per γ (error bars = chain std); chosen setting circled."""
-        import matplotlib
-
         if ax is None:
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            # a Figure on matplotlib's Agg canvas: no pyplot, no global backend change
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
 
-            fig, ax = plt.subplots(figsize=(5, 3.5))
+            fig = Figure(figsize=(5, 3.5))
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot(1, 1, 1)
         else:
             fig = ax.figure
         gammas = sorted({r["gamma"] for r in self.sweep})
@@ -781,8 +898,8 @@ class Calibration:
             ax.errorbar(e, m, yerr=s, marker="o", capsize=2, label=f"γ={gm:.3g}")
             for r in rows:
                 if not r["stable"]:
-                    ax.plot(r["epsilon"], r["llc_mean"] if math.isfinite(r["llc_mean"]) else 0.0,
-                            "x", color="red")
+                    y = r["llc_mean"] if math.isfinite(r["llc_mean"]) else 0.0
+                    ax.plot(r["epsilon"], y, "x", color="red")
         if self.epsilon is not None and self.best is not None:
             ax.plot(self.epsilon, self.best.mean, "o", ms=14, mfc="none", mec="k")
         ax.set_xscale("log")
@@ -848,7 +965,8 @@ def calibrate(
        longest plateau (ties: larger ε), and in it the **middle ε** (the lower middle for an
        even count): the setting furthest from both failure modes, under-mixing at the small-ε
        end (a chain that has not left w* under-estimates) and the Euler–Maruyama bias at the
-       large-ε end (over-estimates; ≈ +ε·nβ·h/4 in a direction of curvature h).
+       large-ε end (over-estimates: the variance of a direction of curvature h is inflated by
+       1/(1 − ε·nβ·h/4), its contribution ½ to λ̂ by ≈ ε·nβ·h/8).
        Fallback without any plateau: the stable setting of smallest γ, then smallest |drift|
        (reported in ``rule``). Nothing stable: ``epsilon = gamma = best = None``.
 
@@ -857,13 +975,11 @@ def calibrate(
     """
     t0 = time.perf_counter()
     x, y = _unpack_data(data, "calibrate")
-    h_max = None
-    nb = nbeta
-    if nb is None:
-        nb = default_nbeta(int(n if n is not None else x.shape[0]))
     if not (isinstance(extend, int) and extend >= 0):
         raise ValueError(f"deadspec.llc.calibrate: extend must be an int >= 0, got {extend!r}")
+    nb = default_nbeta(int(n if n is not None else x.shape[0])) if nbeta is None else nbeta
     may_extend = epsilons is None and extend > 0  # only the curvature-scaled default ε grid
+    h_max = None
     if epsilons is None or gammas is None:
         h_max = curvature_scale(model, (x, y), loss_fn=loss_fn)
         de, dg = _default_grids(h_max, nb)
@@ -873,67 +989,120 @@ def calibrate(
     gammas = sorted(float(g) for g in gammas)
     if not epsilons or not gammas:
         raise ValueError("deadspec.llc.calibrate: epsilons and gammas must be non-empty")
-    epsilons_base = list(epsilons)
 
-    def _sweep(grid: list[tuple[float, float]]) -> None:
-        for e, g in _progress(grid, progress, "llc calibrate", len(grid)):
-            res = estimate(
-                model, (x, y), loss_fn=loss_fn, n=n, nbeta=nb, epsilon=e, gamma=g, chains=chains,
-                draws=draws, burnin=burnin, batch_size=batch_size, seed=seed, vectorize=vectorize,
-                check_nll=False, warn=False, progress=False,
-            )
-            results[(e, g)] = res
-            lam = res.mean
-            rel = abs(res.drift) / lam if (math.isfinite(lam) and lam > 0) else float("nan")
-            reason = ""
-            if res.diverged.any():
-                reason = "diverged"
-            elif not math.isfinite(lam):
-                reason = "nan"
-            elif lam <= 0:
-                reason = "non-positive"
-            elif not (rel <= drift_tol):
-                reason = "drift"
-            rows.append({
-                "epsilon": e, "gamma": g, "llc_mean": lam, "llc_std": res.std,
-                "n_diverged": int(res.diverged.sum()), "drift": res.drift, "rel_drift": rel,
-                "stable": reason == "", "plateau": False, "chosen": False, "reason": reason or "stable",
-                "seconds": res.seconds, "passes": res.passes,
-            })
+    def run(e: float, g: float) -> LLCResult:
+        return estimate(
+            model, (x, y), loss_fn=loss_fn, n=n, nbeta=nb, epsilon=e, gamma=g, chains=chains,
+            draws=draws, burnin=burnin, batch_size=batch_size, seed=seed, vectorize=vectorize,
+            check_nll=False, warn=False, progress=False,
+        )
 
-    results: dict[tuple[float, float], LLCResult] = {}
-    rows: list[dict[str, Any]] = []
-    grid = [(e, g) for g in gammas for e in epsilons]
+    sweep = _Sweep(run, drift_tol, progress)
+    base = list(epsilons)
+    sweep.over([(e, g) for g in gammas for e in base])
     extended = 0
-    while True:
-        start = len(rows)
-        _sweep(grid)
-        diverged = any(r["reason"] in ("diverged", "nan") for r in rows[start:])
-        if not (may_extend and diverged and extended < extend):
-            break
+    while may_extend and sweep.diverged_last and extended < extend:
+        # the default grid keeps εP ≤ 0.8: a divergence means h_max was under-estimated
         extended += 1
-        lower = [e / 10.0 ** extended for e in epsilons_base]
+        lower = [e / 10.0**extended for e in base]
         epsilons = sorted(set(epsilons) | set(lower))
-        grid = [(e, g) for g in gammas for e in lower]
-    by = {(r["epsilon"], r["gamma"]): r for r in rows}
+        sweep.over([(e, g) for g in gammas for e in lower])
+    choice, rule = _choose(sweep.by, epsilons, gammas, plateau_rtol)
+    if extended:
+        rule += (
+            f" [the default ε grid diverged (h_max under-estimated); moved down by a factor "
+            f"10 {extended}×]"
+        )
+    if choice is not None:
+        sweep.by[choice]["chosen"] = True
+    return Calibration(
+        epsilon=None if choice is None else choice[0],
+        gamma=None if choice is None else choice[1],
+        best=None if choice is None else sweep.results[choice],
+        sweep=sweep.rows,
+        results=sweep.results,
+        rule=rule,
+        passes=int(sum(r.passes for r in sweep.results.values())),
+        seconds=time.perf_counter() - t0,
+        h_max=h_max,
+    )
+
+
+class _Sweep:
+    """The settings run so far: their results and one row each (stability verdict)."""
+
+    def __init__(
+        self, run: Callable[[float, float], LLCResult], drift_tol: float, progress: bool | None
+    ) -> None:
+        self.run, self.drift_tol, self.progress = run, drift_tol, progress
+        self.results: dict[tuple[float, float], LLCResult] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.by: dict[tuple[float, float], dict[str, Any]] = {}
+        self.diverged_last = False
+
+    def over(self, grid: list[tuple[float, float]]) -> None:
+        """Run every (ε, γ) of ``grid``; ``diverged_last`` says whether any diverged."""
+        start = len(self.rows)
+        for e, g in progress_bar(grid, self.progress, "llc calibrate", len(grid)):
+            res = self.run(e, g)
+            self.results[(e, g)] = res
+            row = self._row(e, g, res)
+            self.rows.append(row)
+            self.by[(e, g)] = row
+        self.diverged_last = any(r["reason"] in ("diverged", "nan") for r in self.rows[start:])
+
+    def _row(self, e: float, g: float, res: LLCResult) -> dict[str, Any]:
+        lam = res.mean
+        rel = abs(res.drift) / lam if (math.isfinite(lam) and lam > 0) else float("nan")
+        reason = ""
+        if res.diverged.any():
+            reason = "diverged"
+        elif not math.isfinite(lam):
+            reason = "nan"
+        elif lam <= 0:
+            reason = "non-positive"
+        elif not (rel <= self.drift_tol):
+            reason = "drift"
+        return {
+            "epsilon": e, "gamma": g, "llc_mean": lam, "llc_std": res.std,
+            "n_diverged": int(res.diverged.sum()), "drift": res.drift, "rel_drift": rel,
+            "stable": reason == "", "plateau": False, "chosen": False,
+            "reason": reason or "stable", "seconds": res.seconds, "passes": res.passes,
+        }
+
+
+def _plateaus(
+    by: dict[tuple[float, float], dict[str, Any]], epsilons: list[float], g: float, rtol: float
+) -> list[list[float]]:
+    """Maximal runs (≥ 2) of consecutive stable ε at γ = g whose neighbouring λ̂ agree."""
+    runs: list[list[float]] = []
+    cur: list[float] = []
+    for e in epsilons:
+        r = by[(e, g)]
+        if r["stable"] and cur:
+            prev = by[(cur[-1], g)]["llc_mean"]
+            if abs(r["llc_mean"] - prev) <= rtol * 0.5 * (r["llc_mean"] + prev):
+                cur.append(e)
+                continue
+        if len(cur) >= 2:
+            runs.append(cur)
+        cur = [e] if r["stable"] else []
+    if len(cur) >= 2:
+        runs.append(cur)
+    return runs
+
+
+def _choose(
+    by: dict[tuple[float, float], dict[str, Any]],
+    epsilons: list[float],
+    gammas: list[float],
+    plateau_rtol: float,
+) -> tuple[tuple[float, float] | None, str]:
+    """The stability rule's pick (see :func:`calibrate`) and how it was made."""
     choice: tuple[float, float] | None = None
     rule = ""
     for g in gammas:
-        runs: list[list[float]] = []
-        cur: list[float] = []
-        for e in epsilons:
-            r = by[(e, g)]
-            if r["stable"] and cur:
-                prev = by[(cur[-1], g)]["llc_mean"]
-                agree = abs(r["llc_mean"] - prev) <= plateau_rtol * 0.5 * (r["llc_mean"] + prev)
-                if agree:
-                    cur.append(e)
-                    continue
-            if len(cur) >= 2:
-                runs.append(cur)
-            cur = [e] if r["stable"] else []
-        if len(cur) >= 2:
-            runs.append(cur)
+        runs = _plateaus(by, epsilons, g, plateau_rtol)
         for run_ in runs:
             for e in run_:
                 by[(e, g)]["plateau"] = True
@@ -945,30 +1114,12 @@ def calibrate(
                 f"smallest γ with a plateau (γ={g:.3g}; plateau ε ∈ [{best_run[0]:.3g}, "
                 f"{best_run[-1]:.3g}], within {plateau_rtol:.0%}); middle ε={e_pick:.3g}"
             )
-    if choice is None:
-        stable = [r for r in rows if r["stable"]]
-        if stable:
-            r = min(stable, key=lambda r: (r["gamma"], abs(r["rel_drift"])))
-            choice = (r["epsilon"], r["gamma"])
-            rule = "no plateau: fallback to the stable setting of smallest γ and smallest drift"
-        else:
-            rule = "no stable setting (every setting diverged, was non-positive or drifted)"
-    if extended:
-        rule += (
-            f" [the default ε grid diverged (h_max under-estimated); moved down by a factor "
-            f"10 {extended}×]"
-        )
     if choice is not None:
-        by[choice]["chosen"] = True
-    passes = sum(r.passes for r in results.values())
-    return Calibration(
-        epsilon=None if choice is None else choice[0],
-        gamma=None if choice is None else choice[1],
-        best=None if choice is None else results[choice],
-        sweep=rows,
-        results=results,
-        rule=rule,
-        passes=int(passes),
-        seconds=time.perf_counter() - t0,
-        h_max=h_max,
+        return choice, rule
+    stable = [r for r in by.values() if r["stable"]]
+    if not stable:
+        return None, "no stable setting (every setting diverged, was non-positive or drifted)"
+    r = min(stable, key=lambda r: (r["gamma"], abs(r["rel_drift"])))
+    return (r["epsilon"], r["gamma"]), (
+        "no plateau: fallback to the stable setting of smallest γ and smallest drift"
     )
