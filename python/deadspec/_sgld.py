@@ -1,0 +1,380 @@
+"""Localised SGLD for the LLC estimate (:mod:`deadspec.llc`): the pure update step, the chain
+runner, and the data and loss helpers it needs (theory.md §5)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deadspec._util import progress as progress_bar
+
+__all__ = [
+    "Chains",
+    "Functional",
+    "Settings",
+    "check_positive",
+    "full_loss",
+    "gaussian_scale",
+    "sgld_step",
+    "summary",
+    "to_model",
+    "unpack_data",
+]
+
+
+def unpack_data(data: Any, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, torch.utils.data.TensorDataset):
+        tensors = data.tensors
+    elif isinstance(data, (tuple, list)):
+        tensors = tuple(data)
+    else:
+        raise TypeError(
+            f"deadspec.llc.{fn}: data must be an (inputs, targets) pair of tensors or a "
+            f"TensorDataset, got {type(data).__name__}"
+        )
+    if len(tensors) != 2:
+        raise ValueError(
+            f"deadspec.llc.{fn}: data must hold exactly (inputs, targets), got {len(tensors)} "
+            f"tensors"
+        )
+    x, y = (torch.as_tensor(t) for t in tensors)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"deadspec.llc.{fn}: inputs and targets must share a leading sample axis, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.shape[0] < 2:
+        raise ValueError(f"deadspec.llc.{fn}: data must hold at least 2 samples, got {x.shape[0]}")
+    return x, y
+
+
+def check_positive(fn: str, name: str, value: Any, integer: bool = False) -> Any:
+    if isinstance(value, bool):
+        raise TypeError(f"deadspec.llc.{fn}: {name} must be a number, got bool")
+    if integer:
+        if int(value) != value or value < 1:
+            raise ValueError(f"deadspec.llc.{fn}: {name} must be a positive integer, got {value!r}")
+        return int(value)
+    v = float(value)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"deadspec.llc.{fn}: {name} must be positive and finite, got {value!r}")
+    return v
+
+
+def batch_mean_loss(loss_fn: Callable, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    loss = loss_fn(out, yb)
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(
+            f"deadspec.llc.estimate: loss_fn must return a tensor, got {type(loss).__name__}"
+        )
+    if loss.ndim == 0:
+        return loss
+    if loss.ndim == 1 and loss.shape[0] == out.shape[0]:
+        return loss.mean()
+    raise ValueError(
+        "deadspec.llc.estimate: loss_fn must return per-sample losses of shape (B,) or their "
+        f"batch mean (a scalar), got shape {tuple(loss.shape)}"
+    )
+
+
+def full_loss(model, loss_fn, x, y, chunk: int) -> tuple[float, int]:
+    """Mean loss over all samples (chunked forward passes); returns (loss, n_forwards)."""
+    total = 0.0
+    count = 0
+    n = x.shape[0]
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            xb, yb = x[s : s + chunk], y[s : s + chunk]
+            out = model(xb)
+            per = loss_fn(out, yb)
+            if per.ndim == 0:
+                total += float(per) * xb.shape[0]
+            else:
+                total += float(per.sum())
+            count += 1
+    return total / n, count
+
+
+def gaussian_scale(model, loss_fn, x, y, chunk: int) -> float | None:
+    """κ·σ̂²: output curvature of the per-sample loss times the mean squared residual.
+
+    For a Gaussian NLL with noise σ, κ = 1/σ² per output coordinate; at a minimum σ̂² ≈ σ².
+    """
+    if not y.is_floating_point():
+        return None
+    xb, yb = x[:chunk], y[:chunk]
+    with torch.no_grad():
+        f = model(xb)
+        if not isinstance(f, torch.Tensor) or f.shape != yb.shape:
+            return None
+        g = torch.Generator(device=f.device).manual_seed(12345)
+        v = (torch.randint(0, 2, f.shape, generator=g, device=f.device) * 2 - 1).to(f.dtype)
+        h = 1e-2 * float(f.abs().mean().clamp_min(1.0))
+
+        def lsum(out: torch.Tensor) -> float:
+            per = loss_fn(out, yb)
+            return float(per.sum()) if per.ndim else float(per) * f.shape[0]
+
+        # the loss is quadratic in f for a Gaussian NLL: the central second difference is exact
+        second = (lsum(f + h * v) - 2 * lsum(f) + lsum(f - h * v)) / (h * h)
+        kappa = second / v.numel()
+        resid = float((yb - f).pow(2).mean())
+    if not math.isfinite(kappa) or resid == 0.0:
+        return None
+    return kappa * resid
+
+
+class Functional:
+    """A model as a function of a dict of parameters (torch.func)."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.names = [k for k, p in model.named_parameters() if p.requires_grad]
+        if not self.names:
+            raise ValueError(
+                "deadspec.llc.estimate: the model has no parameter with requires_grad=True"
+            )
+        all_params = dict(model.named_parameters())
+        self.fixed = {k: v.detach() for k, v in all_params.items() if k not in self.names}
+        self.fixed.update({k: v.detach() for k, v in model.named_buffers()})
+        self.shapes = [all_params[k].shape for k in self.names]
+        self.numels = [all_params[k].numel() for k in self.names]
+        self.d = int(sum(self.numels))
+
+    def loss(
+        self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+    ) -> torch.Tensor:
+        out = torch.func.functional_call(self.model, {**params, **self.fixed}, (xb,))
+        return batch_mean_loss(self.loss_fn, out, yb)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Split a (..., d) tensor into parameter-shaped pieces (leading axes kept)."""
+        lead = flat.shape[:-1]
+        parts = torch.split(flat, self.numels, dim=-1)
+        return [p.reshape(*lead, *s) for p, s in zip(parts, self.shapes)]
+
+
+def chain_generators(seed: int | None, chains: int, device: torch.device) -> list[torch.Generator]:
+    ss = np.random.SeedSequence(seed)
+    gens = []
+    for child in ss.spawn(chains):
+        g = torch.Generator(device=device)
+        g.manual_seed(int(child.generate_state(1, dtype=np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF))
+        gens.append(g)
+    return gens
+
+
+# ---------------------------------------------------------------------------------------------
+# estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def sgld_step(
+    w: torch.Tensor,
+    grad: torch.Tensor,
+    noise: torch.Tensor,
+    w_star: torch.Tensor,
+    *,
+    epsilon: float,
+    nbeta: float,
+    gamma: float,
+) -> torch.Tensor:
+    """One localised SGLD update (theory.md §5.2), a pure function of flat parameter vectors:
+    ``w − (ε/2)·(nβ·∇L_batch(w) + γ·(w − w*)) + √ε·ξ`` with ``ξ = noise`` ~ N(0, I)."""
+    return w - (0.5 * epsilon) * (nbeta * grad + gamma * (w - w_star)) + math.sqrt(epsilon) * noise
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The validated settings of one :func:`estimate`."""
+
+    epsilon: float
+    gamma: float
+    nbeta: float
+    n: int
+    chains: int
+    draws: int
+    burnin: int
+    batch_size: int  #: samples per step (the number of samples for full batch)
+    diverge_threshold: float
+
+
+class Chains:
+    """SGLD chains from w*: their generators, loss trace and divergence flags.
+
+    Chain c draws its noise and minibatches from its own generator; a chain whose loss is
+    NaN/Inf or whose per-draw λ estimate nβ(L − L*) exceeds the threshold is stopped.
+    """
+
+    def __init__(
+        self,
+        func: Functional,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w_star: torch.Tensor,
+        init_loss: float,
+        cfg: Settings,
+        seed: int | None,
+    ) -> None:
+        self.func, self.x, self.y, self.w_star = func, x, y, w_star
+        self.init_loss, self.cfg, self.seed = init_loss, cfg, seed
+        self.n_data = int(x.shape[0])
+        self.full_batch = cfg.batch_size == self.n_data
+        self.steps = cfg.burnin + cfg.draws
+        self.reset()
+
+    def reset(self) -> None:
+        cfg = self.cfg
+        self.gens = chain_generators(self.seed, cfg.chains, self.w_star.device)
+        self.trace = np.full((cfg.chains, cfg.draws), np.nan)
+        self.diverged = np.zeros(cfg.chains, dtype=bool)
+        self.diverged_at = np.full(cfg.chains, -1, dtype=np.int64)
+
+    def batch(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.full_batch:
+            return self.x, self.y
+        idx = torch.randperm(self.n_data, generator=self.gens[c], device=self.x.device)
+        idx = idx[: self.cfg.batch_size]
+        return self.x[idx], self.y[idx]
+
+    def noise(self, c: int) -> torch.Tensor:
+        w = self.w_star
+        return torch.randn(self.func.d, generator=self.gens[c], device=w.device, dtype=w.dtype)
+
+    def params(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.func.names, self.func.split(flat)))
+
+    def flat(self, pd: dict[str, torch.Tensor], lead: int | None) -> torch.Tensor:
+        shape = () if lead is None else (lead,)
+        return torch.cat([pd[k].reshape(*shape, -1) for k in self.func.names], -1)
+
+    def update(self, w: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        return sgld_step(
+            w, grad, noise, self.w_star, epsilon=cfg.epsilon, nbeta=cfg.nbeta, gamma=cfg.gamma
+        )
+
+    def record(self, c: int, s: int, loss_val: float) -> bool:
+        """Record chain c's loss at step s; False if the chain diverged there."""
+        cfg = self.cfg
+        bad = not math.isfinite(loss_val)
+        bad = bad or cfg.nbeta * (loss_val - self.init_loss) > cfg.diverge_threshold
+        if bad:
+            self.diverged[c] = True
+            self.diverged_at[c] = s
+            return False
+        if s >= cfg.burnin:
+            self.trace[c, s - cfg.burnin] = loss_val
+        return True
+
+    def run_vectorized(self, progress: bool | None) -> None:
+        """All chains in one ``torch.func.vmap`` of ``grad_and_value``."""
+        chains = self.cfg.chains
+        gv = torch.func.grad_and_value(self.func.loss)
+        in_x = None if self.full_batch else 0
+        vg = torch.func.vmap(gv, in_dims=(0, in_x, in_x), randomness="error")
+        w = self.w_star.unsqueeze(0).repeat(chains, 1)
+        alive = torch.ones(chains, dtype=torch.bool, device=w.device)
+        desc = f"llc: {chains} chains (vmap)"
+        for s in progress_bar(range(self.steps), progress, desc, self.steps):
+            if self.full_batch:
+                xb, yb = self.x, self.y
+            else:
+                pairs = [self.batch(c) for c in range(chains)]
+                xb = torch.stack([p[0] for p in pairs])
+                yb = torch.stack([p[1] for p in pairs])
+            g, lv = vg(self.params(w), xb, yb)
+            noise = torch.stack([self.noise(c) for c in range(chains)])
+            lv = lv.detach().cpu().numpy()
+            for c in range(chains):
+                if alive[c] and not self.record(c, s, float(lv[c])):
+                    alive[c] = False
+            w_new = self.update(w, self.flat(g, chains), noise)
+            # a dead chain is parked at w* (its numbers are discarded) so it cannot spread NaN
+            w = torch.where(alive.unsqueeze(1), w_new, self.w_star.unsqueeze(0))
+            if not bool(alive.any()):
+                break
+
+    def run_sequential(self, progress: bool | None) -> None:
+        """One chain after the other."""
+        gv = torch.func.grad_and_value(self.func.loss)
+        chains = self.cfg.chains
+        for c in progress_bar(range(chains), progress, "llc: chains", chains):
+            w = self.w_star.clone()
+            for s in progress_bar(range(self.steps), progress, f"llc: chain {c}", self.steps):
+                xb, yb = self.batch(c)
+                g, lv = gv(self.params(w), xb, yb)
+                noise = self.noise(c)
+                if not self.record(c, s, float(lv)):
+                    break
+                w = self.update(w, self.flat(g, None), noise)
+
+    def run(self, vectorize: bool | str, progress: bool | None, msgs: list[str]) -> bool:
+        """Run the chains (vectorised when asked and possible); returns whether vectorised."""
+        if vectorize in (True, "auto") and self.cfg.chains > 1:
+            try:
+                self.run_vectorized(progress)
+                return True
+            except Exception as exc:
+                if vectorize is True:
+                    raise
+                msgs.append(
+                    f"vectorised chains failed ({type(exc).__name__}: {exc}); ran sequentially"
+                )
+                self.reset()
+        self.run_sequential(progress)
+        return False
+
+
+
+def summary(run: Chains, msgs: list[str]) -> tuple[np.ndarray, float, float, float]:
+    """(per-chain λ̂, mean, std, drift) of finished chains; divergence and sign noted in msgs."""
+    cfg, trace, diverged = run.cfg, run.trace, run.diverged
+    with np.errstate(invalid="ignore"):
+        per_chain = cfg.nbeta * (trace.mean(axis=1) - run.init_loss)
+    per_chain = np.where(diverged, np.nan, per_chain)
+    if diverged.any():
+        msgs.append(
+            f"{int(diverged.sum())}/{cfg.chains} chains diverged (NaN/Inf loss or nβ(L−L*) > "
+            f"{cfg.diverge_threshold:g}) at steps {run.diverged_at[diverged].tolist()}: lower "
+            f"epsilon or raise gamma"
+        )
+        mean = std = float("nan")
+    else:
+        mean = float(per_chain.mean())
+        std = float(per_chain.std(ddof=1)) if cfg.chains > 1 else 0.0
+    if math.isfinite(mean) and mean < 0:
+        msgs.append(f"negative LLC estimate {mean:.4g}: w* is not a local minimum of the loss")
+    half = cfg.draws // 2
+    drift = float("nan")
+    if half >= 1 and not diverged.all():
+        ok = ~diverged
+        m1 = np.nanmean(trace[ok, :half], axis=1)
+        m2 = np.nanmean(trace[ok, cfg.draws - half :], axis=1)
+        drift = float(cfg.nbeta * np.mean(m2 - m1))
+    return per_chain, mean, std, drift
+
+
+
+def to_model(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data on the model's device; floating data in its dtype."""
+    x, y = x.to(device), y.to(device)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    if y.is_floating_point():
+        y = y.to(dtype)
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# curvature scale and calibration
+# ---------------------------------------------------------------------------------------------
