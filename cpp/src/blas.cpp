@@ -5,7 +5,7 @@
 #include <Eigen/Eigenvalues>
 
 #include "deadspec/config.hpp"
-#include "detail.hpp"
+#include "detail/core.hpp"
 
 #if defined(DEADSPEC_BLAS_PREFIX) || defined(DEADSPEC_SYSTEM_LAPACK)
 #define DEADSPEC_HAVE_LAPACK 1

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "detail.hpp"
+#include "detail/core.hpp"
 
 namespace deadspec {
 

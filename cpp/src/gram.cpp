@@ -2,7 +2,7 @@
 // Activation Gram, one-shot and streaming.
 #include "deadspec/gram.hpp"
 
-#include "detail.hpp"
+#include "detail/core.hpp"
 
 namespace deadspec {
 

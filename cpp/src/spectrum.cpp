@@ -6,7 +6,7 @@
 #include <cmath>
 #include <functional>
 
-#include "detail.hpp"
+#include "detail/core.hpp"
 
 namespace deadspec {
 

@@ -2,7 +2,7 @@
 // Symmetric eigendecomposition through LAPACK ?syevd (or Eigen), descending order.
 #include "deadspec/sym_eig.hpp"
 
-#include "detail.hpp"
+#include "detail/core.hpp"
 
 namespace deadspec {
 

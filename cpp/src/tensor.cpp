@@ -4,7 +4,7 @@
 #include <limits>
 #include <sstream>
 
-#include "detail.hpp"
+#include "detail/core.hpp"
 
 namespace deadspec {
 
@@ -100,20 +100,25 @@ std::string TensorView::shape_string() const {
     return os.str();
 }
 
-TensorView TensorView::cpu(const double* data, std::vector<std::int64_t> shape) {
+namespace {
+
+// A C-contiguous CPU view of `data` (the TensorView::cpu overloads).
+TensorView cpu_view(const void* data, DType dtype, std::vector<std::int64_t> shape) {
     TensorView v;
     v.data = data;
-    v.dtype = DType::Float64;
+    v.dtype = dtype;
     v.shape = std::move(shape);
     return v;
 }
 
+}  // namespace
+
+TensorView TensorView::cpu(const double* data, std::vector<std::int64_t> shape) {
+    return cpu_view(data, DType::Float64, std::move(shape));
+}
+
 TensorView TensorView::cpu(const float* data, std::vector<std::int64_t> shape) {
-    TensorView v;
-    v.data = data;
-    v.dtype = DType::Float32;
-    v.shape = std::move(shape);
-    return v;
+    return cpu_view(data, DType::Float32, std::move(shape));
 }
 
 namespace detail {

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
-// Bindings: the fused DDCAdam block step (in place on DLPack tensors).
+// Bindings: the DDCAdam kernels (fused step, split form, scales) on DLPack tensors, in place.
 #include <pybind11/eigen.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bindings.hpp"
@@ -16,6 +18,116 @@
 #include "dlpack_view.hpp"
 
 namespace deadspec::python {
+
+namespace {
+
+// The entries every block dict of ddc_adam_update_many and the ddc_split_* passes takes; the
+// first kRequired of them are required.
+constexpr const char* kCommonKeys[] = {"param", "grad", "exp_avg", "exp_avg_sq", "lr", "beta1",
+                                       "beta2", "eps", "step", "rot_axis", "rot_segments"};
+constexpr std::size_t kRequired = 9;
+
+// One block dict of a batched call, its keys checked (no unknown entry, no required one missing;
+// `fn` and the block's index name it in messages). The views it creates go to `views`, which
+// owns the capsules until the call returns. Use with the GIL held.
+class BlockReader {
+public:
+    BlockReader(const py::handle& h, std::size_t index, const char* fn,
+                std::initializer_list<const char*> extra,
+                std::vector<std::unique_ptr<DLPackView>>& views)
+        : m_where(std::string(fn) + ": block " + std::to_string(index)), m_views(views) {
+        if (!py::isinstance<py::dict>(h))
+            throw py::type_error(m_where + " must be a dict, got " +
+                                 std::string(py::str(py::type::of(h).attr("__name__"))));
+        m_dict = py::reinterpret_borrow<py::dict>(h);
+        for (const auto& item : m_dict) {
+            const auto key = std::string(py::str(item.first));
+            const auto known = [&](const char* k) { return key == k; };
+            DEADSPEC_CHECK_ARG(std::any_of(std::begin(kCommonKeys), std::end(kCommonKeys), known) ||
+                                   std::any_of(extra.begin(), extra.end(), known),
+                               m_where, " has an unknown entry '", key, "'");
+        }
+        for (std::size_t k = 0; k < kRequired; ++k)
+            DEADSPEC_CHECK_ARG(m_dict.contains(kCommonKeys[k]), m_where, " needs '",
+                               kCommonKeys[k], "'");
+    }
+
+    /// Whether the entry is given (absent and None alike mean not given).
+    bool has(const char* key) const { return m_dict.contains(key) && !m_dict[key].is_none(); }
+
+    /// The DLPack capsule under `key` as a view, or a null view when not given.
+    TensorView tensor(const char* key) {
+        if (!has(key)) return TensorView{};
+        m_views.push_back(std::make_unique<DLPackView>(
+            py::reinterpret_borrow<py::object>(m_dict[key]), m_where.c_str(), key));
+        return m_views.back()->view();
+    }
+
+    /// The entry under `key` as a T; a TypeError naming the key and `type` if it is not one.
+    template <typename T>
+    T get(const char* key, const char* type) const {
+        const py::object v = m_dict[key];
+        try {
+            return v.cast<T>();
+        } catch (const py::cast_error&) {
+            throw py::type_error(m_where + ": '" + key + "' must be " + type + ", got " +
+                                 std::string(py::str(py::type::of(v).attr("__name__"))));
+        }
+    }
+
+    /// The entries every block has: tensors, Adam hyper-parameters (decay 1), head rotation.
+    template <typename Block>
+    void read_common(Block& b) {
+        b.param = tensor("param");
+        b.grad = tensor("grad");
+        b.exp_avg = tensor("exp_avg");
+        b.exp_avg_sq = tensor("exp_avg_sq");
+        b.hp = AdamStep{get<double>("lr", "a float"), get<double>("beta1", "a float"),
+                        get<double>("beta2", "a float"), get<double>("eps", "a float"),
+                        get<std::int64_t>("step", "an int"), 1.0};
+        DEADSPEC_CHECK_ARG(has("rot_axis") == has("rot_segments"), m_where, ": '",
+                           has("rot_axis") ? "rot_axis" : "rot_segments", "' needs '",
+                           has("rot_axis") ? "rot_segments" : "rot_axis", "'");
+        if (has("rot_axis")) {
+            b.rot_axis = get<int>("rot_axis", "an int");
+            b.rot_segments = get<std::vector<std::pair<std::int64_t, std::int64_t>>>(
+                "rot_segments", "a list of (start, stop) pairs");
+        }
+    }
+
+private:
+    std::string m_where;  // "<fn>: block <i>", the start of every message
+    std::vector<std::unique_ptr<DLPackView>>& m_views;
+    py::dict m_dict;
+};
+
+// The blocks of one batched call and the views that own their capsules (held by pointer: a
+// DLPackView does not move). Built and destroyed with the GIL held; the blocks are read without.
+template <typename Block>
+struct ParsedBlocks {
+    std::vector<std::unique_ptr<DLPackView>> views;
+    std::vector<Block> blocks;
+};
+
+// A list of block dicts for `fn`: the common entries (BlockReader::read_common), then the call's
+// own ones (`extra`, read by `read_extra(reader, block)`).
+template <typename Block, typename ReadExtra>
+ParsedBlocks<Block> parse_blocks(const py::list& blocks, const char* fn,
+                                 std::initializer_list<const char*> extra, ReadExtra read_extra) {
+    ParsedBlocks<Block> out;
+    out.blocks.reserve(blocks.size());
+    std::size_t index = 0;
+    for (const py::handle& h : blocks) {
+        BlockReader r(h, index++, fn, extra, out.views);
+        Block b;
+        r.read_common(b);
+        read_extra(r, b);
+        out.blocks.push_back(std::move(b));
+    }
+    return out;
+}
+
+}  // namespace
 
 void bind_ddc(py::module_& m) {
     m.def(
@@ -48,104 +160,42 @@ void bind_ddc(py::module_& m) {
     m.def(
         "ddc_adam_update_many",
         [](const py::list& blocks) {
-            constexpr const char* fn = "deadspec.ddc_adam_update_many";
-            // The views own their capsules until the call returns (not movable: held by pointer).
-            std::vector<std::unique_ptr<DLPackView>> views;
-            std::vector<AdamBlock> bs;
-            bs.reserve(blocks.size());
-            auto view = [&](const py::handle& obj, const char* arg) {
-                if (obj.is_none()) return TensorView{};
-                views.push_back(std::make_unique<DLPackView>(py::reinterpret_borrow<py::object>(obj), fn, arg));
-                return views.back()->view();
-            };
-            for (const py::handle& h : blocks) {
-                const auto t = py::reinterpret_borrow<py::tuple>(h);
-                DEADSPEC_CHECK_ARG(t.size() == 12 || t.size() == 14, fn,
-                                   ": each block must be a 12-tuple (param, grad, exp_avg, "
-                                   "exp_avg_sq, scale, col_scale, lr, beta1, beta2, eps, step, "
-                                   "decay) or a 14-tuple adding (rot_axis, rot_segments), got ",
-                                   t.size(), " entries");
-                AdamBlock b;
-                b.param = view(t[0], "param");
-                b.grad = view(t[1], "grad");
-                b.exp_avg = view(t[2], "exp_avg");
-                b.exp_avg_sq = view(t[3], "exp_avg_sq");
-                b.scale = view(t[4], "scale");
-                b.col_scale = view(t[5], "col_scale");
-                b.hp = AdamStep{t[6].cast<double>(), t[7].cast<double>(), t[8].cast<double>(),
-                                t[9].cast<double>(), t[10].cast<std::int64_t>(),
-                                t[11].cast<double>()};
-                if (t.size() == 14) {
-                    b.rot_axis = t[12].cast<int>();
-                    b.rot_segments =
-                        t[13].cast<std::vector<std::pair<std::int64_t, std::int64_t>>>();
-                }
-                bs.push_back(b);
-            }
+            auto args = parse_blocks<AdamBlock>(
+                blocks, "deadspec.ddc_adam_update_many", {"scale", "col_scale", "decay"},
+                [](BlockReader& r, AdamBlock& b) {
+                    b.scale = r.tensor("scale");
+                    b.col_scale = r.tensor("col_scale");
+                    if (r.has("decay")) b.hp.decay = r.get<double>("decay", "float");
+                });
             py::gil_scoped_release nogil;
-            ddc_adam_update_many(bs);
+            ddc_adam_update_many(args.blocks);
         },
         py::arg("blocks"),
-        "Fused DDCAdam step of many blocks in one call: a list of 12-tuples (param, grad, "
-        "exp_avg, exp_avg_sq, scale|None, col_scale|None, lr, beta1, beta2, eps, step, decay), "
-        "or 14-tuples adding (rot_axis, rot_segments) for a block whose head segments are "
-        "rotated (second moment shared per segment). All are validated before any is written.");
+        "Fused DDCAdam step of many blocks in one call: a list of dicts with the DLPack capsules "
+        "param, grad, exp_avg, exp_avg_sq, optional scale and col_scale (absent or None: 1), "
+        "lr, beta1, beta2, eps (float), step (int), optional decay (float, 1.0) and, for a "
+        "block whose head segments are rotated (second moment shared per segment), rot_axis "
+        "(int) with rot_segments (list of (start, stop)). All are validated before any is "
+        "written.");
 
-    // The split form's three passes: each takes a list of dicts (param, grad, exp_avg,
-    // exp_avg_sq, lr, beta1, beta2, eps, step; optional row_scale, col_scale, col_mean,
-    // row_coef, col_coef, col_norm, row_mult, col_mult, rot_axis, rot_segments).
-    struct SplitArgs {
-        std::vector<std::unique_ptr<DLPackView>> views;
-        std::vector<SplitBlock> blocks;
-    };
+    // The split form's three passes: each takes a list of dicts (the common entries of
+    // parse_blocks, without decay; optional row_scale, col_scale, col_mean, row_coef, col_coef,
+    // col_norm, row_mult, col_mult).
     auto parse_split = [](const py::list& blocks, const char* fn) {
-        auto out = std::make_shared<SplitArgs>();
-        auto view = [&](const py::dict& d, const char* key) {
-            if (!d.contains(key) || d[key].is_none()) return TensorView{};
-            out->views.push_back(std::make_unique<DLPackView>(
-                py::reinterpret_borrow<py::object>(d[key]), fn, key));
-            return out->views.back()->view();
-        };
-        static const char* known[] = {"param", "grad", "exp_avg", "exp_avg_sq", "row_scale",
-                                      "col_scale", "col_mean", "row_coef", "col_coef",
-                                      "col_norm", "row_mult", "col_mult", "lr", "beta1",
-                                      "beta2", "eps", "step", "rot_axis", "rot_segments"};
-        for (const py::handle& h : blocks) {
-            DEADSPEC_CHECK_ARG(py::isinstance<py::dict>(h), fn, ": each block must be a dict");
-            const auto d = py::reinterpret_borrow<py::dict>(h);
-            for (const auto& item : d) {
-                const auto key = item.first.cast<std::string>();
-                DEADSPEC_CHECK_ARG(std::find(std::begin(known), std::end(known), key) !=
-                                       std::end(known),
-                                   fn, ": unknown block entry '", key, "'");
-            }
-            for (const char* key : {"param", "grad", "exp_avg", "exp_avg_sq", "lr", "beta1",
-                                    "beta2", "eps", "step"})
-                DEADSPEC_CHECK_ARG(d.contains(key), fn, ": a block needs '", key, "'");
-            SplitBlock b;
-            b.param = view(d, "param");
-            b.grad = view(d, "grad");
-            b.exp_avg = view(d, "exp_avg");
-            b.exp_avg_sq = view(d, "exp_avg_sq");
-            b.row_scale = view(d, "row_scale");
-            b.col_scale = view(d, "col_scale");
-            b.col_mean = view(d, "col_mean");
-            b.row_coef = view(d, "row_coef");
-            b.col_coef = view(d, "col_coef");
-            b.col_norm = view(d, "col_norm");
-            b.row_mult = view(d, "row_mult");
-            b.col_mult = view(d, "col_mult");
-            b.hp = AdamStep{d["lr"].cast<double>(), d["beta1"].cast<double>(),
-                            d["beta2"].cast<double>(), d["eps"].cast<double>(),
-                            d["step"].cast<std::int64_t>(), 1.0};
-            if (d.contains("rot_axis") && !d["rot_axis"].is_none()) {
-                b.rot_axis = d["rot_axis"].cast<int>();
-                b.rot_segments =
-                    d["rot_segments"].cast<std::vector<std::pair<std::int64_t, std::int64_t>>>();
-            }
-            out->blocks.push_back(b);
-        }
-        return out;
+        return parse_blocks<SplitBlock>(
+            blocks, fn,
+            {"row_scale", "col_scale", "col_mean", "row_coef", "col_coef", "col_norm", "row_mult",
+             "col_mult"},
+            [](BlockReader& r, SplitBlock& b) {
+                b.row_scale = r.tensor("row_scale");
+                b.col_scale = r.tensor("col_scale");
+                b.col_mean = r.tensor("col_mean");
+                b.row_coef = r.tensor("row_coef");
+                b.col_coef = r.tensor("col_coef");
+                b.col_norm = r.tensor("col_norm");
+                b.row_mult = r.tensor("row_mult");
+                b.col_mult = r.tensor("col_mult");
+            });
     };
     m.def(
         "ddc_split_sums",
@@ -154,7 +204,7 @@ void bind_ddc(py::module_& m) {
             std::vector<SplitSums> res;
             {
                 py::gil_scoped_release nogil;
-                res = ddc_split_sums(args->blocks);
+                res = ddc_split_sums(args.blocks);
             }
             py::list out;
             for (const SplitSums& s : res)
@@ -169,7 +219,7 @@ void bind_ddc(py::module_& m) {
         [parse_split](const py::list& blocks) {
             auto args = parse_split(blocks, "deadspec.ddc_split_moments");
             py::gil_scoped_release nogil;
-            return ddc_split_moments(args->blocks);
+            return ddc_split_moments(args.blocks);
         },
         py::arg("blocks"),
         "Split form, pass 1: moments on the tangential inputs (written); per block the "
@@ -179,7 +229,7 @@ void bind_ddc(py::module_& m) {
         [parse_split](const py::list& blocks) {
             auto args = parse_split(blocks, "deadspec.ddc_split_apply");
             py::gil_scoped_release nogil;
-            ddc_split_apply(args->blocks);
+            ddc_split_apply(args.blocks);
         },
         py::arg("blocks"),
         "Split form, pass 2: the re-projected update applied in place (radial factors "

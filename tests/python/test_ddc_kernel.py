@@ -19,14 +19,17 @@ def _reference(p, g, m, v, step, scale, lr, b1, b2, eps):
     return p - lr / (1 - b1**step) * (m / denom) * scale, m, v
 
 
-@pytest.mark.parametrize("shape,scale_kind", [((5, 4), "row"), ((5, 4), "col"), ((5, 4), "full"), ((6,), "row")])
+@pytest.mark.parametrize(
+    "shape,scale_kind", [((5, 4), "row"), ((5, 4), "col"), ((5, 4), "full"), ((6,), "row")]
+)
 def test_fused_step_matches_reference_over_several_steps(shape, scale_kind):
     gen = torch.Generator().manual_seed(0)
     p = torch.randn(shape, dtype=torch.float64, generator=gen)
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     step_t = torch.tensor(0.0)
     if scale_kind == "row":
-        scale = torch.rand(shape[0], *([1] * (len(shape) - 1)), dtype=torch.float64, generator=gen) + 0.5
+        ones = [1] * (len(shape) - 1)
+        scale = torch.rand(shape[0], *ones, dtype=torch.float64, generator=gen) + 0.5
     elif scale_kind == "col":
         scale = torch.rand(1, shape[1], dtype=torch.float64, generator=gen) + 0.5
     else:
@@ -49,8 +52,10 @@ def test_fused_step_float32_and_strided_grad():
     scale = torch.rand(4, 1, generator=gen) + 0.5
     m, v = torch.zeros_like(p), torch.zeros_like(p)
     p64 = p.double()
-    ddc_adam_update(p, g, m, v, torch.tensor(0.0), scale, lr=1e-1, beta1=0.9, beta2=0.999, eps=1e-8)
-    ref, _, _ = _reference(p64, g.double(), 0 * p64, 0 * p64, 1, scale.double(), 1e-1, 0.9, 0.999, 1e-8)
+    ddc_adam_update(p, g, m, v, torch.tensor(0.0), scale, lr=1e-1, beta1=0.9, beta2=0.999,
+                    eps=1e-8)
+    ref, _, _ = _reference(p64, g.double(), 0 * p64, 0 * p64, 1, scale.double(), 1e-1, 0.9,
+                           0.999, 1e-8)
     assert p.dtype == torch.float32
     # float32 arithmetic (as torch's Adam) against a float64 reference: float32 round-off.
     torch.testing.assert_close(p.double(), ref, rtol=1e-5, atol=2e-6)
@@ -77,7 +82,8 @@ def test_fused_step_validates_its_inputs():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="param must be writable"):
         _core.ddc_adam_update(ro.__dlpack__(max_version=(1, 0)), np.zeros((3, 2)).__dlpack__(),
-                              np.zeros((3, 2)).__dlpack__(), np.zeros((3, 2)).__dlpack__(), None, **kw)
+                              np.zeros((3, 2)).__dlpack__(), np.zeros((3, 2)).__dlpack__(), None,
+                              **kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -130,9 +136,42 @@ def test_fused_step_rejects_a_bad_column_scale_or_decay():
     torch.testing.assert_close(q, torch.full_like(q, -0.5 - 1e-3))
     # an empty block (torch calls a (3, 0) tensor contiguous whatever its strides) is no error
     e = torch.empty(3, 0, dtype=torch.float64)
-    _core.ddc_adam_update_many([(e.__dlpack__(), e.__dlpack__(), e.clone().__dlpack__(),
-                                 e.clone().__dlpack__(), None, None, 1e-3, 0.9, 0.999, 1e-8, 1, 1.0)])
+    _core.ddc_adam_update_many([dict(param=e.__dlpack__(), grad=e.__dlpack__(),
+                                     exp_avg=e.clone().__dlpack__(),
+                                     exp_avg_sq=e.clone().__dlpack__(), lr=1e-3, beta1=0.9,
+                                     beta2=0.999, eps=1e-8, step=1)])
 
+
+
+def test_fused_many_takes_named_blocks():
+    p = torch.ones(3, 2, dtype=torch.float64)
+    g = torch.ones_like(p)
+
+    def block(**entries):
+        b = dict(param=p.__dlpack__(), grad=g.__dlpack__(),
+                 exp_avg=torch.zeros_like(p).__dlpack__(),
+                 exp_avg_sq=torch.zeros_like(p).__dlpack__(), lr=1e-3, beta1=0.9, beta2=0.999,
+                 eps=1e-8, step=1)
+        b.update(entries)
+        return b
+
+    where = "deadspec.ddc_adam_update_many: block 0"
+    with pytest.raises(ValueError, match=f"{where} has an unknown entry 'row_scale'"):
+        _core.ddc_adam_update_many([block(row_scale=None)])
+    no_eps = block()
+    del no_eps["eps"]
+    with pytest.raises(ValueError, match=f"{where} needs 'eps'"):
+        _core.ddc_adam_update_many([no_eps])
+    with pytest.raises(ValueError, match=f"{where}: 'rot_axis' needs 'rot_segments'"):
+        _core.ddc_adam_update_many([block(rot_axis=0)])
+    with pytest.raises(TypeError, match=f"{where}: 'step' must be an int, got float"):
+        _core.ddc_adam_update_many([block(step=1.0)])
+    with pytest.raises(TypeError, match="block 1 must be a dict, got tuple"):
+        _core.ddc_adam_update_many([block(), (1, 2)])
+    assert torch.equal(p, torch.ones_like(p))  # nothing written by a rejected call
+    # optional entries given as None are absent: σ = 1, decay 1
+    _core.ddc_adam_update_many([block(scale=None, col_scale=None, decay=None)])
+    torch.testing.assert_close(p, torch.full_like(p, 1.0 - 1e-3))
 
 _ISA_SCRIPT = r"""
 import sys, torch
@@ -150,12 +189,15 @@ for dtype in (torch.float32, torch.float64):
                          beta2=0.99, eps=1e-8, col_scale=col, decay=0.99)
     # a rotated block (the per-head shared second moment)
     from deadspec import _core
-    q, mq, vq = torch.randn(8, 37, dtype=dtype, generator=gen), torch.zeros(8, 37, dtype=dtype), torch.zeros(8, 37, dtype=dtype)
+    q = torch.randn(8, 37, dtype=dtype, generator=gen)
+    mq, vq = torch.zeros(8, 37, dtype=dtype), torch.zeros(8, 37, dtype=dtype)
     for k in range(1, 3):
         g = torch.randn(8, 37, dtype=dtype, generator=gen)
-        _core.ddc_adam_update_many([(q.__dlpack__(), g.__dlpack__(), mq.__dlpack__(), vq.__dlpack__(),
-                                     None, col.__dlpack__(), 1e-2, 0.9, 0.99, 1e-8, k, 0.99, 0,
-                                     [(0, 4), (4, 8)])])
+        _core.ddc_adam_update_many([dict(param=q.__dlpack__(), grad=g.__dlpack__(),
+                                         exp_avg=mq.__dlpack__(), exp_avg_sq=vq.__dlpack__(),
+                                         col_scale=col.__dlpack__(), lr=1e-2, beta1=0.9,
+                                         beta2=0.99, eps=1e-8, step=k, decay=0.99, rot_axis=0,
+                                         rot_segments=[(0, 4), (4, 8)])])
     out[str(dtype)] = (p, m, v, q, mq, vq)
 torch.save(out, sys.argv[1])
 """

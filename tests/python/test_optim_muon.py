@@ -10,13 +10,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
 from deadspec.gauges._modules import random_orthogonal
 from deadspec.models_transformer import TransformerBlock
 from deadspec.optim import DDCAdam, DDCMuon
 from deadspec.optim._muon import newton_schulz
-from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -637,23 +638,26 @@ def test_rotated_block_fused_step_matches_the_torch_path(axis, dtype):
     )
     q, m, v, mq, vq = p.clone(), *(torch.zeros_like(p) for _ in range(4))
     st, stq = torch.tensor(0.0), torch.tensor(0.0)
-    for k in range(3):
+    for _ in range(3):
         g = torch.randn(8, 6, dtype=dtype, generator=gen)
         ddc_adam_block_update(p, g, m, v, st, scale, axis, segs, lr=1e-2, beta1=0.9,
                                beta2=0.99, eps=1e-8)
         stq += 1
         row = scale.expand_as(q).__dlpack__() if axis == 1 else None
         col = scale.reshape(-1).__dlpack__() if axis == 0 else None
-        _core.ddc_adam_update_many([(q.__dlpack__(), g.__dlpack__(), mq.__dlpack__(),
-                                     vq.__dlpack__(), row, col, 1e-2, 0.9, 0.99, 1e-8,
-                                     int(stq.item()), 1.0, axis, segs)])
+        _core.ddc_adam_update_many([dict(param=q.__dlpack__(), grad=g.__dlpack__(),
+                                         exp_avg=mq.__dlpack__(), exp_avg_sq=vq.__dlpack__(),
+                                         scale=row, col_scale=col, lr=1e-2, beta1=0.9, beta2=0.99,
+                                         eps=1e-8, step=int(stq.item()), decay=1.0, rot_axis=axis,
+                                         rot_segments=segs)])
     tol = dict(rtol=1e-13, atol=1e-15) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(q, p, **tol)
     torch.testing.assert_close(vq, v, **tol)
     with pytest.raises(ValueError, match="rot_segments must be ascending"):
-        _core.ddc_adam_update_many([(q.__dlpack__(), g.__dlpack__(), mq.__dlpack__(),
-                                     vq.__dlpack__(), None, None, 1e-2, 0.9, 0.99, 1e-8, 1, 1.0,
-                                     axis, [(2, 1)])])
+        _core.ddc_adam_update_many([dict(param=q.__dlpack__(), grad=g.__dlpack__(),
+                                         exp_avg=mq.__dlpack__(), exp_avg_sq=vq.__dlpack__(),
+                                         lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, step=1,
+                                         rot_axis=axis, rot_segments=[(2, 1)])])
 
 
 def test_argument_validation():

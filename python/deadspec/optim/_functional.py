@@ -337,22 +337,29 @@ def _single_tensor_ddc_adam(blocks: list[AdamBlock]) -> None:
             ddc_adam_block_update(*args, b.rot.axis, b.rot.segments, **kw)
 
 
-def _core_block(b: AdamBlock) -> Any:
-    """A block as ``_core.ddc_adam_update_many`` takes it."""
+def _core_block(b: AdamBlock) -> dict[str, Any]:
+    """A block as the named structure ``_core.ddc_adam_update_many`` takes."""
     p = b.param
-    block: tuple[Any, ...] = (
-        p.detach().__dlpack__(),
-        b.grad.detach().__dlpack__(),
-        b.exp_avg.__dlpack__(),
-        b.exp_avg_sq.__dlpack__(),
-        None if b.row is None else b.row.expand_as(p).__dlpack__(),
-        None if b.col is None else b.col.__dlpack__(),
-        float(b.lr), float(b.beta1), float(b.beta2), float(b.eps),
-        int(b.step.item()) + 1, float(b.decay),
-    )
+    block: dict[str, Any] = {
+        "param": p.detach().__dlpack__(),
+        "grad": b.grad.detach().__dlpack__(),
+        "exp_avg": b.exp_avg.__dlpack__(),
+        "exp_avg_sq": b.exp_avg_sq.__dlpack__(),
+        "lr": float(b.lr),
+        "beta1": float(b.beta1),
+        "beta2": float(b.beta2),
+        "eps": float(b.eps),
+        "step": int(b.step.item()) + 1,
+        "decay": float(b.decay),
+    }
+    if b.row is not None:
+        block["scale"] = b.row.expand_as(p).__dlpack__()
+    if b.col is not None:
+        block["col_scale"] = b.col.__dlpack__()
     if b.rot is not None:
-        block += (b.rot.axis, list(b.rot.segments))
-    return block  # TUPLE-FORM: replaced by the named structure when the binding takes it
+        block["rot_axis"] = b.rot.axis
+        block["rot_segments"] = list(b.rot.segments)
+    return block
 
 
 def _fused_ddc_adam(blocks: list[AdamBlock]) -> None:

@@ -1,5 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Private helpers of the core: input validation, host copies, BLAS/LAPACK wrappers.
+// Naming (cpp/ and python/src): a class's data members take an m_ prefix (m_rows); plain structs
+// whose fields are their interface (AdamStep, TensorView, detail::AdamScalars) use bare names.
 #pragma once
 
 #include <algorithm>

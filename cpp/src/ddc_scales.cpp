@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: Apache-2.0
+// The gauge-fixing scales of DDCAdam: producer row norms and the sums of x⊙g along an axis.
+#include "deadspec/ddc.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "detail/core.hpp"
+#include "detail/ddc_checks.hpp"
+#include "detail/ddc_kernels.hpp"
+
+namespace deadspec {
+
+namespace {
+
+// Element (i, j) of a 2-D float32/float64 view with any strides, as float64.
+double at(const TensorView& v, std::int64_t i, std::int64_t j) {
+    return detail::element<double>(v, i * v.stride(0) + j * v.stride(1));
+}
+
+// Contiguous fast paths: typed pointers and plain loops the compiler vectorises.
+template <typename T>
+double row_sq(const TensorView& w, std::int64_t i, std::int64_t d, const double* c) {
+    // Four independent float64 partial sums: the loop pipelines (a single running sum cannot be
+    // reordered without -ffast-math) and the conversion from float is vectorised.
+    const T* r = static_cast<const T*>(w.data) + i * d;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    std::int64_t j = 0;
+    for (; j + 4 <= d; j += 4) {
+        const double a0 = static_cast<double>(r[j]) * c[j];
+        const double a1 = static_cast<double>(r[j + 1]) * c[j + 1];
+        const double a2 = static_cast<double>(r[j + 2]) * c[j + 2];
+        const double a3 = static_cast<double>(r[j + 3]) * c[j + 3];
+        s0 += a0 * a0;
+        s1 += a1 * a1;
+        s2 += a2 * a2;
+        s3 += a3 * a3;
+    }
+    for (; j < d; ++j) {
+        const double a = static_cast<double>(r[j]) * c[j];
+        s0 += a * a;
+    }
+    return (s0 + s1) + (s2 + s3);
+}
+
+template <typename T>
+void row_dots(const TensorView& x, const TensorView& g, std::int64_t i, std::int64_t d,
+              double& s, double& a) {
+    using Vec = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+    const Eigen::Map<const Vec> px(static_cast<const T*>(x.data) + i * d, d);
+    const Eigen::Map<const Vec> pg(static_cast<const T*>(g.data) + i * d, d);
+    const auto p = (px.template cast<double>().array() * pg.template cast<double>().array()).eval();
+    s = p.sum();
+    a = p.abs().sum();
+}
+
+template <typename T>
+void col_dots(const TensorView& x, const TensorView& g, std::int64_t i, std::int64_t d,
+              double* s, double* a) {
+    const T* px = static_cast<const T*>(x.data) + i * d;
+    const T* pg = static_cast<const T*>(g.data) + i * d;
+    for (std::int64_t j = 0; j < d; ++j) {
+        const double p = static_cast<double>(px[j]) * static_cast<double>(pg[j]);
+        s[j] += p;
+        a[j] += std::abs(p);
+    }
+}
+
+}  // namespace
+
+Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_scale,
+                              const TensorView& bias, double weight_factor, double bias_factor) {
+    constexpr const char* fn = "deadspec.ddc_row_norms";
+    detail::check_cpu_float(weight, fn, "weight");
+    DEADSPEC_CHECK_ARG(weight.ndim() == 2, fn, ": weight must be 2-D, got shape ",
+                       weight.shape_string());
+    const std::int64_t h = weight.shape[0], d = weight.shape[1];
+    if (col_scale.data) detail::check_vector(col_scale, d, fn, "col_scale");
+    if (bias.data) detail::check_vector(bias, h, fn, "bias");
+    DEADSPEC_CHECK_ARG(std::isfinite(weight_factor) && std::isfinite(bias_factor), fn,
+                       ": weight_factor and bias_factor must be finite, got ", weight_factor,
+                       " and ", bias_factor);
+    const double fw2 = weight_factor * weight_factor, fb2 = bias_factor * bias_factor;
+    Eigen::VectorXd c = Eigen::VectorXd::Ones(d);
+    if (col_scale.data)
+        for (std::int64_t j = 0; j < d; ++j)
+            c[j] = detail::element<double>(col_scale, j * col_scale.stride(0));
+    const std::vector<double> b = detail::read_vector<double>(bias);  // empty for no bias
+    Eigen::VectorXd out(h);
+    detail::parallel_rows(h, detail::worker_threads(h * d, detail::kParallelElements, h),
+                          [&](std::int64_t r0, std::int64_t r1) {
+                              for (std::int64_t i = r0; i < r1; ++i) {
+                                  double sq = 0.0;
+                                  if (weight.is_contiguous())
+                                      sq = weight.dtype == DType::Float64
+                                               ? row_sq<double>(weight, i, d, c.data())
+                                               : row_sq<float>(weight, i, d, c.data());
+                                  else
+                                      for (std::int64_t j = 0; j < d; ++j) {
+                                          const double w = at(weight, i, j) * c[j];
+                                          sq += w * w;
+                                      }
+                                  sq *= fw2;
+                                  if (!b.empty()) {
+                                      const double bi = b[static_cast<std::size_t>(i)];
+                                      sq += fb2 * (bi * bi);
+                                  }
+                                  out[i] = std::sqrt(sq);
+                              }
+                          });
+    return out;
+}
+
+std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
+                                                           const TensorView& g, int axis) {
+    constexpr const char* fn = "deadspec.ddc_gauge_dots";
+    detail::check_cpu_float(x, fn, "x");
+    detail::check_cpu_float(g, fn, "g");
+    DEADSPEC_CHECK_ARG(x.ndim() == 2, fn, ": x must be 2-D, got shape ", x.shape_string());
+    DEADSPEC_CHECK_ARG(g.shape == x.shape, fn, ": g must have the shape of x ", x.shape_string(),
+                       ", got ", g.shape_string());
+    DEADSPEC_CHECK_ARG(axis == 0 || axis == 1, fn, ": axis must be 0 or 1, got ", axis);
+    const std::int64_t h = x.shape[0], d = x.shape[1];
+    const bool fast = x.is_contiguous() && g.is_contiguous() && x.dtype == g.dtype;
+    if (axis == 1) {
+        Eigen::VectorXd s = Eigen::VectorXd::Zero(h), a = Eigen::VectorXd::Zero(h);
+        detail::parallel_rows(h, detail::worker_threads(h * d, detail::kParallelElements, h),
+                              [&](std::int64_t r0, std::int64_t r1) {
+                                  for (std::int64_t i = r0; i < r1; ++i) {
+                                      if (fast) {
+                                          if (x.dtype == DType::Float64)
+                                              row_dots<double>(x, g, i, d, s[i], a[i]);
+                                          else
+                                              row_dots<float>(x, g, i, d, s[i], a[i]);
+                                          continue;
+                                      }
+                                      double si = 0.0, ai = 0.0;
+                                      for (std::int64_t j = 0; j < d; ++j) {
+                                          const double p = at(x, i, j) * at(g, i, j);
+                                          si += p;
+                                          ai += std::abs(p);
+                                      }
+                                      s[i] = si;
+                                      a[i] = ai;
+                                  }
+                              });
+        return {s, a};
+    }
+    // Column sums: each thread owns a range of rows and its own partial sums (summed after, in
+    // thread order, so the result does not depend on scheduling).
+    const int threads = detail::worker_threads(h * d, detail::kParallelElements, h);
+    std::vector<Eigen::VectorXd> ps(static_cast<std::size_t>(threads), Eigen::VectorXd::Zero(d));
+    std::vector<Eigen::VectorXd> pa(ps);
+    const std::int64_t chunk = (h + threads - 1) / threads;
+    detail::parallel_rows(h, threads, [&](std::int64_t r0, std::int64_t r1) {
+        const auto t = static_cast<std::size_t>(r0 / std::max<std::int64_t>(chunk, 1));
+        for (std::int64_t i = r0; i < r1; ++i) {
+            if (fast) {
+                if (x.dtype == DType::Float64)
+                    col_dots<double>(x, g, i, d, ps[t].data(), pa[t].data());
+                else
+                    col_dots<float>(x, g, i, d, ps[t].data(), pa[t].data());
+                continue;
+            }
+            for (std::int64_t j = 0; j < d; ++j) {
+                const double p = at(x, i, j) * at(g, i, j);
+                ps[t][j] += p;
+                pa[t][j] += std::abs(p);
+            }
+        }
+    });
+    Eigen::VectorXd s = Eigen::VectorXd::Zero(d), a = Eigen::VectorXd::Zero(d);
+    for (std::size_t t = 0; t < ps.size(); ++t) {
+        s += ps[t];
+        a += pa[t];
+    }
+    return {s, a};
+}
+
+}  // namespace deadspec

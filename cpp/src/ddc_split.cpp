@@ -1,0 +1,519 @@
+// SPDX-License-Identifier: Apache-2.0
+// The split form of DDCAdam (form="split"): three passes over each block, the per-unit
+// coefficients combined by the caller in between.
+#include "deadspec/ddc.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "detail/core.hpp"
+#include "detail/ddc_checks.hpp"
+#include "detail/ddc_kernels.hpp"
+
+namespace deadspec {
+
+namespace {
+
+constexpr const char* kSplitFn = "deadspec.ddc_split";
+
+void check_split_block(const SplitBlock& b) {
+    // param, grad, moments, hyper-parameters and rotation segments as a fused DDCAdam block
+    AdamBlock a;
+    a.param = b.param;
+    a.grad = b.grad;
+    a.exp_avg = b.exp_avg;
+    a.exp_avg_sq = b.exp_avg_sq;
+    a.hp = b.hp;
+    a.rot_axis = b.rot_axis;
+    a.rot_segments = b.rot_segments;
+    detail::check_adam_block(a, kSplitFn);
+    const TensorView& p = b.param;
+    const std::int64_t h = p.shape[0];
+    const bool two_d = p.ndim() == 2;
+    for (const auto& [v, arg] : {std::pair{&b.row_scale, "row_scale"},
+                                 std::pair{&b.row_coef, "row_coef"},
+                                 std::pair{&b.row_mult, "row_mult"}})
+        if (v->data) detail::check_vector(*v, h, kSplitFn, arg);
+    for (const auto& [v, arg] :
+         {std::pair{&b.col_scale, "col_scale"}, std::pair{&b.col_mean, "col_mean"},
+          std::pair{&b.col_coef, "col_coef"}, std::pair{&b.col_norm, "col_norm"},
+          std::pair{&b.col_mult, "col_mult"}}) {
+        if (!v->data) continue;
+        DEADSPEC_CHECK_ARG(two_d, kSplitFn, ": ", arg, " needs a 2-D param, got shape ",
+                           p.shape_string());
+        detail::check_vector(*v, p.shape[1], kSplitFn, arg);
+    }
+    DEADSPEC_CHECK_ARG(!(b.row_coef.data && b.col_coef.data), kSplitFn,
+                       ": a block is split along its rows or its columns, not both");
+    DEADSPEC_CHECK_ARG(!b.col_coef.data || b.col_norm.data, kSplitFn,
+                       ": col_coef needs col_norm");
+    DEADSPEC_CHECK_ARG(!(b.col_mean.data && b.row_mult.data), kSplitFn,
+                       ": a centred (col_mean) block takes no row_mult");
+    const int axis = !two_d && b.rot_axis == 0 ? 0 : b.rot_axis;
+    if (axis == 0 && !b.rot_segments.empty())
+        DEADSPEC_CHECK_ARG(!b.row_scale.data, kSplitFn,
+                           ": σ must be constant along rotated rows (no row_scale)");
+    if (axis == 1 && !b.rot_segments.empty())
+        DEADSPEC_CHECK_ARG(!b.col_scale.data, kSplitFn,
+                           ": σ must be constant along rotated columns (no col_scale)");
+}
+
+// Row kernels of the split passes for 2-D blocks without rotated heads: plain loops over one
+// row, vectorised for the ISA of the wrapper they are inlined into (baseline, or AVX2 chosen at
+// run time, as the fused DDCAdam step). x̃ = x·(1/σ), g̃ = g·σ with σ and 1/σ given per row.
+// The centring `mu` is a row of zeros for a block without one (x̃ − 0 is x̃ exactly).
+enum SplitMode : int { kSplitPlain = 0, kSplitRow = 1, kSplitCol = 2 };
+
+// (the quotient is formed unconditionally and then selected, so the loops stay branch-free and
+// vectorise; 0/0 where the denominator is 0 is discarded)
+template <typename T>
+DEADSPEC_ALWAYS_INLINE T split_update(T mk, T vk, T ibc, T ss, T eps) {
+    const T den = std::sqrt(vk) * ibc + eps;
+    const T q = mk / den;
+    return (den > T(0) ? q : T(0)) * ss;
+}
+
+// v minus its radial part along the block: a_i·x̃ along a row (kSplitRow), b_j·P x̃ along a
+// column times the column norm n_j (kSplitCol), nothing (kSplitPlain). `b`, `nrm` are read only
+// for kSplitCol. The tangential input (v = g̃) and the re-projected update (v = u) alike.
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE T split_project(T v, T xj, T a, const T* __restrict b,
+                                       const T* __restrict nrm, const T* __restrict mu,
+                                       std::int64_t j) {
+    if constexpr (Mode == kSplitRow) return v - a * xj;
+    if constexpr (Mode == kSplitCol) return (v - b[j] * (xj - mu[j])) * nrm[j];
+    return v;
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void split_sums_loop(const T* __restrict x, const T* __restrict g,
+                                            const T* __restrict sig, const T* __restrict isig,
+                                            const T* __restrict mu, T* __restrict xt,
+                                            T* __restrict gt, double* __restrict cgx,
+                                            double* __restrict cxx, std::int64_t n) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        xt[j] = x[j] * isig[j];
+        gt[j] = g[j] * sig[j];
+    }
+    for (std::int64_t j = 0; j < n; ++j) {
+        const double pc = static_cast<double>(xt[j] - mu[j]);
+        cgx[j] += static_cast<double>(gt[j]) * pc;
+        cxx[j] += pc * pc;
+    }
+}
+
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE void split_moments_loop(
+    const T* __restrict x, const T* __restrict g, T* __restrict m, T* __restrict v,
+    const T* __restrict sig, const T* __restrict isig, T a, const T* __restrict b,
+    const T* __restrict nrm, const T* __restrict mu, T* __restrict u, T* __restrict xt,
+    double* __restrict cu, std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
+    const T one = T(1);
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = x[j] * isig[j];
+        const T t = split_project<T, Mode>(g[j] * sig[j], xj, a, b, nrm, mu, j);
+        const T mk = b1 * m[j] + (one - b1) * t;
+        const T vk = b2 * v[j] + (one - b2) * (t * t);
+        m[j] = mk;
+        v[j] = vk;
+        u[j] = split_update(mk, vk, ibc, ss, eps);
+        xt[j] = xj;
+    }
+    for (std::int64_t j = 0; j < n; ++j)
+        cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
+}
+
+// The moments step in two halves, for rotated head blocks whose second-moment input t² is
+// averaged over each head segment in between: the tangential input (t, t²), then the moments
+// and the update from given (t, t²).
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE void split_tangent_loop(const T* __restrict x, const T* __restrict g,
+                                               const T* __restrict sig,
+                                               const T* __restrict isig, T a,
+                                               const T* __restrict b, const T* __restrict nrm,
+                                               const T* __restrict mu, T* __restrict t,
+                                               T* __restrict t2, std::int64_t n) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T tj = split_project<T, Mode>(g[j] * sig[j], x[j] * isig[j], a, b, nrm, mu, j);
+        t[j] = tj;
+        t2[j] = tj * tj;
+    }
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void split_moments_t2_loop(
+    const T* __restrict x, const T* __restrict isig, const T* __restrict mu,
+    const T* __restrict t, const T* __restrict t2, T* __restrict m, T* __restrict v,
+    T* __restrict u, T* __restrict xt, double* __restrict cu, std::int64_t n, T b1, T b2, T ibc,
+    T ss, T eps) {
+    const T one = T(1);
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T mk = b1 * m[j] + (one - b1) * t[j];
+        const T vk = b2 * v[j] + (one - b2) * t2[j];
+        m[j] = mk;
+        v[j] = vk;
+        u[j] = split_update(mk, vk, ibc, ss, eps);
+        xt[j] = x[j] * isig[j];
+    }
+    for (std::int64_t j = 0; j < n; ++j)
+        cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
+}
+
+// Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
+template <typename T, int Mode, int Cm>
+DEADSPEC_ALWAYS_INLINE void split_apply_loop(
+    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict sig,
+    const T* __restrict isig, T a, const T* __restrict b, const T* __restrict nrm,
+    const T* __restrict mu, T r, const T* __restrict c, std::int64_t n, T ibc, T ss, T eps) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = x[j];
+        const T xtj = xj * isig[j];
+        const T u = split_project<T, Mode>(split_update(m[j], v[j], ibc, ss, eps), xtj, a, b, nrm,
+                                           mu, j);
+        T xn = xj * r;
+        if constexpr (Cm == 1) xn = xn * c[j];
+        if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig[j] * (xtj - mu[j]));
+        x[j] = xn - sig[j] * u;
+    }
+}
+
+template <typename T>
+using SplitSumsFn = void (*)(const T*, const T*, const T*, const T*, const T*, T*, T*, double*,
+                             double*, std::int64_t);
+template <typename T>
+using SplitMomentsFn = void (*)(const T*, const T*, T*, T*, const T*, const T*, T, const T*,
+                                const T*, const T*, T*, T*, double*, std::int64_t, T, T, T, T,
+                                T);
+template <typename T>
+using SplitApplyFn = void (*)(T*, const T*, const T*, const T*, const T*, T, const T*,
+                              const T*, const T*, T, const T*, std::int64_t, T, T, T);
+
+template <typename T>
+void split_sums_base(const T* x, const T* g, const T* sig, const T* isig, const T* mu, T* xt,
+                     T* gt, double* cgx, double* cxx, std::int64_t n) {
+    split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
+}
+template <typename T, int Mode>
+void split_moments_base(const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a,
+                        const T* b, const T* nrm, const T* mu, T* u, T* xt, double* cu,
+                        std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
+    split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
+                                ss, eps);
+}
+template <typename T, int Mode, int Cm>
+void split_apply_base(T* x, const T* m, const T* v, const T* sig, const T* isig, T a,
+                      const T* b, const T* nrm, const T* mu, T r, const T* c, std::int64_t n,
+                      T ibc, T ss, T eps) {
+    split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
+}
+
+#ifdef DEADSPEC_DDC_AVX2
+template <typename T>
+__attribute__((target("avx2"))) void split_sums_avx2(const T* x, const T* g, const T* sig,
+                                                     const T* isig, const T* mu, T* xt, T* gt,
+                                                     double* cgx, double* cxx, std::int64_t n) {
+    split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
+}
+template <typename T, int Mode>
+__attribute__((target("avx2"))) void split_moments_avx2(
+    const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a, const T* b,
+    const T* nrm, const T* mu, T* u, T* xt, double* cu, std::int64_t n, T b1, T b2, T ibc,
+    T ss, T eps) {
+    split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
+                                ss, eps);
+}
+template <typename T, int Mode, int Cm>
+__attribute__((target("avx2"))) void split_apply_avx2(T* x, const T* m, const T* v,
+                                                      const T* sig, const T* isig, T a,
+                                                      const T* b, const T* nrm, const T* mu,
+                                                      T r, const T* c, std::int64_t n, T ibc,
+                                                      T ss, T eps) {
+    split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
+}
+#endif
+
+template <typename T>
+SplitSumsFn<T> pick_split_sums() {
+#ifdef DEADSPEC_DDC_AVX2
+    if (detail::has_avx2()) return &split_sums_avx2<T>;
+#endif
+    return &split_sums_base<T>;
+}
+
+template <typename T, int Mode>
+SplitMomentsFn<T> pick_split_moments_mode() {
+#ifdef DEADSPEC_DDC_AVX2
+    if (detail::has_avx2()) return &split_moments_avx2<T, Mode>;
+#endif
+    return &split_moments_base<T, Mode>;
+}
+
+template <typename T>
+SplitMomentsFn<T> pick_split_moments(int mode) {
+    if (mode == kSplitRow) return pick_split_moments_mode<T, kSplitRow>();
+    if (mode == kSplitCol) return pick_split_moments_mode<T, kSplitCol>();
+    return pick_split_moments_mode<T, kSplitPlain>();
+}
+
+template <typename T, int Mode, int Cm>
+SplitApplyFn<T> pick_split_apply_mc() {
+#ifdef DEADSPEC_DDC_AVX2
+    if (detail::has_avx2()) return &split_apply_avx2<T, Mode, Cm>;
+#endif
+    return &split_apply_base<T, Mode, Cm>;
+}
+
+template <typename T, int Mode>
+SplitApplyFn<T> pick_split_apply_m(int cm) {
+    if (cm == 1) return pick_split_apply_mc<T, Mode, 1>();
+    if (cm == 2) return pick_split_apply_mc<T, Mode, 2>();
+    return pick_split_apply_mc<T, Mode, 0>();
+}
+
+template <typename T>
+SplitApplyFn<T> pick_split_apply(int mode, int cm) {
+    if (mode == kSplitRow) return pick_split_apply_m<T, kSplitRow>(cm);
+    if (mode == kSplitCol) return pick_split_apply_m<T, kSplitCol>(cm);
+    return pick_split_apply_m<T, kSplitPlain>(cm);
+}
+
+// Σ a·b in float64 with eight partial sums in a fixed order (lanes the compiler can keep in
+// vector registers; a single running sum could not be reordered without -ffast-math).
+template <typename T>
+double dot8(const T* __restrict a, const T* __restrict b, std::int64_t n) {
+    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    std::int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; ++k)
+            acc[k] += static_cast<double>(a[j + k]) * static_cast<double>(b[j + k]);
+    for (; j < n; ++j) acc[0] += static_cast<double>(a[j]) * static_cast<double>(b[j]);
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// One split block with its vectors read once, stepped row by row through the kernels above. A
+// 1-D block is a column (h×1): each element is the row of its own unit (a producer's bias or a
+// norm's γ, β).
+template <typename T>
+class SplitStep {
+public:
+    explicit SplitStep(const SplitBlock& b)
+        : m_rs(detail::read_vector<T>(b.row_scale)),
+          m_cs(detail::read_vector<T>(b.col_scale)),
+          m_mu(detail::read_vector<T>(b.col_mean)),
+          m_a(detail::read_vector<T>(b.row_coef)),
+          m_bc(detail::read_vector<T>(b.col_coef)),
+          m_n(detail::read_vector<T>(b.col_norm)),
+          m_rm(detail::read_vector<T>(b.row_mult)),
+          m_cm(detail::read_vector<T>(b.col_mult)),
+          m_hp(b.hp) {
+        const TensorView& p = b.param;
+        m_x = static_cast<T*>(const_cast<void*>(p.data));
+        m_m = static_cast<T*>(const_cast<void*>(b.exp_avg.data));
+        m_v = static_cast<T*>(const_cast<void*>(b.exp_avg_sq.data));
+        m_g = static_cast<const T*>(b.grad.data);
+        m_rows = p.shape[0];
+        m_two_d = p.ndim() == 2;
+        m_cols = m_two_d ? p.shape[1] : 1;
+        m_gs0 = b.grad.stride(0);
+        m_gs1 = m_two_d ? b.grad.stride(1) : 1;
+        m_axis = !m_two_d && b.rot_axis >= 0 ? 0 : b.rot_axis;  // a 1-D block's elements are rows
+        m_segs = b.rot_segments;
+        if (m_segs.empty()) m_axis = -1;
+        m_ics.resize(m_cs.size());
+        for (std::size_t j = 0; j < m_cs.size(); ++j) m_ics[j] = T(1) / m_cs[j];
+        if (m_mu.empty()) m_zeros.assign(static_cast<std::size_t>(m_cols), T(0));
+        m_mode = !m_a.empty() ? kSplitRow : (!m_bc.empty() ? kSplitCol : kSplitPlain);
+    }
+
+    SplitSums sums() const {
+        SplitSums s;
+        s.row_gx = Eigen::VectorXd::Zero(m_rows);
+        s.row_xx = Eigen::VectorXd::Zero(m_rows);
+        s.col_gx = Eigen::VectorXd::Zero(m_cols);
+        s.col_xx = Eigen::VectorXd::Zero(m_cols);
+        const auto n = static_cast<std::size_t>(m_cols);
+        std::vector<T> sig(n), isig(n), xt(n), gt(n), gbuf;
+        const SplitSumsFn<T> fn = pick_split_sums<T>();
+        for (std::int64_t i = 0; i < m_rows; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            fn(m_x + i * m_cols, grad_row(i, gbuf), sig.data(), isig.data(), mu_row(), xt.data(),
+               gt.data(), s.col_gx.data(), s.col_xx.data(), m_cols);
+            s.row_gx[i] = dot8(gt.data(), xt.data(), m_cols);
+            s.row_xx[i] = dot8(xt.data(), xt.data(), m_cols);
+        }
+        if (!m_two_d) s.col_gx.resize(0), s.col_xx.resize(0);  // a 1-D block has no columns
+        return s;
+    }
+
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> moments() const {
+        auto out = m_axis >= 0 ? rotated_moments() : plain_moments();
+        if (!m_two_d) out.second.resize(0);
+        return out;
+    }
+
+    void apply() const {
+        const auto n = static_cast<std::size_t>(m_cols);
+        std::vector<T> sig(n), isig(n);
+        const int cm = m_cm.empty() ? 0 : (m_mu.empty() ? 1 : 2);
+        const SplitApplyFn<T> fn = pick_split_apply<T>(m_mode, cm);
+        for (std::int64_t i = 0; i < m_rows; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            const T r = m_rm.empty() ? T(1) : m_rm[static_cast<std::size_t>(i)];
+            fn(m_x + i * m_cols, m_m + i * m_cols, m_v + i * m_cols, sig.data(), isig.data(),
+               row_coef(i), m_bc.data(), m_n.data(), mu_row(), r, m_cm.data(), m_cols,
+               m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+        }
+    }
+
+private:
+    // σ and 1/σ along row i (x̃ = x·(1/σ), g̃ = g·σ).
+    void scales_row(std::int64_t i, T* sig, T* isig) const {
+        const T r = m_rs.empty() ? T(1) : m_rs[static_cast<std::size_t>(i)];
+        const T ir = m_rs.empty() ? T(1) : T(1) / r;
+        if (m_cs.empty()) {
+            std::fill(sig, sig + m_cols, r);
+            std::fill(isig, isig + m_cols, ir);
+            return;
+        }
+        for (std::int64_t j = 0; j < m_cols; ++j) {
+            sig[j] = r * m_cs[static_cast<std::size_t>(j)];
+            isig[j] = ir * m_ics[static_cast<std::size_t>(j)];
+        }
+    }
+
+    const T* grad_row(std::int64_t i, std::vector<T>& buf) const {
+        return detail::gather_row(m_g, i, m_gs0, m_gs1, m_cols, buf);
+    }
+    const T* mu_row() const { return m_mu.empty() ? m_zeros.data() : m_mu.data(); }
+    T row_coef(std::int64_t i) const {
+        return m_a.empty() ? T(0) : m_a[static_cast<std::size_t>(i)];
+    }
+
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> plain_moments() const {
+        Eigen::VectorXd ru = Eigen::VectorXd::Zero(m_rows), cu = Eigen::VectorXd::Zero(m_cols);
+        const auto n = static_cast<std::size_t>(m_cols);
+        std::vector<T> sig(n), isig(n), u(n), xt(n), gbuf;
+        const SplitMomentsFn<T> fn = pick_split_moments<T>(m_mode);
+        for (std::int64_t i = 0; i < m_rows; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            fn(m_x + i * m_cols, grad_row(i, gbuf), m_m + i * m_cols, m_v + i * m_cols, sig.data(),
+               isig.data(), row_coef(i), m_bc.data(), m_n.data(), mu_row(), u.data(), xt.data(),
+               cu.data(), m_cols, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+            ru[i] = dot8(u.data(), xt.data(), m_cols);
+        }
+        return {ru, cu};
+    }
+
+    void tangent_row(std::int64_t i, const T* sig, const T* isig, const T* gi, T* t,
+                     T* t2) const {
+        const T* x = m_x + i * m_cols;
+        const T a = row_coef(i);
+        if (m_mode == kSplitRow)
+            split_tangent_loop<T, kSplitRow>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(), t,
+                                             t2, m_cols);
+        else if (m_mode == kSplitCol)
+            split_tangent_loop<T, kSplitCol>(x, gi, sig, isig, a, m_bc.data(), m_n.data(),
+                                             mu_row(), t, t2, m_cols);
+        else
+            split_tangent_loop<T, kSplitPlain>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(),
+                                               t, t2, m_cols);
+    }
+
+    // Rotated head blocks: t² averaged over each head segment (along the row for axis 1, over
+    // the segment's rows per column for axis 0) before it enters v.
+    std::pair<Eigen::VectorXd, Eigen::VectorXd> rotated_moments() const {
+        Eigen::VectorXd ru = Eigen::VectorXd::Zero(m_rows), cu = Eigen::VectorXd::Zero(m_cols);
+        const auto n = static_cast<std::size_t>(m_cols);
+        const bool whole = m_axis == 0;
+        const std::size_t kept = whole ? static_cast<std::size_t>(m_rows) : 1;
+        std::vector<T> sig(n), isig(n), t(kept * n), t2(kept * n), u(n), xt(n), gbuf;
+        auto update = [&](std::int64_t i, const T* ti, const T* t2i) {
+            scales_row(i, sig.data(), isig.data());
+            split_moments_t2_loop<T>(m_x + i * m_cols, isig.data(), mu_row(), ti, t2i,
+                                     m_m + i * m_cols, m_v + i * m_cols, u.data(), xt.data(),
+                                     cu.data(), m_cols, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt,
+                                     m_hp.step_size, m_hp.eps);
+            ru[i] = dot8(u.data(), xt.data(), m_cols);
+        };
+        if (!whole) {
+            for (std::int64_t i = 0; i < m_rows; ++i) {
+                scales_row(i, sig.data(), isig.data());
+                tangent_row(i, sig.data(), isig.data(), grad_row(i, gbuf), t.data(), t2.data());
+                detail::mean_within_segments(t2.data(), m_segs);
+                update(i, t.data(), t2.data());
+            }
+            return {ru, cu};
+        }
+        for (std::int64_t i = 0; i < m_rows; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            const auto off = static_cast<std::size_t>(i) * n;
+            tangent_row(i, sig.data(), isig.data(), grad_row(i, gbuf), t.data() + off,
+                        t2.data() + off);
+        }
+        for (const auto& [a, e] : m_segs) {
+            for (std::size_t j = 0; j < n; ++j) {
+                T sum = T(0);
+                for (std::int64_t i = a; i < e; ++i) sum += t2[static_cast<std::size_t>(i) * n + j];
+                const T mean = sum / static_cast<T>(e - a);
+                for (std::int64_t i = a; i < e; ++i) t2[static_cast<std::size_t>(i) * n + j] = mean;
+            }
+        }
+        for (std::int64_t i = 0; i < m_rows; ++i) {
+            const auto off = static_cast<std::size_t>(i) * n;
+            update(i, t.data() + off, t2.data() + off);
+        }
+        return {ru, cu};
+    }
+
+    std::vector<T> m_rs, m_cs, m_mu, m_a, m_bc, m_n, m_rm, m_cm;
+    detail::AdamScalars<T> m_hp;
+    std::vector<T> m_ics, m_zeros;
+    int m_mode = kSplitPlain;
+    T *m_x = nullptr, *m_m = nullptr, *m_v = nullptr;
+    const T* m_g = nullptr;
+    std::int64_t m_rows = 0, m_cols = 0, m_gs0 = 0, m_gs1 = 0;
+    bool m_two_d = false;
+    int m_axis = -1;
+    std::vector<std::pair<std::int64_t, std::int64_t>> m_segs;
+};
+
+template <typename F>
+auto split_each(const std::vector<SplitBlock>& blocks, F&& f) {
+    for (const SplitBlock& b : blocks) check_split_block(b);
+    using R = decltype(f(SplitStep<double>(blocks.front())));
+    std::vector<R> out;
+    out.reserve(blocks.size());
+    for (const SplitBlock& b : blocks) {
+        if (b.param.dtype == DType::Float64)
+            out.push_back(f(SplitStep<double>(b)));
+        else
+            out.push_back(f(SplitStep<float>(b)));
+    }
+    return out;
+}
+
+}  // namespace
+
+std::vector<SplitSums> ddc_split_sums(const std::vector<SplitBlock>& blocks) {
+    if (blocks.empty()) return {};
+    return split_each(blocks, [](const auto& s) { return s.sums(); });
+}
+
+std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
+    const std::vector<SplitBlock>& blocks) {
+    if (blocks.empty()) return {};
+    return split_each(blocks, [](const auto& s) { return s.moments(); });
+}
+
+void ddc_split_apply(const std::vector<SplitBlock>& blocks) {
+    if (blocks.empty()) return;
+    split_each(blocks, [](const auto& s) {
+        s.apply();
+        return 0;
+    });
+}
+
+}  // namespace deadspec

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+// Internals shared by the DDC sources (ddc_step.cpp, ddc_scales.cpp, ddc_split.cpp): the row
+// kernels' inlining and run-time ISA choice, element access, the Adam scalars, row helpers.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "deadspec/ddc.hpp"
+#include "deadspec/types.hpp"
+
+// The row kernels are plain loops the compiler vectorises for the target of the wrapper they are
+// inlined into: the baseline ISA and, chosen at run time, AVX2. The DDC sources are built with
+// -fno-math-errno (so sqrt vectorises) and -ffp-contract=off (no fused multiply-adds; see
+// cpp/CMakeLists.txt): both versions round every operation alike and give bit-identical results.
+#if defined(__GNUC__) || defined(__clang__)
+#define DEADSPEC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DEADSPEC_ALWAYS_INLINE inline
+#endif
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DEADSPEC_DDC_AVX2 1
+#endif
+
+namespace deadspec::detail {
+
+#ifdef DEADSPEC_DDC_AVX2
+// Whether the AVX2 kernels run. DEADSPEC_DDC_ISA=baseline forces the baseline loop (to check the
+// two agree, or to rule the AVX2 path out); read once.
+inline bool has_avx2() {
+    static const bool yes = [] {
+        const char* isa = std::getenv("DEADSPEC_DDC_ISA");
+        if (isa != nullptr && std::string(isa) == "baseline") return false;
+        return __builtin_cpu_supports("avx2") != 0;
+    }();
+    return yes;
+}
+#endif
+
+// Work above this many elements is split over threads. These kernels are bound by memory
+// bandwidth, and a thread started while torch's OpenMP workers still spin after a parallel op
+// (a backward pass, say) waits for a core: measured on 2 cores, a 1024×256 row-norm pass took
+// 0.22 ms on one thread and ~1–2 ms on two. Below ~2 M elements one thread is faster.
+constexpr std::int64_t kParallelElements = std::int64_t(1) << 21;
+
+// Entry `off` (in elements) of a float32/float64 view, as T.
+template <typename T>
+T element(const TensorView& s, std::int64_t off) {
+    return s.dtype == DType::Float64 ? static_cast<T>(static_cast<const double*>(s.data)[off])
+                                     : static_cast<T>(static_cast<const float*>(s.data)[off]);
+}
+
+// A 1-D view's entries in type T (empty for a null view).
+template <typename T>
+std::vector<T> read_vector(const TensorView& v) {
+    std::vector<T> out(v.data ? static_cast<std::size_t>(v.shape[0]) : 0);
+    for (std::size_t i = 0; i < out.size(); ++i)
+        out[i] = element<T>(v, static_cast<std::int64_t>(i) * v.stride(0));
+    return out;
+}
+
+// The scalars of one bias-corrected Adam step: bias corrections in float64, the per-element
+// arithmetic in the parameter's dtype (as torch's Adam does).
+template <typename T>
+struct AdamScalars {
+    explicit AdamScalars(const AdamStep& hp)
+        : b1(static_cast<T>(hp.beta1)), b2(static_cast<T>(hp.beta2)),
+          inv_bc2_sqrt(static_cast<T>(
+              1.0 / std::sqrt(1.0 - std::pow(hp.beta2, static_cast<double>(hp.step))))),
+          step_size(static_cast<T>(hp.lr /
+                                   (1.0 - std::pow(hp.beta1, static_cast<double>(hp.step))))),
+          eps(static_cast<T>(hp.eps)), decay(static_cast<T>(hp.decay)) {}
+    T b1, b2, inv_bc2_sqrt, step_size, eps, decay;
+};
+
+// Row i of a gradient with strides (s0, s1), contiguous: the row itself when s1 = 1, else
+// gathered into `buf`.
+template <typename T>
+const T* gather_row(const T* g, std::int64_t i, std::int64_t s0, std::int64_t s1,
+                    std::int64_t cols, std::vector<T>& buf) {
+    const T* gi = g + i * s0;
+    if (s1 == 1) return gi;
+    buf.resize(static_cast<std::size_t>(cols));
+    for (std::int64_t j = 0; j < cols; ++j) buf[static_cast<std::size_t>(j)] = gi[j * s1];
+    return buf.data();
+}
+
+// Each [a, e) segment of `row` replaced by its mean (a rotated head's shared second moment).
+template <typename T>
+void mean_within_segments(T* row, const std::vector<std::pair<std::int64_t, std::int64_t>>& segs) {
+    for (const auto& [a, e] : segs) {
+        T sum = T(0);
+        for (std::int64_t j = a; j < e; ++j) sum += row[j];
+        const T mean = sum / static_cast<T>(e - a);
+        for (std::int64_t j = a; j < e; ++j) row[j] = mean;
+    }
+}
+
+}  // namespace deadspec::detail

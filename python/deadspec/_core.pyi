@@ -1,0 +1,185 @@
+"""deadspec._core: the C++ core of deadspec (private; use the deadspec package).
+
+Stub of the pybind11 extension (python/src). Started from ``pybind11-stubgen deadspec._core``
+and edited by hand; tests/python/test_typing.py checks that its names match the module's.
+Tensors cross as DLPack capsules (``t.__dlpack__()``: CPU float32/float64 unless stated);
+results come back as float64 numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+_Capsule: TypeAlias = Any  # a DLPack capsule ("dltensor" or "dltensor_versioned"), consumed
+_F64: TypeAlias = npt.NDArray[np.float64]
+# One block of the batched DDC calls: a dict with named entries (see each function).
+_Block: TypeAlias = dict[str, Any]
+
+__version__: str
+
+class Error(RuntimeError):
+    """A failure of the core that is not an argument error (e.g. no convergence)."""
+
+class GramAccumulator:
+    """Streaming feature-side Gram (running mean + centred scatter)."""
+
+    def __init__(self, features: int) -> None: ...
+    def add(self, batch: _Capsule) -> None:
+        """Add a B×h batch (any strides); an empty batch is a no-op."""
+    def merge(self, other: GramAccumulator) -> None:
+        """Add everything ``other`` has seen (same number of features)."""
+    def gram(self, *, center: bool = False) -> _F64:
+        """h×h Gram of all rows seen so far, divided by their count."""
+    @property
+    def count(self) -> int: ...
+    @property
+    def features(self) -> int: ...
+    @property
+    def mean(self) -> _F64: ...
+
+def build_info() -> dict[str, Any]:
+    """Build flavour of the core: version, CUDA, LAPACK backend, Eigen version."""
+
+def dlpack_data_ptr(x: _Capsule) -> int:
+    """Address the core reads from for this DLPack capsule (consumes it; for zero-copy tests)."""
+
+# -- Gram and Fisher-Gram (bind_gram.cpp, bind_fisher.cpp) --------------------------------------
+
+def gram(x: _Capsule, *, side: str = "auto", center: bool = False) -> _F64:
+    """Activation Gram of an N×h tensor: (1/N)XᵀX (``side="feature"``) or (1/N)XXᵀ
+    (``"sample"``); ``"auto"`` picks the smaller. ``center`` subtracts the column means."""
+
+def resolve_gram_side(n: int, h: int, side: str = "auto") -> str:
+    """The side (``"feature"`` or ``"sample"``) ``side`` resolves to for an N×h input."""
+
+def fisher_gram(
+    acts: _Capsule,
+    grads: _Capsule,
+    *,
+    bias: bool = False,
+    route: str = "auto",
+    chunk_bytes: int = 268435456,
+) -> _F64:
+    """Fisher-Gram K_ij = <g_i, g_j>/N of a linear layer from inputs and output gradients
+    (``route``: ``"auto"``, ``"block-sum"`` or ``"materialize"``)."""
+
+def fisher_gram_from_grads(grads: _Capsule) -> _F64:
+    """Fisher-Gram (1/N)ΓΓᵀ from materialised per-sample gradients (N×p)."""
+
+def fisher_route(n: int, t: int, d_in: int, d_out: int, route: str = "auto") -> str:
+    """The route (``"block-sum"`` or ``"materialize"``) ``route`` resolves to for these sizes."""
+
+def fisher_gram_cost(n: int, t: int, d_in: int, d_out: int) -> dict[str, float]:
+    """Multiply-add counts of the two routes: ``{"block-sum": ..., "materialize": ...}``."""
+
+# -- eigendecomposition and spectra (bind_spectrum.cpp) -----------------------------------------
+
+def eig_backend() -> str:
+    """Name of the eigensolver this build uses."""
+
+def num_threads() -> int:
+    """Threads the BLAS/LAPACK backend may use."""
+
+def set_num_threads(n: int) -> None:
+    """Set the BLAS/LAPACK (OpenBLAS) thread count of the core."""
+
+def sym_eig(a: _Capsule, *, vectors: bool = False) -> tuple[_F64, _F64 | None]:
+    """Eigenvalues (descending) and optionally eigenvectors (columns) of a symmetric matrix."""
+
+def spectrum(
+    g: _Capsule,
+    *,
+    rtol: float = -1.0,
+    input_dtype: str = "float64",
+    rtol_size: int = 0,
+    gap_ratio: float = 1000.0,
+    vectors: bool = False,
+) -> dict[str, Any]:
+    """Spectral readings of a symmetric PSD matrix (a dict; see deadspec.Spectrum)."""
+
+def spectrum_from_eigenvalues(
+    values: npt.ArrayLike,
+    *,
+    rtol: float = -1.0,
+    input_dtype: str = "float64",
+    rtol_size: int = 0,
+    gap_ratio: float = 1000.0,
+) -> dict[str, Any]:
+    """The readings of :func:`spectrum` from given eigenvalues (descending, float64)."""
+
+def logdet_top(eigenvalues: npt.ArrayLike, k: int) -> float:
+    """Σ log of the k largest eigenvalues of a descending vector."""
+
+def default_rtol(input_dtype: str, size: int) -> float:
+    """ε(input_dtype)·size: the default relative threshold of :func:`spectrum`."""
+
+# -- slopes (bind_slope.cpp) ---------------------------------------------------------------------
+
+def fit_slope(x: Sequence[float], y: Sequence[float], *, method: str = "ols") -> dict[str, float]:
+    """Line fit y ≈ intercept + slope·x (``method``: ``"ols"`` or ``"theil-sen"``); a dict
+    with slope, intercept, r2, stderr and n."""
+
+# -- DDCAdam kernels (bind_ddc.cpp); every call writes its tensors in place ----------------------
+
+def ddc_adam_update(
+    param: _Capsule,
+    grad: _Capsule,
+    exp_avg: _Capsule,
+    exp_avg_sq: _Capsule,
+    scale: _Capsule | None,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    col_scale: _Capsule | None = None,
+    decay: float = 1.0,
+) -> None:
+    """Fused DDCAdam block step in place (param, exp_avg, exp_avg_sq are written);
+    σ = scale·col_scale, param multiplied by decay first."""
+
+def ddc_adam_update_many(blocks: list[_Block]) -> None:
+    """Fused DDCAdam step of many blocks in one call, all validated before any is written.
+
+    Each block is a dict: ``param``, ``grad``, ``exp_avg``, ``exp_avg_sq`` (capsules);
+    ``lr``, ``beta1``, ``beta2``, ``eps`` (float); ``step`` (int); optional ``scale``,
+    ``col_scale`` (capsules; absent or None: 1), ``decay`` (float, default 1.0), and for a
+    block with rotated head segments ``rot_axis`` (int) with ``rot_segments`` (list of
+    ``(start, stop)``). An unknown or missing entry raises ValueError naming it.
+    """
+
+def ddc_split_sums(
+    blocks: list[_Block],
+) -> list[tuple[_F64, _F64, _F64, _F64]]:
+    """Split form, pass 0: per block (Σ g̃x̃ per row, Σ x̃² per row, Σ g̃·Px̃ per column,
+    Σ (Px̃)² per column), float64.
+
+    Each block is a dict with the entries of :func:`ddc_adam_update_many` except ``scale`` and
+    ``decay``, plus the optional capsules ``row_scale``, ``col_scale``, ``col_mean``,
+    ``row_coef``, ``col_coef``, ``col_norm``, ``row_mult``, ``col_mult``.
+    """
+
+def ddc_split_moments(blocks: list[_Block]) -> list[tuple[_F64, _F64]]:
+    """Split form, pass 1: moments on the tangential inputs (written); per block the update's
+    (Σ u·x̃ per row, Σ u·Px̃ per column), float64. Blocks as in :func:`ddc_split_sums`."""
+
+def ddc_split_apply(blocks: list[_Block]) -> None:
+    """Split form, pass 2: the re-projected update applied in place (radial factors
+    row_mult/col_mult, coefficients of the update in row_coef/col_coef)."""
+
+def ddc_row_norms(
+    weight: _Capsule,
+    col_scale: _Capsule | None = None,
+    bias: _Capsule | None = None,
+    weight_factor: float = 1.0,
+    bias_factor: float = 1.0,
+) -> _F64:
+    """Row norms of [f_w·W·diag(col_scale) | f_b·b] (float64)."""
+
+def ddc_gauge_dots(x: _Capsule, g: _Capsule, axis: int) -> tuple[_F64, _F64]:
+    """(Σ x·g, Σ |x·g|) along axis (1: per row, 0: per column), float64."""
