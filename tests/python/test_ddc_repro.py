@@ -14,7 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
-from deadspec.experiments import _lm, detection, grokking, overtraining
+from deadspec.experiments import (  # noqa: E402 - after the importorskip gates
+    _corpus,
+    _lm,
+    _optimizers,
+    detection,
+    grokking,
+    overtraining,
+)
 
 
 def _read_csv(path):
@@ -47,11 +54,11 @@ def grok(tmp_path_factory):
 
 # --- shared pieces ---------------------------------------------------------------------------
 def test_corpus_is_deterministic_and_in_vocabulary():
-    a = _lm.generate_corpus(500, seed=3)
-    assert a == _lm.generate_corpus(500, seed=3)
-    assert a != _lm.generate_corpus(500, seed=4)
-    assert set(a) <= set(_lm.corpus_vocabulary())
-    x, y, xv, _, v = _lm.lm_batches(4, 3, 8, seed=0)
+    a = _corpus.generate_corpus(500, seed=3)
+    assert a == _corpus.generate_corpus(500, seed=3)
+    assert a != _corpus.generate_corpus(500, seed=4)
+    assert set(a) <= set(_corpus.corpus_vocabulary())
+    x, y, xv, _, v = _corpus.lm_batches(4, 3, 8, seed=0)
     assert x.shape == y.shape == (4, 8) and xv.shape == (3, 8)
     assert torch.equal(x[:, 1:], y[:, :-1])  # next-token targets
     assert int(x.max()) < v
@@ -59,7 +66,7 @@ def test_corpus_is_deterministic_and_in_vocabulary():
 
 def test_lm_head_gauges_are_exact():
     torch.manual_seed(0)
-    x, _, _, _, v = _lm.lm_batches(4, 2, 6, seed=0)
+    x, _, _, _, v = _corpus.lm_batches(4, 2, 6, seed=0)
     model = _lm.TinyLM(v, 6, d_model=8, n_heads=2, n_layers=1)
     gauges = _lm.lm_gauges(model)
     kinds = {type(g).__name__ for g in gauges}
@@ -75,7 +82,7 @@ def test_lm_head_gauges_are_exact():
 def test_make_optimizer_rejects_unknown():
     model = _lm.TinyLM(10, 4, d_model=8, n_heads=2, n_layers=1)
     with pytest.raises(ValueError, match="name must be one of"):
-        _lm.make_optimizer("sgd", model, lr=1e-3, weight_decay=0.0)
+        _optimizers.make_optimizer("sgd", model, lr=1e-3, weight_decay=0.0)
 
 
 # --- over-training ---------------------------------------------------------------------------

@@ -34,7 +34,6 @@ Run: ``python -m deadspec.experiments.detection [--quick] [--size full]`` or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -44,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from deadspec.experiments import _lm
-from deadspec.experiments.overtraining import OPTIMIZERS, add_lm_arguments
+from deadspec.experiments import _harness, _lm
+from deadspec.experiments._stats import finite_or_nan, summary_stats
 
 __all__ = ["CELL_COLUMNS", "CSV_COLUMNS", "DEFAULT_OUT", "DetectionResult", "main", "run"]
 
@@ -114,13 +113,51 @@ class DetectionResult:
     seconds: float
 
 
+def _run_rows(r: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The CSV row of one run of the grid and its cell rows."""
+    mon = r["monitor"]
+    rates = mon.rates() if len(mon.steps) else []
+    counted = [c for c in rates if c["predicted"] is not None]
+    reading = sum(bool(c["reads"]) for c in counted)
+    dead = sum(1 for c in counted if c["predicted"] not in (None, 0, 0.0))
+    paper = PAPER_CELLS.get(r["optimizer"], (None, None))
+    row = {
+        "optimizer": r["optimizer"],
+        "lr": r["lr"],
+        "weight_decay": r["weight_decay"],
+        "seed": r["seed"],
+        "cells_reading": reading,
+        "cells_total": len(counted),
+        "cells_dead": dead,
+        "fraction": reading / len(counted) if counted else float("nan"),
+        "paper_reading": paper[0],
+        "paper_total": paper[1],
+        "final_train": r["final_train"],
+        "final_val": r["final_val"],
+        "gap": r["gap"],
+        "readings": len(mon.steps),
+        "monitor_seconds": round(float(mon.seconds), 3),
+        "seconds": round(float(r["seconds"]), 3),
+    }
+    cells = [
+        {
+            "optimizer": r["optimizer"],
+            "lr": r["lr"],
+            "weight_decay": r["weight_decay"],
+            **{k: c.get(k) for k in CELL_COLUMNS[3:]},
+        }
+        for c in rates
+    ]
+    return row, cells
+
+
 def run(
     out: str | Path | None = DEFAULT_OUT,
     *,
     quick: bool = False,
     size: str = "default",
     seed: int = 0,
-    optimizers: Sequence[str] = OPTIMIZERS,
+    optimizers: Sequence[str] = _lm.DEFAULT_OPTIMIZERS,
     lrs: Sequence[float] | None = None,
     weight_decays: Sequence[float] | None = None,
     steps: int | None = None,
@@ -149,82 +186,40 @@ def run(
         n_train=n_train,
         readings=readings,
     )
-    if progress is None:
-        progress = sys.stderr.isatty()
     t0 = time.perf_counter()
-    restore = _lm.set_threads(threads)
-    try:
-        results = _lm.run_grid(
-            sizes, optimizers, seed=seed, monitor=True, progress=progress, desc="detection"
-        )
-    finally:
-        restore()
+    results = _lm.run_grid(
+        sizes,
+        optimizers,
+        seed=seed,
+        monitor=True,
+        threads=threads,
+        progress=progress,
+        desc="detection",
+    )
     rows: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
     for r in results:
-        mon = r["monitor"]
-        rates = mon.rates() if len(mon.steps) else []
-        counted = [c for c in rates if c["predicted"] is not None]
-        reading = sum(bool(c["reads"]) for c in counted)
-        dead = sum(1 for c in counted if c["predicted"] not in (None, 0, 0.0))
-        paper = PAPER_CELLS.get(r["optimizer"], (None, None))
-        rows.append(
-            {
-                "optimizer": r["optimizer"],
-                "lr": r["lr"],
-                "weight_decay": r["weight_decay"],
-                "seed": r["seed"],
-                "cells_reading": reading,
-                "cells_total": len(counted),
-                "cells_dead": dead,
-                "fraction": reading / len(counted) if counted else float("nan"),
-                "paper_reading": paper[0],
-                "paper_total": paper[1],
-                "final_train": r["final_train"],
-                "final_val": r["final_val"],
-                "gap": r["gap"],
-                "readings": len(mon.steps),
-                "monitor_seconds": round(float(mon.seconds), 3),
-                "seconds": round(float(r["seconds"]), 3),
-            }
-        )
-        for c in rates:
-            cells.append(
-                {
-                    "optimizer": r["optimizer"],
-                    "lr": r["lr"],
-                    "weight_decay": r["weight_decay"],
-                    **{k: c.get(k) for k in CELL_COLUMNS[3:]},
-                }
-            )
+        row, run_cells = _run_rows(r)
+        rows.append(row)
+        cells.extend(run_cells)
     summary = summarize(rows, optimizers)
-    csv_path = cells_path = png_path = None
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = out / "detection.csv"
-        cells_path = out / "detection_cells.csv"
-        _lm.write_rows(csv_path, rows, CSV_COLUMNS)
-        _lm.write_rows(cells_path, cells, CELL_COLUMNS)
-        if plot:
-            png_path = out / "detection.png"
-            plot_detection(rows, cells, png_path, sizes)
+    paths = _harness.write_outputs(
+        out,
+        {"detection.csv": (rows, CSV_COLUMNS), "detection_cells.csv": (cells, CELL_COLUMNS)},
+        {"detection.png": lambda path: plot_detection(rows, cells, path, sizes)} if plot else None,
+    )
     seconds = time.perf_counter() - t0
-    if echo is not None:
-        echo(format_table(rows))
-        echo("")
-        echo(format_summary(summary))
-        if csv_path is not None:
-            echo(f"wrote {csv_path}, {cells_path}" + (f" and {png_path}" if png_path else ""))
-        echo(f"({seconds:.1f} s)")
+    _harness.report(
+        echo, [format_table(rows), "", format_summary(summary)], paths.values(), seconds
+    )
     return DetectionResult(
         rows=rows,
         cells=cells,
         summary=summary,
         sizes=sizes,
-        csv_path=csv_path,
-        cells_path=cells_path,
-        png_path=png_path,
+        csv_path=paths.get("detection.csv"),
+        cells_path=paths.get("detection_cells.csv"),
+        png_path=paths.get("detection.png"),
         seconds=seconds,
     )
 
@@ -232,11 +227,8 @@ def run(
 def summarize(rows: Sequence[dict[str, Any]], optimizers: Sequence[str]) -> list[dict[str, Any]]:
     """Per optimizer: cells reading / total / with a dead cluster, summed over the grid."""
     out = []
-    for o in optimizers:
-        mine = [r for r in rows if r["optimizer"] == o]
-        if not mine:
-            continue
-        mean_gap, _ = _lm.summary_stats([_lm.finite_or_nan(r["gap"]) for r in mine])
+    for o, mine in _harness.groups(rows, "optimizer", optimizers):
+        mean_gap, _ = summary_stats([finite_or_nan(r["gap"]) for r in mine])
         out.append(
             {
                 "optimizer": o,
@@ -251,129 +243,102 @@ def summarize(rows: Sequence[dict[str, Any]], optimizers: Sequence[str]) -> list
     return out
 
 
+def _paper(cells: tuple[int | None, int | None] | None) -> str:
+    return "-" if cells is None or cells[0] is None else f"{cells[0]}/{cells[1]}"
+
+
+_Col = _harness.Col
+_TABLE = (
+    *_lm.GRID_COLUMNS,
+    _Col("reading", "cells_reading", ">7"),
+    _Col("total", "cells_total", ">5"),
+    _Col("dead", "cells_dead", ">4"),
+    _Col("paper", lambda r: _paper((r["paper_reading"], r["paper_total"])), ">6"),
+    _Col("gap", "gap", "7.3f"),
+    _Col("mon s", "monitor_seconds", "6.1f"),
+)
+_SUMMARY = (
+    _Col("optimizer", "optimizer", "<9"),
+    _Col("runs", "runs", ">4"),
+    _Col("reading/total", lambda s: f"{s['cells_reading']}/{s['cells_total']}", ">13"),
+    _Col("dead cells", "cells_dead", ">10"),
+    _Col("paper", lambda s: _paper(s["paper"]), ">6"),
+)
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of the per-run rows."""
-    f = _lm.fmt
-    head = (
-        f"{'optimizer':<9} {'lr':>7} {'wd':>5} {'reading':>7} {'total':>5} {'dead':>4} "
-        f"{'paper':>6} {'gap':>7} {'mon s':>6}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        paper = "-" if r["paper_reading"] is None else f"{r['paper_reading']}/{r['paper_total']}"
-        lines.append(
-            f"{r['optimizer']:<9} {r['lr']:>7.0e} {r['weight_decay']:>5g} "
-            f"{r['cells_reading']:>7} {r['cells_total']:>5} {r['cells_dead']:>4} {paper:>6} "
-            f"{f(r['gap'], '7.3f')} {f(r['monitor_seconds'], '6.1f')}"
-        )
-    return "\n".join(lines)
+    return _harness.format_table(rows, _TABLE)
 
 
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of the per-optimizer sums."""
-    head = f"{'optimizer':<9} {'runs':>4} {'reading/total':>13} {'dead cells':>10} {'paper':>6}"
-    lines = [head, "-" * len(head)]
-    for s in summary:
-        paper = "-" if s["paper"] is None else f"{s['paper'][0]}/{s['paper'][1]}"
-        lines.append(
-            f"{s['optimizer']:<9} {s['runs']:>4} "
-            f"{str(s['cells_reading']) + '/' + str(s['cells_total']):>13} "
-            f"{s['cells_dead']:>10} {paper:>6}"
-        )
-    return "\n".join(lines)
+    return _harness.format_table(summary, _SUMMARY)
 
 
 def plot_detection(rows, cells, path: Path, sizes: _lm.LMSizes) -> None:
     """Cells reading / with a dead cluster per run; fitted slope against prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {
-        "ddc-adam": "C0", "adamw": "C3", "muon": "C2", "ddc-muon": "C1", "ddc-adam-split": "C4"
-    }
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    ax = axes[0]
-    labels = [f"{r['optimizer']} {r['lr']:g}/{r['weight_decay']:g}" for r in rows]
-    xs = np.arange(len(rows))
-    ax.bar(xs - 0.2, [r["cells_dead"] for r in rows], 0.4, color="0.7", label="dead cluster")
-    ax.bar(
-        xs + 0.2,
-        [r["cells_reading"] for r in rows],
-        0.4,
-        color=[colors.get(r["optimizer"], "k") for r in rows],
-        label="reading the rate",
-    )
-    ax.set_xticks(xs)
-    ax.set_xticklabels(labels, fontsize=6, rotation=90)
-    ax.set_xlabel("optimizer lr/weight decay")
-    total = rows[0]["cells_total"] if rows else 0
-    ax.set_ylabel(f"cells (of {total})")
-    ax.set_title("cells with a dead cluster / reading the predicted rate", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
-    ax = axes[1]
-    for c in cells:
-        p, s = c["predicted"], c["slope"]
-        if p in (None, 0, 0.0) or s is None or not np.isfinite(s):
-            continue
-        ax.scatter(
-            p,
-            s,
-            color=colors.get(c["optimizer"], "k"),
-            marker="o" if c["reads"] else "x",
-            s=14,
+    colors = _lm.COLORS
+    with _harness.figure(path, figsize=(10, 3.6)) as fig:
+        axes = fig.subplots(1, 2)
+        ax = axes[0]
+        labels = [f"{r['optimizer']} {r['lr']:g}/{r['weight_decay']:g}" for r in rows]
+        xs = np.arange(len(rows))
+        ax.bar(xs - 0.2, [r["cells_dead"] for r in rows], 0.4, color="0.7", label="dead cluster")
+        ax.bar(
+            xs + 0.2,
+            [r["cells_reading"] for r in rows],
+            0.4,
+            color=[colors.get(r["optimizer"], "k") for r in rows],
+            label="reading the rate",
         )
-    lim = ax.get_xlim()
-    ax.plot(lim, lim, "k--", lw=1)
-    ax.set_xlabel("predicted rate")
-    ax.set_ylabel("fitted slope (o reads, x does not)")
-    ax.set_title("trajectory rate vs prediction (colour = optimizer)", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"detection: {sizes.n_layers} blocks × d_model {sizes.d_model}, {sizes.steps} steps, "
-        f"{sizes.readings} readings",
-        fontsize=10,
-    )
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=6, rotation=90)
+        ax.set_xlabel("optimizer lr/weight decay")
+        total = rows[0]["cells_total"] if rows else 0
+        ax.set_ylabel(f"cells (of {total})")
+        ax.set_title("cells with a dead cluster / reading the predicted rate", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+        ax = axes[1]
+        for c in cells:
+            p, s = c["predicted"], c["slope"]
+            if p in (None, 0, 0.0) or s is None or not np.isfinite(s):
+                continue
+            ax.scatter(
+                p,
+                s,
+                color=colors.get(c["optimizer"], "k"),
+                marker="o" if c["reads"] else "x",
+                s=14,
+            )
+        lim = ax.get_xlim()
+        ax.plot(lim, lim, "k--", lw=1)
+        ax.set_xlabel("predicted rate")
+        ax.set_ylabel("fitted slope (o reads, x does not)")
+        ax.set_title("trajectory rate vs prediction (colour = optimizer)", fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.suptitle(
+            f"detection: {sizes.n_layers} blocks × d_model {sizes.d_model}, {sizes.steps} steps, "
+            f"{sizes.readings} readings",
+            fontsize=10,
+        )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m deadspec.experiments.detection",
-        description="Detection: layer × observable cells in which the dead-direction rate reads "
+def _parser():
+    p = _lm.parser(
+        "python -m deadspec.experiments.detection",
+        "Detection: layer × observable cells in which the dead-direction rate reads "
         "(DeadDirectionMonitor) on the over-training runs, per optimizer.",
+        DEFAULT_OUT,
     )
-    add_lm_arguments(p, DEFAULT_OUT)
     p.add_argument("--readings", type=int, default=None, help="monitor checkpoints per run")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 (2 on a usage error)."""
-    args = _parser().parse_args(None if argv is None else list(argv))
-    try:
-        run(
-            args.out,
-            quick=args.quick,
-            size=args.size,
-            seed=args.seed,
-            optimizers=args.optimizers,
-            lrs=args.lrs,
-            weight_decays=args.weight_decays,
-            steps=args.steps,
-            n_train=args.n_train,
-            readings=args.readings,
-            threads=args.threads,
-            plot=not args.no_plot,
-            progress=args.progress,
-        )
-    except ValueError as exc:
-        print(f"detection: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _harness.cli_main("detection", _parser(), run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,7 +37,6 @@ Run: ``python -m deadspec.experiments.grokking [--quick] [--size full] [--depth 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -50,7 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deadspec.experiments import _lm
+from deadspec.experiments import _harness
+from deadspec.experiments._optimizers import OPTIMIZERS as ALL_OPTIMIZERS
+from deadspec.experiments._optimizers import make_optimizer
 
 __all__ = ["CSV_COLUMNS", "DEFAULT_OUT", "DeepModAddMLP", "GrokkingResult", "main", "run"]
 
@@ -196,7 +197,7 @@ def train_one(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = DeepModAddMLP(sizes.p, sizes.d_embed, sizes.width, sizes.depth)
-    opt = _lm.make_optimizer(
+    opt = make_optimizer(
         optimizer,
         model,
         lr=adamw_lr,
@@ -249,6 +250,26 @@ def train_one(
         "seconds": round(seconds, 3),
         "_curve": curve,
     }
+
+
+def grok_sizes(quick: bool, size: str, **overrides: Any) -> GrokSizes:
+    """The sizes for ``--quick`` / ``--size``, with non-None ``overrides`` applied (validated)."""
+    fn = "grokking.run"
+    if size not in ("default", "full"):
+        raise ValueError(f"deadspec.{fn}: size must be 'default' or 'full', got {size!r}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    sizes = dataclasses.replace(SIZES["quick" if quick else size], **changes)
+    for k in ("seeds", "p", "steps", "width"):
+        v = getattr(sizes, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"deadspec.{fn}: {k} must be a positive integer, got {v!r}")
+    if sizes.p < 2:
+        raise ValueError(f"deadspec.{fn}: p must be at least 2, got {sizes.p}")
+    if isinstance(sizes.depth, bool) or not isinstance(sizes.depth, int) or sizes.depth < 2:
+        raise ValueError(f"deadspec.{fn}: depth must be an integer ≥ 2, got {sizes.depth!r}")
+    if not 0.0 < sizes.train_frac < 1.0:
+        raise ValueError(f"deadspec.{fn}: train_frac must be in (0, 1), got {sizes.train_frac}")
+    return sizes
 
 
 def run(
@@ -306,49 +327,23 @@ def run(
     -------
     GrokkingResult
     """
-    from tqdm.auto import tqdm
-
-    fn = "grokking.run"
-    if size not in ("default", "full"):
-        raise ValueError(f"deadspec.{fn}: size must be 'default' or 'full', got {size!r}")
-    base = SIZES["quick" if quick else size]
-    given = {
-        "seeds": seeds,
-        "depth": depth,
-        "p": p,
-        "steps": steps,
-        "width": width,
-        "train_frac": train_frac,
-    }
-    changes = {k: v for k, v in given.items() if v is not None}
-    sizes = dataclasses.replace(base, **changes)
-    for k in ("seeds", "p", "steps", "width"):
-        v = getattr(sizes, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"deadspec.{fn}: {k} must be a positive integer, got {v!r}")
-    if sizes.p < 2:
-        raise ValueError(f"deadspec.{fn}: p must be at least 2, got {sizes.p}")
-    if isinstance(sizes.depth, bool) or not isinstance(sizes.depth, int) or sizes.depth < 2:
-        raise ValueError(f"deadspec.{fn}: depth must be an integer ≥ 2, got {sizes.depth!r}")
-    if not 0.0 < sizes.train_frac < 1.0:
-        raise ValueError(f"deadspec.{fn}: train_frac must be in (0, 1), got {sizes.train_frac}")
-    bad = [o for o in optimizers if o not in _lm.OPTIMIZERS]
+    sizes = grok_sizes(
+        quick, size, seeds=seeds, depth=depth, p=p, steps=steps, width=width, train_frac=train_frac
+    )
+    bad = [o for o in optimizers if o not in ALL_OPTIMIZERS]
     if bad or not optimizers:
         raise ValueError(
-            f"deadspec.{fn}: optimizers must be a non-empty subset of {_lm.OPTIMIZERS}, got "
-            f"{list(optimizers)}"
+            f"deadspec.grokking.run: optimizers must be a non-empty subset of {ALL_OPTIMIZERS}, "
+            f"got {list(optimizers)}"
         )
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"deadspec.{fn}: threshold must be in (0, 1], got {threshold!r}")
-    if progress is None:
-        progress = sys.stderr.isatty()
+        raise ValueError(f"deadspec.grokking.run: threshold must be in (0, 1], got {threshold!r}")
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     jobs = [(o, s) for s in range(sizes.seeds) for o in optimizers]
-    restore = _lm.set_threads(threads)
-    try:
-        bar = tqdm(jobs, desc="grokking", unit="run", disable=not progress)
+    with _harness.threads(threads):
+        bar = _harness.progress_bar(jobs, "grokking", progress)
         for o, s in bar:
             bar.set_postfix_str(f"{o} seed={s}")
             res = train_one(
@@ -372,36 +367,26 @@ def run(
                     }
                 )
             rows.append({"optimizer": o, "seed": s, **res})
-    finally:
-        restore()
     summary = summarize(rows, optimizers)
-    csv_path = curves_path = png_path = None
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = out / "grokking.csv"
-        curves_path = out / "grokking_curves.csv"
-        _lm.write_rows(csv_path, rows, CSV_COLUMNS)
-        _lm.write_rows(curves_path, curves, CURVE_COLUMNS)
-        if plot:
-            png_path = out / "grokking.png"
-            plot_grokking(curves, summary, png_path, sizes)
+    paths = _harness.write_outputs(
+        out,
+        {"grokking.csv": (rows, CSV_COLUMNS), "grokking_curves.csv": (curves, CURVE_COLUMNS)},
+        {"grokking.png": lambda path: plot_grokking(curves, summary, path, sizes)}
+        if plot
+        else None,
+    )
     seconds = time.perf_counter() - t0
-    if echo is not None:
-        echo(format_table(rows))
-        echo("")
-        echo(format_summary(summary, sizes))
-        if csv_path is not None:
-            echo(f"wrote {csv_path}, {curves_path}" + (f" and {png_path}" if png_path else ""))
-        echo(f"({seconds:.1f} s)")
+    _harness.report(
+        echo, [format_table(rows), "", format_summary(summary, sizes)], paths.values(), seconds
+    )
     return GrokkingResult(
         rows=rows,
         summary=summary,
         curves=curves,
         sizes=sizes,
-        csv_path=csv_path,
-        curves_path=curves_path,
-        png_path=png_path,
+        csv_path=paths.get("grokking.csv"),
+        curves_path=paths.get("grokking_curves.csv"),
+        png_path=paths.get("grokking.png"),
         seconds=seconds,
     )
 
@@ -409,10 +394,7 @@ def run(
 def summarize(rows: Sequence[dict[str, Any]], optimizers: Sequence[str]) -> list[dict[str, Any]]:
     """Per optimizer: seeds that grok, that fit, median delay."""
     out = []
-    for o in optimizers:
-        mine = [r for r in rows if r["optimizer"] == o]
-        if not mine:
-            continue
+    for o, mine in _harness.groups(rows, "optimizer", optimizers):
         g = sum(bool(r["grokked"]) for r in mine)
         delays = [float(r["delay"]) for r in mine if r["delay"] is not None]
         out.append(
@@ -429,147 +411,117 @@ def summarize(rows: Sequence[dict[str, Any]], optimizers: Sequence[str]) -> list
     return out
 
 
+_Col = _harness.Col
+_TABLE = (
+    _Col("optimizer", "optimizer", "<9"),
+    _Col("seed", "seed", ">4"),
+    _Col("fit@", "fit_step", "6.0f"),
+    _Col("grok@", "grok_step", "6.0f"),
+    _Col("train acc", "final_train_acc", "9.3f"),
+    _Col("test acc", "final_test_acc", "8.3f"),
+    _Col("best test", "best_test_acc", "9.3f"),
+    _Col("loss", "final_train_loss", "8.4f"),
+    _Col("s", "seconds", "6.1f"),
+)
+_SUMMARY = (
+    _Col("optimizer", "optimizer", "<9"),
+    _Col("grokked", lambda s: f"{s['grokked']}/{s['seeds']}", ">8"),
+    _Col("fitted", "fitted", ">6"),
+    _Col("median delay", "median_delay", "12.0f"),
+    _Col(
+        "paper (depth 24)",
+        lambda s: "-" if s["paper"] is None else "/".join(map(str, s["paper"])),
+        ">16",
+    ),
+)
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of the per-run rows."""
-    f = _lm.fmt
-    head = (
-        f"{'optimizer':<9} {'seed':>4} {'fit@':>6} {'grok@':>6} {'train acc':>9} "
-        f"{'test acc':>8} {'best test':>9} {'loss':>8} {'s':>6}"
+    return _harness.format_table(
+        rows, _TABLE, suffix=lambda r: "  DIVERGED" if r["diverged"] else ""
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['optimizer']:<9} {r['seed']:>4} {f(r['fit_step'], '6.0f')} "
-            f"{f(r['grok_step'], '6.0f')} {f(r['final_train_acc'], '9.3f')} "
-            f"{f(r['final_test_acc'], '8.3f')} {f(r['best_test_acc'], '9.3f')} "
-            f"{f(r['final_train_loss'], '8.4f')} {f(r['seconds'], '6.1f')}"
-            + ("  DIVERGED" if r["diverged"] else "")
-        )
-    return "\n".join(lines)
 
 
 def format_summary(summary: Sequence[dict[str, Any]], sizes: GrokSizes) -> str:
     """A plain-text table of the per-optimizer fractions."""
-    head = (
-        f"{'optimizer':<9} {'grokked':>8} {'fitted':>6} {'median delay':>12} "
-        f"{'paper (depth 24)':>16}   [depth {sizes.depth}, p = {sizes.p}]"
-    )
-    lines = [head, "-" * len(head)]
-    for s in summary:
-        paper = "-" if s["paper"] is None else f"{s['paper'][0]}/{s['paper'][1]}"
-        lines.append(
-            f"{s['optimizer']:<9} {str(s['grokked']) + '/' + str(s['seeds']):>8} "
-            f"{s['fitted']:>6} {_lm.fmt(s['median_delay'], '12.0f')} {paper:>16}"
-        )
-    return "\n".join(lines)
+    table = _harness.format_table(summary, _SUMMARY)
+    return f"[depth {sizes.depth}, p = {sizes.p}]\n{table}"
 
 
 def plot_grokking(curves, summary, path: Path, sizes: GrokSizes) -> None:
     """Train (dashed) / test (solid) accuracy per optimizer and seed; fraction that grok."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     opts = [s["optimizer"] for s in summary]
     ncols = len(opts) + 1
-    fig, axes = plt.subplots(
-        1, ncols, figsize=(3.6 * ncols, 3.2), squeeze=False, constrained_layout=True
-    )
-    cmap = plt.get_cmap("viridis")
-    for j, o in enumerate(opts):
-        ax = axes[0, j]
-        for s in range(sizes.seeds):
-            pts = [c for c in curves if c["optimizer"] == o and c["seed"] == s]
-            if not pts:
-                continue
-            col = cmap(s / max(1, sizes.seeds - 1))
-            steps = [c["step"] for c in pts]
-            ax.plot(steps, [c["test_acc"] for c in pts], color=col, lw=1.2)
-            ax.plot(steps, [c["train_acc"] for c in pts], color=col, lw=0.8, ls="--")
-        ax.axhline(0.95, color="k", lw=0.8, ls=":")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{o}: test (solid), train (dashed)", fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-    ax = axes[0, -1]
-    ax.bar(
-        range(len(opts)),
-        [s["fraction"] for s in summary],
-        color=["C0", "C2", "C1", "C3"][: len(opts)],
-    )
-    for k, s in enumerate(summary):
-        if s["paper"] is not None:
-            ax.scatter([k], [s["paper"][0] / s["paper"][1]], marker="*", color="k", s=60)
-    ax.set_xticks(range(len(opts)))
-    ax.set_xticklabels(opts, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction of seeds that grok")
-    ax.set_title("grokked (★ paper, depth 24)", fontsize=9)
-    fig.suptitle(
-        f"grokking: (a+b) mod {sizes.p}, train {sizes.train_frac:.0%}, depth {sizes.depth} × "
-        f"width {sizes.width}, {sizes.steps} steps, {sizes.seeds} seeds",
-        fontsize=10,
-    )
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    cmap = matplotlib.colormaps["viridis"]
+    with _harness.figure(path, figsize=(3.6 * ncols, 3.2)) as fig:
+        axes = fig.subplots(1, ncols, squeeze=False)
+        for j, o in enumerate(opts):
+            ax = axes[0, j]
+            for s in range(sizes.seeds):
+                pts = [c for c in curves if c["optimizer"] == o and c["seed"] == s]
+                if not pts:
+                    continue
+                col = cmap(s / max(1, sizes.seeds - 1))
+                steps = [c["step"] for c in pts]
+                ax.plot(steps, [c["test_acc"] for c in pts], color=col, lw=1.2)
+                ax.plot(steps, [c["train_acc"] for c in pts], color=col, lw=0.8, ls="--")
+            ax.axhline(0.95, color="k", lw=0.8, ls=":")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{o}: test (solid), train (dashed)", fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel("accuracy")
+            ax.grid(alpha=0.3)
+        ax = axes[0, -1]
+        ax.bar(
+            range(len(opts)),
+            [s["fraction"] for s in summary],
+            color=["C0", "C2", "C1", "C3"][: len(opts)],
+        )
+        for k, s in enumerate(summary):
+            if s["paper"] is not None:
+                ax.scatter([k], [s["paper"][0] / s["paper"][1]], marker="*", color="k", s=60)
+        ax.set_xticks(range(len(opts)))
+        ax.set_xticklabels(opts, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("fraction of seeds that grok")
+        ax.set_title("grokked (★ paper, depth 24)", fontsize=9)
+        fig.suptitle(
+            f"grokking: (a+b) mod {sizes.p}, train {sizes.train_frac:.0%}, depth {sizes.depth} × "
+            f"width {sizes.width}, {sizes.steps} steps, {sizes.seeds} seeds",
+            fontsize=10,
+        )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m deadspec.experiments.grokking",
-        description="Grokking: fraction of seeds of a deep ReLU MLP that grok modular addition, "
+def _parser():
+    p = _harness.parser(
+        "python -m deadspec.experiments.grokking",
+        "Grokking: fraction of seeds of a deep ReLU MLP that grok modular addition, "
         "DDCMuon vs Muon.",
+        DEFAULT_OUT,
+        sizes=("default", "full"),
+        seed=False,
+        threads=True,
     )
-    p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
-    p.add_argument("--size", choices=["default", "full"], default="default")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--p", type=int, default=None, help="modulus")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--train-frac", type=float, default=None)
-    p.add_argument("--optimizers", nargs="+", choices=_lm.OPTIMIZERS, default=list(OPTIMIZERS))
+    p.add_argument("--optimizers", nargs="+", choices=ALL_OPTIMIZERS, default=list(OPTIMIZERS))
     p.add_argument("--lr", type=float, default=0.005, help="Muon-path learning rate")
     p.add_argument("--adamw-lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1.0)
     p.add_argument("--threshold", type=float, default=0.95)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 (2 on a usage error)."""
-    args = _parser().parse_args(None if argv is None else list(argv))
-    try:
-        run(
-            args.out,
-            quick=args.quick,
-            size=args.size,
-            seeds=args.seeds,
-            depth=args.depth,
-            p=args.p,
-            steps=args.steps,
-            width=args.width,
-            train_frac=args.train_frac,
-            optimizers=args.optimizers,
-            lr=args.lr,
-            adamw_lr=args.adamw_lr,
-            weight_decay=args.weight_decay,
-            threshold=args.threshold,
-            threads=args.threads,
-            plot=not args.no_plot,
-            progress=args.progress,
-        )
-    except ValueError as exc:
-        print(f"grokking: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _harness.cli_main("grokking", _parser(), run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

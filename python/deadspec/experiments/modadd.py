@@ -115,19 +115,26 @@ Run: ``python -m deadspec.experiments.modadd [--quick | --size default|full]`` o
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
-import csv
 import dataclasses
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deadspec.experiments import _harness, _stats
+from deadspec.experiments._llc_baseline import Chains, calibrated_llc
+from deadspec.experiments._modadd_output import (
+    format_summary,
+    format_table,
+    plot_sweep,
+    write_factories,
+)
+from deadspec.experiments._stats import finite_or_nan
 
 __all__ = [
     "DEFAULT_OUT",
@@ -157,6 +164,15 @@ LAYER_PRESETS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: The LLC protocol budget (final estimate) and the calibration budget per setting.
+_LLC_BUDGET = {
+    "chains": 4,
+    "draws": 200,
+    "burnin": 100,
+    "cal_chains": 2,
+    "cal_draws": 100,
+    "cal_burnin": 50,
+}
 _SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "p": 23,
@@ -179,12 +195,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "lr": 1e-2,
         "max_steps": 8000,
         "eval_every": 50,
-        "chains": 4,
-        "draws": 200,
-        "burnin": 100,
-        "cal_chains": 2,
-        "cal_draws": 100,
-        "cal_burnin": 50,
+        **_LLC_BUDGET,
         "epsilons": (1e-5, 3e-5, 1e-4, 3e-4),
         "gammas": (1e2, 1e3, 1e4),
     },
@@ -194,12 +205,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "max_steps": 30000,
         "eval_every": 100,
-        "chains": 4,
-        "draws": 200,
-        "burnin": 100,
-        "cal_chains": 2,
-        "cal_draws": 100,
-        "cal_burnin": 50,
+        **_LLC_BUDGET,
         "epsilons": (3e-6, 1e-5, 3e-5, 1e-4, 3e-4),
         "gammas": (1e2, 1e3, 1e4),
     },
@@ -309,62 +315,40 @@ class ModAddResult:
     seconds: float
 
 
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """What every width of the sweep shares (run's arguments resolved against the size)."""
+
+    p: int
+    d_models: tuple[int, ...]
+    n_heads: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    max_steps: int
+    eval_every: int
+    target_acc: float
+    layers: tuple[str, ...]
+    approach: bool
+    gap_ratio: float
+    approach_gap_ratio: float
+    read_dtype: str
+    llc: dict[str, Any] | None  # the LLC budgets of the size (None: no LLC)
+    seed: int
+    progress: bool
+
+
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
-def _rank(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    xs = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (average ranks for ties) over the pairs where both are finite.
 
     NaN with fewer than 3 finite pairs or a constant input. Same value as
-    ``scipy.stats.spearmanr`` (scipy is not a dependency).
+    ``scipy.stats.spearmanr`` (scipy is not a dependency); the ρ of
+    :func:`deadspec.experiments._stats.spearman`.
     """
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    if xa.ndim != 1 or xa.shape != ya.shape:
-        raise ValueError(
-            f"deadspec.modadd.spearman: x and y must be 1-D of equal length, got {xa.shape} "
-            f"and {ya.shape}"
-        )
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[ok], ya[ok]
-    if len(xa) < 3:
-        return float("nan")
-    rx, ry = _rank(xa), _rank(ya)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    den = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    return float("nan") if den == 0.0 else float(rx @ ry) / den
-
-
-def _monotone(x: Sequence[float], y: Sequence[float]) -> str:
-    """``"increasing"`` / ``"decreasing"`` (strictly, in the order of x) or ``"no"``."""
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    ya = ya[ok][np.argsort(xa[ok], kind="mergesort")]
-    if len(ya) < 2:
-        return "no"
-    d = np.diff(ya)
-    if np.all(d > 0):
-        return "increasing"
-    if np.all(d < 0):
-        return "decreasing"
-    return "no"
+    return _stats.spearman(x, y, name="modadd.spearman")[0]
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -382,12 +366,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n_points": len(rows), "paper_orders": PAPER_ORDERS}
     out["n_generalised"] = int(sum(bool(r["generalised"]) for r in rows))
     for col in ("log10_vol_activation", "log10_vol_fisher", "log10_vol_total"):
-        v = np.array([_float(r.get(col)) for r in rows])
+        v = np.array([finite_or_nan(r.get(col)) for r in rows])
         fin = v[np.isfinite(v)]
         out[f"{col}_orders"] = float(fin.max() - fin.min()) if len(fin) else float("nan")
-        out[f"{col}_monotone"] = _monotone(d, v)
+        out[f"{col}_monotone"] = _stats.monotone(d, v)
         out[f"{col}_spearman"] = spearman(d, v)
-    lam = np.array([_float(r.get("llc_mean")) for r in rows])
+    lam = np.array([finite_or_nan(r.get("llc_mean")) for r in rows])
     fin = lam[np.isfinite(lam)]
     if len(fin):
         lo, hi, mean = float(fin.min()), float(fin.max()), float(fin.mean())
@@ -398,20 +382,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     else:
         for k in ("llc_min", "llc_max", "llc_spread", "llc_rel_spread", "llc_orders"):
             out[k] = float("nan")
-    out["llc_monotone"] = _monotone(d, lam)
+    out["llc_monotone"] = _stats.monotone(d, lam)
     out["llc_spearman"] = spearman(d, lam)
     for k in ("pass_ratio", "time_ratio"):
-        v = np.array([_float(r.get(k)) for r in rows])
-        v = v[np.isfinite(v)]
-        out[f"median_{k}"] = float(np.median(v)) if len(v) else float("nan")
+        _, out[f"median_{k}"] = _stats.summary_stats([finite_or_nan(r.get(k)) for r in rows])
     return out
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,32 +404,22 @@ def _split(p: int, train_frac: float, seed: int):
     return x[tr], y[tr], x[te], y[te]
 
 
-def _train(
-    model,
-    xtr,
-    ytr,
-    xte,
-    yte,
-    *,
-    lr,
-    weight_decay,
-    betas,
-    max_steps,
-    eval_every,
-    target_acc,
-    progress,
-    desc,
-) -> dict[str, Any]:
+def _train(model, data, cfg: _Config, desc: str) -> dict[str, Any]:
     """Full-batch AdamW until test accuracy ≥ target_acc (checked every eval_every) or the cap."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
+    xtr, ytr, xte, yte = data
+    max_steps, eval_every, target_acc = cfg.max_steps, cfg.eval_every, cfg.target_acc
+
     t0 = time.perf_counter()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
     model.train()
     steps, test_acc, generalised = 0, float("nan"), False
-    bar = tqdm(total=max_steps, desc=desc, unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=max_steps, desc=desc, unit="step", disable=not cfg.progress, leave=False)
     try:
         while steps < max_steps:
             loss = F.cross_entropy(model(xtr), ytr)
@@ -492,106 +457,95 @@ def _train(
 # ---------------------------------------------------------------------------------------------
 # DDS and LLC readings
 # ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _count_forwards(model) -> Iterator[list[int]]:
-    """Count forward calls of ``model`` (also of its deep copies, which share the hook)."""
-    counter = [0]
-
-    def hook(_module, _inputs, _output):
-        counter[0] += 1
-
-    handle = model.register_forward_hook(hook)
-    try:
-        yield counter
-    finally:
-        handle.remove()
-
-
-def _dds(model, x, y, layers, *, gap_ratio, approach, approach_gap_ratio, read_dtype):
-    """DDS readings of ``layers``; returns (layer rows without p/d_model, passes, seconds)."""
+def _dds(model, x, y, cfg: _Config) -> tuple[list[dict[str, Any]], int, float]:
+    """DDS readings of the chosen layers; returns (layer rows without p/d_model, passes,
+    seconds)."""
     import torch
 
     import deadspec
 
-    work = copy.deepcopy(model).to(getattr(torch, read_dtype)).eval()
+    work = copy.deepcopy(model).to(getattr(torch, cfg.read_dtype)).eval()
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with _count_forwards(work) as counter:
-        reading = deadspec.read(work, x, targets=y, layers=list(layers), gap_ratio=gap_ratio)
-        for name in layers:
+    with _harness.count_forwards(work) as counter:
+        reading = deadspec.read(
+            work, x, targets=y, layers=list(cfg.layers), gap_ratio=cfg.gap_ratio
+        )
+        for name in cfg.layers:
             lr_ = reading[name]
             for side in SIDES:
                 spec = lr_.activation if side == "activation" else lr_.fisher
                 row: dict[str, Any] = {"layer": name, "side": side, "n": lr_.n_samples}
                 if spec is None:
                     row["approach_error"] = "no Fisher side"
-                    rows.append(row)
-                    continue
-                row.update(
-                    dim=len(spec.eigenvalues),
-                    active=spec.active,
-                    structural_zeros=spec.structural_zeros,
-                    dead_count=spec.dead_count,
-                    logdet_plus=spec.logdet_plus,
-                    log10_volume=spec.logdet_plus / math.log(10.0),
-                    lambda_min=spec.lambda_min,
-                    effective_rank=spec.effective_rank,
-                    participation_ratio=spec.participation_ratio,
-                    condition_number=spec.condition_number,
-                )
-                if approach:
-                    try:
-                        ap = deadspec.approach_slope(
-                            work,
-                            x,
-                            layer=name,
-                            side=side,
-                            targets=y,
-                            gap_ratio=approach_gap_ratio,
-                        )
-                        row.update(
-                            approach_slope=ap.slope,
-                            approach_r2=ap.r2,
-                            approach_stderr=ap.stderr,
-                            approach_lambda_min_slope=ap.lambda_min_slope,
-                            approach_units=ap.n_directions,
-                            approach_active=ap.active,
-                        )
-                    except (ValueError, RuntimeError) as exc:
-                        row["approach_error"] = str(exc)[:200]
+                else:
+                    row.update(_spectrum_columns(spec))
+                    if cfg.approach:
+                        row.update(_approach_columns(work, x, y, name, side, cfg))
                 rows.append(row)
     return rows, counter[0], time.perf_counter() - t0
+
+
+def _spectrum_columns(spec) -> dict[str, Any]:
+    return dict(
+        dim=len(spec.eigenvalues),
+        active=spec.active,
+        structural_zeros=spec.structural_zeros,
+        dead_count=spec.dead_count,
+        logdet_plus=spec.logdet_plus,
+        log10_volume=spec.logdet_plus / math.log(10.0),
+        lambda_min=spec.lambda_min,
+        effective_rank=spec.effective_rank,
+        participation_ratio=spec.participation_ratio,
+        condition_number=spec.condition_number,
+    )
+
+
+def _approach_columns(work, x, y, name: str, side: str, cfg: _Config) -> dict[str, Any]:
+    """The approach slope of one layer and side along its dead cluster (or the error)."""
+    import deadspec
+
+    try:
+        ap = deadspec.approach_slope(
+            work, x, layer=name, side=side, targets=y, gap_ratio=cfg.approach_gap_ratio
+        )
+    except (ValueError, RuntimeError) as exc:
+        return {"approach_error": str(exc)[:200]}
+    return dict(
+        approach_slope=ap.slope,
+        approach_r2=ap.r2,
+        approach_stderr=ap.stderr,
+        approach_lambda_min_slope=ap.lambda_min_slope,
+        approach_units=ap.n_directions,
+        approach_active=ap.active,
+    )
 
 
 def _llc(model, x, y, *, sz, seed, progress) -> dict[str, Any]:
     """Calibrate (ε, γ) on a fixed (ε, γ) grid, then estimate at the protocol budget."""
     from deadspec import llc
 
-    loss_fn = llc.cross_entropy_nll
-    data = (x, y)
     nbeta = llc.default_nbeta(int(x.shape[0]))
-    t0 = time.perf_counter()
-    cal = llc.calibrate(
+    cal, res = calibrated_llc(
         model,
-        data,
-        loss_fn=loss_fn,
+        (x, y),
+        loss_fn=llc.cross_entropy_nll,
         epsilons=list(sz["epsilons"]),
         gammas=list(sz["gammas"]),
-        nbeta=nbeta,
-        chains=sz["cal_chains"],
-        draws=sz["cal_draws"],
-        burnin=sz["cal_burnin"],
+        calibration=Chains(sz["cal_chains"], sz["cal_draws"], sz["cal_burnin"]),
+        estimate=Chains(sz["chains"], sz["draws"], sz["burnin"]),
         seed=seed,
+        estimate_seed=seed + 7919,
+        nbeta=nbeta,
         progress=progress,
     )
-    cal_seconds = time.perf_counter() - t0
     out: dict[str, Any] = {
         "llc_nbeta": nbeta,
         "llc_rule": cal.rule,
         "cal_passes": int(cal.passes),
-        "cal_seconds": cal_seconds,
+        "cal_seconds": cal.seconds,
     }
-    if cal.epsilon is None:
+    if res is None:
         out.update(
             llc_mean=float("nan"),
             llc_std=float("nan"),
@@ -600,20 +554,6 @@ def _llc(model, x, y, *, sz, seed, progress) -> dict[str, Any]:
             llc_warnings="calibration found no stable setting",
         )
         return out
-    res = llc.estimate(
-        model,
-        data,
-        loss_fn=loss_fn,
-        nbeta=nbeta,
-        epsilon=cal.epsilon,
-        gamma=cal.gamma,
-        chains=sz["chains"],
-        draws=sz["draws"],
-        burnin=sz["burnin"],
-        seed=seed + 7919,
-        warn=False,
-        progress=progress,
-    )
     out.update(
         llc_mean=res.mean,
         llc_std=res.std,
@@ -629,6 +569,7 @@ def _llc(model, x, y, *, sz, seed, progress) -> dict[str, Any]:
 
 
 def _aggregate(layer_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run row's DDS columns: per side, sums over the chosen layers and the mean slope."""
     agg: dict[str, Any] = {}
     for side in SIDES:
         rs = [r for r in layer_rows if r["side"] == side and r.get("logdet_plus") is not None]
@@ -637,9 +578,8 @@ def _aggregate(layer_rows: list[dict[str, Any]]) -> dict[str, Any]:
         agg[f"log10_vol_{side}"] = ld / math.log(10.0)
         agg[f"active_{side}"] = int(sum(r["active"] for r in rs))
         agg[f"dead_{side}"] = int(sum(r["dead_count"] for r in rs))
-        sl = [_float(r.get("approach_slope")) for r in rs]
-        sl = [s for s in sl if math.isfinite(s)]
-        agg[f"mean_approach_slope_{side}"] = float(np.mean(sl)) if sl else float("nan")
+        slopes = [finite_or_nan(r.get("approach_slope")) for r in rs]
+        agg[f"mean_approach_slope_{side}"], _ = _stats.summary_stats(slopes)
     agg["log10_vol_total"] = agg["log10_vol_activation"] + agg["log10_vol_fisher"]
     return agg
 
@@ -659,6 +599,36 @@ def _resolve_layers(layers: str | Sequence[str]) -> tuple[str, ...]:
     if not names:
         raise ValueError("deadspec.modadd.run: layers must not be empty, got []")
     return names
+
+
+def _size_settings(
+    size: str, overrides: dict[str, Any], n_heads: int, train_frac: float, read_dtype: str
+) -> dict[str, Any]:
+    """The size's preset with the non-None ``overrides`` applied; validates run's arguments."""
+    fn = "modadd.run"
+    if size not in _SIZES:
+        raise ValueError(f"deadspec.{fn}: size must be one of {sorted(_SIZES)}, got {size!r}")
+    sz = dict(_SIZES[size])
+    sz.update({k: v for k, v in overrides.items() if v is not None})
+    sz["d_models"] = tuple(sorted({int(d) for d in sz["d_models"]}))
+    sz["p"] = int(sz["p"])
+    if sz["p"] < 3:
+        raise ValueError(f"deadspec.{fn}: p must be at least 3, got {sz['p']}")
+    dms = list(sz["d_models"])
+    if not dms or any(d < 1 or d % n_heads for d in dms):
+        raise ValueError(
+            f"deadspec.{fn}: d_models must be positive multiples of n_heads={n_heads}, got {dms}"
+        )
+    if not (0.0 < train_frac < 1.0):
+        raise ValueError(f"deadspec.{fn}: train_frac must be in (0, 1), got {train_frac}")
+    if read_dtype not in ("float64", "float32"):
+        raise ValueError(
+            f"deadspec.{fn}: read_dtype must be 'float64' or 'float32', got {read_dtype!r}"
+        )
+    for key in ("max_steps", "eval_every", "chains", "draws"):
+        if int(sz[key]) < 1:
+            raise ValueError(f"deadspec.{fn}: {key} must be a positive integer, got {sz[key]}")
+    return sz
 
 
 def run(
@@ -744,354 +714,170 @@ def run(
     -------
     ModAddResult
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from deadspec.models import ModAddTransformer
-
-    fn = "modadd.run"
     size = "quick" if quick else size
-    if size not in _SIZES:
-        raise ValueError(f"deadspec.{fn}: size must be one of {sorted(_SIZES)}, got {size!r}")
-    sz = dict(_SIZES[size])
-    for key, val in (
-        ("p", p),
-        ("lr", lr),
-        ("max_steps", max_steps),
-        ("eval_every", eval_every),
-        ("chains", chains),
-        ("draws", draws),
-        ("burnin", burnin),
-    ):
-        if val is not None:
-            sz[key] = val
-    if d_models is not None:
-        sz["d_models"] = tuple(int(d) for d in d_models)
-    p_ = int(sz["p"])
-    dms = sorted({int(d) for d in sz["d_models"]})
-    if p_ < 3:
-        raise ValueError(f"deadspec.{fn}: p must be at least 3, got {p_}")
-    if not dms or any(d < 1 or d % n_heads for d in dms):
-        raise ValueError(
-            f"deadspec.{fn}: d_models must be positive multiples of n_heads={n_heads}, got {dms}"
-        )
-    if not (0.0 < train_frac < 1.0):
-        raise ValueError(f"deadspec.{fn}: train_frac must be in (0, 1), got {train_frac}")
-    if read_dtype not in ("float64", "float32"):
-        raise ValueError(
-            f"deadspec.{fn}: read_dtype must be 'float64' or 'float32', got {read_dtype!r}"
-        )
-    for key in ("max_steps", "eval_every", "chains", "draws"):
-        if int(sz[key]) < 1:
-            raise ValueError(f"deadspec.{fn}: {key} must be a positive integer, got {sz[key]}")
-    layer_names = _resolve_layers(layers)
-    if progress is None:
-        progress = sys.stderr.isatty()
+    overrides = {
+        "p": p,
+        "lr": lr,
+        "max_steps": max_steps,
+        "eval_every": eval_every,
+        "chains": chains,
+        "draws": draws,
+        "burnin": burnin,
+        "d_models": None if d_models is None else tuple(int(d) for d in d_models),
+    }
+    sz = _size_settings(size, overrides, n_heads, train_frac, read_dtype)
+    cfg = _Config(
+        p=sz["p"],
+        d_models=sz["d_models"],
+        n_heads=n_heads,
+        lr=float(sz["lr"]),
+        weight_decay=weight_decay,
+        betas=tuple(betas),
+        max_steps=int(sz["max_steps"]),
+        eval_every=int(sz["eval_every"]),
+        target_acc=target_acc,
+        layers=_resolve_layers(layers),
+        approach=approach,
+        gap_ratio=gap_ratio,
+        approach_gap_ratio=approach_gap_ratio,
+        read_dtype=read_dtype,
+        llc=sz if llc else None,
+        seed=seed,
+        progress=_harness.resolve_progress(progress),
+    )
     t_start = time.perf_counter()
-
-    xtr, ytr, xte, yte = _split(p_, train_frac, seed)
+    data = _split(cfg.p, train_frac, seed)
     out_dir = Path(out) if out is not None else None
-    ck_dir = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if save_checkpoints:
-            ck_dir = out_dir / "checkpoints"
-            ck_dir.mkdir(exist_ok=True)
-            torch.save({"inputs": xtr, "targets": ytr}, ck_dir / "train_data.pt")
-            _write_factories(ck_dir / "models.py", p_, dms, n_heads)
-
-    rows: list[dict[str, Any]] = []
-    layer_rows: list[dict[str, Any]] = []
-    with torch.random.fork_rng():
-        bar = tqdm(dms, desc="modadd sweep", unit="d_model", disable=not progress)
-        for d in bar:
-            bar.set_postfix_str(f"d_model={d}")
-            torch.manual_seed(seed)
-            model = ModAddTransformer(p=p_, d_model=d, n_heads=n_heads)
-            tr = _train(
-                model,
-                xtr,
-                ytr,
-                xte,
-                yte,
-                lr=float(sz["lr"]),
-                weight_decay=weight_decay,
-                betas=tuple(betas),
-                max_steps=int(sz["max_steps"]),
-                eval_every=int(sz["eval_every"]),
-                target_acc=target_acc,
-                progress=progress,
-                desc=f"train d={d}",
-            )
-            row: dict[str, Any] = {
-                "p": p_,
-                "d_model": d,
-                "n_heads": n_heads,
-                "d_mlp": model.blocks[0].mlp.fc_in.out_features,
-                "n_params": sum(q.numel() for q in model.parameters()),
-                "n_train": int(xtr.shape[0]),
-                "n_test": int(xte.shape[0]),
-                "lr": float(sz["lr"]),
-                "weight_decay": weight_decay,
-                "seed": seed,
-                **tr,
-            }
-            if ck_dir is not None:
-                ck = ck_dir / f"d_model_{d:03d}.pt"
-                torch.save(model.state_dict(), ck)
-                row["checkpoint"] = str(ck)
-            lrows, dds_passes, dds_seconds = _dds(
-                model,
-                xtr,
-                ytr,
-                layer_names,
-                gap_ratio=gap_ratio,
-                approach=approach,
-                approach_gap_ratio=approach_gap_ratio,
-                read_dtype=read_dtype,
-            )
-            for lr_ in lrows:
-                layer_rows.append({"p": p_, "d_model": d, **lr_})
-            row.update(_aggregate(lrows))
-            row["dds_passes"], row["dds_seconds"] = dds_passes, dds_seconds
-            if llc:
-                row.update(_llc(model, xtr, ytr, sz=sz, seed=seed, progress=progress))
-                ok = row["llc_passes"] > 0 and dds_passes > 0
-                row["pass_ratio"] = row["llc_passes"] / dds_passes if ok else float("nan")
-                row["time_ratio"] = row["llc_seconds"] / dds_seconds if ok else float("nan")
-            rows.append(row)
-            if out_dir is not None:  # partial results survive an interrupted sweep
-                _write_csv(rows, RUN_COLUMNS, out_dir / "modadd.csv")
-                _write_csv(layer_rows, LAYER_COLUMNS, out_dir / "modadd_layers.csv")
+    ck_dir = _save_inputs(out_dir, cfg, data) if save_checkpoints else None
+    rows, layer_rows = _sweep(cfg, data, out_dir, ck_dir)
     summary = summarize(rows)
-
-    csv_path = layers_csv = summary_csv = png_path = None
-    if out_dir is not None:
-        csv_path = out_dir / "modadd.csv"
-        _write_csv(rows, RUN_COLUMNS, csv_path)
-        layers_csv = out_dir / "modadd_layers.csv"
-        _write_csv(layer_rows, LAYER_COLUMNS, layers_csv)
-        summary_csv = out_dir / "modadd_summary.csv"
-        with open(summary_csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["metric", "value"])
-            for k, v in summary.items():
-                w.writerow([k, v])
-        if plot:
-            png_path = out_dir / "modadd.png"
-            _plot(rows, layer_rows, summary, png_path, p_)
+    paths = _write(out_dir, rows, layer_rows, summary, cfg.p if plot else None)
     seconds = time.perf_counter() - t_start
-    if echo is not None:
-        echo(format_table(rows))
-        echo(format_summary(summary))
-        if csv_path is not None:
-            echo(
-                f"wrote {csv_path}, {layers_csv}, {summary_csv}"
-                + (f", {png_path}" if png_path is not None else "")
-            )
-        if ck_dir is not None:
-            echo(
-                f"checkpoints in {ck_dir} (re-read: deadspec read {ck_dir}/d_model_NNN.pt "
-                f"--model {ck_dir}/models.py:dNNN --data {ck_dir}/train_data.pt --out r.csv)"
-            )
-        echo(f"({seconds:.1f} s)")
+    texts = [format_table(rows), format_summary(summary)]
+    if ck_dir is not None:
+        texts.append(
+            f"checkpoints in {ck_dir} (re-read: deadspec read {ck_dir}/d_model_NNN.pt "
+            f"--model {ck_dir}/models.py:dNNN --data {ck_dir}/train_data.pt --out r.csv)"
+        )
+    _harness.report(echo, texts, paths.values(), seconds)
     return ModAddResult(
         rows=rows,
         layer_rows=layer_rows,
         summary=summary,
-        csv_path=csv_path,
-        layers_csv_path=layers_csv,
-        summary_csv_path=summary_csv,
-        png_path=png_path,
+        csv_path=paths.get("modadd.csv"),
+        layers_csv_path=paths.get("modadd_layers.csv"),
+        summary_csv_path=paths.get("modadd_summary.csv"),
+        png_path=paths.get("modadd.png"),
         checkpoint_dir=ck_dir,
         seconds=seconds,
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Output
-# ---------------------------------------------------------------------------------------------
-def _write_factories(path: Path, p: int, dms: Sequence[int], n_heads: int) -> None:
-    lines = [
-        '"""Factories for the modadd checkpoints (written by deadspec.experiments.modadd)."""',
-        "",
-        "from deadspec.models import ModAddTransformer",
-        "",
-    ]
-    for d in dms:
-        lines += [
-            "",
-            f"def d{d}():",
-            f"    return ModAddTransformer(p={p}, d_model={d}, n_heads={n_heads})",
-            "",
-        ]
-    path.write_text("\n".join(lines))
+def _save_inputs(out_dir: Path | None, cfg: _Config, data) -> Path | None:
+    """``out_dir/checkpoints`` with the training data and the model factories (None: no out)."""
+    import torch
+
+    if out_dir is None:
+        return None
+    ck_dir = out_dir / "checkpoints"
+    ck_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"inputs": data[0], "targets": data[1]}, ck_dir / "train_data.pt")
+    write_factories(ck_dir / "models.py", cfg.p, cfg.d_models, cfg.n_heads)
+    return ck_dir
 
 
-def _write_csv(rows: Sequence[dict[str, Any]], cols: Sequence[str], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(cols))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k) for k in cols})
+def _sweep(cfg: _Config, data, out_dir: Path | None, ck_dir: Path | None):
+    """Every width of the sweep: (run rows, layer rows); the CSVs are rewritten after each
+    width, so an interrupted sweep keeps its finished widths."""
+    import torch
+
+    rows: list[dict[str, Any]] = []
+    layer_rows: list[dict[str, Any]] = []
+    with torch.random.fork_rng():
+        bar = _harness.progress_bar(cfg.d_models, "modadd sweep", cfg.progress, unit="d_model")
+        for d in bar:
+            bar.set_postfix_str(f"d_model={d}")
+            row, lrows = _width(cfg, d, data, ck_dir)
+            rows.append(row)
+            layer_rows.extend(lrows)
+            if out_dir is not None:
+                _write(out_dir, rows, layer_rows)
+    return rows, layer_rows
 
 
-def _fmt(v: Any, spec: str) -> str:
-    f = _float(v)
-    if v is None:
-        return "-"
-    return "nan" if not math.isfinite(f) else format(f, spec)
+def _width(cfg: _Config, d: int, data, ck_dir: Path | None):
+    """One width: train it, save it, read its DDS and its LLC; (run row, layer rows)."""
+    import torch
+
+    from deadspec.models import ModAddTransformer
+
+    xtr, ytr, xte, yte = data
+    torch.manual_seed(cfg.seed)
+    model = ModAddTransformer(p=cfg.p, d_model=d, n_heads=cfg.n_heads)
+    tr = _train(model, data, cfg, desc=f"train d={d}")
+    row: dict[str, Any] = {
+        "p": cfg.p,
+        "d_model": d,
+        "n_heads": cfg.n_heads,
+        "d_mlp": model.blocks[0].mlp.fc_in.out_features,
+        "n_params": sum(q.numel() for q in model.parameters()),
+        "n_train": int(xtr.shape[0]),
+        "n_test": int(xte.shape[0]),
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        **tr,
+    }
+    if ck_dir is not None:
+        ck = ck_dir / f"d_model_{d:03d}.pt"
+        torch.save(model.state_dict(), ck)
+        row["checkpoint"] = str(ck)
+    lrows, dds_passes, dds_seconds = _dds(model, xtr, ytr, cfg)
+    row.update(_aggregate(lrows))
+    row["dds_passes"], row["dds_seconds"] = dds_passes, dds_seconds
+    if cfg.llc is not None:
+        row.update(_llc(model, xtr, ytr, sz=cfg.llc, seed=cfg.seed, progress=cfg.progress))
+        ok = row["llc_passes"] > 0 and dds_passes > 0
+        row["pass_ratio"] = row["llc_passes"] / dds_passes if ok else float("nan")
+        row["time_ratio"] = row["llc_seconds"] / dds_seconds if ok else float("nan")
+    return row, [{"p": cfg.p, "d_model": d, **lr_} for lr_ in lrows]
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of the per-d_model rows (what :func:`run` prints)."""
-    head = (
-        f"{'d_model':>7} {'steps':>6} {'test':>6} {'log10V_act':>11} {'log10V_fis':>11} "
-        f"{'slope_act':>9} {'slope_fis':>9} {'LLC':>9} {'±':>7} {'DDS pass':>8} {'DDS s':>6} "
-        f"{'LLC pass':>8} {'LLC s':>7} {'cal pass':>8} {'cal s':>7}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['d_model']:>7} {r['steps']:>6} {_fmt(r['test_acc'], '6.3f')}"
-            f"{'' if r['generalised'] else '*'} "
-            f"{_fmt(r.get('log10_vol_activation'), '11.1f')} "
-            f"{_fmt(r.get('log10_vol_fisher'), '11.1f')} "
-            f"{_fmt(r.get('mean_approach_slope_activation'), '9.2f')} "
-            f"{_fmt(r.get('mean_approach_slope_fisher'), '9.2f')} "
-            f"{_fmt(r.get('llc_mean'), '9.2f')} {_fmt(r.get('llc_std'), '7.2f')} "
-            f"{_fmt(r.get('dds_passes'), '8.0f')} {_fmt(r.get('dds_seconds'), '6.1f')} "
-            f"{_fmt(r.get('llc_passes'), '8.0f')} {_fmt(r.get('llc_seconds'), '7.1f')} "
-            f"{_fmt(r.get('cal_passes'), '8.0f')} {_fmt(r.get('cal_seconds'), '7.1f')}"
-        )
-    lines.append("(* = step cap reached before the target test accuracy)")
-    return "\n".join(lines)
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    """The sweep summary as text."""
-    lines = [f"summary over {s['n_points']} widths ({s['n_generalised']} generalised):"]
-    for col, name in (
-        ("log10_vol_activation", "DDS activation volume"),
-        ("log10_vol_fisher", "DDS Fisher volume"),
-        ("log10_vol_total", "DDS total volume"),
-    ):
-        lines.append(
-            f"  {name:<22}: spans {_fmt(s[f'{col}_orders'], '.1f')} orders of magnitude "
-            f"(paper: {s['paper_orders']:.0f}); monotone: {s[f'{col}_monotone']}; "
-            f"Spearman ρ vs d_model = {_fmt(s[f'{col}_spearman'], '+.3f')}"
-        )
-    lines.append(
-        f"  {'LLC':<22}: range [{_fmt(s['llc_min'], '.3g')}, {_fmt(s['llc_max'], '.3g')}], "
-        f"spread {_fmt(s['llc_spread'], '.3g')} (relative {_fmt(s['llc_rel_spread'], '.2f')}, "
-        f"{_fmt(s['llc_orders'], '.2f')} orders); monotone: {s['llc_monotone']}; "
-        f"Spearman ρ vs d_model = {_fmt(s['llc_spearman'], '+.3f')} (paper: rank-flat)"
-    )
-    lines.append(
-        f"  cost: median LLC/DDS passes = {_fmt(s['median_pass_ratio'], '.1f')}×, "
-        f"median LLC/DDS wall time = {_fmt(s['median_time_ratio'], '.1f')}× (estimate only)"
-    )
-    return "\n".join(lines)
-
-
-def _plot(rows, layer_rows, summary, path: Path, p: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = np.array([r["d_model"] for r in rows], dtype=float)
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), constrained_layout=True)
-    ax = axes[0]
-    for col, style in (
-        ("log10_vol_activation", "o-"),
-        ("log10_vol_fisher", "s-"),
-        ("log10_vol_total", "k^--"),
-    ):
-        ax.plot(
-            d,
-            [_float(r.get(col)) for r in rows],
-            style,
-            label=f"{col[10:]} ({_fmt(summary[f'{col}_orders'], '.1f')} orders)",
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("d_model")
-    ax.set_ylabel("log10 volume (Σ chosen layers)")
-    ax.set_title("DDS volume", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    names = sorted({r["layer"] for r in layer_rows})
-    for name in names:
-        for side, mk in (("activation", "o-"), ("fisher", "s:")):
-            pts = [
-                (r["d_model"], _float(r.get("log10_volume")))
-                for r in layer_rows
-                if r["layer"] == name and r["side"] == side
-            ]
-            if pts:
-                ax.plot(
-                    [q[0] for q in pts],
-                    [q[1] for q in pts],
-                    mk,
-                    ms=3,
-                    label=f"{name.split('.')[-1]} {side[:3]}",
-                )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("d_model")
-    ax.set_ylabel("log10 volume per layer")
-    ax.set_title("per layer", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    ax = axes[2]
-    lam = np.array([_float(r.get("llc_mean")) for r in rows])
-    sd = np.array([_float(r.get("llc_std")) for r in rows])
-    ax.errorbar(d, lam, yerr=np.where(np.isfinite(sd), sd, 0.0), marker="o", capsize=3)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("d_model")
-    ax.set_ylabel("calibrated LLC λ̂")
-    ax.set_title(f"LLC (ρ = {_fmt(summary['llc_spearman'], '+.2f')})", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax = axes[3]
-    w = 0.25
-    x = np.arange(len(rows))
-    ax.bar(x - w, [_float(r.get("dds_passes")) for r in rows], w, label="DDS")
-    ax.bar(x, [_float(r.get("llc_passes")) for r in rows], w, label="LLC estimate")
-    ax.bar(x + w, [_float(r.get("cal_passes")) for r in rows], w, label="LLC calibration")
-    ax.set_yscale("log")
-    ax.set_xticks(x, [str(int(v)) for v in d])
-    ax.set_xlabel("d_model")
-    ax.set_ylabel("forward-backward passes")
-    ax.set_title("cost per checkpoint", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.suptitle(
-        f"modular addition, p = {p}: DDS volume vs calibrated LLC across d_model", fontsize=11
-    )
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _write(
+    out_dir: Path | None,
+    rows: list[dict[str, Any]],
+    layer_rows: list[dict[str, Any]],
+    summary: dict[str, Any] | None = None,
+    plot_p: int | None = None,
+) -> dict[str, Path]:
+    """The run and layer CSVs; the summary CSV when ``summary`` is given; the PNG when
+    ``plot_p`` (the modulus, for the title) is given."""
+    csvs: dict[str, Any] = {
+        "modadd.csv": (rows, RUN_COLUMNS),
+        "modadd_layers.csv": (layer_rows, LAYER_COLUMNS),
+    }
+    if summary is not None:
+        metrics = [{"metric": k, "value": v} for k, v in summary.items()]
+        csvs["modadd_summary.csv"] = (metrics, ("metric", "value"))
+    figures = None
+    if plot_p is not None:
+        figures = {"modadd.png": lambda path: plot_sweep(rows, layer_rows, summary, path, plot_p)}
+    return _harness.write_outputs(out_dir, csvs, figures)
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m deadspec.experiments.modadd",
-        description="Modular-addition transformer: DDS volumes vs a calibrated LLC across a "
+def _parser():
+    ap = _harness.parser(
+        "python -m deadspec.experiments.modadd",
+        "Modular-addition transformer: DDS volumes vs a calibrated LLC across a "
         "d_model sweep (paper: DDS spans eighteen orders of magnitude, LLC rank-flat).",
-    )
-    ap.add_argument(
-        "--out",
-        default=str(DEFAULT_OUT),
-        metavar="DIR",
-        help=f"output folder (default {DEFAULT_OUT})",
-    )
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
-    ap.add_argument(
-        "--size",
-        choices=sorted(_SIZES),
-        default="default",
-        help="default: p=53, d_model 16..96 (≤30 min on 2 cores); full: p=113, "
+        DEFAULT_OUT,
+        sizes=sorted(_SIZES),
+        size_help="default: p=53, d_model 40..128 (≤30 min on 2 cores); full: p=113, "
         "d_model 16..512, lr 1e-3",
     )
     ap.add_argument("--p", type=int, default=None)
@@ -1109,62 +895,31 @@ def _parser() -> argparse.ArgumentParser:
         default=["mlp"],
         help="'mlp' (fc_in, fc_out, unembed), 'all' (every Linear) or layer names",
     )
-    ap.add_argument("--no-approach", action="store_true", help="skip the approach slopes")
+    ap.add_argument(
+        "--no-approach", dest="approach", action="store_false", help="skip the approach slopes"
+    )
     ap.add_argument("--gap-ratio", type=float, default=1e3)
     ap.add_argument("--approach-gap-ratio", type=float, default=10.0)
     ap.add_argument("--read-dtype", choices=["float64", "float32"], default="float64")
     ap.add_argument("--chains", type=int, default=None)
     ap.add_argument("--draws", type=int, default=None)
     ap.add_argument("--burnin", type=int, default=None)
-    ap.add_argument("--no-llc", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-checkpoints", action="store_true")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--progress", dest="progress", action="store_true", default=None)
-    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--no-llc", dest="llc", action="store_false")
+    ap.add_argument("--no-checkpoints", dest="save_checkpoints", action="store_false")
     return ap
+
+
+def _layers_argument(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``--layers mlp`` (one preset name) is the preset; anything else a list of names."""
+    layers = kwargs["layers"]
+    if len(layers) == 1 and layers[0] in LAYER_PRESETS:
+        kwargs["layers"] = layers[0]
+    return kwargs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 on success, 2 on a bad argument."""
-    args = _parser().parse_args(None if argv is None else list(argv))
-    layers: str | list[str] = (
-        args.layers[0]
-        if (len(args.layers) == 1 and args.layers[0] in LAYER_PRESETS)
-        else list(args.layers)
-    )
-    try:
-        run(
-            args.out,
-            quick=args.quick,
-            size=args.size,
-            p=args.p,
-            d_models=args.d_models,
-            n_heads=args.n_heads,
-            train_frac=args.train_frac,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            max_steps=args.max_steps,
-            eval_every=args.eval_every,
-            target_acc=args.target_acc,
-            layers=layers,
-            approach=not args.no_approach,
-            gap_ratio=args.gap_ratio,
-            approach_gap_ratio=args.approach_gap_ratio,
-            read_dtype=args.read_dtype,
-            chains=args.chains,
-            draws=args.draws,
-            burnin=args.burnin,
-            llc=not args.no_llc,
-            seed=args.seed,
-            save_checkpoints=not args.no_checkpoints,
-            plot=not args.no_plot,
-            progress=args.progress,
-        )
-    except ValueError as exc:
-        print(f"modadd: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _harness.cli_main("modadd", _parser(), run, argv, prepare=_layers_argument)
 
 
 if __name__ == "__main__":  # pragma: no cover

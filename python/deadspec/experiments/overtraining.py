@@ -7,7 +7,7 @@ of fit ends with a validation − train loss gap of 0.67 with DDCAdam against 5.
 Setup (ours; the paper's model, data and schedule are not public)
 -----------------------------------------------------------------
 - **Corpus**: generated at run time by a fixed probabilistic grammar with agreement
-  (:func:`deadspec.experiments._lm.generate_corpus`, ~110 word tokens, seeded, nothing shipped
+  (:func:`deadspec.experiments._corpus.generate_corpus`, ~110 word tokens, seeded, nothing shipped
   or downloaded). Training set: ``n_train`` sequences of ``ctx`` tokens; validation:
   ``n_val`` sequences from an independent stream of the same grammar.
 - **Model**: :class:`deadspec.experiments._lm.TinyLM`, ``n_layers`` pre-LN causal
@@ -39,7 +39,6 @@ Run: ``python -m deadspec.experiments.overtraining [--quick] [--size full]`` or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -50,12 +49,13 @@ from typing import Any
 
 import numpy as np
 
-from deadspec.experiments import _lm
+from deadspec.experiments import _harness, _lm
+from deadspec.experiments._stats import finite_or_nan, summary_stats
 
 __all__ = ["CSV_COLUMNS", "DEFAULT_OUT", "OverTrainingResult", "format_table", "main", "run"]
 
 DEFAULT_OUT = Path("deadspec-out") / "over-training"
-OPTIMIZERS = ("ddc-adam", "adamw", "muon")
+OPTIMIZERS = _lm.DEFAULT_OPTIMIZERS
 #: The paper's validation − train gaps.
 PAPER_GAP = {"ddc-adam": 0.67, "adamw": 5.88}
 
@@ -122,26 +122,14 @@ def rows_from_results(results: Sequence[dict[str, Any]], steps: int) -> list[dic
     """CSV rows (:data:`CSV_COLUMNS`) of :func:`deadspec.experiments._lm.run_grid` results."""
     rows = []
     for r in results:
-        rows.append(
-            {
-                "optimizer": r["optimizer"],
-                "lr": r["lr"],
-                "weight_decay": r["weight_decay"],
-                "seed": r["seed"],
-                "steps": steps,
-                "final_train": r["final_train"],
-                "final_val": r["final_val"],
-                "gap": r["gap"],
-                "tail_train": r["tail_train"],
-                "tail_val": r["tail_val"],
-                "tail_gap": r["tail_gap"],
-                "min_val": r["min_val"],
-                "min_val_step": r["min_val_step"],
-                "paper_gap": PAPER_GAP.get(r["optimizer"]),
-                "diverged": bool(r["diverged"]),
-                "seconds": round(float(r["seconds"]), 3),
-            }
+        row = {k: r.get(k) for k in CSV_COLUMNS}
+        row.update(
+            steps=steps,
+            paper_gap=PAPER_GAP.get(r["optimizer"]),
+            diverged=bool(r["diverged"]),
+            seconds=round(float(r["seconds"]), 3),
         )
+        rows.append(row)
     return rows
 
 
@@ -167,13 +155,10 @@ def summarize(rows: Sequence[dict[str, Any]], optimizers: Sequence[str]) -> list
     """Per optimizer: mean/median gap over the grid; the grid point with the lowest tail
     validation loss and its gaps (final and tail)."""
     out = []
-    for o in optimizers:
-        mine = [r for r in rows if r["optimizer"] == o]
-        if not mine:
-            continue
-        mean, median = _lm.summary_stats([_lm.finite_or_nan(r["gap"]) for r in mine])
-        tail_mean, _ = _lm.summary_stats([_lm.finite_or_nan(r["tail_gap"]) for r in mine])
-        ok = [r for r in mine if math.isfinite(_lm.finite_or_nan(r["tail_val"]))]
+    for o, mine in _harness.groups(rows, "optimizer", optimizers):
+        mean, median = summary_stats([finite_or_nan(r["gap"]) for r in mine])
+        tail_mean, _ = summary_stats([finite_or_nan(r["tail_gap"]) for r in mine])
+        ok = [r for r in mine if math.isfinite(finite_or_nan(r["tail_val"]))]
         best = min(ok, key=lambda r: r["tail_val"]) if ok else None
         out.append(
             {
@@ -247,186 +232,129 @@ def run(
     sizes = _lm.lm_sizes(
         quick, size, lrs=lrs, weight_decays=weight_decays, steps=steps, n_train=n_train
     )
-    if progress is None:
-        progress = sys.stderr.isatty()
     t0 = time.perf_counter()
-    restore = _lm.set_threads(threads)
-    try:
-        results = _lm.run_grid(sizes, optimizers, seed=seed, progress=progress)
-    finally:
-        restore()
+    results = _lm.run_grid(sizes, optimizers, seed=seed, threads=threads, progress=progress)
     rows = rows_from_results(results, sizes.steps)
     curves = curve_rows(results)
     summary = summarize(rows, optimizers)
-    csv_path = curves_path = png_path = None
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = out / "overtraining.csv"
-        curves_path = out / "overtraining_curves.csv"
-        _lm.write_rows(csv_path, rows, CSV_COLUMNS)
-        _lm.write_rows(curves_path, curves, CURVE_COLUMNS)
-        if plot:
-            png_path = out / "overtraining.png"
-            plot_overtraining(results, summary, png_path, sizes)
+    paths = _harness.write_outputs(
+        out,
+        {
+            "overtraining.csv": (rows, CSV_COLUMNS),
+            "overtraining_curves.csv": (curves, CURVE_COLUMNS),
+        },
+        {"overtraining.png": lambda path: plot_overtraining(results, summary, path, sizes)}
+        if plot
+        else None,
+    )
     seconds = time.perf_counter() - t0
-    if echo is not None:
-        echo(format_table(rows))
-        echo("")
-        echo(format_summary(summary))
-        if csv_path is not None:
-            echo(f"wrote {csv_path}, {curves_path}" + (f" and {png_path}" if png_path else ""))
-        echo(f"({seconds:.1f} s)")
+    _harness.report(
+        echo, [format_table(rows), "", format_summary(summary)], paths.values(), seconds
+    )
     return OverTrainingResult(
         rows=rows,
         summary=summary,
         curves=curves,
         sizes=sizes,
-        csv_path=csv_path,
-        curves_path=curves_path,
-        png_path=png_path,
+        csv_path=paths.get("overtraining.csv"),
+        curves_path=paths.get("overtraining_curves.csv"),
+        png_path=paths.get("overtraining.png"),
         seconds=seconds,
     )
 
 
+_Col = _harness.Col
+_TABLE = (
+    *_lm.GRID_COLUMNS,
+    _Col("train", "final_train", "7.3f"),
+    _Col("val", "final_val", "7.3f"),
+    _Col("gap", "gap", "7.3f"),
+    _Col("tailgap", "tail_gap", "7.3f"),
+    _Col("min val", "min_val", "7.3f"),
+    _Col("@step", "min_val_step", ">6"),
+    _Col("paper", "paper_gap", "5.2f"),
+    _Col("s", "seconds", "6.1f"),
+)
+_SUMMARY = (
+    _Col("optimizer", "optimizer", "<9"),
+    _Col("runs", "runs", ">4"),
+    _Col("mean gap", "mean_gap", "8.3f"),
+    _Col("median", "median_gap", "7.3f"),
+    _Col("tail", "mean_tail_gap", "7.3f"),
+    _Col(
+        "best-val (lr, wd)",
+        lambda s: "-" if s["best_lr"] is None else f"({s['best_lr']:.0e}, {s['best_wd']:g})",
+        ">18",
+    ),
+    _Col("its gap", "best_gap", "7.3f"),
+    _Col("tail", "best_tail_gap", "7.3f"),
+    _Col("paper", "paper_gap", "5.2f"),
+)
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of the per-run rows."""
-    f = _lm.fmt
-    head = (
-        f"{'optimizer':<9} {'lr':>7} {'wd':>5} {'train':>7} {'val':>7} {'gap':>7} "
-        f"{'tailgap':>7} {'min val':>7} {'@step':>6} {'paper':>5} {'s':>6}"
+    return _harness.format_table(
+        rows, _TABLE, suffix=lambda r: "  DIVERGED" if r["diverged"] else ""
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['optimizer']:<9} {r['lr']:>7.0e} {r['weight_decay']:>5g} "
-            f"{f(r['final_train'], '7.3f')} {f(r['final_val'], '7.3f')} {f(r['gap'], '7.3f')} "
-            f"{f(r['tail_gap'], '7.3f')} {f(r['min_val'], '7.3f')} {r['min_val_step']:>6} {f(r['paper_gap'], '5.2f')} "
-            f"{f(r['seconds'], '6.1f')}" + ("  DIVERGED" if r["diverged"] else "")
-        )
-    return "\n".join(lines)
 
 
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of the per-optimizer summary."""
-    f = _lm.fmt
-    head = (
-        f"{'optimizer':<9} {'runs':>4} {'mean gap':>8} {'median':>7} {'tail':>7} "
-        f"{'best-val (lr, wd)':>18} {'its gap':>7} {'tail':>7} {'paper':>5}"
-    )
-    lines = [head, "-" * len(head)]
-    for s in summary:
-        best = "-" if s["best_lr"] is None else f"({s['best_lr']:.0e}, {s['best_wd']:g})"
-        lines.append(
-            f"{s['optimizer']:<9} {s['runs']:>4} {f(s['mean_gap'], '8.3f')} "
-            f"{f(s['median_gap'], '7.3f')} {f(s['mean_tail_gap'], '7.3f')} {best:>18} "
-            f"{f(s['best_gap'], '7.3f')} {f(s['best_tail_gap'], '7.3f')} "
-            f"{f(s['paper_gap'], '5.2f')}"
-        )
-    return "\n".join(lines)
-
-
-_COLORS = {
-    "ddc-adam": "C0", "adamw": "C3", "muon": "C2", "ddc-muon": "C1", "ddc-adam-split": "C4"
-}
+    return _harness.format_table(summary, _SUMMARY)
 
 
 def plot_overtraining(results, summary, path: Path, sizes: _lm.LMSizes) -> None:
     """Train (dashed) and validation (solid) curves per grid point; gaps per optimizer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grid = [(lr, wd) for lr in sizes.lrs for wd in sizes.weight_decays]
     ncols = len(grid) + 1
-    fig, axes = plt.subplots(
-        1, ncols, figsize=(3.4 * ncols, 3.2), squeeze=False, constrained_layout=True
-    )
-    for j, (lr, wd) in enumerate(grid):
-        ax = axes[0, j]
-        for r in results:
-            if r["lr"] != lr or r["weight_decay"] != wd:
-                continue
-            c = _COLORS.get(r["optimizer"], "k")
-            ax.plot(r["steps"], r["val_loss"], color=c, label=f"{r['optimizer']} val")
-            ax.plot(r["steps"], r["train_loss"], color=c, ls="--", lw=1)
-        ax.set_yscale("log")
-        ax.set_title(f"lr={lr:g}, wd={wd:g}", fontsize=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token; dashed = train)")
+    with _harness.figure(path, figsize=(3.4 * ncols, 3.2)) as fig:
+        axes = fig.subplots(1, ncols, squeeze=False)
+        for j, (lr, wd) in enumerate(grid):
+            ax = axes[0, j]
+            for r in results:
+                if r["lr"] != lr or r["weight_decay"] != wd:
+                    continue
+                c = _lm.COLORS.get(r["optimizer"], "k")
+                ax.plot(r["steps"], r["val_loss"], color=c, label=f"{r['optimizer']} val")
+                ax.plot(r["steps"], r["train_loss"], color=c, ls="--", lw=1)
+            ax.set_yscale("log")
+            ax.set_title(f"lr={lr:g}, wd={wd:g}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss (nats/token; dashed = train)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        ax = axes[0, -1]
+        opts = [s["optimizer"] for s in summary]
+        for k, o in enumerate(opts):
+            gaps = [r["gap"] for r in results if r["optimizer"] == o]
+            ax.scatter(np.full(len(gaps), k), gaps, color=_lm.COLORS.get(o, "k"), s=18)
+            if o in PAPER_GAP:
+                ax.scatter([k + 0.2], [PAPER_GAP[o]], marker="*", color="k", s=60)
+        ax.set_xticks(range(len(opts)))
+        ax.set_xticklabels(opts, fontsize=8)
+        ax.set_ylabel("final val − train loss")
+        ax.set_title("gap per grid point (★ paper)", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ax = axes[0, -1]
-    opts = [s["optimizer"] for s in summary]
-    for k, o in enumerate(opts):
-        gaps = [r["gap"] for r in results if r["optimizer"] == o]
-        ax.scatter(np.full(len(gaps), k), gaps, color=_COLORS.get(o, "k"), s=18)
-        if o in PAPER_GAP:
-            ax.scatter([k + 0.2], [PAPER_GAP[o]], marker="*", color="k", s=60)
-    ax.set_xticks(range(len(opts)))
-    ax.set_xticklabels(opts, fontsize=8)
-    ax.set_ylabel("final val − train loss")
-    ax.set_title("gap per grid point (★ paper)", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.suptitle(
-        f"over-training: {sizes.n_train}×{sizes.ctx} tokens, {sizes.n_layers} blocks × "
-        f"d_model {sizes.d_model}, {sizes.steps} full-batch steps",
-        fontsize=10,
-    )
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        fig.suptitle(
+            f"over-training: {sizes.n_train}×{sizes.ctx} tokens, {sizes.n_layers} blocks × "
+            f"d_model {sizes.d_model}, {sizes.steps} full-batch steps",
+            fontsize=10,
+        )
 
 
-def add_lm_arguments(p: argparse.ArgumentParser, default_out: Path) -> None:
-    """Arguments shared by the over-training and detection command lines."""
-    p.add_argument("--out", default=str(default_out), metavar="DIR")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
-    p.add_argument("--size", choices=["default", "full"], default="default")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--optimizers", nargs="+", choices=_lm.OPTIMIZERS, default=list(OPTIMIZERS))
-    p.add_argument("--lrs", nargs="+", type=float, default=None)
-    p.add_argument("--weight-decays", nargs="+", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--n-train", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m deadspec.experiments.overtraining",
-        description="Over-training: validation − train gap of a small LM trained far past fit, "
+def _parser():
+    return _lm.parser(
+        "python -m deadspec.experiments.overtraining",
+        "Over-training: validation − train gap of a small LM trained far past fit, "
         "DDCAdam vs AdamW vs Muon over a shared lr × weight-decay grid.",
+        DEFAULT_OUT,
     )
-    add_lm_arguments(p, DEFAULT_OUT)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 (2 on a usage error)."""
-    args = _parser().parse_args(None if argv is None else list(argv))
-    try:
-        run(
-            args.out,
-            quick=args.quick,
-            size=args.size,
-            seed=args.seed,
-            optimizers=args.optimizers,
-            lrs=args.lrs,
-            weight_decays=args.weight_decays,
-            steps=args.steps,
-            n_train=args.n_train,
-            threads=args.threads,
-            plot=not args.no_plot,
-            progress=args.progress,
-        )
-    except ValueError as exc:
-        print(f"over-training: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _harness.cli_main("over-training", _parser(), run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

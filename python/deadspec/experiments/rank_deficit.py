@@ -35,9 +35,9 @@ cosine learning-rate schedule, so the r spare directions die. The dead direction
 automatically (``units=None``: the dead cluster of layer 0's activation spectrum, below a gap
 of ``gap_ratio``, default 1e2) and scaled along the eigenvectors. Because trained dead
 directions are already tiny, the grid is the default one divided by their relative amplitude
-ρ = √(μ_dead,max/μ_1) (CSV column ``t_scale`` = 1/ρ), see :func:`_trained_grid`. Reported: the number found and the slope
-ratios next to the paper's 2.0, 3.1, 4.0. (No acceptance threshold; the PASS column applies
-the same 10% check for information.)
+ρ = √(μ_dead,max/μ_1) (CSV column ``t_scale`` = 1/ρ), see :func:`_trained_grid`. Reported: the
+number found and the slope ratios next to the paper's 2.0, 3.1, 4.0. (No acceptance threshold;
+the PASS column applies the same 10% check for information.)
 
 Outputs (``--out DIR``, default ``./deadspec-out/rank-deficit``): ``rank_deficit.csv`` (one row
 per network × setting × side × r) and ``rank_deficit.png`` (log det⁺ vs log t per r, shifted
@@ -49,8 +49,6 @@ Run: ``python -m deadspec.experiments.rank_deficit [--quick]`` or
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
 import math
 import sys
@@ -60,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deadspec.experiments import _harness
 
 __all__ = ["DEFAULT_OUT", "PAPER_RATIOS", "RankDeficitResult", "main", "run"]
 
@@ -259,17 +259,13 @@ def _train(
         )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr_min)
     model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny full-batch steps: thread start-up costs more than it saves
-    try:
+    with _harness.threads(1):  # tiny full-batch steps: thread start-up costs more than it saves
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             loss = 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
             loss.backward()
             opt.step()
             sched.step()
-    finally:
-        torch.set_num_threads(threads)
     model.eval()
     with torch.no_grad():
         final = 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
@@ -375,6 +371,119 @@ def _fill_ratios(rows: list[dict[str, Any]], tol: float) -> None:
         row["pass"] = bool(ok)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    """How the trained setting trains its students and delimits their dead cluster."""
+
+    lr: float
+    lr_min: float
+    weight_decay: float
+    optimizer: str
+    noise: float
+    gap_ratio: float
+
+
+@dataclasses.dataclass
+class _Checkpoint:
+    """A network ready to be read: its data, the dead units (or None: found) and the grid."""
+
+    model: Any
+    x: Any
+    y: Any
+    units: list[int] | None
+    grid: np.ndarray | None = None
+    t_scale: float = 1.0
+    reason: str | None = None
+    train_loss: float | None = None
+
+
+def _checkpoint(
+    setting: str, network: str, r: int, sizes: _Sizes, seed: int, training: _Training
+) -> _Checkpoint:
+    """Constructed: a random network whose units 0..r-1 are scaled. Trained: a student fitted
+    to a teacher of rank hidden − r, read along its dead cluster on a grid scaled to it."""
+    if setting == "constructed":
+        model = _student(network, sizes, seed)
+        x, y = _constructed_data(sizes, seed)
+        return _Checkpoint(model, x, y, list(range(r)))
+    model = _student(network, sizes, 1000 + 31 * seed + r)
+    x, y = _teacher_data(network, sizes, sizes.hidden - r, seed, training.noise)
+    train_loss = _train(
+        model,
+        x,
+        y,
+        steps=sizes.steps,
+        lr=training.lr,
+        weight_decay=training.weight_decay,
+        lr_min=training.lr_min,
+        optimizer=training.optimizer,
+    )
+    grid, t_scale, reason = _trained_grid(model, x, training.gap_ratio)
+    return _Checkpoint(model, x, y, None, grid, t_scale, reason, train_loss)
+
+
+def _read_sides(
+    ck: _Checkpoint,
+    key: tuple[str, str, int],
+    sides: Sequence[str],
+    seed: int,
+    gap_ratio: float,
+    curves: dict[tuple[str, str, str, int], tuple[np.ndarray, np.ndarray]],
+) -> list[dict[str, Any]]:
+    """The approach slope of layer "0" on each side (rows; curves filled in place)."""
+    import deadspec
+
+    setting, network, r = key
+    rows = []
+    for side in (s for s in SIDES if s in sides):
+        ap, err = None, ck.reason
+        if ck.reason is None:
+            try:
+                ap = deadspec.approach_slope(
+                    ck.model,
+                    ck.x,
+                    layer="0",
+                    units=ck.units,
+                    side=side,
+                    targets=ck.y,
+                    t=ck.grid,
+                    gap_ratio=gap_ratio,
+                )
+            except ValueError as exc:  # a reading failed in the trained setting
+                if setting == "constructed":
+                    raise
+                err = str(exc)
+        rows.append(
+            _reading_row(network, setting, side, r, ap, seed, ck.train_loss, err, ck.t_scale)
+        )
+        if ap is not None:
+            curves[(network, setting, side, r)] = (np.asarray(ap.t), np.asarray(ap.logdet_plus))
+    return rows
+
+
+def _readings(sizes, training, seed, networks, settings, sides, ranks, progress):
+    """Every (setting, network, r) checkpoint, read on each side: (rows, curves)."""
+    import torch
+
+    jobs = [  # (setting, network, r); the sides share a model
+        (setting, network, r)
+        for setting in SETTINGS
+        if setting in settings
+        for network in NETWORKS
+        if network in networks
+        for r in ranks
+    ]
+    rows: list[dict[str, Any]] = []
+    curves: dict[tuple[str, str, str, int], tuple[np.ndarray, np.ndarray]] = {}
+    with torch.random.fork_rng():
+        bar = _harness.progress_bar(jobs, "rank-deficit", progress)
+        for setting, network, r in bar:
+            bar.set_postfix_str(f"{setting} {network} r={r}")
+            ck = _checkpoint(setting, network, r, sizes, seed, training)
+            rows += _read_sides(ck, (setting, network, r), sides, seed, training.gap_ratio, curves)
+    return rows, curves
+
+
 def run(
     out: str | Path | None = DEFAULT_OUT,
     *,
@@ -444,120 +553,43 @@ def run(
     -------
     RankDeficitResult
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    import deadspec
-
     fn = "rank_deficit.run"
     sizes = _sizes(quick, n_samples, d_in, hidden, d_out, steps)
     ranks = [int(r) for r in ranks]
     _validate(fn, sizes, ranks, networks, settings, sides, tol)
-    if progress is None:
-        progress = sys.stderr.isatty()
+    training = _Training(lr, lr_min, weight_decay, optimizer, noise, gap_ratio)
     t_start = time.perf_counter()
-
-    jobs: list[tuple[str, str, int]] = []  # (setting, network, r); sides share a model
-    for setting in SETTINGS:
-        if setting not in settings:
-            continue
-        for network in NETWORKS:
-            if network in networks:
-                jobs.extend((setting, network, r) for r in ranks)
-
-    rows: list[dict[str, Any]] = []
-    curves: dict[tuple[str, str, str, int], tuple[np.ndarray, np.ndarray]] = {}
-    with torch.random.fork_rng():
-        bar = tqdm(jobs, desc="rank-deficit", unit="run", disable=not progress)
-        for setting, network, r in bar:
-            bar.set_postfix_str(f"{setting} {network} r={r}")
-            train_loss = None
-            grid, t_scale, reason = None, 1.0, None
-            if setting == "constructed":
-                model = _student(network, sizes, seed)
-                x, y = _constructed_data(sizes, seed)
-                units: list[int] | None = list(range(r))
-            else:
-                model = _student(network, sizes, 1000 + 31 * seed + r)
-                x, y = _teacher_data(network, sizes, sizes.hidden - r, seed, noise)
-                train_loss = _train(
-                    model,
-                    x,
-                    y,
-                    steps=sizes.steps,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    lr_min=lr_min,
-                    optimizer=optimizer,
-                )
-                units = None
-                grid, t_scale, reason = _trained_grid(model, x, gap_ratio)
-            for side in SIDES:
-                if side not in sides:
-                    continue
-                ap, err = None, reason
-                if reason is None:
-                    try:
-                        ap = deadspec.approach_slope(
-                            model,
-                            x,
-                            layer="0",
-                            units=units,
-                            side=side,
-                            targets=y,
-                            t=grid,
-                            gap_ratio=gap_ratio,
-                        )
-                    except ValueError as exc:  # a reading failed in the trained setting
-                        if setting == "constructed":
-                            raise
-                        err = str(exc)
-                rows.append(
-                    _reading_row(network, setting, side, r, ap, seed, train_loss, err, t_scale)
-                )
-                if ap is not None:
-                    curves[(network, setting, side, r)] = (
-                        np.asarray(ap.t),
-                        np.asarray(ap.logdet_plus),
-                    )
+    rows, curves = _readings(sizes, training, seed, networks, settings, sides, ranks, progress)
     _fill_ratios(rows, tol)
     cons = [row for row in rows if row["setting"] == "constructed"]
     trained = [row for row in rows if row["setting"] == "trained"]
     passed = all(row["pass"] for row in cons)
     passed_trained = all(row["pass"] for row in trained) if trained else None
-
-    csv_path = png_path = None
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        csv_path = out / "rank_deficit.csv"
-        _write_csv(rows, csv_path)
-        if plot:
-            png_path = out / "rank_deficit.png"
-            _plot(rows, curves, png_path, sizes)
+    paths = _harness.write_outputs(
+        out,
+        {"rank_deficit.csv": (rows, CSV_COLUMNS)},
+        {"rank_deficit.png": lambda path: _plot(rows, curves, path, sizes)} if plot else None,
+    )
     seconds = time.perf_counter() - t_start
-    if echo is not None:
-        echo(format_table(rows))
-        if cons:
-            echo(
-                f"constructed setting (acceptance: ratio within {tol:.0%} of r, λ_min ratio within "
-                f"{tol:.0%} of 1): {'PASS' if passed else 'FAIL'}"
-            )
-        if trained:
-            echo(
-                f"trained setting (same check, informational; paper: 2.0, 3.1, 4.0): "
-                f"{'PASS' if passed_trained else 'FAIL'}"
-            )
-        if csv_path is not None:
-            echo(f"wrote {csv_path}" + (f" and {png_path}" if png_path is not None else ""))
-        echo(f"({seconds:.1f} s)")
+    texts = [format_table(rows)]
+    if cons:
+        texts.append(
+            f"constructed setting (acceptance: ratio within {tol:.0%} of r, λ_min ratio within "
+            f"{tol:.0%} of 1): {'PASS' if passed else 'FAIL'}"
+        )
+    if trained:
+        texts.append(
+            f"trained setting (same check, informational; paper: 2.0, 3.1, 4.0): "
+            f"{'PASS' if passed_trained else 'FAIL'}"
+        )
+    _harness.report(echo, texts, paths.values(), seconds)
     return RankDeficitResult(
         rows=rows,
         curves=curves,
         passed=passed,
         passed_trained=passed_trained,
-        csv_path=csv_path,
-        png_path=png_path,
+        csv_path=paths.get("rank_deficit.csv"),
+        png_path=paths.get("rank_deficit.png"),
         seconds=seconds,
     )
 
@@ -565,50 +597,31 @@ def run(
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
-def _fmt(v: Any, spec: str) -> str:
-    if v is None:
-        return "-"
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    return "nan" if not math.isfinite(f) else format(f, spec)
+_Col = _harness.Col
+_TABLE = (
+    _Col("network", "network", "<7"),
+    _Col("setting", "setting", "<11"),
+    _Col("side", "side", "<10"),
+    _Col("r", "r", ">1"),
+    _Col("found", "detected", ">5"),
+    _Col("slope", "slope", "8.3f"),
+    _Col("ratio", "ratio", "6.3f"),
+    _Col("paper", lambda row: row["paper_ratio"] if row["setting"] == "trained" else None, "5.1f"),
+    _Col("λmin slope", "lambda_min_slope", "10.3f"),
+    _Col("λmin ratio", "lambda_min_ratio", "10.3f"),
+    _Col("R²", "r2", "8.5f"),
+    _Col("result", lambda row: "PASS" if row["pass"] else "FAIL", "<6"),
+)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of the rows (what :func:`run` prints)."""
-    head = (
-        f"{'network':<7} {'setting':<11} {'side':<10} {'r':>1} {'found':>5} {'slope':>8} "
-        f"{'ratio':>6} {'paper':>5} {'λmin slope':>10} {'λmin ratio':>10} {'R²':>8}  result"
+    return _harness.format_table(
+        rows, _TABLE, suffix=lambda row: f" ({row['error'][:60]})" if row.get("error") else ""
     )
-    lines = [head, "-" * len(head)]
-    for row in rows:
-        paper = row["paper_ratio"] if row["setting"] == "trained" else None
-        lines.append(
-            f"{row['network']:<7} {row['setting']:<11} {row['side']:<10} {row['r']:>1} "
-            f"{row['detected']:>5} {_fmt(row['slope'], '8.3f')} {_fmt(row['ratio'], '6.3f')} "
-            f"{_fmt(paper, '5.1f')} {_fmt(row['lambda_min_slope'], '10.3f')} "
-            f"{_fmt(row['lambda_min_ratio'], '10.3f')} {_fmt(row['r2'], '8.5f')}  "
-            f"{'PASS' if row['pass'] else 'FAIL'}"
-            + (f" ({row['error'][:60]})" if row.get("error") else "")
-        )
-    return "\n".join(lines)
-
-
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k) for k in CSV_COLUMNS})
 
 
 def _plot(rows, curves, path: Path, sizes: _Sizes) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     settings = [s for s in SETTINGS if any(row["setting"] == s for row in rows)]
     panels = [
         (n, side)
@@ -617,93 +630,89 @@ def _plot(rows, curves, path: Path, sizes: _Sizes) -> None:
         if any(row["network"] == n and row["side"] == side for row in rows)
     ]
     ncols = len(panels) + 1
-    fig, axes = plt.subplots(
-        len(settings),
-        ncols,
-        figsize=(3.6 * ncols, 3.3 * len(settings)),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    cmap = plt.get_cmap("viridis")
     ranks = sorted({row["r"] for row in rows})
-    for i, setting in enumerate(settings):
-        for j, (network, side) in enumerate(panels):
-            ax = axes[i, j]
-            for k, r in enumerate(ranks):
-                c = curves.get((network, setting, side, r))
-                if c is None:
-                    continue
-                t, ld = c
-                ax.plot(
-                    np.log(t),
-                    ld - ld[-1],
-                    marker="o",
-                    ms=3,
-                    color=cmap(k / max(1, len(ranks) - 1)),
-                    label=f"r={r}",
-                )
-            ax.set_title(f"{setting}: {network}, {side}", fontsize=9)
-            ax.set_xlabel("log t" if setting == "constructed" else "log t (grid × t_scale)")
-            ax.set_ylabel("log det⁺ − log det⁺(t_max)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        ax = axes[i, -1]
-        rr = np.array(ranks, dtype=float)
-        ax.plot(rr, 2 * rr, "k--", lw=1, label="slope = 2r")
-        for network, side in panels:
-            pts = [
-                (row["r"], row["slope"])
-                for row in rows
-                if row["setting"] == setting
-                and row["network"] == network
-                and row["side"] == side
-                and row["slope"] is not None
-                and math.isfinite(row["slope"])
-            ]
-            if not pts:
-                continue
-            xs = np.array([p[0] for p in pts], dtype=float)
-            ys = np.array([p[1] for p in pts], dtype=float)
-            label = f"{network} {side}"
-            if side == "fisher":
-                ys = ys / (sizes.d_in + 1)  # Fisher side: per-unit slope 2(d_in+1)
-                label += f" (÷{sizes.d_in + 1})"
-            ax.plot(xs, ys, marker="o", ls=":", label=label)
-        if setting == "trained":
-            pr = [r for r in ranks if r in PAPER_RATIOS]
-            ax.plot(pr, [2 * PAPER_RATIOS[r] for r in pr], "r*", ms=9, label="paper (2·ratio)")
-        ax.set_title(f"{setting}: slope vs r", fontsize=9)
-        ax.set_xlabel("r (dead units)")
-        ax.set_ylabel("slope of log det⁺")
-        ax.set_xticks(ranks)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(
-        f"rank deficit: N={sizes.n_samples}, d_in={sizes.d_in}, H={sizes.hidden}, "
-        f"d_out={sizes.d_out}",
-        fontsize=10,
-    )
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _harness.figure(path, figsize=(3.6 * ncols, 3.3 * len(settings)), dpi=110) as fig:
+        axes = fig.subplots(len(settings), ncols, squeeze=False)
+        for i, setting in enumerate(settings):
+            for j, (network, side) in enumerate(panels):
+                _plot_curves(axes[i, j], curves, setting, network, side, ranks)
+            _plot_slopes(axes[i, -1], rows, setting, panels, ranks, sizes)
+        fig.suptitle(
+            f"rank deficit: N={sizes.n_samples}, d_in={sizes.d_in}, H={sizes.hidden}, "
+            f"d_out={sizes.d_out}",
+            fontsize=10,
+        )
+
+
+def _plot_curves(ax, curves, setting: str, network: str, side: str, ranks: list[int]) -> None:
+    """log det⁺ against log t for each r (shifted to 0 at the largest t)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    for k, r in enumerate(ranks):
+        c = curves.get((network, setting, side, r))
+        if c is None:
+            continue
+        t, ld = c
+        ax.plot(
+            np.log(t),
+            ld - ld[-1],
+            marker="o",
+            ms=3,
+            color=cmap(k / max(1, len(ranks) - 1)),
+            label=f"r={r}",
+        )
+    ax.set_title(f"{setting}: {network}, {side}", fontsize=9)
+    ax.set_xlabel("log t" if setting == "constructed" else "log t (grid × t_scale)")
+    ax.set_ylabel("log det⁺ − log det⁺(t_max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _plot_slopes(ax, rows, setting: str, panels, ranks: list[int], sizes: _Sizes) -> None:
+    """The slope against r per network and side, with the line slope = 2r."""
+    rr = np.array(ranks, dtype=float)
+    ax.plot(rr, 2 * rr, "k--", lw=1, label="slope = 2r")
+    for network, side in panels:
+        pts = [
+            (row["r"], row["slope"])
+            for row in rows
+            if row["setting"] == setting
+            and row["network"] == network
+            and row["side"] == side
+            and row["slope"] is not None
+            and math.isfinite(row["slope"])
+        ]
+        if not pts:
+            continue
+        xs = np.array([p[0] for p in pts], dtype=float)
+        ys = np.array([p[1] for p in pts], dtype=float)
+        label = f"{network} {side}"
+        if side == "fisher":
+            ys = ys / (sizes.d_in + 1)  # Fisher side: per-unit slope 2(d_in+1)
+            label += f" (÷{sizes.d_in + 1})"
+        ax.plot(xs, ys, marker="o", ls=":", label=label)
+    if setting == "trained":
+        pr = [r for r in ranks if r in PAPER_RATIOS]
+        ax.plot(pr, [2 * PAPER_RATIOS[r] for r in pr], "r*", ms=9, label="paper (2·ratio)")
+    ax.set_title(f"{setting}: slope vs r", fontsize=9)
+    ax.set_xlabel("r (dead units)")
+    ax.set_ylabel("slope of log det⁺")
+    ax.set_xticks(ranks)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m deadspec.experiments.rank_deficit",
-        description="Rank-deficit experiment: log det⁺ approach-slope ratios vs the number r of "
+def _parser():
+    p = _harness.parser(
+        "python -m deadspec.experiments.rank_deficit",
+        "Rank-deficit experiment: log det⁺ approach-slope ratios vs the number r of "
         "dead units (constructed and trained two-layer linear/ReLU networks).",
+        DEFAULT_OUT,
     )
-    p.add_argument(
-        "--out",
-        default=str(DEFAULT_OUT),
-        metavar="DIR",
-        help=f"output folder (default {DEFAULT_OUT})",
-    )
-    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
@@ -725,43 +734,14 @@ def _parser() -> argparse.ArgumentParser:
         help="gap that delimits the dead cluster in the trained setting (default 1e2)",
     )
     p.add_argument("--tol", type=float, default=0.10)
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 when the constructed-setting acceptance passes."""
-    args = _parser().parse_args(None if argv is None else list(argv))
-    try:
-        res = run(
-            args.out,
-            quick=args.quick,
-            seed=args.seed,
-            networks=args.networks,
-            settings=args.settings,
-            sides=args.sides,
-            ranks=args.ranks,
-            n_samples=args.n_samples,
-            d_in=args.d_in,
-            hidden=args.hidden,
-            d_out=args.d_out,
-            steps=args.steps,
-            lr=args.lr,
-            lr_min=args.lr_min,
-            weight_decay=args.weight_decay,
-            optimizer=args.optimizer,
-            noise=args.noise,
-            gap_ratio=args.gap_ratio,
-            tol=args.tol,
-            plot=not args.no_plot,
-            progress=args.progress,
-        )
-    except ValueError as exc:
-        print(f"rank-deficit: error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if res.passed else 1
+    return _harness.cli_main(
+        "rank-deficit", _parser(), run, argv, status=lambda res: 0 if res.passed else 1
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,12 +28,13 @@ point, in float64:
   the chosen setting with a fresh seed; reported λ̂ = that estimate.
 - **DDS**: on the first ``n_dds`` samples (default 256: at least 5× the largest layer's
   parameter count p = H·M or N·H ≤ 48 of the grid, so the N×N Fisher-Gram can reach its full
-  rank p; its O(N³) eigendecomposition is most of the reading's cost), :func:`deadspec.read` of layers ``"A"`` and ``"B"``
-  (activation and Fisher spectra, Gaussian NLL targets; also their joint Fisher-Gram,
-  ``read(..., joint=True)``: the Fisher-Gram of all the model's parameters, the reading of the
-  model that λ is a property of) and :func:`deadspec.approach_slope` of
-  layer ``"A"`` with ``units=None`` (the dead cluster of A's activation spectrum; NaN when
-  there is none). ``gap_ratio`` (default 1e2) delimits the dead cluster in both.
+  rank p; its O(N³) eigendecomposition is most of the reading's cost), :func:`deadspec.read`
+  of layers ``"A"`` and ``"B"`` (activation and Fisher spectra, Gaussian NLL targets; also
+  their joint Fisher-Gram, ``read(..., joint=True)``: the Fisher-Gram of all the model's
+  parameters, the reading of the model that λ is a property of) and
+  :func:`deadspec.approach_slope` of layer ``"A"`` with ``units=None`` (the dead cluster of
+  A's activation spectrum; NaN when there is none). ``gap_ratio`` (default 1e2) delimits the
+  dead cluster in both.
 
 Report
 ------
@@ -58,9 +59,6 @@ Run: ``python -m deadspec.experiments.rrr [--quick] [--size default|full]`` or
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import csv
 import dataclasses
 import math
 import sys
@@ -70,6 +68,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deadspec.experiments import _harness
+from deadspec.experiments._llc_baseline import Chains, calibrated_llc
+from deadspec.experiments._stats import spearman
 
 __all__ = [
     "DEFAULT_OUT",
@@ -243,64 +245,6 @@ class RRRResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _rank(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    a = np.asarray(a, dtype=np.float64)
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(len(a), dtype=np.float64)
-    sa = a[order]
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sa[j + 1] == sa[i]:
-            j += 1
-        ranks[order[i : j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
-
-
-def _round_sig(a: np.ndarray, digits: int) -> np.ndarray:
-    """``a`` rounded to ``digits`` significant digits (0 and non-finite values kept)."""
-    out = a.copy()
-    nz = np.isfinite(a) & (a != 0)
-    mag = np.floor(np.log10(np.abs(a[nz])))
-    scale = 10.0 ** (digits - 1 - mag)
-    out[nz] = np.round(a[nz] * scale) / scale
-    return out
-
-
-def spearman(
-    x: Sequence[float], y: Sequence[float], sig_digits: int | None = None
-) -> tuple[float, int]:
-    """Spearman rank correlation (average ranks for ties) over the pairs where both are finite.
-
-    Returns ``(rho, n_pairs)``; rho is NaN with fewer than 3 pairs or a constant input.
-    Same as ``scipy.stats.spearmanr`` (which is not a dependency). ``sig_digits``: rank the
-    values rounded to that many significant digits, so that values equal up to round-off (e.g.
-    approach slopes of exactly 2, 4, 6 per dead unit) tie instead of being ordered by noise.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if sig_digits is not None:
-        x, y = _round_sig(x, sig_digits), _round_sig(y, sig_digits)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(
-            f"deadspec.spearman: x and y must be 1-D of equal length, got {x.shape}, {y.shape}"
-        )
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = len(x)
-    if n < 3:
-        return float("nan"), n
-    rx, ry = _rank(x), _rank(y)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    den = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    if den == 0.0:
-        return float("nan"), n
-    return float(rx @ ry) / den, n
-
-
 def aw_case(M: int, N: int, H: int, r: int) -> int:
     """Which of the four Aoyagi–Watanabe cases (theory.md §4) (M, N, H, r) falls in."""
     if M + H < N + r:
@@ -369,70 +313,22 @@ def fit_minimum(model, x, y) -> None:
         model.B.weight.copy_(B)
 
 
-class _PassCounter:
-    """Counts forward calls and samples through a model.
-
-    The hook is a plain closure (not a bound method), so ``copy.deepcopy`` of the model (as in
-    :func:`deadspec.approach_slope`) shares it and the copies' passes are counted too.
-    """
-
-    def __init__(self, model) -> None:
-        box = self.box = [0, 0]
-
-        def hook(module, args) -> None:
-            box[0] += 1
-            if args and hasattr(args[0], "shape"):
-                box[1] += int(args[0].shape[0])
-
-        self.handle = model.register_forward_pre_hook(hook)
-
-    @property
-    def calls(self) -> int:
-        return self.box[0]
-
-    @property
-    def samples(self) -> int:
-        return self.box[1]
-
-    def close(self) -> None:
-        self.handle.remove()
-
-
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """torch intra-op threads and the core's BLAS threads set to n, restored on exit."""
-    import torch
-
-    import deadspec
-
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    old_core = deadspec.num_threads() if hasattr(deadspec, "num_threads") else None
-    torch.set_num_threads(int(n))
-    if old_core is not None:
-        deadspec.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-        if old_core is not None:
-            deadspec.set_num_threads(int(old_core))
-
-
 # ---------------------------------------------------------------------------------------------
 # one grid point
 # ---------------------------------------------------------------------------------------------
 
 
 def _dds(model, x, y, loss_fn, gap_ratio: float) -> dict[str, Any]:
+    """The DDS observables of a point and their cost (``dds_passes``, ``dds_seconds``).
+
+    :func:`deadspec.read` of A and B (and their joint Fisher-Gram), and the approach slope of A
+    along its dead cluster (NaN when there is none).
+    """
     import deadspec
 
     row: dict[str, Any] = {}
-    counter = _PassCounter(model)
     t0 = time.perf_counter()
-    try:
+    with _harness.count_forwards(model) as counter:
         reading = deadspec.read(
             model,
             x,
@@ -457,52 +353,46 @@ def _dds(model, x, y, loss_fn, gap_ratio: float) -> dict[str, Any]:
         row["effective_rank_A"] = la.activation.effective_rank
         row["fisher_effective_rank_A"] = la.fisher.effective_rank
         row["fisher_dead_count_A"] = la.fisher.dead_count
+        ap = None
         if la.activation.dead_count > 0:
             ap = deadspec.approach_slope(model, x, layer="A", units=None, gap_ratio=gap_ratio)
-            row["slope_A"] = ap.slope
-            row["abs_slope_A"] = abs(ap.slope)
-            row["slope_r2_A"] = ap.r2
-            row["lambda_min_slope_A"] = ap.lambda_min_slope
-        else:
-            row.update(
-                slope_A=float("nan"),
-                abs_slope_A=float("nan"),
-                slope_r2_A=float("nan"),
-                lambda_min_slope_A=float("nan"),
-            )
-    finally:
-        row["dds_seconds"] = time.perf_counter() - t0
-        row["dds_passes"] = counter.calls
-        counter.close()
+    nan = float("nan")
+    row["slope_A"] = ap.slope if ap is not None else nan
+    row["abs_slope_A"] = abs(ap.slope) if ap is not None else nan
+    row["slope_r2_A"] = ap.r2 if ap is not None else nan
+    row["lambda_min_slope_A"] = ap.lambda_min_slope if ap is not None else nan
+    row["dds_seconds"] = time.perf_counter() - t0
+    row["dds_passes"] = counter[0]
     return row
 
 
-def _point(
-    M,
-    N,
-    H,
-    r,
-    *,
-    n,
-    n_dds,
-    noise,
-    chains,
-    draws,
-    burnin,
-    cal_draws,
-    cal_burnin,
-    epsilons,
-    gammas,
-    gap_ratio,
-    seed,
-    vectorize,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Budget:
+    """What every grid point shares: samples, noise, the LLC's budgets and the DDS gap."""
+
+    n: int
+    n_dds: int
+    noise: float
+    chains: int
+    draws: int
+    burnin: int
+    cal_draws: int
+    cal_burnin: int
+    epsilons: Sequence[float] | None
+    gammas: Sequence[float] | None
+    gap_ratio: float
+    vectorize: bool | str
+
+
+def _point(M: int, N: int, H: int, r: int, budget: _Budget, seed: int) -> dict[str, Any]:
+    """One grid point: the data, the model at its minimum, the DDS reading and the LLC."""
     import torch
 
     from deadspec import llc
     from deadspec.models import ReducedRankRegression
     from deadspec.theory import rrr_rlct
 
+    n, noise = budget.n, budget.noise
     lam, mult = rrr_rlct(M, N, H, r)
     row: dict[str, Any] = {
         "M": M,
@@ -513,7 +403,7 @@ def _point(
         "lam": lam,
         "mult": mult,
         "n": n,
-        "n_dds": min(n_dds, n),
+        "n_dds": min(budget.n_dds, n),
         "noise": noise,
         "seed": seed,
         "error": "",
@@ -532,54 +422,39 @@ def _point(
     # DDS first (cheap), on a subset
     xs, ys = x[: row["n_dds"]], y[: row["n_dds"]]
     try:
-        row.update(_dds(model, xs, ys, loss_fn, gap_ratio))
+        row.update(_dds(model, xs, ys, loss_fn, budget.gap_ratio))
     except Exception as exc:  # noqa: BLE001 - recorded, the point still gets its LLC
         row["error"] += f"dds: {type(exc).__name__}: {exc}; "
+    llc_row, error = _llc(model, (x, y), loss_fn, lam, budget, seed)
+    row.update(llc_row)
+    row["error"] += error
+    return row
 
-    # calibrated LLC
-    cal = llc.calibrate(
+
+def _llc(model, data, loss_fn, lam: float, budget: _Budget, seed: int) -> tuple[dict, str]:
+    """The calibrated LLC of a point: (its columns, error text)."""
+    cal, res = calibrated_llc(
         model,
-        (x, y),
+        data,
         loss_fn=loss_fn,
-        epsilons=epsilons,
-        gammas=gammas,
-        chains=chains,
-        draws=cal_draws,
-        burnin=cal_burnin,
+        epsilons=budget.epsilons,
+        gammas=budget.gammas,
+        calibration=Chains(budget.chains, budget.cal_draws, budget.cal_burnin),
+        estimate=Chains(budget.chains, budget.draws, budget.burnin),
         seed=seed + 1,
-        vectorize=vectorize,
-        progress=False,
+        estimate_seed=seed + 2,
+        vectorize=budget.vectorize,
     )
-    row["calib_passes"] = cal.passes
-    row["calib_seconds"] = cal.seconds
-    row["calib_rule"] = cal.rule
-    if cal.epsilon is None:
-        row.update(
-            llc=float("nan"),
-            llc_std=float("nan"),
-            ratio=float("nan"),
-            epsilon=float("nan"),
-            gamma=float("nan"),
-            n_diverged=-1,
-            llc_passes=0,
-            llc_seconds=0.0,
-        )
-        row["error"] += "llc: no stable setting; "
-        return row
-    res = llc.estimate(
-        model,
-        (x, y),
-        loss_fn=loss_fn,
-        epsilon=cal.epsilon,
-        gamma=cal.gamma,
-        chains=chains,
-        draws=draws,
-        burnin=burnin,
-        seed=seed + 2,
-        vectorize=vectorize,
-        warn=False,
-        progress=False,
-    )
+    row: dict[str, Any] = {
+        "calib_passes": cal.passes,
+        "calib_seconds": cal.seconds,
+        "calib_rule": cal.rule,
+    }
+    if res is None:
+        nan = float("nan")
+        row.update(llc=nan, llc_std=nan, ratio=nan, epsilon=nan, gamma=nan, n_diverged=-1)
+        row.update(llc_passes=0, llc_seconds=0.0)
+        return row, "llc: no stable setting; "
     row.update(
         llc=res.mean,
         llc_std=res.std,
@@ -590,9 +465,7 @@ def _point(
         llc_passes=res.passes,
         llc_seconds=res.seconds,
     )
-    if res.warnings:
-        row["error"] += "llc: " + " | ".join(res.warnings) + "; "
-    return row
+    return row, ("llc: " + " | ".join(res.warnings) + "; ") if res.warnings else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,12 +473,11 @@ def _point(
 # ---------------------------------------------------------------------------------------------
 
 
-def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
-    ratios = np.array([r.get("ratio", np.nan) for r in rows], dtype=np.float64)
-    recovery = float(np.nanmean(ratios)) if np.isfinite(ratios).any() else float("nan")
+def _rank_tracking(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per observable: Spearman ρ with λ over the grid and its mean within architectures."""
     lam = np.array([r["lam"] for r in rows], dtype=np.float64)
-    sp: dict[str, dict[str, Any]] = {}
     archs = sorted({(r["M"], r["N"], r["H"]) for r in rows})
+    sp: dict[str, dict[str, Any]] = {}
     for col, sign, is_logdet in OBSERVABLES:
         v = np.array([r.get(col, np.nan) for r in rows], dtype=np.float64)
         rho, npairs = spearman(v, lam, sig_digits=_RANK_DIGITS)
@@ -625,22 +497,18 @@ def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
             "within_rho": float(np.mean(within)) if within else float("nan"),
             "within_n": len(within),
         }
+    return sp
+
+
+def _cost(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians over the grid of passes and seconds, and the ratios LLC/DDS."""
 
     def med(key: str) -> float:
         v = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
         return float(np.nanmedian(v)) if np.isfinite(v).any() else float("nan")
 
-    cost = {
-        k: med(k)
-        for k in (
-            "llc_passes",
-            "llc_seconds",
-            "calib_passes",
-            "calib_seconds",
-            "dds_passes",
-            "dds_seconds",
-        )
-    }
+    keys = ("llc_passes", "llc_seconds", "calib_passes", "calib_seconds")
+    cost = {k: med(k) for k in (*keys, "dds_passes", "dds_seconds")}
     cost["pass_ratio"] = cost["llc_passes"] / cost["dds_passes"]
     cost["time_ratio"] = cost["llc_seconds"] / cost["dds_seconds"]
     cost["pass_ratio_with_calibration"] = (cost["llc_passes"] + cost["calib_passes"]) / cost[
@@ -649,6 +517,14 @@ def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
     cost["time_ratio_with_calibration"] = (cost["llc_seconds"] + cost["calib_seconds"]) / cost[
         "dds_seconds"
     ]
+    return cost
+
+
+def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
+    ratios = np.array([r.get("ratio", np.nan) for r in rows], dtype=np.float64)
+    recovery = float(np.nanmean(ratios)) if np.isfinite(ratios).any() else float("nan")
+    sp = _rank_tracking(rows)
+    cost = _cost(rows)
     targets = {"llc_recovery>=0.9": bool(recovery >= 0.9)}
     for col, _, is_logdet in OBSERVABLES:
         if is_logdet:
@@ -726,8 +602,6 @@ def run(
     -------
     RRRResult
     """
-    from tqdm.auto import tqdm
-
     if quick:
         size = "quick"
     if size not in _SIZES:
@@ -746,43 +620,35 @@ def run(
             if int(val) != val or val < (0 if key == "burnin" else 1):
                 raise ValueError(f"deadspec.rrr.run: {key} must be a positive integer, got {val!r}")
             cfg[key] = int(val)
+    budget = _Budget(
+        noise=noise,
+        epsilons=epsilons,
+        gammas=gammas,
+        gap_ratio=gap_ratio,
+        vectorize=vectorize,
+        **cfg,
+    )
     grid = grid_for(size)
     t0 = time.perf_counter()
-    if progress is None:
-        progress = sys.stderr.isatty()
     rows: list[dict[str, Any]] = []
-    with _threads(threads):
-        for i, (M, N, H, r) in enumerate(tqdm(grid, desc="rrr grid", disable=not progress)):
-            row = _point(
-                M,
-                N,
-                H,
-                r,
-                n=cfg["n"],
-                n_dds=cfg["n_dds"],
-                noise=noise,
-                chains=cfg["chains"],
-                draws=cfg["draws"],
-                burnin=cfg["burnin"],
-                cal_draws=cfg["cal_draws"],
-                cal_burnin=cfg["cal_burnin"],
-                epsilons=epsilons,
-                gammas=gammas,
-                gap_ratio=gap_ratio,
-                seed=seed * 1000 + 10 * i,
-                vectorize=vectorize,
-            )
-            rows.append(row)
+    with _harness.threads(threads, core=True):
+        bar = _harness.progress_bar(grid, "rrr grid", progress, unit="point")
+        for i, (M, N, H, r) in enumerate(bar):
+            rows.append(_point(M, N, H, r, budget, seed=seed * 1000 + 10 * i))
     recovery, sp, cost, targets = _summarise(rows)
     seconds = time.perf_counter() - t0
-    out_path = None
-    if out is not None:
-        out_path = Path(out)
-        out_path.mkdir(parents=True, exist_ok=True)
-        _write_csv(rows, out_path / "rrr.csv")
-        _write_summary(recovery, sp, cost, targets, out_path / "rrr_summary.csv")
-        if plot:
-            _plot(rows, sp, out_path)
+    figures = {
+        "rrr_llc.png": lambda path: _plot_llc(rows, path),
+        "rrr_dds.png": lambda path: _plot_dds(rows, sp, path),
+    }
+    _harness.write_outputs(
+        out,
+        {
+            "rrr.csv": (rows, CSV_COLUMNS),
+            "rrr_summary.csv": (_summary_rows(recovery, sp, cost, targets), SUMMARY_COLUMNS),
+        },
+        figures if plot else None,
+    )
     result = RRRResult(
         rows=rows,
         recovery=recovery,
@@ -790,7 +656,7 @@ def run(
         cost=cost,
         targets=targets,
         seconds=seconds,
-        out=out_path,
+        out=None if out is None else Path(out),
     )
     if echo is not None:
         echo(format_report(result, size=size))
@@ -801,46 +667,56 @@ def run(
 # output
 # ---------------------------------------------------------------------------------------------
 
+SUMMARY_COLUMNS = ("quantity", "value", "predicted_sign", "pass")
 
-def _fmt(v: Any, spec: str) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(f):
-        return "nan"
-    return format(f, spec)
+_Col = _harness.Col
+_fmt = _harness.fmt
+_TABLE = (
+    _Col("M", "M", ">3"),
+    _Col("N", "N", ">3"),
+    _Col("H", "H", ">3"),
+    _Col("r", "r", ">3"),
+    _Col("case", "case", ">4"),
+    _Col("λ", "lam", "6.2f"),
+    _Col(
+        "λ̂ ± std",
+        lambda r: f"{_fmt(r.get('llc'), '6.2f')} ± {_fmt(r.get('llc_std'), '4.2f')}",
+        ">13",
+    ),
+    _Col("λ̂/λ", "ratio", "5.2f"),
+    _Col("ε", "epsilon", "8.2e"),
+    _Col("γ", "gamma", "8.2e"),
+    _Col("logdetA", "act_logdet_A", "7.2f"),
+    _Col("fishA", "fisher_logdet_A", "7.1f"),
+    _Col("slopeA", "slope_A", "6.2f"),
+    _Col("dead", "dead_count_A", "4.0f"),
+)
 
 
 def format_report(res: RRRResult, size: str = "") -> str:
     """The grid table, the recovery, the Spearman table, the costs and the targets."""
-    lines = [
-        f"RRR validation ({size}): {len(res.rows)} points, {res.seconds:.0f} s",
-        "   M   N   H   r case     λ     λ̂ ± std   λ̂/λ      ε        γ   logdetA  fishA  slopeA dead",
-    ]
-    for r in res.rows:
-        lines.append(
-            f"{r['M']:4d}{r['N']:4d}{r['H']:4d}{r['r']:4d}{r['case']:5d} {r['lam']:6.2f} "
-            f"{_fmt(r.get('llc'), '6.2f')} ± {_fmt(r.get('llc_std'), '4.2f')} "
-            f"{_fmt(r.get('ratio'), '5.2f')} {_fmt(r.get('epsilon'), '8.2e')} "
-            f"{_fmt(r.get('gamma'), '8.2e')} {_fmt(r.get('act_logdet_A'), '7.2f')} "
-            f"{_fmt(r.get('fisher_logdet_A'), '7.1f')} {_fmt(r.get('slope_A'), '6.2f')} "
-            f"{_fmt(r.get('dead_count_A'), '.0f'):>4}"
-            + (f"  [{r['error'][:80]}]" if r.get("error") else "")
-        )
+    table = _harness.format_table(
+        res.rows,
+        _TABLE,
+        suffix=lambda r: f"  [{r['error'][:80]}]" if r.get("error") else "",
+        rule=False,
+    )
+    lines = [f"RRR validation ({size}): {len(res.rows)} points, {res.seconds:.0f} s", table]
     lines.append(f"LLC recovery: mean λ̂/λ = {res.recovery:.3f} (paper 0.99, target ≥ 0.9)")
     lines.append("Rank tracking (Spearman ρ with λ; predicted sign; within-architecture mean ρ):")
     for col, s in res.spearman.items():
+        sign = "+" if s["predicted_sign"] > 0 else "−"
         lines.append(
-            f"  {col:24s} ρ = {_fmt(s['rho'], '+.3f'):>6} (pred {'+' if s['predicted_sign'] > 0 else '−'},"
-            f" n={s['n']:2d}) {'right sign' if s['right_sign'] else 'WRONG SIGN'}"
+            f"  {col:24s} ρ = {_fmt(s['rho'], '+.3f'):>6} (pred {sign}, n={s['n']:2d}) "
+            f"{'right sign' if s['right_sign'] else 'WRONG SIGN'}"
             f"   within: {_fmt(s['within_rho'], '+.3f')} over {s['within_n']} archs"
         )
     c = res.cost
     lines.append(
-        f"Cost per checkpoint (medians): DDS {c['dds_passes']:.0f} passes, {c['dds_seconds'] * 1e3:.1f} ms;"
-        f" LLC estimate {c['llc_passes']:.0f} passes, {c['llc_seconds']:.2f} s;"
-        f" calibration {c['calib_passes']:.0f} passes, {c['calib_seconds']:.2f} s"
+        f"Cost per checkpoint (medians): DDS {c['dds_passes']:.0f} passes, "
+        f"{c['dds_seconds'] * 1e3:.1f} ms; LLC estimate {c['llc_passes']:.0f} passes, "
+        f"{c['llc_seconds']:.2f} s; calibration {c['calib_passes']:.0f} passes, "
+        f"{c['calib_seconds']:.2f} s"
     )
     lines.append(
         f"  ratios LLC/DDS: passes {c['pass_ratio']:.0f}x (with calibration "
@@ -853,101 +729,81 @@ def format_report(res: RRRResult, size: str = "") -> str:
     return "\n".join(lines)
 
 
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k) for k in CSV_COLUMNS})
+def _summary_rows(recovery, sp, cost, targets) -> list[dict[str, Any]]:
+    """The rows of ``rrr_summary.csv`` (:data:`SUMMARY_COLUMNS`)."""
+    rows = [
+        ("llc_recovery_mean_ratio", recovery, "", targets["llc_recovery>=0.9"]),
+    ]
+    for col, s in sp.items():
+        key = f"{col}: |rho|>=0.8 right sign"
+        rows.append(
+            (f"spearman_{col}", s["rho"], s["predicted_sign"], targets.get(key, s["right_sign"]))
+        )
+        rows.append((f"spearman_within_{col}", s["within_rho"], s["predicted_sign"], ""))
+    rows += [(f"cost_{k}", v, "", "") for k, v in cost.items()]
+    rows += [(f"target {k}", "", "", v) for k, v in targets.items()]
+    return [dict(zip(SUMMARY_COLUMNS, row)) for row in rows]
 
 
-def _write_summary(recovery, sp, cost, targets, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["quantity", "value", "predicted_sign", "pass"])
-        w.writerow(["llc_recovery_mean_ratio", recovery, "", targets["llc_recovery>=0.9"]])
-        for col, s in sp.items():
-            key = f"{col}: |rho|>=0.8 right sign"
-            w.writerow(
-                [
-                    f"spearman_{col}",
-                    s["rho"],
-                    s["predicted_sign"],
-                    targets.get(key, s["right_sign"]),
-                ]
-            )
-            w.writerow([f"spearman_within_{col}", s["within_rho"], s["predicted_sign"], ""])
-        for k, v in cost.items():
-            w.writerow([f"cost_{k}", v, "", ""])
-        for k, v in targets.items():
-            w.writerow([f"target {k}", "", "", v])
+def _by_case(cases: np.ndarray):
+    """``(case, mask)`` for each Aoyagi–Watanabe case present in ``cases``."""
+    for c in (1, 2, 3, 4):
+        m = cases == c
+        if m.any():
+            yield c, m
 
 
-def _plot(rows, sp, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot_llc(rows, path: Path) -> None:
+    """The calibrated LLC λ̂ against λ."""
     lam = np.array([r["lam"] for r in rows])
     cases = np.array([r["case"] for r in rows])
     llc_ = np.array([r.get("llc", np.nan) for r in rows], dtype=float)
     std = np.array([r.get("llc_std", np.nan) for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(4.5, 4.2), constrained_layout=True)
-    for c in (1, 2, 3, 4):
-        m = cases == c
-        if m.any():
+    with _harness.figure(path, figsize=(4.5, 4.2), dpi=120) as fig:
+        ax = fig.subplots()
+        for c, m in _by_case(cases):
             ax.errorbar(lam[m], llc_[m], yerr=std[m], fmt="o", capsize=2, label=f"case {c}")
-    hi = float(np.nanmax(np.concatenate([lam, llc_]))) * 1.1
-    ax.plot([0, hi], [0, hi], "k--", lw=1, label="λ̂ = λ")
-    ax.set_xlabel("λ (Aoyagi–Watanabe)")
-    ax.set_ylabel("calibrated LLC λ̂")
-    ax.set_title("RRR: LLC recovery")
-    ax.legend(fontsize=7)
-    fig.savefig(out / "rrr_llc.png", dpi=120)
-    plt.close(fig)
+        hi = float(np.nanmax(np.concatenate([lam, llc_]))) * 1.1
+        ax.plot([0, hi], [0, hi], "k--", lw=1, label="λ̂ = λ")
+        ax.set_xlabel("λ (Aoyagi–Watanabe)")
+        ax.set_ylabel("calibrated LLC λ̂")
+        ax.set_title("RRR: LLC recovery")
+        ax.legend(fontsize=7)
 
+
+def _plot_dds(rows, sp, path: Path) -> None:
+    """Each DDS observable against λ, with its Spearman ρ."""
+    lam = np.array([r["lam"] for r in rows])
+    cases = np.array([r["case"] for r in rows])
     cols = [c for c, _, _ in OBSERVABLES]
     ncol = 5
     nrow = math.ceil(len(cols) / ncol)
-    fig, axes = plt.subplots(
-        nrow, ncol, figsize=(3.2 * ncol, 2.9 * nrow), squeeze=False, constrained_layout=True
-    )
-    for k, col in enumerate(cols):
-        ax = axes[k // ncol, k % ncol]
-        v = np.array([r.get(col, np.nan) for r in rows], dtype=float)
-        for c in (1, 2, 3, 4):
-            m = cases == c
-            if m.any():
+    with _harness.figure(path, figsize=(3.2 * ncol, 2.9 * nrow), dpi=110) as fig:
+        axes = fig.subplots(nrow, ncol, squeeze=False)
+        for k, col in enumerate(cols):
+            ax = axes[k // ncol, k % ncol]
+            v = np.array([r.get(col, np.nan) for r in rows], dtype=float)
+            for c, m in _by_case(cases):
                 ax.plot(lam[m], v[m], "o", label=f"case {c}")
-        s = sp[col]
-        ax.set_title(
-            f"{col}\nρ={_fmt(s['rho'], '+.2f')} (pred {'+' if s['predicted_sign'] > 0 else '−'})",
-            fontsize=8,
-        )
-        ax.set_xlabel("λ", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for k in range(len(cols), nrow * ncol):
-        axes[k // ncol, k % ncol].axis("off")
-    axes[0, 0].legend(fontsize=6)
-    fig.savefig(out / "rrr_dds.png", dpi=110)
-    plt.close(fig)
+            s = sp[col]
+            sign = "+" if s["predicted_sign"] > 0 else "−"
+            ax.set_title(f"{col}\nρ={_fmt(s['rho'], '+.2f')} (pred {sign})", fontsize=8)
+            ax.set_xlabel("λ", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for k in range(len(cols), nrow * ncol):
+            axes[k // ncol, k % ncol].axis("off")
+        axes[0, 0].legend(fontsize=6)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="deadspec repro rrr",
-        description="Reduced-rank regression: calibrated LLC and DDS against the closed-form λ.",
+def _parser():
+    p = _harness.parser(
+        "deadspec repro rrr",
+        "Reduced-rank regression: calibrated LLC and DDS against the closed-form λ.",
+        DEFAULT_OUT,
+        quick_help="tiny grid and budget (for tests)",
+        sizes=("default", "full"),
+        threads=True,
     )
-    p.add_argument(
-        "--out",
-        default=str(DEFAULT_OUT),
-        metavar="DIR",
-        help=f"output folder (default ./{DEFAULT_OUT})",
-    )
-    p.add_argument("--size", choices=["default", "full"], default="default")
-    p.add_argument("--quick", action="store_true", help="tiny grid and budget (for tests)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=None, help="samples per problem")
     p.add_argument("--n-dds", type=int, default=None, help="samples read by DDS")
     p.add_argument("--noise", type=float, default=0.1, help="known noise σ")
@@ -958,37 +814,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gammas", type=float, nargs="+", default=None)
     p.add_argument("--gap-ratio", type=float, default=1e2)
     p.add_argument("--no-vectorize", dest="vectorize", action="store_false", default="auto")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave unchanged)")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry (``deadspec repro rrr``); returns 0 when it ran (targets are reported,
-    not enforced)."""
-    args = _parser().parse_args(argv)
-    run(
-        args.out,
-        size=args.size,
-        quick=args.quick,
-        seed=args.seed,
-        n=args.n,
-        n_dds=args.n_dds,
-        noise=args.noise,
-        chains=args.chains,
-        draws=args.draws,
-        burnin=args.burnin,
-        epsilons=args.epsilons,
-        gammas=args.gammas,
-        gap_ratio=args.gap_ratio,
-        vectorize=args.vectorize,
-        threads=args.threads or None,
-        plot=not args.no_plot,
-        progress=args.progress,
-    )
-    return 0
+    not enforced), 2 on a bad argument."""
+    return _harness.cli_main("rrr", _parser(), run, argv)
 
 
 if __name__ == "__main__":
