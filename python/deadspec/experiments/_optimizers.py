@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from deadspec.optim._muon import hidden_matrices as muon_matrices
+
 __all__ = ["OPTIMIZERS", "MuonAdamW", "hidden_matrices", "make_optimizer"]
 
 OPTIMIZERS = ("ddc-adam", "adamw", "muon", "ddc-muon", "ddc-adam-split")
@@ -54,14 +56,13 @@ class MuonAdamW:
 
 
 def hidden_matrices(model: nn.Module, head: str | Iterable[str]) -> list[nn.Parameter]:
-    """Weights of every ``nn.Linear`` of ``model`` except the ``head`` module(s)."""
-    # rule to be unified with DDCMuon's
+    """The weights that take the Muon path, by DDCMuon's own rule (every ``nn.Linear`` weight
+    and ``nn.MultiheadAttention`` input projection except the ``head`` module(s) and weights
+    tied to an embedding), in ``model.parameters()`` order: plain Muon and DDCMuon split a model
+    the same way."""
     heads = {head} if isinstance(head, str) else set(head)
-    return [
-        m.weight
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and name not in heads
-    ]
+    ids = muon_matrices(model, heads)
+    return [p for p in model.parameters() if id(p) in ids]
 
 
 def make_optimizer(
