@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["csv_value", "progress", "write_csv"]
+__all__ = ["agg_figure", "csv_value", "figure", "progress", "write_csv"]
 
 
 def progress(iterable: Any, enabled: bool | None, desc: str, total: int | None = None) -> Any:
@@ -35,27 +36,61 @@ def write_csv(
     path: str | os.PathLike,
     rows: Sequence[dict[str, Any]],
     columns: Iterable[str] | None = None,
-) -> None:
-    """Write dict rows as CSV (header first), through a temporary file renamed into place.
+    *,
+    extra: bool = True,
+) -> Path:
+    """Write dict rows as CSV (header first), through a temporary file renamed into place, so
+    a reader (or an interrupted run) never sees a half-written file; returns the path.
 
-    ``columns`` fixes the leading columns (default: the first row's keys); keys that appear
-    only in later rows are appended in order of appearance. The parent folder is created.
+    ``columns`` fixes the leading columns (default: the first row's keys). ``extra=True``
+    appends keys that appear in any row in order of appearance; ``extra=False`` writes exactly
+    ``columns`` (missing keys empty, others ignored). The parent folder is created.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fields = list(columns) if columns is not None else []
-    for row in rows:
-        for key in row:
-            if key not in fields:
-                fields.append(key)
+    if extra or columns is None:
+        for row in rows:
+            for key in row:
+                if key not in fields:
+                    fields.append(key)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: csv_value(v) for k, v in row.items()})
+                writer.writerow({k: csv_value(row.get(k)) for k in fields})
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return p
+
+
+def agg_figure(figsize: tuple[float, float], layout: str | None = None) -> Any:
+    """A ``matplotlib.figure.Figure`` on its own Agg canvas: matplotlib is imported here, and
+    neither pyplot nor the process-wide backend is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+@contextlib.contextmanager
+def figure(
+    path: str | os.PathLike,
+    *,
+    figsize: tuple[float, float],
+    dpi: int = 100,
+    layout: str = "constrained",
+) -> Iterator[Any]:
+    """An :func:`agg_figure` saved to ``path`` (PNG, folder created) when the block ends
+    without an error."""
+    fig = agg_figure(figsize, layout)
+    yield fig
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=dpi)

@@ -40,7 +40,6 @@ as ``deadspec: error: ...`` on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import importlib.util
 import math
@@ -50,6 +49,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from deadspec._util import figure
+from deadspec._util import write_csv as _write_csv
 
 __all__ = [
     "CLIError",
@@ -325,7 +327,7 @@ def read_checkpoints(
         x, y = _prepare_data(model, inputs, targets)
         if layers:
             names = dict(model.named_modules())
-            unknown = [l for l in layers if l not in names]
+            unknown = [name for name in layers if name not in names]
             if unknown:
                 linear = [n for n, m in model.named_modules() if type(m).__name__ == "Linear"]
                 raise CLIError(
@@ -354,76 +356,62 @@ def read_checkpoints(
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Write rows (from :func:`read_checkpoints`) to CSV, lead columns first."""
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(LEAD_COLUMNS)
-    for row in rows:
-        for k in row:
-            if k not in columns:
-                columns.append(k)
-    with open(p, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for row in rows:
-            w.writerow(row)
+    """Write rows (from :func:`read_checkpoints`) to CSV, lead columns first (written to a
+    temporary file and renamed into place)."""
+    _write_csv(path, rows, LEAD_COLUMNS)
 
 
 def plot_readings(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """Plot logdet_plus, dead_count, lambda_min (log scale) and effective_rank across
     checkpoints (x = step), one line per layer × side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         series.setdefault((str(row["layer"]), str(row["side"])), []).append(row)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     panels = [
         ("logdet_plus", "log det⁺", False),
         ("dead_count", "dead count", False),
         ("lambda_min", "λ_min", True),
         ("effective_rank", "effective rank", False),
     ]
-    for ax, (key, title, logy) in zip(axes.ravel(), panels):
-        for (layer, side), rs in series.items():
-            rs = sorted(rs, key=lambda r: r["step"])
-            xs, ys = [], []
-            for r in rs:
-                v = r.get(key)
-                try:
-                    v = float(v)
-                except (TypeError, ValueError):
-                    continue
-                if not math.isfinite(v) or (logy and v <= 0):
-                    continue
-                xs.append(r["step"])
-                ys.append(v)
-            if xs:
-                ax.plot(
-                    xs,
-                    ys,
-                    marker="o",
-                    ms=3,
-                    ls="-" if side == "activation" else "--",
-                    label=f"{layer} ({side})",
-                )
-        if logy:
-            ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
+    with figure(path, figsize=(11, 7.5), dpi=110) as fig:
+        axes = fig.subplots(2, 2)
+        for ax, (key, title, logy) in zip(axes.ravel(), panels):
+            _plot_panel(ax, series, key, title, logy)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+
+
+def _plot_panel(
+    ax: Any, series: dict[tuple[str, str], list[dict[str, Any]]], key: str, title: str, logy: bool
+) -> None:
+    for (layer, side), rs in series.items():
+        rs = sorted(rs, key=lambda r: r["step"])
+        xs, ys = [], []
+        for r in rs:
+            v = r.get(key)
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(v) or (logy and v <= 0):
+                continue
+            xs.append(r["step"])
+            ys.append(v)
+        if xs:
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                ms=3,
+                ls="-" if side == "activation" else "--",
+                label=f"{layer} ({side})",
+            )
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ from deadspec._sgld import (
     to_model,
     unpack_data,
 )
+from deadspec._util import agg_figure
 from deadspec._util import progress as progress_bar
 
 __all__ = [
@@ -541,12 +542,7 @@ class Calibration:
     def plot(self, path: str | None = None, ax: Any = None) -> Any:
         """λ̂ against ε, one line per γ (error bars = chain std); chosen setting circled."""
         if ax is None:
-            # a Figure on matplotlib's Agg canvas: no pyplot, no global backend change
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-
-            fig = Figure(figsize=(5, 3.5))
-            FigureCanvasAgg(fig)
+            fig = agg_figure((5, 3.5))  # no pyplot, no global backend change
             ax = fig.add_subplot(1, 1, 1)
         else:
             fig = ax.figure

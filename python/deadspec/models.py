@@ -102,7 +102,8 @@ def mlp(
 ) -> nn.Sequential:
     """A fully connected network as an ``nn.Sequential``.
 
-    ``mlp([d0, d1, ..., dL])`` is ``Linear(d0, d1), act, Linear(d1, d2), act, ..., Linear(dL-1, dL)``
+    ``mlp([d0, d1, ..., dL])`` is
+    ``Linear(d0, d1), act, Linear(d1, d2), act, ..., Linear(dL-1, dL)``
     (no activation after the last layer). With the module names of ``nn.Sequential``, the
     Linear layers are ``"0", "2", "4", ...`` and the activations ``"1", "3", ...``; with
     ``activation="linear"`` there are no activation modules and the Linear layers are

@@ -127,7 +127,10 @@ class SelfAttention(nn.Module):
         return self.o(z)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, rope={self.rope}, causal={self.causal}"
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, rope={self.rope}, "
+            f"causal={self.causal}"
+        )
 
 
 class _MLP(nn.Module):

@@ -14,7 +14,6 @@ Contract
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -96,7 +95,8 @@ class GramAccumulator:
         """Add everything ``other`` has seen. Returns self."""
         if not isinstance(other, GramAccumulator):
             raise TypeError(
-                f"deadspec.GramAccumulator.merge: other must be a GramAccumulator, got {type(other).__name__}"
+                f"deadspec.GramAccumulator.merge: other must be a GramAccumulator, got "
+                f"{type(other).__name__}"
             )
         self._acc.merge(other._acc)
         return self
@@ -149,8 +149,8 @@ def fisher_gram(acts: Any, grads: Any, *, bias: bool = False, route: str = "auto
     pg = dl.prepare(grads, "deadspec.fisher_gram", "grads")
     if dl.kind(acts) != dl.kind(grads):
         raise TypeError(
-            f"deadspec.fisher_gram: acts and grads must both be torch tensors or both numpy arrays, "
-            f"got {type(acts).__name__} and {type(grads).__name__}"
+            f"deadspec.fisher_gram: acts and grads must both be torch tensors or both numpy "
+            f"arrays, got {type(acts).__name__} and {type(grads).__name__}"
         )
     k = _core.fisher_gram(dl.capsule(pa), dl.capsule(pg), bias=bias, route=route)
     return dl.wrap(k, acts)
@@ -310,11 +310,15 @@ def spectrum_from_eigenvalues(
     rtol_size: int | None = None,
 ) -> Spectrum:
     """Readings from a set of eigenvalues (any order) without an eigendecomposition."""
-    v = np.asarray(values.detach().cpu() if dl.kind(values) == "torch" else values, dtype=np.float64)
+    host = values.detach().cpu() if dl.kind(values) == "torch" else values
+    v = np.asarray(host, dtype=np.float64)
     if v.ndim != 1:
-        raise ValueError(f"deadspec.spectrum_from_eigenvalues: values must be 1-D, got shape {v.shape}")
+        raise ValueError(
+            f"deadspec.spectrum_from_eigenvalues: values must be 1-D, got shape {v.shape}"
+        )
     args = _rtol_args("spectrum_from_eigenvalues", rtol, input_dtype, rtol_size)
-    return _spectrum_from_dict(_core.spectrum_from_eigenvalues(v, gap_ratio=float(gap_ratio), **args))
+    res = _core.spectrum_from_eigenvalues(v, gap_ratio=float(gap_ratio), **args)
+    return _spectrum_from_dict(res)
 
 
 def logdet_top(eigenvalues: Any, k: int) -> float:

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from deadspec import _util
 
 __all__ = [
     "Col",
@@ -197,36 +197,13 @@ def count_forwards(model: Any) -> Iterator[list[int]]:
 # Output files
 # ---------------------------------------------------------------------------------------------
 def write_csv(rows: Iterable[Row], columns: Sequence[str], path: str | Path) -> Path:
-    """Write ``rows`` (dicts; missing keys empty, extra keys ignored) as a CSV with ``columns``.
-
-    The file is written next to ``path`` as ``<name>.tmp`` and renamed over it, so a reader (or
-    an interrupted run) never sees a half-written file.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k) for k in columns})
-    os.replace(tmp, path)
-    return path
+    """Write ``rows`` (dicts; missing keys empty, extra keys ignored) as a CSV with ``columns``,
+    through a temporary file renamed over ``path`` (:func:`deadspec._util.write_csv`)."""
+    return _util.write_csv(path, list(rows), columns, extra=False)
 
 
-@contextlib.contextmanager
-def figure(path: str | Path, *, figsize: tuple[float, float], dpi: int = 100) -> Iterator[Any]:
-    """A ``matplotlib.figure.Figure`` (constrained layout) on its own Agg canvas, saved to ``path``.
-
-    matplotlib is imported here, when a figure is drawn; neither pyplot nor the process-wide
-    backend is touched. The PNG is written when the block ends without an error.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    yield fig
-    fig.savefig(path, dpi=dpi)
+#: A figure on its own Agg canvas saved to a path when the block ends (no pyplot).
+figure = _util.figure
 
 
 def write_outputs(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from deadspec._util import agg_figure
 from deadspec.monitor._approach import Checkpoint
 from deadspec.monitor._rates import OBSERVABLES, SIDES, series, window_indices
 
@@ -94,9 +95,6 @@ def plot_monitor(
 ) -> None:
     """Write the PNG of :meth:`DeadDirectionMonitor.plot` (matplotlib's Agg canvas on a
     ``Figure``: no pyplot, no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rates: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in rate_rows:
         rates.setdefault((r["layer"], r["side"]), {})[r["observable"]] = r
@@ -106,8 +104,7 @@ def plot_monitor(
         for side in SIDES
         if any(getattr(c.layers[layer], side) is not None for c in checkpoints)
     ]
-    fig = Figure(figsize=(11, 3.0 * len(panels) + 0.5))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((11, 3.0 * len(panels) + 0.5))
     steps = np.array([c.step for c in checkpoints])
     for row, (layer, side) in enumerate(panels):
         ax_t = fig.add_subplot(len(panels), 2, 2 * row + 1)
