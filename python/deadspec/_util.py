@@ -12,7 +12,31 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["agg_figure", "csv_value", "figure", "progress", "write_csv"]
+__all__ = [
+    "agg_figure",
+    "check_choice",
+    "check_model",
+    "csv_value",
+    "figure",
+    "progress",
+    "write_csv",
+]
+
+
+def check_choice(fn: str, arg: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices`` (the message names ``fn``)."""
+    if value not in choices:
+        raise ValueError(f"deadspec.{fn}: {arg} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_model(model: Any, fn: str) -> None:
+    """Raise TypeError unless ``model`` is a ``torch.nn.Module``."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
+        )
 
 
 def progress(iterable: Any, enabled: bool | None, desc: str, total: int | None = None) -> Any:

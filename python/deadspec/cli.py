@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from deadspec._engine.results import RECORD_KEYS
 from deadspec._util import figure
 from deadspec._util import write_csv as _write_csv
 
@@ -68,19 +69,7 @@ __all__ = [
 
 #: Leading columns of the CSV written by ``deadspec read``; the rest follow Reading.to_records().
 LEAD_COLUMNS = ("checkpoint", "step", "layer", "side")
-RECORD_COLUMNS = (
-    "n",
-    "dim",
-    "logdet_plus",
-    "active",
-    "structural_zeros",
-    "dead_count",
-    "clipped",
-    "lambda_min",
-    "effective_rank",
-    "participation_ratio",
-    "condition_number",
-)
+RECORD_COLUMNS = ("n", "dim", *RECORD_KEYS)
 
 
 class CLIError(Exception):
@@ -203,13 +192,7 @@ def load_data(path: str | os.PathLike) -> tuple[Any, Any]:
         except Exception as exc:
             raise CLIError(f"--data: cannot read {str(p)!r}: {type(exc).__name__}: {exc}") from exc
         return inputs, targets
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CLIError(
-            f"--data: cannot load {str(p)!r} with torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+    obj = _torch_load(p, "--data: cannot load")
     if isinstance(obj, torch.Tensor):
         return obj, None
     if not isinstance(obj, dict) or "inputs" not in obj:
@@ -225,20 +208,26 @@ def load_data(path: str | os.PathLike) -> tuple[Any, Any]:
     return inputs, targets
 
 
+def _torch_load(p: Path, what: str) -> Any:
+    """``torch.load(p, weights_only=True)`` on the CPU; a failure is a CLIError starting
+    with ``what``."""
+    import torch
+
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CLIError(
+            f"{what} {str(p)!r} with torch.load(weights_only=True): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def load_checkpoint(model, path: str | os.PathLike) -> None:
     """Load a state_dict file into ``model`` (strict), with a clear error on mismatch."""
-    import torch
 
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"checkpoint {str(p)!r} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CLIError(
-            f"cannot load checkpoint {str(p)!r} with torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+    state = _torch_load(p, "cannot load checkpoint")
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict"):
             if key in state and isinstance(state[key], dict):

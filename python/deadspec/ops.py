@@ -15,12 +15,13 @@ Contract
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from deadspec import _core
 from deadspec import _dlpack as dl
+from deadspec._util import check_choice
 
 __all__ = [
     "GramAccumulator",
@@ -42,11 +43,6 @@ _SIDES = ("auto", "feature", "sample")
 _ROUTES = ("auto", "block-sum", "materialize")
 
 
-def _check_choice(fn: str, arg: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"deadspec.{fn}: {arg} must be one of {list(choices)}, got {value!r}")
-
-
 def gram(x: Any, *, side: str = "auto", center: bool = False) -> Any:
     """Activation Gram of an N×h matrix.
 
@@ -65,7 +61,7 @@ def gram(x: Any, *, side: str = "auto", center: bool = False) -> Any:
     torch.Tensor or numpy.ndarray
         float64, symmetric.
     """
-    _check_choice("gram", "side", side, _SIDES)
+    check_choice("gram", "side", side, _SIDES)
     p = dl.prepare(x, "deadspec.gram", "x")
     return dl.wrap(_core.gram(dl.capsule(p), side=side, center=center), x)
 
@@ -144,7 +140,7 @@ def fisher_gram(acts: Any, grads: Any, *, bias: bool = False, route: str = "auto
     -------
     tensor, shape (N, N), float64
     """
-    _check_choice("fisher_gram", "route", route, _ROUTES)
+    check_choice("fisher_gram", "route", route, _ROUTES)
     pa = dl.prepare(acts, "deadspec.fisher_gram", "acts")
     pg = dl.prepare(grads, "deadspec.fisher_gram", "grads")
     if dl.kind(acts) != dl.kind(grads):
@@ -354,7 +350,7 @@ _METHODS = ("ols", "theil-sen")
 
 def fit_slope(x: Any, y: Any, *, method: str = "ols") -> Slope:
     """Fit a line through (x, y): least squares with intercept, or Theil–Sen (robust)."""
-    _check_choice("fit_slope", "method", method, _METHODS)
+    check_choice("fit_slope", "method", method, _METHODS)
     xs = np.asarray(x, dtype=np.float64).ravel()
     ys = np.asarray(y, dtype=np.float64).ravel()
     d = _core.fit_slope(xs.tolist(), ys.tolist(), method=method)

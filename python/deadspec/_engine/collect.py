@@ -41,6 +41,7 @@ from deadspec._engine.losses import (
 )
 from deadspec._engine.mha import PatchedMHA
 from deadspec._engine.sites import resolve_sites
+from deadspec._util import check_choice, check_model
 from deadspec._util import progress as progress_bar
 
 __all__ = ["POOLS", "CollectOptions", "Collected", "collect"]
@@ -82,14 +83,9 @@ class Collected:
 
 def _check_options(model: nn.Module, opts: CollectOptions) -> None:
     fn = opts.fn
-    if opts.labels not in LABELS:
-        raise ValueError(f"deadspec.{fn}: labels must be one of {LABELS}, got {opts.labels!r}")
-    if opts.pool not in POOLS:
-        raise ValueError(f"deadspec.{fn}: pool must be one of {POOLS}, got {opts.pool!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
-        )
+    check_choice(fn, "labels", opts.labels, LABELS)
+    check_choice(fn, "pool", opts.pool, POOLS)
+    check_model(model, fn)
     if opts.loss_fn is not None and not callable(opts.loss_fn):
         raise TypeError(
             f"deadspec.{fn}: loss_fn must be callable or None, got {type(opts.loss_fn).__name__}"

@@ -13,6 +13,7 @@ from deadspec._engine.collect import Collected, CollectOptions
 from deadspec._engine.fisher import fisher_matrix
 from deadspec._engine.inputs import dtype_name
 from deadspec._engine.results import GaugeZero, LayerReading, Reading
+from deadspec._util import check_choice
 from deadspec.ops import Spectrum, spectrum
 
 __all__ = ["ROUTES", "ReadOptions", "activation_spectrum", "read_states", "reading_options"]
@@ -36,27 +37,26 @@ class ReadOptions:
 
 def reading_options(
     *,
-    targets: torch.Tensor | None = None,
-    loss_fn: Callable | None = None,
-    fisher: bool = True,
-    labels: str = "observed",
-    batch_size: int | None = None,
-    center: bool = False,
-    pool: str = "none",
-    rtol: float | None = None,
-    gap_ratio: float = 1e3,
-    seed: int | None = None,
-    progress: bool | None = False,
-    task: str | None = None,
-    heads: bool = False,
-    gauges: bool = True,
-    route: str = "auto",
-    joint: bool = False,
+    targets: torch.Tensor | None,
+    loss_fn: Callable | None,
+    fisher: bool,
+    labels: str,
+    batch_size: int | None,
+    center: bool,
+    pool: str,
+    rtol: float | None,
+    gap_ratio: float,
+    seed: int | None,
+    progress: bool | None,
+    task: str | None,
+    heads: bool,
+    gauges: bool,
+    route: str,
+    joint: bool,
 ) -> tuple[CollectOptions, ReadOptions]:
-    """:func:`deadspec.read`'s keywords (same defaults) split into what is collected and how
-    it is read."""
-    if route not in ROUTES:
-        raise ValueError(f"deadspec.read: route must be one of {ROUTES}, got {route!r}")
+    """:func:`deadspec.read`'s keywords (all of them; its signature holds the defaults) split
+    into what is collected and how it is read."""
+    check_choice("read", "route", route, ROUTES)
     collect_opts = CollectOptions(
         targets=targets,
         loss_fn=loss_fn,

@@ -20,6 +20,7 @@ from torch import nn
 
 from deadspec._engine.inputs import ModelState, as_input_tuple, batch_slices, make_generator
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
+from deadspec._util import check_choice, check_model
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import DIR_LABELS, METHODS, t_grid
 from deadspec.ops import fit_slope
@@ -383,14 +384,9 @@ def _check_order_options(
     path: Any,
 ) -> None:
     fn = "direction_order"
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
-        )
-    if labels not in DIR_LABELS:
-        raise ValueError(f"deadspec.{fn}: labels must be one of {DIR_LABELS}, got {labels!r}")
-    if method not in METHODS:
-        raise ValueError(f"deadspec.{fn}: method must be one of {METHODS}, got {method!r}")
+    check_model(model, fn)
+    check_choice(fn, "labels", labels, DIR_LABELS)
+    check_choice(fn, "method", method, METHODS)
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
         raise ValueError(f"deadspec.{fn}: n_probes must be a positive int, got {n_probes!r}")
     for nm, val in (

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deadspec._engine import CollectOptions, activation_spectrum, collect
+from deadspec._util import check_choice, check_model
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import (
     METHODS,
@@ -168,14 +169,9 @@ def approach_slope(
     (4.0, 2.0)
     """
     fn = "approach_slope"
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
-        )
-    if side not in SIDES:
-        raise ValueError(f"deadspec.{fn}: side must be one of {SIDES}, got {side!r}")
-    if method not in METHODS:
-        raise ValueError(f"deadspec.{fn}: method must be one of {METHODS}, got {method!r}")
+    check_model(model, fn)
+    check_choice(fn, "side", side, SIDES)
+    check_choice(fn, "method", method, METHODS)
     width = linear_named(model, layer, "layer", fn).out_features
     next_name = _next_layer(model, layer, next_layer, width, fn)
     grid = t_grid(t, fn)

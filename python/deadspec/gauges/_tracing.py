@@ -190,6 +190,16 @@ def walk(
     return consumers, "ok", ""
 
 
+def _product(u: torch.fx.Node, cur: torch.fx.Node, desc: set[torch.fx.Node]) -> tuple[str, str]:
+    """A multiplication passes the units through when its other factor does not depend on them."""
+    ok, others = other_operand(u, cur)
+    if not ok:
+        return "nonhomogeneous", "a product of the hidden units with themselves"
+    if any(isinstance(o, torch.fx.Node) and o in desc for o in others):
+        return "nonhomogeneous", "a product with a quantity that depends on the units"
+    return "transparent", ""
+
+
 def classify_use(
     u: torch.fx.Node,
     cur: torch.fx.Node,
@@ -229,12 +239,7 @@ def classify_use(
         if fn in NEG_FUNCTIONS:
             return "transparent", ""
         if fn in MUL_FUNCTIONS:
-            ok, others = other_operand(u, cur)
-            if not ok:
-                return "nonhomogeneous", "a product of the hidden units with themselves"
-            if any(isinstance(o, torch.fx.Node) and o in desc for o in others):
-                return "nonhomogeneous", "a product with a quantity that depends on the units"
-            return "transparent", ""
+            return _product(u, cur, desc)
         if fn in DIV_FUNCTIONS:
             if u.kwargs.get("rounding_mode") is not None:
                 return "nonhomogeneous", "a rounding division"
@@ -255,12 +260,7 @@ def classify_use(
         if name in TRANSPARENT_METHODS and u.args and u.args[0] is cur:
             return "transparent", ""
         if name in MUL_METHODS:
-            ok, others = other_operand(u, cur)
-            if not ok:
-                return "nonhomogeneous", "a product of the hidden units with themselves"
-            if any(isinstance(o, torch.fx.Node) and o in desc for o in others):
-                return "nonhomogeneous", "a product with a quantity that depends on the units"
-            return "transparent", ""
+            return _product(u, cur, desc)
         if name in DIV_METHODS:
             if (
                 u.args

@@ -127,8 +127,38 @@ class Gauge:
 
 
 
+class _UnitScaling(Gauge):
+    """A per-unit positive scaling ``c``: the rows of a producer block (weight and bias, or a
+    norm's γ and β) ×c, the columns of the consumers' weights ÷c (:class:`Pair`,
+    :class:`NormScale`). Subclasses say which rows (``_rows``) and have ``consumer``."""
+
+    consumer: Any
+    dim: int | None
+
+    def _rows(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        """(weight, bias or None, unit index or None) of the producer block (after bind)."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def random_element(
+        self, model: nn.Module, generator: torch.Generator | None = None, *, spread: float = 1.0
+    ) -> torch.Tensor:
+        g = self.bind(model)
+        return positive_element(int(g.dim), generator, spread)
+
+    def apply(self, model: nn.Module, element: torch.Tensor) -> None:
+        g = self.bind(model)
+        c = positive_vector(type(self).__name__, element, int(g.dim))
+        w, b, idx = g._rows(model)
+        with torch.no_grad():
+            scale_rows_(w, idx, c)
+            if b is not None:
+                scale_rows_(b, idx, c)
+            for cn in as_tuple(g.consumer):
+                scale_cols_(model.get_submodule(cn).weight, idx, c)
+
+
 @dataclass(eq=True)
-class Pair(Gauge):
+class Pair(_UnitScaling):
     """Per-hidden-unit positive rescaling between a producer and its consumer(s).
 
     ``producer.weight[j, :] ↦ c_j · producer.weight[j, :]``, ``producer.bias[j] ↦ c_j ·
@@ -208,23 +238,9 @@ class Pair(Gauge):
     def _index(self) -> torch.Tensor | None:
         return None if self.units is None else torch.as_tensor(self.units, dtype=torch.int64)
 
-    def random_element(
-        self, model: nn.Module, generator: torch.Generator | None = None, *, spread: float = 1.0
-    ) -> torch.Tensor:
-        g = self.bind(model)
-        return positive_element(int(g.dim), generator, spread)
-
-    def apply(self, model: nn.Module, element: torch.Tensor) -> None:
-        g = self.bind(model)
-        c = positive_vector("Pair", element, int(g.dim))
-        idx = g._index()
-        prod = model.get_submodule(g.producer)
-        with torch.no_grad():
-            scale_rows_(prod.weight, idx, c)
-            if prod.bias is not None:
-                scale_rows_(prod.bias, idx, c)
-            for cn in as_tuple(g.consumer):
-                scale_cols_(model.get_submodule(cn).weight, idx, c)
+    def _rows(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        prod = model.get_submodule(self.producer)
+        return prod.weight, prod.bias, self._index()
 
     def describe(self) -> str:
         cons = ", ".join(str(c) for c in as_tuple(self.consumer))
@@ -310,7 +326,7 @@ class Chain(Gauge):
 
 
 @dataclass(eq=True)
-class NormScale(Gauge):
+class NormScale(_UnitScaling):
     """LayerNorm/RMSNorm per-channel scale: ``(γ_i, β_i) ↦ c_i (γ_i, β_i)``, consumer column
     ``i ↦ / c_i`` (every consumer).
 
@@ -371,22 +387,9 @@ class NormScale(Gauge):
         g = self.bind(model)
         validate_path(model, g.norm, as_tuple(g.consumer), "NormScale", None)
 
-    def random_element(
-        self, model: nn.Module, generator: torch.Generator | None = None, *, spread: float = 1.0
-    ) -> torch.Tensor:
-        g = self.bind(model)
-        return positive_element(int(g.dim), generator, spread)
-
-    def apply(self, model: nn.Module, element: torch.Tensor) -> None:
-        g = self.bind(model)
-        c = positive_vector("NormScale", element, int(g.dim))
-        w, b = norm_params(model.get_submodule(g.norm))
-        with torch.no_grad():
-            scale_rows_(w, None, c)
-            if b is not None:
-                scale_rows_(b, None, c)
-            for cn in as_tuple(g.consumer):
-                scale_cols_(model.get_submodule(cn).weight, None, c)
+    def _rows(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        w, b = norm_params(model.get_submodule(self.norm))
+        return w, b, None
 
     def describe(self) -> str:
         cons = ", ".join(str(c) for c in as_tuple(self.consumer))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from torch import nn
 from deadspec._engine import collect, read_states, reading_options
 from deadspec._engine.results import RECORD_KEYS, Reading
 from deadspec._engine.sites import resolve_sites
-from deadspec._util import write_csv
+from deadspec._util import check_model, write_csv
 from deadspec.monitor._approach import (
     DEAD_NORM,
     DEAD_PROJECTION,
@@ -35,8 +36,16 @@ from deadspec.monitor._rates import (
     check_predictions,
     rate_rows,
 )
+from deadspec.reading import read
 
 __all__ = ["DeadDirectionMonitor"]
+
+
+def _read_defaults() -> dict[str, Any]:
+    """The keyword defaults of :func:`deadspec.read` (the one place they are written)."""
+    params = inspect.signature(read).parameters.values()
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return {p.name: p.default for p in params if p.kind is keyword and p.name != "layers"}
 
 _READ_OPTIONS = (
     "labels",
@@ -157,10 +166,7 @@ class DeadDirectionMonitor:
         method: str = "ols",
         **read_options: Any,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"deadspec.{FN}: model must be a torch.nn.Module, got {type(model).__name__}"
-            )
+        check_model(model, FN)
         self.every = check_int(every, "every", 1)
         unknown = sorted(set(read_options) - set(_READ_OPTIONS))
         if unknown:
@@ -240,13 +246,9 @@ class DeadDirectionMonitor:
 
     def _record(self, step: int) -> Reading:
         t0 = time.perf_counter()
-        collect_opts, read_opts = reading_options(
-            targets=self.targets,
-            loss_fn=self.loss_fn,
-            fisher=self.fisher,
-            progress=False,
-            **self.read_options,
-        )
+        kw = {**_read_defaults(), **self.read_options}
+        kw.update(targets=self.targets, loss_fn=self.loss_fn, fisher=self.fisher, progress=False)
+        collect_opts, read_opts = reading_options(**kw)
         collected = collect(self.model, self.inputs, self.layers, collect_opts)
         center = bool(self.read_options.get("center", False))
         states = {st.name: st for st in collected.states}
