@@ -199,7 +199,8 @@ def environment() -> dict[str, str]:
 
         info = deadspec.build_info()
         env["deadspec"] = (
-            f"{info.get('version')} eig_backend={info.get('eig_backend')!r} blas={info.get('blas_info')!r}"
+            f"{info.get('version')} eig_backend={info.get('eig_backend')!r} "
+            f"blas={info.get('blas_info')!r}"
         )
     except Exception as exc:  # noqa: BLE001 - reported, not hidden
         env["deadspec"] = f"<unavailable: {exc}>"

@@ -3,7 +3,8 @@
 Not a test dependency: devinterp lives in its own virtual environment, outside the repository,
 and the comparison runs in a subprocess there.
 
-    python bench/python/bench_devinterp.py --setup     # create /tmp/devinterp-venv, install devinterp
+    python bench/python/bench_devinterp.py --setup     # create /tmp/devinterp-venv,
+                                                       # install devinterp
     python bench/python/bench_devinterp.py             # run the comparison, print a Markdown table
     python bench/python/bench_devinterp.py --json out.json
 
@@ -65,7 +66,8 @@ def setup(venv: Path, version: str) -> None:
     if repo in venv.resolve().parents or venv.resolve() == repo:
         raise SystemExit(f"bench_devinterp: the venv must live outside the repository, got {venv}")
     if not _venv_python(venv).exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv), "--system-site-packages"], check=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv), "--system-site-packages"],
+                       check=True)
     py = str(_venv_python(venv))
     torch_before = subprocess.run([py, "-c", "import torch; print(torch.__version__)"],
                                   check=True, capture_output=True, text=True).stdout.strip()
@@ -83,7 +85,8 @@ def setup(venv: Path, version: str) -> None:
     if torch_after != torch_before:
         raise SystemExit(f"bench_devinterp: torch changed from {torch_before} to {torch_after}")
     out = subprocess.run([py, "-c", ("import devinterp, importlib.metadata as m; "
-                          "print(m.version('devinterp'))")], check=True, capture_output=True, text=True)
+                          "print(m.version('devinterp'))")],
+                         check=True, capture_output=True, text=True)
     print(f"devinterp {out.stdout.strip()} installed in {venv} (torch {torch_after}; "
           f"installed missing deps: {missing or 'none'})")
 
@@ -192,6 +195,7 @@ def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: i
             seed: int, points: list | None = None, chain_seed: int | None = None,
             same_noise: bool = False) -> dict:
     import torch
+
     from deadspec import llc
     from deadspec.experiments import rrr
     from deadspec.models import ReducedRankRegression
@@ -230,13 +234,16 @@ def compare(venv: Path, n: int, sigma: float, chains: int, draws: int, burnin: i
                                chains=chains, draws=draws, burnin=burnin, seed=cs, warn=False,
                                vectorize=False)
         lam, _ = rrr_rlct(M, N, H, r)
-        ours.append({"point": [M, N, H, r], "lam": lam, "epsilon": eps, "gamma": gamma, "nbeta": nbeta,
+        ours.append({"point": [M, N, H, r], "lam": lam, "epsilon": eps, "gamma": gamma,
+                         "nbeta": nbeta,
                          "mean": res.mean, "std": res.std, "seconds": res.seconds,
                          "per_chain": [float(v) for v in res.per_chain],
                          "seconds_sequential": seq.seconds, "mean_sequential": seq.mean,
                          "trace": res.loss_trace if same_noise else None})
-        items.append({"point": [M, N, H, r], "M": M, "N": N, "H": H, "state": model.state_dict(), "x": x, "y": y,
-                          "sigma": sigma, "epsilon": eps, "gamma": gamma, "nbeta": nbeta, "chains": chains,
+        items.append({"point": [M, N, H, r], "M": M, "N": N, "H": H, "state": model.state_dict(),
+                          "x": x, "y": y,
+                          "sigma": sigma, "epsilon": eps, "gamma": gamma, "nbeta": nbeta,
+                          "chains": chains,
                           "draws": draws, "burnin": burnin, "seed": cs, "noise": noise})
     with tempfile.TemporaryDirectory() as tmp:
         job, out = os.path.join(tmp, "job.pt"), os.path.join(tmp, "out.json")
@@ -296,7 +303,8 @@ def markdown(report: dict) -> str:
             (f"devinterp {report['devinterp']}; one shared noise stream; {report['chains']} "
              f"chains × ({report['burnin']} + {report['draws']}) steps, float64."),
             "",
-            "| (M, N, H, r) | λ | deadspec λ̂ per chain | devinterp λ̂ per chain | max |Δ loss| per step |",
+            "| (M, N, H, r) | λ | deadspec λ̂ per chain | devinterp λ̂ per chain | "
+            "max |Δ loss| per step |",
             "|---|---|---|---|---|",
         ]
         for r in report["rows"]:
@@ -311,14 +319,16 @@ def markdown(report: dict) -> str:
         f"({report['burnin']} burn-in + {report['draws']} draws), ε = 0.4/P, γ = 1e-4·P, "
         "float64, 1 thread."),
         "",
-        "| (M, N, H, r) | λ | ε | γ | deadspec λ̂ ± std | devinterp λ̂ ± std | agree | deadspec s (vmap / loop) | devinterp s | speed-up (vmap / loop) |",
+        "| (M, N, H, r) | λ | ε | γ | deadspec λ̂ ± std | devinterp λ̂ ± std | agree | "
+        "deadspec s (vmap / loop) | devinterp s | speed-up (vmap / loop) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {tuple(r['point'])} | {r['lam']:.2f} | {r['epsilon']:.2e} | {r['gamma']:.3g} | "
             f"{r['mean']:.2f} ± {r['std']:.2f} | {r['di_mean']:.2f} ± {r['di_std']:.2f} | "
-            f"{'yes' if r['agree'] else 'NO'} | {r['seconds']:.1f} / {r['seconds_sequential']:.1f} | "
+            f"{'yes' if r['agree'] else 'NO'} | "
+            f"{r['seconds']:.1f} / {r['seconds_sequential']:.1f} | "
             f"{r['di_seconds']:.1f} | {r['di_seconds'] / r['seconds']:.1f}× / "
             f"{r['di_seconds'] / r['seconds_sequential']:.1f}× |"
         )
@@ -337,7 +347,8 @@ def main(argv=None) -> int:
     p.add_argument("--burnin", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="data seed (and sampler seed by default)")
     p.add_argument("--chain-seed", type=int, default=None,
-                   help="sampler seed of both tools (default: --seed), to rerun the same checkpoints")
+                   help="sampler seed of both tools (default: --seed), "
+                        "to rerun the same checkpoints")
     p.add_argument("--points", default=None,
                    help="only these grid points of POINTS, e.g. '8,3,3,1' or '8,3,3,1;6,6,4,2'")
     p.add_argument("--same-noise", action="store_true",
@@ -370,7 +381,8 @@ def main(argv=None) -> int:
               f"λ̂ difference {gap:.2e}")
         return 0 if worst < 1e-5 and gap < 1e-3 else 1
     ok = all(r["agree"] for r in report["rows"])
-    print(f"\nagreement within chain std: {sum(r['agree'] for r in report['rows'])}/{len(report['rows'])}")
+    print(f"\nagreement within chain std: "
+          f"{sum(r['agree'] for r in report['rows'])}/{len(report['rows'])}")
     return 0 if ok else 1
 
 

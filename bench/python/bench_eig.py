@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             "(build-notes.md): ratios against numpy are not representative."
         )
     print(
-        f"# random PSD A = X X^T / d, dtype {args.dtype}; ratio = method time / numpy time (best of runs)"
+        f"# random PSD A = X X^T / d, dtype {args.dtype}; "
+        "ratio = method time / numpy time (best of runs)"
     )
     rows: list[dict] = []
     for kind in kinds:

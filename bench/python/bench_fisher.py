@@ -50,8 +50,9 @@ def _inputs(cfg: dict):
 
 
 def _case_deadspec(cfg: dict):
-    import deadspec
     import torch
+
+    import deadspec
 
     lin, a, y = _inputs(cfg)
 
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     print_env(env)
     print(
-        f"# Linear {D_IN}->{D_OUT} with bias, dtype {args.dtype}; ratios = baseline ({BASELINE}) / method,"
+        f"# Linear {D_IN}->{D_OUT} with bias, dtype {args.dtype}; "
+        f"ratios = baseline ({BASELINE}) / method,"
         " from best times and peak RSS increases"
     )
     rows: list[dict] = []

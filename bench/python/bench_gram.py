@@ -8,7 +8,8 @@ copy (``numpy f64``) for a same-precision reference. Ratios are method time / nu
 input's dtype (target ≤ 1.2).
 
 By default everything runs in this process; ``--memory`` runs each (configuration, method) in a
-fresh child process and reports its peak RSS increase. Run ``python bench/python/bench_gram.py --help``.
+fresh child process and reports its peak RSS increase. Run
+``python bench/python/bench_gram.py --help``.
 """
 
 from __future__ import annotations
@@ -112,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     print_env(env)
     if env["OPENBLAS_CORETYPE"] != "<unset>":
         print(
-            "# WARNING: OPENBLAS_CORETYPE is set; numpy's OpenBLAS may run 2-6x slower (build-notes.md)."
+            "# WARNING: OPENBLAS_CORETYPE is set; numpy's OpenBLAS may run 2-6x slower "
+            "(build-notes.md)."
         )
     print(
-        "# ratio = method time / numpy time at the input dtype (best of runs); deadspec returns float64"
+        "# ratio = method time / numpy time at the input dtype (best of runs); "
+        "deadspec returns float64"
     )
     rows: list[dict] = []
     for dtype in dtypes:
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     print(
-        "# GFLOP/s = (N*h*h for the feature side, N*N*h for the sample side) / best time: the flops of one triangle (syrk)."
+        "# GFLOP/s = (N*h*h for the feature side, N*N*h for the sample side) / best time: "
+        "the flops of one triangle (syrk)."
     )
     print("# runs: timed runs after a warm-up at size; 'c' = a single run without warm-up at size.")
     if args.csv:

@@ -42,7 +42,8 @@ def _transformer(d_model: int, blocks: int) -> nn.Module:
 def _optimizers(model: nn.Module) -> dict[str, object]:
     params = list(model.parameters())
     out: dict[str, object] = {
-        "AdamW (foreach)": lambda: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, foreach=True),
+        "AdamW (foreach)": lambda: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1,
+                                                     foreach=True),
         "AdamW (fused)": lambda: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1, fused=True),
         "DDCAdam": lambda: DDCAdam(model, lr=1e-3, weight_decay=0.1),
         "DDCAdam (split)": lambda: DDCAdam(model, lr=1e-3, weight_decay=0.1, form="split"),
@@ -70,7 +71,8 @@ def _time_step(make, model: nn.Module, repeat: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="torch and deadspec threads")
     ap.add_argument("--csv", default=None)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 base = best
             rows.append({"model": mname, "params": n_params, "optimizer": oname,
                          "best_ms": best * 1e3, "median_ms": med * 1e3, "vs_adamw": best / base})
-    header = f"{'method':<18} {'model':<18} {'params':>9} {'best ms':>9} {'median ms':>10} {'vs AdamW':>9}"
+    header = (f"{'method':<18} {'model':<18} {'params':>9} {'best ms':>9} {'median ms':>10} "
+              f"{'vs AdamW':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -45,8 +45,9 @@ def _threads(cfg: dict) -> None:
 
 
 def _case_read(cfg: dict):
-    import deadspec
     import torch
+
+    import deadspec
     from deadspec.models_transformer import ModAddTransformer, modadd_data
 
     _threads(cfg)
@@ -87,8 +88,9 @@ def _seq_inputs(cfg: dict):
 
 
 def _case_deadspec(cfg: dict):
-    import deadspec
     import torch
+
+    import deadspec
 
     _threads(cfg)
     lin, a, y = _seq_inputs(cfg)

@@ -6,18 +6,18 @@ import math
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-import deadspec
+import torch
 from torch import nn
 
+import deadspec
+
 DT = torch.float64
-M, H, O, N = 8, 6, 5, 200
+M, H, D_OUT, N = 8, 6, 5, 200
 
 
 def _linear_net(seed: int = 0, bias: bool = False) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(M, H, bias=bias), nn.Linear(H, O, bias=bias)).to(DT)
+    return nn.Sequential(nn.Linear(M, H, bias=bias), nn.Linear(H, D_OUT, bias=bias)).to(DT)
 
 
 def _inputs(seed: int = 1, n: int = N, d: int = M) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_activation_slope_is_2r_and_lambda_min_slope_2(r):
 
 def test_slope_ratio_is_rank_multiplicative_with_bias_and_relu():
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Linear(M, H), nn.ReLU(), nn.Linear(H, O)).to(DT)
+    model = nn.Sequential(nn.Linear(M, H), nn.ReLU(), nn.Linear(H, D_OUT)).to(DT)
     x = _inputs(2)
     s1 = deadspec.approach_slope(model, x, layer="0", units=[1]).slope
     s3 = deadspec.approach_slope(model, x, layer="0", units=[1, 3, 4]).slope
@@ -112,7 +112,7 @@ def test_next_layer_choice_and_errors():
             super().__init__()
             self.a = nn.Linear(M, H)
             self.skip = nn.Linear(M, 3)  # registered after `a` but in_features != H
-            self.b = nn.Linear(H, O)
+            self.b = nn.Linear(H, D_OUT)
 
         def forward(self, x):
             return self.b(torch.tanh(self.a(x))) + self.skip(x).sum(-1, keepdim=True)

@@ -6,11 +6,9 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("matplotlib")
-np = pytest.importorskip("numpy")
+import torch
 
 from deadspec import cli
 from deadspec.models import demo_mlp

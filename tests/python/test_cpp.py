@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import deadspec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +22,8 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(
-            f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout\n{proc.stdout[-6000:]}"
+            f"command failed ({proc.returncode}): {' '.join(cmd)}"
+            f"\n--- stdout\n{proc.stdout[-6000:]}"
             f"\n--- stderr\n{proc.stderr[-6000:]}"
         )
     return proc

@@ -7,9 +7,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
-from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,8 +22,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from deadspec import llc
 from torch import nn
+
+from deadspec import llc
 
 SIGMA = 0.1
 N = 2000
@@ -156,7 +157,9 @@ def test_calibrate_picks_a_stable_plateau_setting(tmp_path):
                         burnin=50, seed=0, progress=False)
     assert cal.epsilon is not None and cal.best is not None and "plateau" in cal.rule
     assert len(cal.sweep) == 15 and sum(r["chosen"] for r in cal.sweep) == 1
-    assert {r["reason"] for r in cal.sweep} <= {"stable", "diverged", "nan", "non-positive", "drift"}
+    assert {r["reason"] for r in cal.sweep} <= {
+        "stable", "diverged", "nan", "non-positive", "drift"
+    }
     assert abs(cal.best.mean - 3.0) <= 0.2 * 3.0
     assert cal.passes == sum(r["passes"] for r in cal.sweep)
     cal.plot(tmp_path / "cal.png")

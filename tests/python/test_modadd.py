@@ -87,6 +87,7 @@ def test_summary_consistent_with_csv(quick_result):
 
 def test_checkpoints_reload(quick_result):
     import torch
+
     from deadspec.models import ModAddTransformer
 
     ck = quick_result.checkpoint_dir

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-torch = pytest.importorskip("torch")
-from deadspec.models import DEMO_WIDTHS, ReducedRankRegression, demo_mlp, mlp
+import torch
 from torch import nn
+
+from deadspec.models import DEMO_WIDTHS, ReducedRankRegression, demo_mlp, mlp
 
 
 def test_reduced_rank_regression_structure_and_forward():

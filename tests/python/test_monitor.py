@@ -7,11 +7,10 @@ import math
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("matplotlib")
-from deadspec.monitor import DEFAULT_PREDICTIONS, DeadDirectionMonitor
+import torch
 from torch import nn
+
+from deadspec.monitor import DEFAULT_PREDICTIONS, DeadDirectionMonitor
 
 DT = torch.float64
 DEAD = [5, 6, 7]  # r = 3 dead output units of branch "a"

@@ -197,7 +197,8 @@ def test_data_pointer_seen_by_core_matches_tensor():
     a = np.random.default_rng(2).standard_normal((6, 2))
     assert _core.dlpack_data_ptr(a.__dlpack__()) == a.__array_interface__["data"][0]
     v = np.random.default_rng(3).standard_normal((6, 2))
-    assert _core.dlpack_data_ptr(v.__dlpack__(max_version=(1, 0))) == v.__array_interface__["data"][0]
+    assert (_core.dlpack_data_ptr(v.__dlpack__(max_version=(1, 0)))
+            == v.__array_interface__["data"][0])
 
 
 def test_output_is_zero_copy_into_torch():
@@ -219,7 +220,8 @@ def test_capsule_is_consumed_once():
 # bad input
 # ---------------------------------------------------------------------------------------------
 def test_errors_have_clear_messages():
-    with pytest.raises(ValueError, match=r"deadspec.gram: x must be 2-D \(N, h\), got shape \(2, 2, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"deadspec.gram: x must be 2-D \(N, h\), got shape \(2, 2, 2\)"):
         deadspec.gram(np.ones((2, 2, 2)))
     with pytest.raises(TypeError, match="x must be float32 or float64, got int64"):
         deadspec.gram(torch.ones(3, 2, dtype=torch.int64))
@@ -307,7 +309,8 @@ def test_hypothesis_gram(x, side, center):
     n = x.shape[0]
     use_feature = side == "feature" or (side == "auto" and n >= x.shape[1])
     ref = x64.T @ x64 / n if use_feature else x64 @ x64.T / n
-    np.testing.assert_allclose(deadspec.gram(x, side=side, center=center), ref, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(deadspec.gram(x, side=side, center=center), ref,
+                               rtol=1e-9, atol=1e-6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -330,7 +333,8 @@ def test_hypothesis_fisher_and_spectrum(x, data):
 @settings(max_examples=40, deadline=None)
 @given(
     x=hnp.arrays(np.float64, st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)).map(
-        lambda s: tuple(v for v in s if v >= 0)), elements=st.floats(allow_nan=True, allow_infinity=True)),
+        lambda s: tuple(v for v in s if v >= 0)),
+        elements=st.floats(allow_nan=True, allow_infinity=True)),
 )
 def test_hypothesis_bad_shapes_and_values_raise_cleanly(x):
     # Whatever comes in, the bindings answer with a Python exception or a finite result.

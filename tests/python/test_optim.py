@@ -8,10 +8,11 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from _models import mlp_ln as _mlp_ln
 from deadspec import gauges as G
 from deadspec.optim import DDCAdam
-from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-import deadspec
+import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+import deadspec
 
 DT = torch.float64
 
@@ -137,7 +137,9 @@ def test_fisher_regression_default_loss_and_custom_loss_fn():
     want = _brute_fisher_eigs(model, x, y, "0", gauss)
     _assert_eigs_close(r["0"].fisher.eigenvalues, want)
     # An explicit loss_fn (reduction="none") is used as given: MSE = 2 × the Gaussian loss.
-    mse = lambda out, t: nn.functional.mse_loss(out, t, reduction="none").sum(-1)
+    def mse(out, t):
+        return nn.functional.mse_loss(out, t, reduction="none").sum(-1)
+
     r2 = deadspec.read(model, x, targets=y, layers=["0"], loss_fn=mse)
     _assert_eigs_close(r2["0"].fisher.eigenvalues, 4 * want)
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from deadspec.experiments import rrr
 from deadspec.models import ReducedRankRegression
 from deadspec.theory import rrr_rlct
@@ -30,7 +31,9 @@ def test_spearman_matches_scipy_with_ties_and_nans():
     x = [4.0 + 1e-13, 4.0 - 1e-13, 2.0, 6.0]
     lam = [1.0, 2.0, 0.5, 3.0]
     assert rrr.spearman(x, lam)[0] == pytest.approx(0.8)  # the 1e-13 decides the order
-    assert rrr.spearman(x, lam, sig_digits=9)[0] == pytest.approx(rrr.spearman([4, 4, 2, 6], lam)[0])
+    assert rrr.spearman(x, lam, sig_digits=9)[0] == pytest.approx(
+        rrr.spearman([4, 4, 2, 6], lam)[0]
+    )
     assert rrr.spearman([0.0, -3.0, 1e-300, np.nan], [1, 2, 3, 4], sig_digits=3)[1] == 3
     with pytest.raises(ValueError, match="deadspec.spearman"):
         rrr.spearman([1, 2, 3], [1, 2])

@@ -6,6 +6,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+
 from deadspec.theory import rrr_rlct, rrr_rlct_exact
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
 import deadspec
 from deadspec.approach import classify_directions, gauge_directions
 from deadspec.models_transformer import (
@@ -25,7 +26,6 @@ from deadspec.models_transformer import (
     modadd_data,
 )
 from deadspec.reading import TokenCrossEntropy
-from torch import nn
 
 DT = torch.float64
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "python" / "bench_transformer.py"
