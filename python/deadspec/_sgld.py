@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deadspec._engine.losses import sum_per_sample
 from deadspec._util import progress as progress_bar
 
 __all__ = [
@@ -75,12 +76,7 @@ def batch_mean_loss(loss_fn: Callable, out: torch.Tensor, yb: torch.Tensor) -> t
         )
     if loss.ndim == 0:
         return loss
-    if loss.ndim == 1 and loss.shape[0] == out.shape[0]:
-        return loss.mean()
-    raise ValueError(
-        "deadspec.llc.estimate: loss_fn must return per-sample losses of shape (B,) or their "
-        f"batch mean (a scalar), got shape {tuple(loss.shape)}"
-    )
+    return sum_per_sample(loss, int(out.shape[0]), "llc.estimate").mean()
 
 
 def full_loss(model, loss_fn, x, y, chunk: int) -> tuple[float, int]:

@@ -30,7 +30,8 @@ Conventions (read these before comparing numbers with other tools)
   of the per-sample loss in the output, 1/σ², times the mean squared residual per output
   coordinate, σ̂², is ≈ 1 (``LLCResult.nll_scale``); a value outside [2/3, 3/2] is reported as
   a warning (plain ``F.mse_loss`` gives 2σ̂²/dim there).
-- ``loss_fn(output, targets)`` returns per-sample losses (shape ``(B,)``) or their batch mean
+- ``loss_fn(output, targets)`` returns per-sample losses (shape ``(B,)``; element-wise losses
+  ``(B, ...)`` are summed over their trailing dimensions per sample) or their batch mean
   (a scalar); the estimator uses the batch mean.
 - The loss trace records, at every draw, the batch loss at the current point before the
   update (as devinterp does); ``L_n(w*)`` is the full-data loss at w*.

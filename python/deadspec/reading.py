@@ -101,8 +101,11 @@ def read(
     loss_fn : callable, optional
         ``loss_fn(output, targets) -> Tensor (N,)`` of per-sample losses, e.g.
         ``nn.CrossEntropyLoss(reduction="none")`` or :class:`TokenCrossEntropy` for
-        ``(N, T, V)`` logits; a scalar loss raises ``ValueError``. Default convention: integer
-        targets -> cross-entropy on the logits, **summed over positions** for sequence outputs
+        ``(N, T, V)`` logits, or element-wise losses ``(N, ...)`` (any torch loss with
+        ``reduction="none"``: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss``, ...), summed over their
+        trailing dimensions per sample; a scalar loss raises ``ValueError``. Default convention:
+        integer targets -> cross-entropy on the logits, **summed over positions** for sequence
+        outputs
         (``(N, T, V)`` logits with ``(N, T)`` targets: sample i's loss is the sum of its token
         losses); float targets -> Gaussian NLL with σ = 1 up to a constant,
         ``0.5·Σ_j (y_j − f_j)²`` per sample. A model output that is not a tensor but has a

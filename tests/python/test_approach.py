@@ -273,3 +273,17 @@ def test_direction_order_validation():
         deadspec.direction_order(model, x, torch.ones(1))
     with pytest.raises(ValueError, match="labels must be one of"):
         deadspec.direction_order(model, x, torch.ones(1), targets=y, labels="true")
+
+
+def test_direction_order_sums_elementwise_losses():
+    x, y = _xy()
+    model = _Power(2)
+    kw = dict(targets=y, labels="observed", n_probes=1)
+    def summed(o, t):
+        return nn.functional.mse_loss(o, t, reduction="none").sum(-1)
+
+    elementwise = nn.MSELoss(reduction="none")
+    a = deadspec.direction_order(model, x, torch.ones(1), loss_fn=elementwise, **kw)
+    b = deadspec.direction_order(model, x, torch.ones(1), loss_fn=summed, **kw)
+    np.testing.assert_array_equal(a.fisher, b.fisher)
+    assert a.kind == b.kind

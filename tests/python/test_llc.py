@@ -213,3 +213,25 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="sigma"):
         llc.gaussian_nll(0.0)
     assert llc.default_nbeta(100) == pytest.approx(100 / math.log(100))
+
+
+def test_elementwise_losses_are_summed_per_sample():
+    # a reduction="none" loss returning (B, outputs) is summed per sample, then batch-averaged
+    net, x, y = _linear_problem(d=4, seed=3)
+    y2 = torch.cat([y, 2.0 * y], dim=1)
+    net2 = nn.Linear(4, 2, bias=False).double()
+    with torch.no_grad():
+        net2.weight.copy_(torch.linalg.lstsq(x, y2).solution.T)
+
+    def elementwise(out, t):
+        return (t - out).pow(2) / (2 * SIGMA**2)
+
+    def summed(out, t):
+        return elementwise(out, t).sum(1)
+
+    kw = dict(epsilon=1e-6, gamma=10.0, chains=2, draws=20, burnin=5, seed=0, check_nll=False)
+    a = llc.estimate(net2, (x, y2), loss_fn=elementwise, **kw)
+    b = llc.estimate(net2, (x, y2), loss_fn=summed, **kw)
+    assert a.init_loss == b.init_loss and a.mean == b.mean
+    with pytest.raises(ValueError, match=r"element-wise losses \(2000, \.\.\.\)"):
+        llc.estimate(net2, (x, y2), loss_fn=lambda o, t: elementwise(o, t).T, **kw)

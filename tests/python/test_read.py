@@ -361,13 +361,34 @@ def test_scalar_loss_rejected():
     model, (x, y) = _mlp(), _data()
     with pytest.raises(ValueError, match='reduction="none"'):
         deadspec.read(model, x, targets=y, loss_fn=nn.CrossEntropyLoss())
-    with pytest.raises(ValueError, match=r"shape \(40,\)"):
+    with pytest.raises(ValueError, match=r"shape \(40,\) or element-wise losses"):
         deadspec.read(
             model,
             x,
             targets=nn.functional.one_hot(y, 3).to(DT),
-            loss_fn=nn.MSELoss(reduction="none"),
+            loss_fn=lambda out, t: nn.functional.mse_loss(out, t, reduction="none").T,
         )
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        nn.MSELoss(reduction="none"),
+        nn.BCEWithLogitsLoss(reduction="none"),
+        nn.L1Loss(reduction="none"),
+    ],
+)
+def test_elementwise_losses_are_summed_per_sample(loss):
+    # reduction="none" gives (N, outputs) losses: each sample's loss is their sum
+    model, (x, y) = _mlp(), _data()
+    t = nn.functional.one_hot(y, 3).to(DT)
+    got = deadspec.read(model, x, targets=t, loss_fn=loss, layers=["0", "2"])
+    want = deadspec.read(
+        model, x, targets=t, loss_fn=lambda out, tt: loss(out, tt).sum(-1), layers=["0", "2"]
+    )
+    for name in ("0", "2"):
+        np.testing.assert_array_equal(got[name].fisher.eigenvalues, want[name].fisher.eigenvalues)
+    assert got["2"].fisher.active > 0
 
 
 def test_missing_targets_and_bad_options():

@@ -24,6 +24,7 @@ __all__ = [
     "model_output",
     "per_sample_loss",
     "sample_targets",
+    "sum_per_sample",
 ]
 
 LABELS = ("observed", "sampled")
@@ -82,6 +83,12 @@ def per_sample_loss(
             f"deadspec.{fn}: the model output must be a tensor for the loss, got "
             f"{type(output).__name__} (wrap the model so that it returns the logits/predictions)"
         )
+    """Per-sample losses ``(N,)``: the default convention, or ``loss_fn(output, targets)``.
+
+    A ``loss_fn`` may return ``(N,)`` or element-wise losses ``(N, ...)`` (every torch loss with
+    ``reduction="none"``: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss``, ...), which are summed over
+    their trailing dimensions per sample; a scalar (a reduced batch loss) is refused.
+    """
     n = output.shape[0]
     if loss_fn is None:
         return default_loss(output, targets, fn)
@@ -90,15 +97,21 @@ def per_sample_loss(
         raise TypeError(f"deadspec.{fn}: loss_fn must return a tensor, got {type(loss).__name__}")
     if loss.ndim == 0:
         raise ValueError(
-            f"deadspec.{fn}: loss_fn must return per-sample losses of shape (N,) "
+            f"deadspec.{fn}: loss_fn must return per-sample losses of shape (N,) or (N, ...) "
             f'(construct it with reduction="none"), got a scalar'
         )
-    if tuple(loss.shape) != (n,):
+    return sum_per_sample(loss, n, fn)
+
+
+def sum_per_sample(loss: torch.Tensor, n: int, fn: str) -> torch.Tensor:
+    """``(N,)`` from per-sample ``(N,)`` or element-wise ``(N, ...)`` losses (trailing axes
+    summed: each element is a term of the sample's negative log-likelihood)."""
+    if loss.ndim == 0 or loss.shape[0] != n:
         raise ValueError(
-            f"deadspec.{fn}: loss_fn must return per-sample losses of shape ({n},) "
-            f'(reduction="none"; sum over positions/outputs per sample), got {tuple(loss.shape)}'
+            f"deadspec.{fn}: loss_fn must return per-sample losses of shape ({n},) or "
+            f'element-wise losses ({n}, ...) (reduction="none"), got {tuple(loss.shape)}'
         )
-    return loss
+    return loss if loss.ndim == 1 else loss.reshape(n, -1).sum(1)
 
 
 def sample_targets(output: torch.Tensor, task: str, generator: torch.Generator) -> torch.Tensor:
