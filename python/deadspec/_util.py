@@ -19,6 +19,7 @@ __all__ = [
     "csv_value",
     "figure",
     "progress",
+    "unwrap_compiled",
     "write_csv",
 ]
 
@@ -37,6 +38,24 @@ def check_model(model: Any, fn: str) -> None:
         raise TypeError(
             f"deadspec.{fn}: model must be a torch.nn.Module, got {type(model).__name__}"
         )
+
+
+def unwrap_compiled(model: Any) -> Any:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) compiles, else ``model``.
+
+    The wrapper holds the original module as ``_orig_mod`` (its parameters are the original's,
+    under the names ``_orig_mod.*``). deadspec takes the original wherever a model is given:
+    module names stay those of the uncompiled model, gauge discovery traces it with torch.fx,
+    and a reading's hooks fire in its eager forward (hooks added to a compiled graph after
+    compilation are not called).
+    """
+    from torch import nn
+
+    while type(model).__name__ == "OptimizedModule" and isinstance(
+        getattr(model, "_orig_mod", None), nn.Module
+    ):
+        model = model._orig_mod
+    return model
 
 
 def progress(iterable: Any, enabled: bool | None, desc: str, total: int | None = None) -> Any:

@@ -11,12 +11,25 @@ Subcommands
 
     * ``MODULE:FACTORY``: ``MODULE`` is a dotted module path (importable, the current directory
       is on the path) or a path to a ``.py`` file; ``FACTORY`` names a zero-argument callable in it
-      (dotted attribute paths allowed) that returns the ``nn.Module`` the checkpoints belong to.
+      (dotted attribute paths allowed) that returns the ``nn.Module`` the checkpoints belong to
+      (a ``torch.compile`` d module is taken through the module it compiles).
       Example: ``deadspec.models:demo_mlp``.
-    * ``CKPT``: a file written by ``torch.save(model.state_dict(), path)``; loaded with
-      ``torch.load(path, map_location="cpu", weights_only=True)`` and applied with
-      ``load_state_dict(strict=True)``. A dict wrapping the state_dict under ``"state_dict"`` or
-      ``"model_state_dict"`` is unwrapped. The step column is the last integer in the file name
+    * ``hf:FOLDER`` instead: a Hugging Face model folder (``save_pretrained``). The model is
+      built from its ``config.json`` (``transformers.AutoConfig``, ``local_files_only``; the
+      class is the config's ``architectures`` entry, else ``AutoModelForCausalLM``, else
+      ``AutoModel``; nothing is downloaded) and the folder is the checkpoint when no ``CKPT``
+      is given; ``CKPT`` s may also be further state_dict files or folders of that model.
+    * ``CKPT``: a state_dict, as a file written by ``torch.save`` (loaded with
+      ``torch.load(path, map_location="cpu", weights_only=True)``), a ``.safetensors`` file
+      (``safetensors.torch.load_file``) or a Hugging Face folder (``model.safetensors``, sharded
+      ``model.safetensors.index.json``, or ``pytorch_model.bin``). A dict holding the state_dict
+      under ``"state_dict"`` (Lightning), ``"model_state_dict"`` or ``"model"`` is unwrapped
+      (nested wrappers too). It is applied strictly (``load_state_dict``), except that a key
+      whose tensor is tied to one the file holds may be missing (Hugging Face drops tied
+      copies). When the keys do not match the model's but all carry one prefix whose removal
+      makes them match (Lightning's ``model.``, DDP's ``module.``, ``torch.compile``'s
+      ``_orig_mod.``), the prefix is stripped and the output says so. Anything else is an
+      error. The step column is the last integer in the file name
       (``step_000300.pt`` -> 300), else the checkpoint's position on the command line.
     * ``FILE``: a ``.pt`` file holding ``{"inputs": tensor, "targets": tensor}`` (``targets``
       optional; a bare tensor is taken as inputs), or a ``.npz`` with arrays ``inputs`` and
@@ -50,8 +63,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from deadspec._checkpoints import HF_PREFIX, CheckpointError, apply_state, hf_factory, load_state
 from deadspec._engine.results import RECORD_KEYS
-from deadspec._util import figure
+from deadspec._util import figure, unwrap_compiled
 from deadspec._util import write_csv as _write_csv
 
 __all__ = [
@@ -107,7 +121,8 @@ def load_factory(spec: str) -> Callable[[], Any]:
     ----------
     spec : str
         ``MODULE`` is a dotted module path or a path to a ``.py`` file; ``FACTORY`` is an
-        attribute (dotted path allowed) of that module.
+        attribute (dotted path allowed) of that module. ``hf:FOLDER``: the model of a Hugging
+        Face folder's ``config.json`` (randomly initialised; see the module docstring).
 
     Returns
     -------
@@ -119,6 +134,11 @@ def load_factory(spec: str) -> Callable[[], Any]:
         On a malformed string, a module that cannot be imported, a missing attribute or a
         non-callable.
     """
+    if isinstance(spec, str) and spec.startswith(HF_PREFIX):
+        try:
+            return hf_factory(spec)
+        except CheckpointError as exc:
+            raise CLIError(str(exc)) from exc
     if not isinstance(spec, str) or ":" not in spec:
         raise CLIError(
             f"--model must be MODULE:FACTORY (e.g. deadspec.models:demo_mlp), got {spec!r}"
@@ -163,13 +183,15 @@ def _make_model(factory: Callable[[], Any], spec: str):
 
     try:
         model = factory()
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from exc
     except Exception as exc:
         raise CLIError(f"--model: calling {spec!r}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise CLIError(
             f"--model: {spec!r}() must return a torch.nn.Module, got {type(model).__name__}"
         )
-    return model
+    return unwrap_compiled(model)
 
 
 def load_data(path: str | os.PathLike) -> tuple[Any, Any]:
@@ -221,27 +243,25 @@ def _torch_load(p: Path, what: str) -> Any:
         ) from exc
 
 
-def load_checkpoint(model, path: str | os.PathLike) -> None:
-    """Load a state_dict file into ``model`` (strict), with a clear error on mismatch."""
+def load_checkpoint(model, path: str | os.PathLike) -> str | None:
+    """Load a checkpoint into ``model``, with a clear error on anything else.
 
+    ``path`` is a ``torch.save`` d state_dict (bare or under ``"state_dict"``,
+    ``"model_state_dict"`` or ``"model"``), a ``.safetensors`` file or a Hugging Face model
+    folder; see the module docstring for the rules (strict, tied keys, prefixes).
+
+    Returns
+    -------
+    str or None
+        The prefix stripped from every key to match the model (``"model."``), else None.
+    """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise CLIError(f"checkpoint {str(p)!r} does not exist")
-    state = _torch_load(p, "cannot load checkpoint")
-    if isinstance(state, dict):
-        for key in ("state_dict", "model_state_dict"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        raise CLIError(f"checkpoint {str(p)!r} must hold a state_dict, got {type(state).__name__}")
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        msg = str(exc).strip().replace("\n\t", "\n  ")
-        raise CLIError(
-            f"checkpoint {str(p)!r} does not match the model from --model: {msg}"
-        ) from exc
+        return apply_state(model, load_state(p), f"checkpoint {str(p)!r}")
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def step_from_path(path: str | os.PathLike, index: int) -> int:
@@ -280,8 +300,12 @@ def read_checkpoints(
     batch_size: int | None = None,
     seed: int | None = 0,
     progress: bool | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Read every checkpoint with :func:`deadspec.read`; the code path of ``deadspec read``.
+
+    With ``model_spec="hf:FOLDER"`` and no checkpoints the folder is the checkpoint. ``echo``
+    receives a line per checkpoint whose keys had a prefix stripped (default: dropped).
 
     Returns
     -------
@@ -293,9 +317,11 @@ def read_checkpoints(
 
     import deadspec
 
+    if not checkpoints and isinstance(model_spec, str) and model_spec.startswith(HF_PREFIX):
+        checkpoints = [model_spec[len(HF_PREFIX):]]
     if not checkpoints:
         raise CLIError("no checkpoints given")
-    missing = [str(c) for c in checkpoints if not Path(c).is_file()]
+    missing = [str(c) for c in checkpoints if not Path(c).exists()]
     if missing:
         raise CLIError(f"checkpoint file(s) not found: {', '.join(missing)}")
     factory = load_factory(model_spec)
@@ -311,7 +337,12 @@ def read_checkpoints(
         tqdm(list(checkpoints), desc="checkpoints", unit="ckpt", disable=not progress)
     ):
         model = _make_model(factory, model_spec)
-        load_checkpoint(model, ckpt)
+        stripped = load_checkpoint(model, ckpt)
+        if stripped is not None and echo is not None:
+            echo(
+                f"checkpoint {str(ckpt)!r}: stripped the prefix {stripped!r} from every key "
+                f"to match the model"
+            )
         model.eval()
         x, y = _prepare_data(model, inputs, targets)
         if layers:
@@ -652,6 +683,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         progress=None if args.progress is None else args.progress,
+        echo=print,
     )
     write_csv(rows, args.out)
     print(f"wrote {len(rows)} rows to {args.out}")
@@ -720,13 +752,20 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint. DATA is a .pt file holding {'inputs': tensor, 'targets': tensor "
         "(optional)} or a .npz with arrays inputs/targets.",
     )
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="state_dict files (torch.save)")
+    p.add_argument(
+        "checkpoints",
+        nargs="*",
+        metavar="CKPT",
+        help="state_dict files (torch.save, bare or under 'state_dict'/'model_state_dict'/"
+        "'model'; .safetensors) or Hugging Face folders; may be omitted with --model hf:FOLDER",
+    )
     p.add_argument(
         "--model",
         required=True,
         metavar="MODULE:FACTORY",
         help="zero-argument callable returning the nn.Module, e.g. "
-        "deadspec.models:demo_mlp or path/to/models.py:make_model",
+        "deadspec.models:demo_mlp or path/to/models.py:make_model; or hf:FOLDER, a Hugging "
+        "Face model folder (built from its config.json, no download)",
     )
     p.add_argument("--data", required=True, metavar="FILE", help=".pt or .npz data file")
     p.add_argument(

@@ -41,7 +41,7 @@ from deadspec._engine.losses import (
 )
 from deadspec._engine.mha import PatchedMHA
 from deadspec._engine.sites import resolve_sites
-from deadspec._util import check_choice, check_model
+from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 
 __all__ = ["POOLS", "CollectOptions", "Collected", "collect"]
@@ -229,6 +229,7 @@ def collect(
     """
     opts, fn = options, options.fn
     _check_options(model, opts)
+    model = unwrap_compiled(model)  # hooks fire in the eager forward of the original module
     tup, n = as_input_tuple(inputs, fn)
     slices = batch_slices(n, opts.batch_size, fn)
     resolved = resolve_sites(model, layers, opts.heads, fn)

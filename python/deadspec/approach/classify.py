@@ -21,7 +21,7 @@ from torch import nn
 from deadspec import gauges as G
 from deadspec._engine import CollectOptions, collect
 from deadspec._engine.losses import infer_task
-from deadspec._util import check_model
+from deadspec._util import check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import linear_named
 from deadspec.approach.order import DirectionOrder, direction_order
@@ -390,6 +390,7 @@ def classify_directions(
     """
     fn = "classify_directions"
     check_model(model, fn)
+    model = unwrap_compiled(model)
     if isinstance(n_small, bool) or not isinstance(n_small, (int, np.integer)) or n_small < 0:
         raise ValueError(f"deadspec.{fn}: n_small must be a non-negative int, got {n_small!r}")
     if candidates is not None and not isinstance(candidates, Mapping):

@@ -20,7 +20,7 @@ from torch import nn
 
 from deadspec._engine.inputs import ModelState, as_input_tuple, batch_slices, make_generator
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
-from deadspec._util import check_choice, check_model
+from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import DIR_LABELS, METHODS, t_grid
 from deadspec.ops import fit_slope
@@ -385,6 +385,7 @@ def _check_order_options(
 ) -> None:
     fn = "direction_order"
     check_model(model, fn)
+    model = unwrap_compiled(model)
     check_choice(fn, "labels", labels, DIR_LABELS)
     check_choice(fn, "method", method, METHODS)
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from deadspec._engine import CollectOptions, activation_spectrum, collect
-from deadspec._util import check_choice, check_model
+from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import (
     METHODS,
@@ -170,6 +170,7 @@ def approach_slope(
     """
     fn = "approach_slope"
     check_model(model, fn)
+    model = unwrap_compiled(model)
     check_choice(fn, "side", side, SIDES)
     check_choice(fn, "method", method, METHODS)
     width = linear_named(model, layer, "layer", fn).out_features

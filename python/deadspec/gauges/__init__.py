@@ -31,7 +31,11 @@ Contract
 --------
 - Modules are addressed by their ``model.named_modules()`` names (or passed as the modules
   themselves; :meth:`Gauge.bind` turns them into names). Gauges returned by :func:`discover`
-  hold names, so they are printable, picklable and apply to a copy of the model.
+  hold names, so they are printable, picklable and apply to a copy of the model;
+  :func:`bind` ``(gauges, model)`` turns names into the modules, for an optimizer that is
+  given plain parameters (``DDCAdam(model.parameters(), gauges=bind(gauges, model))``).
+- A ``torch.compile`` d model (``OptimizedModule``) is taken through the module it compiles
+  (``_orig_mod``), so names are those of the uncompiled model.
 - Every gauge offers ``validate(model)`` (structural checks: types, shapes, unshared
   parameters, and — when the model can be traced with ``torch.fx`` — that everything between
   producer and consumer is positively homogeneous), ``random_element(model, generator)``,
@@ -47,9 +51,10 @@ Contract
   ``source="naming"`` and a warning recommends ``check=True``. Parameters shared between modules
   (tied weights) are never part of a discovered gauge, and a declared gauge on one is rejected.
 
-Modules: :mod:`.kinds` (the gauge dataclasses), :mod:`.discovery` (:func:`discover`, group
-elements over several gauges); private: ``_tracing`` (torch.fx), ``_homogeneity`` (which
-operations a rescaling passes through), ``_modules`` (module and tensor helpers).
+Modules: :mod:`.kinds` (the gauge dataclasses), :mod:`.discovery` (:func:`discover`,
+:func:`bind`, group elements over several gauges); private: ``_tracing`` (torch.fx),
+``_homogeneity`` (which operations a rescaling passes through), ``_modules`` (module and tensor
+helpers), ``_binding`` (module references, the stand-in model of plain-parameter optimizers).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from deadspec.gauges._modules import Ref as Ref  # the type of module references
 from deadspec.gauges.discovery import (
     GaugeSet,
     apply_elements,
+    bind,
     discover,
     random_elements,
     summary,
@@ -73,6 +79,7 @@ __all__ = [
     "NormScale",
     "Pair",
     "apply_elements",
+    "bind",
     "discover",
     "random_elements",
     "summary",

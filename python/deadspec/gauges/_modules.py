@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deadspec._util import unwrap_compiled
+
 __all__ = [
     "Ref",
     "as_inputs",
@@ -78,6 +80,7 @@ def join(prefix: str, name: str) -> str:
 
 
 def resolve(model: nn.Module, ref: Ref, fn: str, arg: str) -> tuple[str, nn.Module]:
+    model = unwrap_compiled(model)  # names as in the uncompiled model
     if isinstance(ref, str):
         try:
             return ref, model.get_submodule(ref)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from deadspec._util import unwrap_compiled
+from deadspec.gauges._binding import map_refs
 from deadspec.gauges._homogeneity import HOMOGENEOUS_MODULES
 from deadspec.gauges._modules import as_tuple, is_norm, join, norm_params, shared_param_ids
 from deadspec.gauges._tracing import call_counts, fallback_logit, trace_info, walk
@@ -17,6 +19,7 @@ from deadspec.gauges.kinds import Chain, Gauge, HeadRotation, LogitShift, NormSc
 __all__ = [
     "GaugeSet",
     "apply_elements",
+    "bind",
     "derived_chains",
     "discover",
     "fallback_gauges",
@@ -83,7 +86,8 @@ def discover(
     Parameters
     ----------
     model : nn.Module
-        The model (not modified).
+        The model (not modified). A ``torch.compile`` d model is read through the module it
+        compiles (names as in the uncompiled model).
     loss : {"cross_entropy", None}
         ``"cross_entropy"``: the output layer's logit shift is a gauge (softmax cross-entropy
         over the last axis). None: no loss-dependent gauges.
@@ -112,6 +116,7 @@ def discover(
         raise TypeError(
             f"deadspec.discover: model must be an nn.Module, got {type(model).__name__}"
         )
+    model = unwrap_compiled(model)
     if loss not in ("cross_entropy", None):
         raise ValueError(f"deadspec.discover: loss must be 'cross_entropy' or None, got {loss!r}")
     if check and inputs is None:
@@ -316,6 +321,47 @@ def fallback_gauges(model: nn.Module, unshared: Callable[..., bool]) -> list[Gau
             out.extend(_sequential_gauges(name, mod, unshared))
         out.extend(_named_pairs(name, mod, unshared))
     return out
+
+
+def bind(gauges: Sequence[Gauge], model: nn.Module) -> GaugeSet:
+    """The gauges with their module references replaced by the modules of ``model``.
+
+    Each gauge is bound to ``model`` first (:meth:`Gauge.bind`: names resolved, structure
+    checked), then every reference (producer, consumer, norm, layer, layers, attention) becomes
+    the module itself. Gauges holding modules resolve without the model, so an optimizer given
+    plain parameters can use them::
+
+        gauges = deadspec.gauges.bind(deadspec.gauges.discover(model), model)
+        opt = deadspec.optim.DDCAdam(model.parameters(), gauges=gauges)
+
+    They act on the model they were bound to (and, like any gauge, on a model holding those
+    modules); they print with the modules' reprs rather than names. A ``torch.compile`` d model
+    is bound through the module it compiles.
+
+    Parameters
+    ----------
+    gauges : sequence of Gauge
+        Gauges naming modules of ``model`` (e.g. from :func:`discover`) or holding them.
+    model : nn.Module
+        The model the names refer to.
+
+    Returns
+    -------
+    GaugeSet
+        New gauge objects (the given ones are not modified), in the same order.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"deadspec.bind: model must be an nn.Module, got {type(model).__name__}")
+    model = unwrap_compiled(model)
+    out = []
+    for g in gauges:
+        if not isinstance(g, Gauge):
+            raise TypeError(
+                f"deadspec.bind: gauges must hold deadspec.gauges.Gauge objects, got "
+                f"{type(g).__name__}"
+            )
+        out.append(map_refs(g.bind(model), model.get_submodule))
+    return GaugeSet(out)
 
 
 def random_elements(

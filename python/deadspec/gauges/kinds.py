@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from deadspec._util import unwrap_compiled
 from deadspec.gauges._homogeneity import check_activation
 from deadspec.gauges._modules import (
     Ref,
@@ -106,7 +107,7 @@ class Gauge:
             The relative difference.
         """
         g = self.bind(model)
-        m = copy.deepcopy(model).to(torch.float64).eval()
+        m = copy.deepcopy(unwrap_compiled(model)).to(torch.float64).eval()
         args = as_inputs(inputs)
         with torch.no_grad():
             before = observe(m(*args), targets, loss_fn, isinstance(g, LogitShift))

@@ -14,7 +14,7 @@ from torch import nn
 from deadspec._engine import collect, read_states, reading_options
 from deadspec._engine.results import RECORD_KEYS, Reading
 from deadspec._engine.sites import resolve_sites
-from deadspec._util import check_model, write_csv
+from deadspec._util import check_model, unwrap_compiled, write_csv
 from deadspec.monitor._approach import (
     DEAD_NORM,
     DEAD_PROJECTION,
@@ -167,6 +167,7 @@ class DeadDirectionMonitor:
         **read_options: Any,
     ) -> None:
         check_model(model, FN)
+        model = unwrap_compiled(model)  # torch.compile: read the original module, eagerly
         self.every = check_int(every, "every", 1)
         unknown = sorted(set(read_options) - set(_READ_OPTIONS))
         if unknown:

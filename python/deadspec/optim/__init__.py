@@ -28,6 +28,12 @@ attention :class:`~deadspec.gauges.HeadRotation` s (``docs/ddc.md`` §5).
 
 Contract
 --------
+- Constructed with the model (gauges discovered) or, as any torch optimizer, with plain
+  parameters and ``gauges=`` holding modules (:func:`deadspec.gauges.bind`): the same
+  trajectory, bit for bit. ``maximize`` and ``foreach`` are honoured; torch's ``fused``,
+  ``capturable``, ``differentiable`` (and DDCAdam's ``amsgrad``) raise NotImplementedError when
+  True. A ``torch.compile`` d model is taken through the module it compiles
+  (``docs/ddc.md`` §6).
 - Any device and floating dtype (the moments have the parameter's dtype, as in torch's AdamW).
   The scales are computed in each producer's dtype; ``step`` is ``torch.no_grad``.
 - ``state_dict()`` holds the per-parameter moments (shapes of the parameters, as torch's

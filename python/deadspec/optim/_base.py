@@ -3,24 +3,92 @@ scales, gauge-mode gradients and policies, the non-finite policy, state."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from deadspec import gauges as G
+from deadspec._util import unwrap_compiled
+from deadspec.gauges._binding import module_root, parameter_names
 from deadspec.gauges._modules import scale_cols_, scale_rows_
 from deadspec.optim._functional import gauge_dots, site_rho
 from deadspec.optim._plan import Plan, Site, build_plan
 
-__all__ = ["FORMS", "GAUGE_MODES", "NONFINITE", "DDCBase"]
+__all__ = ["FORMS", "GAUGE_MODES", "NONFINITE", "DDCBase", "TorchOptions"]
 
 GAUGE_MODES = ("zero", "damped", "balance")
 NONFINITE = ("raise", "skip")
 FORMS = ("coordinate", "split")
+
+
+class TorchOptions:
+    """The ``torch.optim`` options a DDC optimizer takes (keyword-only, torch's defaults).
+
+    ``maximize`` is honoured everywhere (the gradients are negated for the step, an exact
+    operation, and restored after it). ``foreach`` picks the path (None: the optimizer's
+    default; True needs ``multi_tensor``). ``fused``, ``capturable``, ``differentiable`` and
+    ``amsgrad`` are accepted at their off values only; anything else raises
+    NotImplementedError naming the option (``why`` says why). A value of another type raises
+    ValueError.
+    """
+
+    why = {
+        "fused": "torch's fused Adam kernels take no gauge scales (on CPU the DDC step "
+        "already runs as one fused pass of the C++ core)",
+        "capturable": "the step reads its step count on the host and calls the C++ core, so it "
+        "cannot be captured in a CUDA graph",
+        "differentiable": "the step runs under torch.no_grad and through the C++ core",
+        "amsgrad": "no running maximum of the second moment is kept in the invariant "
+        "coordinates",
+    }
+
+    def __init__(
+        self,
+        fn: str,
+        *,
+        maximize: bool,
+        foreach: bool | None,
+        fused: bool | None,
+        capturable: bool,
+        differentiable: bool,
+        amsgrad: bool = False,
+        multi_tensor: bool = True,
+    ) -> None:
+        for name, value, allowed in (
+            ("maximize", maximize, (False, True)),
+            ("foreach", foreach, (None, True, False)),
+            ("fused", fused, (None, False, True)),
+            ("capturable", capturable, (False, True)),
+            ("differentiable", differentiable, (False, True)),
+            ("amsgrad", amsgrad, (False, True)),
+        ):
+            if not any(value is a for a in allowed):
+                raise ValueError(
+                    f"deadspec.{fn}: {name} must be one of {allowed}, got {value!r}"
+                )
+        if foreach and not multi_tensor:
+            raise NotImplementedError(
+                f"deadspec.{fn}: foreach=True is not supported (the optimizer steps one "
+                f"tensor at a time; it has no multi-tensor path), got foreach=True"
+            )
+        for name, value in (
+            ("fused", fused),
+            ("capturable", capturable),
+            ("differentiable", differentiable),
+            ("amsgrad", amsgrad),
+        ):
+            if value:
+                raise NotImplementedError(
+                    f"deadspec.{fn}: {name}=True is not supported ({self.why[name]}), got "
+                    f"{name}=True"
+                )
+        self.maximize = bool(maximize)
+        self.foreach = foreach
 
 
 class DDCBase(torch.optim.Optimizer):
@@ -50,9 +118,13 @@ class DDCBase(torch.optim.Optimizer):
         track_residuals: bool,
         rotations: bool,
         form: str = "coordinate",
+        torch_options: TorchOptions | None = None,
     ) -> None:
         fn = self._fn
         self._check_gauge_options(gauge_mode, nonfinite, balance_rate, loss)
+        opts = torch_options
+        self.maximize = False if opts is None else opts.maximize
+        self.foreach = None if opts is None else opts.foreach
         self.gauge_mode = gauge_mode
         self.balance_rate = float(balance_rate)
         self.nonfinite = nonfinite
@@ -61,7 +133,7 @@ class DDCBase(torch.optim.Optimizer):
         self._names: dict[int, str] = {}
         self._residuals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if isinstance(model_or_params, nn.Module):
-            model = model_or_params
+            model = unwrap_compiled(model_or_params)  # torch.compile: the compiled module
             self._names = {id(p): n for n, p in model.named_parameters()}
             explicit = gauges is not None
             found = G.discover(model, loss=loss, chains=False) if gauges is None else gauges
@@ -69,28 +141,93 @@ class DDCBase(torch.optim.Optimizer):
             self._bind_model(model)
             source = model.parameters() if params is None else params
         else:
-            if params is not None:
-                raise ValueError(
-                    f"deadspec.{fn}: params must only be given with a model, got both "
-                    f"parameters and params="
-                )
-            if gauges:
-                raise ValueError(
-                    f"deadspec.{fn}: gauges need the model (modules), got plain parameters; "
-                    f"pass the nn.Module"
-                )
-            warnings.warn(
-                f"deadspec.{fn}: given plain parameters, not a model: no gauges, {fn} is "
-                f"{self._plain}",
-                UserWarning,
-                stacklevel=3,
-            )
-            self._plan = Plan()
-            source = model_or_params
+            source = self._plain_parameters(model_or_params, gauges, params, rotations)
         super().__init__(source, defaults)
+
+    def _plain_parameters(
+        self, source: Any, gauges: list[G.Gauge] | None, params: Any, rotations: bool
+    ) -> Any:
+        """The plain-parameters form: the gauges (which must hold modules) are resolved on a
+        stand-in model of their modules; without gauges there are none (a warning). Returns
+        the entries for ``torch.optim.Optimizer``."""
+        fn = self._fn
+        if params is not None:
+            raise ValueError(
+                f"deadspec.{fn}: params must only be given with a model, got both "
+                f"parameters and params="
+            )
+        if not isinstance(source, torch.Tensor):  # (torch refuses a bare tensor itself)
+            source = [
+                dict(e, params=[e["params"]] if isinstance(e["params"], torch.Tensor)
+                     else list(e["params"]))
+                if isinstance(e, dict) and "params" in e else e
+                for e in source
+            ]
+        if not gauges:
+            if gauges is None:
+                warnings.warn(
+                    f"deadspec.{fn}: given plain parameters, not a model: no gauges, {fn} is "
+                    f"{self._plain}",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            self._plan = Plan()
+            return source
+        names = parameter_names(source)
+        root = module_root(list(gauges), names, fn)
+        self._names = names or {id(p): n for n, p in root.named_parameters()}
+        self._plan = build_plan(root, list(gauges), explicit=True, fn=fn, heads=rotations)
+        self._bind_gauges(root)
+        return source
+
+    def _bind_gauges(self, root: nn.Module) -> None:
+        """Plain parameters with gauges: called with the stand-in model of the gauges' modules
+        once the plan is built, before the param groups are added."""
 
     def _bind_model(self, model: nn.Module) -> None:
         """Called once the plan is built, before the param groups are added."""
+
+    # -- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with self._signed_gradients():
+            self._step()
+        return loss
+
+    def _step(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _signed_gradients(self) -> Iterator[None]:
+        """``maximize=True``: every gradient negated in place for the step (exact, so every
+        path, the C++ core's included, sees g → −g) and restored after it."""
+        if not self.maximize:
+            yield
+            return
+        grads: dict[int, torch.Tensor] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    grads.setdefault(id(p.grad), p.grad)
+        dense = [g for g in grads.values() if not g.is_sparse]
+        other = [g for g in grads.values() if g.is_sparse]
+
+        def negate() -> None:
+            if dense:
+                torch._foreach_neg_(dense)
+            for g in other:
+                g.neg_()
+
+        negate()
+        try:
+            yield
+        finally:
+            negate()
 
     # -- introspection -----------------------------------------------------------------------
     @property
@@ -245,27 +382,21 @@ class DDCBase(torch.optim.Optimizer):
     def _wants_modes(self) -> bool:
         return self.track_residuals or self.gauge_mode == "damped"
 
-    def _prologue(
-        self, closure: Callable[[], Any] | None, decay: bool = True
-    ) -> tuple[Any, bool, list[Any]]:
-        """The steps every DDC optimizer starts with: the closure, the non-finite policy, the
-        gauge-mode gradients (when wanted), then (0) decoupled weight decay in the original
-        coordinates (shift-aware on the logit layer) unless ``decay=False`` (the caller folds
-        it into its update). Returns (loss, proceed, modes)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _prologue(self, decay: bool = True) -> tuple[bool, list[Any]]:
+        """The steps every DDC optimizer starts with (after the closure): the non-finite
+        policy, the gauge-mode gradients (when wanted), then (0) decoupled weight decay in the
+        original coordinates (shift-aware on the logit layer) unless ``decay=False`` (the
+        caller folds it into its update). Returns (proceed, modes)."""
         bad = self._first_nonfinite()
         if bad is not None:
             msg = f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in {bad!r}"
             if self.nonfinite == "raise":
                 raise RuntimeError(msg)
-            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=3)
-            return loss, False, []
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=6)
+            return False, []
         modes = self._gauge_modes() if self._wants_modes() else []
         if not decay:
-            return loss, True, modes
+            return True, modes
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             if wd == 0:
@@ -277,7 +408,7 @@ class DDCBase(torch.optim.Optimizer):
                     p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
                 else:
                     p.mul_(1 - lr * wd)
-        return loss, True, modes
+        return True, modes
 
     def _first_nonfinite(self) -> str | None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]

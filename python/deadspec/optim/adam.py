@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim.adamw import adamw as torch_adamw
 
 from deadspec import gauges as G
-from deadspec.optim._base import FORMS, DDCBase
+from deadspec.optim._base import FORMS, DDCBase, TorchOptions
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
 from deadspec.optim._plan import Site
 from deadspec.optim._split import SplitStep
@@ -24,14 +24,25 @@ class DDCAdam(DDCBase):
     Parameters
     ----------
     model_or_params : nn.Module or iterable of parameters / param-group dicts
-        The model (needed for the gauges), or plain parameters (then no gauges: plain AdamW,
-        with a warning).
+        The model (its gauges are discovered), or plain parameters as any torch optimizer takes
+        them (tensors, ``(name, tensor)`` pairs, param-group dicts). Plain parameters with
+        ``gauges=`` holding modules condition on those gauges exactly as the model form does
+        (same trajectory, bit for bit); without ``gauges`` there are none (plain AdamW, with a
+        warning). A ``torch.compile`` d model is taken through the module it compiles.
     lr, betas, eps, weight_decay
         As ``torch.optim.AdamW`` (decoupled weight decay, default 0).
     gauges : list of deadspec.gauges.Gauge, optional
         None: :func:`deadspec.gauges.discover` ``(model, loss=loss)``. An explicit list is
         bound to the model and its hand-declared entries (``source="declared"``) validated.
-        ``[]``: no gauges (AdamW).
+        ``[]``: no gauges (AdamW). With plain parameters the gauges must reference modules,
+        not names: ``deadspec.gauges.bind(gauges, model)``, or declared with the modules
+        (``Pair(model.fc1, model.fc2, activation="relu")``); a name raises ValueError. The
+        modules are then named after the parameters' names when they come named
+        (``model.named_parameters()``), else ``<class name><k>`` (in :attr:`sites`,
+        :meth:`gauge_residuals`, the state). Declared gauges are checked structurally only
+        (without the model the path between producer and consumer cannot be traced: give
+        ``activation=``, or a warning says so), and a parameter tied to a module outside the
+        gauges is not seen as shared.
     gauge_mode : {"zero", "damped", "balance"}
         Policy on the pure-gauge scales ρ. ``"zero"``: ρ is kept (exactly equivariant).
         ``"damped"``: ``log ρ`` moves by a scalar Adam step on the gauge-mode gradient
@@ -72,6 +83,20 @@ class DDCAdam(DDCBase):
         for the stacked generalisation). Both forms are exactly equivariant. On CPU the split
         form runs as three passes of the C++ core over each block (``ddc_split_sums``,
         ``ddc_split_moments``, ``ddc_split_apply``).
+    maximize : bool
+        Maximise the objective: each step sees ``−g`` (the gradients are negated in place for
+        the step, an exact operation, and restored after it), in every path; the same
+        trajectory, bit for bit, as minimising the negated loss.
+    foreach : bool, optional
+        None or True: the batched paths (torch's multi-tensor AdamW step without a gauge; one
+        call of the C++ core for every CPU float block with gauges). False: one block at a
+        time through the torch reference (the core's one-block kernel still takes a gauged
+        CPU block); equal up to round-off. No effect on ``form="split"`` (per-block passes).
+    fused, capturable, differentiable, amsgrad
+        torch's options, accepted at their off values (None/False, False, False, False); True
+        raises NotImplementedError: torch's fused kernels take no gauge scales, the step reads
+        its step count on the host (no CUDA-graph capture), runs under ``torch.no_grad`` and
+        through the C++ core (not differentiable), and keeps no AMSGrad maximum.
 
     Notes
     -----
@@ -104,8 +129,23 @@ class DDCAdam(DDCBase):
         track_residuals: bool = False,
         rotations: bool = True,
         form: str = "coordinate",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        amsgrad: bool = False,
     ) -> None:
         fn = self._fn
+        torch_options = TorchOptions(
+            fn,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+            amsgrad=amsgrad,
+        )
         self.rotations = bool(rotations)
         if form not in FORMS:
             raise ValueError(f"deadspec.{fn}: form must be one of {FORMS}, got {form!r}")
@@ -131,15 +171,14 @@ class DDCAdam(DDCBase):
             track_residuals=track_residuals,
             rotations=self.rotations,
             form=form,
+            torch_options=torch_options,
         )
 
-    # -- step --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One DDCAdam step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
+    # -- step (DDCBase.step: the closure, then this with the gradients' sign applied) ---------
+    def _step(self) -> None:
         if self.form == "split" and self._plan.sites:
             # (without a rescaling site nothing is split: the coordinate path below is the step)
-            loss, ok, modes = self._prologue(closure, decay=True)
+            ok, modes = self._prologue(decay=True)
             if ok:
                 rho = self._site_scales()  # of the decayed parameters
                 split = SplitStep(
@@ -147,7 +186,7 @@ class DDCAdam(DDCBase):
                 )
                 split.run()
                 self._policy(modes)
-            return loss
+            return
         # Decoupled weight decay is folded into the update (one pass per block) unless a
         # producer of a site is on the logit layer, whose shift-aware decay is not a factor.
         fold = not any(
@@ -156,15 +195,14 @@ class DDCAdam(DDCBase):
             for t in (st.weight, st.bias)
             if t is not None
         )
-        loss, ok, modes = self._prologue(closure, decay=not fold)
+        ok, modes = self._prologue(decay=not fold)
         if not ok:
-            return loss
+            return
         if self._plan.sites or self._plan.rot:
-            ddc_adam(self._blocks(fold))
+            ddc_adam(self._blocks(fold), fused=False if self.foreach is False else None)
         else:
             self._adamw(fold)
         self._policy(modes)
-        return loss
 
     def _stepped(self, fold: bool) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
         """(group, parameter, decay factor still to apply) of every parameter with a gradient,
@@ -237,7 +275,7 @@ class DDCAdam(DDCBase):
                 vs,
                 [],
                 ss,
-                foreach=True,
+                foreach=self.foreach is not False,
                 amsgrad=False,
                 beta1=beta1,
                 beta2=beta2,

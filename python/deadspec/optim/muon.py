@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 
 from deadspec import gauges as G
 from deadspec.gauges._tracing import fallback_logit, trace_info
-from deadspec.optim._base import DDCBase
+from deadspec.optim._base import DDCBase, TorchOptions
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
 from deadspec.optim._muon import ddc_muon_update, hidden_matrices
 from deadspec.optim._plan import Site
@@ -35,9 +35,14 @@ class DDCMuon(DDCBase):
     Parameters
     ----------
     model_or_params : nn.Module or iterable of parameters / param-group dicts
-        The model (needed for the gauges and to tell hidden matrices from the output head and
-        embeddings), or plain parameters (no gauges, a warning: 2-D tensors get Muon, the
-        rest AdamW).
+        The model (needed to discover the gauges and to tell hidden matrices from the output
+        head and embeddings), or plain parameters: 2-D tensors get Muon, the rest AdamW (use
+        ``use_muon`` groups to choose). With ``gauges=`` holding modules (see
+        :class:`DDCAdam`: ``deadspec.gauges.bind(gauges, model)``) the step conditions on them
+        and the head is the LogitShift layer among them (AdamW path): for a model whose 2-D
+        tensors are its ``nn.Linear`` weights, the same trajectory as the model form, bit for
+        bit. Without gauges: none (a warning). A ``torch.compile`` d model is taken through
+        the module it compiles.
     lr, momentum, nesterov, weight_decay, ns_steps, ns_coefficients
         The Muon path: ``B ← lerp(B, g̃, 1 − momentum)``, Nesterov ``U = lerp(g̃, B, momentum)``,
         ``ns_steps`` quintic Newton–Schulz steps with ``ns_coefficients``, Keller's shape scale
@@ -85,6 +90,12 @@ class DDCMuon(DDCBase):
         both paths).
     track_residuals : bool
         As :class:`DDCAdam`: compute ``g_V`` each step for :meth:`gauge_residuals`.
+    maximize : bool
+        As :class:`DDCAdam`: each step sees ``−g`` (both paths).
+    foreach, fused, capturable, differentiable
+        torch's options, accepted at their off values (``foreach`` None or False: DDCMuon
+        steps one tensor at a time); anything else raises NotImplementedError (``foreach=True``:
+        no multi-tensor path; the others as :class:`DDCAdam`).
 
     Notes
     -----
@@ -124,8 +135,22 @@ class DDCMuon(DDCBase):
         loss: str | None = "cross_entropy",
         params: Iterable[Any] | None = None,
         track_residuals: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         fn = self._fn
+        torch_options = TorchOptions(
+            fn,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            capturable=capturable,
+            differentiable=differentiable,
+            multi_tensor=False,
+        )
         if ns_dtype is not None and ns_dtype not in _NS_DTYPES:
             raise ValueError(
                 f"deadspec.{fn}: ns_dtype must be None or one of {_NS_DTYPES}, got {ns_dtype!r}"
@@ -154,6 +179,7 @@ class DDCMuon(DDCBase):
         self._check_adamw(self._adamw_defaults, "adamw_")
         self._head = head
         self._muon_ids: set[int] | None = None  # None: plain parameters, 2-D -> Muon
+        self._head_ids: set[int] = set()  # plain parameters: the head's weight (AdamW path)
         super().__init__(
             model_or_params,
             {"lr": lr, "weight_decay": weight_decay},
@@ -165,10 +191,26 @@ class DDCMuon(DDCBase):
             params=params,
             track_residuals=track_residuals,
             rotations=True,
+            torch_options=torch_options,
         )
 
     def _bind_model(self, model: nn.Module) -> None:
         self._muon_ids = hidden_matrices(model, self._heads(model, self._head))
+
+    def _bind_gauges(self, root: nn.Module) -> None:
+        """Plain parameters with gauges: the head is the LogitShift layers among the gauges
+        (``head="auto"``; names need the model)."""
+        if self._head is None:
+            return
+        if self._head != "auto":
+            raise ValueError(
+                f"deadspec.{self._fn}: head must be 'auto' or None with plain parameters (names "
+                f"need the model; the head is the LogitShift layer among the gauges, or put its "
+                f"parameters in a group with use_muon=False), got {self._head!r}"
+            )
+        for g in self._plan.gauges:
+            if isinstance(g, G.LogitShift):
+                self._head_ids.add(id(root.get_submodule(g.layer).weight))
 
     # -- construction helpers ----------------------------------------------------------------
     def _check_muon(self, g: dict[str, Any]) -> None:
@@ -289,7 +331,7 @@ class DDCMuon(DDCBase):
 
     def _auto_muon(self, p: torch.Tensor) -> bool:
         if self._muon_ids is None:
-            return p.ndim == 2
+            return p.ndim == 2 and id(p) not in self._head_ids
         return id(p) in self._muon_ids
 
     def _add_path_group(self, group: dict[str, Any], muon: bool) -> None:
@@ -336,13 +378,11 @@ class DDCMuon(DDCBase):
             )
         super().load_state_dict(state_dict)
 
-    # -- step --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One DDCMuon step (see the class and ``docs/ddc.md``). Returns the closure's loss."""
-        loss, ok, modes = self._prologue(closure)
+    # -- step (DDCBase.step: the closure, then this with the gradients' sign applied) ---------
+    def _step(self) -> None:
+        ok, modes = self._prologue()
         if not ok:
-            return loss
+            return
         # (1) gauge scales; (2) Muon / AdamW in invariant coordinates, mapped back
         rho = self._site_scales()
         for group in self.param_groups:
@@ -395,7 +435,6 @@ class DDCMuon(DDCBase):
                 ddc_adam([block], fused=False)
         # (3) policy on the pure-gauge scales
         self._policy(modes)
-        return loss
 
     def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
         for t in (s.bias, s.weight):
