@@ -372,3 +372,10 @@ def test_lightning_state_key_and_errors():
         DeadDirectionCallback(["0"], every=2, inputs=x, module=3)
     with pytest.raises(ValueError, match="every must be >= 1, got 0"):
         DeadDirectionCallback(["0"], every=0, inputs=x)
+    _, regressor = _lightning_module()
+    nope = DeadDirectionCallback(["0"], every=2, inputs=x, targets=y, module="nope")
+    with pytest.raises(
+        ValueError,
+        match="module must name a submodule of the LightningModule Regressor, got 'nope'",
+    ):
+        nope.on_train_start(None, regressor())

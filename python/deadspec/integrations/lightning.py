@@ -142,7 +142,15 @@ class DeadDirectionCallback(Callback):
         )
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        model = pl_module if self.module is None else pl_module.get_submodule(self.module)
+        model = pl_module
+        if self.module is not None:
+            try:
+                model = pl_module.get_submodule(self.module)
+            except AttributeError:
+                raise ValueError(
+                    f"deadspec.{_FN}: module must name a submodule of the LightningModule "
+                    f"{type(pl_module).__name__}, got {self.module!r}"
+                ) from None
         self._driver.attach(model)
         self._driver.read(int(trainer.global_step))  # the starting point: recorded, not logged
 
