@@ -57,7 +57,17 @@ _LAZY = {
     "direction_order": "deadspec.approach",
     "DirectionOrder": "deadspec.approach",
 }
-_SUBMODULES = ("models", "theory", "experiments", "cli", "gauges", "optim", "llc", "monitor")
+_SUBMODULES = (
+    "models",
+    "theory",
+    "experiments",
+    "cli",
+    "gauges",
+    "optim",
+    "llc",
+    "monitor",
+    "integrations",
+)
 
 __all__ = [
     "ApproachSlope",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 
 import numpy as np
@@ -321,3 +322,106 @@ def test_errors_are_clear():
         monitor.approach_values("2")
     with pytest.raises(ValueError, match="nothing recorded yet"):
         monitor.plot("unused.png")
+
+
+# ------------------------------------------------------------------ state_dict
+
+
+def _same_rows(a, b):
+    """Row lists equal key by key (NaN equals NaN)."""
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            va, vb = ra[k], rb[k]
+            if isinstance(va, float) and math.isnan(va):
+                assert isinstance(vb, float) and math.isnan(vb), k
+            else:
+                assert va == vb, k
+
+
+def _reload(monitor, make):
+    """Save ``monitor``'s state through torch.save/torch.load(weights_only=True) into
+    ``make()``."""
+    buf = io.BytesIO()
+    torch.save(monitor.state_dict(), buf)
+    buf.seek(0)
+    other = make()
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    return other
+
+
+def test_state_dict_round_trip_gives_same_records_and_rates():
+    # the constructed trajectory: default approach on "a", a callable one on "b"
+    monitor, model = _constructed()
+    x = monitor.inputs
+
+    def make():
+        return DeadDirectionMonitor(
+            model, ["a", "b"], every=1, inputs=x, fisher=False, approach={"b": lambda m: 1.0}
+        )
+
+    fresh = make()
+    assert fresh.records() == [] and fresh.steps == []
+    restored = _reload(monitor, make)
+    assert restored.steps == monitor.steps == list(range(2, 14))
+    _same_rows(restored.records(), monitor.records())
+    _same_rows(restored.rates(), monitor.rates())
+    _same_rows(restored.rates(frac=0.05), monitor.rates(frac=0.05))
+    assert restored.cells_reading() == monitor.cells_reading() == (2, 4)
+    np.testing.assert_array_equal(restored.approach_values("a"), monitor.approach_values("a"))
+    # the record continues after the restored steps (and the implicit step count too)
+    with pytest.raises(ValueError, match="after the last recorded step 13"):
+        restored.step(13, force=True)
+    assert restored.step(14) is not None and restored.steps[-1] == 14
+    assert restored.step() is not None and restored.steps[-1] == 15
+
+
+def test_state_dict_round_trip_fisher_and_dead_projection():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def make():
+        return DeadDirectionMonitor(
+            model, ["0", "2"], every=2, inputs=x, targets=y, approach={"0": "dead-projection"}
+        )
+
+    monitor = make()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
+    for step in range(16):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+        monitor(step)
+    state = monitor.state_dict()
+    assert sorted(state["reference_grams"]) == ["0"]
+    restored = _reload(monitor, make)
+    _same_rows(restored.records(), monitor.records())
+    _same_rows(restored.rates(), monitor.rates())
+    assert {r["side"] for r in restored.records()} == {"activation", "fisher"}
+    np.testing.assert_array_equal(restored.dead_directions("0"), monitor.dead_directions("0"))
+
+
+def test_load_state_dict_refuses_another_monitor():
+    monitor, model = _constructed(ks=range(2, 6))
+    state = monitor.state_dict()
+    x = monitor.inputs
+    other = DeadDirectionMonitor(model, ["a"], inputs=x, fisher=False)
+    with pytest.raises(ValueError, match=r"load_state_dict: the state must be for a monitor "
+                       r"with layers=\['a'\], got layers=\['a', 'b'\]"):
+        other.load_state_dict(state)
+    other = DeadDirectionMonitor(model, ["a", "b"], inputs=x, fisher=False)  # "b": dead-norm
+    with pytest.raises(ValueError, match="with approach="):
+        other.load_state_dict(state)
+    y = torch.randn(x.shape[0], 16, dtype=x.dtype)
+    other = DeadDirectionMonitor(
+        model, ["a", "b"], inputs=x, targets=y, approach={"b": lambda m: 1.0}
+    )
+    with pytest.raises(ValueError, match="with fisher=True, got fisher=False"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="must have format 1"):
+        monitor.load_state_dict({**state, "format": 0})
+    with pytest.raises(TypeError, match="state_dict must be a mapping, got list"):
+        monitor.load_state_dict([])
+    assert monitor.steps == [2, 3, 4, 5]  # a refused state leaves the record as it was

@@ -36,6 +36,12 @@ from deadspec.monitor._rates import (
     check_predictions,
     rate_rows,
 )
+from deadspec.monitor._state import (
+    STATE_FORMAT,
+    approach_key,
+    checkpoints_from_state,
+    checkpoints_to_state,
+)
 from deadspec.reading import read
 
 __all__ = ["DeadDirectionMonitor"]
@@ -458,6 +464,92 @@ class DeadDirectionMonitor:
         rows = self.rates(**rate_options)
         counted = [r for r in rows if r["predicted"] is not None]
         return sum(bool(r["reads"]) for r in counted), len(counted)
+
+    # ----------------------------------------------------------------------------------------
+    # State (checkpointing)
+    # ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recorded checkpoints, for saving with a training checkpoint.
+
+        Holds only Python scalars, strings, lists, dicts and CPU float64 tensors, so it
+        round-trips through ``torch.save`` / ``torch.load(weights_only=True)`` (and through a
+        Lightning checkpoint). The model, the probe batch and the options are not in it: they
+        belong to the monitor that loads it.
+
+        Returns
+        -------
+        dict
+            ``format``, ``layers``, ``fisher``, ``approach`` (per layer ``[kind, weight
+            module]`` or ``["callable"]``), ``calls`` (the next implicit step),
+            ``checkpoints`` (per checkpoint: step, seconds, per layer the spectra and what the
+            approach parameter needs) and ``reference_grams`` (``"dead-projection"`` layers).
+        """
+        return {
+            "format": STATE_FORMAT,
+            "layers": list(self.layers),
+            "fisher": self.fisher,
+            "approach": {name: approach_key(self._approach[name]) for name in self.layers},
+            "calls": int(self._calls),
+            "checkpoints": checkpoints_to_state(self._checkpoints),
+            "reference_grams": {
+                name: torch.from_numpy(np.array(g, dtype=np.float64, copy=True))
+                for name, g in self._ref_gram.items()
+            },
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Replace the record with one saved by :meth:`state_dict` (e.g. to resume a run).
+
+        After loading, :meth:`records`, :meth:`rates` and :meth:`cells_reading` give what they
+        gave on the monitor that saved it, and :meth:`step` continues after its last step.
+
+        Raises
+        ------
+        ValueError
+            A state of another format, or saved by a monitor of other layers, another
+            ``fisher`` setting or another approach parameter (kind or weight module).
+        TypeError
+            ``state_dict`` is not a mapping.
+        """
+        fn = f"{FN}.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"deadspec.{fn}: state_dict must be a mapping, got {type(state_dict).__name__}"
+            )
+        if state_dict.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"deadspec.{fn}: state_dict must have format {STATE_FORMAT} (from "
+                f"DeadDirectionMonitor.state_dict), got {state_dict.get('format')!r}"
+            )
+        mine = {
+            "layers": list(self.layers),
+            "fisher": self.fisher,
+            "approach": {name: approach_key(self._approach[name]) for name in self.layers},
+        }
+        for key, value in mine.items():
+            got = state_dict.get(key)
+            got = dict(got) if isinstance(value, dict) and isinstance(got, Mapping) else got
+            got = list(got) if isinstance(value, list) and isinstance(got, (list, tuple)) else got
+            if got != value:
+                raise ValueError(
+                    f"deadspec.{fn}: the state must be for a monitor with {key}={value!r}, "
+                    f"got {key}={got!r}"
+                )
+        checkpoints = checkpoints_from_state(state_dict["checkpoints"], self.layers)
+        grams = {}
+        for name, g in dict(state_dict.get("reference_grams", {})).items():
+            grams[name] = g.detach().to("cpu", torch.float64).numpy().copy()
+        needed = [n for n in self.layers if self._approach[n][0] == DEAD_PROJECTION]
+        if checkpoints and set(needed) - set(grams):
+            raise ValueError(
+                f"deadspec.{fn}: the state must hold the reference Grams of the "
+                f"'dead-projection' layers {needed}, got {sorted(grams)}"
+            )
+        self._checkpoints = checkpoints
+        self._ref_gram = grams
+        self._calls = check_int(state_dict.get("calls", 0), "calls", 0)
+        self._cache = None
 
     # ----------------------------------------------------------------------------------------
     # Plot
