@@ -254,7 +254,8 @@ bool DDCAdam::step(const std::vector<TensorView>& grads) {
         detail::check_same_layout(m_params[i].param, grads[i], arg.c_str(), false, kStepFn);
         const bool flat = m_params[i].param.ndim() > 2;
         DEADSPEC_CHECK_ARG(!flat || grads[i].is_contiguous(), kStepFn, ": ", arg,
-                           " must be C-contiguous (its parameter is stepped flat), got a strided view");
+                           " must be C-contiguous (its parameter is stepped flat), got a "
+                           "strided view");
     }
     for (std::size_t i = 0; i < grads.size(); ++i) {
         if (grads[i].data == nullptr || all_finite(grads[i])) continue;

@@ -44,6 +44,17 @@ Net grads_at(int step) { return Net(static_cast<unsigned>(100 + 10 * step)); }
 
 double max_abs(const RowMatrixXd& a) { return a.cwiseAbs().maxCoeff(); }
 
+// `f()` throws E with `reason` in its message.
+template <typename E, typename F>
+void expect_throw(F&& f, const char* reason) {
+    try {
+        f();
+        ADD_FAILURE() << "no exception; expected: " << reason;
+    } catch (const E& e) {
+        EXPECT_NE(std::string(e.what()).find(reason), std::string::npos) << e.what();
+    }
+}
+
 TensorView broadcast_rows(const Eigen::VectorXd& rho, std::int64_t cols) {
     TensorView v = TensorView::cpu(rho.data(), {rho.size()});
     v.shape = {rho.size(), cols};
@@ -231,7 +242,8 @@ TEST(DdcAdamClass, NonFiniteGradientsWriteNothing) {
     Net g = grads_at(1);
     g.w3(1, 2) = std::numeric_limits<double>::quiet_NaN();
     DDCAdam raising(a.views(), a.sites());
-    EXPECT_THROW(raising.step(g.views()), Error);
+    expect_throw<Error>([&] { raising.step(g.views()); },
+                        "deadspec.DDCAdam.step: gradients must be finite, got NaN/Inf in params[4]");
     DDCAdamOptions skip;
     skip.raise_on_nonfinite = false;
     DDCAdam skipping(a.views(), a.sites(), skip);
@@ -248,12 +260,8 @@ TEST(DdcAdamClass, RejectsBadDeclarations) {
     // Each declaration is refused for its own reason (the message names it).
     const auto bad = [&](std::vector<TensorView> params, std::vector<GaugeSite> sites,
                          const char* reason) {
-        try {
-            DDCAdam opt(std::move(params), std::move(sites));
-            ADD_FAILURE() << "accepted; expected: " << reason;
-        } catch (const std::invalid_argument& e) {
-            EXPECT_NE(std::string(e.what()).find(reason), std::string::npos) << e.what();
-        }
+        expect_throw<std::invalid_argument>(
+            [&] { DDCAdam opt(std::move(params), std::move(sites)); }, reason);
     };
     bad(v, {GaugeSite{TensorView::cpu(other), v[3], {v[4]}, {}, "x"}}, "must be one of the params");
     bad(v, {GaugeSite{v[0], v[1], {v[4]}, {}, "x"}}, "consumers must be 2-D with 5 columns");
@@ -269,14 +277,17 @@ TEST(DdcAdamClass, RejectsBadDeclarations) {
     bad({s}, {GaugeSite{s, {}, {s}, {}, "loop"}}, "acyclic network, got a cycle through 'loop'");
     DDCAdamOptions o;
     o.weight_decay = -1.0;
-    EXPECT_THROW(DDCAdam(v, a.sites(), o), std::invalid_argument);
+    expect_throw<std::invalid_argument>([&] { DDCAdam opt(v, a.sites(), o); },
+                                        "weight_decay must be finite and >= 0, got -1");
     DDCAdam ok(v, a.sites());
-    EXPECT_THROW(ok.step({v[0]}), std::invalid_argument);  // one grad for six params
+    expect_throw<std::invalid_argument>([&] { ok.step({v[0]}); },
+                                        "grads must have one view per parameter (6), got 1");
     Net g = grads_at(1);
     auto gv = g.views();
     gv[0] = gv[2];  // a gradient of the wrong shape
-    EXPECT_THROW(ok.step(gv), std::invalid_argument);
+    expect_throw<std::invalid_argument>([&] { ok.step(gv); },
+                                        "grads[0] must have the shape of param (5, 3)");
     o.weight_decay = 0.0;
     o.beta1 = 1.0;
-    EXPECT_THROW(ok.set_options(o), std::invalid_argument);
+    expect_throw<std::invalid_argument>([&] { ok.set_options(o); }, "betas must be in [0, 1)");
 }

@@ -12,7 +12,7 @@
 
 namespace deadspec {
 
-/// A per-unit rescaling gauge declared by hand (docs/ddc.md §1): Python's
+/// A per-unit rescaling gauge declared by hand (docs/ddc.md, "Gauges"): Python's
 /// `deadspec.gauges.Pair` when `weight` is 2-D, `NormScale` when it is 1-D.
 ///
 /// The units are the h rows of the producer `[weight | bias]` (a Linear layer's rows, or a
@@ -24,7 +24,7 @@ namespace deadspec {
 /// (Python's `Gauge.check` tests it numerically).
 ///
 /// A site whose 2-D producer weight is a consumer of another site is chained to it (the
-/// columns of its ρ are scaled by the other site's ρ, docs/ddc.md §2 "Coordinates"), as
+/// columns of its ρ are scaled by the other site's ρ, docs/ddc.md, "Coordinates"), as
 /// `Chain` and consecutive `Pair`s are in Python.
 struct GaugeSite {
     TensorView weight;                  ///< producer: h×d Linear weight, or a norm's γ (h)
@@ -47,7 +47,8 @@ struct DDCAdamOptions {
     bool raise_on_nonfinite = true;
 };
 
-/// DDCAdam (theory.md §6.3, docs/ddc.md §2) for a trainer that owns its parameters in C++.
+/// DDCAdam (theory.md §6.3; docs/ddc.md, "From C++") for a trainer that owns its parameters
+/// in C++.
 ///
 /// The optimizer keeps the Adam moments of every parameter block and, each step, computes the
 /// gauge-fixing scales of the declared sites in topological order — ρ = row norms of
