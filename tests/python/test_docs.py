@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 THEORY = ROOT / "docs" / "theory.md"
-SCAN_DIRS = ("python", "cpp", "docs", "tests", "bench")
+SCAN_DIRS = ("python", "cpp", "docs", "tests", "bench", "examples")
 SUFFIXES = {".py", ".pyi", ".cpp", ".hpp", ".h", ".md", ".cmake"}
 SKIP_DIRS = {"__pycache__", "build", "_build", "dist", "node_modules", "_skbuild"}
 TOP_LEVEL = range(1, 7)  # §1 … §6: the topics every existing citation relies on
