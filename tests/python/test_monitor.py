@@ -425,3 +425,25 @@ def test_load_state_dict_refuses_another_monitor():
     with pytest.raises(TypeError, match="state_dict must be a mapping, got list"):
         monitor.load_state_dict([])
     assert monitor.steps == [2, 3, 4, 5]  # a refused state leaves the record as it was
+
+
+def test_readings_do_not_change_a_run_with_dropout():
+    # a train-mode reading draws dropout masks; the monitor restores the generators it used
+    def run(monitored: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1))
+        x, y = torch.randn(32, 4), torch.randn(32, 1)
+        mon = DeadDirectionMonitor(model, ["0", "3"], every=2, inputs=x, targets=y)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        for step in range(6):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+            if monitored:
+                mon(step)
+        if monitored:
+            assert mon.steps == [0, 2, 4]
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)

@@ -60,21 +60,17 @@ def _model_device(model: nn.Module) -> torch.device | None:
 
 
 def _undisturbed_step(monitor: DeadDirectionMonitor, step: int, eval_mode: bool) -> Any:
-    """``monitor.step(step)`` with the random number generators of the CPU and of the model's
-    device restored afterwards (a train-mode forward draws dropout masks), and, with
-    ``eval_mode``, the model in eval mode for the reading (its modes restored after)."""
+    """``monitor.step(step)`` (which leaves the random number generators as it found them)
+    with, for ``eval_mode``, the model in eval mode for the reading (its modes restored)."""
     model = monitor.model
-    device = _model_device(model)
-    devices = [device] if device is not None and device.type == "cuda" else []
     modes = [(mod, mod.training) for mod in model.modules()]
-    with torch.random.fork_rng(devices=devices):
-        try:
-            if eval_mode:
-                model.eval()
-            return monitor.step(step)
-        finally:
-            for mod, training in modes:
-                mod.training = training
+    try:
+        if eval_mode:
+            model.eval()
+        return monitor.step(step)
+    finally:
+        for mod, training in modes:
+            mod.training = training
 
 
 class MonitorDriver:

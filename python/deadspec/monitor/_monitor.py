@@ -47,6 +47,11 @@ from deadspec.reading import read
 __all__ = ["DeadDirectionMonitor"]
 
 
+def _cuda_devices(model: nn.Module) -> list[torch.device]:
+    """The CUDA devices holding the model's parameters (their generators are forked too)."""
+    return sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+
+
 def _read_defaults() -> dict[str, Any]:
     """The keyword defaults of :func:`deadspec.read` (the one place they are written)."""
     params = inspect.signature(read).parameters.values()
@@ -78,7 +83,9 @@ class DeadDirectionMonitor:
     ----------
     model : torch.nn.Module
         The model being trained. Each reading leaves it as found (modes, ``.grad``,
-        ``requires_grad``, buffers: :func:`deadspec.read`'s guarantee).
+        ``requires_grad``, buffers: :func:`deadspec.read`'s guarantee) and restores the random
+        number generators (CPU and the model's CUDA devices) it drew from, so monitoring never
+        changes a training run.
     layers : str or sequence of str, optional
         Layers to read (``named_modules()`` names, or the virtual names
         :func:`deadspec.read` accepts); None reads every linear-like layer.
@@ -256,7 +263,10 @@ class DeadDirectionMonitor:
         kw = {**_read_defaults(), **self.read_options}
         kw.update(targets=self.targets, loss_fn=self.loss_fn, fisher=self.fisher, progress=False)
         collect_opts, read_opts = reading_options(**kw)
-        collected = collect(self.model, self.inputs, self.layers, collect_opts)
+        # A train-mode forward draws dropout masks (and sampled labels draw too): the random
+        # number generators are restored afterwards, so a reading never changes the run.
+        with torch.random.fork_rng(devices=_cuda_devices(self.model)):
+            collected = collect(self.model, self.inputs, self.layers, collect_opts)
         center = bool(self.read_options.get("center", False))
         states = {st.name: st for st in collected.states}
         for name in self.layers:
