@@ -208,8 +208,8 @@ def test_validation_messages():
         llc.estimate(net, x, loss_fn=lf, epsilon=1e-5, gamma=1.0)
     with pytest.raises(ValueError, match="leading sample axis"):
         llc.estimate(net, (x, y[:10]), loss_fn=lf, epsilon=1e-5, gamma=1.0)
-    with pytest.raises(ValueError, match="per-sample"):
-        llc.estimate(net, (x, y), loss_fn=lambda o, t: (o - t) ** 2, epsilon=1e-5, gamma=1.0)
+    with pytest.raises(ValueError, match="per-sample losses of shape"):
+        llc.estimate(net, (x, y), loss_fn=lambda o, t: ((o - t) ** 2).T, epsilon=1e-5, gamma=1.0)
     with pytest.raises(ValueError, match="sigma"):
         llc.gaussian_nll(0.0)
     assert llc.default_nbeta(100) == pytest.approx(100 / math.log(100))
