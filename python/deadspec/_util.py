@@ -1,21 +1,29 @@
-"""Small helpers shared by the whole package: progress bars, CSV rows, number formatting."""
+"""Small helpers shared by the whole package: argument checks, progress bars, CSV rows, number
+formatting."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import math
+import numbers
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from deadspec._files import atomic_path, save_figure
+
 __all__ = [
     "agg_figure",
+    "check_bool",
     "check_choice",
+    "check_integer",
     "check_model",
+    "check_real",
     "csv_value",
     "figure",
     "progress",
@@ -28,6 +36,58 @@ def check_choice(fn: str, arg: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise ValueError unless ``value`` is one of ``choices`` (the message names ``fn``)."""
     if value not in choices:
         raise ValueError(f"deadspec.{fn}: {arg} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_bool(fn: str, arg: str, value: Any) -> bool:
+    """``value`` as a bool: a bool (Python or numpy) or the int 0 or 1; TypeError otherwise
+    (a string such as ``"no"`` is not taken as true)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise TypeError(f"deadspec.{fn}: {arg} must be a bool, got {_describe(value)}")
+
+
+def check_integer(
+    fn: str, arg: str, value: Any, minimum: int | None = None, *, optional: bool = False
+) -> int | None:
+    """``value`` as an int (an integral number, not a bool), at least ``minimum``; None passes
+    when ``optional``. TypeError for a non-integer, ValueError below ``minimum``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        v = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        v = int(value)
+    else:
+        kind = "an int or None" if optional else "an int"
+        raise TypeError(f"deadspec.{fn}: {arg} must be {kind}, got {_describe(value)}")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"deadspec.{fn}: {arg} must be >= {minimum}, got {v}")
+    return v
+
+
+def check_real(fn: str, arg: str, value: Any, *, optional: bool = False) -> float | None:
+    """``value`` as a float (a real number or a one-element tensor/array, not a bool or a
+    string); None passes when ``optional``. TypeError otherwise."""
+    if value is None and optional:
+        return None
+    kind = "a number or None" if optional else "a number"
+    if isinstance(value, (str, bytes, bool, np.bool_)) or not hasattr(value, "__float__"):
+        raise TypeError(f"deadspec.{fn}: {arg} must be {kind}, got {_describe(value)}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"deadspec.{fn}: {arg} must be {kind}, got {_describe(value)}") from None
+
+
+def _describe(value: Any) -> str:
+    """``str 'abc'``, ``float 2.5``, ``Tensor of shape (3,)`` for an error message."""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not isinstance(value, (str, bytes)):
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 def check_model(model: Any, fn: str) -> None:
@@ -90,24 +150,17 @@ def write_csv(
     ``columns`` (missing keys empty, others ignored). The parent folder is created.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     fields = list(columns) if columns is not None else []
     if extra or columns is None:
         for row in rows:
             for key in row:
                 if key not in fields:
                     fields.append(key)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: csv_value(row.get(k)) for k in fields})
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: csv_value(row.get(k)) for k in fields})
     return p
 
 
@@ -130,10 +183,8 @@ def figure(
     dpi: int = 100,
     layout: str = "constrained",
 ) -> Iterator[Any]:
-    """An :func:`agg_figure` saved to ``path`` (PNG, folder created) when the block ends
-    without an error."""
+    """An :func:`agg_figure` saved to ``path`` (the format its suffix names, else PNG; folder
+    created; written to a temporary file and renamed) when the block ends without an error."""
     fig = agg_figure(figsize, layout)
     yield fig
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=dpi)
+    save_figure(fig, path, dpi=dpi)

@@ -46,8 +46,15 @@ Subcommands
     saves 6 checkpoints and the data file into DIR, then runs the ``read`` code path over them
     (DIR/readings.csv, DIR/readings.png) and prints a summary table.
 
-Errors (missing files, bad factory strings, state_dict mismatches, unknown layers) are printed
-as ``deadspec: error: ...`` on stderr with exit status 2.
+Errors (missing files, bad factory strings, state_dict mismatches, unknown layers, a model
+whose forward fails on the data, output paths that cannot be written) are printed as
+``deadspec: error: ...`` on stderr with exit status 2.
+
+No input is ever overwritten: ``--out`` and ``--plot`` are checked before anything is read
+(a file path in a folder that can be written, not a checkpoint, the data file or the model's
+file, also through symlinks and hard links, and not each other; ``--plot`` ends in ``.png`` or
+another format matplotlib writes), and every file is written to a temporary name and renamed
+into place, so a failed write leaves the earlier file as it was.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from typing import Any
 
 from deadspec._checkpoints import HF_PREFIX, CheckpointError, apply_state, hf_factory, load_state
 from deadspec._engine.results import RECORD_KEYS
+from deadspec._files import atomic_path, folder_problem, output_problem
 from deadspec._util import figure, unwrap_compiled
 from deadspec._util import write_csv as _write_csv
 
@@ -168,6 +176,10 @@ def load_factory(spec: str) -> Callable[[], Any]:
             module = importlib.import_module(module_part)
         except ImportError as exc:
             raise CLIError(f"--model: cannot import module {module_part!r}: {exc}") from exc
+        except Exception as exc:  # the module's own code failed (SyntaxError, NameError, ...)
+            raise CLIError(
+                f"--model: importing module {module_part!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     obj: Any = module
     for part in factory_part.split("."):
         if not hasattr(obj, part):
@@ -367,6 +379,12 @@ def read_checkpoints(
             )
         except (ValueError, TypeError) as exc:
             raise CLIError(f"reading {str(ckpt)!r} failed: {exc}") from exc
+        except Exception as exc:  # raised by the user's model (its forward) or loss
+            raise CLIError(
+                f"reading {str(ckpt)!r} failed in the model's forward or loss: "
+                f"{type(exc).__name__}: {exc} (check that --data matches the model built by "
+                f"--model {model_spec})"
+            ) from exc
         step = step_from_path(ckpt, i)
         for rec in reading.to_records():
             row = {"checkpoint": str(ckpt), "step": step}
@@ -440,6 +458,16 @@ def _plot_panel(
 DEMO_FACTORY = "deadspec.models:demo_mlp"
 
 
+def _save(torch: Any, obj: Any, path: Path) -> Path:
+    """``torch.save`` through a temporary file renamed into place; an OSError is a CLIError."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:
+        raise CLIError(f"demo: cannot write {str(path)!r}: {exc}") from exc
+    return path
+
+
 def _demo_train(
     out: Path,
     *,
@@ -466,7 +494,7 @@ def _demo_train(
     w2 = torch.randn(2, d_out, generator=g)
     y = torch.relu(x @ w1 + b1) @ w2 + 0.05 * torch.randn(n_samples, d_out, generator=g)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"inputs": x, "targets": y}, out / "data.pt")
+    _save(torch, {"inputs": x, "targets": y}, out / "data.pt")
 
     torch.manual_seed(seed)
     model = demo_mlp()
@@ -478,14 +506,9 @@ def _demo_train(
     save_at = sorted({round(i * steps / (n_checkpoints - 1)) for i in range(n_checkpoints)})
     paths: list[Path] = []
 
-    def _save(step: int) -> None:
-        p = ckpt_dir / f"step_{step:06d}.pt"
-        torch.save(model.state_dict(), p)
-        paths.append(p)
-
     for step in tqdm(range(steps + 1), desc="demo: training", disable=not progress):
         if step in save_at:
-            _save(step)
+            paths.append(_save(torch, model.state_dict(), ckpt_dir / f"step_{step:06d}.pt"))
         if step == steps:
             break
         opt.zero_grad(set_to_none=True)
@@ -554,6 +577,9 @@ def run_demo(
 
     if progress is None:
         progress = _progress_default()
+    problem = folder_problem("--out", out)  # before the training, not after it
+    if problem is not None:
+        raise CLIError(f"demo: {problem}")
     out = Path(out)
     if n_checkpoints < 2:
         raise CLIError(f"demo: n_checkpoints must be >= 2, got {n_checkpoints}")
@@ -568,8 +594,8 @@ def run_demo(
         )
     inputs, targets = load_data(out / "data.pt")
     rows = read_checkpoints(paths, DEMO_FACTORY, inputs, targets, fisher=fisher, progress=progress)
-    write_csv(rows, out / "readings.csv")
-    plot_readings(rows, out / "readings.png")
+    _write("demo", out / "readings.csv", lambda: write_csv(rows, out / "readings.csv"))
+    _write("demo", out / "readings.png", lambda: plot_readings(rows, out / "readings.png"))
     echo(_summary_table(rows))
     echo("")
     echo(f"wrote {len(paths)} checkpoints to {out / 'checkpoints'}, data to {out / 'data.pt'}")
@@ -667,9 +693,45 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # read / demo / repro commands
 # ---------------------------------------------------------------------------------------------
+def _read_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """``(label, path)`` of the files and folders ``deadspec read`` reads."""
+    inputs: list[tuple[str, Any]] = [("--data", args.data)]
+    model = str(args.model)
+    if model.startswith(HF_PREFIX):
+        inputs.append(("the --model folder", model[len(HF_PREFIX):]))
+    elif ":" in model:
+        module = model.rsplit(":", 1)[0]
+        if module.endswith(".py") or os.sep in module or "/" in module:
+            inputs.append(("the --model file", module))
+    inputs += [("the checkpoint", ckpt) for ckpt in args.checkpoints]
+    return [(label, path) for label, path in inputs if Path(path).exists()]
+
+
+def _check_read_outputs(args: argparse.Namespace) -> None:
+    """Refuse ``--out``/``--plot`` paths that cannot be written or would replace an input (or
+    each other), and a ``--plot`` suffix matplotlib cannot write: before anything is read."""
+    inputs = _read_inputs(args)
+    problem = output_problem("--out", args.out, inputs=inputs)
+    if problem is None and args.plot is not None:
+        problem = output_problem(
+            "--plot", args.plot, inputs=[*inputs, ("--out", args.out)], figure=True
+        )
+    if problem is not None:
+        raise CLIError(problem)
+
+
+def _write(what: str, path: Any, write: Callable[[], None]) -> None:
+    """Run ``write`` (an atomic write of ``path``); an OSError becomes a CLIError."""
+    try:
+        write()
+    except OSError as exc:
+        raise CLIError(f"{what}: cannot write {str(path)!r}: {exc}") from exc
+
+
 def cmd_read(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise CLIError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    _check_read_outputs(args)  # a bad output path fails now, not after the reading
     load_factory(args.model)  # fail fast on a bad factory string, before loading data
     inputs, targets = load_data(args.data)
     rows = read_checkpoints(
@@ -685,10 +747,10 @@ def cmd_read(args: argparse.Namespace) -> int:
         progress=None if args.progress is None else args.progress,
         echo=print,
     )
-    write_csv(rows, args.out)
+    _write("--out", args.out, lambda: write_csv(rows, args.out))
     print(f"wrote {len(rows)} rows to {args.out}")
     if args.plot:
-        plot_readings(rows, args.plot)
+        _write("--plot", args.plot, lambda: plot_readings(rows, args.plot))
         print(f"wrote {args.plot}")
     return 0
 
@@ -827,6 +889,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:
+        print(f"deadspec: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that could not be read or written (permissions, disk full)
         print(f"deadspec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # pragma: no cover

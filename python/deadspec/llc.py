@@ -67,6 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deadspec._files import check_output, save_figure
 from deadspec._sgld import (
     Chains,
     Functional,
@@ -78,7 +79,7 @@ from deadspec._sgld import (
     to_model,
     unpack_data,
 )
-from deadspec._util import agg_figure
+from deadspec._util import agg_figure, check_integer, check_model, check_real
 from deadspec._util import progress as progress_bar
 
 __all__ = [
@@ -115,7 +116,7 @@ def gaussian_nll(sigma: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], t
     sigma : float
         Known noise standard deviation (> 0).
     """
-    sigma = float(sigma)
+    sigma = check_real("llc.gaussian_nll", "sigma", sigma)
     if not (sigma > 0 and math.isfinite(sigma)):
         raise ValueError(
             f"deadspec.llc.gaussian_nll: sigma must be positive and finite, got {sigma}"
@@ -133,6 +134,12 @@ def gaussian_nll(sigma: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], t
 
 def cross_entropy_nll(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-sample cross-entropy (the categorical NLL), logits ``B×C`` (or ``B×T×C``, summed)."""
+    for name, t in (("output", output), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"deadspec.llc.cross_entropy_nll: {name} must be a torch.Tensor, got "
+                f"{type(t).__name__}"
+            )
     c = output.shape[-1]
     per = nn.functional.cross_entropy(
         output.reshape(-1, c), targets.reshape(-1).long(), reduction="none"
@@ -142,7 +149,7 @@ def cross_entropy_nll(output: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 def default_nbeta(n: int) -> float:
     """nβ = n / log n, with n the **dataset** size (devinterp uses the batch size; see module)."""
-    if isinstance(n, bool) or int(n) != n or n < 2:
+    if isinstance(n, (bool, str, bytes)) or not hasattr(n, "__int__") or int(n) != n or n < 2:
         raise ValueError(f"deadspec.llc.default_nbeta: n must be an integer >= 2, got {n!r}")
     return float(n) / math.log(float(n))
 
@@ -278,7 +285,7 @@ def _settings(
 ) -> Settings:
     fn = "estimate"
     epsilon = check_positive(fn, "epsilon", epsilon)
-    gamma = float(gamma)
+    gamma = check_real("llc.estimate", "gamma", gamma)
     if not (gamma >= 0 and math.isfinite(gamma)):
         raise ValueError(f"deadspec.llc.estimate: gamma must be >= 0 and finite, got {gamma!r}")
     chains = check_positive(fn, "chains", chains, integer=True)
@@ -391,6 +398,8 @@ def estimate(
     True
     """
     t0 = time.perf_counter()
+    check_model(model, "llc.estimate")
+    seed = check_integer("llc.estimate", "seed", seed, optional=True)
     x, y = unpack_data(data, "estimate")
     params0 = list(model.parameters())
     if not params0:
@@ -474,6 +483,11 @@ def curvature_scale(
     ε·nβ·h_max < 4 (the update multiplies a direction of curvature h by 1 − ε·nβ·h/2); its
     discretisation inflates that direction's posterior variance by 1/(1 − ε·nβ·h/4).
     """
+    fn = "llc.curvature_scale"
+    check_model(model, fn)
+    _check_loss_fn(fn, loss_fn)
+    iters = check_integer(fn, "iters", iters, 1)
+    seed = check_integer(fn, "seed", seed, optional=True)
     x, y = unpack_data(data, "curvature_scale")
     p0 = next(iter(model.parameters()))
     x = x.to(p0.device)
@@ -541,7 +555,13 @@ class Calibration:
     h_max: float | None = None
 
     def plot(self, path: str | None = None, ax: Any = None) -> Any:
-        """λ̂ against ε, one line per γ (error bars = chain std); chosen setting circled."""
+        """λ̂ against ε, one line per γ (error bars = chain std); chosen setting circled.
+
+        ``path`` (optional) ends in ``.png`` or another format matplotlib writes; the file is
+        written to a temporary name and renamed into place. Returns the figure.
+        """
+        if path is not None:
+            check_output("llc.Calibration.plot", "path", path, figure=True)
         if ax is None:
             fig = agg_figure((5, 3.5))  # no pyplot, no global backend change
             ax = fig.add_subplot(1, 1, 1)
@@ -566,8 +586,37 @@ class Calibration:
         ax.legend(fontsize=7)
         if path is not None:
             fig.tight_layout()
-            fig.savefig(path, dpi=120)
+            save_figure(fig, path, dpi=120)
         return fig
+
+
+def _check_loss_fn(fn: str, loss_fn: Any) -> None:
+    """TypeError unless ``loss_fn`` is callable."""
+    if not callable(loss_fn):
+        raise TypeError(f"deadspec.{fn}: loss_fn must be callable, got {type(loss_fn).__name__}")
+
+
+def _check_calibrate(
+    model: Any, loss_fn: Any, plateau_rtol: Any, drift_tol: Any, seed: Any
+) -> None:
+    """The argument types of :func:`calibrate` (before any SGLD run)."""
+    fn = "llc.calibrate"
+    check_model(model, fn)
+    _check_loss_fn(fn, loss_fn)
+    for name, value in (("plateau_rtol", plateau_rtol), ("drift_tol", drift_tol)):
+        if not check_real(fn, name, value) >= 0:
+            raise ValueError(f"deadspec.{fn}: {name} must be >= 0, got {value!r}")
+    check_integer(fn, "seed", seed, optional=True)
+
+
+def _grid(name: str, values: Any) -> list[float]:
+    """``epsilons``/``gammas`` of :func:`calibrate` as a sorted list of floats."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(
+            f"deadspec.llc.calibrate: {name} must be a sequence of numbers, got "
+            f"{type(values).__name__}"
+        )
+    return sorted(check_real("llc.calibrate", f"{name} entries", v) for v in values)
 
 
 def _default_grids(h_max: float, nbeta: float) -> tuple[list[float], list[float]]:
@@ -632,6 +681,7 @@ def calibrate(
     Returns a :class:`Calibration` (``.sweep`` for plotting, ``.plot()``).
     """
     t0 = time.perf_counter()
+    _check_calibrate(model, loss_fn, plateau_rtol, drift_tol, seed)
     x, y = unpack_data(data, "calibrate")
     if not (isinstance(extend, int) and extend >= 0):
         raise ValueError(f"deadspec.llc.calibrate: extend must be an int >= 0, got {extend!r}")
@@ -643,8 +693,8 @@ def calibrate(
         de, dg = _default_grids(h_max, nb)
         epsilons = de if epsilons is None else epsilons
         gammas = dg if gammas is None else gammas
-    epsilons = sorted(float(e) for e in epsilons)
-    gammas = sorted(float(g) for g in gammas)
+    epsilons = _grid("epsilons", epsilons)
+    gammas = _grid("gammas", gammas)
     if not epsilons or not gammas:
         raise ValueError("deadspec.llc.calibrate: epsilons and gammas must be non-empty")
 

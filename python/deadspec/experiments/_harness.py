@@ -11,7 +11,8 @@ written), prints tables through ``echo`` (None: silent) and returns a result dat
 - running: :func:`resolve_progress` / :func:`progress_bar` (tqdm, by default only on a
   terminal), :func:`threads` (torch's, and optionally the core's, thread count for the run),
   :func:`count_forwards` (the forward passes a measurement costs);
-- output: :func:`write_csv`, :func:`write_outputs` (the CSV files and figures of a run),
+- output: :func:`check_out` (the output folder, checked before any work), :func:`write_csv`,
+  :func:`write_outputs` (the CSV files and figures of a run, each written atomically),
   :func:`figure` (a matplotlib ``Figure`` on its own Agg canvas, saved as PNG: no pyplot, no
   process-wide backend change), :func:`report` (tables, files written, wall time);
 - tables: :func:`fmt` (one number), :class:`Col` and :func:`format_table` (aligned text tables),
@@ -30,10 +31,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deadspec import _util
+from deadspec import _files, _util
 
 __all__ = [
     "Col",
+    "check_out",
     "cli_main",
     "count_forwards",
     "figure",
@@ -115,9 +117,10 @@ def cli_main(
     """Parse ``argv``, call ``run(**arguments)`` and return the exit status.
 
     ``--threads 0`` becomes ``threads=None`` (leave the setting alone). ``prepare`` rewrites
-    the keyword arguments first. A ``ValueError`` from ``run`` (a bad argument) is printed as
-    ``<name>: error: ...`` on stderr and gives 2; otherwise the status is ``status(result)``
-    (default 0).
+    the keyword arguments first. A ``ValueError``/``TypeError`` from ``run`` (a bad argument,
+    an output folder that cannot be written: each ``run`` checks ``out`` before any work) or an
+    ``OSError`` from writing the outputs is printed as ``<name>: error: ...`` on stderr and
+    gives 2; otherwise the status is ``status(result)`` (default 0).
     """
     kwargs = vars(parser.parse_args(None if argv is None else list(argv)))
     if kwargs.get("threads") == 0:
@@ -126,8 +129,11 @@ def cli_main(
         kwargs = prepare(kwargs)
     try:
         result = run(**kwargs)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write that failed after the folder was checked (disk full, ...)
+        print(f"{name}: error: cannot write the outputs: {exc}", file=sys.stderr)
         return 2
     return 0 if status is None else int(status(result))
 
@@ -206,6 +212,13 @@ def write_csv(rows: Iterable[Row], columns: Sequence[str], path: str | Path) -> 
 figure = _util.figure
 
 
+def check_out(out: str | Path | None, fn: str) -> Path | None:
+    """Check the output folder ``out`` of ``deadspec.<fn>`` before any work (None: nothing is
+    written): a folder, or a path where one can be created, that can be written. Raises
+    ``ValueError`` (``TypeError`` for a non-path) naming ``out``."""
+    return None if out is None else _files.check_folder(fn, "out", out)
+
+
 def write_outputs(
     out: str | Path | None,
     csvs: Mapping[str, tuple[Sequence[Row], Sequence[str]]],
@@ -214,11 +227,12 @@ def write_outputs(
     """Write a run's files into ``out`` (created); returns file name -> path (empty if None).
 
     ``csvs``: file name -> (rows, columns); ``figures``: file name -> ``draw(path)`` (pass
-    None or {} for ``plot=False``).
+    None or {} for ``plot=False``). Every file is written to a temporary name and renamed
+    into place, so a failed write leaves the earlier file as it was.
     """
     if out is None:
         return {}
-    out = Path(out)
+    out = _files.check_folder("experiments.write_outputs", "out", out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: write_csv(rows, cols, out / name) for name, (rows, cols) in csvs.items()}
     for name, draw in (figures or {}).items():

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from deadspec import _files
 from deadspec.experiments import _harness
 from deadspec.experiments._stats import finite_or_nan
 
@@ -40,7 +41,7 @@ def write_factories(path: Path, p: int, dms: Sequence[int], n_heads: int) -> Non
             f"    return ModAddTransformer(p={p}, d_model={d}, n_heads={n_heads})",
             "",
         ]
-    path.write_text("\n".join(lines))
+    _files.write_text(path, "\n".join(lines))
 
 
 _Col = _harness.Col

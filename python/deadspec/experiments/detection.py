@@ -186,6 +186,7 @@ def run(
         n_train=n_train,
         readings=readings,
     )
+    _harness.check_out(out, "detection.run")  # before any work: a bad folder fails now
     t0 = time.perf_counter()
     results = _lm.run_grid(
         sizes,

@@ -338,6 +338,7 @@ def run(
         )
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"deadspec.grokking.run: threshold must be in (0, 1], got {threshold!r}")
+    _harness.check_out(out, "grokking.run")  # before any work: a bad folder fails now
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []

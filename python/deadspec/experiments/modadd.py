@@ -126,6 +126,7 @@ from typing import Any
 
 import numpy as np
 
+from deadspec import _files
 from deadspec.experiments import _harness, _stats
 from deadspec.experiments._llc_baseline import Chains, calibrated_llc
 from deadspec.experiments._modadd_output import (
@@ -745,6 +746,7 @@ def run(
         seed=seed,
         progress=_harness.resolve_progress(progress),
     )
+    _harness.check_out(out, "modadd.run")  # before any work: a bad folder fails now
     t_start = time.perf_counter()
     data = _split(cfg.p, train_frac, seed)
     out_dir = Path(out) if out is not None else None
@@ -783,7 +785,8 @@ def _save_inputs(out_dir: Path | None, cfg: _Config, data) -> Path | None:
         return None
     ck_dir = out_dir / "checkpoints"
     ck_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"inputs": data[0], "targets": data[1]}, ck_dir / "train_data.pt")
+    with _files.atomic_path(ck_dir / "train_data.pt") as tmp:
+        torch.save({"inputs": data[0], "targets": data[1]}, tmp)
     write_factories(ck_dir / "models.py", cfg.p, cfg.d_models, cfg.n_heads)
     return ck_dir
 
@@ -832,7 +835,8 @@ def _width(cfg: _Config, d: int, data, ck_dir: Path | None):
     }
     if ck_dir is not None:
         ck = ck_dir / f"d_model_{d:03d}.pt"
-        torch.save(model.state_dict(), ck)
+        with _files.atomic_path(ck) as tmp:
+            torch.save(model.state_dict(), tmp)
         row["checkpoint"] = str(ck)
     lrows, dds_passes, dds_seconds = _dds(model, xtr, ytr, cfg)
     row.update(_aggregate(lrows))

@@ -232,6 +232,7 @@ def run(
     sizes = _lm.lm_sizes(
         quick, size, lrs=lrs, weight_decays=weight_decays, steps=steps, n_train=n_train
     )
+    _harness.check_out(out, "overtraining.run")  # before any work: a bad folder fails now
     t0 = time.perf_counter()
     results = _lm.run_grid(sizes, optimizers, seed=seed, threads=threads, progress=progress)
     rows = rows_from_results(results, sizes.steps)

@@ -558,6 +558,7 @@ def run(
     ranks = [int(r) for r in ranks]
     _validate(fn, sizes, ranks, networks, settings, sides, tol)
     training = _Training(lr, lr_min, weight_decay, optimizer, noise, gap_ratio)
+    _harness.check_out(out, "rank_deficit.run")  # before any work: a bad folder fails now
     t_start = time.perf_counter()
     rows, curves = _readings(sizes, training, seed, networks, settings, sides, ranks, progress)
     _fill_ratios(rows, tol)

@@ -629,6 +629,7 @@ def run(
         **cfg,
     )
     grid = grid_for(size)
+    _harness.check_out(out, "rrr.run")  # before any work: a bad folder fails now
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with _harness.threads(threads, core=True):

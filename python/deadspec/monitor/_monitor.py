@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from deadspec._engine import collect, read_states, reading_options
+from deadspec._engine import collect, read_states, reading_options, validate
 from deadspec._engine.results import RECORD_KEYS, Reading
 from deadspec._engine.sites import resolve_sites
-from deadspec._util import check_model, unwrap_compiled, write_csv
+from deadspec._files import check_output
+from deadspec._util import check_bool, check_model, unwrap_compiled, write_csv
 from deadspec.monitor._approach import (
     DEAD_NORM,
     DEAD_PROJECTION,
@@ -194,12 +195,16 @@ class DeadDirectionMonitor:
                 f"labels='observed' (or pass fisher=False or labels='sampled'), got None"
             )
         sites = resolve_sites(model, layers, False, FN)
+        self.fisher = check_bool(FN, "fisher", fisher)
+        # every read option, the inputs and targets checked now, not at the first reading
+        kw = {**_read_defaults(), **read_options, "fn": FN}
+        kw.update(targets=targets, loss_fn=loss_fn, fisher=self.fisher, progress=False)
+        validate(model, inputs, [name for name, _ in sites], reading_options(**kw)[0])
         self.model = model
         self.layers: list[str] = [name for name, _ in sites]
         self.inputs = inputs
         self.targets = targets
         self.loss_fn = loss_fn
-        self.fisher = bool(fisher)
         self.read_options = dict(read_options)
         check_fit_options(tolerance, min_r2, window, frac, min_points, method)
         self.tolerance = float(tolerance)
@@ -207,7 +212,7 @@ class DeadDirectionMonitor:
         self.window = window
         self.frac = float(frac)
         self.min_points = int(min_points)
-        self.fixed_active = bool(fixed_active)
+        self.fixed_active = check_bool(FN, "fixed_active", fixed_active)
         self.method = method
         self.predictions = check_predictions(predictions)
         # per layer: (DEAD_NORM | DEAD_PROJECTION, weight module name) or ("callable", fn)
@@ -260,7 +265,7 @@ class DeadDirectionMonitor:
 
     def _record(self, step: int) -> Reading:
         t0 = time.perf_counter()
-        kw = {**_read_defaults(), **self.read_options}
+        kw = {**_read_defaults(), **self.read_options, "fn": FN}
         kw.update(targets=self.targets, loss_fn=self.loss_fn, fisher=self.fisher, progress=False)
         collect_opts, read_opts = reading_options(**kw)
         # A train-mode forward draws dropout masks (and sampled labels draw too): the random
@@ -397,8 +402,15 @@ class DeadDirectionMonitor:
 
         ``rate_options`` are passed to :meth:`rates`. Non-finite numbers are written as
         ``nan``/``inf``; a None prediction as an empty field. The file is written to a
-        temporary name and renamed into place.
+        temporary name and renamed into place (a failed write leaves an earlier file as it was).
+
+        Raises
+        ------
+        ValueError
+            ``path`` is a folder or in a folder that cannot be written (checked before the rows
+            are computed), an unknown ``what``, nothing recorded yet.
         """
+        check_output(f"{FN}.to_csv", "path", path)
         if what == "records":
             rows = self.records()
         elif what == "rates":
@@ -572,8 +584,17 @@ class DeadDirectionMonitor:
         reading against the step, each shifted to 0 at the first checkpoint. Right: the
         fixed-active-set values of the fitting window against ``log a`` (shifted to 0 at the
         window's first point), the fitted lines (solid) and the predicted slopes (dashed).
-        Drawn with matplotlib's Agg canvas (no global backend change).
+        Drawn with matplotlib's Agg canvas (no global backend change) and written to a
+        temporary file renamed into place. ``path`` ends in ``.png`` (or another format
+        matplotlib writes: ``.pdf``, ``.svg``, ...; the figure is written in that format).
+
+        Raises
+        ------
+        ValueError
+            ``path`` is a folder, in a folder that cannot be written or has a suffix matplotlib
+            cannot write (checked before the fits are computed); nothing recorded yet.
         """
+        check_output(f"{FN}.plot", "path", path, figure=True)
         if not self._checkpoints:
             raise ValueError(f"deadspec.{FN}.plot: nothing recorded yet, got 0 checkpoints")
         from deadspec.monitor._plot import plot_monitor

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from deadspec._files import save_figure
 from deadspec._util import agg_figure
 from deadspec.monitor._approach import Checkpoint
 from deadspec.monitor._rates import OBSERVABLES, SIDES, series, window_indices
@@ -93,8 +94,9 @@ def plot_monitor(
     fixed_active: bool,
     dpi: int = 100,
 ) -> None:
-    """Write the PNG of :meth:`DeadDirectionMonitor.plot` (matplotlib's Agg canvas on a
-    ``Figure``: no pyplot, no global backend change)."""
+    """Write the figure of :meth:`DeadDirectionMonitor.plot` (matplotlib's Agg canvas on a
+    ``Figure``: no pyplot, no global backend change; in the format the suffix of ``path``
+    names, through a temporary file renamed into place)."""
     rates: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in rate_rows:
         rates.setdefault((r["layer"], r["side"]), {})[r["observable"]] = r
@@ -115,4 +117,4 @@ def plot_monitor(
         info = series(checkpoints, layer, side, a, idx, fixed_active)
         _against_approach(ax_a, info, rates.get((layer, side), {}))
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi, format="png")
+    save_figure(fig, path, dpi=dpi)
