@@ -48,8 +48,19 @@ def prepare(x: Any, fn: str, arg: str) -> Any:
         arr = x
     elif hasattr(x, "__dlpack__") and not isinstance(x, (list, tuple)):
         return x
+    elif x is None or isinstance(x, (str, bytes, dict)):
+        raise TypeError(
+            f"{fn}: {arg} must be a torch.Tensor or a numpy array of float32 or float64, got "
+            f"{type(x).__name__}"
+        )
     else:
-        arr = np.asarray(x)
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:  # ragged nested lists, ...
+            raise TypeError(
+                f"{fn}: {arg} must be a torch.Tensor or a numpy array of float32 or float64, got "
+                f"a {type(x).__name__} that numpy cannot turn into an array ({exc})"
+            ) from None
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     if arr.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):

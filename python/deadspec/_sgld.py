@@ -56,8 +56,9 @@ def unpack_data(data: Any, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_positive(fn: str, name: str, value: Any, integer: bool = False) -> Any:
-    if isinstance(value, bool):
-        raise TypeError(f"deadspec.llc.{fn}: {name} must be a number, got bool")
+    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
+        kind = "a positive integer" if integer else "a positive number"
+        raise TypeError(f"deadspec.llc.{fn}: {name} must be {kind}, got {type(value).__name__}")
     if integer:
         if int(value) != value or value < 1:
             raise ValueError(f"deadspec.llc.{fn}: {name} must be a positive integer, got {value!r}")
@@ -89,6 +90,10 @@ def full_loss(model, loss_fn, x, y, chunk: int) -> tuple[float, int]:
             xb, yb = x[s : s + chunk], y[s : s + chunk]
             out = model(xb)
             per = loss_fn(out, yb)
+            if not isinstance(per, torch.Tensor):
+                raise TypeError(
+                    f"deadspec.llc.estimate: loss_fn must return a tensor, got {type(per).__name__}"
+                )
             if per.ndim == 0:
                 total += float(per) * xb.shape[0]
             else:

@@ -21,7 +21,7 @@ import numpy as np
 
 from deadspec import _core
 from deadspec import _dlpack as dl
-from deadspec._util import check_choice
+from deadspec._util import check_bool, check_choice, check_integer, check_real
 
 __all__ = [
     "GramAccumulator",
@@ -41,6 +41,47 @@ __all__ = [
 
 _SIDES = ("auto", "feature", "sample")
 _ROUTES = ("auto", "block-sum", "materialize")
+_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+def _dtype_arg(fn: str, dtype: Any) -> str:
+    """The core's name of a floating dtype given as a string, torch dtype or numpy dtype."""
+    if isinstance(dtype, str) or type(dtype).__module__.startswith("torch"):
+        name = str(dtype).removeprefix("torch.")  # "float32", torch.float32
+    else:
+        try:
+            name = str(np.dtype(dtype))  # np.float32, np.dtype("float32")
+        except TypeError:
+            raise TypeError(
+                f"deadspec.{fn}: input_dtype must be a dtype or its name (one of {_DTYPES}), "
+                f"got {type(dtype).__name__}"
+            ) from None
+    if name not in _DTYPES:
+        raise TypeError(f"deadspec.{fn}: input_dtype must be one of {_DTYPES}, got {name!r}")
+    return name
+
+
+def _vector(fn: str, arg: str, values: Any, *, flatten: bool = False) -> np.ndarray:
+    """``values`` (a sequence, array or tensor of real numbers) as a 1-D float64 array
+    (``flatten``: any shape, raveled)."""
+    if isinstance(values, (str, bytes, dict)) or values is None:
+        raise TypeError(
+            f"deadspec.{fn}: {arg} must be a 1-D sequence, array or tensor of numbers, got "
+            f"{type(values).__name__}"
+        )
+    host = values.detach().cpu() if dl.kind(values) == "torch" else values
+    try:
+        v = np.asarray(host, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"deadspec.{fn}: {arg} must be a 1-D sequence, array or tensor of real numbers, got "
+            f"{type(values).__name__} ({exc})"
+        ) from None
+    if flatten:
+        return v.ravel()
+    if v.ndim != 1:
+        raise ValueError(f"deadspec.{fn}: {arg} must be 1-D, got shape {v.shape}")
+    return v
 
 
 def gram(x: Any, *, side: str = "auto", center: bool = False) -> Any:
@@ -62,6 +103,7 @@ def gram(x: Any, *, side: str = "auto", center: bool = False) -> Any:
         float64, symmetric.
     """
     check_choice("gram", "side", side, _SIDES)
+    center = check_bool("gram", "center", center)
     p = dl.prepare(x, "deadspec.gram", "x")
     return dl.wrap(_core.gram(dl.capsule(p), side=side, center=center), x)
 
@@ -79,7 +121,8 @@ class GramAccumulator:
     """
 
     def __init__(self, features: int) -> None:
-        self._acc = _core.GramAccumulator(int(features))
+        features = check_integer("GramAccumulator", "features", features, 1)
+        self._acc = _core.GramAccumulator(features)
 
     def add(self, batch: Any) -> GramAccumulator:
         """Add a (B, h) batch. Returns self."""
@@ -99,7 +142,7 @@ class GramAccumulator:
 
     def gram(self, *, center: bool = False) -> np.ndarray:
         """(h, h) float64 Gram of all rows so far, divided by their count."""
-        return self._acc.gram(center=center)
+        return self._acc.gram(center=check_bool("GramAccumulator.gram", "center", center))
 
     @property
     def count(self) -> int:
@@ -141,6 +184,7 @@ def fisher_gram(acts: Any, grads: Any, *, bias: bool = False, route: str = "auto
     tensor, shape (N, N), float64
     """
     check_choice("fisher_gram", "route", route, _ROUTES)
+    bias = check_bool("fisher_gram", "bias", bias)
     pa = dl.prepare(acts, "deadspec.fisher_gram", "acts")
     pg = dl.prepare(grads, "deadspec.fisher_gram", "grads")
     if dl.kind(acts) != dl.kind(grads):
@@ -153,7 +197,9 @@ def fisher_gram(acts: Any, grads: Any, *, bias: bool = False, route: str = "auto
 
 
 def fisher_route(n: int, t: int, d_in: int, d_out: int) -> str:
-    """The route ``fisher_gram(route="auto")`` takes for these sizes."""
+    """The route ``fisher_gram(route="auto")`` takes for these sizes (each a positive int)."""
+    sizes = {"n": n, "t": t, "d_in": d_in, "d_out": d_out}
+    n, t, d_in, d_out = (check_integer("fisher_route", k, v, 1) for k, v in sizes.items())
     return _core.fisher_route(n, t, d_in, d_out)
 
 
@@ -169,6 +215,7 @@ def sym_eig(a: Any, *, vectors: bool = False) -> tuple[np.ndarray, np.ndarray | 
     Only the lower triangle is read. Uses LAPACK ``dsyevd`` when the build has it (see
     ``deadspec.build_info()["eig_backend"]``), Eigen's solver otherwise.
     """
+    vectors = check_bool("sym_eig", "vectors", vectors)
     p = dl.prepare(a, "deadspec.sym_eig", "a")
     values, vecs = _core.sym_eig(dl.capsule(p), vectors=vectors)
     return np.asarray(values), (None if vecs is None else np.asarray(vecs))
@@ -247,12 +294,13 @@ def _spectrum_from_dict(d: dict) -> Spectrum:
 
 
 def _rtol_args(fn: str, rtol: float | None, input_dtype: Any, rtol_size: int | None) -> dict:
-    if rtol is not None and not (0.0 <= float(rtol) < 1.0):
+    rtol = check_real(fn, "rtol", rtol, optional=True)
+    if rtol is not None and not (0.0 <= rtol < 1.0):
         raise ValueError(f"deadspec.{fn}: rtol must be in [0, 1), got {rtol}")
-    if rtol_size is not None and int(rtol_size) <= 0:
+    rtol_size = check_integer(fn, "rtol_size", rtol_size, optional=True)
+    if rtol_size is not None and rtol_size <= 0:
         raise ValueError(f"deadspec.{fn}: rtol_size must be positive, got {rtol_size}")
-    name = input_dtype if isinstance(input_dtype, str) else str(input_dtype)
-    name = name.removeprefix("torch.")
+    name = _dtype_arg(fn, input_dtype)
     return {
         "rtol": -1.0 if rtol is None else float(rtol),
         "input_dtype": name,
@@ -287,13 +335,15 @@ def spectrum(
     rtol_size : int, optional
         max(shape) of that data; default m.
     """
+    gap_ratio = check_real("spectrum", "gap_ratio", gap_ratio)
+    vectors = check_bool("spectrum", "vectors", vectors)
     p = dl.prepare(g, "deadspec.spectrum", "g")
     if input_dtype is None:
         input_dtype = dl.dtype_name(p)
         if input_dtype not in ("float32", "float64"):
             input_dtype = "float64"
     args = _rtol_args("spectrum", rtol, input_dtype, rtol_size)
-    d = _core.spectrum(dl.capsule(p), gap_ratio=float(gap_ratio), vectors=vectors, **args)
+    d = _core.spectrum(dl.capsule(p), gap_ratio=gap_ratio, vectors=vectors, **args)
     return _spectrum_from_dict(d)
 
 
@@ -306,28 +356,26 @@ def spectrum_from_eigenvalues(
     rtol_size: int | None = None,
 ) -> Spectrum:
     """Readings from a set of eigenvalues (any order) without an eigendecomposition."""
-    host = values.detach().cpu() if dl.kind(values) == "torch" else values
-    v = np.asarray(host, dtype=np.float64)
-    if v.ndim != 1:
-        raise ValueError(
-            f"deadspec.spectrum_from_eigenvalues: values must be 1-D, got shape {v.shape}"
-        )
-    args = _rtol_args("spectrum_from_eigenvalues", rtol, input_dtype, rtol_size)
-    res = _core.spectrum_from_eigenvalues(v, gap_ratio=float(gap_ratio), **args)
+    fn = "spectrum_from_eigenvalues"
+    v = _vector(fn, "values", values)
+    if v.size == 0:
+        raise ValueError(f"deadspec.{fn}: values must not be empty, got shape (0,)")
+    gap_ratio = check_real(fn, "gap_ratio", gap_ratio)
+    args = _rtol_args(fn, rtol, input_dtype, rtol_size)
+    res = _core.spectrum_from_eigenvalues(v, gap_ratio=gap_ratio, **args)
     return _spectrum_from_dict(res)
 
 
 def logdet_top(eigenvalues: Any, k: int) -> float:
     """Σ log μ_i over the k largest entries of a descending eigenvalue vector."""
-    v = np.asarray(eigenvalues, dtype=np.float64)
-    if v.ndim != 1:
-        raise ValueError(f"deadspec.logdet_top: eigenvalues must be 1-D, got shape {v.shape}")
-    return _core.logdet_top(v, int(k))
+    v = _vector("logdet_top", "eigenvalues", eigenvalues)
+    return _core.logdet_top(v, check_integer("logdet_top", "k", k))
 
 
 def default_rtol(input_dtype: Any, size: int) -> float:
     """size · ε(input_dtype): the default relative threshold of the active set."""
-    return _core.default_rtol(str(input_dtype).removeprefix("torch."), int(size))
+    name = _dtype_arg("default_rtol", input_dtype)
+    return _core.default_rtol(name, check_integer("default_rtol", "size", size, 1))
 
 
 @dataclass(frozen=True)
@@ -351,8 +399,8 @@ _METHODS = ("ols", "theil-sen")
 def fit_slope(x: Any, y: Any, *, method: str = "ols") -> Slope:
     """Fit a line through (x, y): least squares with intercept, or Theil–Sen (robust)."""
     check_choice("fit_slope", "method", method, _METHODS)
-    xs = np.asarray(x, dtype=np.float64).ravel()
-    ys = np.asarray(y, dtype=np.float64).ravel()
+    xs = _vector("fit_slope", "x", x, flatten=True)
+    ys = _vector("fit_slope", "y", y, flatten=True)
     d = _core.fit_slope(xs.tolist(), ys.tolist(), method=method)
     return Slope(**d)
 

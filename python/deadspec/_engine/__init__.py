@@ -14,7 +14,7 @@ Nothing here is public API: :mod:`deadspec.reading`, :mod:`deadspec.approach` an
 :mod:`deadspec.monitor` are.
 """
 
-from deadspec._engine.collect import Collected, CollectOptions, collect
+from deadspec._engine.collect import Collected, CollectOptions, collect, validate
 from deadspec._engine.readout import (
     ReadOptions,
     activation_spectrum,
@@ -30,4 +30,5 @@ __all__ = [
     "collect",
     "read_states",
     "reading_options",
+    "validate",
 ]

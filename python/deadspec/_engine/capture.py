@@ -21,6 +21,7 @@ from deadspec._engine.sites import SiteSpec, View, weight_out_in
 from deadspec.ops import GramAccumulator, gram
 
 __all__ = [
+    "FISHER_KINDS",
     "Capture",
     "LayerState",
     "activation_rows",
@@ -31,6 +32,9 @@ __all__ = [
     "on_call",
     "view_rows",
 ]
+
+#: Site kinds with a Fisher side (per-sample gradients of a weight the site applies).
+FISHER_KINDS = ("linear", "conv1d", "embedding", "proj")
 
 
 def activation_rows(
@@ -128,8 +132,13 @@ class LayerState:
         self.act_dtype: torch.dtype | None = None
 
     # activation side -----------------------------------------------------------------------
-    def add_rows(self, rows: torch.Tensor, batch: int, n_total: int) -> None:
+    def add_rows(self, rows: torch.Tensor, batch: int, n_total: int, fn: str = "read") -> None:
         if self.act_dtype is None:  # first batch: fix the width and the route
+            if rows.shape[1] == 0:
+                raise ValueError(
+                    f"deadspec.{fn}: layer {self.name!r} must output at least one feature, got "
+                    f"rows of shape {tuple(rows.shape)}"
+                )
             self.act_dtype = rows.dtype
             self.width = int(rows.shape[1])
             if self.route is None:
@@ -139,7 +148,7 @@ class LayerState:
                 self.acc = GramAccumulator(self.width)
         if rows.shape[1] != self.width:
             raise ValueError(
-                f"deadspec.read: layer {self.name!r} changed width between batches "
+                f"deadspec.{fn}: layer {self.name!r} changed width between batches "
                 f"({self.width} then {rows.shape[1]})"
             )
         # The core reads CPU memory: device tensors are copied to the host here.
@@ -232,7 +241,7 @@ def on_call(
         rows = view_rows(st, out, a, pool, fn)
         check_finite(rows, "activations", st.name, fn)
         # Consumed now: a later in-place op on `out` must not change what we read.
-        st.add_rows(rows, batch, n_total)
+        st.add_rows(rows, batch, n_total, fn)
     if cap.fisher:
         if not isinstance(a, torch.Tensor):
             raise TypeError(f"deadspec.{fn}: could not find the tensor input of layer {cap.key!r}")
@@ -300,7 +309,7 @@ def build_states(
         cap = captures.get(spec.capture)
         if cap is None:
             cap = captures[spec.capture] = Capture(spec.capture, spec)
-        has_fisher = fisher and spec.kind in ("linear", "conv1d", "embedding", "proj")
+        has_fisher = fisher and spec.kind in FISHER_KINDS
         st = LayerState(name, spec.module, has_fisher, route, view=spec.view, kind=spec.kind)
         st.capture = cap
         cap.sites.append(st)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from deadspec._engine.capture import (
+    FISHER_KINDS,
     Capture,
     LayerState,
     build_states,
@@ -44,7 +45,7 @@ from deadspec._engine.sites import resolve_sites
 from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 
-__all__ = ["POOLS", "CollectOptions", "Collected", "collect"]
+__all__ = ["POOLS", "CollectOptions", "Collected", "collect", "validate"]
 
 POOLS = ("none", "mean")
 
@@ -81,6 +82,12 @@ class Collected:
     n: int  #: number of samples
 
 
+_NO_TARGETS = (
+    "deadspec.{fn}: the Fisher side needs targets with labels='observed' "
+    "(or use labels='sampled', or fisher=False), got targets=None"
+)
+
+
 def _check_options(model: nn.Module, opts: CollectOptions) -> None:
     fn = opts.fn
     check_choice(fn, "labels", opts.labels, LABELS)
@@ -90,6 +97,21 @@ def _check_options(model: nn.Module, opts: CollectOptions) -> None:
         raise TypeError(
             f"deadspec.{fn}: loss_fn must be callable or None, got {type(opts.loss_fn).__name__}"
         )
+
+
+def validate(model: nn.Module, inputs: Any, layers: Any, opts: CollectOptions) -> None:
+    """The checks :func:`collect` makes before any forward pass (options, inputs, batch size,
+    layers, targets), without running the model: a recorder (the monitor) fails at
+    construction rather than at its first reading."""
+    _check_options(model, opts)
+    _, n = as_input_tuple(inputs, opts.fn)
+    batch_slices(n, opts.batch_size, opts.fn)
+    sites = resolve_sites(unwrap_compiled(model), layers, opts.heads, opts.fn)
+    fisher = opts.fisher and any(spec.kind in FISHER_KINDS for _, spec in sites)
+    if fisher and opts.labels == "observed" and opts.targets is None:
+        raise ValueError(_NO_TARGETS.format(fn=opts.fn))
+    if opts.targets is not None:
+        _check_targets(opts.targets, n, opts.fn)
 
 
 def _check_targets(targets: Any, n: int, fn: str) -> None:
@@ -125,10 +147,7 @@ class _Run:
         opts, fn = self.opts, self.opts.fn
         if opts.labels == "observed":
             if opts.targets is None:
-                raise ValueError(
-                    f"deadspec.{fn}: the Fisher side needs targets with labels='observed' "
-                    f"(or use labels='sampled', or fisher=False), got targets=None"
-                )
+                raise ValueError(_NO_TARGETS.format(fn=fn))
         else:
             self.task = infer_task(opts.targets, opts.loss_fn, opts.task, fn)
             self.gen = make_generator(opts.seed, device)

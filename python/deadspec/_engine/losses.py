@@ -65,7 +65,14 @@ def default_loss(output: torch.Tensor, targets: torch.Tensor, fn: str) -> torch.
                 f"{tuple(targets.shape)}"
             )
         c = output.shape[-1]
-        per = F.cross_entropy(output.reshape(-1, c), targets.reshape(-1).long(), reduction="none")
+        flat = targets.reshape(-1)
+        bad = (flat != -100) & ((flat < 0) | (flat >= c))  # -100: cross_entropy's ignore_index
+        if flat.numel() and bool(bad.any()):
+            raise ValueError(
+                f"deadspec.{fn}: integer targets must be class indices in [0, {c}) (the size of "
+                f"the output's last axis), got values in [{int(flat.min())}, {int(flat.max())}]"
+            )
+        per = F.cross_entropy(output.reshape(-1, c), flat.long(), reduction="none")
         return per.reshape(n, -1).sum(1)
     if output.shape != targets.shape:
         raise ValueError(

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 
 from deadspec._engine.capture import LayerState
-from deadspec._engine.collect import Collected, CollectOptions
+from deadspec._engine.collect import POOLS, Collected, CollectOptions
 from deadspec._engine.fisher import fisher_matrix
 from deadspec._engine.inputs import dtype_name
+from deadspec._engine.losses import LABELS, TASKS
 from deadspec._engine.results import GaugeZero, LayerReading, Reading
-from deadspec._util import check_choice
+from deadspec._util import check_bool, check_choice, check_integer, check_real
 from deadspec.ops import Spectrum, spectrum
 
 __all__ = ["ROUTES", "ReadOptions", "activation_spectrum", "read_states", "reading_options"]
@@ -53,10 +54,35 @@ def reading_options(
     gauges: bool,
     route: str,
     joint: bool,
+    fn: str = "read",
 ) -> tuple[CollectOptions, ReadOptions]:
     """:func:`deadspec.read`'s keywords (all of them; its signature holds the defaults) split
-    into what is collected and how it is read."""
-    check_choice("read", "route", route, ROUTES)
+    into what is collected and how it is read; the types and choices checked (errors name
+    ``deadspec.<fn>`` and the argument)."""
+    check_choice(fn, "route", route, ROUTES)
+    check_choice(fn, "labels", labels, LABELS)
+    check_choice(fn, "pool", pool, POOLS)
+    if task is not None:
+        check_choice(fn, "task", task, TASKS)
+    fisher, center, heads, gauges, joint = (
+        check_bool(fn, name, value)
+        for name, value in (
+            ("fisher", fisher),
+            ("center", center),
+            ("heads", heads),
+            ("gauges", gauges),
+            ("joint", joint),
+        )
+    )
+    if progress is not None:
+        progress = check_bool(fn, "progress", progress)
+    rtol = check_real(fn, "rtol", rtol, optional=True)
+    if rtol is not None and not 0.0 <= rtol < 1.0:
+        raise ValueError(f"deadspec.{fn}: rtol must be in [0, 1) or None, got {rtol!r}")
+    gap_ratio = check_real(fn, "gap_ratio", gap_ratio)
+    if not gap_ratio > 1.0:
+        raise ValueError(f"deadspec.{fn}: gap_ratio must be > 1, got {gap_ratio!r}")
+    seed = check_integer(fn, "seed", seed, optional=True)
     collect_opts = CollectOptions(
         targets=targets,
         loss_fn=loss_fn,
@@ -67,15 +93,16 @@ def reading_options(
         pool=pool,
         seed=seed,
         progress=progress,
-        heads=bool(heads),
-        gauges=bool(gauges),
+        heads=heads,
+        gauges=gauges,
+        fn=fn,
     )
     read_opts = ReadOptions(
         center=center,
         rtol=rtol,
         gap_ratio=gap_ratio,
         route=route,
-        gauges=bool(gauges),
+        gauges=gauges,
         joint=joint,
         labels=labels,
         pool=pool,

@@ -176,13 +176,18 @@ def resolve_sites(
     else:
         if isinstance(layers, str):
             layers = [layers]
+        if not hasattr(layers, "__iter__"):
+            raise TypeError(
+                f"deadspec.{fn}: layers must be a module name (str), a sequence of them or None, "
+                f"got {type(layers).__name__}"
+            )
         names = list(layers)
         if not names:
             raise ValueError(f"deadspec.{fn}: layers must name at least one module, got []")
         for name in names:
             if not isinstance(name, str):
                 raise TypeError(
-                    f"deadspec.{fn}: layer names must be str, got {type(name).__name__}"
+                    f"deadspec.{fn}: layer names must be str, got {type(name).__name__} {name!r}"
                 )
             if name not in specs:
                 named = dict(model.named_modules())

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from deadspec._engine import reading_options, validate
 from deadspec._engine.inputs import names_list
+from deadspec._util import check_choice, check_model
 
 __all__ = [
     "DIR_LABELS",
     "METHODS",
     "SIDES",
+    "check_order_options",
+    "check_read",
     "check_units",
     "default_next_layer",
     "linear_named",
@@ -87,3 +93,46 @@ def check_units(units: Any, width: int, fn: str) -> tuple[int, ...]:
     if bad:
         raise ValueError(f"deadspec.{fn}: units must lie in [0, {width}), got {bad}")
     return tuple(vals)
+
+
+def check_order_options(
+    fn: str,
+    model: Any,
+    labels: str,
+    method: str,
+    n_probes: Any,
+    slope_tol: Any,
+    gauge_rtol: Any,
+    gauge_atol: Any,
+    path: Any,
+) -> None:
+    """The option checks of :func:`deadspec.direction_order` (also made by
+    :func:`deadspec.classify_directions` up front, naming itself)."""
+    check_model(model, fn)
+    check_choice(fn, "labels", labels, DIR_LABELS)
+    check_choice(fn, "method", method, METHODS)
+    if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
+        raise ValueError(f"deadspec.{fn}: n_probes must be a positive int, got {n_probes!r}")
+    for nm, val in (
+        ("slope_tol", slope_tol),
+        ("gauge_rtol", gauge_rtol),
+        ("gauge_atol", gauge_atol),
+    ):
+        if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
+            raise ValueError(
+                f"deadspec.{fn}: {nm} must be a finite non-negative number, got {val!r}"
+            )
+    if path is not None and not callable(path):
+        raise TypeError(f"deadspec.{fn}: path must be callable or None, got {type(path).__name__}")
+
+
+def check_read(fn: str, model: Any, inputs: Any, layers: list[str], **options: Any) -> None:
+    """The checks :func:`deadspec.read` makes before running the model (options, inputs,
+    targets, layers), for a reading that calls it: errors name ``deadspec.<fn>``, not read."""
+    from deadspec.reading import read
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = inspect.signature(read).parameters.values()
+    kw = {p.name: p.default for p in params if p.kind is keyword and p.name != "layers"}
+    collect_opts, _ = reading_options(**{**kw, **options, "fn": fn})
+    validate(model, inputs, layers, collect_opts)

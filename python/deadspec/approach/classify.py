@@ -21,9 +21,9 @@ from torch import nn
 from deadspec import gauges as G
 from deadspec._engine import CollectOptions, collect
 from deadspec._engine.losses import infer_task
-from deadspec._util import check_model, unwrap_compiled
+from deadspec._util import check_bool, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
-from deadspec.approach._common import linear_named
+from deadspec.approach._common import check_order_options, linear_named
 from deadspec.approach.order import DirectionOrder, direction_order
 from deadspec.ops import fisher_gram, spectrum
 
@@ -270,6 +270,8 @@ def gauge_directions(
     dict
         ``name -> {parameter name: tangent tensor}``.
     """
+    check_model(model, "gauge_directions")
+    logit_shift = check_bool("gauge_directions", "logit_shift", logit_shift)
     if output_layer is not None:
         linear_named(model, output_layer, "output_layer", "gauge_directions")
     found = _discovered(model, logit_shift and output_layer is None)
@@ -389,8 +391,16 @@ def classify_directions(
     list of DirectionClass
     """
     fn = "classify_directions"
-    check_model(model, fn)
+    check_order_options(fn, model, labels, "ols", n_probes, slope_tol, gauge_rtol, 0.0, None)
+    gauges = check_bool(fn, "gauges", gauges)
     model = unwrap_compiled(model)
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers is not None and not hasattr(layers, "__iter__"):
+        raise TypeError(
+            f"deadspec.{fn}: layers must be a sequence of module names (str) or None, got "
+            f"{type(layers).__name__}"
+        )
     if isinstance(n_small, bool) or not isinstance(n_small, (int, np.integer)) or n_small < 0:
         raise ValueError(f"deadspec.{fn}: n_small must be a non-negative int, got {n_small!r}")
     if candidates is not None and not isinstance(candidates, Mapping):

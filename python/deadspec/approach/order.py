@@ -20,9 +20,8 @@ from torch import nn
 
 from deadspec._engine.inputs import ModelState, as_input_tuple, batch_slices, make_generator
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
-from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
-from deadspec.approach._common import DIR_LABELS, METHODS, t_grid
+from deadspec.approach._common import check_order_options, t_grid
 from deadspec.ops import fit_slope
 
 __all__ = ["DirectionOrder", "direction_order"]
@@ -72,6 +71,24 @@ class DirectionOrder:
         )
 
 
+def _as_tensor(value: Any, what: str, fn: str) -> torch.Tensor:
+    """``value`` (a tensor, array or sequence of real numbers) as a tensor, else TypeError."""
+    if value is None or isinstance(value, (str, bytes)):
+        v = None
+    else:
+        try:
+            v = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            v = None
+    if v is None or v.dtype == torch.bool or v.is_complex():
+        got = type(value).__name__ if v is None else f"a tensor of dtype {v.dtype}"
+        raise TypeError(
+            f"deadspec.{fn}: {what} must be a tensor, array or sequence of real numbers (a "
+            f"direction is a dict parameter name -> tensor, or one flat 1-D tensor), got {got}"
+        )
+    return v
+
+
 def _unit_direction(model: nn.Module, direction: Any, fn: str) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     if not params:
@@ -86,7 +103,7 @@ def _unit_direction(model: nn.Module, direction: Any, fn: str) -> dict[str, torc
             )
         for name, p in params.items():
             if name in direction:
-                v = torch.as_tensor(direction[name])
+                v = _as_tensor(direction[name], f"direction[{name!r}]", fn)
                 if tuple(v.shape) != tuple(p.shape):
                     raise ValueError(
                         f"deadspec.{fn}: direction[{name!r}] must have shape {tuple(p.shape)}, "
@@ -96,7 +113,7 @@ def _unit_direction(model: nn.Module, direction: Any, fn: str) -> dict[str, torc
             else:
                 out[name] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
     else:
-        v = torch.as_tensor(direction).detach()
+        v = _as_tensor(direction, "direction", fn).detach()
         total = sum(p.numel() for p in params.values())
         if v.ndim != 1 or v.numel() != total:
             raise ValueError(
@@ -316,7 +333,9 @@ def direction_order(
     ('genuine', 2.0, 0.25)
     """
     fn = "direction_order"
-    _check_order_options(model, labels, method, n_probes, slope_tol, gauge_rtol, gauge_atol, path)
+    check_order_options(
+        fn, model, labels, method, n_probes, slope_tol, gauge_rtol, gauge_atol, path
+    )
     tup, n = as_input_tuple(inputs, fn)
     slices = batch_slices(n, batch_size, fn)
     grid = t_grid(t, fn)
@@ -371,36 +390,6 @@ def direction_order(
     finally:
         snapshot.restore()
     return _classify(grid, fisher, reference, method, slope_tol, gauge_rtol, gauge_atol, fn)
-
-
-def _check_order_options(
-    model: Any,
-    labels: str,
-    method: str,
-    n_probes: Any,
-    slope_tol: Any,
-    gauge_rtol: Any,
-    gauge_atol: Any,
-    path: Any,
-) -> None:
-    fn = "direction_order"
-    check_model(model, fn)
-    model = unwrap_compiled(model)
-    check_choice(fn, "labels", labels, DIR_LABELS)
-    check_choice(fn, "method", method, METHODS)
-    if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
-        raise ValueError(f"deadspec.{fn}: n_probes must be a positive int, got {n_probes!r}")
-    for nm, val in (
-        ("slope_tol", slope_tol),
-        ("gauge_rtol", gauge_rtol),
-        ("gauge_atol", gauge_atol),
-    ):
-        if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
-            raise ValueError(
-                f"deadspec.{fn}: {nm} must be a finite non-negative number, got {val!r}"
-            )
-    if path is not None and not callable(path):
-        raise TypeError(f"deadspec.{fn}: path must be callable or None, got {type(path).__name__}")
 
 
 def _classify(

@@ -23,6 +23,7 @@ from deadspec._util import progress as progress_bar
 from deadspec.approach._common import (
     METHODS,
     SIDES,
+    check_read,
     check_units,
     default_next_layer,
     linear_named,
@@ -174,6 +175,10 @@ def approach_slope(
     check_choice(fn, "side", side, SIDES)
     check_choice(fn, "method", method, METHODS)
     width = linear_named(model, layer, "layer", fn).out_features
+    check_read(  # what read() would refuse, refused now and named approach_slope
+        fn, model, inputs, [layer], targets=targets, loss_fn=loss_fn, fisher=side == "fisher",
+        center=center, batch_size=batch_size, gap_ratio=gap_ratio, progress=progress,
+    )
     next_name = _next_layer(model, layer, next_layer, width, fn)
     grid = t_grid(t, fn)
     unit_tuple = None if units is None else check_units(units, width, fn)

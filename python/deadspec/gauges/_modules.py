@@ -16,6 +16,10 @@ __all__ = [
     "Ref",
     "as_inputs",
     "as_tuple",
+    "check_gauges",
+    "check_generator",
+    "check_inputs",
+    "check_module",
     "heads_map",
     "is_norm",
     "join",
@@ -79,8 +83,57 @@ def join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def check_gauges(fn: str, gauges: Any) -> list[Any]:
+    """``gauges`` as a list, each a :class:`~deadspec.gauges.Gauge` (TypeError otherwise)."""
+    from deadspec.gauges.kinds import Gauge
+
+    if isinstance(gauges, (str, bytes, Gauge)) or not hasattr(gauges, "__iter__"):
+        raise TypeError(
+            f"deadspec.{fn}: gauges must be a sequence of deadspec.gauges.Gauge objects, got "
+            f"{type(gauges).__name__}"
+        )
+    out = list(gauges)
+    for g in out:
+        if not isinstance(g, Gauge):
+            raise TypeError(
+                f"deadspec.{fn}: gauges must hold deadspec.gauges.Gauge objects, got "
+                f"{type(g).__name__}"
+            )
+    return out
+
+
+def check_module(fn: str, model: Any) -> nn.Module:
+    """``model`` (a ``torch.compile`` d one through the module it compiles), else TypeError."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"deadspec.{fn}: model must be an nn.Module, got {type(model).__name__}")
+    return unwrap_compiled(model)
+
+
+def check_generator(fn: str, generator: Any) -> None:
+    """TypeError unless ``generator`` is None or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"deadspec.{fn}: generator must be a torch.Generator or None, got "
+            f"{type(generator).__name__}"
+        )
+
+
+def check_inputs(fn: str, inputs: Any) -> None:
+    """TypeError unless ``inputs`` is a tensor or a non-empty tuple/list of tensors."""
+    ok = isinstance(inputs, torch.Tensor) or (
+        isinstance(inputs, (tuple, list)) and inputs and all(
+            isinstance(a, torch.Tensor) for a in inputs
+        )
+    )
+    if not ok:
+        raise TypeError(
+            f"deadspec.{fn}: inputs must be a torch.Tensor or a non-empty tuple of tensors "
+            f"(passed as model(*inputs)), got {type(inputs).__name__}"
+        )
+
+
 def resolve(model: nn.Module, ref: Ref, fn: str, arg: str) -> tuple[str, nn.Module]:
-    model = unwrap_compiled(model)  # names as in the uncompiled model
+    model = check_module(fn, model)  # names as in the uncompiled model
     if isinstance(ref, str):
         try:
             return ref, model.get_submodule(ref)
@@ -138,7 +191,13 @@ def require_unshared(
 def units_index(fn: str, units: Any, h: int) -> torch.Tensor | None:
     if units is None:
         return None
-    idx = torch.as_tensor(units)
+    try:
+        idx = torch.as_tensor(units)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"deadspec.{fn}: units must be integer indices or a bool mask, got "
+            f"{type(units).__name__} {units!r}"
+        ) from None
     if idx.dtype == torch.bool:
         if idx.shape != (h,):
             raise ValueError(
@@ -164,11 +223,18 @@ def units_index(fn: str, units: Any, h: int) -> torch.Tensor | None:
 
 def positive_vector(kind: str, element: Any, dim: int) -> torch.Tensor:
     """A group element of a rescaling gauge as float64, checked: shape (dim,), all entries > 0."""
-    c = torch.as_tensor(element, dtype=torch.float64)
+    try:
+        c = torch.as_tensor(element, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"deadspec.{kind}.apply: element must be a positive vector of shape ({dim},) (a "
+            f"tensor, array or sequence of numbers), got {type(element).__name__}"
+        ) from None
     if c.shape != (dim,) or not bool((c > 0).all()):
+        least = f", smallest entry {float(c.min()):g}" if c.numel() else ""
         raise ValueError(
             f"deadspec.{kind}.apply: element must be a positive vector of shape ({dim},), "
-            f"got shape {tuple(c.shape)}"
+            f"got shape {tuple(c.shape)}{least}"
         )
     return c
 

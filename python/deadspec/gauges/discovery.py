@@ -9,10 +9,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from deadspec._util import unwrap_compiled
+from deadspec._util import check_bool, check_real
 from deadspec.gauges._binding import map_refs
 from deadspec.gauges._homogeneity import HOMOGENEOUS_MODULES
-from deadspec.gauges._modules import as_tuple, is_norm, join, norm_params, shared_param_ids
+from deadspec.gauges._modules import (
+    as_tuple,
+    check_gauges,
+    check_generator,
+    check_inputs,
+    check_module,
+    is_norm,
+    join,
+    norm_params,
+    shared_param_ids,
+)
 from deadspec.gauges._tracing import call_counts, fallback_logit, trace_info, walk
 from deadspec.gauges.kinds import Chain, Gauge, HeadRotation, LogitShift, NormScale, Pair
 
@@ -39,6 +49,7 @@ class GaugeSet(list):
 
 def summary(gauges: Sequence[Gauge]) -> str:
     """A printable table of gauges: index, kind, modules, group dimension, source."""
+    gauges = check_gauges("summary", gauges)
     rows = [("#", "kind", "modules", "dim", "source")]
     for i, g in enumerate(gauges):
         if isinstance(g, Pair):
@@ -67,6 +78,22 @@ def summary(gauges: Sequence[Gauge]) -> str:
 
 MLP_NAMES = (("fc1", "fc2"), ("fc_in", "fc_out"), ("c_fc", "c_proj"), ("lin1", "lin2"))
 SWIGLU_NAMES = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
+
+
+def _check_data(inputs: Any, targets: Any, loss_fn: Any, generator: Any) -> None:
+    """The types of :func:`discover`'s ``inputs``, ``targets``, ``loss_fn``, ``generator``."""
+    if inputs is not None:
+        check_inputs("discover", inputs)
+    if targets is not None and not isinstance(targets, torch.Tensor):
+        raise TypeError(
+            f"deadspec.discover: targets must be a torch.Tensor or None, got "
+            f"{type(targets).__name__}"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"deadspec.discover: loss_fn must be callable or None, got {type(loss_fn).__name__}"
+        )
+    check_generator("discover", generator)
 
 
 def discover(
@@ -112,15 +139,15 @@ def discover(
     GaugeSet
         A list of gauges (names, not modules), printable as a table.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"deadspec.discover: model must be an nn.Module, got {type(model).__name__}"
-        )
-    model = unwrap_compiled(model)
+    model = check_module("discover", model)
     if loss not in ("cross_entropy", None):
         raise ValueError(f"deadspec.discover: loss must be 'cross_entropy' or None, got {loss!r}")
+    check = check_bool("discover", "check", check)
+    heads = check_bool("discover", "heads", heads)
+    chains = check_bool("discover", "chains", chains)
     if check and inputs is None:
         raise ValueError("deadspec.discover: inputs must be given with check=True, got None")
+    _check_data(inputs, targets, loss_fn, generator)
     info = trace_info(model)
     found = _Found(model)
     _traced_gauges(info, found)
@@ -350,16 +377,9 @@ def bind(gauges: Sequence[Gauge], model: nn.Module) -> GaugeSet:
     GaugeSet
         New gauge objects (the given ones are not modified), in the same order.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"deadspec.bind: model must be an nn.Module, got {type(model).__name__}")
-    model = unwrap_compiled(model)
+    model = check_module("bind", model)
     out = []
-    for g in gauges:
-        if not isinstance(g, Gauge):
-            raise TypeError(
-                f"deadspec.bind: gauges must hold deadspec.gauges.Gauge objects, got "
-                f"{type(g).__name__}"
-            )
+    for g in check_gauges("bind", gauges):
         out.append(map_refs(g.bind(model), model.get_submodule))
     return GaugeSet(out)
 
@@ -372,11 +392,22 @@ def random_elements(
     spread: float = 1.0,
 ) -> list[Any]:
     """One random element per gauge (``c = exp(U(−spread, spread))`` for the scalings)."""
+    model = check_module("random_elements", model)
+    gauges = check_gauges("random_elements", gauges)
+    check_generator("random_elements", generator)
+    spread = check_real("random_elements", "spread", spread)
     return [g.random_element(model, generator, spread=spread) for g in gauges]
 
 
 def apply_elements(model: nn.Module, gauges: Sequence[Gauge], elements: Sequence[Any]) -> None:
     """Act on ``model`` in place with one element per gauge, in order."""
+    model = check_module("apply_elements", model)
+    gauges = check_gauges("apply_elements", gauges)
+    if isinstance(elements, (str, bytes)) or not hasattr(elements, "__len__"):
+        raise TypeError(
+            f"deadspec.apply_elements: elements must be a sequence (one element per gauge, from "
+            f"random_elements), got {type(elements).__name__}"
+        )
     if len(elements) != len(gauges):
         raise ValueError(
             f"deadspec.apply_elements: elements must hold one element per gauge "

@@ -13,12 +13,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from deadspec._util import unwrap_compiled
+from deadspec._util import check_real, unwrap_compiled
 from deadspec.gauges._homogeneity import check_activation
 from deadspec.gauges._modules import (
     Ref,
     as_inputs,
     as_tuple,
+    check_inputs,
     heads_map,
     is_norm,
     norm_params,
@@ -106,6 +107,9 @@ class Gauge:
         float
             The relative difference.
         """
+        fn = f"{type(self).__name__}.check"
+        check_inputs(fn, inputs)
+        rtol = check_real(fn, "rtol", rtol)
         g = self.bind(model)
         m = copy.deepcopy(unwrap_compiled(model)).to(torch.float64).eval()
         args = as_inputs(inputs)
@@ -118,7 +122,7 @@ class Gauge:
         rel = diff / max(scale, torch.finfo(torch.float64).tiny)
         if (not math.isfinite(rel) or rel > rtol) and raise_on_fail:
             raise ValueError(
-                f"deadspec.{type(self).__name__}.check: the loss must be invariant along the "
+                f"deadspec.{fn}: the loss must be invariant along the "
                 f"gauge to rtol={rtol:g}, got a relative change {rel:.3g} ({g.describe()})"
             )
         return rel
@@ -265,6 +269,11 @@ class Chain(Gauge):
     dim: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.layers, (str, nn.Module)) or not hasattr(self.layers, "__iter__"):
+            raise TypeError(
+                f"deadspec.Chain: layers must be a sequence of module names or modules, got "
+                f"{type(self.layers).__name__}"
+            )
         self.layers = tuple(self.layers)
 
     def modules(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deadspec._engine.inputs import as_input_tuple
 from deadspec._engine.results import RECORD_KEYS
 from deadspec._util import check_model
 from deadspec.monitor import DeadDirectionMonitor
@@ -99,6 +100,12 @@ class MonitorDriver:
         unknown = [k for k in scalars if k not in RECORD_KEYS]
         if unknown:
             raise ValueError(f"deadspec.{fn}: scalars must be among {RECORD_KEYS}, got {unknown}")
+        as_input_tuple(inputs, fn)  # the probe batch: checked now, not when training starts
+        if targets is not None and not isinstance(targets, torch.Tensor):
+            raise TypeError(
+                f"deadspec.{fn}: targets must be a torch.Tensor or None, got "
+                f"{type(targets).__name__}"
+            )
         if "model" in options or "every" in options:
             raise TypeError(
                 f"deadspec.{fn}: the trainer supplies the model and every is an argument of its "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,11 +20,58 @@ from deadspec.gauges._modules import scale_cols_, scale_rows_
 from deadspec.optim._functional import gauge_dots, site_rho
 from deadspec.optim._plan import Plan, Site, build_plan
 
-__all__ = ["FORMS", "GAUGE_MODES", "NONFINITE", "DDCBase", "TorchOptions"]
+__all__ = [
+    "FORMS",
+    "GAUGE_MODES",
+    "NONFINITE",
+    "DDCBase",
+    "TorchOptions",
+    "check_betas",
+    "check_nonnegative",
+    "check_params_source",
+]
 
 GAUGE_MODES = ("zero", "damped", "balance")
 NONFINITE = ("raise", "skip")
 FORMS = ("coordinate", "split")
+
+
+def check_nonnegative(fn: str, name: str, value: Any) -> None:
+    """ValueError unless ``value`` is a real number >= 0 (a hyper-parameter)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0.0:
+        raise ValueError(f"deadspec.{fn}: {name} must be a non-negative float, got {value!r}")
+
+
+def check_betas(fn: str, name: str, betas: Any) -> tuple[float, ...]:
+    """``betas`` as two floats in [0, 1), else ValueError."""
+    try:
+        vals = tuple(float(b) for b in betas)
+    except (TypeError, ValueError):
+        vals = ()
+    if isinstance(betas, (str, bytes)) or len(vals) != 2 or not all(0.0 <= b < 1.0 for b in vals):
+        raise ValueError(f"deadspec.{fn}: {name} must be two floats in [0, 1), got {betas!r}")
+    return vals
+
+
+def check_params_source(fn: str, source: Any, arg: str = "model_or_params") -> list[Any]:
+    """The plain-parameters form of ``model_or_params`` (or ``params=``): an iterable of
+    tensors, ``(name, tensor)`` pairs or param-group dicts with ``"params"``; as a list."""
+    what = (
+        f"{arg} must be {'an nn.Module, or ' if arg == 'model_or_params' else ''}an iterable "
+        f"of parameters (tensors, (name, tensor) pairs) or of param-group dicts with 'params'"
+    )
+    if isinstance(source, torch.Tensor):
+        raise TypeError(f"deadspec.{fn}: {what}, got a bare Tensor (pass [tensor])")
+    if isinstance(source, (str, bytes, dict)) or not hasattr(source, "__iter__"):
+        raise TypeError(f"deadspec.{fn}: {what}, got {type(source).__name__}")
+    entries = list(source)
+    if not entries:
+        raise ValueError(f"deadspec.{fn}: {what}, got an empty iterable")
+    for e in entries:
+        pair = isinstance(e, tuple) and len(e) == 2 and isinstance(e[1], torch.Tensor)
+        if not (isinstance(e, torch.Tensor) or pair or (isinstance(e, dict) and "params" in e)):
+            raise TypeError(f"deadspec.{fn}: {what}, got an entry of type {type(e).__name__}")
+    return entries
 
 
 class TorchOptions:
@@ -121,6 +169,10 @@ class DDCBase(torch.optim.Optimizer):
         torch_options: TorchOptions | None = None,
     ) -> None:
         fn = self._fn
+        if not isinstance(model_or_params, nn.Module):
+            model_or_params = check_params_source(fn, model_or_params)
+        elif params is not None:
+            params = check_params_source(fn, params, "params")
         self._check_gauge_options(gauge_mode, nonfinite, balance_rate, loss)
         opts = torch_options
         self.maximize = False if opts is None else opts.maximize
@@ -372,7 +424,7 @@ class DDCBase(torch.optim.Optimizer):
             raise ValueError(
                 f"deadspec.{fn}: nonfinite must be 'raise' or 'skip', got {nonfinite!r}"
             )
-        if not (0.0 <= balance_rate <= 1.0):
+        if not (isinstance(balance_rate, numbers.Real) and 0.0 <= balance_rate <= 1.0):
             raise ValueError(
                 f"deadspec.{fn}: balance_rate must lie in [0, 1], got {balance_rate!r}"
             )

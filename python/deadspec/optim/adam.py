@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim.adamw import adamw as torch_adamw
 
 from deadspec import gauges as G
-from deadspec.optim._base import FORMS, DDCBase, TorchOptions
+from deadspec.optim._base import FORMS, DDCBase, TorchOptions, check_betas, check_nonnegative
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
 from deadspec.optim._plan import Site
 from deadspec.optim._split import SplitStep
@@ -149,16 +149,10 @@ class DDCAdam(DDCBase):
         self.rotations = bool(rotations)
         if form not in FORMS:
             raise ValueError(f"deadspec.{fn}: form must be one of {FORMS}, got {form!r}")
-        if not (isinstance(lr, (int, float)) and lr >= 0.0):
-            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {lr!r}")
-        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-            raise ValueError(f"deadspec.{fn}: betas must be two floats in [0, 1), got {betas!r}")
-        if not eps >= 0.0:
-            raise ValueError(f"deadspec.{fn}: eps must be non-negative, got {eps!r}")
-        if not weight_decay >= 0.0:
-            raise ValueError(
-                f"deadspec.{fn}: weight_decay must be non-negative, got {weight_decay!r}"
-            )
+        check_nonnegative(fn, "lr", lr)
+        betas = check_betas(fn, "betas", betas)
+        check_nonnegative(fn, "eps", eps)
+        check_nonnegative(fn, "weight_decay", weight_decay)
         super().__init__(
             model_or_params,
             {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay},

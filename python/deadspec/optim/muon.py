@@ -12,7 +12,7 @@ from torch import nn
 
 from deadspec import gauges as G
 from deadspec.gauges._tracing import fallback_logit, trace_info
-from deadspec.optim._base import DDCBase, TorchOptions
+from deadspec.optim._base import DDCBase, TorchOptions, check_betas, check_nonnegative
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
 from deadspec.optim._muon import ddc_muon_update, hidden_matrices
 from deadspec.optim._plan import Site
@@ -22,6 +22,16 @@ __all__ = ["DDCMuon"]
 _MUON_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "ns_steps", "ns_coefficients")
 _ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
 _NS_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def _coefficients(fn: str, coefficients: Any) -> tuple[Any, ...]:
+    """``ns_coefficients`` as a tuple (its length and values are checked with the group)."""
+    if isinstance(coefficients, (str, bytes)) or not hasattr(coefficients, "__iter__"):
+        raise TypeError(
+            f"deadspec.{fn}: ns_coefficients must hold 3 floats (a, b, c), got "
+            f"{type(coefficients).__name__}"
+        )
+    return tuple(coefficients)
 
 
 class DDCMuon(DDCBase):
@@ -166,11 +176,11 @@ class DDCMuon(DDCBase):
             "nesterov": bool(nesterov),
             "weight_decay": weight_decay,
             "ns_steps": ns_steps,
-            "ns_coefficients": tuple(ns_coefficients),
+            "ns_coefficients": _coefficients(fn, ns_coefficients),
         }
         self._adamw_defaults = {
             "lr": adamw_lr,
-            "betas": tuple(adamw_betas),
+            "betas": check_betas(fn, "adamw_betas", adamw_betas),
             "eps": adamw_eps,
             "weight_decay": weight_decay if adamw_weight_decay is None else adamw_weight_decay,
         }
@@ -215,16 +225,12 @@ class DDCMuon(DDCBase):
     # -- construction helpers ----------------------------------------------------------------
     def _check_muon(self, g: dict[str, Any]) -> None:
         fn = self._fn
-        if not (isinstance(g["lr"], (int, float)) and g["lr"] >= 0.0):
-            raise ValueError(f"deadspec.{fn}: lr must be a non-negative float, got {g['lr']!r}")
+        check_nonnegative(fn, "lr", g["lr"])
         if not (isinstance(g["momentum"], (int, float)) and 0.0 <= g["momentum"] < 1.0):
             raise ValueError(
                 f"deadspec.{fn}: momentum must be a float in [0, 1), got {g['momentum']!r}"
             )
-        if not g["weight_decay"] >= 0.0:
-            raise ValueError(
-                f"deadspec.{fn}: weight_decay must be non-negative, got {g['weight_decay']!r}"
-            )
+        check_nonnegative(fn, "weight_decay", g["weight_decay"])
         ns = g["ns_steps"]
         if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
             raise ValueError(f"deadspec.{fn}: ns_steps must be a positive integer, got {ns!r}")
@@ -236,22 +242,10 @@ class DDCMuon(DDCBase):
 
     def _check_adamw(self, g: dict[str, Any], prefix: str = "") -> None:
         fn = self._fn
-        if not (isinstance(g["lr"], (int, float)) and g["lr"] >= 0.0):
-            raise ValueError(
-                f"deadspec.{fn}: {prefix}lr must be a non-negative float, got {g['lr']!r}"
-            )
-        betas = tuple(g["betas"])
-        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-            raise ValueError(
-                f"deadspec.{fn}: {prefix}betas must be two floats in [0, 1), got {betas!r}"
-            )
-        if not g["eps"] >= 0.0:
-            raise ValueError(f"deadspec.{fn}: {prefix}eps must be non-negative, got {g['eps']!r}")
-        if not g["weight_decay"] >= 0.0:
-            raise ValueError(
-                f"deadspec.{fn}: {prefix}weight_decay must be non-negative, got "
-                f"{g['weight_decay']!r}"
-            )
+        check_nonnegative(fn, f"{prefix}lr", g["lr"])
+        check_betas(fn, f"{prefix}betas", g["betas"])
+        check_nonnegative(fn, f"{prefix}eps", g["eps"])
+        check_nonnegative(fn, f"{prefix}weight_decay", g["weight_decay"])
 
     def _heads(self, model: nn.Module, head: Any) -> set[str]:
         """The output head modules (AdamW path): ``head`` resolved against the model."""
@@ -259,7 +253,14 @@ class DDCMuon(DDCBase):
         if head is None:
             return set()
         if head != "auto":
-            heads = {head} if isinstance(head, str) else {str(h) for h in head}
+            if not isinstance(head, str) and not (
+                hasattr(head, "__iter__") and all(isinstance(h, str) for h in head)
+            ):
+                raise TypeError(
+                    f"deadspec.{fn}: head must be 'auto', None, a module name or a sequence of "
+                    f"them, got {type(head).__name__}"
+                )
+            heads = {head} if isinstance(head, str) else set(head)
             mods = dict(model.named_modules())
             for h in heads:
                 if h not in mods:
