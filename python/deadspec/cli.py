@@ -211,6 +211,8 @@ def load_data(path: str | os.PathLike) -> tuple[Any, Any]:
     import numpy as np
     import torch
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise CLIError(f"--data must be a path (str or os.PathLike), got {type(path).__name__}")
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"--data: file {str(p)!r} does not exist")
@@ -331,6 +333,11 @@ def read_checkpoints(
 
     if not checkpoints and isinstance(model_spec, str) and model_spec.startswith(HF_PREFIX):
         checkpoints = [model_spec[len(HF_PREFIX):]]
+    if isinstance(checkpoints, (str, os.PathLike)):
+        raise CLIError(
+            f"checkpoints must be a sequence of paths, got the single path {str(checkpoints)!r} "
+            f"(pass [path])"
+        )
     if not checkpoints:
         raise CLIError("no checkpoints given")
     missing = [str(c) for c in checkpoints if not Path(c).exists()]

@@ -470,3 +470,10 @@ def test_cli_data_file_of_the_wrong_kind(capsys, files):
 def test_cli_demo_into_a_file(capsys, files):
     err = _cli_error(capsys, ["demo", "--out", str(files["data"]), "--no-progress"])
     assert "demo: --out must be a folder, got the file" in err
+
+
+def test_cli_helpers_refuse_a_wrong_path_type():
+    with pytest.raises(cli.CLIError, match=r"--data must be a path \(str or os.PathLike\), got"):
+        cli.load_data(3)
+    with pytest.raises(cli.CLIError, match=r"checkpoints must be a sequence of paths, got the"):
+        cli.read_checkpoints("step_1.pt", "deadspec.models:demo_mlp", X)
