@@ -190,8 +190,9 @@ def _temp_beside(p: Path) -> tuple[int, Path]:
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; renamed over ``path`` when the block ends
-    without an error, removed otherwise (``path`` is then as it was). The folder is created."""
-    p = Path(path)
+    without an error, removed otherwise (``path`` is then as it was). The folder is created;
+    a symlink is written through (its target replaced, the link kept)."""
+    p = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_beside(p)
     os.close(fd)

@@ -314,6 +314,17 @@ def test_monitor_writes_failing_part_way_keep_the_previous_files(monitor, tmp_pa
     assert b"<svg" in (tmp_path / "monitor.svg").read_bytes()[:400]
 
 
+def test_a_symlinked_output_is_written_through(monitor, tmp_path):
+    target = tmp_path / "runs" / "r5.csv"
+    target.parent.mkdir()
+    target.write_text("previous\n")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+    monitor.to_csv(link)
+    assert link.is_symlink() and target.read_text().startswith("step,layer,side")
+    assert _tmp_files(tmp_path) == []
+
+
 def _calibration() -> Calibration:
     sweep = [
         {"gamma": 1.0, "epsilon": e, "llc_mean": 1.0 + e, "llc_std": 0.1, "stable": True}
