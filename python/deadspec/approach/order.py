@@ -378,11 +378,10 @@ def direction_order(
         with warnings.catch_warnings():
             # torch's first forward-AD call loads jvp decompositions through torch.jit.script,
             # which warns about its own deprecation (torch >= 2.9); not the user's concern.
-            warnings.filterwarnings(
-                "ignore",
-                message=r".*torch\.jit\.script.* is deprecated",
-                category=DeprecationWarning,
-            )
+            for category in (DeprecationWarning, FutureWarning):  # torch 2.9+ / 2.14+
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.script.* is deprecated", category=category
+                )
             for i, tv in enumerate(progress_bar(grid, progress, f"deadspec.{fn}", len(grid))):
                 theta = _path_params(model, theta0, u, path, float(tv), fn)
                 fisher[i] = measure(theta, u)
