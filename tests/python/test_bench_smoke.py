@@ -23,6 +23,7 @@ SCRIPTS = [
     ("bench_gram.py", ["--no-memory"]),
     ("bench_read.py", ["--no-memory"]),
     ("bench_optim.py", []),
+    ("bench_ddc_stability.py", []),
 ]
 
 

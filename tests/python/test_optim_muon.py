@@ -391,6 +391,68 @@ def test_per_head_orthogonalisation():
         assert math.isclose(float(delta.norm()), math.sqrt(8), rel_tol=1e-9)
 
 
+def test_producer_rows_step_written_out():
+    # theory §6.8 unit by unit on one Pair (fc0 → fc2, fc2 the AdamW head): decay; ρ; Muon on
+    # g̃ = g·ρ with the update's radial part along x̃ = w/ρ removed on the live producer rows;
+    # AdamW on g̃ for the rest; then each live unit's scalar Adam on ĝ = ⟨g_row, w_row⟩ (Muon lr,
+    # the bias's AdamW betas and eps) scales its row by e^Δ. Units 6, 7 are outside the gauge
+    # and unit 5 starts dead: plain Muon there, no radial step.
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        m[0].weight[5] = 0.0
+        m[0].bias[5] = 0.0
+    ref = copy.deepcopy(m)
+    mu, betas, eps, units = 0.95, (0.8, 0.99), 1e-8, torch.arange(6)
+    opt = _ddc(m, [G.Pair("0", "2", units=units.tolist())], head="2", ns_dtype=NS_F64,
+               adamw_betas=betas)
+    w0, b0, w2, b2 = ref[0].weight, ref[0].bias, ref[2].weight, ref[2].bias
+    buf = torch.zeros_like(w0)
+    moments = {k: [torch.zeros_like(t), torch.zeros_like(t)] for k, t in
+               (("b0", b0), ("w2", w2), ("b2", b2), ("radial", b0))}
+    inside = torch.zeros(8, dtype=torch.bool)
+    inside[units] = True
+    with torch.no_grad():
+        for t in range(1, K_STEPS + 1):
+            sl = slice(4 * t, 4 * t + 24)
+            for net in (m, ref):
+                net.zero_grad()
+                with torch.enable_grad():
+                    F.cross_entropy(net(X[sl]), Y[sl]).backward()
+            opt.step()
+            g0, gb0, g2, gb2 = (p.grad for p in (w0, b0, w2, b2))
+            w0.mul_(1 - LR * WD)
+            for p in (b0, w2, b2):
+                p.mul_(1 - ADAM_LR * WD)
+            raw = (w0.square().sum(1) + b0.square()).sqrt()
+            live = inside & (raw > torch.finfo(raw.dtype).tiny)
+            rho = torch.where(live, raw, 1.0)  # dead and outside units: ρ := 1
+            ghat = torch.where(live, (g0 * w0).sum(1) + gb0 * b0, 0.0)
+            gt = g0 * rho[:, None]
+            buf.lerp_(gt, 1 - mu)
+            u = newton_schulz(gt.lerp(buf, mu), (3.4445, -4.7750, 2.0315), 5, 1e-7, NS_F64)
+            u = u * math.sqrt(8 / 6)  # Keller's scale of the tall 8×6 matrix
+            xt = w0 / rho[:, None]
+            radial = (u * xt).sum(1) / xt.square().sum(1).clamp_min(1e-300)
+            u = u - torch.where(live, radial, 0.0)[:, None] * xt
+            bc1, bc2 = 1 - betas[0] ** t, 1 - betas[1] ** t
+            for k, p, g, sig in (("b0", b0, gb0, rho), ("w2", w2, g2, 1 / rho[None, :]),
+                                 ("b2", b2, gb2, torch.ones(()))):
+                mo, v = moments[k]
+                mo.lerp_(g * sig, 1 - betas[0])
+                v.mul_(betas[1]).addcmul_(g * sig, g * sig, value=1 - betas[1])
+                p.sub_(ADAM_LR / bc1 * mo / ((v / bc2).sqrt() + eps) * sig)
+            w0.sub_(LR * u * rho[:, None])
+            mo, v = moments["radial"]
+            mo.lerp_(ghat, 1 - betas[0])
+            v.mul_(betas[1]).addcmul_(ghat, ghat, value=1 - betas[1])
+            c = torch.where(live, torch.exp(-LR / bc1 * mo / ((v / bc2).sqrt() + eps)), 1.0)
+            w0.mul_(c[:, None])
+            b0.mul_(c)
+            assert bool((c != 1).any())
+            assert _rel_err(ref, m) < 1e-12, (t, _rel_err(ref, m))
+
+
 # --------------------------------------------------------------------------------------------
 # Training, state, edges
 # --------------------------------------------------------------------------------------------

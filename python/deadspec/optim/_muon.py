@@ -64,6 +64,7 @@ def ddc_muon_update(
     ns_steps: int,
     ns_eps: float,
     ns_dtype: torch.dtype,
+    tangent: torch.Tensor | None = None,
 ) -> None:
     """One Muon step in the invariant coordinates ``x̃ = x/σ`` of a 2-D parameter.
 
@@ -75,6 +76,11 @@ def ddc_muon_update(
     each block the RMS ``1/√cols`` Keller's scale gives the whole matrix. ``scale`` None (σ = 1)
     reproduces ``torch.optim.Muon``'s single-tensor step bitwise when ``ns_dtype`` is bfloat16
     (decoupled decay is applied beforehand, as there).
+
+    ``tangent`` (a boolean mask over the rows, with ``scale``): the rows that are a rescaling
+    site's live producer rows. Their update ``u = s·O`` loses its radial part along ``x̃``,
+    ``u_i ← u_i − (⟨u_i, x̃_i⟩/‖x̃_i‖²)·x̃_i``, so the step moves them along the unit sphere of
+    the producer block and leaves their scale ρ to the caller's radial step (theory.md §6.8).
     """
     g = grad if scale is None else grad * scale
     momentum_buffer.lerp_(g, 1 - momentum)
@@ -99,8 +105,16 @@ def ddc_muon_update(
         adjusted = lr
     if scale is None:
         param.add_(out, alpha=-adjusted)
-    else:
-        param.add_(out.to(param.dtype).mul_(scale), alpha=-adjusted)
+        return
+    out = out.to(param.dtype)
+    if tangent is not None:
+        xt = param / scale
+        tiny = torch.finfo(xt.dtype).tiny
+        sq = xt.square().sum(1)
+        coef = (out * xt).sum(1) / sq.clamp_min(tiny)
+        coef = torch.where(tangent.to(coef.device) & (sq > tiny), coef, torch.zeros_like(coef))
+        out.sub_(coef.reshape(-1, 1) * xt)
+    param.add_(out.mul_(scale), alpha=-adjusted)
 
 
 def hidden_matrices(model: nn.Module, heads: Iterable[str]) -> set[int]:

@@ -13,7 +13,7 @@ from torch import nn
 from deadspec import gauges as G
 from deadspec.gauges._tracing import fallback_logit, trace_info
 from deadspec.optim._base import DDCBase, TorchOptions, check_betas, check_nonnegative
-from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
+from deadspec.optim._functional import AdamBlock, ddc_adam, gauge_dots, init_adam_state
 from deadspec.optim._muon import ddc_muon_update, hidden_matrices
 from deadspec.optim._plan import Site
 
@@ -111,6 +111,12 @@ class DDCMuon(DDCBase):
     -----
     - Muon path (default): the ``weight`` of every ``nn.Linear`` and the ``in_proj_weight`` of
       ``nn.MultiheadAttention``, except the output head and weights shared with an embedding.
+    - On the rows of a Pair's producer weight (Muon path), the update loses its radial part
+      along the invariant row ``x̃``, and the row's scale ρ takes a step of its own: a scalar
+      Adam per unit on ``ĝ = ⟨g_row, w_row⟩`` with the Muon ``lr`` and the AdamW betas and eps
+      (theory.md §6.8). Kept in Muon's update, that radial part moved log ρ by a fixed fraction
+      of ``lr`` per step whatever the gradient's size, and ρ grew geometrically under
+      cross-entropy (issue #12; ``docs/ddc.md``, "Producer rows").
     - Parameters without a gradient are skipped, dead units (ρ = 0) are not scaled, as in
       :class:`DDCAdam`.
     - A HeadRotation whose rotated rows are also a Pair/NormScale producer's (or whose rotated
@@ -384,8 +390,10 @@ class DDCMuon(DDCBase):
         ok, modes = self._prologue()
         if not ok:
             return
-        # (1) gauge scales; (2) Muon / AdamW in invariant coordinates, mapped back
+        # (1) gauge scales and the producers' radial gradients; (2) Muon / AdamW in invariant
+        # coordinates, mapped back (Muon tangential on producer rows); (3) the radial steps
         rho = self._site_scales()
+        radial = self._radial_inputs(rho)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -401,6 +409,7 @@ class DDCMuon(DDCBase):
                     blocks = None
                     if rot is not None and self.per_head:
                         blocks = (rot.axis, rot.cover())
+                    rad = radial.get(id(p))
                     ddc_muon_update(
                         p,
                         p.grad,
@@ -414,6 +423,7 @@ class DDCMuon(DDCBase):
                         ns_steps=group["ns_steps"],
                         ns_eps=self.ns_eps,
                         ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
+                        tangent=None if rad is None else rad[1],
                     )
                     continue
                 if len(state) == 0:
@@ -434,8 +444,63 @@ class DDCMuon(DDCBase):
                     eps=group["eps"],
                 )
                 ddc_adam([block], fused=False)
-        # (3) policy on the pure-gauge scales
+        self._radial_step(radial)
+        # (4) policy on the pure-gauge scales
         self._policy(modes)
+
+    def _radial_inputs(
+        self, rho: list[torch.Tensor | None]
+    ) -> dict[int, tuple[Site, torch.Tensor, torch.Tensor]]:
+        """The Pair sites whose producer weight is on the Muon path and has its gradients this
+        step (weight and bias), keyed by ``id(weight)``: (site, live units, ĝ). The live units
+        are those in the gauge with ρ > tiny (the others get plain Muon, no radial step);
+        ``ĝ = ⟨g_row, w_row⟩`` over the producer block, the log-scale gradient ∂L/∂log ρ
+        (invariant; 0 off the live units). Read after the decay, before any update."""
+        out: dict[int, tuple[Site, torch.Tensor, torch.Tensor]] = {}
+        for s in self._plan.sites:
+            w, b = s.weight, s.bias
+            if w.ndim != 2 or w.grad is None or (b is not None and b.grad is None):
+                continue
+            if not self._group_of(w).get("use_muon"):
+                continue
+            col = None if s.in_site is None else rho[s.in_site]
+            wc = w if col is None else w * col.to(w.dtype).reshape(1, -1)
+            sq = wc.square().sum(1)
+            ghat = gauge_dots(w, w.grad, 1)[0]
+            if b is not None:
+                sq = sq + b.square()
+                ghat = ghat + b.grad * b
+            live = sq.sqrt() > torch.finfo(sq.dtype).tiny
+            if s.units is not None:
+                inside = torch.zeros_like(live)
+                inside[s.units.to(live.device)] = True
+                live &= inside
+            out[id(w)] = (s, live, torch.where(live, ghat, torch.zeros_like(ghat)))
+        return out
+
+    def _radial_step(self, radial: dict[int, tuple[Site, torch.Tensor, torch.Tensor]]) -> None:
+        """The producers' radial step: a scalar Adam per unit on ĝ with the Muon group's lr and
+        the site's AdamW betas and eps (as the damped policy), applied as ``w_row, b ← e^Δ·w_row,
+        e^Δ·b`` on the live units, ``Δ = −lr·m̂/(√v̂ + eps)``."""
+        for s, live, ghat in radial.values():
+            lr = self._group_of(s.weight)["lr"]
+            _, (beta1, beta2), eps = self._damped_hparams(s)
+            st = s.state
+            if "scale_exp_avg" not in st:
+                st["scale_step"] = 0
+                st["scale_exp_avg"] = torch.zeros_like(ghat)
+                st["scale_exp_avg_sq"] = torch.zeros_like(ghat)
+            st["scale_step"] += 1
+            st["scale_exp_avg"].lerp_(ghat, 1 - beta1)
+            st["scale_exp_avg_sq"].mul_(beta2).addcmul_(ghat, ghat, value=1 - beta2)
+            bc1 = 1 - beta1 ** st["scale_step"]
+            bc2 = 1 - beta2 ** st["scale_step"]
+            denom = (st["scale_exp_avg_sq"] / bc2).sqrt().add_(eps)
+            delta = st["scale_exp_avg"].div(denom).mul_(-lr / bc1)
+            c = torch.where(live, delta.exp_(), torch.ones_like(delta))
+            s.weight.mul_(c.reshape(-1, 1))
+            if s.bias is not None:
+                s.bias.mul_(c)
 
     def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
         for t in (s.bias, s.weight):
