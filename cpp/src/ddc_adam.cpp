@@ -36,7 +36,9 @@ template <typename T>
 void store_scales(const Eigen::VectorXd& values, const std::vector<std::int64_t>& units,
                   std::vector<std::byte>& rho, std::vector<std::byte>& inv) {
     // As Python's site_rho: ρ rounded to the producer's dtype, 1 at or below its smallest normal
-    // (a zero row is not scaled) and outside `units`; 1/ρ divided in that dtype.
+    // (a zero row is not scaled), where it overflows the dtype (a unit too large for its scale to
+    // be represented is not scaled either: it gets AdamW's step) and outside `units`; 1/ρ
+    // divided in that dtype.
     const auto n = static_cast<std::size_t>(values.size());
     rho.assign(n * sizeof(T), std::byte{0});
     inv.assign(n * sizeof(T), std::byte{0});
@@ -46,7 +48,7 @@ void store_scales(const Eigen::VectorXd& values, const std::vector<std::int64_t>
     for (const std::int64_t u : units) gauged[static_cast<std::size_t>(u)] = 1;
     for (std::size_t i = 0; i < n; ++i) {
         const T v = static_cast<T>(values[static_cast<Eigen::Index>(i)]);
-        r[i] = (gauged[i] && v > std::numeric_limits<T>::min()) ? v : T(1);
+        r[i] = (gauged[i] && v > std::numeric_limits<T>::min() && std::isfinite(v)) ? v : T(1);
         q[i] = T(1) / r[i];
     }
 }
@@ -300,8 +302,18 @@ bool DDCAdam::step(const std::vector<TensorView>& grads) {
         blocks.push_back(std::move(a));
         stepped_blocks.push_back(&b);
     }
-    ddc_adam_update_many(blocks);
+    std::vector<std::int64_t> refused;
+    ddc_adam_update_many(blocks, refused);
     for (Block* b : stepped_blocks) ++b->step;
+    for (std::size_t k = 0; k < refused.size(); ++k) {
+        if (refused[k] == 0) continue;
+        if (!m_options.raise_on_nonfinite) return false;
+        const auto i = static_cast<std::size_t>(stepped_blocks[k] - m_params.data());
+        throw Error(detail::concat(kStepFn, ": the step must produce finite values, got ",
+                                   refused[k], " element(s) of params[", i,
+                                   "] whose new value or moments overflowed (they keep their "
+                                   "pre-step values; the other elements were stepped)"));
+    }
     return true;
 }
 

@@ -43,7 +43,10 @@ struct DDCAdamOptions {
     double eps = 1e-8;
     double weight_decay = 0.0;
     /// A NaN/Inf gradient: throw deadspec::Error (true) or skip the whole step, parameters and
-    /// moments untouched, and return false from step() (false).
+    /// moments untouched, and return false from step() (false). The same for a step that would
+    /// write a non-finite value (an overflow): those elements keep their pre-step parameter and
+    /// moments (see ddc_adam_update), the others are stepped, then step() throws (true) or
+    /// returns false (false).
     bool raise_on_nonfinite = true;
 };
 
@@ -53,7 +56,8 @@ struct DDCAdamOptions {
 /// The optimizer keeps the Adam moments of every parameter block and, each step, computes the
 /// gauge-fixing scales of the declared sites in topological order — ρ = row norms of
 /// [W·diag(ρ_in) | b] of the weight-decayed producer (ddc_row_norms), rounded to the producer's
-/// dtype, 1 where ρ ≤ the dtype's smallest normal or outside `units` — and steps all blocks in
+/// dtype, 1 where ρ ≤ the dtype's smallest normal, where ρ overflows the dtype or outside
+/// `units` — and steps all blocks in
 /// one ddc_adam_update_many call with σ_ij = ρ_row,i / ρ_col,j (a producer's rows take its
 /// site's ρ, a consumer's columns 1/ρ). This is the coordinate form of Python's
 /// `deadspec.optim.DDCAdam` with `gauge_mode="zero"` on CPU: on the same parameters, gradients
@@ -93,10 +97,13 @@ public:
     ///               any strides (C-contiguous for a block stepped flat), or a null view for a
     ///               parameter without a gradient (skipped: no decay, no moment update, its step
     ///               count unchanged; it still enters the ρ of its site, as in Python).
-    /// \return       false when a non-finite gradient skipped the step
-    ///               (raise_on_nonfinite = false), else true.
+    /// \return       false when a non-finite gradient skipped the step, or when elements of
+    ///               the step overflowed and kept their pre-step values (raise_on_nonfinite =
+    ///               false), else true.
     /// \throws std::invalid_argument on a wrong count, shape or dtype (nothing written).
-    /// \throws deadspec::Error on a NaN/Inf gradient with raise_on_nonfinite (nothing written).
+    /// \throws deadspec::Error on a NaN/Inf gradient with raise_on_nonfinite (nothing written),
+    ///         or, with raise_on_nonfinite, naming the first parameter in which elements of the
+    ///         step overflowed (those keep their pre-step values; the others are stepped).
     bool step(const std::vector<TensorView>& grads);
 
     /// The gauge scales ρ of each site (in the constructor's order) for the current
