@@ -21,9 +21,10 @@ from torch import nn
 from deadspec import gauges as G
 from deadspec._engine import CollectOptions, collect
 from deadspec._engine.losses import infer_task
+from deadspec._limits import MAX_PROBES, check_at_most
 from deadspec._util import check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
-from deadspec.approach._common import linear_named
+from deadspec.approach._common import linear_named, t_grid
 from deadspec.approach.order import DirectionOrder, direction_order
 from deadspec.ops import fisher_gram, spectrum
 
@@ -393,6 +394,11 @@ def classify_directions(
     model = unwrap_compiled(model)
     if isinstance(n_small, bool) or not isinstance(n_small, (int, np.integer)) or n_small < 0:
         raise ValueError(f"deadspec.{fn}: n_small must be a non-negative int, got {n_small!r}")
+    # the sizes every candidate's direction_order will use, checked before anything is read
+    t_grid(t, fn)
+    if isinstance(n_probes, (int, np.integer)) and not isinstance(n_probes, bool):
+        check_at_most(fn, "n_probes", int(n_probes), MAX_PROBES,
+                      "each probe is one Jacobian–vector pass per t; 2–10 are usual")
     if candidates is not None and not isinstance(candidates, Mapping):
         raise TypeError(
             f"deadspec.{fn}: candidates must be a dict name -> direction, got "

@@ -20,6 +20,7 @@ from torch import nn
 
 from deadspec._engine.inputs import ModelState, as_input_tuple, batch_slices, make_generator
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
+from deadspec._limits import MAX_PROBES, check_at_most
 from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import DIR_LABELS, METHODS, t_grid
@@ -390,6 +391,8 @@ def _check_order_options(
     check_choice(fn, "method", method, METHODS)
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
         raise ValueError(f"deadspec.{fn}: n_probes must be a positive int, got {n_probes!r}")
+    check_at_most(fn, "n_probes", int(n_probes), MAX_PROBES,
+                  "each probe is one Jacobian–vector pass per t; 2–10 are usual")
     for nm, val in (
         ("slope_tol", slope_tol),
         ("gauge_rtol", gauge_rtol),
