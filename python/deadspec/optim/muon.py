@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -59,7 +60,12 @@ class DDCMuon(DDCBase):
         AdamW hyper-parameters of the site's gain/bias, else ``adamw_*``).
     nonfinite : {"raise", "skip"}
         A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
-        with a warning (parameters and state untouched).
+        with a warning (parameters and state untouched). What the step produces is checked
+        before it is written, as :class:`DDCAdam`: a coordinate whose new value or moments
+        (momentum buffer; AdamW's moments) would be NaN/Inf keeps its pre-step ones, then
+        ``"raise"`` raises RuntimeError naming the parameters and ``"skip"`` warns. (The Muon
+        path keeps a copy of each block for its step to do so: Newton–Schulz leaves no cheaper
+        point to check.)
     adamw_weight_decay : float, optional
         Decoupled weight decay of the AdamW path (default: ``weight_decay``).
     ns_dtype : torch.dtype, optional
@@ -400,19 +406,25 @@ class DDCMuon(DDCBase):
                     blocks = None
                     if rot is not None and self.per_head:
                         blocks = (rot.axis, rot.cover())
-                    ddc_muon_update(
+                    # (checked before commit: DDCBase._guarded_update)
+                    self._guarded_update(
                         p,
-                        p.grad,
-                        state["momentum_buffer"],
-                        scale,
-                        blocks,
-                        lr=group["lr"],
-                        momentum=group["momentum"],
-                        nesterov=group["nesterov"],
-                        ns_coefficients=group["ns_coefficients"],
-                        ns_steps=group["ns_steps"],
-                        ns_eps=self.ns_eps,
-                        ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
+                        [state["momentum_buffer"]],
+                        functools.partial(
+                            ddc_muon_update,
+                            p,
+                            p.grad,
+                            state["momentum_buffer"],
+                            scale,
+                            blocks,
+                            lr=group["lr"],
+                            momentum=group["momentum"],
+                            nesterov=group["nesterov"],
+                            ns_coefficients=group["ns_coefficients"],
+                            ns_steps=group["ns_steps"],
+                            ns_eps=self.ns_eps,
+                            ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
+                        ),
                     )
                     continue
                 if len(state) == 0:
@@ -432,7 +444,7 @@ class DDCMuon(DDCBase):
                     beta2=beta2,
                     eps=group["eps"],
                 )
-                ddc_adam([block], fused=False)
+                self._note_refused(p, ddc_adam([block], fused=False)[0])
         # (3) policy on the pure-gauge scales
         self._policy(modes)
 
