@@ -136,6 +136,16 @@ TEST(Numerics, FitSlopeOverflowRaises) {
     EXPECT_TRUE(throws_with<std::overflow_error>([&] { fit_slope(x, y); }, "deadspec.fit_slope"));
 }
 
+TEST(Numerics, GramAccumulatorRefusesAScatterBeyondMemory) {
+    // 10⁸ features: an 8·10¹⁶-byte scatter, refused before anything is allocated
+    EXPECT_TRUE(throws_with<std::invalid_argument>([] { GramAccumulator acc(100000000); },
+                                                   "within the machine's memory"));
+    GramAccumulator ok(16);  // an ordinary one is made
+    RowMatrixXd x = dtest::make_data(5, 16, 3);
+    ok.add(TensorView::cpu(x));
+    EXPECT_EQ(ok.gram().rows(), 16);
+}
+
 // -- the DDC step: checked before commit ----------------------------------------------------------
 
 TEST(Numerics, DdcStepKeepsPreStepValuesWhereItOverflows) {
