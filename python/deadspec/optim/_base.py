@@ -143,7 +143,8 @@ class DDCBase(torch.optim.Optimizer):
         self.form = form
         self._names: dict[int, str] = {}
         self._residuals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._refused: list[tuple[str, Any]] = []  # this step's refused coordinates
+        # this step's refused coordinates: (name, count, kept), see _note_refused
+        self._refused: list[tuple[str, Any, bool]] = []
         self._grad_norms: dict[int, float] = {}  # this step's ‖g‖₂ per parameter (by id)
         # whether the Adam moments are known to be the optimizer's own (made from zero, or a
         # loaded state that satisfies their bound): the overflow screen relies on it
@@ -211,7 +212,7 @@ class DDCBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._refused: list[tuple[str, Any]] = []
+        self._refused = []
         with self._signed_gradients():
             self._step()
         self._output_policy()
@@ -229,14 +230,14 @@ class DDCBase(torch.optim.Optimizer):
         if isinstance(count, int) and count == 0:
             return
         name = what if isinstance(what, str) else self._param_name(what)
-        self._refused.append((name if kept else "\0" + name, count))
+        self._refused.append((name, count, kept))
 
     def _output_policy(self) -> None:
         """Apply the non-finite policy to the coordinates the step refused (one host
         synchronisation per device for the torch paths' counts)."""
         counts: list[int] = [0] * len(self._refused)
         by_device: dict[torch.device, list[int]] = {}
-        for k, (_, c) in enumerate(self._refused):
+        for k, (_, c, _) in enumerate(self._refused):
             if isinstance(c, torch.Tensor):
                 by_device.setdefault(c.device, []).append(k)
             else:
@@ -246,11 +247,12 @@ class DDCBase(torch.optim.Optimizer):
             for k, v in zip(ks, vals):
                 counts[k] = int(v)
         bad: dict[str, int] = {}
-        for (name, _), n in zip(self._refused, counts):
+        written: dict[str, int] = {}
+        for (name, _, kept), n in zip(self._refused, counts):
             if n:
-                bad[name] = bad.get(name, 0) + n
+                into = bad if kept else written
+                into[name] = into.get(name, 0) + n
         self._refused = []
-        written = {k[1:]: n for k, n in bad.items() if k.startswith("\0")}
         if written:
             # (only a parameter within a factor 2 of its dtype's largest value gets here: the
             # screen cleared the step, so the core wrote without keeping)
@@ -278,7 +280,7 @@ class DDCBase(torch.optim.Optimizer):
         warnings.warn(
             msg + "; those coordinates skipped the step (pre-step values and moments kept)",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,  # (step's no_grad and profiling wrappers, then the caller)
         )
 
     def _param_name(self, p: torch.Tensor) -> str:

@@ -9,7 +9,7 @@ per-unit coefficients between the passes.
 
 Check before commit, as the coordinate form (``_functional``): a coordinate whose new moments
 (pass 1) or new value (pass 2) would not be finite keeps its pre-step ones, and a unit whose
-radial Adam state would not be finite keeps its state and takes no radial step; the passes and
+radial Adam state would not be finite keeps it (its radial step is that state's); the passes and
 :class:`SplitStep` count them (``refused``) for the optimizer's ``nonfinite`` policy. The second
 moments are accumulated in AdamW's order, ``((1 − β₂)·t)·t``.
 """
