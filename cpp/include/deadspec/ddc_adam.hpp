@@ -91,7 +91,11 @@ public:
             const DDCAdamOptions& options = {});
 
     /// One step, in place: decoupled weight decay folded into the update (x·(1 − lr·wd)), ρ of
-    /// the decayed producers, then every block with a gradient in one fused pass.
+    /// the decayed producers, then every block with a gradient in one fused pass, checked before
+    /// commit. The pass over each gradient that checks it is finite also takes its largest
+    /// entry: a block whose step cannot overflow (that entry times σ's largest far inside the
+    /// dtype, as Python's DDCAdam screens it) skips the kernel's per-element keep (AdamBlock::
+    /// keep), a quarter of its time; the result is the same either way.
     ///
     /// \param grads  one view per parameter, in the constructor's order: same shape and dtype,
     ///               any strides (C-contiguous for a block stepped flat), or a null view for a
