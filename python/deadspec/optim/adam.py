@@ -278,12 +278,13 @@ class DDCAdam(DDCBase):
                 )
             )
             b = blocks[-1]
-            if self._moments_bounded and id(p) in self._grad_norms and b.fusable():
+            if self._moments_bounded and id(p) in self._grad_norms:  # (only the core reads it)
                 sigma = 1.0
                 for site, up in ((r, True), (c, False)):
                     if site is not None:
                         if site not in extremes:
-                            extremes[site] = (float(rho[site].max()), float(rho[site].min()))
+                            lo, hi = torch.aminmax(rho[site])
+                            extremes[site] = (float(hi), float(lo))
                         hi, lo = extremes[site]
                         sigma *= hi if up else 1.0 / lo
                 b.keep = not screen_safe(b, self._grad_norms[id(p)], sigma)
