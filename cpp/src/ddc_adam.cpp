@@ -36,7 +36,9 @@ template <typename T>
 void store_scales(const Eigen::VectorXd& values, const std::vector<std::int64_t>& units,
                   std::vector<std::byte>& rho, std::vector<std::byte>& inv) {
     // As Python's site_rho: ρ rounded to the producer's dtype, 1 at or below its smallest normal
-    // (a zero row is not scaled) and outside `units`; 1/ρ divided in that dtype.
+    // (a zero row is not scaled), where it overflows the dtype (a unit too large for its scale to
+    // be represented is not scaled either: it gets AdamW's step) and outside `units`; 1/ρ
+    // divided in that dtype.
     const auto n = static_cast<std::size_t>(values.size());
     rho.assign(n * sizeof(T), std::byte{0});
     inv.assign(n * sizeof(T), std::byte{0});
@@ -46,31 +48,65 @@ void store_scales(const Eigen::VectorXd& values, const std::vector<std::int64_t>
     for (const std::int64_t u : units) gauged[static_cast<std::size_t>(u)] = 1;
     for (std::size_t i = 0; i < n; ++i) {
         const T v = static_cast<T>(values[static_cast<Eigen::Index>(i)]);
-        r[i] = (gauged[i] && v > std::numeric_limits<T>::min()) ? v : T(1);
+        r[i] = (gauged[i] && v > std::numeric_limits<T>::min() && std::isfinite(v)) ? v : T(1);
         q[i] = T(1) / r[i];
     }
 }
 
+// max |g| of a gradient, NaN when an entry is not finite (the non-finite check and the overflow
+// screen's bound in one pass).
 template <typename T>
-bool finite_values(const TensorView& g) {
+double max_abs(const TensorView& g) {
     const T* p = static_cast<const T*>(g.data);
+    double top = 0.0;
+    auto see = [&top](T a) {
+        if (!std::isfinite(a)) return false;
+        top = std::max(top, static_cast<double>(std::abs(a)));
+        return true;
+    };
     if (g.is_contiguous()) {
         const std::int64_t n = g.numel();
         for (std::int64_t k = 0; k < n; ++k)
-            if (!std::isfinite(p[k])) return false;
-        return true;
+            if (!see(p[k])) return std::numeric_limits<double>::quiet_NaN();
+        return top;
     }
     // A site block's gradient: 1-D or 2-D, any strides (checked before).
     const std::int64_t rows = g.shape[0], cols = g.ndim() == 2 ? g.shape[1] : 1;
     const std::int64_t s0 = g.stride(0), s1 = g.ndim() == 2 ? g.stride(1) : 0;
     for (std::int64_t i = 0; i < rows; ++i)
         for (std::int64_t j = 0; j < cols; ++j)
-            if (!std::isfinite(p[i * s0 + j * s1])) return false;
-    return true;
+            if (!see(p[i * s0 + j * s1])) return std::numeric_limits<double>::quiet_NaN();
+    return top;
 }
 
-bool all_finite(const TensorView& g) {
-    return g.dtype == DType::Float64 ? finite_values<double>(g) : finite_values<float>(g);
+double grad_max_abs(const TensorView& g) {
+    return g.dtype == DType::Float64 ? max_abs<double>(g) : max_abs<float>(g);
+}
+
+// The overflow screen of Python's DDCAdam (optim/_functional.py, screen_safe), with max |g̃| ≤
+// gmax·max σ: the step cannot write a non-finite value (x within a factor 2 of the dtype's
+// largest value aside), so the kernel may skip its per-element keep and only count. The
+// optimizer owns its moments, made from zero: |m̂|/√v̂ ≤ R below.
+bool screen_safe(double gmax, double sigma_max, const AdamStep& hp, DType dtype) {
+    const double big = dtype == DType::Float64 ? std::numeric_limits<double>::max()
+                                               : std::numeric_limits<float>::max();
+    const double b1 = hp.beta1, b2 = hp.beta2;
+    if (!(hp.eps > 0.0 && std::abs(hp.decay) <= 1.0 && b1 < std::sqrt(b2))) return false;
+    const double r = (1 - b1) / (std::sqrt(1 - b2) * (1 - b1 / std::sqrt(b2)) * (1 - b1));
+    return gmax * sigma_max <= std::sqrt(big) / 16 && hp.lr * r * sigma_max <= big / 16;
+}
+
+// max and min of a site's scales (ρ or 1/ρ, in the producer's dtype).
+std::pair<double, double> extremes(const std::vector<std::byte>& buf, DType dtype) {
+    double hi = 0.0, lo = std::numeric_limits<double>::infinity();
+    const std::size_t n = buf.size() / static_cast<std::size_t>(dtype_size(dtype));
+    for (std::size_t k = 0; k < n; ++k) {
+        const double a = dtype == DType::Float64 ? reinterpret_cast<const double*>(buf.data())[k]
+                                                 : reinterpret_cast<const float*>(buf.data())[k];
+        hi = std::max(hi, a);
+        lo = std::min(lo, a);
+    }
+    return {hi, lo};
 }
 
 void check_options(const DDCAdamOptions& o) {
@@ -257,8 +293,11 @@ bool DDCAdam::step(const std::vector<TensorView>& grads) {
                            " must be C-contiguous (its parameter is stepped flat), got a "
                            "strided view");
     }
+    std::vector<double> gmax(grads.size(), 0.0);
     for (std::size_t i = 0; i < grads.size(); ++i) {
-        if (grads[i].data == nullptr || all_finite(grads[i])) continue;
+        if (grads[i].data == nullptr) continue;
+        gmax[i] = grad_max_abs(grads[i]);
+        if (std::isfinite(gmax[i])) continue;
         if (!m_options.raise_on_nonfinite) return false;
         throw Error(detail::concat(kStepFn, ": gradients must be finite, got NaN/Inf in params[",
                                    i, "]"));
@@ -297,11 +336,37 @@ bool DDCAdam::step(const std::vector<TensorView>& grads) {
         }
         a.hp = AdamStep{o.lr, o.beta1, o.beta2, o.eps, b.step + 1, o.weight_decay != 0.0 ? decay
                                                                                           : 1.0};
+        // σ's largest entry: max ρ of the row site times max 1/ρ of the column site
+        double sigma_max = 1.0;
+        if (b.row_site >= 0) {
+            const auto r = static_cast<std::size_t>(b.row_site);
+            sigma_max *= extremes(rho[r], m_params[m_sites[r].weight].param.dtype).first;
+        }
+        if (b.col_site >= 0) {
+            const auto c = static_cast<std::size_t>(b.col_site);
+            sigma_max *= extremes(inv[c], m_params[m_sites[c].weight].param.dtype).first;
+        }
+        a.keep = !screen_safe(gmax[i], sigma_max, a.hp, b.param.dtype);
         blocks.push_back(std::move(a));
         stepped_blocks.push_back(&b);
     }
-    ddc_adam_update_many(blocks);
+    std::vector<std::int64_t> refused;
+    ddc_adam_update_many(blocks, refused);
     for (Block* b : stepped_blocks) ++b->step;
+    for (std::size_t k = 0; k < refused.size(); ++k) {
+        if (refused[k] == 0) continue;
+        const auto i = static_cast<std::size_t>(stepped_blocks[k] - m_params.data());
+        if (!blocks[k].keep)  // a screened block: written, not kept (a parameter near the max)
+            throw Error(detail::concat(kStepFn, ": the step must produce finite values, got ",
+                                       refused[k], " non-finite element(s) written in params[", i,
+                                       "]: a parameter already near its dtype's largest value, "
+                                       "which the overflow screen does not cover"));
+        if (!m_options.raise_on_nonfinite) return false;
+        throw Error(detail::concat(kStepFn, ": the step must produce finite values, got ",
+                                   refused[k], " element(s) of params[", i,
+                                   "] whose new value or moments overflowed (they keep their "
+                                   "pre-step values; the other elements were stepped)"));
+    }
     return true;
 }
 

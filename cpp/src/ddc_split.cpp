@@ -106,68 +106,73 @@ DEADSPEC_ALWAYS_INLINE void split_sums_loop(const T* __restrict x, const T* __re
 }
 
 template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE void split_moments_loop(
+DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> split_moments_loop(
     const T* __restrict x, const T* __restrict g, T* __restrict m, T* __restrict v,
     const T* __restrict sig, const T* __restrict isig, T a, const T* __restrict b,
     const T* __restrict nrm, const T* __restrict mu, T* __restrict u, T* __restrict xt,
     double* __restrict cu, std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
     const T one = T(1);
+    detail::CommitCount<T> refused = 0;
     for (std::int64_t j = 0; j < n; ++j) {
         const T xj = x[j] * isig[j];
         const T t = split_project<T, Mode>(g[j] * sig[j], xj, a, b, nrm, mu, j);
         const T mk = b1 * m[j] + (one - b1) * t;
-        const T vk = b2 * v[j] + (one - b2) * (t * t);
-        m[j] = mk;
-        v[j] = vk;
-        u[j] = split_update(mk, vk, ibc, ss, eps);
+        const T vk = b2 * v[j] + ((one - b2) * t) * t;  // AdamW's order: overflows where it does
+        // (checked before written: non-finite moments keep their pre-step values, and the update
+        // is that of the moments as stored, as pass 2 recomputes it)
+        refused += detail::commit(m[j], v[j], mk, vk);
+        u[j] = split_update(m[j], v[j], ibc, ss, eps);
         xt[j] = xj;
     }
     for (std::int64_t j = 0; j < n; ++j)
         cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
+    return refused;
 }
 
-// The moments step in two halves, for rotated head blocks whose second-moment input t² is
-// averaged over each head segment in between: the tangential input (t, t²), then the moments
-// and the update from given (t, t²).
+// The moments step in two halves, for rotated head blocks whose second-moment input (1−β₂)·t²
+// is averaged over each head segment in between: the tangential input (t, (1−β₂)·t²), then the
+// moments and the update from given (t, (1−β₂)·t²).
 template <typename T, int Mode>
 DEADSPEC_ALWAYS_INLINE void split_tangent_loop(const T* __restrict x, const T* __restrict g,
                                                const T* __restrict sig,
                                                const T* __restrict isig, T a,
                                                const T* __restrict b, const T* __restrict nrm,
                                                const T* __restrict mu, T* __restrict t,
-                                               T* __restrict t2, std::int64_t n) {
+                                               T* __restrict t2, std::int64_t n, T w2) {
     for (std::int64_t j = 0; j < n; ++j) {
         const T tj = split_project<T, Mode>(g[j] * sig[j], x[j] * isig[j], a, b, nrm, mu, j);
         t[j] = tj;
-        t2[j] = tj * tj;
+        t2[j] = (w2 * tj) * tj;
     }
 }
 
 template <typename T>
-DEADSPEC_ALWAYS_INLINE void split_moments_t2_loop(
+DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> split_moments_t2_loop(
     const T* __restrict x, const T* __restrict isig, const T* __restrict mu,
     const T* __restrict t, const T* __restrict t2, T* __restrict m, T* __restrict v,
     T* __restrict u, T* __restrict xt, double* __restrict cu, std::int64_t n, T b1, T b2, T ibc,
     T ss, T eps) {
     const T one = T(1);
+    detail::CommitCount<T> refused = 0;
     for (std::int64_t j = 0; j < n; ++j) {
         const T mk = b1 * m[j] + (one - b1) * t[j];
-        const T vk = b2 * v[j] + (one - b2) * t2[j];
-        m[j] = mk;
-        v[j] = vk;
-        u[j] = split_update(mk, vk, ibc, ss, eps);
+        const T vk = b2 * v[j] + t2[j];
+        refused += detail::commit(m[j], v[j], mk, vk);
+        u[j] = split_update(m[j], v[j], ibc, ss, eps);
         xt[j] = x[j] * isig[j];
     }
     for (std::int64_t j = 0; j < n; ++j)
         cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
+    return refused;
 }
 
 // Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
 template <typename T, int Mode, int Cm>
-DEADSPEC_ALWAYS_INLINE void split_apply_loop(
+DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> split_apply_loop(
     T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict sig,
     const T* __restrict isig, T a, const T* __restrict b, const T* __restrict nrm,
     const T* __restrict mu, T r, const T* __restrict c, std::int64_t n, T ibc, T ss, T eps) {
+    detail::CommitCount<T> refused = 0;
     for (std::int64_t j = 0; j < n; ++j) {
         const T xj = x[j];
         const T xtj = xj * isig[j];
@@ -176,19 +181,20 @@ DEADSPEC_ALWAYS_INLINE void split_apply_loop(
         T xn = xj * r;
         if constexpr (Cm == 1) xn = xn * c[j];
         if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig[j] * (xtj - mu[j]));
-        x[j] = xn - sig[j] * u;
+        refused += detail::commit(x[j], xn - sig[j] * u);  // a non-finite x keeps its value
     }
+    return refused;
 }
 
 template <typename T>
 using SplitSumsFn = void (*)(const T*, const T*, const T*, const T*, const T*, T*, T*, double*,
                              double*, std::int64_t);
 template <typename T>
-using SplitMomentsFn = void (*)(const T*, const T*, T*, T*, const T*, const T*, T, const T*,
+using SplitMomentsFn = detail::CommitCount<T> (*)(const T*, const T*, T*, T*, const T*, const T*, T, const T*,
                                 const T*, const T*, T*, T*, double*, std::int64_t, T, T, T, T,
                                 T);
 template <typename T>
-using SplitApplyFn = void (*)(T*, const T*, const T*, const T*, const T*, T, const T*,
+using SplitApplyFn = detail::CommitCount<T> (*)(T*, const T*, const T*, const T*, const T*, T, const T*,
                               const T*, const T*, T, const T*, std::int64_t, T, T, T);
 
 template <typename T>
@@ -197,17 +203,17 @@ void split_sums_base(const T* x, const T* g, const T* sig, const T* isig, const 
     split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
 }
 template <typename T, int Mode>
-void split_moments_base(const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a,
+detail::CommitCount<T> split_moments_base(const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a,
                         const T* b, const T* nrm, const T* mu, T* u, T* xt, double* cu,
                         std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
-    split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
+    return split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
                                 ss, eps);
 }
 template <typename T, int Mode, int Cm>
-void split_apply_base(T* x, const T* m, const T* v, const T* sig, const T* isig, T a,
+detail::CommitCount<T> split_apply_base(T* x, const T* m, const T* v, const T* sig, const T* isig, T a,
                       const T* b, const T* nrm, const T* mu, T r, const T* c, std::int64_t n,
                       T ibc, T ss, T eps) {
-    split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
+    return split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
 }
 
 #ifdef DEADSPEC_DDC_AVX2
@@ -218,20 +224,20 @@ __attribute__((target("avx2"))) void split_sums_avx2(const T* x, const T* g, con
     split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
 }
 template <typename T, int Mode>
-__attribute__((target("avx2"))) void split_moments_avx2(
+__attribute__((target("avx2"))) detail::CommitCount<T> split_moments_avx2(
     const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a, const T* b,
     const T* nrm, const T* mu, T* u, T* xt, double* cu, std::int64_t n, T b1, T b2, T ibc,
     T ss, T eps) {
-    split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
+    return split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
                                 ss, eps);
 }
 template <typename T, int Mode, int Cm>
-__attribute__((target("avx2"))) void split_apply_avx2(T* x, const T* m, const T* v,
+__attribute__((target("avx2"))) detail::CommitCount<T> split_apply_avx2(T* x, const T* m, const T* v,
                                                       const T* sig, const T* isig, T a,
                                                       const T* b, const T* nrm, const T* mu,
                                                       T r, const T* c, std::int64_t n, T ibc,
                                                       T ss, T eps) {
-    split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
+    return split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
 }
 #endif
 
@@ -354,6 +360,9 @@ public:
         return out;
     }
 
+    /// Elements refused so far by moments() / apply() (a non-finite result, not written).
+    std::int64_t refused() const { return m_refused; }
+
     void apply() const {
         const auto n = static_cast<std::size_t>(m_cols);
         std::vector<T> sig(n), isig(n);
@@ -362,9 +371,10 @@ public:
         for (std::int64_t i = 0; i < m_rows; ++i) {
             scales_row(i, sig.data(), isig.data());
             const T r = m_rm.empty() ? T(1) : m_rm[static_cast<std::size_t>(i)];
-            fn(m_x + i * m_cols, m_m + i * m_cols, m_v + i * m_cols, sig.data(), isig.data(),
-               row_coef(i), m_bc.data(), m_n.data(), mu_row(), r, m_cm.data(), m_cols,
-               m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+            m_refused += static_cast<std::int64_t>(
+                fn(m_x + i * m_cols, m_m + i * m_cols, m_v + i * m_cols, sig.data(), isig.data(),
+                   row_coef(i), m_bc.data(), m_n.data(), mu_row(), r, m_cm.data(), m_cols,
+                   m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps));
         }
     }
 
@@ -399,9 +409,11 @@ private:
         const SplitMomentsFn<T> fn = pick_split_moments<T>(m_mode);
         for (std::int64_t i = 0; i < m_rows; ++i) {
             scales_row(i, sig.data(), isig.data());
-            fn(m_x + i * m_cols, grad_row(i, gbuf), m_m + i * m_cols, m_v + i * m_cols, sig.data(),
-               isig.data(), row_coef(i), m_bc.data(), m_n.data(), mu_row(), u.data(), xt.data(),
-               cu.data(), m_cols, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+            m_refused += static_cast<std::int64_t>(fn(
+                m_x + i * m_cols, grad_row(i, gbuf), m_m + i * m_cols, m_v + i * m_cols,
+                sig.data(), isig.data(), row_coef(i), m_bc.data(), m_n.data(), mu_row(), u.data(),
+                xt.data(), cu.data(), m_cols, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt, m_hp.step_size,
+                m_hp.eps));
             ru[i] = dot8(u.data(), xt.data(), m_cols);
         }
         return {ru, cu};
@@ -411,18 +423,19 @@ private:
                      T* t2) const {
         const T* x = m_x + i * m_cols;
         const T a = row_coef(i);
+        const T w2 = T(1) - m_hp.b2;
         if (m_mode == kSplitRow)
             split_tangent_loop<T, kSplitRow>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(), t,
-                                             t2, m_cols);
+                                             t2, m_cols, w2);
         else if (m_mode == kSplitCol)
             split_tangent_loop<T, kSplitCol>(x, gi, sig, isig, a, m_bc.data(), m_n.data(),
-                                             mu_row(), t, t2, m_cols);
+                                             mu_row(), t, t2, m_cols, w2);
         else
             split_tangent_loop<T, kSplitPlain>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(),
-                                               t, t2, m_cols);
+                                               t, t2, m_cols, w2);
     }
 
-    // Rotated head blocks: t² averaged over each head segment (along the row for axis 1, over
+    // Rotated head blocks: (1−β₂)·t² averaged over each head segment (along the row for axis 1, over
     // the segment's rows per column for axis 0) before it enters v.
     std::pair<Eigen::VectorXd, Eigen::VectorXd> rotated_moments() const {
         Eigen::VectorXd ru = Eigen::VectorXd::Zero(m_rows), cu = Eigen::VectorXd::Zero(m_cols);
@@ -432,10 +445,10 @@ private:
         std::vector<T> sig(n), isig(n), t(kept * n), t2(kept * n), u(n), xt(n), gbuf;
         auto update = [&](std::int64_t i, const T* ti, const T* t2i) {
             scales_row(i, sig.data(), isig.data());
-            split_moments_t2_loop<T>(m_x + i * m_cols, isig.data(), mu_row(), ti, t2i,
-                                     m_m + i * m_cols, m_v + i * m_cols, u.data(), xt.data(),
-                                     cu.data(), m_cols, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt,
-                                     m_hp.step_size, m_hp.eps);
+            m_refused += static_cast<std::int64_t>(split_moments_t2_loop<T>(
+                m_x + i * m_cols, isig.data(), mu_row(), ti, t2i, m_m + i * m_cols,
+                m_v + i * m_cols, u.data(), xt.data(), cu.data(), m_cols, m_hp.b1, m_hp.b2,
+                m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps));
             ru[i] = dot8(u.data(), xt.data(), m_cols);
         };
         if (!whole) {
@@ -478,6 +491,7 @@ private:
     bool m_two_d = false;
     int m_axis = -1;
     std::vector<std::pair<std::int64_t, std::int64_t>> m_segs;
+    mutable std::int64_t m_refused = 0;
 };
 
 template <typename F>
@@ -503,17 +517,56 @@ std::vector<SplitSums> ddc_split_sums(const std::vector<SplitBlock>& blocks) {
 }
 
 std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
-    const std::vector<SplitBlock>& blocks) {
+    const std::vector<SplitBlock>& blocks, std::vector<std::int64_t>& refused) {
+    refused.assign(blocks.size(), 0);
     if (blocks.empty()) return {};
-    return split_each(blocks, [](const auto& s) { return s.moments(); });
+    auto res = split_each(blocks, [](const auto& s) {
+        auto dots = s.moments();
+        return std::make_pair(std::move(dots), s.refused());
+    });
+    std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> out;
+    out.reserve(res.size());
+    for (std::size_t k = 0; k < res.size(); ++k) {
+        refused[k] = res[k].second;
+        out.push_back(std::move(res[k].first));
+    }
+    return out;
+}
+
+void ddc_split_apply(const std::vector<SplitBlock>& blocks, std::vector<std::int64_t>& refused) {
+    refused.assign(blocks.size(), 0);
+    if (blocks.empty()) return;
+    const auto res = split_each(blocks, [](const auto& s) {
+        s.apply();
+        return s.refused();
+    });
+    std::copy(res.begin(), res.end(), refused.begin());
+}
+
+namespace {
+void throw_refused(const std::vector<std::int64_t>& refused, const char* pass) {
+    for (std::size_t k = 0; k < refused.size(); ++k)
+        if (refused[k] > 0)
+            throw Error(detail::concat("deadspec.", pass,
+                                       ": the step must produce finite values, got ", refused[k],
+                                       " element(s) of block ", k,
+                                       " whose new values overflowed (they keep their pre-step "
+                                       "values)"));
+}
+}  // namespace
+
+std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
+    const std::vector<SplitBlock>& blocks) {
+    std::vector<std::int64_t> refused;
+    auto out = ddc_split_moments(blocks, refused);
+    throw_refused(refused, "ddc_split_moments");
+    return out;
 }
 
 void ddc_split_apply(const std::vector<SplitBlock>& blocks) {
-    if (blocks.empty()) return;
-    split_each(blocks, [](const auto& s) {
-        s.apply();
-        return 0;
-    });
+    std::vector<std::int64_t> refused;
+    ddc_split_apply(blocks, refused);
+    throw_refused(refused, "ddc_split_apply");
 }
 
 }  // namespace deadspec

@@ -20,117 +20,143 @@ namespace {
 
 // One row of the step (the rows of a block are independent). `sig` is σ along the row (null
 // for σ = 1); `g` is contiguous. Inlined into a baseline and an AVX2 wrapper (ddc_kernels.hpp).
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void step_row_loop(
+// Each element's new x, m and v are checked before they are written (detail::commit): an
+// element whose new values are not all finite keeps its pre-step x, m and v. Returns the number
+// of such elements (0 in a step that overflows nowhere, whose result the check leaves alone).
+template <bool Keep, typename T>
+DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> step_row_loop(
     T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gi,
     const T* __restrict sig, std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt,
     T step_size, T eps) {
     const T one = T(1);
+    detail::CommitCount<T> refused = 0;
     if (sig == nullptr) {
         for (std::int64_t j = 0; j < cols; ++j) {
             const T gt = gi[j];
             const T mk = b1 * mi[j] + (one - b1) * gt;
             const T vk = b2 * vi[j] + (one - b2) * gt * gt;
-            mi[j] = mk;
-            vi[j] = vk;
-            xi[j] = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
+            const T xk = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
+            refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
         }
-        return;
+        return refused;
     }
     for (std::int64_t j = 0; j < cols; ++j) {
         const T s = sig[j];
         const T gt = gi[j] * s;
         const T mk = b1 * mi[j] + (one - b1) * gt;
         const T vk = b2 * vi[j] + (one - b2) * gt * gt;
-        mi[j] = mk;
-        vi[j] = vk;
-        xi[j] = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * s;
+        const T xk = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * s;
+        refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
     }
+    return refused;
 }
 
-template <typename T>
-void step_row_base(T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols, T decay,
-                   T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
-    step_row_loop<T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+template <bool Keep, typename T>
+detail::CommitCount<T> step_row_base(T* xi, T* mi, T* vi, const T* gi, const T* sig,
+                                     std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt,
+                                     T step_size, T eps) {
+    return step_row_loop<Keep, T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size,
+                            eps);
 }
 
 #ifdef DEADSPEC_DDC_AVX2
-template <typename T>
-__attribute__((target("avx2"))) void step_row_avx2(T* xi, T* mi, T* vi, const T* gi,
-                                                   const T* sig, std::int64_t cols, T decay,
-                                                   T b1, T b2, T inv_bc2_sqrt, T step_size,
-                                                   T eps) {
-    step_row_loop<T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+template <bool Keep, typename T>
+__attribute__((target("avx2"))) detail::CommitCount<T> step_row_avx2(
+    T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols, T decay, T b1, T b2,
+    T inv_bc2_sqrt, T step_size, T eps) {
+    return step_row_loop<Keep, T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size,
+                            eps);
 }
 #endif
 
-template <typename T>
-void step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols, T decay, T b1,
-              T b2, T inv_bc2_sqrt, T step_size, T eps) {
+// One row, in chunks of at most kCommitChunk elements (the count type's range), on the ISA chosen
+// at run time; returns the elements refused.
+template <bool Keep, typename T>
+std::int64_t step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols, T decay,
+                      T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+    std::int64_t refused = 0;
+    for (std::int64_t j = 0; j < cols; j += detail::kCommitChunk) {
+        const std::int64_t n = std::min(cols - j, detail::kCommitChunk);
+        const T* sj = sig == nullptr ? nullptr : sig + j;
 #ifdef DEADSPEC_DDC_AVX2
-    if (detail::has_avx2()) {
-        step_row_avx2<T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
-        return;
-    }
+        if (detail::has_avx2()) {
+            refused += step_row_avx2<Keep, T>(xi + j, mi + j, vi + j, gi + j, sj, n, decay, b1, b2,
+                                        inv_bc2_sqrt, step_size, eps);
+            continue;
+        }
 #endif
-    step_row_base<T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+        refused += step_row_base<Keep, T>(xi + j, mi + j, vi + j, gi + j, sj, n, decay, b1, b2,
+                                    inv_bc2_sqrt, step_size, eps);
+    }
+    return refused;
 }
 
-// The step with the second-moment input given (`g2`, e.g. g̃² averaged over a rotated head
-// block) and the scaled gradient `gt` = g·σ precomputed; `sig` null for σ = 1. Dispatched like
-// step_row.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void step_row_g2_loop(
+// The step with the second-moment input given (`g2`: (1−β₂)·g̃² averaged over a rotated head
+// block, in AdamW's order ((1−β₂)·g̃)·g̃) and the scaled gradient `gt` = g·σ precomputed; `sig`
+// null for σ = 1. Dispatched like step_row; checked like it.
+template <bool Keep, typename T>
+DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> step_row_g2_loop(
     T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gt,
     const T* __restrict g2, const T* __restrict sig, std::int64_t cols, T decay, T b1, T b2,
     T inv_bc2_sqrt, T step_size, T eps) {
     const T one = T(1);
+    detail::CommitCount<T> refused = 0;
     if (sig == nullptr) {
         for (std::int64_t j = 0; j < cols; ++j) {
             const T mk = b1 * mi[j] + (one - b1) * gt[j];
-            const T vk = b2 * vi[j] + (one - b2) * g2[j];
-            mi[j] = mk;
-            vi[j] = vk;
-            xi[j] = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
+            const T vk = b2 * vi[j] + g2[j];
+            const T xk = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
+            refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
         }
-        return;
+        return refused;
     }
     for (std::int64_t j = 0; j < cols; ++j) {
         const T mk = b1 * mi[j] + (one - b1) * gt[j];
-        const T vk = b2 * vi[j] + (one - b2) * g2[j];
-        mi[j] = mk;
-        vi[j] = vk;
-        xi[j] = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * sig[j];
+        const T vk = b2 * vi[j] + g2[j];
+        const T xk =
+            xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * sig[j];
+        refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
     }
+    return refused;
 }
 
-template <typename T>
-void step_row_g2_base(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig,
-                      std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
-    step_row_g2_loop<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+template <bool Keep, typename T>
+detail::CommitCount<T> step_row_g2_base(T* xi, T* mi, T* vi, const T* gt, const T* g2,
+                                        const T* sig, std::int64_t cols, T decay, T b1, T b2,
+                                        T inv_bc2_sqrt, T step_size, T eps) {
+    return step_row_g2_loop<Keep, T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt,
+                               step_size, eps);
 }
 
 #ifdef DEADSPEC_DDC_AVX2
-template <typename T>
-__attribute__((target("avx2"))) void step_row_g2_avx2(T* xi, T* mi, T* vi, const T* gt,
-                                                      const T* g2, const T* sig,
-                                                      std::int64_t cols, T decay, T b1, T b2,
-                                                      T inv_bc2_sqrt, T step_size, T eps) {
-    step_row_g2_loop<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+template <bool Keep, typename T>
+__attribute__((target("avx2"))) detail::CommitCount<T> step_row_g2_avx2(
+    T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig, std::int64_t cols, T decay,
+    T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+    return step_row_g2_loop<Keep, T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt,
+                               step_size, eps);
 }
 #endif
 
-template <typename T>
-void step_row_g2(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig, std::int64_t cols,
-                 T decay, T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+template <bool Keep, typename T>
+std::int64_t step_row_g2(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig,
+                         std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt, T step_size,
+                         T eps) {
+    std::int64_t refused = 0;
+    for (std::int64_t j = 0; j < cols; j += detail::kCommitChunk) {
+        const std::int64_t n = std::min(cols - j, detail::kCommitChunk);
+        const T* sj = sig == nullptr ? nullptr : sig + j;
 #ifdef DEADSPEC_DDC_AVX2
-    if (detail::has_avx2()) {
-        step_row_g2_avx2<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size,
-                            eps);
-        return;
-    }
+        if (detail::has_avx2()) {
+            refused += step_row_g2_avx2<Keep, T>(xi + j, mi + j, vi + j, gt + j, g2 + j, sj, n, decay,
+                                           b1, b2, inv_bc2_sqrt, step_size, eps);
+            continue;
+        }
 #endif
-    step_row_g2_base<T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+        refused += step_row_g2_base<Keep, T>(xi + j, mi + j, vi + j, gt + j, g2 + j, sj, n, decay, b1,
+                                       b2, inv_bc2_sqrt, step_size, eps);
+    }
+    return refused;
 }
 
 // One block, prepared for stepping any range of its rows (from any thread): typed pointers,
@@ -159,6 +185,7 @@ public:
         // a 1-D block is one row: its rotated elements are that row's columns
         m_rot_axis = param.ndim() == 1 && b.rot_axis == 0 ? 1 : b.rot_axis;
         m_segs = b.rot_segments;
+        m_keep = b.keep;
     }
 
     std::int64_t rows() const { return m_rows; }
@@ -167,14 +194,15 @@ public:
     bool rotated() const { return m_rot_axis >= 0 && !m_segs.empty(); }
     std::int64_t cols() const { return m_cols; }
 
-    void operator()(std::int64_t r0, std::int64_t r1) const {
-        if (rotated()) {
-            rotated_rows();
-            return;
-        }
+    /// Steps rows [r0, r1); returns how many elements kept their pre-step values (a new x, m
+    /// or v that is not finite).
+    std::int64_t operator()(std::int64_t r0, std::int64_t r1) const {
+        if (rotated()) return rotated_rows();
         const auto n = static_cast<std::size_t>(m_cols);
         std::vector<T> sig(has_sigma() ? n : 0), gbuf(m_gs1 == 1 ? 0 : n);
-        for (std::int64_t i = r0; i < r1; ++i) plain_row(i, gbuf, sig);
+        std::int64_t refused = 0;
+        for (std::int64_t i = r0; i < r1; ++i) refused += plain_row(i, gbuf, sig);
+        return refused;
     }
 
 private:
@@ -205,10 +233,12 @@ private:
     }
 
     // The head-rotation variant: within each rotated segment (rows for axis 0, columns for
-    // axis 1) the second-moment input g̃² is replaced by its mean over the segment, so v is
-    // invariant under a rotation of the segment and m/(√v + ε) rotates with the gradient.
-    void rotated_rows() const {
+    // axis 1) the second-moment input (1−β₂)·g̃² is replaced by its mean over the segment, so v
+    // is invariant under a rotation of the segment and m/(√v + ε) rotates with the gradient.
+    std::int64_t rotated_rows() const {
         const auto n = static_cast<std::size_t>(m_cols);
+        const T w2 = T(1) - m_hp.b2;
+        std::int64_t refused = 0;
         std::vector<T> gbuf, sig, gt(n), g2(n);
         auto scaled = [&](std::int64_t i, T* out_gt, const T** out_sig, std::vector<T>& sbuf) {
             const T* gi = grad_row(i, gbuf);
@@ -220,19 +250,17 @@ private:
             for (std::int64_t i = 0; i < m_rows; ++i) {
                 const T* si = nullptr;
                 scaled(i, gt.data(), &si, sig);
-                for (std::size_t j = 0; j < n; ++j) g2[j] = gt[j] * gt[j];
+                for (std::size_t j = 0; j < n; ++j) g2[j] = (w2 * gt[j]) * gt[j];
                 detail::mean_within_segments(g2.data(), m_segs);
-                step_row_g2<T>(m_x + i * m_cols, m_m + i * m_cols, m_v + i * m_cols, gt.data(),
-                               g2.data(), si, m_cols, m_hp.decay, m_hp.b1, m_hp.b2,
-                               m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+                refused += g2_row(i, gt.data(), g2.data(), si);
             }
-            return;
+            return refused;
         }
         std::vector<char> in_seg(static_cast<std::size_t>(m_rows), 0);
         for (const auto& [a, b] : m_segs)
             for (std::int64_t i = a; i < b; ++i) in_seg[static_cast<std::size_t>(i)] = 1;
         for (std::int64_t i = 0; i < m_rows; ++i)
-            if (!in_seg[static_cast<std::size_t>(i)]) plain_row(i, gbuf, sig);
+            if (!in_seg[static_cast<std::size_t>(i)]) refused += plain_row(i, gbuf, sig);
         for (const auto& [a, b] : m_segs) {
             const auto k = static_cast<std::size_t>(b - a);
             std::vector<T> gts(k * n), sigs(has_sigma() ? k * n : 0);
@@ -241,24 +269,38 @@ private:
                 const T* si = nullptr;
                 scaled(a + static_cast<std::int64_t>(r), gts.data() + r * n, &si, sig);
                 if (si) std::copy(si, si + n, sigs.begin() + static_cast<std::ptrdiff_t>(r * n));
-                for (std::size_t j = 0; j < n; ++j) g2[j] += gts[r * n + j] * gts[r * n + j];
+                for (std::size_t j = 0; j < n; ++j)
+                    g2[j] += (w2 * gts[r * n + j]) * gts[r * n + j];
             }
             for (std::size_t j = 0; j < n; ++j) g2[j] /= static_cast<T>(k);
             for (std::size_t r = 0; r < k; ++r) {
                 const std::int64_t i = a + static_cast<std::int64_t>(r);
-                step_row_g2<T>(m_x + i * m_cols, m_m + i * m_cols, m_v + i * m_cols,
-                               gts.data() + r * n, g2.data(),
-                               sigs.empty() ? nullptr : sigs.data() + r * n, m_cols, m_hp.decay,
-                               m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+                refused += g2_row(i, gts.data() + r * n, g2.data(),
+                                  sigs.empty() ? nullptr : sigs.data() + r * n);
             }
         }
+        return refused;
     }
 
-    void plain_row(std::int64_t i, std::vector<T>& gbuf, std::vector<T>& sig) const {
+    std::int64_t plain_row(std::int64_t i, std::vector<T>& gbuf, std::vector<T>& sig) const {
         const T* gi = grad_row(i, gbuf);
         const T* si = sigma_row(i, sig);
-        step_row<T>(m_x + i * m_cols, m_m + i * m_cols, m_v + i * m_cols, gi, si, m_cols,
-                    m_hp.decay, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+        T *x = m_x + i * m_cols, *m = m_m + i * m_cols, *v = m_v + i * m_cols;
+        const auto& h = m_hp;
+        return m_keep ? step_row<true, T>(x, m, v, gi, si, m_cols, h.decay, h.b1, h.b2,
+                                          h.inv_bc2_sqrt, h.step_size, h.eps)
+                      : step_row<false, T>(x, m, v, gi, si, m_cols, h.decay, h.b1, h.b2,
+                                           h.inv_bc2_sqrt, h.step_size, h.eps);
+    }
+
+    // Row i of a rotated block from its scaled gradient `gt` and second-moment input `g2`.
+    std::int64_t g2_row(std::int64_t i, const T* gt, const T* g2, const T* si) const {
+        T *x = m_x + i * m_cols, *m = m_m + i * m_cols, *v = m_v + i * m_cols;
+        const auto& h = m_hp;
+        return m_keep ? step_row_g2<true, T>(x, m, v, gt, g2, si, m_cols, h.decay, h.b1, h.b2,
+                                             h.inv_bc2_sqrt, h.step_size, h.eps)
+                      : step_row_g2<false, T>(x, m, v, gt, g2, si, m_cols, h.decay, h.b1, h.b2,
+                                              h.inv_bc2_sqrt, h.step_size, h.eps);
     }
 
     T *m_x = nullptr, *m_m = nullptr, *m_v = nullptr;
@@ -270,6 +312,7 @@ private:
     detail::AdamScalars<T> m_hp;
     int m_rot_axis = -1;
     std::vector<std::pair<std::int64_t, std::int64_t>> m_segs;
+    bool m_keep = true;
 };
 
 // Work items of about this many elements (whole rows) are shared out over the threads.
@@ -289,46 +332,63 @@ void ddc_adam_update(const TensorView& param, const TensorView& grad, const Tens
 }
 
 void ddc_adam_update_many(const std::vector<AdamBlock>& blocks) {
+    std::vector<std::int64_t> refused;
+    ddc_adam_update_many(blocks, refused);
+    for (std::size_t k = 0; k < refused.size(); ++k)
+        if (refused[k] > 0)
+            throw Error(detail::concat(
+                "deadspec.ddc_adam_update: the step must produce finite values, got ",
+                refused[k], " element(s) of block ", k,
+                " whose new parameter or moments overflowed (they keep their pre-step values)"));
+}
+
+void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
+                          std::vector<std::int64_t>& refused) {
     // Validate everything before writing anything: a bad block leaves every block untouched.
     for (const AdamBlock& b : blocks) detail::check_adam_block(b);
-    std::vector<std::function<void(std::int64_t, std::int64_t)>> steps;
+    refused.assign(blocks.size(), 0);
+    std::vector<std::function<std::int64_t(std::int64_t, std::int64_t)>> steps;
     struct Item {
-        std::size_t block;
+        std::size_t block, step;
         std::int64_t r0, r1;
     };
     std::vector<Item> items;
     std::int64_t total = 0;
-    for (const AdamBlock& b : blocks) {
+    for (std::size_t k = 0; k < blocks.size(); ++k) {
+        const AdamBlock& b = blocks[k];
         if (b.param.numel() == 0) continue;
         std::int64_t rows = 0, cols = 0;
         if (b.param.dtype == DType::Float64) {
             auto s = std::make_shared<BlockStep<double>>(b);
             rows = s->rows(), cols = s->cols();
-            steps.emplace_back([s](std::int64_t r0, std::int64_t r1) { (*s)(r0, r1); });
+            steps.emplace_back([s](std::int64_t r0, std::int64_t r1) { return (*s)(r0, r1); });
         } else {
             auto s = std::make_shared<BlockStep<float>>(b);
             rows = s->rows(), cols = s->cols();
-            steps.emplace_back([s](std::int64_t r0, std::int64_t r1) { (*s)(r0, r1); });
+            steps.emplace_back([s](std::int64_t r0, std::int64_t r1) { return (*s)(r0, r1); });
         }
         // a block with rotated segments is one item (its segment means need whole segments)
         const bool whole = b.rot_axis >= 0 && !b.rot_segments.empty();
         const std::int64_t per =
             whole ? rows : std::max<std::int64_t>(1, kChunkElements / std::max<std::int64_t>(cols, 1));
         for (std::int64_t r = 0; r < rows; r += per)
-            items.push_back({steps.size() - 1, r, std::min(rows, r + per)});
+            items.push_back({k, steps.size() - 1, r, std::min(rows, r + per)});
         total += rows * cols;
     }
     const auto n_items = static_cast<std::int64_t>(items.size());
     const int threads = detail::worker_threads(total, detail::kParallelElements, n_items);
     // Items are taken in order from a shared counter: every item is one row range of one block,
-    // written by exactly one thread, so the result does not depend on the scheduling.
+    // written by exactly one thread, so the result does not depend on the scheduling. Each item
+    // counts its refused elements in its own slot.
+    std::vector<std::int64_t> per_item(items.size(), 0);
     std::atomic<std::int64_t> next{0};
     detail::parallel_rows(threads, threads, [&](std::int64_t, std::int64_t) {
         for (std::int64_t k = next++; k < n_items; k = next++) {
-            const Item& it = items[static_cast<std::size_t>(k)];
-            steps[it.block](it.r0, it.r1);
+            const auto i = static_cast<std::size_t>(k);
+            per_item[i] = steps[items[i].step](items[i].r0, items[i].r1);
         }
     });
+    for (std::size_t i = 0; i < items.size(); ++i) refused[items[i].block] += per_item[i];
 }
 
 }  // namespace deadspec

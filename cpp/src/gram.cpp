@@ -2,9 +2,24 @@
 // Activation Gram, one-shot and streaming.
 #include "deadspec/gram.hpp"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
 #include "detail/core.hpp"
 
 namespace deadspec {
+
+namespace {
+// Physical memory of the machine in bytes; 0 where it cannot be told.
+double physical_memory_bytes() {
+#if defined(__unix__) || defined(__APPLE__)
+    const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && size > 0) return static_cast<double>(pages) * static_cast<double>(size);
+#endif
+    return 0.0;
+}
+}  // namespace
 
 GramSide resolve_gram_side(std::int64_t n, std::int64_t h, GramSide side) {
     if (side != GramSide::Auto) return side;
@@ -38,6 +53,13 @@ RowMatrixXd gram(const TensorView& x, const GramOptions& opts) {
 GramAccumulator::GramAccumulator(std::int64_t features) : m_features(features) {
     DEADSPEC_CHECK_ARG(features > 0, "deadspec.GramAccumulator: features must be positive, got ",
                        features);
+    // the h×h scatter and the h×h Gram a reading makes: refuse what cannot fit in memory
+    const double bytes = 8.0 * static_cast<double>(features) * static_cast<double>(features);
+    const double memory = physical_memory_bytes();
+    DEADSPEC_CHECK_ARG(memory <= 0.0 || bytes <= memory, "deadspec.GramAccumulator: features must",
+                       " keep the ", features, "×", features, " float64 scatter (", bytes / 1e9,
+                       " GB) within the machine's memory (", memory / 1e9, " GB), got features=",
+                       features, "; read fewer features, or the sample-side Gram");
     m_mean = Eigen::VectorXd::Zero(features);
     m_scatter = Eigen::MatrixXd::Zero(features, features);
 }

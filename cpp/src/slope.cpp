@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 
 #include "deadspec/errors.hpp"
 
@@ -18,16 +19,27 @@ double median(std::vector<double> v) {
     if (v.size() % 2 == 0) m = 0.5 * (m + *std::max_element(v.begin(), mid));
     return m;
 }
-}  // namespace
 
-SlopeFit fit_slope(const std::vector<double>& x, const std::vector<double>& y, SlopeMethod method) {
-    constexpr const char* fn = "deadspec.fit_slope";
-    DEADSPEC_CHECK_ARG(x.size() == y.size(), fn, ": y must have as many points as x (", x.size(),
-                       "), got ", y.size());
-    DEADSPEC_CHECK_ARG(x.size() >= 2, fn, ": x must have at least 2 points, got ", x.size());
-    for (std::size_t i = 0; i < x.size(); ++i)
-        DEADSPEC_CHECK_ARG(std::isfinite(x[i]) && std::isfinite(y[i]), fn,
-                           ": x and y must be finite, got (", x[i], ", ", y[i], ") at index ", i);
+// 2^−e with 2^e > max |v| (1 for an all-zero v): the scale the fit works at. A power of two
+// scales every sum, product and quotient of the fit exactly, so the fit of the scaled data is
+// the scaled fit bit for bit wherever the unscaled one is representable.
+int scale_exponent(const std::vector<double>& v) {
+    double top = 0.0;
+    for (const double a : v) top = std::max(top, std::abs(a));
+    int e = 0;
+    if (top > 0.0) std::frexp(top, &e);
+    return e;
+}
+
+std::vector<double> scaled(const std::vector<double>& v, int e) {
+    std::vector<double> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = std::ldexp(v[i], -e);
+    return out;
+}
+
+// The fit of data scaled into (−1, 1): OLS or Theil–Sen, as documented in slope.hpp.
+SlopeFit fit_unit(const std::vector<double>& x, const std::vector<double>& y, SlopeMethod method,
+                  const char* fn) {
     const auto n = static_cast<double>(x.size());
     double mx = 0, my = 0;
     for (std::size_t i = 0; i < x.size(); ++i) {
@@ -68,6 +80,31 @@ SlopeFit fit_slope(const std::vector<double>& x, const std::vector<double>& y, S
     f.r2 = syy > 0.0 ? 1.0 - ss_res / syy : 1.0;
     f.std_error = x.size() > 2 ? std::sqrt(ss_res / (n - 2.0) / sxx)
                                : std::numeric_limits<double>::quiet_NaN();
+    return f;
+}
+}  // namespace
+
+SlopeFit fit_slope(const std::vector<double>& x, const std::vector<double>& y, SlopeMethod method) {
+    constexpr const char* fn = "deadspec.fit_slope";
+    DEADSPEC_CHECK_ARG(x.size() == y.size(), fn, ": y must have as many points as x (", x.size(),
+                       "), got ", y.size());
+    DEADSPEC_CHECK_ARG(x.size() >= 2, fn, ": x must have at least 2 points, got ", x.size());
+    for (std::size_t i = 0; i < x.size(); ++i)
+        DEADSPEC_CHECK_ARG(std::isfinite(x[i]) && std::isfinite(y[i]), fn,
+                           ": x and y must be finite, got (", x[i], ", ", y[i], ") at index ", i);
+    // The fit runs on x·2^−ex and y·2^−ey (both in (−1, 1)), centred: no sum, square or
+    // difference can overflow, nor a spread of tiny values underflow to "all x equal", and
+    // the readings are mapped back exactly (slope·2^(ey−ex), intercept·2^ey, r² unchanged).
+    const int ex = scale_exponent(x), ey = scale_exponent(y);
+    SlopeFit f = fit_unit(scaled(x, ex), scaled(y, ey), method, fn);
+    f.slope = std::ldexp(f.slope, ey - ex);
+    f.intercept = std::ldexp(f.intercept, ey);
+    f.std_error = std::ldexp(f.std_error, ey - ex);
+    if (!std::isfinite(f.slope) || !std::isfinite(f.intercept) ||
+        !(std::isfinite(f.std_error) || std::isnan(f.std_error)))
+        throw std::overflow_error(detail::concat(
+            fn, ": the fitted line overflows float64 (slope ", f.slope, ", intercept ",
+            f.intercept, ", stderr ", f.std_error, "); rescale x or y"));
     return f;
 }
 

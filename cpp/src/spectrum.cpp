@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
+#include <stdexcept>
 
 #include "detail/core.hpp"
 
@@ -44,10 +46,23 @@ Spectrum spectrum_from_eigenvalues(const Eigen::VectorXd& values, const Spectrum
     s.logdet_plus = act.array().log().sum();
     s.lambda_min = act[s.active - 1];
     s.condition_number = mu1 / s.lambda_min;
-    const double total = act.sum();
-    const Eigen::ArrayXd p = act.array() / total;
-    s.effective_rank = std::exp(-(p * p.log()).sum());
-    s.participation_ratio = total * total / act.squaredNorm();
+    if (!std::isfinite(s.condition_number))
+        throw std::overflow_error(detail::concat(
+            fn, ": the condition number μ_1/λ_min = ", mu1, "/", s.lambda_min,
+            " overflows float64; pass a larger rtol (the active set would end above ",
+            mu1 / std::numeric_limits<double>::max(), ")"));
+    // The active eigenvalues scaled by 2^−e, μ_1·2^−e ∈ [½, 1): a power of two scales every
+    // operation below exactly, so the readings are those of the unscaled formulas (theory.md
+    // §3.2) wherever those are representable, and finite where Σμ or Σμ² would overflow.
+    int e = 0;
+    std::frexp(mu1, &e);
+    const Eigen::ArrayXd q = act.array().unaryExpr([e](double v) { return std::ldexp(v, -e); });
+    const double total = q.sum();
+    const Eigen::ArrayXd p = q / total;
+    // 0·log 0 = 0: a p_i that underflows (μ_i/Σμ below the smallest double) adds nothing
+    s.effective_rank =
+        std::exp(-(p > 0.0).select(p * p.log(), Eigen::ArrayXd::Zero(p.size())).sum());
+    s.participation_ratio = total * total / q.square().sum();
 
     // Dead cluster: the active eigenvalues below the largest gap in log μ, if that gap is wide.
     double best_gap = 0.0;
@@ -71,11 +86,12 @@ Spectrum spectrum(const TensorView& g, const SpectrumOptions& opts) {
     const auto h = detail::host_matrix(g, 1, fn, "g");
     const auto map = h.map();
     const double scale = map.cwiseAbs().maxCoeff();
-    const double asym = (map - map.transpose()).cwiseAbs().maxCoeff();
+    // |g − gᵀ| halved (exact) so that entries near ±max do not overflow the difference
+    const double asym = 2.0 * (0.5 * map - 0.5 * map.transpose()).cwiseAbs().maxCoeff();
     const double tol = g.dtype == DType::Float32 ? 1e-3 : 1e-6;
     DEADSPEC_CHECK_ARG(asym <= tol * scale, fn, ": g must be symmetric, got max |g - gᵀ| = ",
                        asym, " against max |g| = ", scale);
-    const SymEigResult eig = detail::sym_eig_owned(map, opts.vectors);
+    const SymEigResult eig = detail::sym_eig_owned(map, opts.vectors, fn);
     if (eig.status != EigStatus::Success)
         throw Error("deadspec.spectrum: the eigensolver did not converge");
     SpectrumOptions o = opts;

@@ -2,6 +2,8 @@
 // Symmetric eigendecomposition through LAPACK ?syevd (or Eigen), descending order.
 #include "deadspec/sym_eig.hpp"
 
+#include <stdexcept>
+
 #include "detail/core.hpp"
 
 namespace deadspec {
@@ -13,11 +15,17 @@ void set_num_threads(int n) { detail::blas_set_num_threads(n); }
 
 namespace detail {
 // `work` is column-major and owned: LAPACK reads its lower triangle and overwrites it.
-SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors) {
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn) {
     Eigen::VectorXd w;
     SymEigResult out;
     const int info = detail::syevd(work, w, vectors);
     if (info > 0) out.status = EigStatus::NotConverged;
+    // The solvers scale the matrix into range internally; an infinite eigenvalue here is one
+    // whose magnitude exceeds float64 (a finite matrix can have one: [[M, M], [M, M]] with
+    // M = 1e308 has 2M). Raise, as gram does, rather than hand back inf.
+    if (out.status == EigStatus::Success && !w.allFinite())
+        throw std::overflow_error(concat(fn, ": an eigenvalue overflowed float64 (the matrix is "
+                                             "too large to decompose; rescale it)"));
     out.values = w.reverse();
     if (vectors) out.vectors = work.rowwise().reverse();
     return out;
@@ -29,7 +37,7 @@ SymEigResult sym_eig(const Eigen::Ref<const Eigen::MatrixXd>& a, bool vectors) {
                        a.rows(), ", ", a.cols(), ")");
     DEADSPEC_CHECK_ARG(a.rows() > 0, "deadspec.sym_eig: a must not be empty, got shape (0, 0)");
     DEADSPEC_CHECK_ARG(a.allFinite(), "deadspec.sym_eig: a must be finite, got NaN or Inf");
-    return detail::sym_eig_owned(a, vectors);
+    return detail::sym_eig_owned(a, vectors, "deadspec.sym_eig");
 }
 
 SymEigResult sym_eig(const TensorView& a, bool vectors) {
@@ -40,7 +48,7 @@ SymEigResult sym_eig(const TensorView& a, bool vectors) {
     const auto h = detail::host_matrix(a, 1, fn, "a");
     // The row-major data is copied into column-major storage (one copy, which LAPACK needs
     // anyway since it overwrites its input), so the lower triangle of `a` is what is read.
-    return detail::sym_eig_owned(h.map(), vectors);
+    return detail::sym_eig_owned(h.map(), vectors, fn);
 }
 
 }  // namespace deadspec

@@ -139,18 +139,22 @@ def ddc_adam_update(
     step: int,
     col_scale: _Capsule | None = None,
     decay: float = 1.0,
-) -> None:
+) -> int:
     """Fused DDCAdam block step in place (param, exp_avg, exp_avg_sq are written);
-    σ = scale·col_scale, param multiplied by decay first."""
+    σ = scale·col_scale, param multiplied by decay first. Returns the number of elements whose
+    new value or moments were not finite: they keep their pre-step values."""
 
-def ddc_adam_update_many(blocks: list[_Block]) -> None:
+def ddc_adam_update_many(blocks: list[_Block]) -> list[int]:
     """Fused DDCAdam step of many blocks in one call, all validated before any is written.
 
     Each block is a dict: ``param``, ``grad``, ``exp_avg``, ``exp_avg_sq`` (capsules);
     ``lr``, ``beta1``, ``beta2``, ``eps`` (float); ``step`` (int); optional ``scale``,
     ``col_scale`` (capsules; absent or None: 1), ``decay`` (float, default 1.0), and for a
     block with rotated head segments ``rot_axis`` (int) with ``rot_segments`` (list of
-    ``(start, stop)``). An unknown or missing entry raises ValueError naming it.
+    ``(start, stop)``), and ``keep`` (bool, default True: the check before commit; False: the
+    screened step, written unconditionally, non-finite results only counted). An unknown or
+    missing entry raises ValueError naming it. Returns per block the number of elements whose
+    new values were not finite (kept at their pre-step values unless ``keep=False``).
     """
 
 def ddc_split_sums(
@@ -164,13 +168,15 @@ def ddc_split_sums(
     ``row_coef``, ``col_coef``, ``col_norm``, ``row_mult``, ``col_mult``.
     """
 
-def ddc_split_moments(blocks: list[_Block]) -> list[tuple[_F64, _F64]]:
+def ddc_split_moments(blocks: list[_Block]) -> list[tuple[_F64, _F64, int]]:
     """Split form, pass 1: moments on the tangential inputs (written); per block the update's
-    (Σ u·x̃ per row, Σ u·Px̃ per column), float64. Blocks as in :func:`ddc_split_sums`."""
+    (Σ u·x̃ per row, Σ u·Px̃ per column), float64, and the number of elements whose new moments
+    were not finite (kept at their pre-step values). Blocks as in :func:`ddc_split_sums`."""
 
-def ddc_split_apply(blocks: list[_Block]) -> None:
+def ddc_split_apply(blocks: list[_Block]) -> list[int]:
     """Split form, pass 2: the re-projected update applied in place (radial factors
-    row_mult/col_mult, coefficients of the update in row_coef/col_coef)."""
+    row_mult/col_mult, coefficients of the update in row_coef/col_coef). Returns per block the
+    number of elements whose new value was not finite (kept at its pre-step value)."""
 
 def ddc_row_norms(
     weight: _Capsule,

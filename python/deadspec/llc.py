@@ -68,6 +68,15 @@ import torch
 from torch import nn
 
 from deadspec._files import check_output, save_figure
+from deadspec._limits import (
+    MAX_CHAINS,
+    MAX_GRID,
+    MAX_ITERS,
+    MAX_STEPS,
+    MAX_TRACE,
+    bounded_list,
+    check_at_most,
+)
 from deadspec._sgld import (
     Chains,
     Functional,
@@ -288,10 +297,7 @@ def _settings(
     gamma = check_real("llc.estimate", "gamma", gamma)
     if not (gamma >= 0 and math.isfinite(gamma)):
         raise ValueError(f"deadspec.llc.estimate: gamma must be >= 0 and finite, got {gamma!r}")
-    chains = check_positive(fn, "chains", chains, integer=True)
-    draws = check_positive(fn, "draws", draws, integer=True)
-    if isinstance(burnin, bool) or int(burnin) != burnin or burnin < 0:
-        raise ValueError(f"deadspec.llc.estimate: burnin must be an integer >= 0, got {burnin!r}")
+    chains, draws, burnin = _run_sizes(fn, chains, draws, burnin)
     if vectorize not in (True, False, "auto"):
         raise ValueError(
             f'deadspec.llc.estimate: vectorize must be True, False or "auto", got {vectorize!r}'
@@ -315,6 +321,27 @@ def _settings(
             )
     threshold = 10.0 * d + 100.0 if diverge_threshold is None else diverge_threshold
     return Settings(epsilon, gamma, nbeta, n, chains, draws, int(burnin), b, threshold)
+
+
+def _run_sizes(fn: str, chains: Any, draws: Any, burnin: Any) -> tuple[int, int, int]:
+    """chains, draws, burnin checked as sizes (positive, ≥ 0 for burnin) and against the
+    bounds of ``deadspec._limits`` (before anything is allocated)."""
+    chains = check_positive(fn, "chains", chains, integer=True)
+    draws = check_positive(fn, "draws", draws, integer=True)
+    if isinstance(burnin, bool) or int(burnin) != burnin or burnin < 0:
+        raise ValueError(f"deadspec.llc.{fn}: burnin must be an integer >= 0, got {burnin!r}")
+    burnin = int(burnin)
+    where = f"llc.{fn}"
+    check_at_most(where, "chains", chains, MAX_CHAINS, "a few chains (4–16) are the usual run")
+    check_at_most(
+        where, "the SGLD steps chains × (burnin + draws)", chains * (burnin + draws), MAX_STEPS,
+        "fewer chains, draws or burn-in steps",
+    )  # fmt: skip
+    check_at_most(
+        where, "the recorded draws chains × draws", chains * draws, MAX_TRACE,
+        "fewer chains or draws (the loss trace keeps every draw)",
+    )  # fmt: skip
+    return chains, draws, burnin
 
 
 def estimate(
@@ -360,7 +387,9 @@ def estimate(
     gamma : float
         Localisation strength γ (≥ 0).
     chains, draws, burnin : int
-        Independent chains, recorded draws per chain, and burn-in steps before them.
+        Independent chains, recorded draws per chain, and burn-in steps before them. Bounded
+        before anything is allocated (ValueError above): chains ≤ 10,000, chains × (burnin +
+        draws) ≤ 10⁹ SGLD steps, chains × draws ≤ 2²⁷ recorded draws (``deadspec._limits``).
     batch_size : int, optional
         Samples per step; None for full batch.
     seed : int, optional
@@ -482,12 +511,14 @@ def curvature_scale(
     Used to scale the default calibration grid: SGLD on nβ·L_n is stable only for
     ε·nβ·h_max < 4 (the update multiplies a direction of curvature h by 1 − ε·nβ·h/2); its
     discretisation inflates that direction's posterior variance by 1/(1 − ε·nβ·h/4).
+    ``iters`` (Hessian–vector products) is at most 10⁶.
     """
     fn = "llc.curvature_scale"
     check_model(model, fn)
     _check_loss_fn(fn, loss_fn)
     iters = check_integer(fn, "iters", iters, 1)
     seed = check_integer(fn, "seed", seed, optional=True)
+    check_at_most("llc.curvature_scale", "iters", iters, MAX_ITERS, "30 iterations are the default")
     x, y = unpack_data(data, "curvature_scale")
     p0 = next(iter(model.parameters()))
     x = x.to(p0.device)
@@ -678,13 +709,35 @@ def calibrate(
        (reported in ``rule``). Nothing stable: ``epsilon = gamma = best = None``.
 
     Other parameters are as in :func:`estimate`; every setting runs with the same ``seed``.
+    Sizes are checked first (ValueError, before the curvature scale is computed): at most
+    10,000 settings ``len(epsilons) × len(gammas) × (1 + extend)`` (``extend`` counts only with
+    the default ε grid) and 10⁹ SGLD steps over the whole sweep, besides :func:`estimate`'s
+    bounds on each run.
     Returns a :class:`Calibration` (``.sweep`` for plotting, ``.plot()``).
     """
     t0 = time.perf_counter()
     _check_calibrate(model, loss_fn, plateau_rtol, drift_tol, seed)
     x, y = unpack_data(data, "calibrate")
-    if not (isinstance(extend, int) and extend >= 0):
+    if isinstance(extend, bool) or not (isinstance(extend, int) and extend >= 0):
         raise ValueError(f"deadspec.llc.calibrate: extend must be an int >= 0, got {extend!r}")
+    # sizes first: nothing (not even the curvature scale) runs for a sweep that cannot
+    chains, draws, burnin = _run_sizes("calibrate", chains, draws, burnin)
+    if epsilons is not None:
+        epsilons = bounded_list("llc.calibrate", "epsilons", epsilons, MAX_GRID)
+    if gammas is not None:
+        gammas = bounded_list("llc.calibrate", "gammas", gammas, MAX_GRID)
+    n_eps = 5 if epsilons is None else len(epsilons)
+    n_gam = 3 if gammas is None else len(gammas)
+    # the most settings the sweep may run: the grid, and the grid again for each move of ε
+    settings = n_eps * n_gam * (1 + (extend if epsilons is None else 0))
+    check_at_most(
+        "llc.calibrate", "the settings len(epsilons) × len(gammas) × (1 + extend)", settings,
+        MAX_GRID, "a smaller grid or extend",
+    )  # fmt: skip
+    check_at_most(
+        "llc.calibrate", "the SGLD steps of the sweep (settings × chains × (burnin + draws))",
+        settings * chains * (burnin + draws), MAX_STEPS, "a smaller grid or shorter runs",
+    )  # fmt: skip
     nb = default_nbeta(int(n if n is not None else x.shape[0])) if nbeta is None else nbeta
     may_extend = epsilons is None and extend > 0  # only the curvature-scaled default ε grid
     h_max = None

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from deadspec._limits import MAX_LAYERS, MAX_PARAMETERS, check_at_most
+
 __all__ = [
     "DEMO_WIDTHS",
     "ModAddTransformer",
@@ -118,6 +120,9 @@ def mlp(
     bias : bool
         Whether the Linear layers have biases.
 
+    At most 10,000 layers and 2³⁴ parameters (ValueError before anything is allocated;
+    ``deadspec._limits``).
+
     Returns
     -------
     torch.nn.Sequential
@@ -128,7 +133,11 @@ def mlp(
         )
     if len(widths) < 2:
         raise ValueError(f"deadspec.mlp: widths must have at least 2 entries, got {list(widths)}")
+    check_at_most("mlp", "the number of layers len(widths) − 1", len(widths) - 1, MAX_LAYERS,
+                  "fewer widths")
     ws = [_check_pos_int("mlp", f"widths[{i}]", w) for i, w in enumerate(widths)]
+    n_params = sum(a * b + (b if bias else 0) for a, b in zip(ws[:-1], ws[1:]))
+    check_at_most("mlp", "the number of parameters", n_params, MAX_PARAMETERS, "smaller widths")
     if activation not in _ACTIVATIONS:
         raise ValueError(
             f"deadspec.mlp: activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"

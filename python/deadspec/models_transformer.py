@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from deadspec._limits import MAX_PARAMETERS, MAX_SAMPLES, check_at_most
+
 __all__ = ["ModAddTransformer", "SelfAttention", "TransformerBlock", "modadd_data"]
 
 
@@ -182,6 +184,10 @@ class TransformerBlock(nn.Module):
         super().__init__()
         d_model = _pos_int("TransformerBlock", "d_model", d_model)
         d_mlp = 4 * d_model if d_mlp is None else _pos_int("TransformerBlock", "d_mlp", d_mlp)
+        check_at_most(
+            "TransformerBlock", "the number of parameters (about 4·d_model² + 2·d_model·d_mlp)",
+            4 * d_model * d_model + 2 * d_model * d_mlp, MAX_PARAMETERS, "a smaller d_model",
+        )  # fmt: skip
         self.layernorm = bool(layernorm)
         if self.layernorm:
             self.ln1 = nn.LayerNorm(d_model)
@@ -237,6 +243,10 @@ class ModAddTransformer(nn.Module):
         if self.p < 2:
             raise ValueError(f"deadspec.ModAddTransformer: p must be at least 2, got {p}")
         d_model = _pos_int("ModAddTransformer", "d_model", d_model)
+        check_at_most(
+            "ModAddTransformer", "the number of embedding parameters (2p + 1)·d_model",
+            (2 * self.p + 1) * d_model, MAX_PARAMETERS, "a smaller p or d_model",
+        )  # fmt: skip
         self.d_model = d_model
         self.layernorm = bool(layernorm)
         self.embed = nn.Embedding(self.p + 1, d_model)
@@ -303,6 +313,7 @@ def modadd_data(
     targets : LongTensor (N,)
     """
     p = _pos_int("modadd_data", "p", p)
+    check_at_most("modadd_data", "the number of pairs p²", p * p, MAX_SAMPLES, "a smaller p")
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
     if n is not None:

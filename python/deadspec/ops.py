@@ -213,7 +213,10 @@ def sym_eig(a: Any, *, vectors: bool = False) -> tuple[np.ndarray, np.ndarray | 
     """Eigenvalues (descending) and, if asked, eigenvectors (columns) of a symmetric matrix.
 
     Only the lower triangle is read. Uses LAPACK ``dsyevd`` when the build has it (see
-    ``deadspec.build_info()["eig_backend"]``), Eigen's solver otherwise.
+    ``deadspec.build_info()["eig_backend"]``), Eigen's solver otherwise. Computed in float64
+    (float32 input near 1e±38 included); an eigenvalue beyond float64 (a finite matrix can have
+    one, e.g. ``[[M, M], [M, M]]`` with ``M = 1e308``) raises ``OverflowError``, as
+    :func:`gram` does, rather than returning Inf.
     """
     vectors = check_bool("sym_eig", "vectors", vectors)
     p = dl.prepare(a, "deadspec.sym_eig", "a")
@@ -334,6 +337,10 @@ def spectrum(
         dtype of the data the Gram was built from; default g's dtype.
     rtol_size : int, optional
         max(shape) of that data; default m.
+
+    The readings are scale-invariant (theory.md §3.2): finite for any finite Gram, 1e±300
+    included. ``OverflowError`` where one cannot be represented: an eigenvalue or the condition
+    number beyond float64 (the latter only with a tiny ``rtol``).
     """
     gap_ratio = check_real("spectrum", "gap_ratio", gap_ratio)
     vectors = check_bool("spectrum", "vectors", vectors)
@@ -397,7 +404,12 @@ _METHODS = ("ols", "theil-sen")
 
 
 def fit_slope(x: Any, y: Any, *, method: str = "ols") -> Slope:
-    """Fit a line through (x, y): least squares with intercept, or Theil–Sen (robust)."""
+    """Fit a line through (x, y): least squares with intercept, or Theil–Sen (robust).
+
+    Scale-invariant: the fit runs on x and y scaled by powers of two into (−1, 1) and centred,
+    and the line is mapped back exactly, so finite data of any scale (1e±300) give finite
+    readings; a slope, intercept or standard error beyond float64 raises ``OverflowError``.
+    """
     check_choice("fit_slope", "method", method, _METHODS)
     xs = _vector("fit_slope", "x", x, flatten=True)
     ys = _vector("fit_slope", "y", y, flatten=True)

@@ -146,29 +146,41 @@ void bind_ddc(py::module_& m) {
             if (!scale.is_none()) vs.emplace(scale, fn, "scale");
             if (!col_scale.is_none()) vc.emplace(col_scale, fn, "col_scale");
             const AdamStep hp{lr, beta1, beta2, eps, step, decay};
-            py::gil_scoped_release nogil;
-            ddc_adam_update(vp.view(), vg.view(), vm.view(), vv.view(),
-                            vs ? vs->view() : TensorView{}, vc ? vc->view() : TensorView{}, hp);
+            std::vector<std::int64_t> refused;
+            {
+                py::gil_scoped_release nogil;
+                ddc_adam_update_many({AdamBlock{vp.view(), vg.view(), vm.view(), vv.view(),
+                                                vs ? vs->view() : TensorView{},
+                                                vc ? vc->view() : TensorView{}, hp, -1, {}}},
+                                     refused);
+            }
+            return refused.at(0);
         },
         py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
         py::arg("scale"), py::kw_only(), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
         py::arg("eps"), py::arg("step"), py::arg("col_scale") = py::none(),
         py::arg("decay") = 1.0,
         "Fused DDCAdam block step in place (param, exp_avg, exp_avg_sq are written); "
-        "σ = scale·col_scale, param multiplied by decay first.");
+        "σ = scale·col_scale, param multiplied by decay first. Returns the number of elements "
+        "whose new values were not finite (kept at their pre-step values).");
 
     m.def(
         "ddc_adam_update_many",
         [](const py::list& blocks) {
             auto args = parse_blocks<AdamBlock>(
-                blocks, "deadspec.ddc_adam_update_many", {"scale", "col_scale", "decay"},
+                blocks, "deadspec.ddc_adam_update_many", {"scale", "col_scale", "decay", "keep"},
                 [](BlockReader& r, AdamBlock& b) {
                     b.scale = r.tensor("scale");
                     b.col_scale = r.tensor("col_scale");
                     if (r.has("decay")) b.hp.decay = r.get<double>("decay", "float");
+                    if (r.has("keep")) b.keep = r.get<bool>("keep", "a bool");
                 });
-            py::gil_scoped_release nogil;
-            ddc_adam_update_many(args.blocks);
+            std::vector<std::int64_t> refused;
+            {
+                py::gil_scoped_release nogil;
+                ddc_adam_update_many(args.blocks, refused);
+            }
+            return refused;
         },
         py::arg("blocks"),
         "Fused DDCAdam step of many blocks in one call: a list of dicts with the DLPack capsules "
@@ -176,7 +188,8 @@ void bind_ddc(py::module_& m) {
         "lr, beta1, beta2, eps (float), step (int), optional decay (float, 1.0) and, for a "
         "block whose head segments are rotated (second moment shared per segment), rot_axis "
         "(int) with rot_segments (list of (start, stop)). All are validated before any is "
-        "written.");
+        "written. Returns per block the number of elements whose new values were not finite "
+        "(kept at their pre-step values; with keep=False, written, only counted).");
 
     // The split form's three passes: each takes a list of dicts (the common entries of
     // parse_blocks, without decay; optional row_scale, col_scale, col_mean, row_coef, col_coef,
@@ -218,22 +231,36 @@ void bind_ddc(py::module_& m) {
         "ddc_split_moments",
         [parse_split](const py::list& blocks) {
             auto args = parse_split(blocks, "deadspec.ddc_split_moments");
-            py::gil_scoped_release nogil;
-            return ddc_split_moments(args.blocks);
+            std::vector<std::int64_t> refused;
+            std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> res;
+            {
+                py::gil_scoped_release nogil;
+                res = ddc_split_moments(args.blocks, refused);
+            }
+            py::list out;
+            for (std::size_t k = 0; k < res.size(); ++k)
+                out.append(py::make_tuple(res[k].first, res[k].second, refused[k]));
+            return out;
         },
         py::arg("blocks"),
         "Split form, pass 1: moments on the tangential inputs (written); per block the "
-        "update's (Σ u·x̃ per row, Σ u·Px̃ per column), float64.");
+        "update's (Σ u·x̃ per row, Σ u·Px̃ per column), float64, and the number of elements "
+        "whose new moments were not finite (kept at their pre-step values).");
     m.def(
         "ddc_split_apply",
         [parse_split](const py::list& blocks) {
             auto args = parse_split(blocks, "deadspec.ddc_split_apply");
-            py::gil_scoped_release nogil;
-            ddc_split_apply(args.blocks);
+            std::vector<std::int64_t> refused;
+            {
+                py::gil_scoped_release nogil;
+                ddc_split_apply(args.blocks, refused);
+            }
+            return refused;
         },
         py::arg("blocks"),
         "Split form, pass 2: the re-projected update applied in place (radial factors "
-        "row_mult/col_mult, coefficients of the update in row_coef/col_coef).");
+        "row_mult/col_mult, coefficients of the update in row_coef/col_coef). Returns per block "
+        "the number of elements whose new value was not finite (kept at its pre-step value).");
 
     m.def(
         "ddc_row_norms",

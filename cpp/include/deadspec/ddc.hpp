@@ -37,9 +37,16 @@ struct AdamStep {
 /// \param exp_avg_sq  second moment, likewise.
 /// \param scale       σ with param's shape and any strides (0-strides: a broadcast row or column
 ///                    vector), float32/float64; a view with a null data pointer means σ = 1.
+/// No non-finite value is ever written: each element's new x, m and v are checked before they
+/// are written, and an element whose new values are not all finite (an overflow: g̃ or the
+/// second moment beyond the dtype's range, a 0/0 with eps = 0) keeps its pre-step x, m and v.
+/// A step that overflows nowhere is unchanged by the check (it costs no extra pass). v is
+/// accumulated in AdamW's order, ((1−β₂)·g̃)·g̃, so it overflows where AdamW's does.
 /// \throws std::invalid_argument on shape/dtype/layout mismatch, a read-only output, step < 1,
 ///         lr < 0 or non-finite, betas outside [0, 1), eps < 0, or a non-finite decay.
 /// \throws deadspec::DeviceError for non-CPU tensors.
+/// \throws deadspec::Error after the pass if an element was refused (every other element has
+///         been stepped); ddc_adam_update_many's counting overload reports instead.
 void ddc_adam_update(const TensorView& param, const TensorView& grad, const TensorView& exp_avg,
                      const TensorView& exp_avg_sq, const TensorView& scale, const AdamStep& hp);
 
@@ -63,13 +70,29 @@ struct AdamBlock {
     /// m/(√v + ε) rotates with the gradient. σ must be constant along the rotated axis.
     int rot_axis = -1;
     std::vector<std::pair<std::int64_t, std::int64_t>> rot_segments;
+    /// The check before commit. true: an element whose new x or v is not finite keeps its
+    /// pre-step x, m and v (see ddc_adam_update). false: every element is written and the
+    /// non-finite ones are only counted (about a quarter cheaper: a caller that has screened
+    /// the step, e.g. Python's DDCAdam, which knows its gradients' norms and scales, and keeps
+    /// `true` for a step that could overflow); a nonzero count then means non-finite values
+    /// were written.
+    bool keep = true;
 };
 
 /// ddc_adam_update over many blocks in one call: every block is validated before any is
 /// written, then row ranges of all blocks are shared out over deadspec::num_threads() threads
 /// (small blocks no longer run one at a time). Each element is written by one thread, so the
 /// result is the same as stepping the blocks one by one.
+/// \throws deadspec::Error after the pass if an element of any block was refused (see
+///         ddc_adam_update); the other elements have been stepped.
 void ddc_adam_update_many(const std::vector<AdamBlock>& blocks);
+
+/// ddc_adam_update_many reporting instead of throwing: `refused[k]` is set to the number of
+/// elements of blocks[k] whose new x, m or v was not finite (they keep their pre-step values;
+/// 0 for a block the step did not overflow in). The caller applies its policy (DDCAdam's
+/// raise_on_nonfinite, the Python optimizers' `nonfinite=`).
+void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
+                          std::vector<std::int64_t>& refused);
 
 /// One block of a split-form DDCAdam step (`form="split"`: theory.md §6, docs/ddc.md "The split
 /// form"). The block's invariant coordinates are x̃ = x/σ with σ_ij = row_scale_i·col_scale_j,
@@ -112,13 +135,29 @@ std::vector<SplitSums> ddc_split_sums(const std::vector<SplitBlock>& blocks);
 
 /// Pass 1: the tangential input t = (g̃ − radial part)·(norm), the Adam moments on it, and the
 /// update u = lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε). Returns per block (Σ u·x̃ per row, Σ u·P x̃ per
-/// column): the radial parts of the update, for the re-projection.
+/// column): the radial parts of the update, for the re-projection. v is accumulated in AdamW's
+/// order ((1−β₂)·t)·t; an element whose new m or v is not finite keeps its pre-step moments
+/// (and its u is that of the moments as stored).
+/// \throws deadspec::Error after the pass if an element was refused (the counting overload
+///         reports instead).
 std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
     const std::vector<SplitBlock>& blocks);
 
+/// ddc_split_moments reporting instead of throwing: `refused[k]` is set to the number of
+/// elements of blocks[k] whose new moments were not finite (kept at their pre-step values).
+std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
+    const std::vector<SplitBlock>& blocks, std::vector<std::int64_t>& refused);
+
 /// Pass 2: u recomputed from the moments, re-projected with the coefficients now given in
-/// row_coef / col_coef (those of the update), and applied: x ← x·r_i·c_j − σ·u.
+/// row_coef / col_coef (those of the update), and applied: x ← x·r_i·c_j − σ·u. An element whose
+/// new x is not finite keeps its pre-step value.
+/// \throws deadspec::Error after the pass if an element was refused (the counting overload
+///         reports instead).
 void ddc_split_apply(const std::vector<SplitBlock>& blocks);
+
+/// ddc_split_apply reporting instead of throwing: `refused[k]` is set to the number of elements
+/// of blocks[k] whose new x was not finite (kept at its pre-step value).
+void ddc_split_apply(const std::vector<SplitBlock>& blocks, std::vector<std::int64_t>& refused);
 
 /// Row norms of [W·diag(col_scale) | b]: the gauge-fixing scales ρ of a producer layer.
 ///

@@ -43,7 +43,10 @@ struct DDCAdamOptions {
     double eps = 1e-8;
     double weight_decay = 0.0;
     /// A NaN/Inf gradient: throw deadspec::Error (true) or skip the whole step, parameters and
-    /// moments untouched, and return false from step() (false).
+    /// moments untouched, and return false from step() (false). The same for a step that would
+    /// write a non-finite value (an overflow): those elements keep their pre-step parameter and
+    /// moments (see ddc_adam_update), the others are stepped, then step() throws (true) or
+    /// returns false (false).
     bool raise_on_nonfinite = true;
 };
 
@@ -53,7 +56,8 @@ struct DDCAdamOptions {
 /// The optimizer keeps the Adam moments of every parameter block and, each step, computes the
 /// gauge-fixing scales of the declared sites in topological order — ρ = row norms of
 /// [W·diag(ρ_in) | b] of the weight-decayed producer (ddc_row_norms), rounded to the producer's
-/// dtype, 1 where ρ ≤ the dtype's smallest normal or outside `units` — and steps all blocks in
+/// dtype, 1 where ρ ≤ the dtype's smallest normal, where ρ overflows the dtype or outside
+/// `units` — and steps all blocks in
 /// one ddc_adam_update_many call with σ_ij = ρ_row,i / ρ_col,j (a producer's rows take its
 /// site's ρ, a consumer's columns 1/ρ). This is the coordinate form of Python's
 /// `deadspec.optim.DDCAdam` with `gauge_mode="zero"` on CPU: on the same parameters, gradients
@@ -87,16 +91,23 @@ public:
             const DDCAdamOptions& options = {});
 
     /// One step, in place: decoupled weight decay folded into the update (x·(1 − lr·wd)), ρ of
-    /// the decayed producers, then every block with a gradient in one fused pass.
+    /// the decayed producers, then every block with a gradient in one fused pass, checked before
+    /// commit. The pass over each gradient that checks it is finite also takes its largest
+    /// entry: a block whose step cannot overflow (that entry times σ's largest far inside the
+    /// dtype, as Python's DDCAdam screens it) skips the kernel's per-element keep (AdamBlock::
+    /// keep), a quarter of its time; the result is the same either way.
     ///
     /// \param grads  one view per parameter, in the constructor's order: same shape and dtype,
     ///               any strides (C-contiguous for a block stepped flat), or a null view for a
     ///               parameter without a gradient (skipped: no decay, no moment update, its step
     ///               count unchanged; it still enters the ρ of its site, as in Python).
-    /// \return       false when a non-finite gradient skipped the step
-    ///               (raise_on_nonfinite = false), else true.
+    /// \return       false when a non-finite gradient skipped the step, or when elements of
+    ///               the step overflowed and kept their pre-step values (raise_on_nonfinite =
+    ///               false), else true.
     /// \throws std::invalid_argument on a wrong count, shape or dtype (nothing written).
-    /// \throws deadspec::Error on a NaN/Inf gradient with raise_on_nonfinite (nothing written).
+    /// \throws deadspec::Error on a NaN/Inf gradient with raise_on_nonfinite (nothing written),
+    ///         or, with raise_on_nonfinite, naming the first parameter in which elements of the
+    ///         step overflowed (those keep their pre-step values; the others are stepped).
     bool step(const std::vector<TensorView>& grads);
 
     /// The gauge scales ρ of each site (in the constructor's order) for the current

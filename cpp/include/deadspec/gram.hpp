@@ -48,6 +48,9 @@ RowMatrixXd gram(const TensorView& x, const GramOptions& opts = {});
 class GramAccumulator {
 public:
     /// \param features  h, the number of columns every batch must have (> 0).
+    /// \throws std::invalid_argument if h is not positive, or if the h×h float64 scatter it
+    ///         keeps (8·h² bytes) exceeds the machine's physical memory: refused before anything
+    ///         is allocated, instead of an allocation that fails late or is killed.
     explicit GramAccumulator(std::int64_t features);
 
     /// Add a B×h batch (float32/float64, CPU, any strides). An empty batch (B = 0) is a no-op.

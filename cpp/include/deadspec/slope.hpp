@@ -22,7 +22,14 @@ struct SlopeFit {
 };
 
 /// Fit a line through (x_i, y_i).
+///
+/// Scale-invariant: the fit runs on x and y scaled by powers of two into (−1, 1) and centred,
+/// and its readings are mapped back exactly, so any finite data (values near 1e±300 included)
+/// give the fit they would in exact-range arithmetic: the same bits where the plain formulas
+/// are representable, finite readings where their sums would overflow or underflow.
 /// \throws std::invalid_argument if sizes differ, n < 2, a value is NaN/Inf, or all x are equal.
+/// \throws std::overflow_error if the slope, intercept or standard error is beyond float64
+///         (e.g. y ~ 1e300 against x ~ 1e−300).
 SlopeFit fit_slope(const std::vector<double>& x, const std::vector<double>& y,
                    SlopeMethod method = SlopeMethod::OLS);
 

@@ -46,7 +46,13 @@ struct Spectrum {
 double default_rtol(DType input_dtype, std::int64_t size);
 
 /// Readings from a set of eigenvalues (any order; sorted descending here).
+///
+/// Scale-invariant: effective_rank and participation_ratio are computed on the active
+/// eigenvalues scaled by a power of two (μ_1 into [½, 1)), so they are finite for any finite
+/// eigenvalues (1e±300 included) and equal to the formulas of theory.md §3.2.
 /// \throws std::invalid_argument if values is empty or holds NaN/Inf.
+/// \throws std::overflow_error if condition_number = μ_1/λ_min exceeds float64 (only possible
+///         with a tiny rtol: pass a larger one).
 Spectrum spectrum_from_eigenvalues(const Eigen::VectorXd& values, const SpectrumOptions& opts = {});
 
 /// Eigendecomposition of a symmetric PSD matrix and its readings.
@@ -55,6 +61,8 @@ Spectrum spectrum_from_eigenvalues(const Eigen::VectorXd& values, const Spectrum
 /// \throws std::invalid_argument if g is not square, empty, not symmetric (relative asymmetry
 ///         > 1e-6 in float64, 1e-3 in float32) or holds NaN/Inf.
 /// \throws deadspec::Error if the eigensolver does not converge.
+/// \throws std::overflow_error if an eigenvalue exceeds float64 (a finite g can have one) or
+///         condition_number does (see spectrum_from_eigenvalues).
 ///
 /// \code{.cpp}
 /// auto g = deadspec::gram(deadspec::TensorView::cpu(x.data(), {n, h}));

@@ -39,6 +39,8 @@ void set_num_threads(int n);
 /// \param a        m×m float32/float64 matrix, CPU, any strides; computed in float64.
 /// \param vectors  also return the eigenvectors.
 /// \throws std::invalid_argument if a is not square, is empty or holds NaN/Inf.
+/// \throws std::overflow_error if an eigenvalue's magnitude exceeds float64 (a finite matrix
+///         can have one, e.g. [[M, M], [M, M]] with M = 1e308), as gram() does for its result.
 SymEigResult sym_eig(const TensorView& a, bool vectors = false);
 
 /// Same, for a float64 Eigen matrix.

@@ -72,7 +72,8 @@ constexpr std::int64_t kEigenSolverMaxDim = 256;
 /// eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns LAPACK's info.
 int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors);
 /// Descending eigendecomposition of an owned column-major matrix (lower triangle read).
-SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors);
+/// \throws std::overflow_error naming `fn` if an eigenvalue's magnitude exceeds float64.
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn);
 /// C (m×n, row-major, ldc = n) = Aᵀ·B with A row-major k×m (leading dimension lda) and
 /// B row-major k×n (ldb = n).
 void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m, std::int64_t n,

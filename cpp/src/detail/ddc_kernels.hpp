@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -77,6 +79,69 @@ struct AdamScalars {
           eps(static_cast<T>(hp.eps)), decay(static_cast<T>(hp.decay)) {}
     T b1, b2, inv_bc2_sqrt, step_size, eps, decay;
 };
+
+// The count type of the check before commit: an integer of T's width, so that counting refused
+// elements is an integer sum the loops vectorise lane for lane (a floating-point sum would not
+// vectorise without -ffast-math). Rows are stepped in chunks of at most kCommitChunk elements,
+// so a 32-bit count cannot overflow.
+template <typename T>
+using CommitCount = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+constexpr std::int64_t kCommitChunk = std::int64_t(1) << 30;
+
+// `ok ? a : b` as a bitwise select: the loops it sits in store unconditionally (a plain `?:` on a
+// value just loaded is if-converted into masked stores, which cost more than the step itself).
+template <typename T>
+DEADSPEC_ALWAYS_INLINE T pick(bool ok, T a, T b) {
+    using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+    U ua, ub;
+    std::memcpy(&ua, &a, sizeof(T));
+    std::memcpy(&ub, &b, sizeof(T));
+    const U mask = U(0) - U(ok);
+    const U r = (ua & mask) | (ub & ~mask);
+    T out;
+    std::memcpy(&out, &r, sizeof(T));
+    return out;
+}
+
+// The check-before-commit of one element of the coordinate step: (x, m, v) ← (xk, mk, vk) when
+// xk and vk are finite, else (Keep) the pre-step values are kept; returns 1 for a non-finite
+// (refused) element, else 0. From finite x, m, v, g̃ a non-finite mk always makes xk non-finite
+// (it is divided by a finite positive number and multiplied by σ·lr/bc1, an Inf·0 being NaN), so
+// xk and vk decide. A value y is finite iff y − y == 0 (Inf − Inf and NaN − NaN are NaN; the DDC
+// sources are built without -ffast-math, so the compiler does not fold it). A step that
+// overflows nowhere is written unchanged. Keep = false writes unconditionally and only counts:
+// the detector of a step the caller has screened (AdamBlock::keep), a quarter cheaper.
+template <bool Keep, typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> commit(T& x, T& m, T& v, T xk, T mk, T vk) {
+    const bool ok = ((xk - xk) + (vk - vk)) == T(0);
+    if constexpr (Keep) {
+        x = pick(ok, xk, x);
+        m = pick(ok, mk, m);
+        v = pick(ok, vk, v);
+    } else {
+        x = xk;
+        m = mk;
+        v = vk;
+    }
+    return ok ? CommitCount<T>(0) : CommitCount<T>(1);
+}
+
+// Two values (a split step's moments): (m, v) ← (mk, vk) when both are finite (see commit).
+template <typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> commit(T& m, T& v, T mk, T vk) {
+    const bool ok = ((mk - mk) + (vk - vk)) == T(0);
+    m = pick(ok, mk, m);
+    v = pick(ok, vk, v);
+    return ok ? CommitCount<T>(0) : CommitCount<T>(1);
+}
+
+// One value: x ← xk when finite (see commit); returns 1 when refused.
+template <typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> commit(T& x, T xk) {
+    const bool ok = (xk - xk) == T(0);
+    x = pick(ok, xk, x);
+    return ok ? CommitCount<T>(0) : CommitCount<T>(1);
+}
 
 // Row i of a gradient with strides (s0, s1), contiguous: the row itself when s1 = 1, else
 // gathered into `buf`.

@@ -11,6 +11,7 @@ from torch import nn
 
 from deadspec._engine import reading_options, validate
 from deadspec._engine.inputs import names_list
+from deadspec._limits import MAX_GRID, MAX_PROBES, check_at_most
 from deadspec._util import check_choice, check_model
 
 __all__ = [
@@ -31,6 +32,8 @@ DIR_LABELS = ("expected", "observed", "sampled")
 
 
 def t_grid(t: Any, fn: str) -> np.ndarray:
+    """The t grid, ascending: at least 2 distinct finite positive values, at most
+    ``deadspec._limits.MAX_GRID`` (10,000: one reading each)."""
     if t is None:
         return np.logspace(-3, -1, 7)
     arr = np.asarray(t, dtype=np.float64)
@@ -38,6 +41,8 @@ def t_grid(t: Any, fn: str) -> np.ndarray:
         raise ValueError(
             f"deadspec.{fn}: t must be a 1-D grid of at least 2 values, got shape {arr.shape}"
         )
+    check_at_most(fn, "the number of t values", int(arr.size), MAX_GRID,
+                  "each t is one reading of the model; a log grid of 5–20 points is usual")
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"deadspec.{fn}: t must hold finite positive values, got {arr.tolist()}")
     arr = np.sort(arr)
@@ -76,15 +81,45 @@ def default_next_layer(model: nn.Module, layer: str, width: int) -> str | None:
     return None
 
 
+def _is_int(u: Any) -> bool:
+    """An integer index: int or numpy integer (a 0-d integer array/tensor too), not a bool."""
+    if isinstance(u, (bool, np.bool_)):
+        return False
+    if isinstance(u, (int, np.integer)):
+        return True
+    dtype = getattr(u, "dtype", None)
+    if dtype is None or getattr(u, "ndim", None) != 0:
+        return False
+    return str(dtype).removeprefix("torch.") in (
+        "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"
+    )
+
+
 def check_units(units: Any, width: int, fn: str) -> tuple[int, ...]:
-    if isinstance(units, (int, np.integer)) and not isinstance(units, bool):
+    """Hidden-unit indices: an int or a sequence of ints (numpy/torch integers too), distinct
+    and in ``[0, width)``. A string (``"37"`` is not units 3 and 7), a bool, or a non-integer
+    (``1.5``, and ``2.0`` too: no silent truncation) raises TypeError."""
+    if isinstance(units, (str, bytes)):
+        raise TypeError(
+            f"deadspec.{fn}: units must be an int or a sequence of int, got a string {units!r}"
+        )
+    if _is_int(units):
         units = [units]
+    elif isinstance(units, (bool, np.bool_)):
+        raise TypeError(f"deadspec.{fn}: units must be an int or a sequence of int, got a bool")
     try:
-        vals = [int(u) for u in units]
+        items = list(units)
     except TypeError:
         raise TypeError(
             f"deadspec.{fn}: units must be a sequence of int, got {type(units).__name__}"
         ) from None
+    bad_type = [u for u in items if not _is_int(u)]
+    if bad_type:
+        raise TypeError(
+            f"deadspec.{fn}: units must be integers, got {bad_type[0]!r} "
+            f"({type(bad_type[0]).__name__})"
+        )
+    vals = [int(u) for u in items]
     if not vals:
         raise ValueError(f"deadspec.{fn}: units must name at least one hidden unit, got []")
     if len(set(vals)) != len(vals):
@@ -113,6 +148,8 @@ def check_order_options(
     check_choice(fn, "method", method, METHODS)
     if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
         raise ValueError(f"deadspec.{fn}: n_probes must be a positive int, got {n_probes!r}")
+    usual = "each probe is one Jacobian–vector pass per t; 2–10 are usual"
+    check_at_most(fn, "n_probes", int(n_probes), MAX_PROBES, usual)
     for nm, val in (
         ("slope_tol", slope_tol),
         ("gauge_rtol", gauge_rtol),

@@ -23,7 +23,7 @@ from deadspec._engine import CollectOptions, collect
 from deadspec._engine.losses import infer_task
 from deadspec._util import check_bool, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
-from deadspec.approach._common import check_order_options, linear_named
+from deadspec.approach._common import check_order_options, linear_named, t_grid
 from deadspec.approach.order import DirectionOrder, direction_order
 from deadspec.ops import fisher_gram, spectrum
 
@@ -403,6 +403,9 @@ def classify_directions(
         )
     if isinstance(n_small, bool) or not isinstance(n_small, (int, np.integer)) or n_small < 0:
         raise ValueError(f"deadspec.{fn}: n_small must be a non-negative int, got {n_small!r}")
+    # the t grid every candidate's direction_order will use, checked before anything is read
+    # (n_probes is bounded by check_order_options above)
+    t_grid(t, fn)
     if candidates is not None and not isinstance(candidates, Mapping):
         raise TypeError(
             f"deadspec.{fn}: candidates must be a dict name -> direction, got "

@@ -157,6 +157,24 @@ def approach_slope(
         Prediction (theory.md §3): slope ``2r`` for r dead units on the activation side, and a
         λ_min slope of 2 whatever r.
 
+    Raises
+    ------
+    ValueError
+        When the readings would not be the scaled directions' (a silent slope ≈ 0):
+
+        - the active set at the largest t (which fixes k) is smaller than the unscaled
+          model's (read once more at t = 1 when every t < 1): the scaled directions are already
+          below the active-set threshold ``rtol·μ₁`` there, and ``log det⁺`` over k would not
+          see them (slope ≈ 0, r² ≈ 1). Use larger t.
+        - at some t the k-th eigenvalue is at the round-off level of the reading,
+          ``λ_k ≤ m·ε₆₄·μ₁`` (the float64 eigensolver's; ``max(m·ε₆₄, ε_w²)·μ₁`` when
+          eigen-directions are scaled, ``units=None``: the stored weight then carries an error
+          ~ε_w of its dtype in every row): it no longer follows t, and the fit would bend
+          toward 0 at the small-t end. Use a grid above the t named, or float64.
+
+        (An eigenvalue below the conservative active threshold but above that floor still
+        follows t — e.g. a float32 model on the default grid — and is read.)
+
     Examples
     --------
     >>> import torch
@@ -188,10 +206,9 @@ def approach_slope(
     else:
         u_mat = np.eye(width)[:, list(unit_tuple)]
     scaler = _Scaler(work, layer, next_name, unit_tuple, u_mat)
-    eigs: list[np.ndarray] = []
-    last_active = 0
-    for tv in progress_bar(grid, progress, f"deadspec.{fn}", total=len(grid)):
-        scaler.set(float(tv))
+
+    def spectrum_at(tv: float) -> Any:
+        scaler.set(tv)
         r = read(
             work,
             inputs,
@@ -203,11 +220,23 @@ def approach_slope(
             batch_size=batch_size,
             gap_ratio=gap_ratio,
         )
-        spec = r[layer].activation if side == "activation" else r[layer].fisher
+        return r[layer].activation if side == "activation" else r[layer].fisher
+
+    # the unscaled model's active count (t = 1), which the fixed active set must keep
+    base_active = int(spectrum_at(1.0).active) if grid[-1] < 1.0 else None
+    eigs: list[np.ndarray] = []
+    last_active = 0
+    for tv in progress_bar(grid, progress, f"deadspec.{fn}", total=len(grid)):
+        spec = spectrum_at(float(tv))
         eigs.append(np.asarray(spec.eigenvalues, dtype=np.float64))
         last_active = spec.active
     # the largest t is read last: its active count fixes the active set
-    logdet, lam = _fixed_active_series(eigs, grid, int(last_active), layer, side, fn)
+    k = int(last_active)
+    floor = np.finfo(np.float64).eps * len(eigs[-1])
+    if unit_tuple is None:  # eigen-directions: every row of a stored weight carries its ε_w
+        floor = max(floor, float(np.finfo(_dtype_of(work)).eps) ** 2)
+    _check_owned(eigs, grid, k, base_active, floor, (layer, side, fn))
+    logdet, lam = _fixed_active_series(eigs, grid, k, layer, side, fn)
     x = np.log(grid)
     fit = fit_slope(x, logdet, method=method)
     fit_min = fit_slope(x, np.log(lam), method=method)
@@ -323,6 +352,46 @@ class _Scaler:
         else:
             w[:, idx] = base[:, idx] * tv
         target.copy_(w)
+
+
+def _dtype_of(model: nn.Module) -> Any:
+    """numpy dtype of the model's first floating parameter (float64 if none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return np.dtype(str(p.dtype).removeprefix("torch."))
+    return np.dtype(np.float64)
+
+
+def _check_owned(
+    eigs: list[np.ndarray],
+    grid: np.ndarray,
+    k: int,
+    base_active: int | None,
+    floor: float,
+    where: tuple[str, str, str],
+) -> None:
+    """Refuse readings that are not the scaled directions' (see approach_slope, Raises)."""
+    layer, side, fn = where
+    gram = f"the {side} Gram of layer {layer!r}"
+    if base_active is not None and 0 < k < base_active:
+        raise ValueError(
+            f"deadspec.{fn}: the scaled directions must be in the active part of {gram} at the "
+            f"largest t, got {k} active eigenvalues at t={grid[-1]:g} against {base_active} "
+            f"for the unscaled model (t=1): they are already below the active-set threshold, "
+            f"so log det⁺ over the fixed active set would not see them (slope ≈ 0, r² ≈ 1); "
+            f"use larger t (a grid reaching toward 1), or a float64 model"
+        )
+    low = [i for i, ev in enumerate(eigs) if 0 < k <= len(ev) and ev[k - 1] <= floor * ev[0]]
+    if not low:
+        return
+    i = max(low)
+    fix = f"use a grid with t >= {grid[i + 1]:g}" if i + 1 < len(grid) else "use larger t"
+    raise ValueError(
+        f"deadspec.{fn}: the scaled directions' eigenvalues must stay above the round-off level "
+        f"of {gram}, got λ_{k} = {eigs[i][k - 1]:.3g} <= {floor:.2g}·μ₁ at t={grid[i]:g} "
+        f"(there it no longer follows t and the slope would bend toward 0); {fix}, or a "
+        f"float64 model"
+    )
 
 
 def _fixed_active_series(

@@ -14,10 +14,12 @@ network,
   units index its columns, 1 where none); the invariant gradient is ``g̃ = g ⊙ σ``;
 - bias-corrected Adam runs on ``g̃`` and the update is mapped back, ``Δx = −η·u ⊙ σ``.
 
-A parameter in no gauge has ``σ = 1``: AdamW's formula (with no gauge at all in the model, torch's
-multi-tensor AdamW step itself, bit for bit; otherwise the fused pass, equal to it up to
-round-off). The logit shift of a cross-entropy head needs no coordinate change (its gradient is
-already invariant); only its decoupled weight decay skips the gauge component (the row mean).
+A parameter in no gauge has ``σ = 1``: AdamW's formula (with no gauge at all in the model,
+torch's AdamW operations themselves, bit for bit; otherwise the fused pass, equal to it up to
+round-off). No step writes a NaN/Inf: every value is checked before it is written, and the
+``nonfinite`` policy applies to the coordinates that overflowed (``docs/ddc.md``, step 4). The
+logit shift of a cross-entropy head needs no coordinate change (its gradient is already
+invariant); only its decoupled weight decay skips the gauge component (the row mean).
 On attention, the blocks a :class:`~deadspec.gauges.HeadRotation` rotates share their second
 moment within each head, which makes Adam rotation-equivariant there (``rotations=True``).
 

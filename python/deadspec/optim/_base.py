@@ -1,5 +1,16 @@
 """The machinery every DDC optimizer shares: construction (gauges → plan), sites and their
-scales, gauge-mode gradients and policies, the non-finite policy, state."""
+scales, gauge-mode gradients and policies, the non-finite policy, state.
+
+The non-finite policy (``nonfinite="raise" | "skip"``) covers what goes into a step and what
+comes out of it. In: a NaN/Inf gradient raises RuntimeError naming the parameter, or skips the
+whole step with nothing written (one ``torch._foreach_norm`` pass over the gradients). Out:
+every path checks each coordinate's new parameter and moments before it writes them (in the C++
+kernels' own pass, in the torch paths out of place; ``_functional``), so no step ever writes a
+NaN/Inf; a coordinate whose new values would not be finite (an overflow) keeps its pre-step
+parameter and moments, and so does a unit whose site state would not be. After the step
+:meth:`DDCBase._output_policy` raises RuntimeError naming the parameters and sites where that
+happened (``"raise"``; every other coordinate has taken the step) or warns (``"skip"``: those
+coordinates skipped the step)."""
 
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ from deadspec import gauges as G
 from deadspec._util import unwrap_compiled
 from deadspec.gauges._binding import module_root, parameter_names
 from deadspec.gauges._modules import scale_cols_, scale_rows_
-from deadspec.optim._functional import gauge_dots, site_rho
+from deadspec.optim._functional import adam_ratio_bound, commit_finite, gauge_dots, site_rho
 from deadspec.optim._plan import Plan, Site, build_plan
 
 __all__ = [
@@ -184,6 +195,12 @@ class DDCBase(torch.optim.Optimizer):
         self.form = form
         self._names: dict[int, str] = {}
         self._residuals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # this step's refused coordinates: (name, count, kept), see _note_refused
+        self._refused: list[tuple[str, Any, bool]] = []
+        self._grad_norms: dict[int, float] = {}  # this step's ‖g‖₂ per parameter (by id)
+        # whether the Adam moments are known to be the optimizer's own (made from zero, or a
+        # loaded state that satisfies their bound): the overflow screen relies on it
+        self._moments_bounded = True
         if isinstance(model_or_params, nn.Module):
             model = unwrap_compiled(model_or_params)  # torch.compile: the compiled module
             self._names = {id(p): n for n, p in model.named_parameters()}
@@ -247,12 +264,99 @@ class DDCBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._refused = []
         with self._signed_gradients():
             self._step()
+        self._output_policy()
         return loss
 
     def _step(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    # -- the check before commit (module docstring) ------------------------------------------
+    def _note_refused(self, what: torch.Tensor | str, count: Any, kept: bool = True) -> None:
+        """Record ``count`` coordinates (units, for a site) of ``what`` (a parameter or a site
+        name) that the step refused to write; an int, or a 0-dim tensor not yet synchronised.
+        ``kept=False``: a screened block (``AdamBlock.keep``), whose count means the values
+        were written."""
+        if isinstance(count, int) and count == 0:
+            return
+        name = what if isinstance(what, str) else self._param_name(what)
+        self._refused.append((name, count, kept))
+
+    def _output_policy(self) -> None:
+        """Apply the non-finite policy to the coordinates the step refused (one host
+        synchronisation per device for the torch paths' counts)."""
+        counts: list[int] = [0] * len(self._refused)
+        by_device: dict[torch.device, list[int]] = {}
+        for k, (_, c, _) in enumerate(self._refused):
+            if isinstance(c, torch.Tensor):
+                by_device.setdefault(c.device, []).append(k)
+            else:
+                counts[k] = int(c)
+        for ks in by_device.values():
+            vals = torch.stack([self._refused[k][1] for k in ks]).tolist()
+            for k, v in zip(ks, vals):
+                counts[k] = int(v)
+        bad: dict[str, int] = {}
+        written: dict[str, int] = {}
+        for (name, _, kept), n in zip(self._refused, counts):
+            if n:
+                into = bad if kept else written
+                into[name] = into.get(name, 0) + n
+        self._refused = []
+        if written:
+            # (only a parameter within a factor 2 of its dtype's largest value gets here: the
+            # screen cleared the step, so the core wrote without keeping)
+            where = ", ".join(f"{n!r} ({k})" for n, k in written.items())
+            raise RuntimeError(
+                f"deadspec.{self._fn}.step: the step must produce finite values, got "
+                f"{sum(written.values())} non-finite coordinate(s) written in {where}: a "
+                f"parameter already near its dtype's largest value, which the overflow screen "
+                f"does not cover; rescale the parameter (they cannot be restored)"
+            )
+        if not bad:
+            return
+        where = ", ".join(f"{n!r} ({k})" for n, k in bad.items())
+        msg = (
+            f"deadspec.{self._fn}.step: the step must produce finite values, got "
+            f"{sum(bad.values())} coordinate(s) whose new value or moments overflowed in {where} "
+            f"(a gradient times its gauge scale, or the second moment, beyond the dtype's range; "
+            f"huge weights or lr)"
+        )
+        if self.nonfinite == "raise":
+            raise RuntimeError(
+                msg + "; they keep their pre-step values and moments, the rest of the step was "
+                "applied (nonfinite='skip' warns instead)"
+            )
+        warnings.warn(
+            msg + "; those coordinates skipped the step (pre-step values and moments kept)",
+            RuntimeWarning,
+            stacklevel=5,  # (step's no_grad and profiling wrappers, then the caller)
+        )
+
+    def _param_name(self, p: torch.Tensor) -> str:
+        for i, group in enumerate(self.param_groups):
+            for j, q in enumerate(group["params"]):
+                if q is p:
+                    return self._name(p, i, j)
+        return self._names.get(id(p), "a parameter")
+
+    def _guarded_update(
+        self, p: torch.Tensor, buffers: list[torch.Tensor], update: Callable[[], Any]
+    ) -> None:
+        """Run ``update()``, which writes ``p`` and ``buffers`` (of p's shape) in place, checked
+        before commit: a coordinate where any of them comes out non-finite gets its pre-step
+        values back (a copy of the block is kept for the call) and is recorded."""
+        new = [p, *buffers]
+        old = [t.clone() for t in new]
+        update()
+        ok = torch.isfinite(p)
+        for b in buffers:
+            ok &= torch.isfinite(b)
+        for t, o in zip(new, old):
+            t.copy_(torch.where(ok, t, o))
+        self._note_refused(p, (~ok).sum())
 
     @contextlib.contextmanager
     def _signed_gradients(self) -> Iterator[None]:
@@ -383,6 +487,11 @@ class DDCBase(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict`` plus the DDC entries; a state for other sites, another
+        form, or holding a non-finite moment (NaN/Inf in any tensor of the state: it would
+        freeze or poison every later step) raises ValueError, with nothing loaded."""
+        self._check_finite_state(state_dict)
+        self._moments_bounded = self._bounded_state(state_dict)
         state_dict = dict(state_dict)
         ddc = state_dict.pop("ddc", None)
         if ddc is not None:
@@ -409,6 +518,64 @@ class DDCBase(torch.optim.Optimizer):
                         if isinstance(v, torch.Tensor)
                         else v
                     )
+
+    def _check_finite_state(self, state_dict: Any) -> None:
+        """Refuse a state holding NaN/Inf (named: the parameter and entry, or the site)."""
+        fn = f"deadspec.{self._fn}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            return  # (torch's own checks say what is wrong)
+        flat = [p for g in self.param_groups for p in g["params"]]
+        order = [k for g in state_dict.get("param_groups", []) for k in g.get("params", [])]
+        index = {k: i for i, k in enumerate(order)}
+
+        def bad(v: Any) -> bool:
+            return (
+                isinstance(v, torch.Tensor)
+                and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())
+            )
+
+        for key, entry in (state_dict.get("state") or {}).items():
+            for name, v in (entry.items() if isinstance(entry, dict) else ()):
+                if bad(v):
+                    i = index.get(key)
+                    what = self._param_name(flat[i]) if i is not None and i < len(flat) else key
+                    raise ValueError(
+                        f"{fn}: the state must hold finite values, got NaN/Inf in {name!r} of "
+                        f"{what!r}"
+                    )
+        site_state = (state_dict.get("ddc") or {}).get("site_state") or {}
+        for site, entry in site_state.items():
+            for name, v in entry.items():
+                if bad(v):
+                    raise ValueError(
+                        f"{fn}: the state must hold finite values, got NaN/Inf in {name!r} of "
+                        f"site {site!r}"
+                    )
+
+    def _bounded_state(self, state_dict: Any) -> bool:
+        """Whether every loaded (exp_avg, exp_avg_sq) pair satisfies the bound of moments Adam
+        makes, ``|m| ≤ R·√v`` (``_functional.adam_ratio_bound`` of its group's betas, with a
+        margin): then the overflow screen may clear its steps; else every later step keeps the
+        per-element check (exact, a quarter slower in the core)."""
+        if not isinstance(state_dict, dict):
+            return False
+        groups = state_dict.get("param_groups", [])
+        betas = {k: g.get("betas") for g in groups for k in g.get("params", [])}
+        for key, entry in (state_dict.get("state") or {}).items():
+            if not isinstance(entry, dict) or "exp_avg" not in entry:
+                continue
+            m, v = entry.get("exp_avg"), entry.get("exp_avg_sq")
+            b = betas.get(key)
+            if not isinstance(m, torch.Tensor) or not isinstance(v, torch.Tensor) or b is None:
+                return False
+            bound = adam_ratio_bound(float(b[0]), float(b[1]))
+            if not math.isfinite(bound):
+                return False
+            limit = 1.01 * bound * v.double().sqrt() + torch.finfo(torch.float64).tiny
+            if bool((m.double().abs() > limit).any()):
+                return False
+        return True
 
     # -- helpers -----------------------------------------------------------------------------
     def _check_gauge_options(
@@ -463,13 +630,19 @@ class DDCBase(torch.optim.Optimizer):
         return True, modes
 
     def _first_nonfinite(self) -> str | None:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        """The first parameter with a non-finite gradient (None: all finite). Keeps each dense
+        gradient's 2-norm (a bound on its largest entry) in ``_grad_norms`` for the step's
+        overflow screen (``_functional.screen_safe``)."""
+        self._grad_norms = {}
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
         dense = [t for t in grads if not t.is_sparse]
         if len(dense) == len(grads) and dense:
             # One pass over all gradients: a norm is finite iff every element is (a finite norm
             # cannot hide a NaN/Inf; an overflowing one falls through to the exact check).
-            norms = torch._foreach_norm(dense)
-            if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+            norms = torch.stack([n.float() for n in torch._foreach_norm(dense)]).tolist()
+            if all(math.isfinite(n) for n in norms):
+                self._grad_norms = {id(p): n for p, n in zip(params, norms)}
                 return None
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
@@ -569,7 +742,23 @@ class DDCBase(torch.optim.Optimizer):
         return out
 
     def _scale_site_(self, s: Site, c: torch.Tensor) -> None:
+        """The gauge move ``c`` (one factor per unit): producer rows ×c, consumer columns ÷c.
+        Checked before commit: a unit whose factor is not finite and positive, or would take a
+        row or column beyond its dtype's range, is not moved (c := 1) and is recorded."""
         idx = s.units
+        ok = torch.isfinite(c) & (c > 0)
+        safe = torch.where(ok, c, torch.ones_like(c))
+        for t in (s.weight, s.bias):
+            if t is not None:
+                rows = t if idx is None else t[idx.to(t.device)]
+                peak = rows.abs().amax(1) if rows.ndim == 2 else rows.abs()
+                ok &= torch.isfinite(peak * safe.to(device=t.device, dtype=t.dtype)).to(ok.device)
+        for w in s.consumers:
+            cols = w if idx is None else w[:, idx.to(w.device)]
+            peak = cols.abs().amax(0)
+            ok &= torch.isfinite(peak / safe.to(device=w.device, dtype=w.dtype)).to(ok.device)
+        c = torch.where(ok, c, torch.ones_like(c))
+        self._note_refused(s.name, (~ok).sum())
         scale_rows_(s.weight, idx, c)
         if s.bias is not None:
             scale_rows_(s.bias, idx, c)
@@ -596,9 +785,14 @@ class DDCBase(torch.optim.Optimizer):
                 st["exp_avg_sq"] = torch.zeros_like(gv)
                 st["radial_exp_avg_sq"] = torch.zeros_like(gv)
             st["step"] += 1
-            st["exp_avg"].lerp_(gv, 1 - beta1)
-            st["exp_avg_sq"].mul_(beta2).addcmul_(gv, gv, value=1 - beta2)
-            st["radial_exp_avg_sq"].mul_(beta2).addcmul_(gu, gu, value=1 - beta2)
+            keys = ["exp_avg", "exp_avg_sq", "radial_exp_avg_sq"]
+            new = [
+                st["exp_avg"].lerp(gv, 1 - beta1),
+                st["exp_avg_sq"].mul(beta2).addcmul_(gv, gv, value=1 - beta2),
+                st["radial_exp_avg_sq"].mul(beta2).addcmul_(gu, gu, value=1 - beta2),
+            ]
+            # checked before commit: a unit whose moments would not be finite keeps them
+            self._note_refused(s.name, commit_finite([st[k] for k in keys], new))
             bc1 = 1 - beta1 ** st["step"]
             bc2 = 1 - beta2 ** st["step"]
             denom = (st["exp_avg_sq"] / bc2).sqrt() + (st["radial_exp_avg_sq"] / bc2).sqrt()

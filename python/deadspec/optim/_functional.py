@@ -11,11 +11,20 @@ A block's step in the invariant coordinates ``x̃ = x/σ`` (theory.md §6.3):
 ``x ← decay·x``, ``g̃ = g·σ``, Adam moments on ``g̃``,
 ``x ← x − lr/bc1 · m/(√(v/bc2) + eps) · σ``; with σ = 1 this is ``torch.optim.AdamW``'s
 single-tensor step, bitwise.
+
+Check before commit: no path writes a non-finite number. Each coordinate's new parameter and
+moments are computed, checked, and written only if all are finite; a coordinate whose new values
+overflow (``|g̃|`` or the second moment beyond the dtype's range, a huge weight or lr) keeps its
+pre-step parameter and moments. The second moment is accumulated in AdamW's order,
+``((1 − β₂)·g̃)·g̃``, so it overflows where AdamW's does. Every step function returns how many
+coordinates it refused (an int from the C++ core, a 0-dim tensor from torch, so that a GPU
+step synchronises once); the optimizer applies its ``nonfinite`` policy to them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,16 +36,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdamBlock",
-    "adam_apply",
+    "adam_value",
+    "block_sigma",
+    "commit_finite",
     "cpu_float",
     "ddc_adam",
     "ddc_adam_block_update",
     "ddc_adam_update",
-    "decay_and_sigma",
     "fused_ok",
     "gauge_dots",
     "init_adam_state",
+    "adam_ratio_bound",
     "mean_within_segments",
+    "screen_safe",
     "site_rho",
 ]
 
@@ -54,7 +66,10 @@ def site_rho(
     ``factors`` = (f_w, f_b) are the weight-decay factors about to be applied to them (the
     scales of the decayed block, read before it is written).
     Exactly-zero rows (and rows whose norm is below the dtype's ``tiny``) get scale 1, units
-    outside ``units`` get scale 1: they are not scaled (the "dead unit" convention).
+    outside ``units`` get scale 1: they are not scaled (the "dead unit" convention). So do rows
+    whose norm overflows the dtype (a unit too large for its scale to be represented gets the
+    plain AdamW step instead of a NaN). The norms are accumulated in float64 on CPU, in float32
+    at least elsewhere (a half-precision row of norm > 256 would overflow float16's squares).
     """
     if weight.ndim == 1:
         col_scale = None  # a norm's γ: one entry per unit, no columns to scale
@@ -70,18 +85,20 @@ def site_rho(
             )
         ).to(weight.dtype)
     else:
+        acc = torch.promote_types(weight.dtype, torch.float32)  # (no float16 squares)
+        wa = weight.to(acc)
         if weight.ndim == 2:
-            w = weight if col_scale is None else weight * col_scale.to(weight.dtype).reshape(1, -1)
+            w = wa if col_scale is None else wa * col_scale.to(acc).reshape(1, -1)
             sq = w.square().sum(1)
         else:
-            sq = weight.square()
+            sq = wa.square()
         if factors[0] != 1.0:
             sq = sq * factors[0] ** 2
         if bias is not None:
-            sq = sq + bias.square() * factors[1] ** 2
-        rho = sq.sqrt()
+            sq = sq + bias.to(acc).square() * factors[1] ** 2
+        rho = sq.sqrt().to(weight.dtype)
     tiny = torch.finfo(rho.dtype).tiny
-    rho = torch.where(rho > tiny, rho, torch.ones_like(rho))
+    rho = torch.where((rho > tiny) & torch.isfinite(rho), rho, torch.ones_like(rho))
     if units is not None:
         full = torch.ones_like(rho)
         idx = units.to(rho.device)
@@ -130,16 +147,11 @@ def fused_ok(param: torch.Tensor, *others: torch.Tensor) -> bool:
     )
 
 
-def decay_and_sigma(
-    param: torch.Tensor,
-    scale: torch.Tensor | None,
-    col_scale: torch.Tensor | None,
-    decay: float,
+def block_sigma(
+    param: torch.Tensor, scale: torch.Tensor | None, col_scale: torch.Tensor | None
 ) -> torch.Tensor | None:
-    """The torch paths' prologue: ``param ← decay·param``; returns σ = scale·col_scale in the
-    parameter's dtype (broadcastable to it), or None for σ = 1."""
-    if decay != 1.0:
-        param.mul_(decay)
+    """The torch paths' σ = scale·col_scale in the parameter's dtype (broadcastable to it), or
+    None for σ = 1."""
     if scale is not None:
         scale = scale.to(param.dtype)
     if col_scale is not None:
@@ -156,7 +168,7 @@ def init_adam_state(state: dict[str, Any], p: torch.Tensor) -> None:
     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
-def adam_apply(
+def adam_value(
     param: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
@@ -167,18 +179,34 @@ def adam_apply(
     beta1: float,
     beta2: float,
     eps: float,
-) -> None:
-    """The torch paths' bias-corrected apply: ``param −= lr/bc1 · m/(√(v/bc2) + eps) · σ``
-    (torch AdamW's single-tensor operations when σ is None)."""
+    decay: float = 1.0,
+) -> torch.Tensor:
+    """The torch paths' bias-corrected apply, out of place: ``decay·param − lr/bc1 ·
+    m/(√(v/bc2) + eps) · σ`` (torch AdamW's single-tensor operations, in its order, when σ is
+    None: the same bits as its in-place step)."""
     step = step_t.item()
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
     denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+    x = param.mul(decay) if decay != 1.0 else param
     if scale is None:
-        param.addcdiv_(exp_avg, denom, value=-step_size)
-    else:
-        param.add_(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+        return x.addcdiv(exp_avg, denom, value=-step_size)
+    return x.add(exp_avg.div(denom).mul_(scale), alpha=-step_size)
+
+
+def commit_finite(targets: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    """Check before commit: write each ``values[k]`` into ``targets[k]`` (same shapes) at the
+    coordinates where every value is finite; elsewhere the targets keep what they hold (the
+    pre-step parameter and moments). Returns how many coordinates were refused, a 0-dim int64
+    tensor on the targets' device (no host synchronisation)."""
+    ok = torch.isfinite(values[0])
+    for v in values[1:]:
+        ok &= torch.isfinite(v)
+    for t, v in zip(targets, values):
+        if v is not t:
+            t.copy_(torch.where(ok, v, t))
+    return (~ok).sum()
 
 
 def ddc_adam_update(
@@ -195,7 +223,7 @@ def ddc_adam_update(
     eps: float,
     col_scale: torch.Tensor | None = None,
     decay: float = 1.0,
-) -> None:
+) -> int | torch.Tensor:
     """One bias-corrected Adam step in the invariant coordinates ``x̃ = x/σ``.
 
     ``σ = scale · col_scale`` (``scale`` broadcastable to the block, e.g. a ``(h, 1)`` row
@@ -205,13 +233,15 @@ def ddc_adam_update(
     ``torch.optim.AdamW``'s single-tensor step, bitwise. Gauged CPU blocks (1-D/2-D,
     float32/float64) run as one fused pass in the C++ core (arithmetic in the parameter's
     dtype, as here); anything else takes the torch path below, which computes the same step.
+    Checked before commit (module docstring): returns the number of coordinates whose new
+    parameter or moments were not finite and so kept their pre-step values.
     """
     step_t += 1
     gauged = scale is not None or col_scale is not None
     if gauged and fused_ok(param, grad, exp_avg, exp_avg_sq) and (
         col_scale is None or param.ndim == 2
     ):
-        _core.ddc_adam_update(
+        return _core.ddc_adam_update(
             param.detach().__dlpack__(),
             grad.detach().__dlpack__(),
             exp_avg.__dlpack__(),
@@ -225,12 +255,44 @@ def ddc_adam_update(
             col_scale=None if col_scale is None else col_scale.to(param.dtype).__dlpack__(),
             decay=float(decay),
         )
-        return
-    scale = decay_and_sigma(param, scale, col_scale, decay)
+    scale = block_sigma(param, scale, col_scale)
     g = grad if scale is None else grad * scale
-    exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    m = exp_avg.lerp(g, 1 - beta1)
+    v = exp_avg_sq.mul(beta2).addcmul_(g, g, value=1 - beta2)
+    x = adam_value(
+        param, m, v, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps, decay=decay
+    )
+    return commit_finite([param, exp_avg, exp_avg_sq], [x, m, v])
+
+
+def adam_ratio_bound(beta1: float, beta2: float) -> float:
+    """A bound on ``|m̂|/√v̂`` for moments Adam made from zero (any gradients, any step):
+    ``(1 − β₁)/(√(1 − β₂)·(1 − β₁/√β₂)·(1 − β₁))`` (``m_t`` is a β₁-average of the ``g_k`` and
+    ``v_t ≥ (1 − β₂)β₂^(t−k)·g_k²``; the bias corrections add at most ``1/(1 − β₁)``); inf
+    unless ``β₁ < √β₂``."""
+    if not (0.0 <= beta1 < math.sqrt(beta2)) or beta2 >= 1.0:
+        return math.inf
+    return (1 - beta1) / (math.sqrt(1 - beta2) * (1 - beta1 / math.sqrt(beta2)) * (1 - beta1))
+
+
+def screen_safe(b: AdamBlock, grad_norm: float, sigma_max: float) -> bool:
+    """Whether the fused step of ``b`` can write only finite values, so that the core may skip
+    its per-element keep (``b.keep = False``, a quarter of the kernel's time) and only count.
+
+    With finite x, m, v and ``max|g̃| ≤ ‖g‖₂·max σ = G``: m and v stay finite when
+    ``G ≤ √max/16`` (``(1 − β₂)·G²`` and ``(1 − β₁)·G`` far inside the dtype's range); the
+    update ``lr·m̂/(√v̂ + eps)·σ`` stays below ``max/16`` when ``lr·R·max σ`` does, R the
+    :func:`adam_ratio_bound` of moments the optimizer made (``DDCBase`` verifies a loaded state
+    against it); ``eps > 0`` (no 0/0) and ``|decay| ≤ 1``. Then the new x is finite unless a
+    parameter already sits within a factor 2 of the dtype's largest value — the one case left,
+    which the core's count still reports (non-finite values written: the optimizer raises).
+    """
+    fi = torch.finfo(b.param.dtype)
+    if not (b.eps > 0.0 and abs(b.decay) <= 1.0 and math.isfinite(grad_norm * sigma_max)):
+        return False
+    if not grad_norm * sigma_max <= math.sqrt(fi.max) / 16:
+        return False
+    return b.lr * adam_ratio_bound(b.beta1, b.beta2) * sigma_max <= fi.max / 16
 
 
 def mean_within_segments(
@@ -260,23 +322,28 @@ def ddc_adam_block_update(
     eps: float,
     col_scale: torch.Tensor | None = None,
     decay: float = 1.0,
-) -> None:
+) -> torch.Tensor:
     """:func:`ddc_adam_update` with the second moment shared along a rotated axis.
 
     Within each ``[start, stop)`` of ``segments`` along ``axis`` (a head block that a
-    HeadRotation rotates), ``g̃²`` is replaced by its mean along ``axis`` before it enters
+    HeadRotation rotates), the second-moment input ``(1 − β₂)·g̃²`` (AdamW's order,
+    ``((1 − β₂)·g̃)·g̃``) is replaced by its mean along ``axis`` before it enters
     ``exp_avg_sq``: the denominator is then invariant under the rotation and the update
     ``m/(√v + eps)`` rotates with the gradient. Elsewhere it is Adam, coordinate by coordinate.
     (The torch path of rotated blocks: DDCAdam's off-CPU/other-dtype blocks, DDCMuon's biases
-    of rotated heads; the C++ core's ``ddc_adam_update_many`` does the same on CPU.)
+    of rotated heads; the C++ core's ``ddc_adam_update_many`` does the same on CPU.) Checked
+    before commit; returns the number of coordinates refused.
     """
     step_t += 1
-    scale = decay_and_sigma(param, scale, col_scale, decay)
+    scale = block_sigma(param, scale, col_scale)
     g = grad if scale is None else grad * scale
-    exp_avg.lerp_(g, 1 - beta1)
-    g2 = mean_within_segments(g * g, axis, segments)
-    exp_avg_sq.mul_(beta2).add_(g2, alpha=1 - beta2)
-    adam_apply(param, exp_avg, exp_avg_sq, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    m = exp_avg.lerp(g, 1 - beta1)
+    g2 = mean_within_segments((g * (1 - beta2)) * g, axis, segments)
+    v = exp_avg_sq.mul(beta2).add_(g2)
+    x = adam_value(
+        param, m, v, step_t, scale, lr=lr, beta1=beta1, beta2=beta2, eps=eps, decay=decay
+    )
+    return commit_finite([param, exp_avg, exp_avg_sq], [x, m, v])
 
 
 @dataclasses.dataclass
@@ -286,7 +353,9 @@ class AdamBlock:
     ``row`` is σ's row factor broadcastable to the block (e.g. ``(h, 1)``; or the whole σ),
     ``col`` one factor per column of a 2-D block; None = 1. ``rot``: the head blocks whose second
     moment is shared (a HeadRotation), or None. ``decay`` multiplies the parameter first
-    (``1 − lr·wd``).
+    (``1 − lr·wd``). ``keep``: the C++ core's check before commit (per element); False for a
+    block :func:`screen_safe` has cleared, which the core writes unconditionally, only counting
+    non-finite results (the torch paths always keep).
     """
 
     param: torch.Tensor
@@ -302,6 +371,7 @@ class AdamBlock:
     beta2: float
     eps: float
     decay: float = 1.0
+    keep: bool = True
 
     def fusable(self) -> bool:
         """Whether the C++ core's fused pass can take the block."""
@@ -311,30 +381,40 @@ class AdamBlock:
         )
 
 
-def ddc_adam(blocks: list[AdamBlock], *, fused: bool | None = None) -> None:
+def ddc_adam(
+    blocks: list[AdamBlock], *, fused: bool | None = None
+) -> list[int | torch.Tensor]:
     """One DDC Adam step over ``blocks`` (in place; each block's ``step`` is incremented).
 
     ``fused=None`` sends the blocks the core can take to it, in one call, and the rest through
     torch; ``fused=False`` takes the torch path for every block (which still runs a single
     gauged CPU block through the core's one-block kernel, as :func:`ddc_adam_update` does).
+    Returns per block (in the order given) the number of coordinates refused by the check
+    before commit (module docstring).
     """
     if fused is False:
-        _single_tensor_ddc_adam(blocks)
-        return
-    core = [b for b in blocks if b.fusable()]
-    _fused_ddc_adam(core)
-    _single_tensor_ddc_adam([b for b in blocks if not b.fusable()])
+        return _single_tensor_ddc_adam(blocks)
+    core = [i for i, b in enumerate(blocks) if b.fusable()]
+    rest = [i for i, b in enumerate(blocks) if not b.fusable()]
+    out: list[int | torch.Tensor] = [0] * len(blocks)
+    for i, n in zip(core, _fused_ddc_adam([blocks[i] for i in core])):
+        out[i] = n
+    for i, n in zip(rest, _single_tensor_ddc_adam([blocks[i] for i in rest])):
+        out[i] = n
+    return out
 
 
-def _single_tensor_ddc_adam(blocks: list[AdamBlock]) -> None:
+def _single_tensor_ddc_adam(blocks: list[AdamBlock]) -> list[int | torch.Tensor]:
+    out: list[int | torch.Tensor] = []
     for b in blocks:
         kw = {"lr": b.lr, "beta1": b.beta1, "beta2": b.beta2, "eps": b.eps}
         kw.update(col_scale=b.col, decay=b.decay)
         args = (b.param, b.grad, b.exp_avg, b.exp_avg_sq, b.step, b.row)
         if b.rot is None:
-            ddc_adam_update(*args, **kw)
+            out.append(ddc_adam_update(*args, **kw))
         else:
-            ddc_adam_block_update(*args, b.rot.axis, b.rot.segments, **kw)
+            out.append(ddc_adam_block_update(*args, b.rot.axis, b.rot.segments, **kw))
+    return out
 
 
 def _core_block(b: AdamBlock) -> dict[str, Any]:
@@ -359,13 +439,17 @@ def _core_block(b: AdamBlock) -> dict[str, Any]:
     if b.rot is not None:
         block["rot_axis"] = b.rot.axis
         block["rot_segments"] = list(b.rot.segments)
+    if not b.keep:
+        block["keep"] = False
     return block
 
 
-def _fused_ddc_adam(blocks: list[AdamBlock]) -> None:
+def _fused_ddc_adam(blocks: list[AdamBlock]) -> list[int]:
     """Every block in one call of the C++ core (off-gauge blocks with σ = 1: AdamW's formula in
-    the same pass; rotated head blocks with their second moment shared per head)."""
+    the same pass; rotated head blocks with their second moment shared per head). Returns the
+    core's refused count per block."""
     if not blocks:
-        return
-    _core.ddc_adam_update_many([_core_block(b) for b in blocks])
+        return []
+    refused = _core.ddc_adam_update_many([_core_block(b) for b in blocks])
     torch._foreach_add_([b.step for b in blocks], 1.0)
+    return list(refused)

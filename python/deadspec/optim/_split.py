@@ -6,6 +6,12 @@ applied as ``w ← e^{Δ}·w − η·‖w‖·u``. Three passes over each block:
 ``ddc_split_sums``, ``ddc_split_moments``, ``ddc_split_apply`` on CPU float blocks, the torch
 reference below (:func:`split_sums` & co.) for the rest; :class:`SplitStep` combines the
 per-unit coefficients between the passes.
+
+Check before commit, as the coordinate form (``_functional``): a coordinate whose new moments
+(pass 1) or new value (pass 2) would not be finite keeps its pre-step ones, and a unit whose
+radial Adam state would not be finite keeps it (its radial step is that state's); the passes and
+:class:`SplitStep` count them (``refused``) for the optimizer's ``nonfinite`` policy. The second
+moments are accumulated in AdamW's order, ``((1 − β₂)·t)·t``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,12 @@ from typing import Any
 import torch
 
 from deadspec import _core
-from deadspec.optim._functional import fused_ok, init_adam_state, mean_within_segments
+from deadspec.optim._functional import (
+    commit_finite,
+    fused_ok,
+    init_adam_state,
+    mean_within_segments,
+)
 from deadspec.optim._plan import Plan, Site
 
 __all__ = [
@@ -106,45 +117,49 @@ def split_moments(
     state: dict[str, Any],
     group: dict[str, Any],
     blk: dict[str, Any],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pass 1: moments on the tangential input; returns (Σ u·x̃ per row, Σ u·Px̃ per column)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Pass 1: moments on the tangential input (checked before commit); returns (Σ u·x̃ per
+    row, Σ u·Px̃ per column, coordinates refused)."""
     s = split_sigma(p, blk.get("row_scale"), blk.get("col_scale"))
     xt = p if s is None else p / s
     gt = p.grad if s is None else p.grad * s
     mean = blk.get("col_mean")
     t = split_project(gt, xt, mean, blk.get("row_coef"), blk.get("col_coef"), blk.get("col_norm"))
     beta1, beta2 = group["betas"]
-    state["exp_avg"].lerp_(t, 1 - beta1)
-    t2 = t * t
+    m = state["exp_avg"].lerp(t, 1 - beta1)
+    t2 = (t * (1 - beta2)) * t  # AdamW's order: overflows where it does
     if blk.get("rot_axis") is not None:
         t2 = mean_within_segments(t2, blk["rot_axis"], blk["rot_segments"])
-    state["exp_avg_sq"].mul_(beta2).add_(t2, alpha=1 - beta2)
+    v = state["exp_avg_sq"].mul(beta2).add_(t2)
+    refused = commit_finite([state["exp_avg"], state["exp_avg_sq"]], [m, v])
     u = split_update(state, group)
     if p.ndim == 1:
-        return u * xt, None
-    return (u * xt).sum(1), (u * split_centred(xt, mean)).sum(0)
+        return u * xt, None, refused
+    return (u * xt).sum(1), (u * split_centred(xt, mean)).sum(0), refused
 
 
 def split_apply(
     p: torch.Tensor, state: dict[str, Any], group: dict[str, Any], blk: dict[str, Any]
-) -> None:
-    """Pass 2: ``x ← x·r_i·c_j − σ·(re-projected u)`` (a centred block: only ``Px`` scaled)."""
+) -> torch.Tensor:
+    """Pass 2: ``x ← x·r_i·c_j − σ·(re-projected u)`` (a centred block: only ``Px`` scaled),
+    checked before commit; returns the number of coordinates refused."""
     s = split_sigma(p, blk.get("row_scale"), blk.get("col_scale"))
     xt = p if s is None else p / s
     mean = blk.get("col_mean")
     coefs = (blk.get("row_coef"), blk.get("col_coef"), blk.get("col_norm"))
     u = split_project(split_update(state, group), xt, mean, *coefs)
     row_mult, col_mult = blk.get("row_mult"), blk.get("col_mult")
+    x = p
     if row_mult is not None:
-        p.mul_(row_mult.to(p.dtype).reshape((-1,) + (1,) * (p.ndim - 1)))
+        x = x * row_mult.to(p.dtype).reshape((-1,) + (1,) * (p.ndim - 1))
     if col_mult is not None:
         c = col_mult.to(p.dtype).reshape(1, -1)
         if mean is None:
-            p.mul_(c)
+            x = x * c
         else:
             pc = split_centred(xt, mean)
-            p.add_((c - 1) * (pc if s is None else s * pc))
-    p.sub_(u if s is None else u * s)
+            x = x + (c - 1) * (pc if s is None else s * pc)
+    return commit_finite([p], [x - (u if s is None else u * s)])
 
 
 class SplitStep:
@@ -166,6 +181,10 @@ class SplitStep:
         self.param_groups = param_groups
         self.rho = rho
         self.hparams = hparams
+        #: coordinates refused by the check before commit, per stepped parameter (by id) and
+        #: units per site (by name): ints from the core, 0-dim tensors from torch
+        self.refused: dict[int, list[Any]] = {}
+        self.site_refused: dict[str, Any] = {}
 
     def run(self) -> None:
         """Steps (1)-(5) of ``form="split"`` after the prologue's decay (``docs/ddc.md``, "The
@@ -291,9 +310,10 @@ class SplitStep:
             if which == "sums":
                 out[i] = split_sums(p, b.get("row_scale"), b.get("col_scale"), b.get("col_mean"))
             elif which == "moments":
-                out[i] = split_moments(p, self.state[p], groups[i], b)
+                *out[i], n = split_moments(p, self.state[p], groups[i], b)
+                self.refused.setdefault(i, []).append(n)
             else:
-                split_apply(p, self.state[p], groups[i], b)
+                self.refused.setdefault(i, []).append(split_apply(p, self.state[p], groups[i], b))
         if calls:
             fn = {
                 "sums": _core.ddc_split_sums,
@@ -301,13 +321,18 @@ class SplitStep:
                 "apply": _core.ddc_split_apply,
             }[which]
             res = fn(calls)
-            if res is not None:
-                for i, r in zip(fused, res):
-                    dt = params[i].dtype
-                    out[i] = tuple(
-                        None if a.size == 0 and params[i].ndim == 1 else torch.from_numpy(a).to(dt)
-                        for a in r
-                    )
+            for i, r in zip(fused, res):
+                if which == "apply":  # (the refused count)
+                    self.refused.setdefault(i, []).append(r)
+                    continue
+                if which == "moments":
+                    *r, n = r
+                    self.refused.setdefault(i, []).append(n)
+                dt = params[i].dtype
+                out[i] = tuple(
+                    None if a.size == 0 and params[i].ndim == 1 else torch.from_numpy(a).to(dt)
+                    for a in r
+                )
         return out
 
     def _unit_rows(
@@ -365,8 +390,15 @@ class SplitStep:
             st["split_exp_avg"] = torch.zeros_like(g_u)
             st["split_exp_avg_sq"] = torch.zeros_like(g_u)
         st["split_step"] += 1
-        st["split_exp_avg"].lerp_(g_u, 1 - beta1)
-        st["split_exp_avg_sq"].mul_(beta2).addcmul_(g_u, g_u, value=1 - beta2)
+        # checked before commit: a unit whose radial moments would not be finite keeps them
+        # (and its direction is that of the moments as stored)
+        self.site_refused[s.name] = commit_finite(
+            [st["split_exp_avg"], st["split_exp_avg_sq"]],
+            [
+                st["split_exp_avg"].lerp(g_u, 1 - beta1),
+                st["split_exp_avg_sq"].mul(beta2).addcmul_(g_u, g_u, value=1 - beta2),
+            ],
+        )
         bc1, bc2 = 1 - beta1 ** st["split_step"], 1 - beta2 ** st["split_step"]
         denom = (st["split_exp_avg_sq"] / bc2).sqrt().add_(eps)
         # the radial Adam's direction −m̂/(√v̂ + ε) (0 where m = v = 0 and ε = 0); each side

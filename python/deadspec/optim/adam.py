@@ -7,11 +7,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.adamw import adamw as torch_adamw
 
 from deadspec import gauges as G
 from deadspec.optim._base import FORMS, DDCBase, TorchOptions, check_betas, check_nonnegative
-from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
+from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state, screen_safe
 from deadspec.optim._plan import Site
 from deadspec.optim._split import SplitStep
 
@@ -57,7 +56,16 @@ class DDCAdam(DDCBase):
         For discovery: whether the output layer's logit shift is a gauge.
     nonfinite : {"raise", "skip"}
         A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
-        with a warning (parameters and state untouched).
+        with a warning (parameters and state untouched). What the step produces is checked
+        too, coordinate by coordinate, before it is written (in the fused pass itself: no
+        extra pass): a coordinate whose new value or moments would be NaN/Inf (an overflow:
+        ``|g·σ|`` or the second moment beyond the dtype's range — ``((1 − β₂)·g̃)·g̃``, AdamW's
+        order, so at the gradients where AdamW's overflows — huge weights, a huge lr) keeps
+        its pre-step value and moments, and so does a unit whose site state would. Then
+        ``"raise"`` raises RuntimeError naming the parameters (the rest of the step has been
+        applied) and ``"skip"`` warns (RuntimeWarning): those coordinates skipped the step.
+        No step writes a NaN/Inf. Where AdamW would silently keep an infinite second moment
+        (``|g| > ~5.8e20`` in float32 with β₂ = 0.999) this raises.
     params : iterable, optional
         With a model: the parameters or param-group dicts to optimise (default
         ``model.parameters()``), e.g. groups with different ``lr``/``weight_decay``.
@@ -88,10 +96,12 @@ class DDCAdam(DDCBase):
         the step, an exact operation, and restored after it), in every path; the same
         trajectory, bit for bit, as minimising the negated loss.
     foreach : bool, optional
-        None or True: the batched paths (torch's multi-tensor AdamW step without a gauge; one
-        call of the C++ core for every CPU float block with gauges). False: one block at a
-        time through the torch reference (the core's one-block kernel still takes a gauged
-        CPU block); equal up to round-off. No effect on ``form="split"`` (per-block passes).
+        None or True: the batched path (one call of the C++ core for every CPU float block
+        with gauges). False: one block at a time through the torch reference (the core's
+        one-block kernel still takes a gauged CPU block); equal up to round-off. Without any
+        gauge the step is AdamW's, tensor by tensor through the torch reference (torch's
+        single-tensor operations: the same bits as ``torch.optim.AdamW`` on CPU, foreach or
+        not), checked as above. No effect on ``form="split"`` (per-block passes).
     fused, capturable, differentiable, amsgrad
         torch's options, accepted at their off values (None/False, False, False, False); True
         raises NotImplementedError: torch's fused kernels take no gauge scales, the step reads
@@ -179,6 +189,12 @@ class DDCAdam(DDCBase):
                     self._plan, self.state, self.param_groups, rho, self._damped_hparams
                 )
                 split.run()
+                params = {id(p): p for g in self.param_groups for p in g["params"]}
+                for i, counts in split.refused.items():
+                    for n in counts:
+                        self._note_refused(params[i], n)
+                for name, n in split.site_refused.items():
+                    self._note_refused(name, n)
                 self._policy(modes)
             return
         # Decoupled weight decay is folded into the update (one pass per block) unless a
@@ -192,10 +208,16 @@ class DDCAdam(DDCBase):
         ok, modes = self._prologue(decay=not fold)
         if not ok:
             return
+        blocks = self._blocks(fold)
         if self._plan.sites or self._plan.rot:
-            ddc_adam(self._blocks(fold), fused=False if self.foreach is False else None)
+            refused = ddc_adam(blocks, fused=False if self.foreach is False else None)
         else:
-            self._adamw(fold)
+            # without a rescaling site or rotation: AdamW, tensor by tensor through the torch
+            # path (σ = 1: torch AdamW's single-tensor operations, the same bits as its step,
+            # foreach or not, on CPU), checked before commit
+            refused = ddc_adam(blocks, fused=False)
+        for b, n in zip(blocks, refused):
+            self._note_refused(b.param, n, kept=b.keep)
         self._policy(modes)
 
     def _stepped(self, fold: bool) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
@@ -218,9 +240,12 @@ class DDCAdam(DDCBase):
                 yield group, p, decay
 
     def _blocks(self, fold: bool) -> list[AdamBlock]:
-        """(1) the gauge scales of the decayed parameters, as each block's σ factors."""
+        """(1) the gauge scales of the decayed parameters, as each block's σ factors; each block
+        screened for overflow (``_functional.screen_safe``: a cleared block skips the core's
+        per-element keep)."""
         rho = self._site_scales(pending_decay=fold)
         inv: dict[int, torch.Tensor] = {}  # 1/ρ per consumed site, shared by its consumers
+        extremes: dict[int, tuple[float, float]] = {}  # (max ρ, min ρ) per site, as needed
         blocks = []
         for group, p, decay in self._stepped(fold):
             r, c = self._plan.row.get(id(p)), self._plan.col.get(id(p))
@@ -246,38 +271,18 @@ class DDCAdam(DDCBase):
                     decay=decay,
                 )
             )
+            b = blocks[-1]
+            if self._moments_bounded and id(p) in self._grad_norms:  # (only the core reads it)
+                sigma = 1.0
+                for site, up in ((r, True), (c, False)):
+                    if site is not None:
+                        if site not in extremes:
+                            lo, hi = torch.aminmax(rho[site])
+                            extremes[site] = (float(hi), float(lo))
+                        hi, lo = extremes[site]
+                        sigma *= hi if up else 1.0 / lo
+                b.keep = not screen_safe(b, self._grad_norms[id(p)], sigma)
         return blocks
-
-    def _adamw(self, fold: bool) -> None:
-        """Without a rescaling site or rotation: torch's multi-tensor AdamW step, bitwise
-        ``AdamW(foreach=True)`` (its decay left to it, except the logit layer's shift-aware one,
-        already applied, and a decay the prologue applied)."""
-        lists: dict[tuple[int, bool], tuple[dict[str, Any], list[list[torch.Tensor]]]] = {}
-        for group, p, _ in self._stepped(fold):
-            decayed = id(p) in self._plan.shift or not fold
-            _, entry = lists.setdefault((id(group), decayed), (group, [[], [], [], [], []]))
-            state = self.state[p]
-            tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
-            for lst, t in zip(entry, tensors):
-                lst.append(t)
-        for (_, decayed), (group, (ps, gs, ms, vs, ss)) in lists.items():
-            beta1, beta2 = group["betas"]
-            torch_adamw(
-                ps,
-                gs,
-                ms,
-                vs,
-                [],
-                ss,
-                foreach=self.foreach is not False,
-                amsgrad=False,
-                beta1=beta1,
-                beta2=beta2,
-                lr=group["lr"],
-                weight_decay=0.0 if decayed else group["weight_decay"],
-                eps=group["eps"],
-                maximize=False,
-            )
 
     def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
         group = self._group_of(s.weight)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -69,7 +70,12 @@ class DDCMuon(DDCBase):
         AdamW hyper-parameters of the site's gain/bias, else ``adamw_*``).
     nonfinite : {"raise", "skip"}
         A NaN/Inf gradient: raise RuntimeError naming the parameter, or skip the whole step
-        with a warning (parameters and state untouched).
+        with a warning (parameters and state untouched). What the step produces is checked
+        before it is written, as :class:`DDCAdam`: a coordinate whose new value or moments
+        (momentum buffer; AdamW's moments) would be NaN/Inf keeps its pre-step ones, then
+        ``"raise"`` raises RuntimeError naming the parameters and ``"skip"`` warns. (The Muon
+        path keeps a copy of each block for its step to do so: Newton–Schulz leaves no cheaper
+        point to check.)
     adamw_weight_decay : float, optional
         Decoupled weight decay of the AdamW path (default: ``weight_decay``).
     ns_dtype : torch.dtype, optional
@@ -410,20 +416,26 @@ class DDCMuon(DDCBase):
                     if rot is not None and self.per_head:
                         blocks = (rot.axis, rot.cover())
                     rad = radial.get(id(p))
-                    ddc_muon_update(
+                    # (checked before commit: DDCBase._guarded_update)
+                    self._guarded_update(
                         p,
-                        p.grad,
-                        state["momentum_buffer"],
-                        scale,
-                        blocks,
-                        lr=group["lr"],
-                        momentum=group["momentum"],
-                        nesterov=group["nesterov"],
-                        ns_coefficients=group["ns_coefficients"],
-                        ns_steps=group["ns_steps"],
-                        ns_eps=self.ns_eps,
-                        ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
-                        tangent=None if rad is None else rad[1],
+                        [state["momentum_buffer"]],
+                        functools.partial(
+                            ddc_muon_update,
+                            p,
+                            p.grad,
+                            state["momentum_buffer"],
+                            scale,
+                            blocks,
+                            lr=group["lr"],
+                            momentum=group["momentum"],
+                            nesterov=group["nesterov"],
+                            ns_coefficients=group["ns_coefficients"],
+                            ns_steps=group["ns_steps"],
+                            ns_eps=self.ns_eps,
+                            ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
+                            tangent=None if rad is None else rad[1],
+                        ),
                     )
                     continue
                 if len(state) == 0:
@@ -443,7 +455,7 @@ class DDCMuon(DDCBase):
                     beta2=beta2,
                     eps=group["eps"],
                 )
-                ddc_adam([block], fused=False)
+                self._note_refused(p, ddc_adam([block], fused=False)[0])
         self._radial_step(radial)
         # (4) policy on the pure-gauge scales
         self._policy(modes)
@@ -491,13 +503,23 @@ class DDCMuon(DDCBase):
                 st["scale_exp_avg"] = torch.zeros_like(ghat)
                 st["scale_exp_avg_sq"] = torch.zeros_like(ghat)
             st["scale_step"] += 1
-            st["scale_exp_avg"].lerp_(ghat, 1 - beta1)
-            st["scale_exp_avg_sq"].mul_(beta2).addcmul_(ghat, ghat, value=1 - beta2)
+            # checked before commit: a unit whose moments or factor would not be finite (or
+            # would take its row beyond the dtype's range) keeps its state and is not moved
+            m = st["scale_exp_avg"].lerp(ghat, 1 - beta1)
+            v = st["scale_exp_avg_sq"].mul(beta2).addcmul_(ghat, ghat, value=1 - beta2)
             bc1 = 1 - beta1 ** st["scale_step"]
             bc2 = 1 - beta2 ** st["scale_step"]
-            denom = (st["scale_exp_avg_sq"] / bc2).sqrt().add_(eps)
-            delta = st["scale_exp_avg"].div(denom).mul_(-lr / bc1)
-            c = torch.where(live, delta.exp_(), torch.ones_like(delta))
+            denom = (v / bc2).sqrt().add_(eps)
+            c = m.div(denom).mul_(-lr / bc1).exp_()
+            ok = torch.isfinite(m) & torch.isfinite(v) & torch.isfinite(c) & (c > 0)
+            for t in (s.weight, s.bias):
+                if t is not None:
+                    peak = t.abs().amax(1) if t.ndim == 2 else t.abs()
+                    ok &= torch.isfinite(peak * torch.where(ok, c, torch.ones_like(c)))
+            st["scale_exp_avg"] = torch.where(ok, m, st["scale_exp_avg"])
+            st["scale_exp_avg_sq"] = torch.where(ok, v, st["scale_exp_avg_sq"])
+            self._note_refused(s.name, (live & ~ok).sum())
+            c = torch.where(live & ok, c, torch.ones_like(c))
             s.weight.mul_(c.reshape(-1, 1))
             if s.bias is not None:
                 s.bias.mul_(c)
