@@ -487,6 +487,22 @@ def format_summary(summary: dict[str, Any], width: int = 160, kinds: int = 4) ->
     return "\n".join(lines)
 
 
+def generate_all(counts: dict[str, int], workers: int = 1) -> list[Case]:
+    """The cases of every entry, in the order of ``counts``; with several workers the entries
+    are generated in parallel processes (the same cases: each is derandomized on its own)."""
+    from fuzz.strategies import generate
+
+    if workers <= 1 or len(counts) <= 1:
+        return [c for entry, n in counts.items() for c in generate(entry, n)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {e: pool.submit(generate, e, n) for e, n in counts.items()}
+        return [c for e in counts for c in futures[e].result()]
+
+
 def run(
     counts: dict[str, int],
     *,
@@ -494,18 +510,16 @@ def run(
     timeout: float = TIMEOUT,
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generate ``counts[entry]`` cases per entry with hypothesis, run them, summarise."""
-    from fuzz.strategies import generate
-
+    """Generate ``counts[entry]`` cases per entry with hypothesis (over ``workers`` processes,
+    entry by entry), run them over ``workers`` children, summarise."""
     t0 = time.perf_counter()
-    cases: list[Case] = []
-    for entry, n in counts.items():
-        cases.extend(generate(entry, n))
+    cases = generate_all(counts, workers)
     t1 = time.perf_counter()
     results = execute(cases, workers=workers, timeout=timeout, progress=progress)
     t2 = time.perf_counter()
     summary = summarize(results)
     summary.update(
+        planned=dict(counts),
         generate_seconds=round(t1 - t0, 2),
         wall_seconds=round(t2 - t1, 2),
         inputs_per_second=round(len(results) / max(t2 - t1, 1e-9), 2),
@@ -513,6 +527,14 @@ def run(
         timeout=timeout,
     )
     return summary, results
+
+
+def write_json(path: str | os.PathLike, summary: dict[str, Any],
+               results: Sequence[dict[str, Any]]) -> None:
+    """The summary, plus every result that is not ``ok`` or a clean error (the findings in
+    full; all results of a long run would be some 100 MB)."""
+    rest = [r for r in results if r["outcome"] not in (OK, CLEAN)]
+    Path(path).write_text(json.dumps({**summary, "results": rest}, indent=1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -523,14 +545,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--entries", default=None, help="comma-separated entry names (default all)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (one core each)")
     p.add_argument("--timeout", type=float, default=TIMEOUT, help="time bound per case, s")
-    p.add_argument("--json", default=None, help="write the summary (and all results) here")
+    p.add_argument("--json", default=None,
+                   help="write the summary (and the result of every finding) here")
     args = p.parse_args(argv)
     entries = args.entries.split(",") if args.entries else None
     counts = plan(args.size, entries)
     summary, results = run(counts, workers=args.workers, timeout=args.timeout, progress=True)
     print(format_summary(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps({**summary, "results": results}, indent=1))
+        write_json(args.json, summary, results)
         print(f"wrote {args.json}")
     return 0 if not any(summary["outcomes"][o] for o in FINDINGS) else 1
 
