@@ -194,11 +194,26 @@ def _result(outcome: str, detail: str, t0: float) -> dict[str, Any]:
     return {"outcome": outcome, "detail": detail, "seconds": time.perf_counter() - t0}
 
 
+def _die_with_parent() -> None:
+    """Exit when the parent process is gone (a hanging input would otherwise keep a core busy
+    after an interrupted run): a daemon thread watches the parent id once a second."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(3)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def child_main() -> None:
     import faulthandler
     import resource
     import warnings
 
+    _die_with_parent()
     proto_out = os.dup(1)
     os.dup2(2, 1)  # the library's prints go to the log, not into the protocol
     sys.stdout = sys.stderr
@@ -336,6 +351,71 @@ class Worker:
         return {"outcome": CRASH, "detail": f"{how}; log: " + " | ".join(lines), "seconds": elapsed}
 
 
+class Pool:
+    """``workers`` worker children (one thread each in the parent), kept across calls of
+    :meth:`run`; a context manager that leaves no child behind, also on KeyboardInterrupt."""
+
+    def __init__(self, workers: int = 1, root: Path | None = None) -> None:
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="deadspec-fuzz-")) if root is None else root
+        self.workers = [Worker(self.root, k) for k in range(max(1, workers))]
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def run(self, cases: Sequence[Case], timeout: float = TIMEOUT,
+            progress: bool = False) -> list[dict[str, Any]]:
+        """One result dict per case, in order: ``entry``, ``case`` (its repr), ``outcome``,
+        ``detail``, ``seconds``."""
+        results: list[dict[str, Any] | None] = [None] * len(cases)
+        todo: queue.Queue[int] = queue.Queue()
+        for i in range(len(cases)):
+            todo.put(i)
+        done = [0]
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def loop(w: Worker) -> None:
+            try:
+                while True:
+                    try:
+                        i = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    r = w.run(cases[i], timeout)
+                    r.update(entry=cases[i].entry, case=repr(cases[i]))
+                    results[i] = r
+                    with lock:
+                        done[0] += 1
+                        if progress and done[0] % 500 == 0:
+                            print(f"fuzz: {done[0]}/{len(cases)}", file=sys.stderr, flush=True)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                errors.append(exc)
+
+        threads = [threading.Thread(target=loop, args=(w,), daemon=True) for w in self.workers]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException:
+            for w in self.workers:  # no child outlives an interrupted run
+                w.stop()
+            raise
+        if errors:
+            raise errors[0]
+        return [r for r in results if r is not None]
+
+
 def execute(
     cases: Sequence[Case],
     *,
@@ -344,48 +424,9 @@ def execute(
     root: Path | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run the cases over ``workers`` child processes; one result dict per case, in order
-    (``entry``, ``case`` (its repr), ``outcome``, ``detail``, ``seconds``)."""
-    own_root = root is None
-    root = Path(tempfile.mkdtemp(prefix="deadspec-fuzz-")) if own_root else root
-    results: list[dict[str, Any] | None] = [None] * len(cases)
-    todo: queue.Queue[int] = queue.Queue()
-    for i in range(len(cases)):
-        todo.put(i)
-    done = [0]
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def loop(index: int) -> None:
-        w = Worker(root, index)
-        try:
-            while True:
-                try:
-                    i = todo.get_nowait()
-                except queue.Empty:
-                    return
-                r = w.run(cases[i], timeout)
-                r.update(entry=cases[i].entry, case=repr(cases[i]))
-                results[i] = r
-                with lock:
-                    done[0] += 1
-                    if progress and done[0] % 200 == 0:
-                        print(f"fuzz: {done[0]}/{len(cases)} cases", file=sys.stderr, flush=True)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            errors.append(exc)
-        finally:
-            w.close()
-
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(max(1, workers))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if own_root:
-        shutil.rmtree(root, ignore_errors=True)
-    if errors:
-        raise errors[0]
-    return [r for r in results if r is not None]
+    """Run the cases over ``workers`` child processes (see :meth:`Pool.run`)."""
+    with Pool(workers, root) as pool:
+        return pool.run(cases, timeout, progress)
 
 
 def signature(r: dict[str, Any]) -> str:
@@ -487,20 +528,25 @@ def format_summary(summary: dict[str, Any], width: int = 160, kinds: int = 4) ->
     return "\n".join(lines)
 
 
-def generate_all(counts: dict[str, int], workers: int = 1) -> list[Case]:
+def generate_all(counts: dict[str, int], workers: int = 1, executor: Any = None) -> list[Case]:
     """The cases of every entry, in the order of ``counts``; with several workers the entries
     are generated in parallel processes (the same cases: each is derandomized on its own)."""
     from fuzz.strategies import generate
 
     if workers <= 1 or len(counts) <= 1:
         return [c for entry, n in counts.items() for c in generate(entry, n)]
+    if executor is None:
+        with _generators(workers) as executor:
+            return generate_all(counts, workers, executor)
+    futures = {e: executor.submit(generate, e, n) for e, n in counts.items()}
+    return [c for e in counts for c in futures[e].result()]
+
+
+def _generators(workers: int) -> Any:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {e: pool.submit(generate, e, n) for e, n in counts.items()}
-        return [c for e in counts for c in futures[e].result()]
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def run(
@@ -510,19 +556,41 @@ def run(
     timeout: float = TIMEOUT,
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Generate ``counts[entry]`` cases per entry with hypothesis (over ``workers`` processes,
-    entry by entry), run them over ``workers`` children, summarise."""
-    t0 = time.perf_counter()
-    cases = generate_all(counts, workers)
-    t1 = time.perf_counter()
-    results = execute(cases, workers=workers, timeout=timeout, progress=progress)
-    t2 = time.perf_counter()
+    """Generate ``counts[entry]`` cases per entry with hypothesis and run them over
+    ``workers`` children, a few entries at a time (so memory stays small at the long size);
+    summarise. The results of ``ok`` and ``clean_error`` inputs are kept without their input
+    and detail."""
+    items = list(counts.items())
+    step = max(1, workers) * 2
+    results: list[dict[str, Any]] = []
+    gen_s = exec_s = 0.0
+    executor = _generators(workers) if workers > 1 else None
+    try:
+        with Pool(workers) as pool:
+            for k in range(0, len(items), step):
+                t0 = time.perf_counter()
+                cases = generate_all(dict(items[k : k + step]), workers, executor)
+                t1 = time.perf_counter()
+                batch = pool.run(cases, timeout)
+                exec_s += time.perf_counter() - t1
+                gen_s += t1 - t0
+                for r in batch:
+                    if r["outcome"] in (OK, CLEAN):
+                        r = {"entry": r["entry"], "outcome": r["outcome"], "seconds": r["seconds"]}
+                    results.append(r)
+                if progress:
+                    last = items[min(k + step, len(items)) - 1][0]
+                    print(f"fuzz: {len(results)} inputs (entries up to {last})", file=sys.stderr,
+                          flush=True)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
     summary = summarize(results)
     summary.update(
         planned=dict(counts),
-        generate_seconds=round(t1 - t0, 2),
-        wall_seconds=round(t2 - t1, 2),
-        inputs_per_second=round(len(results) / max(t2 - t1, 1e-9), 2),
+        generate_seconds=round(gen_s, 2),
+        wall_seconds=round(exec_s, 2),
+        inputs_per_second=round(len(results) / max(exec_s, 1e-9), 2),
         workers=workers,
         timeout=timeout,
     )

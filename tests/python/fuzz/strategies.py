@@ -1314,9 +1314,9 @@ EXPENSIVE = {"llc.estimate", "cli.main", "monitor.DeadDirectionMonitor", "approa
              "classify_directions", "direction_order"}
 
 #: Named sizes: inputs per entry for (ops and bindings, model-level, expensive) entries.
-#: ci: ~580 inputs; medium: ~10⁴; long: ~1.9·10⁵ (≥ 10⁵ after repeats are dropped). Measured
-#: rates and times: tests/python/test_fuzz.py.
-SIZES = {"ci": (12, 16, 16), "medium": (200, 300, 300), "long": (5000, 3500, 2500)}
+#: ci: 576 planned (~540 run: repeated draws are dropped); medium: ~10⁴; long: 4.2·10⁵ planned
+#: (~3.9·10⁵ run). Measured rates and times: tests/python/test_fuzz.py.
+SIZES = {"ci": (12, 16, 16), "medium": (200, 300, 300), "long": (11000, 7000, 5000)}
 
 
 def plan(size: str | int, entries: list[str] | None = None) -> dict[str, int]:
