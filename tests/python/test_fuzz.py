@@ -13,14 +13,14 @@ Sizes (:data:`fuzz.strategies.SIZES`) and what they cost (measured on this proje
 2-core machine, load 2-3, one worker):
 
 - CI (always): 576 inputs planned over 44 entries (~540 run: hypothesis's repeated draws are
-  dropped), one worker, ``CI_TIMEOUT`` per input: ~33 s (generation ~3 s; execution ~30 s, of
+  dropped), one worker, ``CI_TIMEOUT`` per input: ~30 s (generation ~2 s; execution ~27 s, of
   which ~23 s are the two pinned hangs). Every (entry, finding class) pair is one test below,
   so a finding fails exactly the test naming its entry and class and prints the shortest input
   that shows it, as an ``@example``.
-- medium (by hand): 9,856 planned, 9,162 run in 125 s: generation 40 s (228 inputs/s),
-  execution 84 s (109 inputs/s; ~235 inputs/s without the two pinned hangs at the 20 s bound).
-- long (``--run-slow``): 4.2·10⁵ planned, ~3.9·10⁵ run. Estimated from the medium rates: ~60
-  min on one core, ~30 min with ``DEADSPEC_FUZZ_WORKERS=2`` on two (generation and execution
+- medium (by hand): 9,856 planned, 9,162 run in 116 s: generation 38 s (239 inputs/s),
+  execution 77 s (119 inputs/s; ~250 inputs/s without the two pinned hangs at the 20 s bound).
+- long (``--run-slow``): 4.2·10⁵ planned, ~3.9·10⁵ run. Estimated from the medium rates: ~55
+  min on one core, ~28 min with ``DEADSPEC_FUZZ_WORKERS=2`` on two (generation and execution
   both split over the workers). Summary JSON (plus every finding's result) at
   ``$DEADSPEC_FUZZ_JSON``, default ``<tmp>/deadspec-fuzz-long.json``.
 - by hand: ``python tests/python/fuzz/runner.py --size medium --workers 1 --json out.json``
