@@ -4,7 +4,8 @@ Contract: the core reads CPU float32/float64 tensors of any strides, zero-copy w
 float64 and C-contiguous (otherwise it converts to float64 internally). torch tensors and numpy
 arrays both cross through ``__dlpack__``; nothing here copies except the documented upcast of
 float16/bfloat16 to float32. There is no CUDA backend yet: CUDA tensors are refused with a
-RuntimeError before anything is exported.
+RuntimeError before anything is exported, tensors without data (the ``meta`` device) with a
+ValueError.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ def kind(x: Any) -> str:
     return "torch" if _is_torch(x) else "numpy"
 
 
+def refuse_without_data(x: Any, fn: str, arg: str) -> None:
+    """ValueError for a torch tensor without data (the ``meta`` device holds a shape and a dtype
+    only): nothing can be read from it, on the host or elsewhere."""
+    if _is_torch(x) and x.device.type == "meta":
+        raise ValueError(
+            f"{fn}: {arg} must be a tensor that holds its values, got a tensor without data "
+            f"(device 'meta', shape {tuple(x.shape)})"
+        )
+
+
 def prepare(x: Any, fn: str, arg: str) -> Any:
     """Return an object with ``__dlpack__`` that the core can read (validating the device).
 
@@ -32,6 +43,7 @@ def prepare(x: Any, fn: str, arg: str) -> Any:
     TypeError names them. numpy-like inputs (lists, scalars) are turned into arrays.
     """
     if _is_torch(x):
+        refuse_without_data(x, fn, arg)
         if x.device.type != "cpu":
             raise RuntimeError(
                 f"{fn}: {arg} is on {x.device}; deadspec was built without CUDA support, "

@@ -4,8 +4,8 @@ Contract
 --------
 * Inputs are torch tensors (CPU) or numpy arrays of float32 or float64, any strides. float16 and
   bfloat16 are upcast to float32; integer, bool and complex inputs raise ``TypeError``. NaN/Inf,
-  empty inputs and wrong shapes raise ``ValueError``. CUDA tensors raise ``RuntimeError`` (this
-  build has no CUDA backend).
+  empty inputs, wrong shapes and tensors without data (the ``meta`` device) raise
+  ``ValueError``. CUDA tensors raise ``RuntimeError`` (this build has no CUDA backend).
 * Inputs cross into C++ zero-copy through DLPack; every computation accumulates in float64 and
   releases the GIL.
 * Matrix outputs are float64 and of the input's kind: a torch tensor for a torch input, a numpy
@@ -69,6 +69,7 @@ def _vector(fn: str, arg: str, values: Any, *, flatten: bool = False) -> np.ndar
             f"deadspec.{fn}: {arg} must be a 1-D sequence, array or tensor of numbers, got "
             f"{type(values).__name__}"
         )
+    dl.refuse_without_data(values, f"deadspec.{fn}", arg)
     host = values.detach().cpu() if dl.kind(values) == "torch" else values
     try:
         v = np.asarray(host, dtype=np.float64)

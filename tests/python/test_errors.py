@@ -111,6 +111,14 @@ CASES = [
      ValueError, r"deadspec\.spectrum_from_eigenvalues: values must not be empty, got shape"),
     ("spectrum_from_eigenvalues-2d", lambda: deadspec.spectrum_from_eigenvalues(np.ones((2, 2))),
      ValueError, r"deadspec\.spectrum_from_eigenvalues: values must be 1-D, got shape \(2, 2\)"),
+    ("spectrum_from_eigenvalues-meta", lambda: deadspec.spectrum_from_eigenvalues(
+        torch.ones(3, device="meta")), ValueError,
+     r"deadspec\.spectrum_from_eigenvalues: values must be a tensor that holds its values, got "
+     r"a tensor without data \(device 'meta', shape \(3,\)\)"),
+    ("gram-x-meta", lambda: deadspec.gram(torch.ones(3, 2, device="meta")), ValueError,
+     r"deadspec\.gram: x must be a tensor that holds its values, got a tensor without data"),
+    ("fit_slope-meta", lambda: deadspec.fit_slope(torch.ones(3, device="meta"), [1, 2, 3]),
+     ValueError, r"deadspec\.fit_slope: x must be a tensor that holds its values"),
     ("logdet_top-eigenvalues", lambda: deadspec.logdet_top("abc", 1), TypeError,
      r"deadspec\.logdet_top: eigenvalues must be a 1-D sequence, array or tensor of numbers"),
     ("logdet_top-k", lambda: deadspec.logdet_top(np.ones(3), "a"), TypeError,

@@ -73,7 +73,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("direction_order", NONFINITE): "λ_dir = 1/(2k̂) infinite when k̂ = 0 (sampled labels)",
     ("classify_directions", NONFINITE): "λ_dir infinite for an eigen-Fisher direction",
     # -- unclear errors (the message does not start with "deadspec.") -----------------------
-    ("spectrum_from_eigenvalues", UNCLEAR): "a meta-device tensor: torch NotImplementedError",
     ("gauges.check", UNCLEAR): "non-tensor targets reach torch's loss (AttributeError)",
     ("read", UNCLEAR): "inputs of another dtype than the model: torch's RuntimeError from the "
     "forward, unprefixed",
