@@ -204,6 +204,23 @@ CASES = [
     ("direction_order-direction-length", lambda: deadspec.direction_order(
         MODEL, X, torch.ones(3), targets=Y), ValueError,
      rf"deadspec\.direction_order: a flat direction must be a 1-D vector of length {N_PARAMS}"),
+    ("direction_order-targets-str", lambda: deadspec.direction_order(
+        MODEL, X, torch.ones(N_PARAMS), targets="abc"), TypeError,
+     r"deadspec\.direction_order: targets must be a torch\.Tensor, got str"),
+    ("direction_order-targets-rows", lambda: deadspec.direction_order(
+        MODEL, X, torch.ones(N_PARAMS), targets=Y[:5], labels="sampled"), ValueError,
+     r"deadspec\.direction_order: targets must have the inputs' batch size 16 on axis 0, got "
+     r"shape \(5,\)"),
+    ("classify_directions-targets-str", lambda: deadspec.classify_directions(
+        MODEL, X, targets="abc"), TypeError,
+     r"deadspec\.classify_directions: targets must be a torch\.Tensor, got str"),
+    ("classify_directions-targets-0d", lambda: deadspec.classify_directions(
+        MODEL, X, targets=torch.tensor(1)), ValueError,
+     r"deadspec\.classify_directions: targets must have the inputs' batch size 16 on axis 0, "
+     r"got shape \(\)"),
+    ("classify_directions-inputs", lambda: deadspec.classify_directions(MODEL, "x", targets=Y),
+     TypeError, r"deadspec\.classify_directions: inputs must be a torch\.Tensor or a non-empty "
+     r"tuple of tensors"),
     ("classify_directions-layers", lambda: deadspec.classify_directions(
         MODEL, X, targets=Y, layers=0), TypeError,
      r"deadspec\.classify_directions: layers must be a sequence of module names \(str\) or None, "

@@ -81,8 +81,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("approach_slope", UNCLEAR): "the model's forward fails on the inputs: torch's "
     "RuntimeError, unprefixed",
     ("llc.estimate", UNCLEAR): "data=(x, None): torch's 'Could not infer dtype of NoneType'",
-    ("direction_order", UNCLEAR): "targets='abc': AttributeError 'is_floating_point' (infer_task)",
-    ("classify_directions", UNCLEAR): "targets='abc': AttributeError 'is_floating_point'",
     ("_core.gram", UNCLEAR): _PYBIND,
     ("_core.sym_eig", UNCLEAR): _PYBIND,
     ("_core.spectrum", UNCLEAR): _PYBIND,

@@ -30,6 +30,7 @@ from deadspec._engine.inputs import (
     as_input_tuple,
     batch_slices,
     check_finite,
+    check_targets,
     make_generator,
 )
 from deadspec._engine.losses import (
@@ -111,19 +112,7 @@ def validate(model: nn.Module, inputs: Any, layers: Any, opts: CollectOptions) -
     if fisher and opts.labels == "observed" and opts.targets is None:
         raise ValueError(_NO_TARGETS.format(fn=opts.fn))
     if opts.targets is not None:
-        _check_targets(opts.targets, n, opts.fn)
-
-
-def _check_targets(targets: Any, n: int, fn: str) -> None:
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(
-            f"deadspec.{fn}: targets must be a torch.Tensor, got {type(targets).__name__}"
-        )
-    if targets.ndim == 0 or targets.shape[0] != n:
-        raise ValueError(
-            f"deadspec.{fn}: targets must have the inputs' batch size {n} on axis 0, got "
-            f"shape {tuple(targets.shape)}"
-        )
+        check_targets(opts.targets, n, opts.fn)
 
 
 class _Run:
@@ -145,14 +134,14 @@ class _Run:
     def prepare_labels(self, device: torch.device) -> None:
         """Check the targets (observed labels) or set up the sampler (sampled labels)."""
         opts, fn = self.opts, self.opts.fn
+        if opts.targets is not None:
+            check_targets(opts.targets, self.n, fn)
         if opts.labels == "observed":
             if opts.targets is None:
                 raise ValueError(_NO_TARGETS.format(fn=fn))
         else:
             self.task = infer_task(opts.targets, opts.loss_fn, opts.task, fn)
             self.gen = make_generator(opts.seed, device)
-        if opts.targets is not None:
-            _check_targets(opts.targets, self.n, fn)
 
     def call(self, cap: Capture, a: Any, out: Any) -> Any:
         """The capture callback (hooks and the patched attention call it)."""

@@ -14,6 +14,7 @@ __all__ = [
     "as_input_tuple",
     "batch_slices",
     "check_finite",
+    "check_targets",
     "dtype_name",
     "make_generator",
     "names_list",
@@ -52,6 +53,20 @@ def as_input_tuple(inputs: Any, fn: str) -> tuple[tuple[torch.Tensor, ...], int]
     if n == 0:
         raise ValueError(f"deadspec.{fn}: inputs must hold at least one sample, got N=0")
     return tup, int(n)
+
+
+def check_targets(targets: Any, n: int, fn: str) -> None:
+    """TypeError unless ``targets`` is a tensor, ValueError unless its axis 0 holds the inputs'
+    batch size ``n`` (checked before anything reads the targets: their dtype, their rows)."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(
+            f"deadspec.{fn}: targets must be a torch.Tensor, got {type(targets).__name__}"
+        )
+    if targets.ndim == 0 or targets.shape[0] != n:
+        raise ValueError(
+            f"deadspec.{fn}: targets must have the inputs' batch size {n} on axis 0, got "
+            f"shape {tuple(targets.shape)}"
+        )
 
 
 def batch_slices(n: int, batch_size: int | None, fn: str) -> list[slice]:

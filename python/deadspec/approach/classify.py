@@ -20,6 +20,7 @@ from torch import nn
 
 from deadspec import gauges as G
 from deadspec._engine import CollectOptions, collect
+from deadspec._engine.inputs import as_input_tuple, check_targets
 from deadspec._engine.losses import infer_task
 from deadspec._util import check_bool, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
@@ -411,6 +412,9 @@ def classify_directions(
             f"deadspec.{fn}: candidates must be a dict name -> direction, got "
             f"{type(candidates).__name__}"
         )
+    _, n = as_input_tuple(inputs, fn)
+    if targets is not None:
+        check_targets(targets, n, fn)
     task = infer_task(targets, loss_fn, task, fn)
     common = {
         "targets": targets,

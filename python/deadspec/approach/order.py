@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from deadspec._engine.inputs import ModelState, as_input_tuple, batch_slices, make_generator
+from deadspec._engine.inputs import (
+    ModelState,
+    as_input_tuple,
+    batch_slices,
+    check_targets,
+    make_generator,
+)
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import check_order_options, t_grid
@@ -339,15 +345,13 @@ def direction_order(
     tup, n = as_input_tuple(inputs, fn)
     slices = batch_slices(n, batch_size, fn)
     grid = t_grid(t, fn)
+    if targets is not None:
+        check_targets(targets, n, fn)
     if labels == "observed":
         if targets is None:
             raise ValueError(f"deadspec.{fn}: labels='observed' needs targets, got targets=None")
     else:
         task = infer_task(targets, loss_fn, task, fn)
-    if targets is not None and (
-        not isinstance(targets, torch.Tensor) or targets.ndim == 0 or targets.shape[0] != n
-    ):
-        raise ValueError(f"deadspec.{fn}: targets must be a tensor with {n} rows on axis 0")
 
     u = _unit_direction(model, direction, fn)
     theta0 = {name: p.detach() for name, p in model.named_parameters()}
