@@ -260,6 +260,29 @@ def test_direction_forms_agree_and_path_callable():
     np.testing.assert_allclose(r_b.fisher, r_dict.fisher, rtol=1e-12)
 
 
+def test_classify_user_candidates_in_both_forms():
+    """A user candidate given as one flat vector is classified like its dict form, and the
+    result's direction is the unit direction (non-zero entries only) in both."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
+    x = torch.randn(30, 3, generator=torch.Generator().manual_seed(2), dtype=DT)
+    y = torch.randn(30, 2, generator=torch.Generator().manual_seed(3), dtype=DT)
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    flat = torch.zeros(sum(sizes), dtype=DT)
+    off = sum(sizes[: names.index("2.weight")])
+    flat[off : off + 8] = torch.arange(1.0, 9.0, dtype=DT)
+    as_dict = {"2.weight": torch.arange(1.0, 9.0, dtype=DT).reshape(2, 4) * 3.0}
+    got = deadspec.classify_directions(model, x, targets=y, gauges=False, n_small=0,
+                                       candidates={"flat": flat, "dict": as_dict})
+    assert [c.name for c in got] == ["flat", "dict"] and {c.source for c in got} == {"user"}
+    np.testing.assert_allclose(got[0].order.fisher, got[1].order.fisher, rtol=1e-12)
+    unit = as_dict["2.weight"] / as_dict["2.weight"].norm()
+    for c in got:
+        assert list(c.direction) == ["2.weight"]
+        torch.testing.assert_close(c.direction["2.weight"], unit, rtol=1e-12, atol=0)
+
+
 def test_direction_order_validation():
     x, y = _xy()
     model = _Power(2)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from deadspec._engine import reading_options, validate
@@ -15,6 +17,7 @@ from deadspec._limits import MAX_GRID, MAX_PROBES, check_at_most
 from deadspec._util import check_choice, check_model
 
 __all__ = [
+    "as_real_tensor",
     "DIR_LABELS",
     "METHODS",
     "SIDES",
@@ -24,6 +27,7 @@ __all__ = [
     "default_next_layer",
     "linear_named",
     "t_grid",
+    "unit_direction",
 ]
 
 SIDES = ("activation", "fisher")
@@ -173,3 +177,70 @@ def check_read(fn: str, model: Any, inputs: Any, layers: list[str], **options: A
     kw = {p.name: p.default for p in params if p.kind is keyword and p.name != "layers"}
     collect_opts, _ = reading_options(**{**kw, **options, "fn": fn})
     validate(model, inputs, layers, collect_opts)
+
+
+def as_real_tensor(value: Any, what: str, fn: str) -> torch.Tensor:
+    """``value`` (a tensor, array or sequence of real numbers) as a tensor, else TypeError."""
+    if value is None or isinstance(value, (str, bytes)):
+        v = None
+    else:
+        try:
+            v = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            v = None
+    if v is None or v.dtype == torch.bool or v.is_complex():
+        got = type(value).__name__ if v is None else f"a tensor of dtype {v.dtype}"
+        raise TypeError(
+            f"deadspec.{fn}: {what} must be a tensor, array or sequence of real numbers (a "
+            f"direction is a dict parameter name -> tensor, or one flat 1-D tensor), got {got}"
+        )
+    return v
+
+
+def unit_direction(model: nn.Module, direction: Any, fn: str) -> dict[str, torch.Tensor]:
+    """``direction`` (a dict parameter name -> tensor, missing names zero, or one flat vector
+    in ``named_parameters()`` order) as a unit-norm dict over every parameter, in each
+    parameter's dtype and device; TypeError/ValueError naming ``deadspec.<fn>`` otherwise."""
+    params = dict(model.named_parameters())
+    if not params:
+        raise ValueError(f"deadspec.{fn}: the model has no parameters")
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(direction, Mapping):
+        unknown = [k for k in direction if k not in params]
+        if unknown:
+            raise ValueError(
+                f"deadspec.{fn}: direction names {unknown} are not parameters of the model; "
+                f"parameters: {list(params)}"
+            )
+        for name, p in params.items():
+            if name in direction:
+                v = as_real_tensor(direction[name], f"direction[{name!r}]", fn)
+                if tuple(v.shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"deadspec.{fn}: direction[{name!r}] must have shape {tuple(p.shape)}, "
+                        f"got {tuple(v.shape)}"
+                    )
+                out[name] = v.detach().to(device=p.device, dtype=torch.float64)
+            else:
+                out[name] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+    else:
+        v = as_real_tensor(direction, "direction", fn).detach()
+        total = sum(p.numel() for p in params.values())
+        if v.ndim != 1 or v.numel() != total:
+            raise ValueError(
+                f"deadspec.{fn}: a flat direction must be a 1-D vector of length {total} "
+                f"(sum of parameter sizes, named_parameters() order), got shape {tuple(v.shape)}"
+            )
+        off = 0
+        for name, p in params.items():
+            out[name] = (
+                v[off : off + p.numel()].reshape(p.shape).to(device=p.device, dtype=torch.float64)
+            )
+            off += p.numel()
+    for name, v in out.items():
+        if v.is_complex() or not bool(torch.isfinite(v).all()):
+            raise ValueError(f"deadspec.{fn}: direction[{name!r}] must be real and finite")
+    norm = math.sqrt(sum(float(v.pow(2).sum()) for v in out.values()))
+    if norm == 0.0:
+        raise ValueError(f"deadspec.{fn}: direction must be non-zero, got norm 0")
+    return {name: (v / norm).to(params[name].dtype) for name, v in out.items()}

@@ -24,7 +24,12 @@ from deadspec._engine.inputs import as_input_tuple, check_targets
 from deadspec._engine.losses import infer_task
 from deadspec._util import check_bool, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
-from deadspec.approach._common import check_order_options, linear_named, t_grid
+from deadspec.approach._common import (
+    check_order_options,
+    linear_named,
+    t_grid,
+    unit_direction,
+)
 from deadspec.approach.order import DirectionOrder, direction_order
 from deadspec.ops import fisher_gram, spectrum
 
@@ -465,6 +470,7 @@ def classify_directions(
         todo, progress, f"deadspec.{fn}", total=len(todo)
     ):
         order = direction_order(model, inputs, d, path=path, t=grid, **common)
-        nz = {k: v for k, v in d.items() if isinstance(v, torch.Tensor) and bool(v.ne(0).any())}
+        unit = unit_direction(model, d, fn)  # a user's flat vector or dict, as direction_order
+        nz = {k: v for k, v in unit.items() if bool(v.ne(0).any())}
         results.append(DirectionClass(name, source, layer, order, nz))
     return results

@@ -9,10 +9,8 @@ per-sample gradient; slope s of ``log F_u`` against ``log t``, ``k̂ = 1 + s/2``
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +25,7 @@ from deadspec._engine.inputs import (
 )
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
 from deadspec._util import progress as progress_bar
-from deadspec.approach._common import check_order_options, t_grid
+from deadspec.approach._common import check_order_options, t_grid, unit_direction
 from deadspec.ops import fit_slope
 
 __all__ = ["DirectionOrder", "direction_order"]
@@ -75,70 +73,6 @@ class DirectionOrder:
             f"lambda_dir={self.lambda_dir:.4g}, slope={self.slope:.4g}, r2={self.r2:.4f}, "
             f"t=[{self.t[0]:.3g}..{self.t[-1]:.3g}] ({len(self.t)} points))"
         )
-
-
-def _as_tensor(value: Any, what: str, fn: str) -> torch.Tensor:
-    """``value`` (a tensor, array or sequence of real numbers) as a tensor, else TypeError."""
-    if value is None or isinstance(value, (str, bytes)):
-        v = None
-    else:
-        try:
-            v = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            v = None
-    if v is None or v.dtype == torch.bool or v.is_complex():
-        got = type(value).__name__ if v is None else f"a tensor of dtype {v.dtype}"
-        raise TypeError(
-            f"deadspec.{fn}: {what} must be a tensor, array or sequence of real numbers (a "
-            f"direction is a dict parameter name -> tensor, or one flat 1-D tensor), got {got}"
-        )
-    return v
-
-
-def _unit_direction(model: nn.Module, direction: Any, fn: str) -> dict[str, torch.Tensor]:
-    params = dict(model.named_parameters())
-    if not params:
-        raise ValueError(f"deadspec.{fn}: the model has no parameters")
-    out: dict[str, torch.Tensor] = {}
-    if isinstance(direction, Mapping):
-        unknown = [k for k in direction if k not in params]
-        if unknown:
-            raise ValueError(
-                f"deadspec.{fn}: direction names {unknown} are not parameters of the model; "
-                f"parameters: {list(params)}"
-            )
-        for name, p in params.items():
-            if name in direction:
-                v = _as_tensor(direction[name], f"direction[{name!r}]", fn)
-                if tuple(v.shape) != tuple(p.shape):
-                    raise ValueError(
-                        f"deadspec.{fn}: direction[{name!r}] must have shape {tuple(p.shape)}, "
-                        f"got {tuple(v.shape)}"
-                    )
-                out[name] = v.detach().to(device=p.device, dtype=torch.float64)
-            else:
-                out[name] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
-    else:
-        v = _as_tensor(direction, "direction", fn).detach()
-        total = sum(p.numel() for p in params.values())
-        if v.ndim != 1 or v.numel() != total:
-            raise ValueError(
-                f"deadspec.{fn}: a flat direction must be a 1-D vector of length {total} "
-                f"(sum of parameter sizes, named_parameters() order), got shape {tuple(v.shape)}"
-            )
-        off = 0
-        for name, p in params.items():
-            out[name] = (
-                v[off : off + p.numel()].reshape(p.shape).to(device=p.device, dtype=torch.float64)
-            )
-            off += p.numel()
-    for name, v in out.items():
-        if v.is_complex() or not bool(torch.isfinite(v).all()):
-            raise ValueError(f"deadspec.{fn}: direction[{name!r}] must be real and finite")
-    norm = math.sqrt(sum(float(v.pow(2).sum()) for v in out.values()))
-    if norm == 0.0:
-        raise ValueError(f"deadspec.{fn}: direction must be non-zero, got norm 0")
-    return {name: (v / norm).to(params[name].dtype) for name, v in out.items()}
 
 
 def _path_params(
@@ -353,7 +287,7 @@ def direction_order(
     else:
         task = infer_task(targets, loss_fn, task, fn)
 
-    u = _unit_direction(model, direction, fn)
+    u = unit_direction(model, direction, fn)
     theta0 = {name: p.detach() for name, p in model.named_parameters()}
     pgen = torch.Generator().manual_seed(0 if seed is None else int(seed))
     probes = []
@@ -362,7 +296,7 @@ def direction_order(
             name: torch.randn(p.shape, generator=pgen, dtype=torch.float64)
             for name, p in theta0.items()
         }
-        probes.append(_unit_direction(model, raw, fn))
+        probes.append(unit_direction(model, raw, fn))
     measure = _Measure(
         model,
         tup,

@@ -102,6 +102,9 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
                                      Arr("torch", "float64", (12, 3), layout="T")),
              {"targets": Arr("torch", "float64", (12, 4), seed=6), "gauges": True}),
         Case("classify_directions", (_MLP, _X), {"targets": "abc"}),  # unclear: as above
+        # unclear: a user candidate given as a flat vector ('Tensor' has no attribute 'items')
+        Case("classify_directions", (_MLP, _X), {"targets": _Y, "gauges": False, "n_small": 0,
+                                                  "candidates": {"v": Direction()}}),
     ),
     "gauge_directions": (
         # unclear: a model that is not a module (AttributeError named_modules)
