@@ -44,7 +44,7 @@ def unpack_data(data: Any, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
             f"deadspec.llc.{fn}: data must hold exactly (inputs, targets), got {len(tensors)} "
             f"tensors"
         )
-    x, y = (torch.as_tensor(t) for t in tensors)
+    x, y = (_member(t, name, fn) for t, name in zip(tensors, ("inputs", "targets")))
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
         raise ValueError(
             f"deadspec.llc.{fn}: inputs and targets must share a leading sample axis, got "
@@ -53,6 +53,22 @@ def unpack_data(data: Any, fn: str) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape[0] < 2:
         raise ValueError(f"deadspec.llc.{fn}: data must hold at least 2 samples, got {x.shape[0]}")
     return x, y
+
+
+def _member(value: Any, name: str, fn: str) -> torch.Tensor:
+    """One member of ``data`` as a tensor: a tensor, or an array or (nested) sequence of
+    numbers; TypeError naming it otherwise (None, a string, ragged lists, objects)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if value is not None and not isinstance(value, (str, bytes, dict)):
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(
+        f"deadspec.llc.{fn}: data's {name} must be a tensor (or an array of numbers), got "
+        f"{type(value).__name__}"
+    )
 
 
 def check_positive(fn: str, name: str, value: Any, integer: bool = False) -> Any:

@@ -80,7 +80,6 @@ KNOWN: dict[tuple[str, str], str] = {
     "RuntimeError from the forward, unprefixed",
     ("approach_slope", UNCLEAR): "the model's forward fails on the inputs: torch's "
     "RuntimeError, unprefixed",
-    ("llc.estimate", UNCLEAR): "data=(x, None): torch's 'Could not infer dtype of NoneType'",
     ("_core.gram", UNCLEAR): _PYBIND,
     ("_core.sym_eig", UNCLEAR): _PYBIND,
     ("_core.spectrum", UNCLEAR): _PYBIND,
