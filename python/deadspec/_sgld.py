@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from deadspec._engine.losses import sum_per_sample
+from deadspec._usercode import MODEL_FORWARD, user_code
 from deadspec._util import progress as progress_bar
 
 __all__ = [
@@ -85,15 +86,16 @@ def check_positive(fn: str, name: str, value: Any, integer: bool = False) -> Any
     return v
 
 
-def batch_mean_loss(loss_fn: Callable, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    loss = loss_fn(out, yb)
+def batch_mean_loss(
+    loss_fn: Callable, out: torch.Tensor, yb: torch.Tensor, fn: str = "llc.estimate"
+) -> torch.Tensor:
+    with user_code(fn, "loss_fn(output, targets) on a batch of the data"):
+        loss = loss_fn(out, yb)
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(
-            f"deadspec.llc.estimate: loss_fn must return a tensor, got {type(loss).__name__}"
-        )
+        raise TypeError(f"deadspec.{fn}: loss_fn must return a tensor, got {type(loss).__name__}")
     if loss.ndim == 0:
         return loss
-    return sum_per_sample(loss, int(out.shape[0]), "llc.estimate").mean()
+    return sum_per_sample(loss, int(out.shape[0]), fn).mean()
 
 
 def full_loss(model, loss_fn, x, y, chunk: int) -> tuple[float, int]:
@@ -104,8 +106,11 @@ def full_loss(model, loss_fn, x, y, chunk: int) -> tuple[float, int]:
     with torch.no_grad():
         for s in range(0, n, chunk):
             xb, yb = x[s : s + chunk], y[s : s + chunk]
-            out = model(xb)
-            per = loss_fn(out, yb)
+            rows = f"rows {s}:{s + xb.shape[0]} of the data, at w*"
+            with user_code("llc.estimate", f"{MODEL_FORWARD} on {rows}"):
+                out = model(xb)
+            with user_code("llc.estimate", f"loss_fn(output, targets) on {rows}"):
+                per = loss_fn(out, yb)
             if not isinstance(per, torch.Tensor):
                 raise TypeError(
                     f"deadspec.llc.estimate: loss_fn must return a tensor, got {type(per).__name__}"
@@ -127,7 +132,8 @@ def gaussian_scale(model, loss_fn, x, y, chunk: int) -> float | None:
         return None
     xb, yb = x[:chunk], y[:chunk]
     with torch.no_grad():
-        f = model(xb)
+        with user_code("llc.estimate", f"{MODEL_FORWARD} for the Gaussian NLL scale check"):
+            f = model(xb)
         if not isinstance(f, torch.Tensor) or f.shape != yb.shape:
             return None
         g = torch.Generator(device=f.device).manual_seed(12345)
@@ -135,7 +141,8 @@ def gaussian_scale(model, loss_fn, x, y, chunk: int) -> float | None:
         h = 1e-2 * float(f.abs().mean().clamp_min(1.0))
 
         def lsum(out: torch.Tensor) -> float:
-            per = loss_fn(out, yb)
+            with user_code("llc.estimate", "loss_fn(output, targets) for the NLL scale check"):
+                per = loss_fn(out, yb)
             return float(per.sum()) if per.ndim else float(per) * f.shape[0]
 
         # the loss is quadratic in f for a Gaussian NLL: the central second difference is exact
@@ -150,14 +157,13 @@ def gaussian_scale(model, loss_fn, x, y, chunk: int) -> float | None:
 class Functional:
     """A model as a function of a dict of parameters (torch.func)."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable) -> None:
+    def __init__(self, model: nn.Module, loss_fn: Callable, fn: str = "llc.estimate") -> None:
         self.model = model
         self.loss_fn = loss_fn
+        self.fn = fn
         self.names = [k for k, p in model.named_parameters() if p.requires_grad]
         if not self.names:
-            raise ValueError(
-                "deadspec.llc.estimate: the model has no parameter with requires_grad=True"
-            )
+            raise ValueError(f"deadspec.{fn}: the model has no parameter with requires_grad=True")
         all_params = dict(model.named_parameters())
         self.fixed = {k: v.detach() for k, v in all_params.items() if k not in self.names}
         self.fixed.update({k: v.detach() for k, v in model.named_buffers()})
@@ -168,8 +174,9 @@ class Functional:
     def loss(
         self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
     ) -> torch.Tensor:
-        out = torch.func.functional_call(self.model, {**params, **self.fixed}, (xb,))
-        return batch_mean_loss(self.loss_fn, out, yb)
+        with user_code(self.fn, f"{MODEL_FORWARD} (torch.func.functional_call) on a batch"):
+            out = torch.func.functional_call(self.model, {**params, **self.fixed}, (xb,))
+        return batch_mean_loss(self.loss_fn, out, yb, self.fn)
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Split a (..., d) tensor into parameter-shaped pieces (leading axes kept)."""

@@ -527,7 +527,7 @@ def curvature_scale(
         x = x.to(p0.dtype)
     if y.is_floating_point():
         y = y.to(p0.dtype)
-    func = Functional(model, loss_fn)
+    func = Functional(model, loss_fn, fn)
     named = dict(model.named_parameters())
     w = torch.cat([named[k].detach().reshape(-1) for k in func.names])
 

@@ -288,6 +288,31 @@ CASES = [
      r"\(8,\), smallest entry -1"),
     ("Pair-check-inputs", lambda: G.Pair("0", "2").check(MODEL, "x"), TypeError,
      r"deadspec\.Pair\.check: inputs must be a torch\.Tensor"),
+    ("Pair-check-targets-str", lambda: G.Pair("0", "2").check(MODEL, X, "abc"), TypeError,
+     r"deadspec\.Pair\.check: targets must be a torch\.Tensor or None, got str"),
+    ("Pair-check-loss_fn", lambda: G.Pair("0", "2").check(MODEL, X, Y, "ce"), TypeError,
+     r"deadspec\.Pair\.check: loss_fn must be callable or None, got str"),
+    ("Pair-check-loss-per-sample", lambda: G.Pair("0", "2").check(
+        MODEL, X, Y, nn.CrossEntropyLoss(reduction="none")), TypeError,
+     r"deadspec\.Pair\.check: loss_fn must return a scalar .*got shape \(16,\)"),
+    ("Pair-check-targets-rows", lambda: G.Pair("0", "2").check(MODEL, X, Y[:5]), ValueError,
+     r"deadspec\.Pair\.check: integer targets \(the cross-entropy\) must hold one class index "
+     r"per row of the output's last axis, got output \(16, 3\) and targets \(5,\)"),
+    ("Pair-check-targets-range", lambda: G.Pair("0", "2").check(MODEL, X, Y + 3), ValueError,
+     r"deadspec\.Pair\.check: integer targets must be class indices in \[0, 3\)"),
+    ("Pair-check-targets-float", lambda: G.Pair("0", "2").check(MODEL, X, torch.ones(16, 2)),
+     ValueError, r"deadspec\.Pair\.check: floating targets \(the MSE\) must have as many "
+     r"entries as the output \(16, 3\), got shape \(16, 2\)"),
+    ("Pair-check-targets-bool", lambda: G.Pair("0", "2").check(MODEL, X, Y > 0), TypeError,
+     r"deadspec\.Pair\.check: targets must be integer or float, got torch\.bool"),
+    ("Pair-check-generator", lambda: G.Pair("0", "2").check(MODEL, X, generator=1), TypeError,
+     r"deadspec\.Pair\.check: generator must be a torch\.Generator or None, got int"),
+    ("Pair-check-spread", lambda: G.Pair("0", "2").check(MODEL, X, spread="x"), TypeError,
+     r"deadspec\.Pair\.check: spread must be a number, got str 'x'"),
+    ("Pair-check-raise_on_fail", lambda: G.Pair("0", "2").check(MODEL, X, raise_on_fail="no"),
+     TypeError, r"deadspec\.Pair\.check: raise_on_fail must be a bool, got str 'no'"),
+    ("discover-check-targets", lambda: G.discover(MODEL, check=True, inputs=X, targets=Y[:3]),
+     ValueError, r"deadspec\.Pair\.check: integer targets \(the cross-entropy\) must hold"),
     ("Chain-layers-str", lambda: G.Chain("abc"), TypeError,
      r"deadspec\.Chain: layers must be a sequence of module names or modules, got str"),
     ("random_elements-model", lambda: G.random_elements("m", [G.Pair("0", "2")]), TypeError,
@@ -512,3 +537,83 @@ def test_cli_helpers_refuse_a_wrong_path_type():
         cli.load_data(3)
     with pytest.raises(cli.CLIError, match=r"checkpoints must be a sequence of paths, got the"):
         cli.read_checkpoints("step_1.pt", "deadspec.models:demo_mlp", X)
+
+
+# ------------------------------------------------------------- the model's own errors, noted
+WIDE = torch.randn(16, 5)  # 5 features for MODEL, which takes 4
+_MATMUL = r"mat1 and mat2 shapes cannot be multiplied"
+
+
+def _raising_loss(output, targets):
+    raise KeyError("the user's loss failed")
+
+
+# (id, call, the model's exception type, its message, the note deadspec adds)
+USER_ERRORS = [
+    ("read", lambda: deadspec.read(MODEL, WIDE, fisher=False), RuntimeError, _MATMUL,
+     "deadspec.read: raised by the model's forward on batch 0 of the inputs (rows 0:16)"),
+    ("read-fisher-batches", lambda: deadspec.read(MODEL, WIDE, targets=Y, batch_size=8),
+     RuntimeError, _MATMUL,
+     "deadspec.read: raised by the model's forward on batch 0 of the inputs (rows 0:8)"),
+    ("read-loss_fn", lambda: deadspec.read(MODEL, X, targets=Y, loss_fn=_raising_loss),
+     KeyError, "the user's loss failed", "deadspec.read: raised by loss_fn(output, targets)"),
+    ("approach_slope", lambda: deadspec.approach_slope(MODEL, WIDE, layer="0", units=[0]),
+     RuntimeError, _MATMUL, "deadspec.approach_slope: raised by the model's forward on batch 0"),
+    ("monitor", lambda: _monitor(inputs=WIDE, fisher=False).step(0), RuntimeError, _MATMUL,
+     "deadspec.DeadDirectionMonitor: raised by the model's forward on batch 0 of the inputs"),
+    ("direction_order", lambda: deadspec.direction_order(MODEL, WIDE, torch.ones(N_PARAMS),
+                                                         targets=Y),
+     RuntimeError, _MATMUL,
+     "deadspec.direction_order: raised by the model's forward on batch 0 of the inputs"),
+    ("direction_order-path", lambda: deadspec.direction_order(
+        MODEL, X, torch.ones(N_PARAMS), targets=Y, path=lambda t: {}[t]),
+     KeyError, "0.001", "deadspec.direction_order: raised by path(t) at t=0.001"),
+    ("discover-check", lambda: G.discover(MODEL, check=True, inputs=WIDE), RuntimeError,
+     _MATMUL, "deadspec.Pair.check: raised by the model's forward on the inputs (a float64 "
+     "copy of the model)"),
+    ("Pair-check", lambda: G.Pair("0", "2").check(MODEL, WIDE), RuntimeError, _MATMUL,
+     "deadspec.Pair.check: raised by the model's forward on the inputs"),
+    ("Pair-check-loss_fn", lambda: G.Pair("0", "2").check(MODEL, X, Y, _raising_loss),
+     KeyError, "the user's loss failed", "deadspec.Pair.check: raised by loss_fn(outputs, "
+     "targets)"),
+    ("llc.estimate", lambda: llc.estimate(MODEL, (WIDE, Y), loss_fn=CE, epsilon=1e-3,
+                                          gamma=1.0, chains=1, draws=2, burnin=0),
+     RuntimeError, _MATMUL, "deadspec.llc.estimate: raised by the model's forward on rows 0:16 "
+     "of the data, at w*"),
+    ("llc.curvature_scale", lambda: llc.curvature_scale(MODEL, (WIDE, Y), loss_fn=CE),
+     RuntimeError, _MATMUL, "deadspec.llc.curvature_scale: raised by the model's forward"),
+]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="BaseException.add_note is Python 3.11+")
+@pytest.mark.parametrize(
+    ("call", "kind", "match", "note"), [c[1:] for c in USER_ERRORS],
+    ids=[c[0] for c in USER_ERRORS],
+)
+def test_the_models_own_error_passes_with_a_note(call, kind, match, note):
+    """An exception raised by the user's model (or loss_fn, or path) is theirs: its type and
+    message pass unchanged, and one note says which deadspec function ran it and on what."""
+    with pytest.raises(Exception) as info:  # noqa: B017 - the type is asserted exactly below
+        call()
+    exc = info.value
+    assert type(exc) is kind, f"{type(exc).__name__}: {exc}"
+    assert re.search(match, str(exc)) and not str(exc).startswith("deadspec."), str(exc)
+    notes = [n for n in getattr(exc, "__notes__", []) if n.startswith("deadspec.")]
+    assert len(notes) == 1 and notes[0].startswith(note), notes
+
+
+def test_a_deadspec_error_inside_the_users_code_gets_no_note():
+    """What deadspec itself raises below the call (a hook, a deadspec loss) is not the user's:
+    no note; nor is an error whose message is already deadspec's."""
+    from deadspec._engine.inputs import names_list
+    from deadspec._usercode import user_code
+
+    with pytest.raises(AttributeError) as info, user_code("read", "the model's forward"):
+        names_list(None)  # an AttributeError raised in a frame of the deadspec package
+    assert not getattr(info.value, "__notes__", [])
+    with pytest.raises(ValueError) as info, user_code("read", "the model's forward"):
+        raise ValueError("deadspec.read: x must be finite")
+    assert not getattr(info.value, "__notes__", [])
+    with pytest.raises(ValueError) as info, user_code("read", "the model's forward"):
+        raise ValueError("the user's own error")
+    assert info.value.__notes__ == ["deadspec.read: raised by the model's forward"]

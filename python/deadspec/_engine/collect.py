@@ -43,6 +43,7 @@ from deadspec._engine.losses import (
 )
 from deadspec._engine.mha import PatchedMHA
 from deadspec._engine.sites import resolve_sites
+from deadspec._usercode import MODEL_FORWARD, user_code
 from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 
@@ -127,6 +128,7 @@ class _Run:
         self.opts = opts
         self.n = n
         self.batch = 0
+        self.where = "the inputs"  # the batch being read, for the note on the user's error
         self.out_dim = 0  # last-axis size of the model output (names the logit layer)
         self.task = opts.task
         self.gen: torch.Generator | None = None
@@ -147,8 +149,9 @@ class _Run:
         """The capture callback (hooks and the patched attention call it)."""
         return on_call(cap, a, out, self.opts.pool, self.n, self.batch, self.opts.fn)
 
-    def start_batch(self, b: int) -> None:
+    def start_batch(self, k: int, sl: slice, b: int) -> None:
         self.batch = b
+        self.where = f"batch {k} of the inputs (rows {sl.start}:{sl.stop})"
         for cap in self.captures:
             cap.calls = 0
             cap.cur_input = None
@@ -159,12 +162,14 @@ class _Run:
         # A fused fast path (nn.TransformerEncoderLayer in eval mode under no_grad) would skip
         # the patched attention: keep autograd on when attention is read.
         with torch.enable_grad() if patched else torch.no_grad():
-            self.model(*batch)
+            with user_code(self.opts.fn, f"{MODEL_FORWARD} on {self.where}"):
+                self.model(*batch)
         check_called(self.captures, self.opts.fn)
 
     def _losses(self, batch: tuple[torch.Tensor, ...], sl: slice) -> torch.Tensor:
         opts, fn = self.opts, self.opts.fn
-        output = self.model(*batch)
+        with user_code(fn, f"{MODEL_FORWARD} on {self.where}"):
+            output = self.model(*batch)
         check_called(self.captures, fn)
         output = model_output(output, fn)
         self.out_dim = int(output.shape[-1]) if output.ndim else 0
@@ -257,9 +262,10 @@ def collect(
     handles: list[Any] = []
     try:
         handles = install_hooks(captures, run.call)
-        for sl in progress_bar(slices, opts.progress, f"deadspec.{fn}", total=len(slices)):
+        bar = progress_bar(slices, opts.progress, f"deadspec.{fn}", total=len(slices))
+        for k, sl in enumerate(bar):
             batch = tuple(x[sl] for x in tup)
-            run.start_batch(int(batch[0].shape[0]))
+            run.start_batch(k, sl, int(batch[0].shape[0]))
             if want_fisher:
                 run.forward_backward(batch, sl)
             else:

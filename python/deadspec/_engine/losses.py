@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deadspec._usercode import user_code
+
 __all__ = [
     "LABELS",
     "TASKS",
@@ -99,7 +101,8 @@ def per_sample_loss(
     n = output.shape[0]
     if loss_fn is None:
         return default_loss(output, targets, fn)
-    loss = loss_fn(output, targets)
+    with user_code(fn, "loss_fn(output, targets)"):
+        loss = loss_fn(output, targets)
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"deadspec.{fn}: loss_fn must return a tensor, got {type(loss).__name__}")
     if loss.ndim == 0:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deadspec._engine import reading_options, validate
+from deadspec._engine import collect, read_states, reading_options, validate
 from deadspec._engine.inputs import names_list
 from deadspec._limits import MAX_GRID, MAX_PROBES, check_at_most
 from deadspec._util import check_choice, check_model
@@ -26,6 +26,7 @@ __all__ = [
     "check_units",
     "default_next_layer",
     "linear_named",
+    "read_as",
     "t_grid",
     "unit_direction",
 ]
@@ -167,16 +168,29 @@ def check_order_options(
         raise TypeError(f"deadspec.{fn}: path must be callable or None, got {type(path).__name__}")
 
 
-def check_read(fn: str, model: Any, inputs: Any, layers: list[str], **options: Any) -> None:
-    """The checks :func:`deadspec.read` makes before running the model (options, inputs,
-    targets, layers), for a reading that calls it: errors name ``deadspec.<fn>``, not read."""
+def _read_options(fn: str, options: dict[str, Any]) -> Any:
+    """:func:`deadspec.read`'s options (its defaults, then ``options``) for a reading that
+    calls it on behalf of ``deadspec.<fn>``."""
     from deadspec.reading import read
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = inspect.signature(read).parameters.values()
     kw = {p.name: p.default for p in params if p.kind is keyword and p.name != "layers"}
-    collect_opts, _ = reading_options(**{**kw, **options, "fn": fn})
+    return reading_options(**{**kw, **options, "fn": fn})
+
+
+def check_read(fn: str, model: Any, inputs: Any, layers: list[str], **options: Any) -> None:
+    """The checks :func:`deadspec.read` makes before running the model (options, inputs,
+    targets, layers), for a reading that calls it: errors name ``deadspec.<fn>``, not read."""
+    collect_opts, _ = _read_options(fn, options)
     validate(model, inputs, layers, collect_opts)
+
+
+def read_as(fn: str, model: Any, inputs: Any, layers: list[str], **options: Any) -> Any:
+    """:func:`deadspec.read` run on behalf of ``deadspec.<fn>``: its errors, and the note on an
+    error of the model's own forward, name ``fn``."""
+    collect_opts, read_opts = _read_options(fn, options)
+    return read_states(collect(model, inputs, layers, collect_opts), read_opts)
 
 
 def as_real_tensor(value: Any, what: str, fn: str) -> torch.Tensor:

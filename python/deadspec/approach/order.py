@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from deadspec._engine.inputs import (
     make_generator,
 )
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
+from deadspec._usercode import MODEL_FORWARD, user_code
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import check_order_options, t_grid, unit_direction
 from deadspec.ops import fit_slope
@@ -85,7 +87,8 @@ def _path_params(
 ) -> dict[str, torch.Tensor]:
     if path is None:
         return {n: theta0[n] + tv * u[n] for n in theta0}
-    d = path(tv)
+    with user_code(fn, f"path(t) at t={tv:g}"):
+        d = path(tv)
     if not isinstance(d, Mapping):
         raise TypeError(
             f"deadspec.{fn}: path(t) must return a dict of parameters, got {type(d).__name__}"
@@ -133,11 +136,15 @@ class _Measure:
         from torch.func import functional_call, jvp
 
         total = 0.0
-        for sl in self.slices:
+        for k, sl in enumerate(self.slices):
             args = tuple(x[sl] for x in self.tup)
-            out, v = jvp(
-                lambda p, args=args: functional_call(self.model, p, args), (theta,), (tangent,)
-            )
+            what = f"{MODEL_FORWARD} on batch {k} of the inputs (rows {sl.start}:{sl.stop})"
+
+            def forward(p: dict[str, torch.Tensor], args=args, what=what) -> Any:
+                with user_code(self.fn, what):
+                    return functional_call(self.model, p, args)
+
+            out, v = jvp(forward, (theta,), (tangent,))
             if not isinstance(out, torch.Tensor):
                 raise TypeError(
                     f"deadspec.{self.fn}: the model output must be a tensor, got "

@@ -27,10 +27,10 @@ from deadspec.approach._common import (
     check_units,
     default_next_layer,
     linear_named,
+    read_as,
     t_grid,
 )
 from deadspec.ops import fit_slope, logdet_top
-from deadspec.reading import read
 
 __all__ = ["ApproachSlope", "approach_slope"]
 
@@ -209,12 +209,13 @@ def approach_slope(
 
     def spectrum_at(tv: float) -> Any:
         scaler.set(tv)
-        r = read(
+        r = read_as(
+            fn,
             work,
             inputs,
+            [layer],
             targets=targets,
             loss_fn=loss_fn,
-            layers=[layer],
             fisher=(side == "fisher"),
             center=center,
             batch_size=batch_size,

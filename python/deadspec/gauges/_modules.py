@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deadspec._usercode import user_code
 from deadspec._util import unwrap_compiled
 
 __all__ = [
     "Ref",
     "as_inputs",
     "as_tuple",
+    "check_data",
     "check_gauges",
     "check_generator",
     "check_inputs",
@@ -130,6 +132,22 @@ def check_inputs(fn: str, inputs: Any) -> None:
             f"deadspec.{fn}: inputs must be a torch.Tensor or a non-empty tuple of tensors "
             f"(passed as model(*inputs)), got {type(inputs).__name__}"
         )
+
+
+def check_data(fn: str, inputs: Any, targets: Any, loss_fn: Any, generator: Any) -> None:
+    """The types of a numerical check's ``inputs`` (None passes), ``targets``, ``loss_fn`` and
+    ``generator`` (:meth:`Gauge.check`, :func:`discover`), before the model runs."""
+    if inputs is not None:
+        check_inputs(fn, inputs)
+    if targets is not None and not isinstance(targets, torch.Tensor):
+        raise TypeError(
+            f"deadspec.{fn}: targets must be a torch.Tensor or None, got {type(targets).__name__}"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"deadspec.{fn}: loss_fn must be callable or None, got {type(loss_fn).__name__}"
+        )
+    check_generator(fn, generator)
 
 
 def resolve(model: nn.Module, ref: Ref, fn: str, arg: str) -> tuple[str, nn.Module]:
@@ -252,23 +270,70 @@ def as_inputs(inputs: Any) -> tuple[Any, ...]:
     )
 
 
-def observe(out: Any, targets: Any, loss_fn: Any, logit: bool) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
+def observe(out: Any, targets: Any, loss_fn: Any, logit: bool, fn: str) -> torch.Tensor:
+    """What a numerical check compares: ``loss_fn(out, targets)`` (a scalar), else the default
+    loss of the targets (MSE for floating, mean cross-entropy for integer ones), else the
+    outputs (their ``log_softmax`` for a logit shift). ``out`` is the model's output (the first
+    item of a tuple); ``targets`` were checked by :func:`check_data`."""
+    if isinstance(out, (tuple, list)) and out:
         out = out[0]
-    if loss_fn is not None:
-        t = (
-            targets.to(torch.float64)
-            if isinstance(targets, torch.Tensor) and targets.is_floating_point()
-            else targets
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        got = f"a tensor of dtype {out.dtype}" if isinstance(out, torch.Tensor) else type(out)
+        raise TypeError(
+            f"deadspec.{fn}: the model output must be a floating tensor (or a tuple whose first "
+            f"item is one), got {getattr(got, '__name__', got)}"
         )
-        return torch.as_tensor(loss_fn(out, t), dtype=torch.float64).reshape(1)
+    if loss_fn is not None:
+        t = targets.to(torch.float64) if targets is not None and targets.is_floating_point() else (
+            targets
+        )
+        with user_code(fn, "loss_fn(outputs, targets)"):
+            loss = loss_fn(out, t)
+        try:
+            value = torch.as_tensor(loss, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            value = None
+        if value is None or value.numel() != 1:
+            got = type(loss).__name__ if value is None else f"shape {tuple(value.shape)}"
+            raise TypeError(
+                f"deadspec.{fn}: loss_fn must return a scalar (a number or a one-element tensor: "
+                f"reduce the batch), got {got}"
+            )
+        return value.reshape(1)
     if targets is not None:
-        if targets.is_floating_point():
-            return F.mse_loss(out, targets.to(out.dtype)).reshape(1)
-        return F.cross_entropy(out.reshape(-1, out.shape[-1]), targets.reshape(-1)).reshape(1)
+        return _default_loss(out, targets, fn)
     if logit:
         return torch.log_softmax(out, dim=-1)
     return out
+
+
+def _default_loss(out: torch.Tensor, targets: torch.Tensor, fn: str) -> torch.Tensor:
+    """MSE to floating targets (as many entries as the output), mean cross-entropy of integer
+    class indices (one per row of the output's last axis; -100 is ignored, as in torch)."""
+    if targets.dtype == torch.bool or targets.is_complex():
+        raise TypeError(f"deadspec.{fn}: targets must be integer or float, got {targets.dtype}")
+    if targets.is_floating_point():
+        if targets.numel() != out.numel():
+            raise ValueError(
+                f"deadspec.{fn}: floating targets (the MSE) must have as many entries as the "
+                f"output {tuple(out.shape)}, got shape {tuple(targets.shape)}"
+            )
+        return F.mse_loss(out, targets.reshape(out.shape).to(out.dtype)).reshape(1)
+    c = int(out.shape[-1]) if out.ndim else 0
+    if c == 0 or targets.numel() * c != out.numel():
+        raise ValueError(
+            f"deadspec.{fn}: integer targets (the cross-entropy) must hold one class index per "
+            f"row of the output's last axis, got output {tuple(out.shape)} and targets "
+            f"{tuple(targets.shape)}"
+        )
+    flat = targets.reshape(-1).long()
+    bad = (flat != -100) & ((flat < 0) | (flat >= c))
+    if bool(bad.any()):
+        raise ValueError(
+            f"deadspec.{fn}: integer targets must be class indices in [0, {c}), got values in "
+            f"[{int(flat.min())}, {int(flat.max())}]"
+        )
+    return F.cross_entropy(out.reshape(-1, c), flat).reshape(1)
 
 
 def scale_rows_(w: torch.Tensor, idx: torch.Tensor | None, c: torch.Tensor) -> None:

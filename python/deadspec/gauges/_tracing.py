@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deadspec._usercode import MODEL_FORWARD, user_code
 from deadspec.gauges._homogeneity import (
     DIV_FUNCTIONS,
     DIV_METHODS,
@@ -372,7 +373,8 @@ def fallback_logit(model: nn.Module, inputs: Any) -> set[str]:
                 )
             )
     try:
-        with torch.no_grad():
+        with torch.no_grad(), user_code("discover", f"{MODEL_FORWARD} on the inputs (finding "
+                                                     f"the layer that returns the logits)"):
             res = model(*(inputs if isinstance(inputs, (tuple, list)) else (inputs,)))
     finally:
         for h in hooks:

@@ -14,9 +14,9 @@ from deadspec.gauges._binding import map_refs
 from deadspec.gauges._homogeneity import HOMOGENEOUS_MODULES
 from deadspec.gauges._modules import (
     as_tuple,
+    check_data,
     check_gauges,
     check_generator,
-    check_inputs,
     check_module,
     is_norm,
     join,
@@ -80,22 +80,6 @@ MLP_NAMES = (("fc1", "fc2"), ("fc_in", "fc_out"), ("c_fc", "c_proj"), ("lin1", "
 SWIGLU_NAMES = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
 
 
-def _check_data(inputs: Any, targets: Any, loss_fn: Any, generator: Any) -> None:
-    """The types of :func:`discover`'s ``inputs``, ``targets``, ``loss_fn``, ``generator``."""
-    if inputs is not None:
-        check_inputs("discover", inputs)
-    if targets is not None and not isinstance(targets, torch.Tensor):
-        raise TypeError(
-            f"deadspec.discover: targets must be a torch.Tensor or None, got "
-            f"{type(targets).__name__}"
-        )
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(
-            f"deadspec.discover: loss_fn must be callable or None, got {type(loss_fn).__name__}"
-        )
-    check_generator("discover", generator)
-
-
 def discover(
     model: nn.Module,
     *,
@@ -147,7 +131,7 @@ def discover(
     chains = check_bool("discover", "chains", chains)
     if check and inputs is None:
         raise ValueError("deadspec.discover: inputs must be given with check=True, got None")
-    _check_data(inputs, targets, loss_fn, generator)
+    check_data("discover", inputs, targets, loss_fn, generator)
     info = trace_info(model)
     found = _Found(model)
     _traced_gauges(info, found)

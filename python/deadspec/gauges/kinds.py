@@ -13,12 +13,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from deadspec._util import check_real, unwrap_compiled
+from deadspec._usercode import MODEL_FORWARD, user_code
+from deadspec._util import check_bool, check_real, unwrap_compiled
 from deadspec.gauges._homogeneity import check_activation
 from deadspec.gauges._modules import (
     Ref,
     as_inputs,
     as_tuple,
+    check_data,
     check_inputs,
     heads_map,
     is_norm,
@@ -109,14 +111,22 @@ class Gauge:
         """
         fn = f"{type(self).__name__}.check"
         check_inputs(fn, inputs)
+        check_data(fn, inputs, targets, loss_fn, generator)
         rtol = check_real(fn, "rtol", rtol)
+        spread = check_real(fn, "spread", spread)
+        raise_on_fail = check_bool(fn, "raise_on_fail", raise_on_fail)
         g = self.bind(model)
         m = copy.deepcopy(unwrap_compiled(model)).to(torch.float64).eval()
         args = as_inputs(inputs)
+        logit = isinstance(g, LogitShift)
         with torch.no_grad():
-            before = observe(m(*args), targets, loss_fn, isinstance(g, LogitShift))
+            with user_code(fn, f"{MODEL_FORWARD} on the inputs (a float64 copy of the model)"):
+                out = m(*args)
+            before = observe(out, targets, loss_fn, logit, fn)
             g.apply(m, g.random_element(m, generator, spread=spread))
-            after = observe(m(*args), targets, loss_fn, isinstance(g, LogitShift))
+            with user_code(fn, f"{MODEL_FORWARD} on the inputs (moved along {g.describe()})"):
+                out = m(*args)
+            after = observe(out, targets, loss_fn, logit, fn)
         scale = float(before.abs().max()) if before.numel() else 0.0
         diff = float((after - before).abs().max()) if before.numel() else 0.0
         rel = diff / max(scale, torch.finfo(torch.float64).tiny)

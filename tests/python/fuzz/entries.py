@@ -536,7 +536,8 @@ def _csv_checks(argv: list[str], workdir: Path) -> dict[str, Any]:
 
 def _selftest(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, Any]:
     """The runner's own test entry: ``args[0]`` says what to do (abort, sleep, a non-finite
-    result, an unclear or clean error, writing over an input file, or return normally)."""
+    result, an unclear or clean error, the model's own error with deadspec's note, pybind11's
+    argument error, writing over an input file, or return normally)."""
     what = args[0]
     if what == "abort":
         import os
@@ -552,6 +553,13 @@ def _selftest(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, 
         raise AttributeError("'NoneType' object has no attribute 'shape'")
     if what == "clean":
         raise ValueError("deadspec.selftest: x must be positive, got -1")
+    if what == "model":  # the user's model failed; deadspec passed its error on with a note
+        exc = RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x5 and 3x4)")
+        exc.__notes__ = ["deadspec.selftest: raised by the model's forward on batch 0"]  # 3.10 too
+        raise exc
+    if what == "pybind":  # a binding's argument error (clean for _core.* entries only)
+        raise TypeError("f(): incompatible function arguments. The following argument types "
+                        "are supported:\n    1. (x: int) -> int")
     if what == "overwrite":
         path = ctx.workdir / "input.bin"
         path.write_bytes(b"before")

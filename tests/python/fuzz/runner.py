@@ -10,13 +10,22 @@ library prints goes to the child's log (stderr), which also gets faulthandler's 
 crash. The child sets ``deadline`` aside: the parent alone enforces the time bound.
 
 Outcome classes (:data:`fuzz.specs.OUTCOMES`): ``ok``; ``clean_error`` (an exception whose
-message starts with ``deadspec.``, or the user's own exception passed through); ``crash`` (the
-child died: segfault, abort, out of memory); ``hang`` (no answer within the time bound);
-``nonfinite`` (a must-be-finite output is NaN/Inf while every input was finite);
-``unclear_error`` (any other exception, e.g. pybind11's "incompatible function arguments");
-``overwrite`` (an input file's bytes changed); ``nonfinite_in`` (informative: a non-finite
-input accepted and echoed into the output); ``harness_error`` (the suite could not build the
-input: a bug of the suite).
+message starts with ``deadspec.``, or the user's own exception passed through; for the private
+bindings, entries ``_core.*`` only, also pybind11's "incompatible function arguments"
+TypeError, see below); ``model_error`` (informative: the user's model, loss_fn or path raised
+its own exception and deadspec passed it unchanged with a note ``deadspec.<function>: raised
+by ...``, see ``deadspec._usercode``); ``crash`` (the child died: segfault, abort, out of
+memory); ``hang`` (no answer within the time bound); ``nonfinite`` (a must-be-finite output is
+NaN/Inf while every input was finite, beyond the documented exceptions each entry declares);
+``unclear_error`` (any other exception, e.g. pybind11's "incompatible function arguments"
+from a public entry point); ``overwrite`` (an input file's bytes changed); ``nonfinite_in``
+(informative: a non-finite input accepted and echoed into the output); ``harness_error`` (the
+suite could not build the input: a bug of the suite).
+
+pybind11's argument TypeError (it lists the accepted signatures) is accepted from the private
+extension's own entries ``_core.*``: they are not public entry points, and every public entry
+validates its arguments before it calls ``_core``. From a public entry the same TypeError means
+a wrong-typed argument leaked through to the binding: it stays an ``unclear_error``.
 
 Command line (the long run; one worker by default, the machine is shared)::
 
@@ -54,6 +63,7 @@ from fuzz.specs import (  # noqa: E402
     CRASH,
     FINDINGS,
     HANG,
+    MODEL_ERROR,
     NONFINITE,
     NONFINITE_IN,
     OK,
@@ -128,7 +138,7 @@ def run_case(case: Case, root: Path) -> dict[str, Any]:
             if str(exc).startswith("deadspec."):  # a deadspec factory refused the input
                 return _result(CLEAN, f"{type(exc).__name__}: {str(exc)[:300]}", t0)
             return _result(HARNESS, f"building the input: {type(exc).__name__}: {exc}", t0)
-        outcome, detail = _call(ENTRIES[case.entry], ctx, args, kwargs, case.ops)
+        outcome, detail = _call(ENTRIES[case.entry], ctx, args, kwargs, case.ops, case.entry)
         if outcome is None:
             bad = [k for k, v in detail.items() if not is_finite(v)]
             if not bad:
@@ -145,7 +155,13 @@ def run_case(case: Case, root: Path) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _call(fn: Any, ctx: Any, args: Any, kwargs: Any, ops: Any) -> tuple[str | None, Any]:
+#: pybind11's TypeError for arguments no overload accepts (accepted from ``_core.*`` entries).
+PYBIND_ARGS = "incompatible function arguments. The following argument types are supported"
+
+
+def _call(
+    fn: Any, ctx: Any, args: Any, kwargs: Any, ops: Any, entry: str = ""
+) -> tuple[str | None, Any]:
     from fuzz.build import UserLossError
     from fuzz.entries import Classified
 
@@ -162,6 +178,11 @@ def _call(fn: Any, ctx: Any, args: Any, kwargs: Any, ops: Any) -> tuple[str | No
                 return CLEAN, f"{type(exc).__name__}: {msg[:300]}"
         if msg.startswith("deadspec.") and not isinstance(exc, SystemExit):
             return CLEAN, f"{type(exc).__name__}: {msg[:300]}"
+        if entry.startswith("_core.") and isinstance(exc, TypeError) and PYBIND_ARGS in msg:
+            return CLEAN, f"TypeError (pybind11): {msg[:200]}"
+        notes = [str(n) for n in getattr(exc, "__notes__", ()) if str(n).startswith("deadspec.")]
+        if notes and not isinstance(exc, SystemExit):
+            return MODEL_ERROR, f"{type(exc).__name__}: {msg[:200]} [{notes[0][:160]}]"
         return UNCLEAR, f"{type(exc).__name__}: {msg[:300]} [{origin(exc)}]"
 
 
@@ -431,13 +452,18 @@ def execute(
 
 def signature(r: dict[str, Any]) -> str:
     """What distinguishes one finding from another of the same entry and outcome: the exception
-    type and where it was raised (unclear errors), the fields (non-finite results), the signal
-    (crashes), the files (overwrites); digits folded so sizes and indices do not split it."""
+    type and where it was raised (unclear errors), the type and deadspec's note (model errors),
+    the fields (non-finite results), the signal (crashes), the files (overwrites); digits folded
+    so sizes and indices do not split it."""
     d = r["detail"]
     if r["outcome"] == UNCLEAR:
         kind = d.split(":", 1)[0]
         where = d[d.rfind(" [") + 2 : -1] if d.endswith("]") else ""
         return f"{kind} {where}".strip()
+    if r["outcome"] == MODEL_ERROR:  # the exception type and whose code deadspec ran
+        kind, _, note = d.partition(" [")
+        note = note.split(" on ", 1)[0].split(" (", 1)[0].rstrip("]")
+        return f"{kind.split(':', 1)[0]} [{note}]"
     if r["outcome"] == CRASH:
         return d.split(";", 1)[0]
     if r["outcome"] == OVERWRITE:
@@ -463,7 +489,7 @@ def summarize(results: Iterable[dict[str, Any]], examples: int = 2) -> dict[str,
         counts[e][o] += 1
         seconds[e] += r["seconds"]
         slowest[e] = max(slowest[e], r["seconds"])
-        if o in FINDINGS or o in (HARNESS, NONFINITE_IN):
+        if o in FINDINGS or o in (HARNESS, NONFINITE_IN, MODEL_ERROR):
             found[(e, o)][signature(r)].append(r)
     findings = []
     for (e, o), kinds in sorted(found.items()):

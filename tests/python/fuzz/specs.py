@@ -246,9 +246,11 @@ class Case(_Spec):
         return hash(repr(self))
 
 
-#: Outcome classes, in the order the summary lists them. The first two are expected; the rest
-#: are findings (``"nonfinite_in"`` only informs: a non-finite result of a non-finite input that
-#: was accepted instead of refused).
+#: Outcome classes, in the order the summary lists them. ``ok``, ``clean_error`` and
+#: ``model_error`` are expected; :data:`FINDINGS` are the findings; ``"nonfinite_in"`` only
+#: informs (a non-finite result of a non-finite input that was accepted instead of refused).
+#: ``model_error``: the user's model (or loss_fn, path) raised its own exception, which deadspec
+#: passed unchanged with a note naming itself and what it ran (``deadspec._usercode``).
 OK = "ok"
 CLEAN = "clean_error"
 CRASH = "crash"
@@ -257,5 +259,6 @@ NONFINITE = "nonfinite"
 UNCLEAR = "unclear_error"
 OVERWRITE = "overwrite"
 NONFINITE_IN = "nonfinite_in"
-OUTCOMES = (OK, CLEAN, CRASH, HANG, NONFINITE, UNCLEAR, OVERWRITE, NONFINITE_IN)
+MODEL_ERROR = "model_error"
+OUTCOMES = (OK, CLEAN, MODEL_ERROR, CRASH, HANG, NONFINITE, UNCLEAR, OVERWRITE, NONFINITE_IN)
 FINDINGS = (CRASH, HANG, NONFINITE, UNCLEAR, OVERWRITE)
