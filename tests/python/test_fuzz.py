@@ -79,8 +79,6 @@ KNOWN: dict[tuple[str, str], str] = {
     # -- silent non-finite results from finite inputs ---------------------------------------
     ("_core.ddc_split_sums", NONFINITE): "Σ x̃² of finite 1e300 parameters overflows",
     ("_core.ddc_row_norms", NONFINITE): "√Σw² of finite 1e307 weights overflows (unscaled)",
-    ("direction_order", NONFINITE): "λ_dir = 1/(2k̂) infinite when k̂ = 0 (sampled labels)",
-    ("classify_directions", NONFINITE): "λ_dir infinite for an eigen-Fisher direction",
 }
 
 

@@ -6,7 +6,8 @@
 2. ``approach_slope`` refuses a grid that loses the scaled directions, and ``units`` that are
    not integers.
 3. The spectral readings, ``sym_eig`` and ``fit_slope`` are finite for finite inputs at any
-   scale, or raise ``OverflowError`` where the result cannot be represented.
+   scale, or raise ``OverflowError`` where the result cannot be represented; ``lambda_dir`` is
+   NaN (documented: undefined) where k̂ <= 0, never infinite.
 4. Every size that makes memory or time is bounded before anything is allocated.
 """
 
@@ -400,6 +401,35 @@ def test_fit_slope_near_the_float64_limit():
     assert f.slope == pytest.approx(1.0) and f.r2 == pytest.approx(1.0)
     with pytest.raises(OverflowError, match="deadspec.fit_slope"):
         deadspec.fit_slope([1e-300, 2e-300, 3e-300], [1e300, 2e300, 3e300])
+
+
+class _Power(nn.Module):
+    """``f = w^p · x``: along the path w = t, F_u(t) ∝ t^(2(p−1)), k̂ = p."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.w = nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w**self.p * x
+
+
+@pytest.mark.parametrize("p", [-1.0, -0.25])
+def test_lambda_dir_is_nan_where_k_hat_is_not_positive(p):
+    """k̂ <= 0 (F_u grows as t -> 0): λ_dir is the documented NaN (undefined, not a dead
+    direction), never an infinity; k̂ and the fit stay finite."""
+    x = torch.randn(32, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    res = deadspec.direction_order(_Power(p), x, {"w": torch.tensor(1.0)},
+                                   path=lambda t: {"w": torch.tensor(t, dtype=torch.float64)},
+                                   task="regression")
+    assert res.kind == "regular" and res.k_hat == pytest.approx(p, abs=1e-9)
+    assert math.isnan(res.lambda_dir)
+    assert all(math.isfinite(v) for v in (res.k_hat, res.slope, res.r2))
+    ok = deadspec.direction_order(_Power(2.0), x, {"w": torch.tensor(1.0)},
+                                  path=lambda t: {"w": torch.tensor(t, dtype=torch.float64)},
+                                  task="regression")
+    assert ok.k_hat == pytest.approx(2.0) and ok.lambda_dir == pytest.approx(0.25)
 
 
 # -------------------------------------------------------------------------------------------------

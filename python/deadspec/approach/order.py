@@ -9,6 +9,7 @@ per-sample gradient; slope s of ``log F_u`` against ``log t``, ``k̂ = 1 + s/2``
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,7 +43,9 @@ class DirectionOrder:
     k_hat : float
         Order estimate ``1 + slope/2`` (``inf`` for a flat gauge direction).
     lambda_dir : float
-        Contribution ``1/(2·k_hat)`` to the learning coefficient (0 for a flat direction).
+        Contribution ``1/(2·k_hat)`` to the learning coefficient (0 for a flat direction). NaN
+        means undefined, not a dead direction: ``k_hat <= 0`` (F_u grows as t shrinks, slope
+        <= -2) or ``1/(2·k_hat)`` is not finite.
     slope, r2 : float
         Fit of ``log F_u`` against ``log t`` over the t with ``F_u > 0`` (NaN if fewer than 2).
     kind : str
@@ -213,7 +216,8 @@ def direction_order(
     ``F_u(t) = (1/N) Σ_i <g_i(θ(t)), u>²`` with ``g_i`` the gradient of sample i's loss, from
     one Jacobian–vector product of the model per t (``torch.func.jvp`` of
     ``functional_call``), never a per-sample gradient. Slope s of ``log F_u`` vs ``log t``,
-    ``k̂ = 1 + s/2``, ``λ_dir = 1/(2k̂)`` (theory.md §1, §3).
+    ``k̂ = 1 + s/2``, ``λ_dir = 1/(2k̂)`` (theory.md §1, §3; NaN, undefined, where ``k̂ <= 0``
+    or ``1/(2k̂)`` is not finite).
 
     Parameters
     ----------
@@ -365,6 +369,8 @@ def _classify(
         kind = "genuine" if slope > slope_tol else "regular"
         k_hat = 1.0 + slope / 2.0
         lam = 1.0 / (2.0 * k_hat) if k_hat > 0 else float("nan")
+        if not math.isfinite(lam):  # undefined: not a dead direction (the documented NaN)
+            lam = float("nan")
     return DirectionOrder(
         k_hat=k_hat,
         lambda_dir=lam,

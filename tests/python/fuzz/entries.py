@@ -293,11 +293,23 @@ def e_approach_slope(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dic
     return out
 
 
+def undefined_lambda(o: Any) -> bool:
+    """Whether ``o.lambda_dir`` is the documented NaN (undefined, not a dead direction): NaN
+    exactly where ``k_hat <= 0`` or ``1/(2·k_hat)`` is not finite (``k_hat`` itself is checked
+    to be finite)."""
+    k, lam = float(o.k_hat), float(o.lambda_dir)
+    if not (math.isnan(lam) and math.isfinite(k)):
+        return False
+    return k <= 0 or not math.isfinite(1.0 / (2.0 * k))
+
+
 def order_checks(prefix: str, o: Any) -> dict[str, Any]:
     out = {f"{prefix}fisher": o.fisher, f"{prefix}reference": o.reference, f"{prefix}t": o.t}
     positive = int(np.sum(np.asarray(o.fisher) > 0))
     if o.kind != "flat-gauge" and positive >= 2:
         for k in ("slope", "r2", "k_hat", "lambda_dir"):
+            if k == "lambda_dir" and undefined_lambda(o):
+                continue  # the documented NaN, and only it
             out[f"{prefix}{k}"] = getattr(o, k)
     return out
 
