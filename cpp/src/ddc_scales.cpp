@@ -2,6 +2,8 @@
 // The gauge-fixing scales of DDCAdam: producer row norms and the sums of x⊙g along an axis.
 #include "deadspec/ddc.hpp"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <utility>
@@ -68,6 +70,51 @@ void col_dots(const TensorView& x, const TensorView& g, std::int64_t i, std::int
     }
 }
 
+// One term f·w·c of a row as mantissa (|m| in [1/8, 1) or 0) and exponent: no product formed, so
+// nothing overflows or underflows however far apart the factors' exponents are.
+struct Term {
+    double m;
+    int e;
+};
+
+Term term(double w, double c, double f) {
+    int ew = 0, ec = 0, ef = 0;
+    const double m = std::frexp(w, &ew) * std::frexp(c, &ec) * std::frexp(f, &ef);
+    return {m, ew + ec + ef};
+}
+
+// The norm of row i of [f_w·W·diag(c) | f_b·b] when its plain sum of squares overflowed: the
+// terms scaled by 2^-E, E the largest exponent among them (each scaled term is below 1, so their
+// squares sum to at most d + 1), and the norm scaled back: +inf exactly when the norm itself
+// exceeds float64. The plain result is kept when an input of the row is not finite. Only rows
+// whose plain norm is not finite come here: ordinary steps pay one test per row.
+double row_norm_scaled(const TensorView& weight, std::int64_t i, const Eigen::VectorXd& c,
+                       const std::vector<double>& b, double fw, double fb, double plain) {
+    const std::int64_t d = weight.shape[1];
+    std::vector<Term> terms;
+    terms.reserve(static_cast<std::size_t>(d) + 1);
+    for (std::int64_t j = 0; j < d; ++j) {
+        const double w = at(weight, i, j);
+        if (!std::isfinite(w) || !std::isfinite(c[j])) return plain;
+        terms.push_back(term(w, c[j], fw));
+    }
+    if (!b.empty()) {
+        const double bi = b[static_cast<std::size_t>(i)];
+        if (!std::isfinite(bi)) return plain;
+        terms.push_back(term(bi, 1.0, fb));
+    }
+    int e = INT_MIN;
+    for (const Term& t : terms)
+        if (t.m != 0.0) e = std::max(e, t.e);
+    if (e == INT_MIN) return 0.0;  // every term is zero
+    double sq = 0.0;
+    for (const Term& t : terms) {
+        const double s = std::ldexp(t.m, t.e - e);  // |s| < 1; negligible terms underflow to 0
+        sq += s * s;
+    }
+    return std::ldexp(std::sqrt(sq), e);  // +inf only if the norm exceeds float64
+}
+
 }  // namespace
 
 Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_scale,
@@ -108,6 +155,9 @@ Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_sc
                                       sq += fb2 * (bi * bi);
                                   }
                                   out[i] = std::sqrt(sq);
+                                  if (!std::isfinite(out[i]))  // overflowed (or not finite)
+                                      out[i] = row_norm_scaled(weight, i, c, b, weight_factor,
+                                                               bias_factor, out[i]);
                               }
                           });
     return out;

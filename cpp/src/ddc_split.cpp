@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -45,6 +46,29 @@ void check_split_block(const SplitBlock& b) {
         DEADSPEC_CHECK_ARG(two_d, kSplitFn, ": ", arg, " needs a 2-D param, got shape ",
                            p.shape_string());
         detail::check_vector(*v, p.shape[1], kSplitFn, arg);
+    }
+    // σ's factors are scales (the optimizer's ρ and 1/ρ): positive and finite with a finite
+    // reciprocal once read in the parameter's dtype (the kernels form x̃ = x·(1/σ)); otherwise
+    // x̃ has no value (a zero scale gave NaN from finite inputs)
+    for (const auto& [v, arg] :
+         {std::pair{&b.row_scale, "row_scale"}, std::pair{&b.col_scale, "col_scale"}}) {
+        if (!v->data) continue;
+        const std::int64_t n = v->shape[0];
+        for (std::int64_t k = 0; k < n; ++k) {
+            const double s = detail::element<double>(*v, k * v->stride(0));
+            const bool f32 = p.dtype == DType::Float32;
+            bool ok = s > 0.0 && std::isfinite(s) && std::isfinite(1.0 / s);
+            if (ok && f32) {
+                ok = s <= std::numeric_limits<float>::max();
+                const float sf = ok ? static_cast<float>(s) : 0.0f;
+                ok = ok && sf > 0.0f && std::isfinite(1.0f / sf);
+            }
+            DEADSPEC_CHECK_ARG(ok, kSplitFn, ": ", arg,
+                               " must hold positive scales, finite with their reciprocals in the "
+                               "parameter's dtype (",
+                               f32 ? "float32" : "float64", "), got ", s,
+                               " at index ", k);
+        }
     }
     DEADSPEC_CHECK_ARG(!(b.row_coef.data && b.col_coef.data), kSplitFn,
                        ": a block is split along its rows or its columns, not both");

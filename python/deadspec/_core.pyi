@@ -161,7 +161,11 @@ def ddc_split_sums(
     blocks: list[_Block],
 ) -> list[tuple[_F64, _F64, _F64, _F64]]:
     """Split form, pass 0: per block (Σ g̃x̃ per row, Σ x̃² per row, Σ g̃·Px̃ per column,
-    Σ (Px̃)² per column), float64.
+    Σ (Px̃)² per column), float64. σ, 1/σ, x̃, g̃ and Px̃ are formed in the parameter's dtype and
+    their products summed in float64, not scaled: ±inf where the exact sum exceeds float64,
+    non-finite where an element has one of those quantities beyond the parameter's dtype.
+    ``row_scale`` and ``col_scale`` must be positive scales, finite with their reciprocals in
+    the parameter's dtype (ValueError otherwise, every pass).
 
     Each block is a dict with the entries of :func:`ddc_adam_update_many` except ``scale`` and
     ``decay``, plus the optional capsules ``row_scale``, ``col_scale``, ``col_mean``,
@@ -185,7 +189,10 @@ def ddc_row_norms(
     weight_factor: float = 1.0,
     bias_factor: float = 1.0,
 ) -> _F64:
-    """Row norms of [f_w·W·diag(col_scale) | f_b·b] (float64)."""
+    """Row norms of [f_w·W·diag(col_scale) | f_b·b] (float64). A row whose plain sum of
+    squares overflows is recomputed scaled, so for finite inputs +inf means the norm itself
+    exceeds float64."""
 
 def ddc_gauge_dots(x: _Capsule, g: _Capsule, axis: int) -> tuple[_F64, _F64]:
-    """(Σ x·g, Σ |x·g|) along axis (1: per row, 0: per column), float64."""
+    """(Σ x·g, Σ |x·g|) along axis (1: per row, 0: per column), float64, not scaled: ±inf where
+    the exact sum exceeds float64."""

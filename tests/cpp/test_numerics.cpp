@@ -247,3 +247,42 @@ TEST(Numerics, SplitMomentsAccumulateInAdamWsOrder) {
     EXPECT_EQ(refused[0], 0);
     EXPECT_TRUE(std::isfinite(x[0]) && std::isfinite(x[1]));
 }
+
+TEST(Numerics, RowNormsAreScaledWhereTheSumOfSquaresOverflows) {
+    // Rows of 1e307: Σw² overflows, the norm does not; a row whose norm exceeds float64 is +inf.
+    std::vector<double> w = {1e307, 2e307, -3e307,  // norm √14·1e307
+                             1.5e308, 1.5e308, 0.0, // norm 2.1e308 > 1.8e308: +inf
+                             0.0,   0.0,   0.0,     // zero row, weight factor overflowing: 0
+                             3.0,   4.0,   0.0};    // ordinary row: 5, the plain path
+    const auto vw = TensorView::cpu(w.data(), {4, 3});
+    const Eigen::VectorXd n = ddc_row_norms(vw, TensorView{}, TensorView{});
+    EXPECT_NEAR(n[0] / (std::sqrt(14.0) * 1e307), 1.0, 1e-15);
+    EXPECT_TRUE(std::isinf(n[1]) && n[1] > 0);
+    EXPECT_EQ(n[2], 0.0);
+    EXPECT_EQ(n[3], 5.0);
+    // factors and column scales far apart: 1e300·1e-300·1e300 per term, no intermediate overflow
+    std::vector<double> c = {1e-300, 1e-300, 1e-300}, b = {1e308, 0.0, 0.0, 0.0};
+    const Eigen::VectorXd s = ddc_row_norms(vw, TensorView::cpu(c.data(), {3}),
+                                            TensorView::cpu(b.data(), {4}), 1e300, 0.5);
+    EXPECT_NEAR(s[0] / std::hypot(std::sqrt(14.0) * 1e307, 0.5e308), 1.0, 1e-15);
+    EXPECT_NEAR(s[3], 5.0, 1e-14);
+    const Eigen::VectorXd z = ddc_row_norms(vw, TensorView{}, TensorView{}, 1e200, 1.0);
+    EXPECT_EQ(z[2], 0.0);  // 0 · (1e200)² would be 0·inf = NaN in the plain path
+}
+
+TEST(Numerics, SplitBlocksRefuseScalesWithoutAValue) {
+    // A row scale that is 0 once read in float32 (1e-300) has no x̃ = x/σ: refused, not NaN.
+    std::vector<float> x = {1.0f, 2.0f}, g = {1.0f, 1.0f}, m(2, 0.0f), v(2, 0.0f);
+    std::vector<double> rs = {1.0, 1e-300};
+    SplitBlock b;
+    b.param = TensorView::cpu(x.data(), {2});
+    b.grad = TensorView::cpu(g.data(), {2});
+    b.exp_avg = TensorView::cpu(m.data(), {2});
+    b.exp_avg_sq = TensorView::cpu(v.data(), {2});
+    b.row_scale = TensorView::cpu(rs.data(), {2});
+    b.hp = AdamStep{1e-3, 0.9, 0.999, 1e-8, 1};
+    EXPECT_TRUE(throws_with<std::invalid_argument>([&] { ddc_split_sums({b}); },
+                                                   "row_scale must hold positive scales"));
+    rs[1] = 0.5;
+    EXPECT_NO_THROW(ddc_split_sums({b}));
+}

@@ -36,8 +36,9 @@ Sizes (:data:`fuzz.strategies.SIZES`) and what they cost (measured on this proje
   (``--size`` also takes a number of inputs, ``--entries a,b`` some entries only; the exit
   status is 1 when there are findings).
 
-:data:`KNOWN` lists the findings the CI run shows today, as ``xfail(strict=True)``: when a fix
-lands its test passes, strict xfail turns that into a failure, and the line must go.
+:data:`KNOWN` lists the findings the CI run shows that are not fixed yet, as
+``xfail(strict=True)``: when a fix lands its test passes, strict xfail turns that into a
+failure, and the line must go. It is empty: the CI run asserts zero findings.
 """
 
 from __future__ import annotations
@@ -72,14 +73,11 @@ from fuzz.specs import (
 CI_TIMEOUT = float(os.environ.get("DEADSPEC_FUZZ_TIMEOUT", "10"))
 WORKERS = int(os.environ.get("DEADSPEC_FUZZ_WORKERS", "1"))
 
-#: (entry, outcome class) -> what the CI run shows today (each pinned by an input of
-#: fuzz/examples.py, so it does not depend on what hypothesis draws). Temporary: fixes are being
-#: merged in parallel; remove a line when its test XPASSes (strict xfail then fails it).
-KNOWN: dict[tuple[str, str], str] = {
-    # -- silent non-finite results from finite inputs ---------------------------------------
-    ("_core.ddc_split_sums", NONFINITE): "Σ x̃² of finite 1e300 parameters overflows",
-    ("_core.ddc_row_norms", NONFINITE): "√Σw² of finite 1e307 weights overflows (unscaled)",
-}
+#: (entry, outcome class) -> a finding the CI run shows and that is not fixed yet, pinned by an
+#: input of fuzz/examples.py (so it does not depend on what hypothesis draws), as a strict xfail:
+#: when the fix lands its test XPASSes, which fails, and the line must go. Empty: the CI run
+#: asserts zero findings. Every finding fixed so far keeps its example in fuzz/examples.py.
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _param(entry: str, outcome: str) -> object:
@@ -256,3 +254,25 @@ def test_fuzz_long():
     assert size != "long" or summary["inputs"] >= 100_000
     found = [f for f in summary["findings"] if f["outcome"] in FINDINGS]
     assert not found, "\n".join(_report(f) for f in found)
+
+
+def test_overflow_spec_accepts_only_what_the_exact_value_justifies():
+    """The non-finite values the suite accepts from the DDC kernels' sums: ±inf where the exact
+    sum exceeds float64 (with its sign), anything where an element had a quantity beyond the
+    parameter's dtype; never a NaN or an inf whose exact value is finite."""
+    import math
+
+    import numpy as np
+
+    from fuzz import entries
+
+    inf, nan = math.inf, math.nan
+    big, one = np.array([[1e308, 1e308]]), np.ones((1, 2))
+    fine, beyond = np.zeros((1, 2), dtype=bool), np.ones((1, 2), dtype=bool)
+    assert entries._sums_accepted([inf], big, one, fine, 1)[0] == 0.0  # 2e308: accepted
+    assert math.isinf(entries._sums_accepted([-inf], big, one, fine, 1)[0])  # wrong sign
+    assert math.isnan(entries._sums_accepted([nan], big, one, fine, 1)[0])  # never NaN
+    cancel = np.array([[1e308, -1e308]])
+    assert math.isinf(entries._sums_accepted([inf], cancel, one, fine, 1)[0])  # exact 0
+    assert entries._sums_accepted([nan], big, one, beyond, 1)[0] == 0.0
+    assert entries._sums_accepted([inf, inf], big, one, fine, 0).tolist() == [inf, inf]

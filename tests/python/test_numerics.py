@@ -170,6 +170,45 @@ def test_unit_whose_scale_overflows_is_not_scaled():
     assert _all_finite(m, opt)
 
 
+def test_row_norms_whose_sum_of_squares_overflows_are_exact():
+    """ρ of float64 rows near 1e307: Σw² overflows, the norm does not (the core rescales that
+    row); a row whose norm itself exceeds float64 keeps the unscaled convention (ρ = 1)."""
+    w = torch.tensor([[1e307, 2e307, -3e307], [1.5e308, 1.5e308, 0.0], [3.0, 4.0, 0.0]],
+                     dtype=torch.float64)
+    rho = functional.site_rho(w, None, None, None)
+    exact = [math.sqrt(14.0) * 1e307, 1.0, 5.0]
+    for got, want in zip(rho.tolist(), exact):
+        assert got == pytest.approx(want, rel=1e-15)
+    rho_b = functional.site_rho(w, torch.tensor([1e308, 0.0, 0.0], dtype=torch.float64), None,
+                                None, (0.5, 0.25))
+    assert rho_b[0].item() == pytest.approx(math.hypot(0.5 * math.sqrt(14.0) * 1e307, 0.25e308))
+
+
+@pytest.mark.parametrize("form", ["coordinate", "split"])
+def test_parameters_near_the_float64_limit_never_write_nonfinite(form):
+    """Split-form sums of x̃² of 1e300 parameters exceed float64 (+inf, the documented value);
+    the check before commit refuses what overflowed and the policy applies: 'raise' names the
+    parameters, 'skip' warns; nothing non-finite is written either way."""
+    for policy in ("raise", "skip"):
+        m = _net(torch.float64)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(1e300)
+        before = [p.detach().clone() for p in m.parameters()]
+        _grads(m, 1.0)
+        opt = DDCAdam(m, lr=1e-3, form=form, nonfinite=policy)
+        if policy == "raise":
+            with pytest.raises(RuntimeError, match=r"deadspec\.DDCAdam\.step: the step must "
+                                                   r"produce finite values"):
+                opt.step()
+        else:
+            with pytest.warns(RuntimeWarning, match=r"deadspec\.DDCAdam\.step"):
+                opt.step()
+        assert _all_finite(m, opt)
+        for p, b in zip(m.parameters(), before):
+            assert torch.isfinite(p).all() and p.shape == b.shape
+
+
 def test_screened_step_is_the_checked_step_bit_for_bit(monkeypatch):
     # The overflow screen only lets the core skip its per-element keep: same bits either way.
     runs = []

@@ -125,19 +125,27 @@ struct SplitBlock {
 };
 
 /// Sums of one split block (float64): per row Σ g̃·x̃ and Σ x̃², per column Σ g̃·P x̃ and
-/// Σ (P x̃)² (empty vectors for a 1-D block's columns).
+/// Σ (P x̃)² (empty vectors for a 1-D block's columns). σ, 1/σ, x̃ = x·(1/σ), g̃ = g·σ and P x̃
+/// are formed in the parameter's dtype and their products summed in float64, not scaled: a sum
+/// is ±inf where its exact value exceeds float64 (Σ x̃² of parameters near 1e300, say), and
+/// non-finite (±inf or NaN) where one of its elements has one of those quantities beyond the
+/// parameter's dtype (g·σ of a huge scale, say); finite otherwise. The optimizer's check before
+/// commit refuses the coordinates such a step would make non-finite.
 struct SplitSums {
     Eigen::VectorXd row_gx, row_xx, col_gx, col_xx;
 };
 
 /// Pass 0 of the split step: the block sums (the radial gradients and the block norms).
+/// \throws deadspec::Error (every pass) for a row_scale or col_scale entry that is not a
+///         positive scale, finite with its reciprocal in the parameter's dtype.
 std::vector<SplitSums> ddc_split_sums(const std::vector<SplitBlock>& blocks);
 
 /// Pass 1: the tangential input t = (g̃ − radial part)·(norm), the Adam moments on it, and the
 /// update u = lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε). Returns per block (Σ u·x̃ per row, Σ u·P x̃ per
 /// column): the radial parts of the update, for the re-projection. v is accumulated in AdamW's
 /// order ((1−β₂)·t)·t; an element whose new m or v is not finite keeps its pre-step moments
-/// (and its u is that of the moments as stored).
+/// (and its u is that of the moments as stored; u = 0 where √v̂ + ε = 0). The returned sums
+/// follow ddc_split_sums' rule, u among the quantities formed in the parameter's dtype.
 /// \throws deadspec::Error after the pass if an element was refused (the counting overload
 ///         reports instead).
 std::vector<std::pair<Eigen::VectorXd, Eigen::VectorXd>> ddc_split_moments(
@@ -166,7 +174,10 @@ void ddc_split_apply(const std::vector<SplitBlock>& blocks, std::vector<std::int
 /// \param bias       h entries (float32/float64) or a null view for none.
 /// \param weight_factor, bias_factor  factors on W and b (the norms of the decayed block
 ///                    (f_w·W, f_b·b) without writing it), finite.
-/// \return           h norms √(f_w²‖W_i·diag(c)‖² + f_b²b_i²), accumulated in float64.
+/// \return           h norms √(f_w²‖W_i·diag(c)‖² + f_b²b_i²), accumulated in float64. A row
+///                    whose plain sum of squares overflows is recomputed with its terms scaled
+///                    by a power of two (only those rows), so for finite inputs +inf means the
+///                    norm itself exceeds float64.
 Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_scale,
                               const TensorView& bias, double weight_factor = 1.0,
                               double bias_factor = 1.0);
@@ -176,7 +187,8 @@ Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_sc
 ///
 /// \param x, g  h×d float32/float64 CPU tensors of one shape, any strides.
 /// \param axis  1: one sum per row (h values); 0: one sum per column (d values).
-/// \return      (Σ x·g, Σ |x·g|), float64.
+/// \return      (Σ x·g, Σ |x·g|), float64, not scaled: ±inf where the exact sum exceeds
+///              float64.
 std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
                                                            const TensorView& g, int axis);
 

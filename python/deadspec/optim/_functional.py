@@ -67,9 +67,10 @@ def site_rho(
     scales of the decayed block, read before it is written).
     Exactly-zero rows (and rows whose norm is below the dtype's ``tiny``) get scale 1, units
     outside ``units`` get scale 1: they are not scaled (the "dead unit" convention). So do rows
-    whose norm overflows the dtype (a unit too large for its scale to be represented gets the
-    plain AdamW step instead of a NaN). The norms are accumulated in float64 on CPU, in float32
-    at least elsewhere (a half-precision row of norm > 256 would overflow float16's squares).
+    whose norm overflows the dtype, or whose 1/ρ has no finite reciprocal (a unit too large for
+    its scale to be represented gets the plain AdamW step instead of a NaN). The norms are
+    accumulated in float64 on CPU, in float32 at least elsewhere (a half-precision row of norm
+    > 256 would overflow float16's squares).
     """
     if weight.ndim == 1:
         col_scale = None  # a norm's γ: one entry per unit, no columns to scale
@@ -98,7 +99,10 @@ def site_rho(
             sq = sq + bias.to(acc).square() * factors[1] ** 2
         rho = sq.sqrt().to(weight.dtype)
     tiny = torch.finfo(rho.dtype).tiny
-    rho = torch.where((rho > tiny) & torch.isfinite(rho), rho, torch.ones_like(rho))
+    # (1/ρ is a consumer's column scale: its reciprocal must be finite too, which fails only
+    # for ρ within a few ulps of the dtype's largest value)
+    ok = (rho > tiny) & torch.isfinite(rho) & torch.isfinite(1.0 / (1.0 / rho))
+    rho = torch.where(ok, rho, torch.ones_like(rho))
     if units is not None:
         full = torch.ones_like(rho)
         idx = units.to(rho.device)

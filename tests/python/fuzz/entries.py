@@ -15,7 +15,16 @@ of the suite:
   write;
 - :func:`deadspec.direction_order` / :func:`deadspec.classify_directions`: F_u and the reference
   always; slope, r2, k_hat, λ_dir unless the direction is a flat gauge (k_hat = inf by contract)
-  or fewer than two F_u are positive (the fit is then NaN by contract);
+  or fewer than two F_u are positive (the fit is then NaN by contract); λ_dir may be the
+  documented NaN exactly where k_hat <= 0 or 1/(2·k_hat) is not finite;
+- ``_core.ddc_row_norms``, ``_core.ddc_gauge_dots`` and the sums of ``_core.ddc_split_sums``
+  and ``_core.ddc_split_moments``: every value, except ±inf where the exact value, computed
+  here in rational arithmetic from the inputs as the kernel reads them, exceeds float64
+  (documented: the sums are not scaled; the row norms are, and are +inf only when the norm
+  itself exceeds float64), and, for the split sums, any non-finite value of a row or column
+  one of whose elements has a quantity the kernel forms in the parameter's dtype (σ, 1/σ, x̃,
+  g̃, P x̃, the update u from the moments as stored) beyond that dtype (documented in
+  ``deadspec/ddc.hpp``; the optimizer's check before commit refuses those coordinates);
 - :func:`deadspec.llc.estimate`: init_loss and nβ always; mean and per-chain values when no
   chain diverged (a diverged chain is NaN by contract and flagged); std with ≥ 2 chains;
 - the command line: the spectral columns of the CSV it writes.
@@ -31,7 +40,9 @@ import csv
 import dataclasses
 import io
 import math
+import sys
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +56,7 @@ import deadspec.llc
 import deadspec.monitor
 import deadspec.optim
 from deadspec import _core
-from fuzz.build import Context, capsule, write_file
+from fuzz.build import Context, capsule, is_finite, write_file
 from fuzz.specs import CLEAN, OK, UNCLEAR, File
 
 SPECTRUM_FIELDS = (
@@ -251,19 +262,207 @@ def _core_blocks(name: str) -> Callable[..., dict[str, Any]]:
     def run(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, Any]:
         blocks, written = _blocks(ctx, args[0], ops)
         result = getattr(_core, name)(blocks, *args[1:], **kwargs)
+        if name == "ddc_split_sums" and not is_finite(result):
+            result = [_split_sums_overflow(spec, sums) for spec, sums in zip(args[0], result)]
+        if name == "ddc_split_moments" and not is_finite(result):
+            result = [
+                _split_moments_overflow(spec, dots, {k.split(".", 1)[1]: v for k, v in
+                                                     written.items()
+                                                     if k.startswith(f"block{i}.")})
+                for i, (spec, dots) in enumerate(zip(args[0], result))
+            ]
         return {**written, "result": result}
 
     return run
 
 
+#: The largest float64, exactly.
+_MAX = Fraction(sys.float_info.max)
+
+
+def _exact(a: Any, dtype: Any = None) -> np.ndarray | None:
+    """An array's values as exact Fractions (an object array), read as ``dtype`` first (as the
+    kernel reads a vector in the parameter's dtype); None if one is not finite (the outcome is
+    then ``nonfinite_in`` anyway)."""
+    arr = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        return None
+    out = np.empty(arr.shape, dtype=object)
+    for idx, v in np.ndenumerate(arr):
+        out[idx] = Fraction(float(v))
+    return out
+
+
+def _overflow_accepted(got: Any, exact: np.ndarray) -> np.ndarray:
+    """``got`` with each ±inf whose exact value exceeds float64 with the same sign set to 0
+    (accepted: the documented +inf/−inf); everything else as it was (NaN stays a finding)."""
+    out = np.array(got, dtype=np.float64, copy=True)
+    for idx, v in np.ndenumerate(out):
+        e = exact[idx]
+        if math.isinf(v) and abs(e) > _MAX and (v > 0) == (e > 0):
+            out[idx] = 0.0
+    return out
+
+
+def _np(a: Any) -> np.ndarray:
+    return np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a)
+
+
+def _split_terms(spec: Any) -> dict[str, np.ndarray] | None:
+    """The per-element quantities a split kernel forms in the parameter's dtype T, as its loops
+    do (σ = r·c, 1/σ = (1/r)·(1/c), x̃ = x·(1/σ), g̃ = g·σ, P x̃ = x̃ − μ; vectors read as T),
+    as h×d arrays of T; None when the block is not one this can mirror (the call refused it)
+    or an input is not finite."""
+    if not isinstance(spec, dict) or not _is_array(spec.get("param")):
+        return None
+    x, g = _np(spec["param"]), _np(spec.get("grad"))
+    if x.dtype not in (np.float32, np.float64) or g.shape != x.shape or x.ndim not in (1, 2):
+        return None
+    t = x.dtype.type
+    x2 = x.reshape(x.shape[0], -1).astype(t)
+    g2 = g.reshape(x.shape[0], -1).astype(t)
+    h, d = x2.shape
+    vec = {}
+    for name, n in (("row_scale", h), ("col_scale", d), ("col_mean", d)):
+        v = spec.get(name)
+        if v is None:
+            continue
+        if not _is_array(v) or _np(v).size != n:
+            return None
+        with np.errstate(all="ignore"):
+            vec[name] = _np(v).reshape(-1).astype(np.float64).astype(t)
+    one = t(1)
+    r = vec.get("row_scale", np.full(h, one, dtype=t)).reshape(h, 1)
+    c = vec.get("col_scale", np.full(d, one, dtype=t)).reshape(1, d)
+    mu = vec.get("col_mean", np.zeros(d, dtype=t)).reshape(1, d)
+    if not all(np.isfinite(a).all() for a in (x2, g2, r, c, mu)):
+        return None
+    with np.errstate(all="ignore"):
+        sig = (r * c).astype(t)
+        isig = ((one / r) * (one / c)).astype(t)
+        xt = x2 * isig
+        out = {"sig": sig, "isig": isig, "xt": xt, "gt": g2 * sig, "pc": xt - mu}
+    return {k: np.broadcast_to(v, (h, d)) for k, v in out.items()}
+
+
+def _sums_accepted(got: Any, a: np.ndarray, b: np.ndarray, bad: np.ndarray, axis: int) -> Any:
+    """``got`` (Σ a·b along ``axis``, float64) with its non-finite entries accepted (set to 0)
+    where the documented contract allows them: an element of the sum had a quantity that is not
+    finite in the parameter's dtype (``bad``), or the exact sum of the dtype-precision terms
+    exceeds float64 with the sign of the ±inf."""
+    out = np.array(got, dtype=np.float64, copy=True)
+    lines = out.shape[0]
+    for k in range(lines):
+        v = out[k]
+        if math.isfinite(v):
+            continue
+        sel = (slice(None), k) if axis == 0 else (k, slice(None))
+        if bad[sel].any():
+            out[k] = 0.0
+            continue
+        e = sum(Fraction(float(p)) * Fraction(float(q)) for p, q in zip(a[sel], b[sel]))
+        if math.isinf(v) and abs(e) > _MAX and (v > 0) == (e > 0):
+            out[k] = 0.0
+    return out
+
+
+def _split_sums_overflow(spec: Any, sums: tuple) -> Any:
+    """``ddc_split_sums``'s (Σ g̃x̃, Σ x̃² per row, Σ g̃·Px̃, Σ (Px̃)² per column), non-finite
+    entries accepted where :func:`_sums_accepted` says."""
+    q = _split_terms(spec)
+    if q is None:
+        return sums
+    bad = ~(np.isfinite(q["sig"]) & np.isfinite(q["isig"]) & np.isfinite(q["xt"])
+            & np.isfinite(q["gt"]) & np.isfinite(q["pc"]))
+    pairs = ((q["gt"], q["xt"], 1), (q["xt"], q["xt"], 1), (q["gt"], q["pc"], 0),
+             (q["pc"], q["pc"], 0))
+    out = [_sums_accepted(got, a, b, bad, axis) if np.size(got) else got
+           for got, (a, b, axis) in zip(sums, pairs)]
+    return tuple(out) + tuple(sums[4:])
+
+
+def _split_moments_overflow(spec: Any, dots: tuple, written: dict[str, Any]) -> Any:
+    """``ddc_split_moments``'s (Σ u·x̃ per row, Σ u·Px̃ per column): u recomputed in the dtype
+    from the moments as stored (``(den > 0 ? m/den : 0)·ss``, den = √v·ibc + eps), non-finite
+    entries accepted where :func:`_sums_accepted` says."""
+    q = _split_terms(spec)
+    m, v = written.get("exp_avg"), written.get("exp_avg_sq")
+    if q is None or m is None or v is None:
+        return dots
+    t = q["xt"].dtype.type
+    try:
+        b1, b2, step = float(spec["beta1"]), float(spec["beta2"]), int(spec["step"])
+        ibc = t(1.0 / math.sqrt(1.0 - b2**step))
+        ss = t(float(spec["lr"]) / (1.0 - b1**step))
+        eps = t(float(spec["eps"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return dots
+    h, d = q["xt"].shape
+    m2, v2 = _np(m).reshape(h, d).astype(t), _np(v).reshape(h, d).astype(t)
+    with np.errstate(all="ignore"):
+        den = np.sqrt(v2) * ibc + eps
+        u = np.where(den > 0, m2 / den, t(0)) * ss
+    bad = ~(np.isfinite(q["sig"]) & np.isfinite(q["isig"]) & np.isfinite(q["xt"])
+            & np.isfinite(q["pc"]) & np.isfinite(u))
+    pairs = ((u, q["xt"], 1), (u, q["pc"], 0))
+    out = [_sums_accepted(got, a, b, bad, axis) if np.size(got) else got
+           for got, (a, b, axis) in zip(dots, pairs)]
+    return tuple(out) + tuple(dots[2:])
+
+
 def e_core_row_norms(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, Any]:
+    """The row norms; a +inf is accepted where the exact norm exceeds float64."""
     vals = [(_tensors(ctx, a, ops)[1] if _is_array(a) else a) for a in args]
-    return {"result": _core.ddc_row_norms(*vals, **kwargs)}
+    result = _core.ddc_row_norms(*vals, **kwargs)
+    if not is_finite(result):
+        result = _row_norms_overflow(args, kwargs, result)
+    return {"result": result}
+
+
+def _row_norms_overflow(args: tuple, kwargs: dict, result: Any) -> Any:
+    """``result`` with the +inf norms whose exact squares exceed float64's accepted."""
+    names = ("weight", "col_scale", "bias", "weight_factor", "bias_factor")
+    given = {**dict(zip(names, args)), **kwargs}
+    w = given.get("weight")
+    if not _is_array(w) or w.ndim != 2:
+        return result
+    names = ("weight", "col_scale", "bias")
+    exact = {k: _exact(given[k]) for k in names if _is_array(given.get(k))}
+    if any(v is None for v in exact.values()):
+        return result
+    w = exact["weight"]
+    c = exact["col_scale"].reshape(-1) if "col_scale" in exact else None
+    b = exact["bias"].reshape(-1) if "bias" in exact else None
+    try:
+        fw = Fraction(float(given.get("weight_factor", 1.0)))
+        fb = Fraction(float(given.get("bias_factor", 1.0)))
+    except (TypeError, ValueError, OverflowError):
+        return result
+    h, d = w.shape
+    sq = np.empty(h, dtype=object)
+    for i in range(h):
+        s = sum((w[i, j] * (c[j] if c is not None else 1) * fw) ** 2 for j in range(d))
+        sq[i] = s + ((b[i] * fb) ** 2 if b is not None else 0)
+    norms_exceed = np.array([s > _MAX**2 for s in sq], dtype=object)
+    marker = np.array([2 * _MAX if e else Fraction(0) for e in norms_exceed], dtype=object)
+    return _overflow_accepted(result, marker)
 
 
 def e_core_gauge_dots(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, Any]:
+    """(Σ x·g, Σ |x·g|) along an axis; ±inf accepted where the exact sum exceeds float64."""
     vals = [(_tensors(ctx, a, ops)[1] if _is_array(a) else a) for a in args]
-    return {"result": _core.ddc_gauge_dots(*vals, **kwargs)}
+    result = _core.ddc_gauge_dots(*vals, **kwargs)
+    if not is_finite(result) and len(args) >= 2 and _is_array(args[0]) and _is_array(args[1]):
+        axis = args[2] if len(args) > 2 else kwargs.get("axis")
+        x, g = _np(args[0]).astype(np.float64), _np(args[1]).astype(np.float64)
+        if np.isfinite(x).all() and np.isfinite(g).all() and x.ndim == 2 and axis in (0, 1):
+            none = np.zeros(x.shape, dtype=bool)  # one sum per row (axis 1) or column (axis 0)
+            result = (_sums_accepted(result[0], x, g, none, int(axis)),
+                      _sums_accepted(result[1], np.abs(x), np.abs(g), none, int(axis)))
+    return {"result": result}
 
 
 # ---------------------------------------------------------------------------------------------

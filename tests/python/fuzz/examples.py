@@ -188,7 +188,11 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
     "_core.default_rtol": (Case("_core.default_rtol", (3, 1)),),  # unclear
     "_core.logdet_top": (Case("_core.logdet_top", ("abc", 1)),),  # unclear
     "_core.noargs": (Case("_core.noargs", ("num_threads", None)),),  # unclear
-    "_core.GramAccumulator": (Case("_core.GramAccumulator", (2,), {}, (("merge_obj", None),)),),
+    "_core.GramAccumulator": (
+        Case("_core.GramAccumulator", (2,), {}, (("merge_obj", None),)),
+        # pybind11's "incompatible constructor arguments" (clean for a _core.* entry)
+        Case("_core.GramAccumulator", (None,), {}, (("count",),)),
+    ),
     "_core.ddc_adam_update": (
         # non-finite: g² of a 1e30 float32 gradient overflows into exp_avg_sq
         Case("_core.ddc_adam_update", (Arr("torch", "float32", (2, 2)),
@@ -205,8 +209,17 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
     ),
     "_core.ddc_split_sums": (
         # non-finite: Σ x̃² per row of finite 1e300 parameters
+        # (now +inf, documented: the exact sums exceed float64)
         Case("_core.ddc_split_sums", ([{**_BLOCK64, "param": _F64(2, 3, scale=1e300)}],)),
         Case("_core.ddc_split_sums", (None,)),  # unclear
+        # non-finite: a float32 row scale of 1e-300 reads as 0, x̃ = x/0 (now refused)
+        Case("_core.ddc_split_sums", ([{**_BLOCK32, "param": Arr("torch", "float32", (4, 1)),
+                                        "grad": Arr("torch", "float32", (4, 1)),
+                                        "exp_avg": Arr("torch", "float32", (4, 1)),
+                                        "exp_avg_sq": Arr("torch", "float32", (4, 1),
+                                                          fill="zeros"),
+                                        "row_scale": Arr("torch", "float32", (4,),
+                                                         scale=1e-300)}],)),
     ),
     "_core.ddc_split_moments": (
         Case("_core.ddc_split_moments", ([_BLOCK32],)),  # non-finite: g² into exp_avg_sq
@@ -225,8 +238,10 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         Case("_core.ddc_split_apply", (None,)),  # unclear
     ),
     "_core.ddc_row_norms": (
-        # non-finite: √Σw² of finite 1e307 weights overflows (no scaling)
+        # non-finite: √Σw² of finite 1e307 weights overflows (no scaling; now rescaled)
         Case("_core.ddc_row_norms", (_F64(2, 3, scale=1e307), None, None, 1.0, 1.0)),
+        # +inf where the norm itself exceeds float64 (documented)
+        Case("_core.ddc_row_norms", (_F64(2, 3), None, _F64(2), 1.7976931348623157e308, 1.0)),
     ),
     "_core.ddc_gauge_dots": (Case("_core.ddc_gauge_dots", (_F64(2, 2), _F64(2, 2), None)),),
 }

@@ -155,8 +155,11 @@ def run_case(case: Case, root: Path) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-#: pybind11's TypeError for arguments no overload accepts (accepted from ``_core.*`` entries).
-PYBIND_ARGS = "incompatible function arguments. The following argument types are supported"
+#: pybind11's TypeError for arguments no overload accepts, of a function or a constructor
+#: (accepted from ``_core.*`` entries only).
+PYBIND_ARGS = re.compile(
+    r"incompatible (function|constructor) arguments\. The following argument types are supported"
+)
 
 
 def _call(
@@ -178,7 +181,7 @@ def _call(
                 return CLEAN, f"{type(exc).__name__}: {msg[:300]}"
         if msg.startswith("deadspec.") and not isinstance(exc, SystemExit):
             return CLEAN, f"{type(exc).__name__}: {msg[:300]}"
-        if entry.startswith("_core.") and isinstance(exc, TypeError) and PYBIND_ARGS in msg:
+        if entry.startswith("_core.") and isinstance(exc, TypeError) and PYBIND_ARGS.search(msg):
             return CLEAN, f"TypeError (pybind11): {msg[:200]}"
         notes = [str(n) for n in getattr(exc, "__notes__", ()) if str(n).startswith("deadspec.")]
         if notes and not isinstance(exc, SystemExit):
