@@ -115,9 +115,9 @@ def set_num_threads(n: int) -> None:
     OpenBLAS threads busy-wait: on a machine shared with other work, 1 thread can be many times
     faster than one per core.
     """
-    from deadspec._util import check_integer
+    from deadspec._util import INT32_MAX, check_integer
 
-    _core.set_num_threads(check_integer("set_num_threads", "n", n))
+    _core.set_num_threads(check_integer("set_num_threads", "n", n, maximum=INT32_MAX))
 
 
 def num_threads() -> int:

@@ -18,6 +18,8 @@ import numpy as np
 from deadspec._files import atomic_path, save_figure
 
 __all__ = [
+    "INT32_MAX",
+    "INT64_MAX",
     "agg_figure",
     "check_bool",
     "check_choice",
@@ -48,11 +50,23 @@ def check_bool(fn: str, arg: str, value: Any) -> bool:
     raise TypeError(f"deadspec.{fn}: {arg} must be a bool, got {_describe(value)}")
 
 
+#: The largest value of the core's integer arguments (std::int64_t; ``int`` for thread counts).
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+
+
 def check_integer(
-    fn: str, arg: str, value: Any, minimum: int | None = None, *, optional: bool = False
+    fn: str,
+    arg: str,
+    value: Any,
+    minimum: int | None = None,
+    *,
+    optional: bool = False,
+    maximum: int | None = None,
 ) -> int | None:
-    """``value`` as an int (an integral number, not a bool), at least ``minimum``; None passes
-    when ``optional``. TypeError for a non-integer, ValueError below ``minimum``."""
+    """``value`` as an int (an integral number, not a bool), at least ``minimum`` and at most
+    ``maximum`` (e.g. :data:`INT64_MAX` for an argument of the core); None passes when
+    ``optional``. TypeError for a non-integer, ValueError out of range."""
     if value is None and optional:
         return None
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
@@ -64,6 +78,8 @@ def check_integer(
         raise TypeError(f"deadspec.{fn}: {arg} must be {kind}, got {_describe(value)}")
     if minimum is not None and v < minimum:
         raise ValueError(f"deadspec.{fn}: {arg} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"deadspec.{fn}: {arg} must be <= {maximum}, got {v}")
     return v
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from deadspec import _core
 from deadspec import _dlpack as dl
-from deadspec._util import check_bool, check_choice, check_integer, check_real
+from deadspec._util import INT64_MAX, check_bool, check_choice, check_integer, check_real
 
 __all__ = [
     "GramAccumulator",
@@ -122,7 +122,7 @@ class GramAccumulator:
     """
 
     def __init__(self, features: int) -> None:
-        features = check_integer("GramAccumulator", "features", features, 1)
+        features = check_integer("GramAccumulator", "features", features, 1, maximum=INT64_MAX)
         self._acc = _core.GramAccumulator(features)
 
     def add(self, batch: Any) -> GramAccumulator:
@@ -200,7 +200,9 @@ def fisher_gram(acts: Any, grads: Any, *, bias: bool = False, route: str = "auto
 def fisher_route(n: int, t: int, d_in: int, d_out: int) -> str:
     """The route ``fisher_gram(route="auto")`` takes for these sizes (each a positive int)."""
     sizes = {"n": n, "t": t, "d_in": d_in, "d_out": d_out}
-    n, t, d_in, d_out = (check_integer("fisher_route", k, v, 1) for k, v in sizes.items())
+    n, t, d_in, d_out = (
+        check_integer("fisher_route", k, v, 1, maximum=INT64_MAX) for k, v in sizes.items()
+    )
     return _core.fisher_route(n, t, d_in, d_out)
 
 
@@ -301,7 +303,7 @@ def _rtol_args(fn: str, rtol: float | None, input_dtype: Any, rtol_size: int | N
     rtol = check_real(fn, "rtol", rtol, optional=True)
     if rtol is not None and not (0.0 <= rtol < 1.0):
         raise ValueError(f"deadspec.{fn}: rtol must be in [0, 1), got {rtol}")
-    rtol_size = check_integer(fn, "rtol_size", rtol_size, optional=True)
+    rtol_size = check_integer(fn, "rtol_size", rtol_size, optional=True, maximum=INT64_MAX)
     if rtol_size is not None and rtol_size <= 0:
         raise ValueError(f"deadspec.{fn}: rtol_size must be positive, got {rtol_size}")
     name = _dtype_arg(fn, input_dtype)
@@ -377,13 +379,14 @@ def spectrum_from_eigenvalues(
 def logdet_top(eigenvalues: Any, k: int) -> float:
     """Σ log μ_i over the k largest entries of a descending eigenvalue vector."""
     v = _vector("logdet_top", "eigenvalues", eigenvalues)
-    return _core.logdet_top(v, check_integer("logdet_top", "k", k))
+    return _core.logdet_top(v, check_integer("logdet_top", "k", k, maximum=INT64_MAX))
 
 
 def default_rtol(input_dtype: Any, size: int) -> float:
     """size · ε(input_dtype): the default relative threshold of the active set."""
     name = _dtype_arg("default_rtol", input_dtype)
-    return _core.default_rtol(name, check_integer("default_rtol", "size", size, 1))
+    size = check_integer("default_rtol", "size", size, 1, maximum=INT64_MAX)
+    return _core.default_rtol(name, size)
 
 
 @dataclass(frozen=True)

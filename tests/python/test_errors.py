@@ -143,6 +143,18 @@ CASES = [
      ValueError, r"deadspec\.GramAccumulator\.add: batch must have 3 columns, got shape \(2, 4\)"),
     ("GramAccumulator-gram-center", lambda: deadspec.GramAccumulator(2).add(torch.ones(3, 2))
      .gram(center="x"), TypeError, r"deadspec\.GramAccumulator\.gram: center must be a bool"),
+    ("logdet_top-k-int64", lambda: deadspec.logdet_top(np.ones(3), 2**64), ValueError,
+     r"deadspec\.logdet_top: k must be <= 9223372036854775807, got 18446744073709551616"),
+    ("fisher_route-int64", lambda: deadspec.fisher_route(3, 2**64, 3, 2), ValueError,
+     r"deadspec\.fisher_route: t must be <= 9223372036854775807"),
+    ("default_rtol-size-int64", lambda: deadspec.default_rtol("float16", 2**64), ValueError,
+     r"deadspec\.default_rtol: size must be <= 9223372036854775807"),
+    ("spectrum-rtol_size-int64", lambda: deadspec.spectrum(torch.eye(2), rtol_size=2**64),
+     ValueError, r"deadspec\.spectrum: rtol_size must be <= 9223372036854775807"),
+    ("GramAccumulator-features-int64", lambda: deadspec.GramAccumulator(2**64), ValueError,
+     r"deadspec\.GramAccumulator: features must be <= 9223372036854775807"),
+    ("set_num_threads-int32", lambda: deadspec.set_num_threads(2**31), ValueError,
+     r"deadspec\.set_num_threads: n must be <= 2147483647, got 2147483648"),
     ("set_num_threads", lambda: deadspec.set_num_threads("a"), TypeError,
      r"deadspec\.set_num_threads: n must be an int, got str 'a'"),
     # -- read

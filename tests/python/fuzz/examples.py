@@ -55,7 +55,10 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         Case("spectrum_from_eigenvalues", (_F64(2, fill="desc", scale=1e300),)),  # non-finite
         Case("spectrum_from_eigenvalues", (Obj("tensor_cuda"),)),  # unclear: a meta tensor
     ),
-    "logdet_top": (Case("logdet_top", (Obj("object"), 1)),),  # unclear: numpy's float()
+    "logdet_top": (
+        Case("logdet_top", (Obj("object"), 1)),  # unclear: numpy's float()
+        Case("logdet_top", ([1.0, 0.5], 2**64)),  # unclear: k beyond int64 reached pybind11
+    ),
     "fit_slope": (
         # non-finite: r2 NaN, stderr Inf when Σ(y - ȳ)² overflows
         Case("fit_slope", ([0.0, 1.0, 2.0], [0.0, 1e308, -1e308])),
@@ -65,7 +68,13 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         Case("GramAccumulator", (None,), {}, (("gram", False),)),  # unclear: int(None)
         Case("GramAccumulator", (2**40,), {}, (("gram", False),)),  # unclear: std::bad_alloc
     ),
-    "misc": (Case("misc", ("set_num_threads", None)),),  # unclear: int(None)
+    "misc": (
+        Case("misc", ("set_num_threads", None)),  # unclear: int(None)
+        # unclear: ints beyond the core's int64 / int reached pybind11
+        Case("misc", ("fisher_route", 3, 2**64, 3, 2)),
+        Case("misc", ("set_num_threads", 2**31)),
+        Case("misc", ("default_rtol", "float16", 2**64)),
+    ),
     # -- model-level entry points ------------------------------------------------------------
     "read": (
         # non-finite: participation_ratio NaN of the Fisher-Gram of 1e100-scale residuals
