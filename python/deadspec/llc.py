@@ -133,7 +133,17 @@ def gaussian_nll(sigma: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], t
     scale = 1.0 / (2.0 * sigma * sigma)
 
     def loss_fn(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        diff = (targets - output).reshape(output.shape[0], -1)
+        fn = "deadspec.llc.gaussian_nll"
+        _check_tensors(fn, output, targets)
+        if output.ndim == 0 or targets.shape[:1] != output.shape[:1] or (
+            targets.numel() != output.numel()
+        ):
+            raise ValueError(
+                f"{fn}: targets must hold one value per output entry, with the output's batch "
+                f"size, got output {tuple(output.shape)} and targets {tuple(targets.shape)}"
+            )
+        b = output.shape[0]
+        diff = targets.reshape(b, -1) - output.reshape(b, -1)
         return scale * diff.pow(2).sum(1)
 
     loss_fn.sigma = sigma  # type: ignore[attr-defined]
@@ -143,17 +153,27 @@ def gaussian_nll(sigma: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], t
 
 def cross_entropy_nll(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-sample cross-entropy (the categorical NLL), logits ``B×C`` (or ``B×T×C``, summed)."""
+    fn = "deadspec.llc.cross_entropy_nll"
+    _check_tensors(fn, output, targets)
+    c = output.shape[-1] if output.ndim >= 2 else 0
+    if c == 0 or targets.numel() * c != output.numel() or targets.shape[:1] != output.shape[:1]:
+        raise ValueError(
+            f"{fn}: output must be logits B×C (or B×T×C) and targets one class index per row "
+            f"(B or B×T), got output {tuple(output.shape)} and targets {tuple(targets.shape)}"
+        )
+    try:
+        per = nn.functional.cross_entropy(
+            output.reshape(-1, c), targets.reshape(-1).long(), reduction="none"
+        )
+    except IndexError as exc:  # a class index outside [0, C) (torch: "Target 7 is out of bounds")
+        raise ValueError(f"{fn}: targets must be class indices in [0, {c}), got {exc}") from None
+    return per.reshape(output.shape[0], -1).sum(1)
+
+
+def _check_tensors(fn: str, output: Any, targets: Any) -> None:
     for name, t in (("output", output), ("targets", targets)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"deadspec.llc.cross_entropy_nll: {name} must be a torch.Tensor, got "
-                f"{type(t).__name__}"
-            )
-    c = output.shape[-1]
-    per = nn.functional.cross_entropy(
-        output.reshape(-1, c), targets.reshape(-1).long(), reduction="none"
-    )
-    return per.reshape(output.shape[0], -1).sum(1)
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
 def default_nbeta(n: int) -> float:

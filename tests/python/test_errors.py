@@ -423,6 +423,20 @@ CASES = [
      r"deadspec\.llc\.default_nbeta: n must be an integer >= 2, got 'a'"),
     ("llc.gaussian_nll", lambda: llc.gaussian_nll("a"), TypeError,
      r"deadspec\.llc\.gaussian_nll: sigma must be a number, got str 'a'"),
+    ("llc.gaussian_nll-shapes", lambda: llc.gaussian_nll(1.0)(torch.ones(5, 2), torch.ones(5)),
+     ValueError, r"deadspec\.llc\.gaussian_nll: targets must hold one value per output entry, "
+     r"with the output's batch size, got output \(5, 2\) and targets \(5,\)"),
+    ("llc.estimate-gaussian-shapes", lambda: llc.estimate(
+        MODEL, (X, torch.randn(16, 2)), loss_fn=llc.gaussian_nll(1.0), epsilon=1e-3, gamma=1.0,
+        chains=2, draws=1, burnin=0), ValueError,
+     r"deadspec\.llc\.gaussian_nll: targets must hold one value per output entry"),
+    ("llc.cross_entropy_nll-rows", lambda: llc.cross_entropy_nll(torch.ones(2, 3), Y),
+     ValueError, r"deadspec\.llc\.cross_entropy_nll: output must be logits B×C \(or B×T×C\) "
+     r"and targets one class index per row \(B or B×T\), got output \(2, 3\) and targets "
+     r"\(16,\)"),
+    ("llc.cross_entropy_nll-range", lambda: llc.cross_entropy_nll(
+        torch.ones(2, 3), torch.tensor([0.0, 1e300], dtype=torch.float64)), ValueError,
+     r"deadspec\.llc\.cross_entropy_nll: targets must be class indices in \[0, 3\)"),
     ("llc.cross_entropy_nll", lambda: llc.cross_entropy_nll("a", Y), TypeError,
      r"deadspec\.llc\.cross_entropy_nll: output must be a torch\.Tensor, got str"),
 ]

@@ -149,6 +149,18 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
                               (Arr("torch", "float64", (4, 2)), Arr("torch", "float64", (4, 1)))),
              {"loss_fn": Loss("gauss"), "epsilon": 1e-4, "gamma": 1.0, "chains": 10**6,
               "draws": 2, "burnin": 0, "warn": False, "progress": False}),
+        # unclear: deadspec's own losses: gaussian_nll on targets of another width (torch's
+        # broadcast error), cross_entropy_nll on float targets of 1e300 (an index out of bounds)
+        Case("llc.estimate", (Model("rrr", widths=(4, 1, 2), bias=False, dtype="float32", seed=5),
+                              (Arr("torch", "float32", (5, 4), scale=1e-3, seed=4),
+                               Arr("torch", "int64", (5,), fill="int", scale=2.0, seed=3))),
+             {"loss_fn": Loss("gauss"), "epsilon": 1e-4, "gamma": 0.0, "chains": 2, "draws": 1,
+              "burnin": 0, "warn": False, "progress": False}),
+        Case("llc.estimate", (Model("mlp", widths=(4, 1), act="gelu", bias=False, seed=2),
+                              (Arr("torch", "float32", (2, 4), seed=2),
+                               Arr("torch", "float64", (2, 1), scale=1e300))),
+             {"loss_fn": Loss("ce_nll"), "epsilon": 1e-4, "gamma": 1.0, "chains": 2, "draws": 1,
+              "burnin": 0, "warn": False, "progress": False}),
         # unclear: targets None ("Could not infer dtype of NoneType")
         Case("llc.estimate", (Model("mlp", widths=(1, 1)), (Arr("torch", "float64", (4, 1)), None)),
              {"loss_fn": Loss("gauss"), "epsilon": 1e-4, "gamma": 1.0, "chains": 1, "draws": 1,
