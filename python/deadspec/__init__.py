@@ -117,7 +117,9 @@ def set_num_threads(n: int) -> None:
     """
     from deadspec._util import INT32_MAX, check_integer
 
-    _core.set_num_threads(check_integer("set_num_threads", "n", n, maximum=INT32_MAX))
+    # the core takes a C int (OpenBLAS's own reading of n < 1 is kept)
+    n = check_integer("set_num_threads", "n", n, -INT32_MAX - 1, maximum=INT32_MAX)
+    _core.set_num_threads(n)
 
 
 def num_threads() -> int:

@@ -155,6 +155,8 @@ CASES = [
      r"deadspec\.GramAccumulator: features must be <= 9223372036854775807"),
     ("set_num_threads-int32", lambda: deadspec.set_num_threads(2**31), ValueError,
      r"deadspec\.set_num_threads: n must be <= 2147483647, got 2147483648"),
+    ("set_num_threads-int32-negative", lambda: deadspec.set_num_threads(-(2**62)), ValueError,
+     r"deadspec\.set_num_threads: n must be >= -2147483648, got -4611686018427387904"),
     ("set_num_threads", lambda: deadspec.set_num_threads("a"), TypeError,
      r"deadspec\.set_num_threads: n must be an int, got str 'a'"),
     # -- read

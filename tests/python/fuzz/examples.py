@@ -73,6 +73,7 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         # unclear: ints beyond the core's int64 / int reached pybind11
         Case("misc", ("fisher_route", 3, 2**64, 3, 2)),
         Case("misc", ("set_num_threads", 2**31)),
+        Case("misc", ("set_num_threads", -(2**62))),
         Case("misc", ("default_rtol", "float16", 2**64)),
     ),
     # -- model-level entry points ------------------------------------------------------------
