@@ -18,6 +18,7 @@ __all__ = [
     "MAX_GRID",
     "MAX_ITERS",
     "MAX_LAYERS",
+    "MAX_NS_STEPS",
     "MAX_PARAMETERS",
     "MAX_PROBES",
     "MAX_SAMPLES",
@@ -41,6 +42,8 @@ MAX_GRID = 10_000
 MAX_PROBES = 10_000
 #: Power iterations of :func:`deadspec.llc.curvature_scale` (one Hessian–vector product each).
 MAX_ITERS = 10**6
+#: Newton–Schulz steps of one :class:`deadspec.optim.DDCMuon` step (three matrix products each).
+MAX_NS_STEPS = 1_000
 #: Linear layers of a model built from a config (:func:`deadspec.models.mlp`).
 MAX_LAYERS = 10_000
 #: Parameters of a model built from a config (2³⁴: 64 GiB in float32).

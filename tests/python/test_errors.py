@@ -53,6 +53,14 @@ def _monitor(**kw):
     return DeadDirectionMonitor(MODEL, **{"inputs": X, "targets": Y, **kw})
 
 
+def _muon_step(**kw):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = optim.DDCMuon(model, **kw)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+
+
 def _recorded():
     mon = _monitor(fisher=False)
     mon.step(0)
@@ -206,6 +214,19 @@ CASES = [
      r"deadspec\.approach_slope: progress must be a bool, got str 'x'"),
     ("approach_slope-layer-relu", lambda: deadspec.approach_slope(MODEL, X, layer="1"),
      TypeError, r"deadspec\.approach_slope: layer '1' must be an nn\.Linear, got ReLU"),
+    ("direction_order-t-str", lambda: deadspec.direction_order(
+        MODEL, X, torch.ones(N_PARAMS), targets=Y, t="abc"), TypeError,
+     r"deadspec\.direction_order: t must be a 1-D sequence, array or tensor of positive "
+     r"numbers, got str"),
+    ("classify_directions-t-list", lambda: deadspec.classify_directions(
+        MODEL, X, targets=Y, t=[0.1, "a"]), TypeError,
+     r"deadspec\.classify_directions: t must be a 1-D sequence, array or tensor"),
+    ("TokenCrossEntropy-targets-none", lambda: deadspec.TokenCrossEntropy()(
+        torch.ones(2, 3, 4), None), TypeError,
+     r"deadspec\.TokenCrossEntropy: targets must be a torch\.Tensor, got NoneType"),
+    ("TokenCrossEntropy-range", lambda: deadspec.TokenCrossEntropy()(
+        torch.ones(2, 3, 4), torch.full((2, 3), 9)), ValueError,
+     r"deadspec\.TokenCrossEntropy: targets must be token ids in \[0, 4\)"),
     ("direction_order-direction-str", lambda: deadspec.direction_order(MODEL, X, "d", targets=Y),
      TypeError, r"deadspec\.direction_order: direction must be a tensor, array or sequence of "
      r"real numbers .*got str"),
@@ -327,6 +348,13 @@ CASES = [
      TypeError, r"deadspec\.Pair\.check: raise_on_fail must be a bool, got str 'no'"),
     ("discover-check-targets", lambda: G.discover(MODEL, check=True, inputs=X, targets=Y[:3]),
      ValueError, r"deadspec\.Pair\.check: integer targets \(the cross-entropy\) must hold"),
+    ("Pair-consumer-int", lambda: G.Pair("0", 3), TypeError,
+     r"deadspec\.Pair: consumer must be a module name \(str\), an nn\.Module or a sequence of "
+     r"them, got int"),
+    ("Pair-producer-list", lambda: G.Pair(["0"], "2"), TypeError,
+     r"deadspec\.Pair: producer must be a module name \(str\), an nn\.Module, got list"),
+    ("NormScale-consumer-float", lambda: G.NormScale("0", 1.5), TypeError,
+     r"deadspec\.NormScale: consumer must be a module name"),
     ("Chain-layers-str", lambda: G.Chain("abc"), TypeError,
      r"deadspec\.Chain: layers must be a sequence of module names or modules, got str"),
     ("random_elements-model", lambda: G.random_elements("m", [G.Pair("0", "2")]), TypeError,
@@ -370,6 +398,13 @@ CASES = [
      r"got int"),
     ("DDCMuon-ns_coefficients", lambda: optim.DDCMuon(MODEL, ns_coefficients=3), TypeError,
      r"deadspec\.DDCMuon: ns_coefficients must hold 3 floats \(a, b, c\), got int"),
+    ("DDCMuon-ns_coefficients-inf", lambda: optim.DDCMuon(MODEL, ns_coefficients=(1, 2, 1e400)),
+     ValueError, r"deadspec\.DDCMuon: ns_coefficients must hold 3 finite floats \(a, b, c\)"),
+    ("DDCMuon-ns_eps-inf", lambda: optim.DDCMuon(MODEL, ns_eps=float("inf")), ValueError,
+     r"deadspec\.DDCMuon: ns_eps must be a positive finite float, got inf"),
+    ("DDCMuon-ns_coefficients-float32", lambda: _muon_step(ns_coefficients=(1e300, 1.0, 1.0)),
+     ValueError, r"deadspec\.DDCMuon\.step: ns_coefficients and ns_eps must be representable "
+     r"in the Newton–Schulz dtype float32"),
     ("DDCMuon-adamw_betas", lambda: optim.DDCMuon(MODEL, adamw_betas=5), ValueError,
      r"deadspec\.DDCMuon: adamw_betas must be two floats in \[0, 1\), got 5"),
     ("DDCMuon-weight_decay", lambda: optim.DDCMuon(MODEL, weight_decay="x"), ValueError,

@@ -209,6 +209,28 @@ def test_parameters_near_the_float64_limit_never_write_nonfinite(form):
             assert torch.isfinite(p).all() and p.shape == b.shape
 
 
+@pytest.mark.parametrize("opt", ["muon", "adam-torch"])
+def test_overshooting_weight_decay_never_writes_nonfinite(opt):
+    """lr·wd far above 1 (the decay factor 1 − lr·wd beyond float32): the decay is checked
+    before commit like the step (it raised torch's "value cannot be converted", or wrote Inf);
+    the overflowing coordinates keep their values and the policy applies."""
+    m = _net()
+    make = {"muon": lambda: DDCMuon(m, lr=1e-3, weight_decay=1e118, nonfinite="skip"),
+            "adam-torch": lambda: DDCAdam(m, lr=1e-3, weight_decay=1e118, foreach=False,
+                                          nonfinite="skip")}[opt]
+    o = make()
+    _grads(m, 1e-3)
+    with pytest.warns(RuntimeWarning, match=r"deadspec\.DDC(Muon|Adam)\.step: the step must"):
+        o.step()
+    assert _all_finite(m, o)
+    for g in o.param_groups:
+        g["weight_decay"] = 0.5  # lr·wd <= 1: decayed in place, as before
+    before = [p.detach().clone() for p in m.parameters()]
+    _grads(m, 0.0)
+    o.step()
+    assert _all_finite(m, o) and any(not torch.equal(p, b) for p, b in zip(m.parameters(), before))
+
+
 def test_screened_step_is_the_checked_step_bit_for_bit(monkeypatch):
     # The overflow screen only lets the core skip its per-element keep: same bits either way.
     runs = []
@@ -549,6 +571,7 @@ SIZES = {
     "modadd model": (lambda: models.ModAddTransformer(10**9), "embedding parameters"),
     "modadd data": (lambda: models.modadd_data(10**6), "pairs"),
     "gram accumulator": (lambda: deadspec.GramAccumulator(10**8), "machine's memory"),
+    "muon ns_steps": (lambda: DDCMuon(_net(), ns_steps=2**64), "ns_steps"),
 }
 
 

@@ -177,6 +177,12 @@ class TokenCrossEntropy:
         self.ignore_index = int(ignore_index)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        for name, t in (("logits", logits), ("targets", targets)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(
+                    f"deadspec.TokenCrossEntropy: {name} must be a torch.Tensor, got "
+                    f"{type(t).__name__}"
+                )
         if logits.ndim != 3 or targets.shape != logits.shape[:2]:
             raise ValueError(
                 f"deadspec.TokenCrossEntropy: logits must be (N, T, V) and targets (N, T), got "
@@ -190,12 +196,18 @@ class TokenCrossEntropy:
         if self.shift:
             logits, targets = logits[:, :-1], targets[:, 1:]
         n, t, v = logits.shape
-        per = F.cross_entropy(
-            logits.reshape(-1, v),
-            targets.reshape(-1).long(),
-            reduction="none",
-            ignore_index=self.ignore_index,
-        ).reshape(n, t)
+        try:
+            per = F.cross_entropy(
+                logits.reshape(-1, v),
+                targets.reshape(-1).long(),
+                reduction="none",
+                ignore_index=self.ignore_index,
+            ).reshape(n, t)
+        except IndexError as exc:  # torch: "Target 7 is out of bounds"
+            raise ValueError(
+                f"deadspec.TokenCrossEntropy: targets must be token ids in [0, {v}) (or "
+                f"ignore_index {self.ignore_index}), got {exc}"
+            ) from None
         total = per.sum(1)
         if self.reduction == "sum":
             return total

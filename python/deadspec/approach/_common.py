@@ -41,7 +41,15 @@ def t_grid(t: Any, fn: str) -> np.ndarray:
     ``deadspec._limits.MAX_GRID`` (10,000: one reading each)."""
     if t is None:
         return np.logspace(-3, -1, 7)
-    arr = np.asarray(t, dtype=np.float64)
+    try:
+        if isinstance(t, (str, bytes, dict)):
+            raise TypeError(type(t).__name__)
+        arr = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"deadspec.{fn}: t must be a 1-D sequence, array or tensor of positive numbers, got "
+            f"{type(t).__name__}"
+        ) from None
     if arr.ndim != 1 or arr.size < 2:
         raise ValueError(
             f"deadspec.{fn}: t must be a 1-D grid of at least 2 values, got shape {arr.shape}"

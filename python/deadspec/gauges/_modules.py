@@ -18,6 +18,7 @@ __all__ = [
     "as_inputs",
     "as_tuple",
     "check_data",
+    "check_refs",
     "check_gauges",
     "check_generator",
     "check_inputs",
@@ -171,6 +172,19 @@ def resolve(model: nn.Module, ref: Ref, fn: str, arg: str) -> tuple[str, nn.Modu
         f"deadspec.{fn}: {arg} must be a module name (str) or an nn.Module, got "
         f"{type(ref).__name__}"
     )
+
+
+def check_refs(kind: str, arg: str, ref: Any, many: bool = True) -> Any:
+    """``ref`` (a module name or a module; with ``many`` also a sequence of them, a list made
+    a tuple); TypeError naming ``deadspec.<kind>`` and ``arg`` for anything else."""
+    if isinstance(ref, (str, nn.Module)):
+        return ref
+    if many and isinstance(ref, (list, tuple)) and all(
+        isinstance(r, (str, nn.Module)) for r in ref
+    ):
+        return tuple(ref)
+    what = "a module name (str), an nn.Module" + (" or a sequence of them" if many else "")
+    raise TypeError(f"deadspec.{kind}: {arg} must be {what}, got {type(ref).__name__}")
 
 
 def as_tuple(ref: Ref | Sequence[Ref]) -> tuple[Ref, ...]:

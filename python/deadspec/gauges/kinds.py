@@ -22,6 +22,7 @@ from deadspec.gauges._modules import (
     as_tuple,
     check_data,
     check_inputs,
+    check_refs,
     heads_map,
     is_norm,
     norm_params,
@@ -206,8 +207,8 @@ class Pair(_UnitScaling):
 
     def __post_init__(self) -> None:
         check_activation("Pair", self.activation)
-        if isinstance(self.consumer, list):
-            self.consumer = tuple(self.consumer)
+        self.producer = check_refs("Pair", "producer", self.producer, many=False)
+        self.consumer = check_refs("Pair", "consumer", self.consumer)
 
     def modules(self) -> tuple[str, ...]:
         return (str(self.producer),) + tuple(str(c) for c in as_tuple(self.consumer))
@@ -367,8 +368,8 @@ class NormScale(_UnitScaling):
     dim: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.consumer, list):
-            self.consumer = tuple(self.consumer)
+        self.norm = check_refs("NormScale", "norm", self.norm, many=False)
+        self.consumer = check_refs("NormScale", "consumer", self.consumer)
 
     def modules(self) -> tuple[str, ...]:
         return (str(self.norm),) + tuple(str(c) for c in as_tuple(self.consumer))

@@ -623,11 +623,23 @@ class DDCBase(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if id(p) in self._plan.shift:
-                    p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
-                else:
-                    p.mul_(1 - lr * wd)
+                self._decay(p, lr * wd, id(p) in self._plan.shift)
         return True, modes
+
+    def _decay(self, p: torch.Tensor, rate: float, shift: bool) -> None:
+        """Decoupled weight decay of ``p`` in place: ``p·(1 − rate)``, or for a logit layer
+        (``shift``) ``p − rate·(p − mean over rows)``. With ``rate <= 1`` no value can grow
+        (in place, as AdamW); beyond, the decay overshoots and is checked before commit: a
+        coordinate it would overflow keeps its value and is recorded (the factor stays a
+        Python float, so a product beyond the dtype is inf, not torch's conversion error)."""
+        if rate <= 1.0:
+            if shift:
+                p.sub_(p - p.mean(0, keepdim=True), alpha=rate)
+            else:
+                p.mul_(1 - rate)
+            return
+        new = p - (p - p.mean(0, keepdim=True)) * rate if shift else p * (1 - rate)
+        self._note_refused(p, commit_finite([p], [new]))
 
     def _first_nonfinite(self) -> str | None:
         """The first parameter with a non-finite gradient (None: all finite). Keeps each dense

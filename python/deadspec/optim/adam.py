@@ -234,7 +234,7 @@ class DDCAdam(DDCBase):
                 decay = 1.0
                 if fold and wd != 0:
                     if id(p) in self._plan.shift:
-                        p.sub_(p - p.mean(0, keepdim=True), alpha=lr * wd)
+                        self._decay(p, lr * wd, shift=True)
                     else:
                         decay = 1.0 - lr * wd
                 yield group, p, decay

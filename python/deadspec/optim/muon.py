@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from deadspec import gauges as G
+from deadspec._limits import MAX_NS_STEPS, check_at_most
 from deadspec.gauges._tracing import fallback_logit, trace_info
 from deadspec.optim._base import DDCBase, TorchOptions, check_betas, check_nonnegative
 from deadspec.optim._functional import AdamBlock, ddc_adam, gauge_dots, init_adam_state
@@ -177,8 +179,10 @@ class DDCMuon(DDCBase):
             raise ValueError(
                 f"deadspec.{fn}: ns_dtype must be None or one of {_NS_DTYPES}, got {ns_dtype!r}"
             )
-        if not (isinstance(ns_eps, (int, float)) and ns_eps > 0):
-            raise ValueError(f"deadspec.{fn}: ns_eps must be a positive float, got {ns_eps!r}")
+        if not (isinstance(ns_eps, (int, float)) and ns_eps > 0 and math.isfinite(ns_eps)):
+            raise ValueError(
+                f"deadspec.{fn}: ns_eps must be a positive finite float, got {ns_eps!r}"
+            )
         self.ns_dtype = ns_dtype
         self.ns_eps = float(ns_eps)
         self.per_head = bool(per_head)
@@ -246,10 +250,29 @@ class DDCMuon(DDCBase):
         ns = g["ns_steps"]
         if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
             raise ValueError(f"deadspec.{fn}: ns_steps must be a positive integer, got {ns!r}")
-        if len(tuple(g["ns_coefficients"])) != 3:
+        check_at_most(fn, "ns_steps", ns, MAX_NS_STEPS, "5 are the usual (each is three matrix "
+                      "products)")
+        coefs = tuple(g["ns_coefficients"])
+        if len(coefs) != 3 or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
+            for c in coefs
+        ):
             raise ValueError(
-                f"deadspec.{fn}: ns_coefficients must hold 3 floats (a, b, c), got "
+                f"deadspec.{fn}: ns_coefficients must hold 3 finite floats (a, b, c), got "
                 f"{g['ns_coefficients']!r}"
+            )
+
+    def _check_ns_range(self, group: dict[str, Any], dtype: torch.dtype) -> None:
+        """The Newton–Schulz coefficients and ns_eps are scalars of the iteration's dtype: one
+        beyond its range is refused (torch's "value cannot be converted" otherwise)."""
+        top = torch.finfo(dtype).max
+        values = (*group["ns_coefficients"], self.ns_eps)
+        if any(abs(v) > top for v in values):
+            raise ValueError(
+                f"deadspec.{self._fn}.step: ns_coefficients and ns_eps must be representable in "
+                f"the Newton–Schulz dtype {str(dtype).removeprefix('torch.')} (|value| <= "
+                f"{top:g}), got ns_coefficients={tuple(group['ns_coefficients'])}, "
+                f"ns_eps={self.ns_eps:g}"
             )
 
     def _check_adamw(self, g: dict[str, Any], prefix: str = "") -> None:
@@ -412,6 +435,8 @@ class DDCMuon(DDCBase):
                         state["momentum_buffer"] = torch.zeros_like(
                             p, memory_format=torch.preserve_format
                         )
+                    ns_dtype = p.dtype if self.ns_dtype is None else self.ns_dtype
+                    self._check_ns_range(group, ns_dtype)
                     blocks = None
                     if rot is not None and self.per_head:
                         blocks = (rot.axis, rot.cover())
@@ -433,7 +458,7 @@ class DDCMuon(DDCBase):
                             ns_coefficients=group["ns_coefficients"],
                             ns_steps=group["ns_steps"],
                             ns_eps=self.ns_eps,
-                            ns_dtype=p.dtype if self.ns_dtype is None else self.ns_dtype,
+                            ns_dtype=ns_dtype,
                             tangent=None if rad is None else rad[1],
                         ),
                     )

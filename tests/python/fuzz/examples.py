@@ -105,6 +105,8 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         Case("direction_order", (_MLP, _X, Direction()), {"targets": _Y, "n_probes": 2**31}),
         # unclear: targets="abc" reaches infer_task (AttributeError)
         Case("direction_order", (_MLP, _X, Direction()), {"targets": "abc"}),
+        # unclear: t="abc" reached numpy's float conversion (ValueError)
+        Case("direction_order", (_MLP, _X, Direction()), {"targets": _Y, "t": "abc"}),
     ),
     "classify_directions": (
         # non-finite: λ_dir Inf for an eigen-Fisher direction
@@ -126,6 +128,13 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         Case("gauges.discover", (Model("mlp", widths=(2, 2)),), {"check": True, "inputs": ""}),
     ),
     "gauges.check": (
+        # unclear: a declared Pair's consumer given as an int ('int' object is not iterable)
+        Case("gauges.check", (Model("mlp", widths=(2, 3, 1)), Arr("torch", "float64", (4, 2))),
+             {}, (("declared", "Pair", Layer(0, linear_only=True), 3),)),
+        # unclear: TokenCrossEntropy called with targets=None (AttributeError 'shape')
+        Case("gauges.check", (Model("mlp", widths=(1, 1, 4), act="linear", seed=6),
+                              Arr("torch", "float64", (40, 1))),
+             {"targets": None, "loss_fn": Loss("token_ce")}, (("discovered", 2),)),
         # was unclear: non-tensor targets reached torch's loss (now refused)
         Case("gauges.check", (Model("mlp", widths=(2, 3, 1)), Arr("torch", "float64", (4, 2))),
              {"targets": "abc", "loss_fn": Loss("l1")},
@@ -140,6 +149,16 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
              (("grad", None, 0.0, 0, ()),)),
     ),
     "optim.DDCMuon": (
+        # hang: ns_steps=2**64 Newton–Schulz steps, no bound
+        Case("optim.DDCMuon", (Model("mlp", widths=(2, 3, 2)),), {"ns_steps": 2**64},
+             (("grad", None, 1.0, 0, ()),)),
+        # unclear: coefficients beyond float32, torch's "value cannot be converted"
+        Case("optim.DDCMuon", (Model("mlp", widths=(2, 3, 2), dtype="float32"),),
+             {"ns_coefficients": (1e300, 1e300, 1e300)}, (("grad", None, 1.0, 0, ()),)),
+        # unclear: lr·wd beyond float32 in the decay (torch's conversion error, or Inf written)
+        Case("optim.DDCMuon", (Model("mlp_ln", widths=(1, 3, 4), act="linear", dtype="float32",
+                                     seed=3, dead=(1, 3)),),
+             {"weight_decay": 1.3446735362488813e118}, (("grad", None, 1e-300, 1, ()),)),
         # non-finite: finite 1e20 float32 gradients write Inf into the AdamW exp_avg_sq
         Case("optim.DDCMuon", (Model("mlp", widths=(2, 3, 2), dtype="float32"),), {},
              (("grad", None, 1e20, 0, ()),)),
