@@ -117,8 +117,8 @@ def full_loss(model, loss_fn, x, y, chunk: int) -> tuple[float, int]:
                 )
             if per.ndim == 0:
                 total += float(per) * xb.shape[0]
-            else:
-                total += float(per.sum())
+            else:  # per sample first: element-wise and summed losses give the same number
+                total += float(sum_per_sample(per, int(xb.shape[0]), "llc.estimate").sum())
             count += 1
     return total / n, count
 
