@@ -204,3 +204,14 @@ def figure(
     fig = agg_figure(figsize, layout)
     yield fig
     save_figure(fig, path, dpi=dpi)
+
+
+def output_logits(out: Any) -> Any:
+    """A Hugging Face ``ModelOutput`` (anything with a tensor ``logits``) as its logits; any
+    other output unchanged."""
+    import torch
+
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor) and not isinstance(out, torch.Tensor):
+        return logits
+    return out

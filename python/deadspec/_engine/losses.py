@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deadspec._usercode import user_code
+from deadspec._util import output_logits
 
 __all__ = [
     "LABELS",
@@ -87,17 +88,19 @@ def default_loss(output: torch.Tensor, targets: torch.Tensor, fn: str) -> torch.
 def per_sample_loss(
     output: Any, targets: torch.Tensor, loss_fn: Callable | None, fn: str
 ) -> torch.Tensor:
+    """Per-sample losses ``(N,)``: the default convention, or ``loss_fn(output, targets)``.
+
+    A ``loss_fn`` may return ``(N,)`` or element-wise losses ``(N, ...)`` (every torch loss with
+    ``reduction="none"``: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss``, ...), which are summed over
+    their trailing dimensions per sample; a scalar (a reduced batch loss) is refused. A Hugging
+    Face ``ModelOutput`` is read as its ``logits``.
+    """
+    output = output_logits(output)
     if not isinstance(output, torch.Tensor):
         raise TypeError(
             f"deadspec.{fn}: the model output must be a tensor for the loss, got "
             f"{type(output).__name__} (wrap the model so that it returns the logits/predictions)"
         )
-    """Per-sample losses ``(N,)``: the default convention, or ``loss_fn(output, targets)``.
-
-    A ``loss_fn`` may return ``(N,)`` or element-wise losses ``(N, ...)`` (every torch loss with
-    ``reduction="none"``: ``nn.MSELoss``, ``nn.BCEWithLogitsLoss``, ...), which are summed over
-    their trailing dimensions per sample; a scalar (a reduced batch loss) is refused.
-    """
     n = output.shape[0]
     if loss_fn is None:
         return default_loss(output, targets, fn)

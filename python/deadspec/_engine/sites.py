@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
+from deadspec._attention import is_conv1d, weight_out_in
+from deadspec._attention import layout as attention_layout
 from deadspec._engine.inputs import names_list
 
 __all__ = [
@@ -26,17 +27,6 @@ __all__ = [
 ]
 
 
-def is_conv1d(m: nn.Module) -> bool:
-    """Hugging Face ``Conv1D``: ``y = x @ W + b`` with W stored ``in × out`` (GPT-2)."""
-    w = getattr(m, "weight", None)
-    return (
-        type(m).__name__ == "Conv1D"
-        and isinstance(w, torch.Tensor)
-        and w.ndim == 2
-        and hasattr(m, "nf")
-    )
-
-
 def module_kind(m: nn.Module) -> str:
     if isinstance(m, nn.Linear):
         return "linear"
@@ -47,11 +37,6 @@ def module_kind(m: nn.Module) -> str:
     if isinstance(m, nn.MultiheadAttention):
         return "mha"
     return "other"
-
-
-def weight_out_in(m: nn.Module) -> torch.Tensor:
-    """The weight of a linear-like module as a ``d_out × d_in`` matrix (a view)."""
-    return m.weight.T if is_conv1d(m) else m.weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +94,14 @@ def catalog(model: nn.Module) -> tuple[dict[str, SiteSpec], dict[str, list[str]]
         if kind in ("linear", "conv1d"):
             default.append(name)
 
-    def add_heads(proj: str, key: str, axis: str, h: int, width: int, offset: int, base: str):
+    def add_heads(
+        proj: str, key: str, axis: str, h: int, width: int, offset: int, base: str, label="h"
+    ):
         if h < 1 or width % h:
             return
         dh = width // h
         for i in range(h):
-            hname = f"{base}[h={i}]"
+            hname = f"{base}[{label}={i}]"
             src = specs[key]
             specs[hname] = dataclasses.replace(
                 src, view=View(axis, offset + i * dh, offset + (i + 1) * dh)
@@ -145,19 +132,20 @@ def catalog(model: nn.Module) -> tuple[dict[str, SiteSpec], dict[str, list[str]]
                 0,
                 prefix + "out_proj",
             )
-        elif type(m).__name__ == "GPT2Attention" and is_conv1d(
-            getattr(m, "c_attn", nn.Identity())
-        ):
-            if getattr(m, "is_cross_attention", False):
+        else:
+            lay = attention_layout(name, m)
+            if lay is None or lay.kind not in ("gpt2", "q_proj", "bert"):
                 continue
-            h = int(getattr(m, "num_heads", 0))
-            e = int(getattr(m, "embed_dim", 0))
-            c_attn, c_proj = prefix + "c_attn", prefix + "c_proj"
-            if c_attn not in specs or c_proj not in specs or h < 1:
+            if any(mod not in specs for mod, _ in lay.qkv.values()) or lay.o not in specs:
                 continue
-            for j, p in enumerate(("q", "k", "v")):
-                add_heads(c_attn, c_attn, "out", h, e, j * e, prefix + p)
-            add_heads(c_proj, c_proj, "in", h, e, 0, c_proj)
+            fused = lay.kind == "gpt2"  # q | k | v in one Conv1D: heads named by q/k/v
+            for key, (mod, off) in lay.qkv.items():
+                count = lay.count(key)
+                # grouped-query attention: a K/V head is shared by a group of query heads
+                label = "kv" if count < lay.heads else "h"
+                base = prefix + key if fused else mod
+                add_heads(mod, mod, "out", count, count * lay.head_dim, off, base, label)
+            add_heads(lay.o, lay.o, "in", lay.heads, lay.heads * lay.head_dim, 0, lay.o)
     return specs, heads, default
 
 

@@ -45,16 +45,19 @@ Contract
   ``a`` with product 1 (Chain), a pair ``(v, c)`` (LogitShift) and a dict of per-head orthogonal
   matrices (HeadRotation). ``apply`` casts them to each parameter's dtype and device.
 - Discovery traces the model with ``torch.fx``; a model (or a submodule) that cannot be traced
-  is handled bottom-up (untraceable submodules become opaque leaves), then by ``nn.Sequential``
-  order and by the common MLP names (``fc1/act/fc2``, ``fc_in/act/fc_out``, SwiGLU
+  is handled bottom-up (untraceable submodules become opaque leaves); the structural
+  recognisers (``_recognise``) read the standard blocks of GPT-2, Llama/Mistral/Qwen2, BERT,
+  ViT and ``nn.TransformerEncoderLayer`` and every attention module with a known head layout
+  (``source="recogniser:<family>"``; the table in docs/gauges.md); then ``nn.Sequential``
+  order and the common MLP names (``fc1/act/fc2``, ``fc_in/act/fc_out``, SwiGLU
   ``w1/w2/w3`` and ``gate_proj/up_proj/down_proj``); gauges found by name only carry
   ``source="naming"`` and a warning recommends ``check=True``. Parameters shared between modules
   (tied weights) are never part of a discovered gauge, and a declared gauge on one is rejected.
 
 Modules: :mod:`.kinds` (the gauge dataclasses), :mod:`.discovery` (:func:`discover`,
 :func:`bind`, group elements over several gauges); private: ``_tracing`` (torch.fx),
-``_homogeneity`` (which operations a rescaling passes through), ``_modules`` (module and tensor
-helpers), ``_binding`` (module references, the stand-in model of plain-parameter optimizers).
+``_homogeneity`` (which operations a rescaling passes through), ``_recognise`` (the block
+recognisers), ``_modules`` (module and tensor helpers), ``_binding`` (module references, the stand-in model of plain-parameter optimizers).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deadspec._attention import reads_columns
 from deadspec._usercode import user_code
-from deadspec._util import unwrap_compiled
+from deadspec._util import output_logits, unwrap_compiled
 
 __all__ = [
     "Ref",
@@ -32,6 +33,7 @@ __all__ = [
     "positive_vector",
     "random_orthogonal",
     "require_linear",
+    "require_linear_like",
     "require_unshared",
     "resolve",
     "scale_cols_",
@@ -209,6 +211,18 @@ def require_linear(fn: str, arg: str, name: str, mod: nn.Module) -> nn.Linear:
     return mod
 
 
+def require_linear_like(fn: str, arg: str, name: str, mod: nn.Module) -> nn.Module:
+    """A consumer: an ``nn.Linear``, a Hugging Face ``Conv1D`` or an ``nn.MultiheadAttention``
+    with a packed ``in_proj_weight`` (:func:`deadspec._attention.reads_columns`)."""
+    if not reads_columns(mod):
+        raise ValueError(  # noqa: TRY004
+            f"deadspec.{fn}: {arg} must be an nn.Linear (or a Hugging Face Conv1D, or an "
+            f"nn.MultiheadAttention with a packed in_proj_weight), got {type(mod).__name__} "
+            f"{name!r}"
+        )
+    return mod
+
+
 def require_unshared(
     fn: str, name: str, params: Iterable[torch.Tensor | None], shared: set[int]
 ) -> None:
@@ -289,6 +303,7 @@ def observe(out: Any, targets: Any, loss_fn: Any, logit: bool, fn: str) -> torch
     loss of the targets (MSE for floating, mean cross-entropy for integer ones), else the
     outputs (their ``log_softmax`` for a logit shift). ``out`` is the model's output (the first
     item of a tuple); ``targets`` were checked by :func:`check_data`."""
+    out = output_logits(out)
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
     if not isinstance(out, torch.Tensor) or not out.is_floating_point():

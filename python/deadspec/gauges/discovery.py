@@ -23,6 +23,7 @@ from deadspec.gauges._modules import (
     norm_params,
     shared_param_ids,
 )
+from deadspec.gauges._recognise import recognised
 from deadspec.gauges._tracing import call_counts, fallback_logit, trace_info, walk
 from deadspec.gauges.kinds import Chain, Gauge, HeadRotation, LogitShift, NormScale, Pair
 
@@ -110,8 +111,9 @@ def discover(
         For ``check`` (see :meth:`Gauge.check`). ``inputs`` also lets discovery find the logit
         layer of a model that cannot be traced (the module whose output object is returned).
     heads : bool
-        Report :class:`HeadRotation` s (``nn.MultiheadAttention``; modules with
-        ``deadspec_heads()``).
+        Report :class:`HeadRotation` s (every attention module with a known head layout:
+        ``nn.MultiheadAttention``, ``deadspec_heads()`` modules, Hugging Face GPT-2,
+        Llama-style ``q_proj/k_proj/v_proj/o_proj`` and BERT-style attention).
     chains : bool
         Report :class:`Chain` s: maximal chains of three or more layers linked by Pairs
         (``covered=True``).
@@ -140,14 +142,8 @@ def discover(
             found.add(g)
     if loss == "cross_entropy":
         _logit_shifts(model, info, inputs, found)
-    if heads:
-        for name, mod in model.named_modules():
-            try:
-                g = HeadRotation(name, source="module").bind(model)
-            except ValueError:
-                continue
-            if found.unshared(*mod.parameters()):
-                found.add(g)
+    for g in recognised(model, found.unshared, heads=heads, loss=loss):
+        found.add(g.bind(model))
     if chains:
         for ch in derived_chains([g for g in found.gauges if isinstance(g, Pair)]):
             found.add(ch)

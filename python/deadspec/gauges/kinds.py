@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from deadspec._attention import Layout, consumer_matrix, consumer_param, in_features
+from deadspec._attention import layout as attention_layout
 from deadspec._usercode import MODEL_FORWARD, user_code
 from deadspec._util import check_bool, check_real, unwrap_compiled
 from deadspec.gauges._homogeneity import check_activation
@@ -23,7 +25,6 @@ from deadspec.gauges._modules import (
     check_data,
     check_inputs,
     check_refs,
-    heads_map,
     is_norm,
     norm_params,
     observe,
@@ -31,6 +32,7 @@ from deadspec.gauges._modules import (
     positive_vector,
     random_orthogonal,
     require_linear,
+    require_linear_like,
     require_unshared,
     resolve,
     scale_cols_,
@@ -170,7 +172,7 @@ class _UnitScaling(Gauge):
             if b is not None:
                 scale_rows_(b, idx, c)
             for cn in as_tuple(g.consumer):
-                scale_cols_(model.get_submodule(cn).weight, idx, c)
+                scale_cols_(consumer_matrix(model.get_submodule(cn)), idx, c)
 
 
 @dataclass(eq=True)
@@ -186,7 +188,8 @@ class Pair(_UnitScaling):
     producer : str or nn.Linear
         The layer whose output rows are the hidden units.
     consumer : str, nn.Linear or a sequence of them
-        The layer(s) reading the hidden units (input columns).
+        The layer(s) reading the hidden units (input columns; a Hugging Face ``Conv1D``, stored
+        ``in × out``, reads them through its rows).
     units : sequence of int, LongTensor or bool mask, optional
         The hidden units in the gauge (default all).
     activation : str, module, function or a sequence of them, optional
@@ -224,18 +227,18 @@ class Pair(_UnitScaling):
         require_unshared("Pair", pname, (prod.weight, prod.bias), shared)
         for c in consumers:
             cname, cons = resolve(model, c, "Pair", "consumer")
-            require_linear("Pair", "consumer", cname, cons)
-            if cons.in_features != prod.out_features:
+            require_linear_like("Pair", "consumer", cname, cons)
+            if in_features(cons) != prod.out_features:
                 raise ValueError(
                     f"deadspec.Pair: consumer {cname!r} must read the producer's "
                     f"{prod.out_features} units (in_features == producer.out_features), got "
-                    f"in_features={cons.in_features}"
+                    f"in_features={in_features(cons)}"
                 )
             if cons is prod:
                 raise ValueError(
                     f"deadspec.Pair: consumer must differ from the producer, got {cname!r} twice"
                 )
-            require_unshared("Pair", cname, (cons.weight,), shared)
+            require_unshared("Pair", cname, (consumer_param(cons)[0],), shared)
             cnames.append(cname)
         idx = units_index("Pair", self.units, prod.out_features)
         units = None if idx is None else tuple(int(i) for i in idx)
@@ -357,7 +360,7 @@ class NormScale(_UnitScaling):
         ``nn.LayerNorm`` (elementwise affine, 1-D ``normalized_shape``), ``nn.RMSNorm`` or a
         custom ``*RMSNorm``/``*LayerNorm`` class with a 1-D ``weight`` (and optional ``bias``)
         that multiplies the normalised input channelwise.
-    consumer : str, nn.Linear or a sequence of them
+    consumer : str, nn.Linear, Conv1D or a sequence of them
         The layer(s) reading the normalised output.
     """
 
@@ -392,13 +395,13 @@ class NormScale(_UnitScaling):
         cnames = []
         for c in consumers:
             cname, cons = resolve(model, c, "NormScale", "consumer")
-            require_linear("NormScale", "consumer", cname, cons)
-            if cons.in_features != d:
+            require_linear_like("NormScale", "consumer", cname, cons)
+            if in_features(cons) != d:
                 raise ValueError(
                     f"deadspec.NormScale: consumer {cname!r} must read the norm's {d} channels "
-                    f"(in_features == {d}), got in_features={cons.in_features}"
+                    f"(in_features == {d}), got in_features={in_features(cons)}"
                 )
-            require_unshared("NormScale", cname, (cons.weight,), shared)
+            require_unshared("NormScale", cname, (consumer_param(cons)[0],), shared)
             cnames.append(cname)
         return dataclasses.replace(
             self, norm=nname, consumer=cnames[0] if len(cnames) == 1 else tuple(cnames), dim=d
@@ -486,29 +489,37 @@ class LogitShift(Gauge):
 
 @dataclass(eq=True)
 class HeadRotation(Gauge):
-    """Per-head attention rotations (QK: ``R`` on q and k rows of head h; VO: ``Q`` on v rows,
-    ``Qᵀ`` on the output projection's columns of head h).
+    """Per-head attention rotations (QK: ``R`` on the q and k rows of a head; VO: ``Q`` on the v
+    rows of a head, ``Qᵀ`` on the output projection's columns of the query heads that read it).
 
     Parameters
     ----------
     attention : str or module
-        An ``nn.MultiheadAttention`` (packed ``in_proj_weight``) or a module with ``q, k, v, o``
-        ``nn.Linear`` children following deadspec's ``deadspec_heads`` convention
-        (:class:`deadspec.models_transformer.SelfAttention`).
+        An attention module whose head layout deadspec knows (:mod:`deadspec._attention`):
+        ``nn.MultiheadAttention`` (packed ``in_proj_weight``), modules with ``q, k, v, o``
+        ``nn.Linear`` children and ``deadspec_heads()``
+        (:class:`deadspec.models_transformer.SelfAttention`), Hugging Face GPT-2 attention
+        (fused ``c_attn`` Conv1D), ``q_proj/k_proj/v_proj/o_proj`` attention (Llama, Mistral,
+        Qwen2, ViT, grouped-query attention included) and BERT-style attention
+        (``self.query/key/value``, ``output.dense``).
     num_heads : int, optional
-        Default: the module's ``num_heads`` / ``n_heads``.
+        Default: the module's (``num_heads`` / ``n_heads`` / its config's); given, it must agree.
     part : {"both", "qk", "vo"}
         Which rotations form the gauge.
     rope : bool, optional
-        RoPE on q/k on interleaved pairs ``(2i, 2i+1)``: the QK rotations are then restricted to
-        the 2×2 rotations of those pairs (they commute with RoPE). Default: the module's
-        ``rope`` attribute (False for ``nn.MultiheadAttention``).
+        RoPE on q/k: the QK rotations are then restricted to the 2×2 rotations of RoPE's planes,
+        which commute with it (pairs ``(2i, 2i+1)`` for deadspec's modules, ``(i, i + dh/2)``
+        in Hugging Face's ``rotate_half`` convention). Default: from the module (its ``rope``
+        attribute, its config's rotary parameters).
 
     Notes
     -----
-    An Adam base is coordinatewise, so :class:`deadspec.optim.DDCAdam` is equivariant under
-    these rotations only through its per-head shared second moment (``rotations=True``, the
-    default); :class:`deadspec.optim.DDCMuon` through its orthogonaliser.
+    With grouped-query attention (``kv_heads`` < ``num_heads``) the element holds one rotation
+    per K/V head: it acts on that K/V head and on every query head of its group (QK), and on the
+    output columns of those query heads (VO). An Adam base is coordinatewise, so
+    :class:`deadspec.optim.DDCAdam` is equivariant under these rotations only through its
+    per-head shared second moment (``rotations=True``); :class:`deadspec.optim.DDCMuon` through
+    its orthogonaliser.
     """
 
     kind: ClassVar[str] = "head_rotation"
@@ -518,113 +529,133 @@ class HeadRotation(Gauge):
     rope: bool | None = None
     source: str = field(default="declared", compare=False)
     dim: int | None = field(default=None, compare=False)
+    kv_heads: int | None = field(default=None, compare=False)
 
     def modules(self) -> tuple[str, ...]:
         return (str(self.attention),)
 
-    def bind(self, model: nn.Module) -> HeadRotation:
+    def layout(self, model: nn.Module) -> Layout:
+        """The head layout of the attention module (after checks)."""
         name, mod = resolve(model, self.attention, "HeadRotation", "attention")
+        lay = attention_layout(name, mod, self.num_heads)
+        if lay is None:
+            raise ValueError(
+                f"deadspec.HeadRotation: attention must be an attention module with a known head "
+                f"layout (nn.MultiheadAttention with a packed in_proj_weight and no "
+                f"bias_k/bias_v/add_zero_attn; q/k/v/o layers with deadspec_heads(); GPT-2's "
+                f"c_attn/c_proj; q_proj/k_proj/v_proj/o_proj; BERT-style query/key/value with "
+                f"output.dense), got {type(mod).__name__} {name!r}"
+            )
+        return lay
+
+    def bind(self, model: nn.Module) -> HeadRotation:
         if self.part not in ("both", "qk", "vo"):
             raise ValueError(
                 f"deadspec.HeadRotation: part must be 'both', 'qk' or 'vo', got {self.part!r}"
             )
-        if isinstance(mod, nn.MultiheadAttention):
-            if not mod._qkv_same_embed_dim or mod.bias_k is not None or mod.add_zero_attn:
-                raise ValueError(
-                    f"deadspec.HeadRotation: attention must use a packed in_proj_weight without "
-                    f"bias_k/bias_v/add_zero_attn, got {name!r} with another layout"
-                )
-            heads = mod.num_heads if self.num_heads is None else self.num_heads
-            d = mod.embed_dim
-            rope = bool(self.rope) if self.rope is not None else False
-        elif heads_map(mod) is not None:
-            heads = self.num_heads
-            if heads is None:
-                heads = getattr(mod, "num_heads", getattr(mod, "n_heads", None))
-            if heads is None:
-                raise ValueError(
-                    f"deadspec.HeadRotation: num_heads must be given for {name!r}, "
-                    f"got None and no num_heads/n_heads attribute"
-                )
-            for key in "qkvo":
-                require_linear("HeadRotation", key, f"{name}.{key}", getattr(mod, key))
-            d = mod.q.out_features
-            rope = bool(self.rope) if self.rope is not None else bool(getattr(mod, "rope", False))
-        else:
+        lay = self.layout(model)
+        if self.num_heads is not None and int(self.num_heads) != lay.heads:
             raise ValueError(
-                f"deadspec.HeadRotation: attention must be an nn.MultiheadAttention or a module "
-                f"with q/k/v/o layers and deadspec_heads(), got {type(mod).__name__} {name!r}"
+                f"deadspec.HeadRotation: num_heads must be the module's {lay.heads} heads of "
+                f"{lay.name!r}, got {self.num_heads}"
             )
-        heads = int(heads)
-        if heads < 1 or d % heads:
-            raise ValueError(f"deadspec.HeadRotation: num_heads must divide {d}, got {heads}")
-        if rope and (d // heads) % 2:
+        if self.part != "vo" and not lay.qk:
             raise ValueError(
-                f"deadspec.HeadRotation: RoPE needs an even head dim, got {d // heads}"
+                f"deadspec.HeadRotation: the QK rotations of {lay.name!r} are not a gauge "
+                f"({lay.why}); use part='vo'"
             )
-        return dataclasses.replace(self, attention=name, num_heads=heads, rope=rope, dim=d // heads)
+        rope = lay.rope is not None if self.rope is None else bool(self.rope)
+        if rope and self.part != "vo" and lay.head_dim % 2:
+            raise ValueError(
+                f"deadspec.HeadRotation: RoPE needs an even head dim, got {lay.head_dim}"
+            )
+        return dataclasses.replace(
+            self,
+            attention=lay.name,
+            num_heads=lay.heads,
+            rope=rope,
+            dim=lay.head_dim,
+            kv_heads=lay.kv_heads,
+        )
 
-    def _weights(self, mod: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        if isinstance(mod, nn.MultiheadAttention):
-            e = mod.embed_dim
-            w, b = mod.in_proj_weight, mod.in_proj_bias
-            out = {}
-            for i, key in enumerate("qkv"):
-                out[key] = (w[i * e : (i + 1) * e], None if b is None else b[i * e : (i + 1) * e])
-            out["o"] = (mod.out_proj.weight, mod.out_proj.bias)
-            return out
-        return {k: (getattr(mod, k).weight, getattr(mod, k).bias) for k in "qkvo"}
+    def blocks(self, model: nn.Module) -> list[tuple[torch.Tensor, int, list[tuple[int, int]]]]:
+        """(tensor, stored axis, per-head ``[start, stop)`` ranges along it) of every parameter
+        block the gauge rotates: q/k/v weight rows and biases, the output projection's columns.
+        Each range is rotated by the element of its (K/V) head."""
+        g = self.bind(model)
+        lay = g.layout(model)
+        keys = {"both": "qkv", "qk": "qk", "vo": "v"}[g.part]
+        out: list[tuple[torch.Tensor, int, list[tuple[int, int]]]] = []
+        for key in keys:
+            w, b, off, axis = lay.params(model, key)
+            segs = [
+                (off + i * lay.head_dim, off + (i + 1) * lay.head_dim)
+                for i in range(lay.count(key))
+            ]
+            out.append((w, axis, segs))
+            if b is not None:
+                out.append((b, 0, segs))
+        if "v" in keys:
+            wo, axis = lay.output_param(model)
+            segs = [(i * lay.head_dim, (i + 1) * lay.head_dim) for i in range(lay.heads)]
+            out.append((wo, axis, segs))
+        return out
 
     def random_element(
         self, model: nn.Module, generator: torch.Generator | None = None, *, spread: float = 1.0
     ) -> dict[str, torch.Tensor]:
         g = self.bind(model)
-        h, dh = int(g.num_heads), int(g.dim)
+        kv, dh = int(g.kv_heads), int(g.dim)
         el: dict[str, torch.Tensor] = {}
         if g.part in ("both", "qk"):
             if g.rope:
-                ang = torch.rand(h, dh // 2, generator=generator, dtype=torch.float64) * 2 - 1
+                lay = g.layout(model)
+                half = lay.rope == "half"
+                ang = torch.rand(kv, dh // 2, generator=generator, dtype=torch.float64) * 2 - 1
                 ang = ang * math.pi * min(1.0, spread)
-                r = torch.zeros(h, dh, dh, dtype=torch.float64)
+                r = torch.zeros(kv, dh, dh, dtype=torch.float64)
                 c, s = ang.cos(), ang.sin()
-                i = torch.arange(0, dh, 2)
-                r[:, i, i], r[:, i, i + 1], r[:, i + 1, i], r[:, i + 1, i + 1] = c, -s, s, c
+                i = torch.arange(0, dh // 2) if half else torch.arange(0, dh, 2)
+                j = i + dh // 2 if half else i + 1
+                r[:, i, i], r[:, i, j], r[:, j, i], r[:, j, j] = c, -s, s, c
                 el["qk"] = r
             else:
-                el["qk"] = random_orthogonal(h, dh, generator)
+                el["qk"] = random_orthogonal(kv, dh, generator)
         if g.part in ("both", "vo"):
-            el["vo"] = random_orthogonal(h, dh, generator)
+            el["vo"] = random_orthogonal(kv, dh, generator)
         return el
 
     def apply(self, model: nn.Module, element: dict[str, torch.Tensor]) -> None:
         g = self.bind(model)
-        mod = model.get_submodule(g.attention)
-        ws = self._weights(mod)
-        h, dh = int(g.num_heads), int(g.dim)
+        lay = g.layout(model)
+        kv, dh = lay.kv_heads, lay.head_dim
         with torch.no_grad():
             for part, keys in (("qk", "qk"), ("vo", "v")):
                 if part not in element:
                     continue
                 r = torch.as_tensor(element[part], dtype=torch.float64)
-                if r.shape != (h, dh, dh):
+                if r.shape != (kv, dh, dh):
                     raise ValueError(
                         f"deadspec.HeadRotation.apply: element[{part!r}] must have "
-                        f"shape ({h}, {dh}, {dh}), got {tuple(r.shape)}"
+                        f"shape ({kv}, {dh}, {dh}), got {tuple(r.shape)}"
                     )
                 for key in keys:
-                    w, b = ws[key]
-                    for hh in range(h):
-                        sl = slice(hh * dh, (hh + 1) * dh)
-                        rr = r[hh].to(w.dtype)
+                    w, b, off = lay.tensors(model, key)
+                    for hh in range(lay.count(key)):
+                        sl = slice(off + hh * dh, off + (hh + 1) * dh)
+                        rr = r[hh if key != "q" else hh // lay.group].to(w.dtype)
                         w[sl] = rr @ w[sl]
                         if b is not None:
                             b[sl] = rr @ b[sl]
                 if part == "vo":
-                    wo = ws["o"][0]
-                    for hh in range(h):
+                    wo = lay.output(model)
+                    for hh in range(lay.heads):
                         sl = slice(hh * dh, (hh + 1) * dh)
-                        wo[:, sl] = wo[:, sl] @ r[hh].to(wo.dtype).T
+                        wo[:, sl] = wo[:, sl] @ r[hh // lay.group].to(wo.dtype).T
 
     def describe(self) -> str:
         rope = ", rope" if self.rope else ""
-        return f"HeadRotation {self.attention} ({self.part}, heads={self.num_heads}{rope})"
+        kv = ""
+        if self.kv_heads not in (None, self.num_heads):
+            kv = f", kv_heads={self.kv_heads}"
+        return f"HeadRotation {self.attention} ({self.part}, heads={self.num_heads}{kv}{rope})"

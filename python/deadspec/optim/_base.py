@@ -29,7 +29,7 @@ from deadspec._util import unwrap_compiled
 from deadspec.gauges._binding import module_root, parameter_names
 from deadspec.gauges._modules import scale_cols_, scale_rows_
 from deadspec.optim._functional import adam_ratio_bound, commit_finite, gauge_dots, site_rho
-from deadspec.optim._plan import Plan, Site, build_plan
+from deadspec.optim._plan import Plan, Site, build_plan, warn_unread
 
 __all__ = [
     "FORMS",
@@ -207,6 +207,9 @@ class DDCBase(torch.optim.Optimizer):
             explicit = gauges is not None
             found = G.discover(model, loss=loss, chains=False) if gauges is None else gauges
             self._plan = build_plan(model, list(found), explicit=explicit, fn=fn, heads=rotations)
+            if gauges is None:
+                warn_unread(model, self._plan, fn, self._plain)
+            self._check_form()
             self._bind_model(model)
             source = model.parameters() if params is None else params
         else:
@@ -246,8 +249,17 @@ class DDCBase(torch.optim.Optimizer):
         root = module_root(list(gauges), names, fn)
         self._names = names or {id(p): n for n, p in root.named_parameters()}
         self._plan = build_plan(root, list(gauges), explicit=True, fn=fn, heads=rotations)
+        self._check_form()
         self._bind_gauges(root)
         return source
+
+    def _check_form(self) -> None:
+        if self.form == "split" and any(0 in s.consumer_axes for s in self._plan.sites):
+            site = next(s for s in self._plan.sites if 0 in s.consumer_axes)
+            raise ValueError(
+                f"deadspec.{self._fn}: form='split' does not support a Conv1D consumer (GPT-2's "
+                f"layout), got one in {site.name!r}; use form='coordinate'"
+            )
 
     def _bind_gauges(self, root: nn.Module) -> None:
         """Plain parameters with gauges: called with the stand-in model of the gauges' modules
@@ -718,7 +730,8 @@ class DDCBase(torch.optim.Optimizer):
             row = rho[r].to(p.dtype)
             scale = row.reshape((-1,) + (1,) * (p.ndim - 1))
         if c is not None:
-            inv = rho[c].to(p.dtype).reshape(1, -1)
+            shape = (1, -1) if self._plan.col_axis.get(id(p), 1) == 1 else (-1, 1)
+            inv = rho[c].to(p.dtype).reshape(shape)
             scale = 1.0 / inv if scale is None else scale / inv
         return scale
 
@@ -741,8 +754,8 @@ class DDCBase(torch.optim.Optimizer):
                 gin, ain = gin + tb, ain + tb.abs()
             gout = torch.zeros_like(gin)
             aout = torch.zeros_like(gin)
-            for c in s.consumers:
-                gc, ac = gauge_dots(c, c.grad, 0)
+            for c, cg in zip(s.consumer_views(), s.consumer_views(grad=True)):
+                gc, ac = gauge_dots(c, cg, 0)
                 gout = gout + gc.to(gin.dtype)
                 aout = aout + ac.to(gin.dtype)
             if s.units is not None:
@@ -765,7 +778,7 @@ class DDCBase(torch.optim.Optimizer):
                 rows = t if idx is None else t[idx.to(t.device)]
                 peak = rows.abs().amax(1) if rows.ndim == 2 else rows.abs()
                 ok &= torch.isfinite(peak * safe.to(device=t.device, dtype=t.dtype)).to(ok.device)
-        for w in s.consumers:
+        for w in s.consumer_views():
             cols = w if idx is None else w[:, idx.to(w.device)]
             peak = cols.abs().amax(0)
             ok &= torch.isfinite(peak / safe.to(device=w.device, dtype=w.dtype)).to(ok.device)
@@ -774,7 +787,7 @@ class DDCBase(torch.optim.Optimizer):
         scale_rows_(s.weight, idx, c)
         if s.bias is not None:
             scale_rows_(s.bias, idx, c)
-        for w in s.consumers:
+        for w in s.consumer_views():
             scale_cols_(w, idx, c)
 
     def _policy(self, modes: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
@@ -821,7 +834,7 @@ class DDCBase(torch.optim.Optimizer):
             if s.bias is not None:
                 p2 = p2 + s.bias.square()
             q2 = torch.zeros_like(p2)
-            for c in s.consumers:
+            for c in s.consumer_views():
                 q2 = q2 + c.square().sum(0).to(p2.dtype)
             if s.units is not None:
                 idx = s.units.to(p2.device)

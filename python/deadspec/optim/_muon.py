@@ -9,6 +9,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from deadspec._attention import is_linear_like
+
 __all__ = ["ddc_muon_update", "hidden_matrices", "newton_schulz"]
 
 
@@ -118,7 +120,8 @@ def ddc_muon_update(
 
 
 def hidden_matrices(model: nn.Module, heads: Iterable[str]) -> set[int]:
-    """``id`` s of the weights that take the Muon path: every ``nn.Linear`` weight and the
+    """``id`` s of the weights that take the Muon path: every ``nn.Linear`` (and Conv1D) weight
+    and the
     input projections of ``nn.MultiheadAttention``, except the ``heads`` modules' and weights
     shared with an embedding (tied)."""
     heads = set(heads)
@@ -132,7 +135,7 @@ def hidden_matrices(model: nn.Module, heads: Iterable[str]) -> set[int]:
     for name, m in model.named_modules():
         if name in heads:
             continue
-        if isinstance(m, nn.Linear):
+        if is_linear_like(m):  # nn.Linear, Hugging Face Conv1D
             out.add(id(m.weight))
         elif isinstance(m, nn.MultiheadAttention):
             for w in (m.in_proj_weight, m.q_proj_weight, m.k_proj_weight, m.v_proj_weight):

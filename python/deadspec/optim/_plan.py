@@ -5,6 +5,7 @@ blocks a HeadRotation rotates."""
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +13,11 @@ import torch
 from torch import nn
 
 from deadspec import gauges as G
-from deadspec.gauges._modules import as_tuple, norm_params
+from deadspec._attention import consumer_param
+from deadspec._attention import layout as attention_layout
+from deadspec.gauges._modules import as_tuple, is_norm, norm_params
 
-__all__ = ["Plan", "Rot", "Site", "build_plan"]
+__all__ = ["Plan", "Rot", "Site", "build_plan", "warn_unread"]
 
 
 @dataclass
@@ -28,6 +31,21 @@ class Site:
     size: int  # number of units in the gauge
     in_site: int | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    # per consumer, the stored axis its units index: 1 (nn.Linear columns), 0 (a Conv1D's rows)
+    consumer_axes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.consumer_axes:
+            self.consumer_axes = [1] * len(self.consumers)
+
+    def consumer_views(self, grad: bool = False) -> list[torch.Tensor]:
+        """The consumers (``grad``: their gradients) as ``out × in`` matrices, whose columns
+        index the units (a Conv1D weight transposed: a view)."""
+        out = []
+        for c, axis in zip(self.consumers, self.consumer_axes):
+            t = c.grad if grad else c
+            out.append(t if t is None or axis == 1 else t.T)
+        return out
 
 
 class Plan:
@@ -35,6 +53,7 @@ class Plan:
         self.sites: list[Site] = []
         self.row: dict[int, int] = {}
         self.col: dict[int, int] = {}
+        self.col_axis: dict[int, int] = {}  # id(consumer) -> the stored axis of its units
         self.shift: set[int] = set()
         self.order: list[int] = []
         self.gauges: list[G.Gauge] = []
@@ -68,8 +87,9 @@ class Plan:
         for t in (site.weight, site.bias):
             if t is not None:
                 self.row[id(t)] = idx
-        for c in site.consumers:
+        for c, axis in zip(site.consumers, site.consumer_axes):
             self.col[id(c)] = idx
+            self.col_axis[id(c)] = axis
 
     def finish(self, fn: str) -> None:
         for s in self.sites:
@@ -156,7 +176,7 @@ def build_plan(
             plan.shift.add(id(mod.bias))
     for p in pairs:
         prod = model.get_submodule(p.producer)
-        cons = [model.get_submodule(c).weight for c in as_tuple(p.consumer)]
+        cons, axes = consumer_params(model, p.consumer)
         units = None if p.units is None else torch.as_tensor(p.units, dtype=torch.int64)
         plan.add_site(
             Site(
@@ -167,18 +187,28 @@ def build_plan(
                 cons,
                 units,
                 prod.out_features if units is None else int(units.numel()),
+                consumer_axes=axes,
             ),
             fn,
         )
     for n in norms:
         w, bb = norm_params(model.get_submodule(n.norm))
-        cons = [model.get_submodule(c).weight for c in as_tuple(n.consumer)]
-        plan.add_site(Site(f"norm:{n.norm}", "norm", w, bb, cons, None, int(w.shape[0])), fn)
+        cons, axes = consumer_params(model, n.consumer)
+        plan.add_site(
+            Site(f"norm:{n.norm}", "norm", w, bb, cons, None, int(w.shape[0]), consumer_axes=axes),
+            fn,
+        )
     plan.finish(fn)
     names = {id(p): n for n, p in model.named_parameters()}
     for r in rotations:
         add_rotation(plan, model, r, names, fn)
     return plan
+
+
+def consumer_params(model: nn.Module, refs: Any) -> tuple[list[torch.Tensor], list[int]]:
+    """The consumers' weights and the stored axis of their input units (0 for a Conv1D)."""
+    pairs = [consumer_param(model.get_submodule(c)) for c in as_tuple(refs)]
+    return [p for p, _ in pairs], [axis for _, axis in pairs]
 
 
 @dataclass
@@ -212,29 +242,7 @@ class Rot:
 def add_rotation(
     plan: Plan, model: nn.Module, r: G.HeadRotation, names: dict[int, str], fn: str
 ) -> None:
-    mod = model.get_submodule(r.attention)
-    h, dh = int(r.num_heads), int(r.dim)
-    heads = [(i * dh, (i + 1) * dh) for i in range(h)]
-    parts = ("q", "k", "v") if r.part == "both" else (("q", "k") if r.part == "qk" else ("v",))
-    entries: list[tuple[torch.Tensor, int, list[tuple[int, int]]]] = []
-    if isinstance(mod, nn.MultiheadAttention):
-        e = mod.embed_dim
-        for key in parts:
-            off = "qkv".index(key) * e
-            segs = [(a + off, b + off) for a, b in heads]
-            entries.append((mod.in_proj_weight, 0, segs))
-            if mod.in_proj_bias is not None:
-                entries.append((mod.in_proj_bias, 0, segs))
-        if "v" in parts:
-            entries.append((mod.out_proj.weight, 1, heads))
-    else:
-        for key in parts:
-            lin = getattr(mod, key)
-            entries.append((lin.weight, 0, heads))
-            if lin.bias is not None:
-                entries.append((lin.bias, 0, heads))
-        if "v" in parts:
-            entries.append((mod.o.weight, 1, heads))
+    entries = r.blocks(model)
     for p, axis, segs in entries:
         name = names.get(id(p), f"{r.attention}.<param>")
         # the rescaling σ must be constant along the rotated axis and the site scales ρ must not
@@ -245,7 +253,7 @@ def add_rotation(
                 f"by a Pair or NormScale, got {name!r} as the producer of "
                 f"{plan.sites[plan.row[id(p)]].name!r}"
             )
-        if axis == 1 and id(p) in plan.col:
+        if id(p) in plan.col and axis == plan.col_axis[id(p)]:
             raise ValueError(
                 f"deadspec.{fn}: the columns that {r.describe()} rotates must not also be "
                 f"rescaled by a Pair or NormScale, got {name!r} as a consumer of "
@@ -266,3 +274,39 @@ def add_rotation(
                 f"rotations of {name!r}"
             )
         rot.segments = merged
+
+
+def warn_unread(model: nn.Module, plan: Plan, fn: str, plain: str) -> None:
+    """Warn when discovery gave the optimizer nothing to act on although the model has
+    normalisation layers or attention: it then steps as its plain base, and says so."""
+    if plan.sites or plan.rot or plan.shift:
+        return
+    norms = [n for n, m in model.named_modules() if is_norm(m)]
+    attn = [n for n, m in model.named_modules() if _looks_like_attention(m)]
+    if not norms and not attn:
+        return
+    what = []
+    if norms:
+        what.append(f"{len(norms)} normalisation layer(s) ({_few(norms)})")
+    if attn:
+        what.append(f"{len(attn)} attention module(s) ({_few(attn)})")
+    warnings.warn(
+        f"deadspec.{fn}: found no gauge in {type(model).__name__}, which has "
+        f"{' and '.join(what)} that discovery could not read: {fn} steps as {plain}. Declare "
+        f"the gauges by hand (gauges=[deadspec.gauges.NormScale('norm', 'consumer'), "
+        f"deadspec.gauges.HeadRotation('attention'), ...]; see docs/gauges.md) and verify them "
+        f"with Gauge.check",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _looks_like_attention(m: nn.Module) -> bool:
+    if attention_layout("", m) is not None:
+        return True
+    return "attention" in type(m).__name__.lower() and any(True for _ in m.parameters())
+
+
+def _few(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f", … {len(names) - 3} more" if len(names) > 3 else "")

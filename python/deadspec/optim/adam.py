@@ -252,6 +252,11 @@ class DDCAdam(DDCBase):
             row = None if r is None else rho[r].reshape((-1,) + (1,) * (p.ndim - 1))
             if c is not None and c not in inv:
                 inv[c] = 1.0 / rho[c]
+            col = None if c is None else inv[c]
+            if col is not None and self._plan.col_axis.get(id(p), 1) == 0:
+                # a Conv1D consumer (stored in × out): its units index the rows (never a
+                # producer: producers are nn.Linear)
+                row, col = col.reshape((-1,) + (1,) * (p.ndim - 1)), None
             state = self.state[p]
             beta1, beta2 = group["betas"]
             blocks.append(
@@ -262,7 +267,7 @@ class DDCAdam(DDCBase):
                     state["exp_avg_sq"],
                     state["step"],
                     row,
-                    None if c is None else inv[c],
+                    col,
                     self._plan.rot.get(id(p)),
                     lr=group["lr"],
                     beta1=beta1,

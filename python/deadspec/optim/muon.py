@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from deadspec import gauges as G
+from deadspec._attention import is_conv1d
 from deadspec._limits import MAX_NS_STEPS, check_at_most
+from deadspec.gauges._recognise import output_layers
 from deadspec.gauges._tracing import fallback_logit, trace_info
 from deadspec.optim._base import DDCBase, TorchOptions, check_betas, check_nonnegative
 from deadspec.optim._functional import AdamBlock, ddc_adam, gauge_dots, init_adam_state
@@ -206,6 +208,7 @@ class DDCMuon(DDCBase):
         self._head = head
         self._muon_ids: set[int] | None = None  # None: plain parameters, 2-D -> Muon
         self._head_ids: set[int] = set()  # plain parameters: the head's weight (AdamW path)
+        self._transposed: set[int] = set()  # Conv1D weights (stored in × out)
         super().__init__(
             model_or_params,
             {"lr": lr, "weight_decay": weight_decay},
@@ -222,10 +225,12 @@ class DDCMuon(DDCBase):
 
     def _bind_model(self, model: nn.Module) -> None:
         self._muon_ids = hidden_matrices(model, self._heads(model, self._head))
+        self._transposed = {id(m.weight) for m in model.modules() if is_conv1d(m)}
 
     def _bind_gauges(self, root: nn.Module) -> None:
         """Plain parameters with gauges: the head is the LogitShift layers among the gauges
         (``head="auto"``; names need the model)."""
+        self._transposed = {id(m.weight) for m in root.modules() if is_conv1d(m)}
         if self._head is None:
             return
         if self._head != "auto":
@@ -305,7 +310,7 @@ class DDCMuon(DDCBase):
             return heads
         heads = {g.layer for g in self._plan.gauges if isinstance(g, G.LogitShift)}
         info = trace_info(model)
-        heads |= set(info.logit_layers) | fallback_logit(model, None)
+        heads |= set(info.logit_layers) | fallback_logit(model, None) | output_layers(model)
         if not heads and not info.root_traced:
             warnings.warn(
                 f"deadspec.{fn}: could not identify the output head (the model cannot be "
@@ -441,15 +446,22 @@ class DDCMuon(DDCBase):
                     if rot is not None and self.per_head:
                         blocks = (rot.axis, rot.cover())
                     rad = radial.get(id(p))
+                    # a Conv1D weight (stored in × out) is orthogonalised as the out × in matrix
+                    # it acts as (Keller's shape scale and the head blocks read that way)
+                    x, gr, buf = p, p.grad, state["momentum_buffer"]
+                    if id(p) in self._transposed:
+                        x, gr, buf = p.T, p.grad.T, buf.T
+                        scale = None if scale is None else scale.T
+                        blocks = None if blocks is None else (1 - blocks[0], blocks[1])
                     # (checked before commit: DDCBase._guarded_update)
                     self._guarded_update(
                         p,
                         [state["momentum_buffer"]],
                         functools.partial(
                             ddc_muon_update,
-                            p,
-                            p.grad,
-                            state["momentum_buffer"],
+                            x,
+                            gr,
+                            buf,
                             scale,
                             blocks,
                             lr=group["lr"],
