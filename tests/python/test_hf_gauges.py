@@ -261,3 +261,79 @@ def test_per_head_readings_of_hf_attention():
     base = "bert.encoder.layer.1.attention"
     assert {f"{base}.self.query[h={i}]" for i in range(4)} <= names
     assert {f"{base}.output.dense[h={i}]" for i in range(4)} <= names
+
+
+# --------------------------------------------------------------------------------------------
+# the torch.export backend (discover with inputs)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", hf_models.FAMILIES)
+def test_export_backend_reads_the_same_gauges(family):
+    m, x, y = _build(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_inputs = list(G.discover(m, inputs=x))
+    plain = {(g.kind, g.modules()) for g in _discover(m)}
+    read = {(g.kind, g.modules()) for g in with_inputs}
+    assert plain <= read
+    extra = read - plain
+    if family == "bert":
+        # the data flow shows what the block structure cannot: the last LayerNorm feeds only
+        # the pooler (the classifier reads its CLS row), so its scale is a gauge of the loss
+        lay = "bert.encoder.layer.1.output.LayerNorm"
+        assert extra == {("norm", (lay, "bert.pooler.dense"))}
+    else:
+        assert not extra
+    if family != "torch_encoder":  # (the root of that one is traced by torch.fx)
+        assert any(g.source == "export" for g in with_inputs)
+    gen = torch.Generator().manual_seed(3)
+    for g in with_inputs:
+        if g.source == "export":
+            assert g.check(m, x, generator=gen) <= 1e-10, g.describe()
+
+
+class _MyRMSNorm(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(d) + 0.5)
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class _Untraceable(nn.Module):
+    """torch.fx cannot trace it (int() of a shape); no recogniser knows its names."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = _MyRMSNorm(8)
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+        self.other = nn.Linear(8, 16)
+
+    def forward(self, x):
+        n = int(x.shape[0])
+        h = self.norm(x)
+        u = torch.relu(self.up(h)) * torch.sigmoid(self.other(x))  # a gate not from up
+        o = self.down(u).reshape(n, -1)
+        return self.head(o)
+
+
+def test_export_backend_reads_an_untraceable_custom_model():
+    torch.manual_seed(0)
+    m = _Untraceable().double()
+    x = torch.randn(5, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    assert not [g for g in G.discover(m) if g.kind in ("norm", "pair")]
+    gs = G.discover(m, inputs=(x,))
+    got = {(g.kind, g.modules(), g.source) for g in gs}
+    assert ("norm", ("norm", "up"), "export") in got
+    assert ("pair", ("up", "down"), "export") in got
+    assert ("pair", ("down", "head"), "export") in got  # nothing in between: the identity
+    assert ("logit_shift", ("head",), "export") in got
+    # `other` feeds a sigmoid: no gauge; its output multiplies `up`'s without depending on it
+    assert not any("other" == g.modules()[0] for g in gs)
+    for g in gs:
+        assert g.check(m, (x,), y) <= 1e-10, g.describe()

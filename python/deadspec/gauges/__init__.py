@@ -45,7 +45,8 @@ Contract
   ``a`` with product 1 (Chain), a pair ``(v, c)`` (LogitShift) and a dict of per-head orthogonal
   matrices (HeadRotation). ``apply`` casts them to each parameter's dtype and device.
 - Discovery traces the model with ``torch.fx``; a model (or a submodule) that cannot be traced
-  is handled bottom-up (untraceable submodules become opaque leaves); the structural
+  is handled bottom-up (untraceable submodules become opaque leaves) and, given ``inputs``, on
+  its ``torch.export`` graph (``source="export"``); the structural
   recognisers (``_recognise``) read the standard blocks of GPT-2, Llama/Mistral/Qwen2, BERT,
   ViT and ``nn.TransformerEncoderLayer`` and every attention module with a known head layout
   (``source="recogniser:<family>"``; the table in docs/gauges.md); then ``nn.Sequential``
@@ -56,8 +57,10 @@ Contract
 
 Modules: :mod:`.kinds` (the gauge dataclasses), :mod:`.discovery` (:func:`discover`,
 :func:`bind`, group elements over several gauges); private: ``_tracing`` (torch.fx),
-``_homogeneity`` (which operations a rescaling passes through), ``_recognise`` (the block
-recognisers), ``_modules`` (module and tensor helpers), ``_binding`` (module references, the stand-in model of plain-parameter optimizers).
+``_export`` (the torch.export graph, for discovery with inputs), ``_homogeneity`` (which
+operations a rescaling passes through), ``_recognise`` (the block recognisers), ``_modules``
+(module and tensor helpers), ``_binding`` (module references, the stand-in model of
+plain-parameter optimizers).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from torch import nn
 
 from deadspec._util import check_bool, check_real
 from deadspec.gauges._binding import map_refs
+from deadspec.gauges._export import exported_gauges
 from deadspec.gauges._homogeneity import HOMOGENEOUS_MODULES
 from deadspec.gauges._modules import (
     as_tuple,
@@ -108,8 +109,10 @@ def discover(
         relative tolerance 1e-10) on ``inputs`` (required); gauges that fail are dropped with a
         warning.
     inputs, targets, loss_fn
-        For ``check`` (see :meth:`Gauge.check`). ``inputs`` also lets discovery find the logit
-        layer of a model that cannot be traced (the module whose output object is returned).
+        For ``check`` (see :meth:`Gauge.check`). ``inputs`` also let discovery read a model that
+        ``torch.fx`` cannot trace on its ``torch.export`` graph (``source="export"``: the
+        Pairs, NormScales and logit layers of the data flow, whatever the model's layout) and
+        find the logit layer of a model that cannot be exported either.
     heads : bool
         Report :class:`HeadRotation` s (every attention module with a known head layout:
         ``nn.MultiheadAttention``, ``deadspec_heads()`` modules, Hugging Face GPT-2,
@@ -137,6 +140,9 @@ def discover(
     info = trace_info(model)
     found = _Found(model)
     _traced_gauges(info, found)
+    if inputs is not None and not info.root_traced:
+        for g in exported_gauges(model, inputs, found.unshared, loss) or []:
+            found.add(g.bind(model))
     if not info.root_traced:
         for g in fallback_gauges(model, found.unshared):
             found.add(g)
