@@ -51,7 +51,9 @@ def _errors(a, b) -> tuple[float, float, float]:
         pairs = list(zip(a.parameters(), b.parameters()))
         num = sum(float((p - q).square().sum()) for p, q in pairs)
         den = sum(float(p.square().sum()) for p, _ in pairs)
-        rel = [(float((p - q).norm() / p.norm()), float(p.norm())) for p, q in pairs if p.norm() > 0]
+        rel = [
+            (float((p - q).norm() / p.norm()), float(p.norm())) for p, q in pairs if p.norm() > 0
+        ]
     big = max(r for r, n in rel if n > 1e-6 * den**0.5)
     return (num / den) ** 0.5, max(r for r, _ in rel), big
 
