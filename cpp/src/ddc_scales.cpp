@@ -12,6 +12,7 @@
 #include "detail/core.hpp"
 #include "detail/ddc_checks.hpp"
 #include "detail/ddc_kernels.hpp"
+#include "detail/scaled_sum.hpp"
 
 namespace deadspec {
 
@@ -70,18 +71,9 @@ void col_dots(const TensorView& x, const TensorView& g, std::int64_t i, std::int
     }
 }
 
-// One term f·w·c of a row as mantissa (|m| in [1/8, 1) or 0) and exponent: no product formed, so
-// nothing overflows or underflows however far apart the factors' exponents are.
-struct Term {
-    double m;
-    int e;
-};
-
-Term term(double w, double c, double f) {
-    int ew = 0, ec = 0, ef = 0;
-    const double m = std::frexp(w, &ew) * std::frexp(c, &ec) * std::frexp(f, &ef);
-    return {m, ew + ec + ef};
-}
+using detail::ScaledSum;
+using detail::Term;
+using detail::term;
 
 // The norm of row i of [f_w·W·diag(c) | f_b·b] when its plain sum of squares overflowed: the
 // terms scaled by 2^-E, E the largest exponent among them (each scaled term is below 1, so their
@@ -113,6 +105,26 @@ double row_norm_scaled(const TensorView& weight, std::int64_t i, const Eigen::Ve
         sq += s * s;
     }
     return std::ldexp(std::sqrt(sq), e);  // +inf only if the norm exceeds float64
+}
+
+// (Σ x·g, Σ |x·g|) of line k (row k for axis 1, column k for axis 0) when the plain sums were
+// not finite: the products as mantissa and exponent (Term), scaled by 2^-E, E the largest
+// exponent, summed, and scaled back: ±inf exactly when a sum itself exceeds float64, never the
+// NaN of inf - inf. The plain sums are kept when an input of the line is not finite.
+void dots_scaled(const TensorView& x, const TensorView& g, int axis, std::int64_t k, double& s,
+                 double& a) {
+    const std::int64_t n = axis == 1 ? x.shape[1] : x.shape[0];
+    ScaledSum ss, sa;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const double xv = axis == 1 ? at(x, k, j) : at(x, j, k);
+        const double gv = axis == 1 ? at(g, k, j) : at(g, j, k);
+        if (!std::isfinite(xv) || !std::isfinite(gv)) return;
+        const Term t = term(xv, gv);
+        ss.add(t);
+        sa.add({std::abs(t.m), t.e});
+    }
+    s = ss.value();
+    a = sa.value();
 }
 
 }  // namespace
@@ -195,6 +207,9 @@ std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
                                       s[i] = si;
                                       a[i] = ai;
                                   }
+                                  for (std::int64_t i = r0; i < r1; ++i)
+                                      if (!std::isfinite(s[i]) || !std::isfinite(a[i]))
+                                          dots_scaled(x, g, 1, i, s[i], a[i]);
                               });
         return {s, a};
     }
@@ -226,6 +241,8 @@ std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
         s += ps[t];
         a += pa[t];
     }
+    for (std::int64_t j = 0; j < d; ++j)  // overflowed columns, summed again scaled
+        if (!std::isfinite(s[j]) || !std::isfinite(a[j])) dots_scaled(x, g, 0, j, s[j], a[j]);
     return {s, a};
 }
 

@@ -13,6 +13,7 @@
 #include "detail/core.hpp"
 #include "detail/ddc_checks.hpp"
 #include "detail/ddc_kernels.hpp"
+#include "detail/scaled_sum.hpp"
 
 namespace deadspec {
 
@@ -323,6 +324,29 @@ double dot8(const T* __restrict a, const T* __restrict b, std::int64_t n) {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// dot8, or where it is not finite and every input is, the same sum scaled (detail::ScaledSum):
+// ±inf only where the exact sum exceeds float64.
+template <typename T>
+double checked_dot(const T* a, const T* b, std::int64_t n) {
+    const double r = dot8(a, b, n);
+    if (std::isfinite(r)) return r;
+    detail::ScaledSum acc;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
+        if (!std::isfinite(x) || !std::isfinite(y)) return r;
+        acc.add(detail::term(x, y));
+    }
+    return acc.value();
+}
+
+// Adds a·b to a column's rescue sum; false (the column keeps its plain sum) for a non-finite
+// factor.
+inline bool add_term(detail::ScaledSum& acc, double a, double b) {
+    if (!std::isfinite(a) || !std::isfinite(b)) return false;
+    acc.add(detail::term(a, b));
+    return true;
+}
+
 // One split block with its vectors read once, stepped row by row through the kernels above. A
 // 1-D block is a column (h×1): each element is the row of its own unit (a producer's bias or a
 // norm's γ, β).
@@ -371,9 +395,17 @@ public:
             scales_row(i, sig.data(), isig.data());
             fn(m_x + i * m_cols, grad_row(i, gbuf), sig.data(), isig.data(), mu_row(), xt.data(),
                gt.data(), s.col_gx.data(), s.col_xx.data(), m_cols);
-            s.row_gx[i] = dot8(gt.data(), xt.data(), m_cols);
-            s.row_xx[i] = dot8(xt.data(), xt.data(), m_cols);
+            s.row_gx[i] = checked_dot(gt.data(), xt.data(), m_cols);
+            s.row_xx[i] = checked_dot(xt.data(), xt.data(), m_cols);
         }
+        rescue_columns(s.col_gx, s.col_xx, [&](std::int64_t i, std::int64_t j, const T* rsig,
+                                               const T* risig, const T* gi,
+                                               detail::ScaledSum& a, detail::ScaledSum& b) {
+            const T xj = m_x[i * m_cols + j] * risig[j];
+            const T gj = gi[j] * rsig[j];
+            const double pc = static_cast<double>(xj - mu_row()[j]);
+            return add_term(a, static_cast<double>(gj), pc) && add_term(b, pc, pc);
+        });
         if (!m_two_d) s.col_gx.resize(0), s.col_xx.resize(0);  // a 1-D block has no columns
         return s;
     }
@@ -438,8 +470,9 @@ private:
                 sig.data(), isig.data(), row_coef(i), m_bc.data(), m_n.data(), mu_row(), u.data(),
                 xt.data(), cu.data(), m_cols, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt, m_hp.step_size,
                 m_hp.eps));
-            ru[i] = dot8(u.data(), xt.data(), m_cols);
+            ru[i] = checked_dot(u.data(), xt.data(), m_cols);
         }
+        rescue_moment_columns(cu);
         return {ru, cu};
     }
 
@@ -473,7 +506,7 @@ private:
                 m_x + i * m_cols, isig.data(), mu_row(), ti, t2i, m_m + i * m_cols,
                 m_v + i * m_cols, u.data(), xt.data(), cu.data(), m_cols, m_hp.b1, m_hp.b2,
                 m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps));
-            ru[i] = dot8(u.data(), xt.data(), m_cols);
+            ru[i] = checked_dot(u.data(), xt.data(), m_cols);
         };
         if (!whole) {
             for (std::int64_t i = 0; i < m_rows; ++i) {
@@ -502,7 +535,49 @@ private:
             const auto off = static_cast<std::size_t>(i) * n;
             update(i, t.data() + off, t2.data() + off);
         }
+        rescue_moment_columns(cu);
         return {ru, cu};
+    }
+
+    // Columns whose plain sums (of the pair the kernel accumulates) are not finite, summed again
+    // scaled over the rows: ±inf only where the exact sum exceeds float64. `terms(i, j, σ, 1/σ,
+    // g row, a, b)` adds row i's terms of column j, false for a non-finite factor (the column
+    // keeps its plain sums).
+    template <typename F>
+    void rescue_columns(Eigen::VectorXd& ca, Eigen::VectorXd& cb, F&& terms) const {
+        if (!m_two_d) return;
+        std::vector<std::int64_t> cols;
+        for (std::int64_t j = 0; j < m_cols; ++j)
+            if (!std::isfinite(ca[j]) || (cb.size() && !std::isfinite(cb[j]))) cols.push_back(j);
+        if (cols.empty()) return;
+        const auto n = static_cast<std::size_t>(m_cols);
+        std::vector<T> sig(n), isig(n), gbuf;
+        std::vector<detail::ScaledSum> a(cols.size()), b(cols.size());
+        std::vector<char> ok(cols.size(), 1);
+        for (std::int64_t i = 0; i < m_rows; ++i) {
+            scales_row(i, sig.data(), isig.data());
+            const T* gi = grad_row(i, gbuf);
+            for (std::size_t k = 0; k < cols.size(); ++k)
+                if (ok[k] && !terms(i, cols[k], sig.data(), isig.data(), gi, a[k], b[k]))
+                    ok[k] = 0;
+        }
+        for (std::size_t k = 0; k < cols.size(); ++k) {
+            if (!ok[k]) continue;
+            ca[cols[k]] = a[k].value();
+            if (cb.size()) cb[cols[k]] = b[k].value();
+        }
+    }
+
+    // The moments' column sums Σ u·P x̃, u from the moments as stored (after this step's commit).
+    void rescue_moment_columns(Eigen::VectorXd& cu) const {
+        Eigen::VectorXd none;
+        rescue_columns(cu, none, [&](std::int64_t i, std::int64_t j, const T*, const T* isig,
+                                     const T*, detail::ScaledSum& a, detail::ScaledSum&) {
+            const std::int64_t k = i * m_cols + j;
+            const T uj = split_update(m_m[k], m_v[k], m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
+            const T xj = m_x[k] * isig[j];
+            return add_term(a, static_cast<double>(uj), static_cast<double>(xj - mu_row()[j]));
+        });
     }
 
     std::vector<T> m_rs, m_cs, m_mu, m_a, m_bc, m_n, m_rm, m_cm;

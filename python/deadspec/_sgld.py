@@ -373,7 +373,7 @@ def summary(run: Chains, msgs: list[str]) -> tuple[np.ndarray, float, float, flo
         mean = std = float("nan")
     else:
         mean = float(per_chain.mean())
-        std = float(per_chain.std(ddof=1)) if cfg.chains > 1 else 0.0
+        std = scaled_std(per_chain) if cfg.chains > 1 else 0.0
     if math.isfinite(mean) and mean < 0:
         msgs.append(f"negative LLC estimate {mean:.4g}: w* is not a local minimum of the loss")
     half = cfg.draws // 2
@@ -385,6 +385,15 @@ def summary(run: Chains, msgs: list[str]) -> tuple[np.ndarray, float, float, flo
         drift = float(cfg.nbeta * np.mean(m2 - m1))
     return per_chain, mean, std, drift
 
+
+
+def scaled_std(v: np.ndarray) -> float:
+    """The sample standard deviation (ddof=1) of finite values, computed on ``v / max|v|``: finite
+    wherever the result is (plain squares of values near 1e154 and above overflow)."""
+    scale = float(np.max(np.abs(v))) if v.size else 0.0
+    if scale == 0.0 or not math.isfinite(scale):
+        return float(np.std(v, ddof=1))
+    return float(np.std(v / scale, ddof=1)) * scale
 
 
 def to_model(

@@ -83,6 +83,17 @@ def check_integer(
     return v
 
 
+#: The seeds a torch.Generator takes (``manual_seed``: an int64 or a uint64 value).
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def check_seed(fn: str, seed: Any) -> int | None:
+    """``seed`` as an int a ``torch.Generator`` takes, or None (TypeError / ValueError)."""
+    return check_integer(
+        fn, "seed", seed, SEED_RANGE[0], optional=True, maximum=SEED_RANGE[1]
+    )
+
+
 def check_real(fn: str, arg: str, value: Any, *, optional: bool = False) -> float | None:
     """``value`` as a float (a real number or a one-element tensor/array, not a bool or a
     string); None passes when ``optional``. TypeError otherwise."""

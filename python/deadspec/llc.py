@@ -88,7 +88,7 @@ from deadspec._sgld import (
     to_model,
     unpack_data,
 )
-from deadspec._util import agg_figure, check_integer, check_model, check_real
+from deadspec._util import agg_figure, check_integer, check_model, check_real, check_seed
 from deadspec._util import progress as progress_bar
 
 __all__ = [
@@ -448,7 +448,7 @@ def estimate(
     """
     t0 = time.perf_counter()
     check_model(model, "llc.estimate")
-    seed = check_integer("llc.estimate", "seed", seed, optional=True)
+    seed = check_seed("llc.estimate", seed)
     x, y = unpack_data(data, "estimate")
     params0 = list(model.parameters())
     if not params0:
@@ -537,7 +537,7 @@ def curvature_scale(
     check_model(model, fn)
     _check_loss_fn(fn, loss_fn)
     iters = check_integer(fn, "iters", iters, 1)
-    seed = check_integer(fn, "seed", seed, optional=True)
+    seed = check_seed(fn, seed)
     check_at_most("llc.curvature_scale", "iters", iters, MAX_ITERS, "30 iterations are the default")
     x, y = unpack_data(data, "curvature_scale")
     p0 = next(iter(model.parameters()))
@@ -657,7 +657,7 @@ def _check_calibrate(
     for name, value in (("plateau_rtol", plateau_rtol), ("drift_tol", drift_tol)):
         if not check_real(fn, name, value) >= 0:
             raise ValueError(f"deadspec.{fn}: {name} must be >= 0, got {value!r}")
-    check_integer(fn, "seed", seed, optional=True)
+    check_seed(fn, seed)
 
 
 def _grid(name: str, values: Any) -> list[float]:

@@ -97,6 +97,78 @@ def test_huge_gradients_never_write_nonfinite(variant, monkeypatch):
             assert _all_finite(m, opt), (variant, policy, step)
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gauge_dots_whose_products_overflow_are_exact(axis):
+    """Σ x·g and Σ |x·g| where the products (1e300·1e150) overflow: never NaN; ±inf with the
+    sign of the exact sum (rational arithmetic) where it exceeds float64; elsewhere within the
+    error bound of any float64 summation, n·ε·Σ|x·g| (cancellation against a 1e450 term loses a
+    2, as a plain sum of 1e20, −1e20 and 2 in another order would)."""
+    from fractions import Fraction
+
+    from deadspec import _core
+
+    x = np.array([[1e300, -1e300, 2.0], [1e300, 1e300, 0.0], [3e-200, 1.0, -1.0]])
+    g = np.array([[1e150, 1e150, 1.0], [1e-150, -1e-150, 5.0], [1e150, 4.0, 4.0]])
+    s, a = _core.ddc_gauge_dots(x.__dlpack__(), g.__dlpack__(), axis)
+    n = x.shape[1 - axis]
+    for k in range(n):
+        line = (x[k], g[k]) if axis == 1 else (x[:, k], g[:, k])
+        es = sum(Fraction(float(p)) * Fraction(float(q)) for p, q in zip(*line))
+        ea = sum(abs(Fraction(float(p)) * Fraction(float(q))) for p, q in zip(*line))
+        for got, exact in ((s[k], es), (a[k], ea)):
+            assert not math.isnan(got)
+            if abs(exact) > Fraction(np.finfo(np.float64).max):
+                assert math.isinf(got) and (got > 0) == (exact > 0)
+            else:
+                assert math.isfinite(got)
+                bound = 3 * n * Fraction(np.finfo(np.float64).eps) * ea + Fraction(1e-300)
+                assert abs(Fraction(float(got)) - exact) <= bound
+
+
+def test_llc_std_of_huge_estimates_is_finite():
+    from deadspec._sgld import scaled_std
+
+    v = np.array([1e300, -1e300, 5e299])
+    assert scaled_std(v) == pytest.approx(float(np.std(v / 1e300, ddof=1)) * 1e300)
+    assert math.isfinite(scaled_std(v))
+    assert scaled_std(np.array([1.0, 2.0, 3.0])) == pytest.approx(1.0)
+
+
+def test_gauge_check_refuses_nonfinite_outputs():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        m[0].weight.mul_(1e300)
+        m[2].weight.mul_(1e300)
+    g = deadspec.gauges.Pair("0", "2")
+    with pytest.raises(ValueError, match="must be finite"):
+        g.check(m, torch.randn(5, 3, dtype=torch.float64), raise_on_fail=False)
+
+
+def test_muon_lr_beyond_the_dtype_is_refused_before_any_write():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = DDCMuon(m, lr=1e130, weight_decay=0.1)
+    m(torch.randn(5, 3)).square().sum().backward()
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError, match="lr times Muon's shape scale"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_seeds_beyond_a_generator_are_refused(seed):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (6,))
+    with pytest.raises(ValueError, match="seed"):
+        deadspec.classify_directions(m, x, targets=y, seed=seed)
+    with pytest.raises(ValueError, match="seed"):
+        deadspec.read(m, x, targets=y, seed=seed)
+    assert deadspec.read(m, x, targets=y, seed=2**64 - 1) is not None
+
+
 @pytest.mark.parametrize("form", ["coordinate", "split"])
 def test_refused_coordinates_keep_their_pre_step_values(form):
     m = _net()

@@ -14,7 +14,7 @@ from deadspec._engine.fisher import fisher_matrix
 from deadspec._engine.inputs import dtype_name
 from deadspec._engine.losses import LABELS, TASKS
 from deadspec._engine.results import GaugeZero, LayerReading, Reading
-from deadspec._util import check_bool, check_choice, check_integer, check_real
+from deadspec._util import check_bool, check_choice, check_real, check_seed
 from deadspec.ops import Spectrum, spectrum
 
 __all__ = ["ROUTES", "ReadOptions", "activation_spectrum", "read_states", "reading_options"]
@@ -82,7 +82,7 @@ def reading_options(
     gap_ratio = check_real(fn, "gap_ratio", gap_ratio)
     if not gap_ratio > 1.0:
         raise ValueError(f"deadspec.{fn}: gap_ratio must be > 1, got {gap_ratio!r}")
-    seed = check_integer(fn, "seed", seed, optional=True)
+    seed = check_seed(fn, seed)
     collect_opts = CollectOptions(
         targets=targets,
         loss_fn=loss_fn,

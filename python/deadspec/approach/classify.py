@@ -22,7 +22,7 @@ from deadspec import gauges as G
 from deadspec._engine import CollectOptions, collect
 from deadspec._engine.inputs import as_input_tuple, check_targets
 from deadspec._engine.losses import infer_task
-from deadspec._util import check_bool, check_model, unwrap_compiled
+from deadspec._util import check_bool, check_model, check_seed, unwrap_compiled
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import (
     check_order_options,
@@ -398,6 +398,7 @@ def classify_directions(
     """
     fn = "classify_directions"
     check_order_options(fn, model, labels, "ols", n_probes, slope_tol, gauge_rtol, 0.0, None)
+    seed = check_seed(fn, seed)
     gauges = check_bool(fn, "gauges", gauges)
     model = unwrap_compiled(model)
     if isinstance(layers, str):

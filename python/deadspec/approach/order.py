@@ -27,6 +27,7 @@ from deadspec._engine.inputs import (
 )
 from deadspec._engine.losses import infer_task, per_sample_loss, sample_targets
 from deadspec._usercode import MODEL_FORWARD, user_code
+from deadspec._util import check_seed
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import check_order_options, t_grid, unit_direction
 from deadspec.ops import fit_slope
@@ -287,6 +288,7 @@ def direction_order(
     check_order_options(
         fn, model, labels, method, n_probes, slope_tol, gauge_rtol, gauge_atol, path
     )
+    seed = check_seed(fn, seed)
     tup, n = as_input_tuple(inputs, fn)
     slices = batch_slices(n, batch_size, fn)
     grid = t_grid(t, fn)

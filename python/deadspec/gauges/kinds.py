@@ -126,14 +126,28 @@ class Gauge:
             with user_code(fn, f"{MODEL_FORWARD} on the inputs (a float64 copy of the model)"):
                 out = m(*args)
             before = observe(out, targets, loss_fn, logit, fn)
+            if not bool(torch.isfinite(before).all()):
+                raise ValueError(
+                    f"deadspec.{fn}: the model's outputs (or loss) on these inputs must be finite "
+                    f"to be compared, got non-finite values before moving along the gauge (a "
+                    f"float64 copy of the model)"
+                )
             g.apply(m, g.random_element(m, generator, spread=spread))
             with user_code(fn, f"{MODEL_FORWARD} on the inputs (moved along {g.describe()})"):
                 out = m(*args)
             after = observe(out, targets, loss_fn, logit, fn)
         scale = float(before.abs().max()) if before.numel() else 0.0
-        diff = float((after - before).abs().max()) if before.numel() else 0.0
-        rel = diff / max(scale, torch.finfo(torch.float64).tiny)
-        if (not math.isfinite(rel) or rel > rtol) and raise_on_fail:
+        with torch.no_grad():
+            # relative to the scale, in a scaled form that cannot overflow for finite values
+            norm = max(scale, torch.finfo(torch.float64).tiny)
+            d = (after / norm - before / norm).abs()
+        rel = float(d.max()) if before.numel() else 0.0
+        if not math.isfinite(rel):
+            raise ValueError(
+                f"deadspec.{fn}: moving along {g.describe()} made the model's outputs (or loss) "
+                f"non-finite (beyond float64: a smaller spread keeps the element nearer 1)"
+            )
+        if rel > rtol and raise_on_fail:
             raise ValueError(
                 f"deadspec.{fn}: the loss must be invariant along the "
                 f"gauge to rtol={rtol:g}, got a relative change {rel:.3g} ({g.describe()})"

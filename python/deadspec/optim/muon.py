@@ -280,6 +280,30 @@ class DDCMuon(DDCBase):
                 f"ns_eps={self.ns_eps:g}"
             )
 
+    def _check_ranges(self) -> None:
+        """Scalars the Muon steps apply in a parameter's or the iteration's dtype, checked for
+        every Muon parameter before the step writes anything: the Newton–Schulz settings
+        (:meth:`_check_ns_range`) and ``lr`` times the largest shape scale (beyond the dtype,
+        torch's "value cannot be converted" part-way through a step)."""
+        for group in self.param_groups:
+            if not group["use_muon"]:
+                continue
+            for p in group["params"]:
+                if p.grad is None or p.ndim != 2:
+                    continue
+                self._check_ns_range(group, p.dtype if self.ns_dtype is None else self.ns_dtype)
+                rows, cols = p.shape
+                bound = group["lr"] * math.sqrt(max(rows, cols) / max(min(rows, cols), 1))
+                top = torch.finfo(p.dtype).max
+                if bound > top:
+                    name = self._names.get(id(p), "a parameter")
+                    dtype = str(p.dtype).removeprefix("torch.")
+                    raise ValueError(
+                        f"deadspec.{self._fn}.step: lr times Muon's shape scale must be "
+                        f"representable in the parameter's dtype {dtype} (<= {top:g}), got "
+                        f"lr={group['lr']:g} for {name!r} of shape {tuple(p.shape)}"
+                    )
+
     def _check_adamw(self, g: dict[str, Any], prefix: str = "") -> None:
         fn = self._fn
         check_nonnegative(fn, f"{prefix}lr", g["lr"])
@@ -421,6 +445,7 @@ class DDCMuon(DDCBase):
 
     # -- step (DDCBase.step: the closure, then this with the gradients' sign applied) ---------
     def _step(self) -> None:
+        self._check_ranges()  # before anything is written (the prologue decays)
         ok, modes = self._prologue()
         if not ok:
             return

@@ -115,6 +115,8 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
                                      Arr("torch", "float64", (12, 3), layout="T")),
              {"targets": Arr("torch", "float64", (12, 4), seed=6), "gauges": True}),
         Case("classify_directions", (_MLP, _X), {"targets": "abc"}),  # unclear: as above
+        # unclear (long run): seed=2**64 reached torch's manual_seed (now refused by range)
+        Case("classify_directions", (_MLP, _X), {"targets": _Y, "seed": 2**64}),
         # unclear: a user candidate given as a flat vector ('Tensor' has no attribute 'items')
         Case("classify_directions", (_MLP, _X), {"targets": _Y, "gauges": False, "n_small": 0,
                                                   "candidates": {"v": Direction()}}),
@@ -128,6 +130,12 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         Case("gauges.discover", (Model("mlp", widths=(2, 2)),), {"check": True, "inputs": ""}),
     ),
     "gauges.check": (
+        # non-finite (long run): a model of 1e300 weights, outputs beyond float64 (rel NaN);
+        # now refused: the outputs must be finite to be compared
+        Case("gauges.check", (Model("mlp", widths=(4, 3, 4, 2), init_scale=1e+300, dead=(3, 3)),
+                              Arr("torch", "float64", (4, 4))),
+             {"targets": None, "loss_fn": None, "rtol": 1e-10, "raise_on_fail": False},
+             (("discovered", 2),)),
         # unclear: a declared Pair's consumer given as an int ('int' object is not iterable)
         Case("gauges.check", (Model("mlp", widths=(2, 3, 1)), Arr("torch", "float64", (4, 2))),
              {}, (("declared", "Pair", Layer(0, linear_only=True), 3),)),
@@ -149,6 +157,14 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
              (("grad", None, 0.0, 0, ()),)),
     ),
     "optim.DDCMuon": (
+        # unclear (long run): lr 1e130 beyond a float32 parameter (torch's "value cannot be
+        # converted" part-way through the step); now refused before anything is written
+        Case("optim.DDCMuon", (Model("rrr", widths=(4, 1, 2), act="linear", dtype="float32",
+                                     seed=6, dead=(2,)),),
+             {"lr": 9.595114924592554e+129, "ns_eps": 5.963599086481597e+16,
+              "ns_dtype": Obj("dtype_float32"), "maximize": True, "adamw_lr": 1e-3,
+              "gauge_mode": "damped"},
+             (("grad", None, 0.0, 1, ()),)),
         # hang: ns_steps=2**64 Newton–Schulz steps, no bound
         Case("optim.DDCMuon", (Model("mlp", widths=(2, 3, 2)),), {"ns_steps": 2**64},
              (("grad", None, 1.0, 0, ()),)),
@@ -164,6 +180,14 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
              (("grad", None, 1e20, 0, ()),)),
     ),
     "llc.estimate": (
+        # non-finite (long run): per-chain estimates near 1e300, their std overflowed; now the
+        # std of the scaled estimates
+        Case("llc.estimate", (Model("rrr", widths=(1, 3, 2), act="gelu", bias=False, seed=6),
+                              (Arr("torch", "float64", (4, 1), scale=1e+150, seed=3, layout="T"),
+                               Arr("torch", "float64", (4, 2), scale=1e+150, seed=3))),
+             {"batch_size": 1, "loss_fn": Loss("gauss", sigma=0.001), "epsilon": 0.0001,
+              "gamma": 0.0, "chains": 3, "draws": 1, "burnin": 0, "warn": False,
+              "progress": False}),
         # hang: chains=10**6, no bound
         Case("llc.estimate", (Model("mlp", widths=(2, 1)),
                               (Arr("torch", "float64", (4, 2)), Arr("torch", "float64", (4, 1)))),
@@ -253,6 +277,16 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         # (now +inf, documented: the exact sums exceed float64)
         Case("_core.ddc_split_sums", ([{**_BLOCK64, "param": _F64(2, 3, scale=1e300)}],)),
         Case("_core.ddc_split_sums", (None,)),  # unclear
+        # non-finite (long run): column sums of 1e300 moments' centring and 1e100 gradients
+        Case("_core.ddc_split_sums", ([{
+            "param": Arr("torch", "float64", (2, 3), scale=1e-160, seed=6),
+            "grad": Arr("torch", "float64", (2, 3), scale=1e+100, seed=6),
+            "exp_avg": Arr("torch", "float64", (2, 3), scale=1e+300, seed=2),
+            "exp_avg_sq": Arr("torch", "float64", (2, 3), fill="zeros", scale=0.0, seed=7),
+            "lr": 0.0, "beta1": 0.0, "beta2": 0.0, "eps": 1e-08, "step": 2,
+            "col_mean": Arr("numpy", "float64", (3,), scale=1e+300, seed=7),
+            "row_coef": Arr("torch", "float64", (2,), scale=1e+300),
+            "col_norm": Arr("numpy", "float64", (3,), scale=2.0, seed=2)}],)),
         # non-finite: a float32 row scale of 1e-300 reads as 0, x̃ = x/0 (now refused)
         Case("_core.ddc_split_sums", ([{**_BLOCK32, "param": Arr("torch", "float32", (4, 1)),
                                         "grad": Arr("torch", "float32", (4, 1)),
@@ -264,6 +298,17 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
     ),
     "_core.ddc_split_moments": (
         Case("_core.ddc_split_moments", ([_BLOCK32],)),  # non-finite: g² into exp_avg_sq
+        # non-finite (long run): Σ u·P x̃ of 1e300 parameters and moments (inf − inf); now
+        # summed scaled
+        Case("_core.ddc_split_moments", ([{
+            "param": Arr("torch", "float64", (4, 3), scale=1e300, seed=4),
+            "grad": Arr("torch", "float64", (4, 3), scale=1e-160, seed=3),
+            "exp_avg": Arr("numpy", "float64", (4, 3), scale=1e300, seed=3),
+            "exp_avg_sq": Arr("torch", "float64", (4, 3), fill="uniform", seed=2),
+            "lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-300, "step": 1000000,
+            "col_mean": Arr("torch", "float64", (3,)),
+            "col_coef": Arr("torch", "float64", (3,), seed=2),
+            "col_norm": Arr("torch", "float64", (3,), seed=6)}],)),
         Case("_core.ddc_split_moments", (None,)),  # unclear
     ),
     "_core.ddc_split_apply": (
@@ -284,5 +329,13 @@ EXAMPLES: dict[str, tuple[Case, ...]] = {
         # +inf where the norm itself exceeds float64 (documented)
         Case("_core.ddc_row_norms", (_F64(2, 3), None, _F64(2), 1.7976931348623157e308, 1.0)),
     ),
-    "_core.ddc_gauge_dots": (Case("_core.ddc_gauge_dots", (_F64(2, 2), _F64(2, 2), None)),),
+    "_core.ddc_gauge_dots": (
+        Case("_core.ddc_gauge_dots", (_F64(2, 2), _F64(2, 2), None)),
+        # non-finite (long run): products of 1e300 and 1e150 overflow, a row's sum NaN (inf −
+        # inf); now summed scaled: ±inf only where the exact sum exceeds float64
+        Case("_core.ddc_gauge_dots", (Arr("numpy", "float64", (3, 3), scale=1e300, seed=5),
+                                      Arr("numpy", "float64", (3, 3), scale=1e150, seed=6), 1)),
+        Case("_core.ddc_gauge_dots", (Arr("numpy", "float64", (3, 3), scale=1e300, seed=5),
+                                      Arr("numpy", "float64", (3, 3), scale=1e150, seed=6), 0)),
+    ),
 }

@@ -796,7 +796,9 @@ def llc_case() -> st.SearchStrategy:
                 epsilon=draw(floats_or(1e-4, 1e-3, 1e-4, 0.0, -1.0, 1e10)),
                 gamma=draw(floats_or(1.0, 1.0, 0.0, -1.0, 1e10)),
                 chains=draw(st.sampled_from([1, 2, 2, 3, 1, 2, 0, -1, 2.5, None, 10**6])),
-                draws=draw(st.sampled_from([1, 2, 3, 5, 2, 0, -1, 10**7])),
+                # (10**10 is beyond _limits.MAX_STEPS: refused at once; an in-bound request
+                # such as 3 chains x 10**7 draws is a long computation, not a hang)
+                draws=draw(st.sampled_from([1, 2, 3, 5, 2, 0, -1, 10**10])),
                 burnin=draw(st.sampled_from([0, 1, 3, 0, -1])),
             )
         data = kw.pop("data")
