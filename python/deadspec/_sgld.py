@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deadspec._dist import broadcast_object, gather_objects, rank_and_size
 from deadspec._engine.losses import sum_per_sample
 from deadspec._usercode import MODEL_FORWARD, user_code
 from deadspec._util import progress as progress_bar
@@ -246,9 +247,15 @@ class Chains:
         init_loss: float,
         cfg: Settings,
         seed: int | None,
+        chain_ids: list[int] | None = None,
+        total: int | None = None,
     ) -> None:
         self.func, self.x, self.y, self.w_star = func, x, y, w_star
         self.init_loss, self.cfg, self.seed = init_loss, cfg, seed
+        # chains spread over ranks: this process runs chains `chain_ids` of `total`, each with
+        # the generator it has in a single-process run of `total` chains
+        self.chain_ids = chain_ids
+        self.total = cfg.chains if total is None else total
         self.n_data = int(x.shape[0])
         self.full_batch = cfg.batch_size == self.n_data
         self.steps = cfg.burnin + cfg.draws
@@ -256,7 +263,8 @@ class Chains:
 
     def reset(self) -> None:
         cfg = self.cfg
-        self.gens = chain_generators(self.seed, cfg.chains, self.w_star.device)
+        gens = chain_generators(self.seed, self.total, self.w_star.device)
+        self.gens = gens if self.chain_ids is None else [gens[c] for c in self.chain_ids]
         self.trace = np.full((cfg.chains, cfg.draws), np.nan)
         self.diverged = np.zeros(cfg.chains, dtype=bool)
         self.diverged_at = np.full(cfg.chains, -1, dtype=np.int64)
@@ -358,7 +366,63 @@ class Chains:
 
 
 
-def summary(run: Chains, msgs: list[str]) -> tuple[np.ndarray, float, float, float]:
+@dataclasses.dataclass
+class Spread:
+    """The chains of a run spread over the ranks of a process group, gathered in chain order
+    (what :func:`summary` and the result read: cfg, trace, divergence, init_loss, steps)."""
+
+    cfg: Settings
+    trace: np.ndarray
+    diverged: np.ndarray
+    diverged_at: np.ndarray
+    init_loss: float
+    steps: int
+    vectorized: bool
+
+
+def run_spread(
+    func: Functional,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w_star: torch.Tensor,
+    init_loss: float,
+    cfg: Settings,
+    seed: int | None,
+    group: Any,
+    run_args: tuple[Any, Any, list[str]],
+) -> Spread:
+    """Chain c on rank c mod size; every rank gets every chain's trace. The ranks must hold the
+    same w* and data (checked through the loss at w*, ValueError otherwise); a None seed is
+    rank 0's fresh entropy. Chain c draws from the generator it has in one process, so the
+    gathered run is the single-process run of the same seed (bitwise run sequentially; a
+    vectorised run batches fewer chains per rank, equal to round-off)."""
+    fn = "llc.estimate"
+    rank, size = rank_and_size(group)
+    if seed is None:
+        seed = broadcast_object(int(np.random.SeedSequence().entropy), group)
+    losses = gather_objects(float(init_loss), group)
+    if any(v != losses[0] for v in losses):
+        raise ValueError(
+            f"deadspec.{fn}: with group= every rank must pass the same model (w*) and data, got "
+            f"losses at w* of {losses} across the ranks"
+        )
+    ids = list(range(rank, cfg.chains, size))
+    local = dataclasses.replace(cfg, chains=len(ids))
+    run = Chains(func, x, y, w_star, init_loss, local, seed, chain_ids=ids, total=cfg.chains)
+    vectorize, progress, msgs = run_args
+    vectorized = run.run(vectorize, progress, msgs) if ids else True
+    parts = gather_objects((ids, run.trace, run.diverged, run.diverged_at, vectorized), group)
+    trace = np.full((cfg.chains, cfg.draws), np.nan)
+    diverged = np.zeros(cfg.chains, dtype=bool)
+    diverged_at = np.full(cfg.chains, -1, dtype=np.int64)
+    for part_ids, tr, dv, da, _ in parts:
+        for k, c in enumerate(part_ids):
+            trace[c], diverged[c], diverged_at[c] = tr[k], dv[k], da[k]
+    return Spread(cfg, trace, diverged, diverged_at, float(init_loss), run.steps,
+                  all(p[4] for p in parts))
+
+
+def summary(run: Chains | Spread, msgs: list[str]) -> tuple[np.ndarray, float, float, float]:
     """(per-chain λ̂, mean, std, drift) of finished chains; divergence and sign noted in msgs."""
     cfg, trace, diverged = run.cfg, run.trace, run.diverged
     with np.errstate(invalid="ignore"):

@@ -67,6 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deadspec._dist import check_group
 from deadspec._files import check_output, save_figure
 from deadspec._limits import (
     MAX_CHAINS,
@@ -84,6 +85,7 @@ from deadspec._sgld import (
     check_positive,
     full_loss,
     gaussian_scale,
+    run_spread,
     summary,
     to_model,
     unpack_data,
@@ -383,6 +385,7 @@ def estimate(
     diverge_threshold: float | None = None,
     warn: bool = True,
     progress: bool | None = None,
+    group: Any = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient at the model's current parameters w*.
 
@@ -426,6 +429,11 @@ def estimate(
         Also emit the result's warnings as :class:`LLCWarning`.
     progress : bool or None
         tqdm bars over steps (and chains when sequential); None: on when stderr is a tty.
+    group : torch.distributed process group, optional
+        Spread the chains over the group's ranks (chain c on rank c mod size), every rank
+        passing the same model and data; each rank returns the whole result. Chain c keeps its
+        generator, so the estimate is that of one process with the same ``seed`` (a None seed is
+        rank 0's). Every rank must call it (a collective).
 
     Returns
     -------
@@ -449,6 +457,7 @@ def estimate(
     t0 = time.perf_counter()
     check_model(model, "llc.estimate")
     seed = check_seed("llc.estimate", seed)
+    group = check_group("llc.estimate", group)
     x, y = unpack_data(data, "estimate")
     params0 = list(model.parameters())
     if not params0:
@@ -485,8 +494,13 @@ def estimate(
         )
     named = dict(model.named_parameters())
     w_star = torch.cat([named[k].detach().reshape(-1) for k in func.names]).to(dtype)
-    run = Chains(func, x, y, w_star, init_loss, cfg, seed)
-    vectorized = run.run(vectorize, progress, msgs)
+    if group is None:
+        run: Any = Chains(func, x, y, w_star, init_loss, cfg, seed)
+        vectorized = run.run(vectorize, progress, msgs)
+    else:
+        spread_args = (vectorize, progress, msgs)
+        run = run_spread(func, x, y, w_star, init_loss, cfg, seed, group, spread_args)
+        vectorized = run.vectorized
     per_chain, mean, std, drift = summary(run, msgs)
     if warn:
         for m in msgs:

@@ -1,0 +1,70 @@
+"""Workers of the torch.distributed tests (gloo on loopback), run in spawned processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def run_ranks(target: Any, world: int, tmp: Path, *args: Any, timeout: float = 90.0) -> list:
+    """Run ``target(rank, world, init_file, out_file, *args)`` on ``world`` spawned processes
+    (a guard against a hang, not a timing); returns each rank's ``torch.save`` d result."""
+    init = tmp / "init"
+    outs = [tmp / f"rank{r}.pt" for r in range(world)]
+    ctx = mp.start_processes(
+        _entry, args=(target, world, str(init), [str(o) for o in outs], args), nprocs=world,
+        join=False, start_method="spawn",
+    )
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError(f"the {world} ranks did not finish within {timeout:.0f} s")
+    return [torch.load(o, weights_only=False) for o in outs]
+
+
+def _entry(rank: int, target: Any, world: int, init: str, outs: list[str], args: tuple) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        torch.save(target(rank, world, *args), outs[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+def llc_data(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    y = x @ torch.ones(4, 1, dtype=torch.float64) + 0.5 * torch.randn(200, 1, generator=g,
+                                                                       dtype=torch.float64)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    net = net.double()
+    torch.manual_seed(seed)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return net, (x, y)
+
+
+LLC_KW = dict(epsilon=1e-4, gamma=10.0, chains=5, draws=40, burnin=10, batch_size=50,
+              warn=False, progress=False, check_nll=False)
+
+
+def llc_rank(rank: int, world: int, seed: Any, vectorize: Any, same: bool) -> dict:
+    import deadspec.llc as llc
+
+    net, data = llc_data(0 if same else rank)
+    try:
+        res = llc.estimate(net, data, loss_fn=llc.gaussian_nll(0.5), seed=seed,
+                           vectorize=vectorize, group=dist.group.WORLD, **LLC_KW)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    return {"trace": res.loss_trace, "per_chain": res.per_chain, "mean": res.mean,
+            "std": res.std, "passes": res.passes}
