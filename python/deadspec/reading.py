@@ -48,12 +48,17 @@ their concatenation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from deadspec._dist import broadcast_object, check_group, gather_objects, rank_and_size
 from deadspec._engine import collect, read_states, reading_options
+from deadspec._engine.gather import gather_collected
+from deadspec._engine.inputs import as_input_tuple
 from deadspec._engine.losses import TokenCrossEntropy
 from deadspec._engine.results import GaugeZero, LayerReading, Reading
 
@@ -85,6 +90,7 @@ def read(
     gauges: bool = True,
     route: str = "auto",
     joint: bool = False,
+    group: Any = None,
 ) -> Reading:
     """Read the activation-Gram and Fisher-Gram spectra of a model's layers.
 
@@ -176,6 +182,13 @@ def read(
         ``Reading.joint_fisher`` (a Spectrum; rtol size ``max(N, Σ(d_in + d_out))``), with the
         layers summed in ``Reading.joint_layers``; ``to_records`` adds it as layer
         ``"joint"``.
+    group : torch.distributed process group, optional
+        Read over the group's ranks (a collective: every rank calls it with its own shard of
+        the batch as ``inputs``/``targets``): the reading of the concatenated batch, ranks in
+        order, on every rank. The ranks exchange the collected states (rows or h×h Gram
+        summaries, and the per-sample factors a and δ of the Fisher side, never per-sample
+        gradients); rank 0 reads and broadcasts. ``Reading.bytes_sent`` gives the volume.
+        ``labels="sampled"`` draws each rank's labels from its own generator.
 
     Returns
     -------
@@ -229,4 +242,15 @@ def read(
         route=route,
         joint=joint,
     )
-    return read_states(collect(model, inputs, layers, collect_opts), read_opts)
+    group = check_group("read", group)
+    if group is None:
+        return read_states(collect(model, inputs, layers, collect_opts), read_opts)
+    # over a process group: each rank collects its shard, rank 0 reads the concatenation
+    _, n_local = as_input_tuple(inputs, "read")
+    n_total = sum(gather_objects(int(n_local), group))
+    collect_opts = dataclasses.replace(collect_opts, n_total=n_total)
+    collected, sent = gather_collected(collect(model, inputs, layers, collect_opts), group, n_total)
+    reading = read_states(collected, read_opts) if rank_and_size(group)[0] == 0 else None
+    reading = broadcast_object(reading, group)
+    reading.bytes_sent = sent
+    return reading

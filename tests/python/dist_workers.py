@@ -68,3 +68,51 @@ def llc_rank(rank: int, world: int, seed: Any, vectorize: Any, same: bool) -> di
         return {"error": str(exc)}
     return {"trace": res.loss_trace, "per_chain": res.per_chain, "mean": res.mean,
             "std": res.std, "passes": res.passes}
+
+
+def read_problem():
+    g = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 100), torch.nn.ReLU(), torch.nn.Linear(100, 3))
+    net = net.double().eval()
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (60,), generator=g)
+    return net, x, y
+
+
+READ_KW = dict(layers=["0", "1", "2"], center=True)
+
+
+def shard(n: int, rank: int, world: int) -> slice:
+    """Rank r's rows of n, contiguous and in rank order (sizes differ by at most one)."""
+    sizes = [n // world + (1 if r < n % world else 0) for r in range(world)]
+    start = sum(sizes[:rank])
+    return slice(start, start + sizes[rank])
+
+
+def read_rank(rank: int, world: int) -> dict:
+    import deadspec
+
+    net, x, y = read_problem()
+    sl = shard(x.shape[0], rank, world)
+    r = deadspec.read(net, x[sl], targets=y[sl], group=dist.group.WORLD, **READ_KW)
+    return {"records": r.to_records(), "n": r.n_samples, "bytes": r.bytes_sent}
+
+
+def llc_single(rank: int, world: int, seed: Any, vectorize: Any) -> dict:
+    """The single-process estimate, in a spawned process set up as the ranks are (one thread):
+    the reference the spread runs are compared with."""
+    import deadspec.llc as llc
+
+    net, data = llc_data(0)
+    res = llc.estimate(net, data, loss_fn=llc.gaussian_nll(0.5), seed=seed, vectorize=vectorize,
+                       **LLC_KW)
+    return {"trace": res.loss_trace, "mean": res.mean, "passes": res.passes}
+
+
+def read_single(rank: int, world: int) -> dict:
+    """The single-process reading of the whole batch, set up as the ranks are."""
+    import deadspec
+
+    net, x, y = read_problem()
+    return {"records": deadspec.read(net, x, targets=y, **READ_KW).to_records()}

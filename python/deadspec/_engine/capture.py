@@ -95,6 +95,10 @@ class Capture:
             self.f_acts, self.f_grads = [], []
         return self._cat
 
+    def has_factors(self) -> bool:
+        """Whether per-sample factors (inputs, output gradients) were captured."""
+        return self._cat is not None or bool(self.f_acts)
+
     def set_concatenated(self, acts: torch.Tensor, grads: torch.Tensor) -> None:
         """Replace the concatenated (inputs, output gradients), e.g. with a gauge projected out."""
         self._cat = (acts, grads)

@@ -74,6 +74,7 @@ class CollectOptions:
     heads: bool = False
     gauges: bool = False
     fn: str = "read"
+    n_total: int | None = None  #: the samples of all ranks (a read over a process group)
 
 
 @dataclasses.dataclass
@@ -147,7 +148,8 @@ class _Run:
 
     def call(self, cap: Capture, a: Any, out: Any) -> Any:
         """The capture callback (hooks and the patched attention call it)."""
-        return on_call(cap, a, out, self.opts.pool, self.n, self.batch, self.opts.fn)
+        n_route = self.n if self.opts.n_total is None else self.opts.n_total
+        return on_call(cap, a, out, self.opts.pool, n_route, self.batch, self.opts.fn)
 
     def start_batch(self, k: int, sl: slice, b: int) -> None:
         self.batch = b

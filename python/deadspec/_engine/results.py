@@ -145,6 +145,9 @@ class Reading(Mapping):
         The joint Fisher-Gram reading of ``read(..., joint=True)`` (None otherwise).
     joint_layers : tuple of str
         The layers summed into it.
+    bytes_sent : int or None
+        A read over a process group (``group=``): the bytes of the collected states all ranks
+        exchanged (rows or Gram summaries, per-sample factors); None for one process.
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class Reading(Mapping):
         self.labels = labels
         self.pool = pool
         self.center = bool(center)
+        self.bytes_sent: int | None = None
 
     def __getitem__(self, name: str) -> LayerReading:
         try:

@@ -183,7 +183,12 @@ def _read_options(fn: str, options: dict[str, Any]) -> Any:
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     params = inspect.signature(read).parameters.values()
-    kw = {p.name: p.default for p in params if p.kind is keyword and p.name != "layers"}
+    # (`group` is how read runs, over a process group, not a reading option)
+    kw = {
+        p.name: p.default
+        for p in params
+        if p.kind is keyword and p.name not in ("layers", "group")
+    }
     return reading_options(**{**kw, **options, "fn": fn})
 
 

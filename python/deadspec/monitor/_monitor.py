@@ -57,7 +57,12 @@ def _read_defaults() -> dict[str, Any]:
     """The keyword defaults of :func:`deadspec.read` (the one place they are written)."""
     params = inspect.signature(read).parameters.values()
     keyword = inspect.Parameter.KEYWORD_ONLY
-    return {p.name: p.default for p in params if p.kind is keyword and p.name != "layers"}
+    # (`group` is how read runs, over a process group, not a reading option)
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind is keyword and p.name not in ("layers", "group")
+    }
 
 _READ_OPTIONS = (
     "labels",
