@@ -145,6 +145,19 @@ def unwrap_compiled(model: Any) -> Any:
     return model
 
 
+def unwrap_parallel(model: Any) -> Any:
+    """:func:`unwrap_compiled`, and the module a ``DistributedDataParallel`` wrapper holds
+    (``.module``: the same parameters, names without the ``module.`` prefix). For the optimizers
+    and gauge discovery, which read the structure only: a reading runs the model's forward and
+    backward through the wrapper it is given."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = unwrap_compiled(model)
+    while isinstance(model, DistributedDataParallel):
+        model = unwrap_compiled(model.module)
+    return model
+
+
 def progress(iterable: Any, enabled: bool | None, desc: str, total: int | None = None) -> Any:
     """A tqdm bar over ``iterable``; ``enabled=None`` shows it when stderr is a terminal."""
     from tqdm.auto import tqdm

@@ -116,3 +116,44 @@ def read_single(rank: int, world: int) -> dict:
 
     net, x, y = read_problem()
     return {"records": deadspec.read(net, x, targets=y, **READ_KW).to_records()}
+
+
+def ddc_problem():
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.LayerNorm(16), torch.nn.Linear(16, 16),
+        torch.nn.ReLU(), torch.nn.Linear(16, 4),
+    ).double()
+    x = torch.randn(48, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (48,), generator=g)
+    return net, x, y
+
+
+def _ddc_train(model, opt_name: str, x, y, steps: int = 6) -> None:
+    from deadspec.optim import DDCAdam, DDCMuon
+
+    make = {"DDCAdam": lambda m: DDCAdam(m, lr=1e-2, weight_decay=0.01),
+            "DDCMuon": lambda m: DDCMuon(m, lr=1e-2, weight_decay=0.01)}[opt_name]
+    opt = make(model)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return opt
+
+
+def ddc_single(rank: int, world: int, opt_name: str) -> dict:
+    net, x, y = ddc_problem()
+    opt = _ddc_train(net, opt_name, x, y)
+    return {"params": [p.detach().clone() for p in net.parameters()], "sites": opt.sites}
+
+
+def ddc_ddp_rank(rank: int, world: int, opt_name: str) -> dict:
+    from torch.nn.parallel import DistributedDataParallel
+
+    net, x, y = ddc_problem()
+    ddp = DistributedDataParallel(net)
+    sl = shard(x.shape[0], rank, world)  # equal shards: DDP's mean of means is the mean
+    opt = _ddc_train(ddp, opt_name, x[sl], y[sl])
+    return {"params": [p.detach().clone() for p in net.parameters()], "sites": opt.sites}

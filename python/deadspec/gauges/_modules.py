@@ -12,7 +12,7 @@ from torch import nn
 
 from deadspec._attention import reads_columns
 from deadspec._usercode import user_code
-from deadspec._util import output_logits, unwrap_compiled
+from deadspec._util import output_logits, unwrap_parallel
 
 __all__ = [
     "Ref",
@@ -111,7 +111,7 @@ def check_module(fn: str, model: Any) -> nn.Module:
     """``model`` (a ``torch.compile`` d one through the module it compiles), else TypeError."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"deadspec.{fn}: model must be an nn.Module, got {type(model).__name__}")
-    return unwrap_compiled(model)
+    return unwrap_parallel(model)
 
 
 def check_generator(fn: str, generator: Any) -> None:

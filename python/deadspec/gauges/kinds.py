@@ -16,7 +16,7 @@ from torch import nn
 from deadspec._attention import Layout, consumer_matrix, consumer_param, in_features
 from deadspec._attention import layout as attention_layout
 from deadspec._usercode import MODEL_FORWARD, user_code
-from deadspec._util import check_bool, check_real, unwrap_compiled
+from deadspec._util import check_bool, check_real, unwrap_parallel
 from deadspec.gauges._homogeneity import check_activation
 from deadspec.gauges._modules import (
     Ref,
@@ -119,7 +119,7 @@ class Gauge:
         spread = check_real(fn, "spread", spread)
         raise_on_fail = check_bool(fn, "raise_on_fail", raise_on_fail)
         g = self.bind(model)
-        m = copy.deepcopy(unwrap_compiled(model)).to(torch.float64).eval()
+        m = copy.deepcopy(unwrap_parallel(model)).to(torch.float64).eval()
         args = as_inputs(inputs)
         logit = isinstance(g, LogitShift)
         with torch.no_grad():

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from deadspec import gauges as G
-from deadspec._util import unwrap_compiled
+from deadspec._util import unwrap_parallel
 from deadspec.gauges._binding import module_root, parameter_names
 from deadspec.gauges._modules import scale_cols_, scale_rows_
 from deadspec.optim._functional import adam_ratio_bound, commit_finite, gauge_dots, site_rho
@@ -202,7 +202,8 @@ class DDCBase(torch.optim.Optimizer):
         # loaded state that satisfies their bound): the overflow screen relies on it
         self._moments_bounded = True
         if isinstance(model_or_params, nn.Module):
-            model = unwrap_compiled(model_or_params)  # torch.compile: the compiled module
+            # torch.compile: the compiled module; DDP: the module it wraps (same parameters)
+            model = unwrap_parallel(model_or_params)
             self._names = {id(p): n for n, p in model.named_parameters()}
             explicit = gauges is not None
             found = G.discover(model, loss=loss, chains=False) if gauges is None else gauges
