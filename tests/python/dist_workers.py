@@ -36,6 +36,7 @@ def _entry(rank: int, target: Any, world: int, init: str, outs: list[str], args:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
         torch.save(target(rank, world, *args), outs[rank])
+        dist.barrier()  # every rank done before any leaves (a peer gone mid-way aborts gloo)
     finally:
         dist.destroy_process_group()
 
@@ -157,3 +158,22 @@ def ddc_ddp_rank(rank: int, world: int, opt_name: str) -> dict:
     sl = shard(x.shape[0], rank, world)  # equal shards: DDP's mean of means is the mean
     opt = _ddc_train(ddp, opt_name, x[sl], y[sl])
     return {"params": [p.detach().clone() for p in net.parameters()], "sites": opt.sites}
+
+
+def read_ddp_rank(rank: int, world: int) -> dict:
+    """A read over the ranks of a DDP model, then a DDP training step: the reading reads the
+    module DDP wraps and leaves DDP's reducer as it was."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    import deadspec
+
+    net, x, y = read_problem()
+    ddp = DistributedDataParallel(net)
+    sl = shard(x.shape[0], rank, world)
+    r = deadspec.read(ddp, x[sl], targets=y[sl], group=dist.group.WORLD, **READ_KW)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    for _ in range(2):  # DDP still trains: its gradients are all-reduced, ranks identical
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x[sl]), y[sl]).backward()
+        opt.step()
+    return {"records": r.to_records(), "params": [p.detach().clone() for p in net.parameters()]}

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import torch.distributed as dist
 
 import deadspec
-from dist_workers import read_problem, read_rank, read_single, run_ranks
+from dist_workers import read_ddp_rank, read_problem, read_rank, read_single, run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -42,6 +43,19 @@ def test_read_over_ranks_is_the_read_of_the_whole_batch(world, tmp_path):
             assert not bad, (got["layer"], got["side"], bad)
         # the per-sample factors travel, never per-sample gradients: far below N·d_in·d_out
         assert 0 < o["bytes"] < 60 * (4 * 100 + 100 * 3) * 8
+
+
+def test_read_of_a_ddp_model_reads_the_wrapped_module_and_ddp_still_trains(tmp_path):
+    (tmp_path / "ref").mkdir()
+    ref = run_ranks(read_single, 1, tmp_path / "ref")[0]["records"]
+    outs = run_ranks(read_ddp_rank, 2, tmp_path)
+    for o in outs:
+        for got, want in zip(o["records"], ref):
+            assert got["layer"] == want["layer"]  # names without DDP's "module." prefix
+            assert _close(got["logdet_plus"], want["logdet_plus"])
+            assert got["active"] == want["active"]
+    for a, b in zip(outs[0]["params"], outs[1]["params"]):
+        assert torch.equal(a, b)
 
 
 def test_read_group_needs_an_initialised_process_group():

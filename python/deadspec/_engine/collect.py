@@ -44,7 +44,7 @@ from deadspec._engine.losses import (
 from deadspec._engine.mha import PatchedMHA
 from deadspec._engine.sites import resolve_sites
 from deadspec._usercode import MODEL_FORWARD, user_code
-from deadspec._util import check_choice, check_model, unwrap_compiled
+from deadspec._util import check_choice, check_model, unwrap_parallel
 from deadspec._util import progress as progress_bar
 
 __all__ = ["POOLS", "CollectOptions", "Collected", "collect", "validate"]
@@ -109,7 +109,7 @@ def validate(model: nn.Module, inputs: Any, layers: Any, opts: CollectOptions) -
     _check_options(model, opts)
     _, n = as_input_tuple(inputs, opts.fn)
     batch_slices(n, opts.batch_size, opts.fn)
-    sites = resolve_sites(unwrap_compiled(model), layers, opts.heads, opts.fn)
+    sites = resolve_sites(unwrap_parallel(model), layers, opts.heads, opts.fn)
     fisher = opts.fisher and any(spec.kind in FISHER_KINDS for _, spec in sites)
     if fisher and opts.labels == "observed" and opts.targets is None:
         raise ValueError(_NO_TARGETS.format(fn=opts.fn))
@@ -244,7 +244,10 @@ def collect(
     """
     opts, fn = options, options.fn
     _check_options(model, opts)
-    model = unwrap_compiled(model)  # hooks fire in the eager forward of the original module
+    # torch.compile: hooks fire in the eager forward of the original module. DDP: the module it
+    # wraps, so that a reading's forward/backward neither syncs nor leaves DDP's reducer
+    # expecting gradients (a read over ranks is `group=`'s business)
+    model = unwrap_parallel(model)
     tup, n = as_input_tuple(inputs, fn)
     slices = batch_slices(n, opts.batch_size, fn)
     resolved = resolve_sites(model, layers, opts.heads, fn)
