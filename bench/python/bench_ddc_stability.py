@@ -18,7 +18,6 @@ the fix are in docs/ddc.md ("DDCMuon", "Training at the defaults").
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -30,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import deadspec
+
+# (bench/python/_harness.py: this folder is on sys.path)
+from _harness import write_csv
 from deadspec._util import progress
 from deadspec.optim import DDCAdam, DDCMuon
 
@@ -125,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['method']:<16} {r['weight_decay']:>5} "
               + " ".join(f"{r[c]:>10.3g}" for c in cols) + f" {r['acc']:>6.3f}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows, {})  # (no environment columns: the rows say what ran)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import csv
 import sys
 import time
 import warnings
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "python")
 
 import deadspec.gauges as G  # noqa: E402
 import hf_models  # noqa: E402
+from _harness import write_csv  # noqa: E402  (this folder is on sys.path)
 from deadspec.optim import DDCAdam, DDCMuon  # noqa: E402
 
 OPTS = {
@@ -97,10 +97,7 @@ def main() -> None:
         rows.append(row)
         print(" | ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
     if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows, {})  # (no environment columns: the rows say what ran)
 
 
 if __name__ == "__main__":

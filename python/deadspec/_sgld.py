@@ -389,7 +389,10 @@ def run_spread(
     cfg: Settings,
     seed: int | None,
     group: Any,
-    run_args: tuple[Any, Any, list[str]],
+    *,
+    vectorize: bool | str,
+    progress: bool | None,
+    msgs: list[str],
 ) -> Spread:
     """Chain c on rank c mod size; every rank gets every chain's trace. The ranks must hold the
     same w* and data (checked through the loss at w*, ValueError otherwise); a None seed is
@@ -409,7 +412,6 @@ def run_spread(
     ids = list(range(rank, cfg.chains, size))
     local = dataclasses.replace(cfg, chains=len(ids))
     run = Chains(func, x, y, w_star, init_loss, local, seed, chain_ids=ids, total=cfg.chains)
-    vectorize, progress, msgs = run_args
     vectorized = run.run(vectorize, progress, msgs) if ids else True
     parts = gather_objects((ids, run.trace, run.diverged, run.diverged_at, vectorized), group)
     trace = np.full((cfg.chains, cfg.draws), np.nan)

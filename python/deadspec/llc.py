@@ -498,8 +498,10 @@ def estimate(
         run: Any = Chains(func, x, y, w_star, init_loss, cfg, seed)
         vectorized = run.run(vectorize, progress, msgs)
     else:
-        spread_args = (vectorize, progress, msgs)
-        run = run_spread(func, x, y, w_star, init_loss, cfg, seed, group, spread_args)
+        run = run_spread(
+            func, x, y, w_star, init_loss, cfg, seed, group,
+            vectorize=vectorize, progress=progress, msgs=msgs,
+        )
         vectorized = run.vectorized
     per_chain, mean, std, drift = summary(run, msgs)
     if warn:

@@ -234,7 +234,9 @@ def test_softmax_logit_shift_is_flat_gauge():
     assert res2.kind == "regular"
 
 
-def test_direction_forms_agree_and_path_callable():
+def _flat_and_dict_direction():
+    """A Tanh MLP, regression data and one direction on "2.weight" in both forms: a flat vector
+    over all parameters and a dict (3× longer: directions are scale-free)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
     x = torch.randn(30, 3, generator=torch.Generator().manual_seed(2), dtype=DT)
@@ -244,7 +246,12 @@ def test_direction_forms_agree_and_path_callable():
     flat = torch.zeros(sum(sizes), dtype=DT)
     off = sum(sizes[: names.index("2.weight")])
     flat[off : off + 8] = torch.arange(1.0, 9.0, dtype=DT)
-    as_dict = {"2.weight": torch.arange(1.0, 9.0, dtype=DT).reshape(2, 4) * 3.0}  # scale-free
+    as_dict = {"2.weight": torch.arange(1.0, 9.0, dtype=DT).reshape(2, 4) * 3.0}
+    return model, x, y, flat, as_dict
+
+
+def test_direction_forms_agree_and_path_callable():
+    model, x, y, flat, as_dict = _flat_and_dict_direction()
     r_flat = deadspec.direction_order(model, x, flat, targets=y)
     r_dict = deadspec.direction_order(model, x, as_dict, targets=y)
     np.testing.assert_allclose(r_flat.fisher, r_dict.fisher, rtol=1e-12)
@@ -263,16 +270,7 @@ def test_direction_forms_agree_and_path_callable():
 def test_classify_user_candidates_in_both_forms():
     """A user candidate given as one flat vector is classified like its dict form, and the
     result's direction is the unit direction (non-zero entries only) in both."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
-    x = torch.randn(30, 3, generator=torch.Generator().manual_seed(2), dtype=DT)
-    y = torch.randn(30, 2, generator=torch.Generator().manual_seed(3), dtype=DT)
-    names = [n for n, _ in model.named_parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    flat = torch.zeros(sum(sizes), dtype=DT)
-    off = sum(sizes[: names.index("2.weight")])
-    flat[off : off + 8] = torch.arange(1.0, 9.0, dtype=DT)
-    as_dict = {"2.weight": torch.arange(1.0, 9.0, dtype=DT).reshape(2, 4) * 3.0}
+    model, x, y, flat, as_dict = _flat_and_dict_direction()
     got = deadspec.classify_directions(model, x, targets=y, gauges=False, n_small=0,
                                        candidates={"flat": flat, "dict": as_dict})
     assert [c.name for c in got] == ["flat", "dict"] and {c.source for c in got} == {"user"}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deadspec._dist import broadcast_object, gather_objects, rank_and_size
+from deadspec._dist import gather_objects, rank_and_size
 from deadspec._engine.collect import Collected
 
 __all__ = ["MergedGram", "gather_collected", "payload_bytes"]
@@ -120,7 +120,3 @@ def gather_collected(collected: Collected, group: Any, n_total: int) -> tuple[Co
                                      torch.cat([g for _, g in fs], 0))
     return Collected(collected.states, n_total), sent
 
-
-def broadcast_reading(reading: Any, group: Any) -> Any:
-    """Rank 0's reading on every rank."""
-    return broadcast_object(reading, group)

@@ -30,8 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from deadspec._attention import consumer_param
 from deadspec._util import output_logits
 from deadspec.gauges._modules import as_inputs, is_norm, norm_params
+from deadspec.gauges._tracing import descendants
 
 __all__ = ["exported_gauges"]
 
@@ -108,28 +110,14 @@ class _Graph:
         sig = ep.graph_signature
         self.param = {k: v.removeprefix("m.") for k, v in sig.inputs_to_parameters.items()}
         self.model = model
-        self._anc: dict[Any, set[Any]] = {}
 
     def pname(self, arg: Any) -> str | None:
         return self.param.get(getattr(arg, "name", None)) if hasattr(arg, "op") else None
 
-    def ancestors(self, node: Any) -> set[Any]:
-        if node in self._anc:
-            return self._anc[node]
-        out: set[Any] = set()
-        stack = [node]
-        while stack:
-            n = stack.pop()
-            for a in n.all_input_nodes:
-                if a not in out:
-                    out.add(a)
-                    stack.append(a)
-        self._anc[node] = out
-        return out
-
     def walk(self, start: Any) -> list[str] | None:
         """The consumer modules of ``start``'s output, or None when it reaches anything else."""
         consumers: list[str] = []
+        after: set[Any] | None = None  # what depends on start (read once a product needs it)
         stack, seen = [start], {start}
         while stack:
             n = stack.pop()
@@ -157,7 +145,9 @@ class _Graph:
                     stack.append(u)
                 elif t in MUL and len(u.args) == 2:
                     other = u.args[1] if u.args[0] is n else u.args[0]
-                    if other is n or (hasattr(other, "op") and start in self.ancestors(other)):
+                    if hasattr(other, "op") and after is None:
+                        after = descendants(start)
+                    if other is n or (hasattr(other, "op") and other in after):
                         return None
                     if hasattr(other, "op") and _last(other) not in (1, None, _last(n)):
                         return None
@@ -259,7 +249,7 @@ def exported_gauges(
         if not cons or name in cons or any(c not in mods for c in cons):
             continue
         params = (mod.weight, mod.bias) if kind == "pair" else norm_params(mod)
-        cws = [mods[c].weight for c in cons]
+        cws = [consumer_param(mods[c])[0] for c in cons]
         if not unshared(*params, *cws):
             continue
         cref = cons[0] if len(cons) == 1 else tuple(cons)

@@ -34,7 +34,13 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from deadspec._attention import in_features, is_linear_like, layout, reads_columns
+from deadspec._attention import (
+    consumer_param,
+    in_features,
+    is_linear_like,
+    layout,
+    reads_columns,
+)
 from deadspec.gauges._modules import is_norm, join, norm_params
 from deadspec.gauges.kinds import Gauge, HeadRotation, LogitShift, NormScale, Pair
 
@@ -85,7 +91,7 @@ def _norm_scale(
     cons = [_sub(mod, c) for c in consumers]
     if not cons or any(c is None or not reads_columns(c) or in_features(c) != d for c in cons):
         return None
-    ws = [c.in_proj_weight if isinstance(c, nn.MultiheadAttention) else c.weight for c in cons]
+    ws = [consumer_param(c)[0] for c in cons]
     if not unshared(*norm_params(n), *ws):
         return None
     names = tuple(join(block, c) for c in consumers)

@@ -30,6 +30,7 @@ __all__ = [
     "Graph",
     "TraceInfo",
     "call_counts",
+    "descendants",
     "fallback_logit",
     "find_node",
     "trace_info",

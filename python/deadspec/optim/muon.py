@@ -289,9 +289,11 @@ class DDCMuon(DDCBase):
             if not group["use_muon"]:
                 continue
             for p in group["params"]:
-                if p.grad is None or p.ndim != 2:
+                if p.grad is None:
                     continue
                 self._check_ns_range(group, p.dtype if self.ns_dtype is None else self.ns_dtype)
+                if p.ndim != 2:
+                    continue
                 rows, cols = p.shape
                 bound = group["lr"] * math.sqrt(max(rows, cols) / max(min(rows, cols), 1))
                 top = torch.finfo(p.dtype).max
@@ -466,7 +468,6 @@ class DDCMuon(DDCBase):
                             p, memory_format=torch.preserve_format
                         )
                     ns_dtype = p.dtype if self.ns_dtype is None else self.ns_dtype
-                    self._check_ns_range(group, ns_dtype)
                     blocks = None
                     if rot is not None and self.per_head:
                         blocks = (rot.axis, rot.cover())
