@@ -343,9 +343,9 @@ def test_load_state_dict_refuses_nonfinite_moments():
         fresh.load_state_dict(bad)
     assert len(fresh.state) == 0  # nothing loaded
     bad = copy.deepcopy(sd)
-    site = next(iter(bad["ddc"]["site_state"]))
-    bad["ddc"]["site_state"][site]["exp_avg"][0] = float("nan")
-    with pytest.raises(ValueError, match=rf"of site '{site}'"):
+    key = next(k for k, v in bad["state"].items() if "site.exp_avg" in v)  # a site's moments
+    bad["state"][key]["site.exp_avg"][0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN/Inf in 'site.exp_avg' of '\d\.weight'"):
         fresh.load_state_dict(bad)
     fresh.load_state_dict(sd)  # a finite state loads
     net = _net()

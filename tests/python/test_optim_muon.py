@@ -557,10 +557,12 @@ def test_nonfinite_skip_leaves_state_untouched():
     for p, q in zip(m.parameters(), params):
         assert torch.equal(p, q)
     after = opt.state_dict()
+    assert any(k.startswith("site.") for v in state["state"].values() for k in v)
     for k, v in state["state"].items():
-        for key, t in v.items():
-            assert torch.equal(t, after["state"][k][key])
-    assert state["ddc"]["site_state"].keys() == after["ddc"]["site_state"].keys()
+        assert v.keys() == after["state"][k].keys()
+        for key, t in v.items():  # (a site's step count is an int)
+            got = after["state"][k][key]
+            assert torch.equal(t, got) if isinstance(t, torch.Tensor) else t == got
 
 
 def test_param_groups_routes_and_scheduler():
@@ -749,3 +751,46 @@ def test_argument_validation():
         DDCMuon(m, head="nope")
     with pytest.raises(ValueError, match="gauges need the model"):
         DDCMuon(m.parameters(), gauges=[G.HeadRotation("block.attn")])
+
+
+def _site_state_run(layout: str):
+    """3 steps, a state dict (in ``layout``), a fresh optimizer loading it, 3 more steps of
+    both: the parameters of the continued and the resumed run."""
+    m = _mlp_ln()
+    opt = _ddc(m)
+    _train_mlp(m, opt, 3)
+    sd = copy.deepcopy(opt.state_dict())
+    entries = {k: [n for n in v if n.startswith("site.")] for k, v in sd["state"].items()}
+    assert any(entries.values())  # DDCMuon's radial state is in its producers' entries
+    if layout == "ddc":  # the older layout: the site state under "ddc", by site name
+        flat = [p for g in opt.param_groups for p in g["params"]]
+        for k in (k for k, v in entries.items() if v):
+            site = next(s for s in opt._plan.sites if s.weight is flat[k])
+            sd["ddc"]["site_state"][site.name] = {
+                n[len("site."):]: sd["state"][k].pop(n) for n in entries[k]}
+    fresh_model = copy.deepcopy(m)
+    fresh = _ddc(fresh_model)
+    fresh.load_state_dict(sd)
+    _train_mlp(m, opt, 3)
+    _train_mlp(fresh_model, fresh, 3)
+    return m, fresh_model
+
+
+@pytest.mark.parametrize("layout", ["state", "ddc"])
+def test_site_state_round_trips_in_both_layouts(layout):
+    m, resumed = _site_state_run(layout)
+    for p, q in zip(m.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_site_entries_on_a_parameter_that_is_no_producer_are_refused():
+    m = _mlp_ln()
+    opt = _ddc(m)
+    _train_mlp(m, opt, 1)
+    sd = copy.deepcopy(opt.state_dict())
+    flat = [p for g in opt.param_groups for p in g["params"]]
+    producers = {id(s.weight) for s in opt._plan.sites}
+    k = next(i for i, p in enumerate(flat) if id(p) not in producers)
+    sd["state"][k]["site.scale_exp_avg"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="no site's producer"):
+        _ddc(copy.deepcopy(m)).load_state_dict(sd)

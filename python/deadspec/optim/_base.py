@@ -15,6 +15,7 @@ coordinates skipped the step)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import numbers
 import warnings
@@ -28,8 +29,15 @@ from deadspec import gauges as G
 from deadspec._util import unwrap_parallel
 from deadspec.gauges._binding import module_root, parameter_names
 from deadspec.gauges._modules import scale_cols_, scale_rows_
-from deadspec.optim._functional import adam_ratio_bound, commit_finite, gauge_dots, site_rho
+from deadspec.optim._functional import (
+    adam_ratio_bound,
+    commit_finite,
+    gauge_dots,
+    restrict_units,
+    site_rho,
+)
 from deadspec.optim._plan import Plan, Site, build_plan, warn_unread
+from deadspec.optim._sharded import Shards, check_sharded, local, plain_mirror, sharded_params
 
 __all__ = [
     "FORMS",
@@ -43,6 +51,7 @@ __all__ = [
 ]
 
 GAUGE_MODES = ("zero", "damped", "balance")
+SITE_KEY = "site."  # a site's state entries in its producer weight's parameter state
 NONFINITE = ("raise", "skip")
 FORMS = ("coordinate", "split")
 
@@ -206,7 +215,13 @@ class DDCBase(torch.optim.Optimizer):
             model = unwrap_parallel(model_or_params)
             self._names = {id(p): n for n, p in model.named_parameters()}
             explicit = gauges is not None
-            found = G.discover(model, loss=loss, chains=False) if gauges is None else gauges
+            # an FSDP2 model's structure is read on a plain mirror (a collective; the same
+            # module names): a forward through its submodules would break FSDP
+            sharded = bool(sharded_params(model.parameters()))
+            self._structure = plain_mirror(model) if sharded else model
+            found = (
+                G.discover(self._structure, loss=loss, chains=False) if gauges is None else gauges
+            )
             self._plan = build_plan(model, list(found), explicit=explicit, fn=fn, heads=rotations)
             if gauges is None:
                 warn_unread(model, self._plan, fn, self._plain)
@@ -216,6 +231,13 @@ class DDCBase(torch.optim.Optimizer):
         else:
             source = self._plain_parameters(model_or_params, gauges, params, rotations)
         super().__init__(source, defaults)
+        self._structure = None  # (the mirror is needed during construction only)
+        self._shards: Shards | None = None
+        sharded = sharded_params(p for g in self.param_groups for p in g["params"])
+        if sharded:
+            self._shards = Shards(sharded, fn)
+            check_sharded(fn, self._shards, self._plan, self.param_groups, form=self.form,
+                          gauge_mode=self.gauge_mode, track_residuals=self.track_residuals)
 
     def _plain_parameters(
         self, source: Any, gauges: list[G.Gauge] | None, params: Any, rotations: bool
@@ -318,6 +340,15 @@ class DDCBase(torch.optim.Optimizer):
                 into = bad if kept else written
                 into[name] = into.get(name, 0) + n
         self._refused = []
+        if self._shards is not None and self._shards.any(bool(bad or written)):
+            # every rank applies the policy to every rank's refusals (a rank that raised alone
+            # would leave the others waiting in the next collective)
+            for k, (b_r, w_r) in enumerate(self._shards.objects((bad, written))):
+                if k == self._shards.rank:
+                    continue
+                for into, other in ((bad, b_r), (written, w_r)):
+                    for k, v in other.items():
+                        into[k] = into.get(k, 0) + v
         if written:
             # (only a parameter within a factor 2 of its dtype's largest value gets here: the
             # screen cleared the step, so the core wrote without keeping)
@@ -356,7 +387,11 @@ class DDCBase(torch.optim.Optimizer):
         return self._names.get(id(p), "a parameter")
 
     def _guarded_update(
-        self, p: torch.Tensor, buffers: list[torch.Tensor], update: Callable[[], Any]
+        self,
+        p: torch.Tensor,
+        buffers: list[torch.Tensor],
+        update: Callable[[], Any],
+        owner: torch.Tensor | None = None,
     ) -> None:
         """Run ``update()``, which writes ``p`` and ``buffers`` (of p's shape) in place, checked
         before commit: a coordinate where any of them comes out non-finite gets its pre-step
@@ -369,7 +404,7 @@ class DDCBase(torch.optim.Optimizer):
             ok &= torch.isfinite(b)
         for t, o in zip(new, old):
             t.copy_(torch.where(ok, t, o))
-        self._note_refused(p, (~ok).sum())
+        self._note_refused(p if owner is None else owner, (~ok).sum())
 
     @contextlib.contextmanager
     def _signed_gradients(self) -> Iterator[None]:
@@ -382,7 +417,7 @@ class DDCBase(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    grads.setdefault(id(p.grad), p.grad)
+                    grads.setdefault(id(p.grad), local(p.grad))
         dense = [g for g in grads.values() if not g.is_sparse]
         other = [g for g in grads.values() if g.is_sparse]
 
@@ -448,6 +483,11 @@ class DDCBase(torch.optim.Optimizer):
         gradient is left out). A readout: the optimizer conditions on the chain through its
         finer per-unit Pairs (the chain's modes are combinations of their ``g_V``).
         """
+        if self._shards is not None:
+            raise NotImplementedError(
+                f"deadspec.{self._fn}.chain_modes: needs whole parameters, got an FSDP2 model "
+                f"(read the chain modes on an unsharded copy)"
+            )
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for g in self._plan.gauges:
@@ -484,25 +524,41 @@ class DDCBase(torch.optim.Optimizer):
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus a ``"ddc"`` header (gauge mode, form, sites). A site's own
+        state (per-unit moments of the damped policy, the split form's and DDCMuon's radial
+        steps) travels in its producer weight's entry of ``"state"``, as ``"site.<key>"``
+        entries, so that ``torch.distributed.checkpoint`` (which keeps only ``"state"`` and
+        ``"param_groups"``, keyed by parameter names) saves and restores it too; a site whose
+        producer is not among the optimizer's parameters keeps it in ``"ddc"``."""
         sd = super().state_dict()
+        pids = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        orphans: dict[str, dict[str, Any]] = {}
+        for st in self._plan.sites:
+            if not st.state:
+                continue
+            entries = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+                       for k, v in st.state.items()}
+            pid = pids.get(id(st.weight))
+            if pid is None:
+                orphans[st.name] = entries
+                continue
+            slot = sd["state"].setdefault(pid, {})
+            slot.update({f"{SITE_KEY}{k}": v for k, v in entries.items()})
         sd["ddc"] = {
             "gauge_mode": self.gauge_mode,
             "form": self.form,
-            "sites": [s.name for s in self._plan.sites],
-            "site_state": {
-                s.name: {
-                    k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.state.items()
-                }
-                for s in self._plan.sites
-                if s.state
-            },
+            "sites": [st.name for st in self._plan.sites],
+            "site_state": orphans,
         }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` plus the DDC entries; a state for other sites, another
         form, or holding a non-finite moment (NaN/Inf in any tensor of the state: it would
-        freeze or poison every later step) raises ValueError, with nothing loaded."""
+        freeze or poison every later step) raises ValueError, with nothing loaded. Takes the
+        state dicts of :meth:`state_dict` and of ``torch.distributed.checkpoint``'s
+        ``get_optimizer_state_dict`` (no ``"ddc"`` header: the sites are checked through the
+        site entries)."""
         self._check_finite_state(state_dict)
         self._moments_bounded = self._bounded_state(state_dict)
         state_dict = dict(state_dict)
@@ -521,16 +577,52 @@ class DDCBase(torch.optim.Optimizer):
                     f"form, got {ddc.get('form', 'coordinate')!r} but this optimizer has "
                     f"form={form!r} (its moments are of other inputs)"
                 )
+        site_state = dict((ddc or {}).get("site_state") or {})
+        state_dict["state"], carried = self._split_site_entries(state_dict)
         super().load_state_dict(state_dict)
         for s in self._plan.sites:
             s.state = {}
-            if ddc is not None and s.name in ddc.get("site_state", {}):
-                for k, v in ddc["site_state"][s.name].items():
-                    s.state[k] = (
-                        v.to(dtype=s.weight.dtype, device=s.weight.device).clone()
-                        if isinstance(v, torch.Tensor)
-                        else v
-                    )
+            saved = carried.get(id(s.weight), site_state.get(s.name))
+            for k, v in (saved or {}).items():
+                s.state[k] = (
+                    v.to(dtype=s.weight.dtype, device=local(s.weight).device).clone()
+                    if isinstance(v, torch.Tensor)
+                    else v
+                )
+
+    def _split_site_entries(
+        self, state_dict: dict[str, Any]
+    ) -> tuple[dict[Any, Any], dict[int, dict[str, Any]]]:
+        """The parameter states of ``state_dict`` without their ``"site.<key>"`` entries, and
+        those entries by ``id`` of the producer weight they belong to (saved keys map to
+        parameters by position, as in torch's ``load_state_dict``; ValueError for entries on a
+        parameter that is no site's producer: a state for other sites)."""
+        state = state_dict.get("state") or {}
+        flat = [p for g in self.param_groups for p in g["params"]]
+        order = {k: i for i, k in enumerate(
+            k for g in state_dict.get("param_groups", []) for k in g.get("params", []))}
+        producers = {id(s.weight) for s in self._plan.sites}
+        out: dict[Any, Any] = {}
+        carried: dict[int, dict[str, Any]] = {}
+        for key, entry in state.items():
+            if not isinstance(entry, dict) or not any(
+                isinstance(k, str) and k.startswith(SITE_KEY) for k in entry
+            ):
+                out[key] = entry
+                continue
+            i = order.get(key)
+            p = flat[i] if i is not None and i < len(flat) else None
+            if p is None or id(p) not in producers:
+                raise ValueError(
+                    f"deadspec.{self._fn}.load_state_dict: the state must be for the same gauge "
+                    f"sites, got site entries on {key!r}, which is no site's producer here"
+                )
+            carried[id(p)] = {k[len(SITE_KEY):]: v for k, v in entry.items()
+                              if k.startswith(SITE_KEY)}
+            rest = {k: v for k, v in entry.items() if not k.startswith(SITE_KEY)}
+            if rest:
+                out[key] = rest
+        return out, carried
 
     def _check_finite_state(self, state_dict: Any) -> None:
         """Refuse a state holding NaN/Inf (named: the parameter and entry, or the site)."""
@@ -645,22 +737,38 @@ class DDCBase(torch.optim.Optimizer):
         (in place, as AdamW); beyond, the decay overshoots and is checked before commit: a
         coordinate it would overflow keeps its value and is recorded (the factor stays a
         Python float, so a product beyond the dtype is inf, not torch's conversion error)."""
+        owner, p = p, local(p)
+        mean = self._row_mean(owner) if shift else None
         if rate <= 1.0:
-            if shift:
-                p.sub_(p - p.mean(0, keepdim=True), alpha=rate)
+            if mean is not None:
+                p.sub_(p - mean, alpha=rate)
             else:
                 p.mul_(1 - rate)
             return
-        new = p - (p - p.mean(0, keepdim=True)) * rate if shift else p * (1 - rate)
-        self._note_refused(p, commit_finite([p], [new]))
+        new = p - (p - mean) * rate if mean is not None else p * (1 - rate)
+        self._note_refused(owner, commit_finite([p], [new]))
+
+    def _row_mean(self, p: torch.Tensor) -> torch.Tensor:
+        """The mean of ``p``'s rows (keepdim), over every rank's rows of a sharded ``p``."""
+        if self._shards is None or p is local(p):
+            return p.mean(0, keepdim=True)
+        total = self._shards.all_sum(local(p).sum(0, keepdim=True))
+        return total / p.shape[0]
 
     def _first_nonfinite(self) -> str | None:
         """The first parameter with a non-finite gradient (None: all finite). Keeps each dense
         gradient's 2-norm (a bound on its largest entry) in ``_grad_norms`` for the step's
         overflow screen (``_functional.screen_safe``)."""
         self._grad_norms = {}
+        bad = self._local_nonfinite()
+        if self._shards is not None and self._shards.any(bad is not None):
+            return bad or "a parameter on another rank"
+        return bad
+
+    def _local_nonfinite(self) -> str | None:
+        """:meth:`_first_nonfinite` on this process's tensors (a sharded one's local rows)."""
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
+        grads = [local(p.grad) for p in params]
         dense = [t for t in grads if not t.is_sparse]
         if len(dense) == len(grads) and dense:
             # One pass over all gradients: a norm is finite iff every element is (a finite norm
@@ -678,7 +786,7 @@ class DDCBase(torch.optim.Optimizer):
                         f"deadspec.{self._fn}.step: gradients must be dense, got a "
                         f"sparse gradient for {self._name(p, i, j)!r}"
                     )
-                if not bool(torch.isfinite(p.grad).all()):
+                if not bool(torch.isfinite(local(p.grad)).all()):
                     return self._name(p, i, j)
         return None
 
@@ -708,7 +816,12 @@ class DDCBase(torch.optim.Optimizer):
                     self._decay_factor(s.weight),
                     1.0 if s.bias is None else self._decay_factor(s.bias),
                 )
-            rho[i] = site_rho(s.weight, s.bias, col, s.units, factors)
+            if self._shards is None:
+                rho[i] = site_rho(s.weight, s.bias, col, s.units, factors)
+                continue
+            # each rank its rows' norms, the vector gathered, then the units applied
+            part = site_rho(local(s.weight), local(s.bias), col, None, factors)
+            rho[i] = restrict_units(self._shards.gather_rows(part, s.weight), s.units)
         return rho
 
     def _decay_factor(self, p: torch.Tensor) -> float:
@@ -727,14 +840,25 @@ class DDCBase(torch.optim.Optimizer):
         if r is None and c is None:
             return None
         scale: torch.Tensor | None = None
+        mine = (lambda v: v) if self._shards is None else (lambda v: self._shards.mine(v, p))
         if r is not None:
-            row = rho[r].to(p.dtype)
+            row = mine(rho[r]).to(p.dtype)
             scale = row.reshape((-1,) + (1,) * (p.ndim - 1))
         if c is not None:
-            shape = (1, -1) if self._plan.col_axis.get(id(p), 1) == 1 else (-1, 1)
-            inv = rho[c].to(p.dtype).reshape(shape)
+            axis = self._plan.col_axis.get(id(p), 1)
+            shape = (1, -1) if axis == 1 else (-1, 1)
+            inv = (rho[c] if axis == 1 else mine(rho[c])).to(p.dtype).reshape(shape)
             scale = 1.0 / inv if scale is None else scale / inv
         return scale
+
+    def _local_rot(self, p: torch.Tensor) -> Any:
+        """``p``'s rotated head blocks in its local rows (the plan's for a plain ``p``)."""
+        r = self._plan.rot.get(id(p))
+        if r is None or self._shards is None or r.axis != 0 or p is local(p):
+            return r
+        a, b = self._shards.rows(p)
+        segs = [(s - a, e - a) for s, e in r.segments if a <= s and e <= b]
+        return dataclasses.replace(r, size=b - a, segments=segs)
 
     def _gauge_modes(self) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Per site: (g_V, g_U) on the gauge's units, from the current gradients."""

@@ -46,6 +46,7 @@ __all__ = [
     "fused_ok",
     "gauge_dots",
     "init_adam_state",
+    "restrict_units",
     "adam_ratio_bound",
     "mean_within_segments",
     "screen_safe",
@@ -102,13 +103,17 @@ def site_rho(
     # (1/ρ is a consumer's column scale: its reciprocal must be finite too, which fails only
     # for ρ within a few ulps of the dtype's largest value)
     ok = (rho > tiny) & torch.isfinite(rho) & torch.isfinite(1.0 / (1.0 / rho))
-    rho = torch.where(ok, rho, torch.ones_like(rho))
-    if units is not None:
-        full = torch.ones_like(rho)
-        idx = units.to(rho.device)
-        full[idx] = rho[idx]
-        rho = full
-    return rho
+    return restrict_units(torch.where(ok, rho, torch.ones_like(rho)), units)
+
+
+def restrict_units(rho: torch.Tensor, units: torch.Tensor | None) -> torch.Tensor:
+    """``rho`` on the gauge's ``units``, 1 elsewhere (None: every unit)."""
+    if units is None:
+        return rho
+    full = torch.ones_like(rho)
+    idx = units.to(rho.device)
+    full[idx] = rho[idx]
+    return full
 
 
 def cpu_float(*ts: torch.Tensor | None) -> bool:

@@ -4,7 +4,7 @@ coordinates (theory.md §6.8), and the rule of which weights take the Muon path.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -67,6 +67,9 @@ def ddc_muon_update(
     ns_eps: float,
     ns_dtype: torch.dtype,
     tangent: torch.Tensor | None = None,
+    shape: tuple[int, int] | None = None,
+    whole: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+    | None = None,
 ) -> None:
     """One Muon step in the invariant coordinates ``x̃ = x/σ`` of a 2-D parameter.
 
@@ -83,28 +86,36 @@ def ddc_muon_update(
     site's live producer rows. Their update ``u = s·O`` loses its radial part along ``x̃``,
     ``u_i ← u_i − (⟨u_i, x̃_i⟩/‖x̃_i‖²)·x̃_i``, so the step moves them along the unit sphere of
     the producer block and leaves their scale ρ to the caller's radial step (theory.md §6.8).
+
+    A sharded parameter (FSDP2): ``param``, ``grad``, ``momentum_buffer``, ``scale`` and
+    ``tangent`` are this rank's part, ``shape`` the whole matrix's, and ``whole(u, f)`` returns
+    this rank's part of ``f`` applied to the whole matrix whose part is ``u`` (the
+    orthogonalisation runs on whole matrices).
     """
     g = grad if scale is None else grad * scale
     momentum_buffer.lerp_(g, 1 - momentum)
     upd = g.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
-    rows, cols = param.shape
-    if blocks is None:
-        out = newton_schulz(upd, ns_coefficients, ns_steps, ns_eps, ns_dtype)
-        adjusted = lr * math.sqrt(max(1, rows / cols))
-    else:
+    rows, cols = param.shape if shape is None else shape
+
+    def orthogonalised(u: torch.Tensor) -> torch.Tensor:
+        if blocks is None:
+            return newton_schulz(u, ns_coefficients, ns_steps, ns_eps, ns_dtype)
         axis, ranges = blocks
-        out = torch.empty(param.shape, dtype=ns_dtype, device=param.device)
+        out = torch.empty(u.shape, dtype=ns_dtype, device=u.device)
         by_len: dict[int, list[int]] = {}
         for a, b in ranges:
             by_len.setdefault(b - a, []).append(a)
         for n, starts in by_len.items():
-            blk = torch.stack([upd.narrow(axis, a, n) for a in starts])
+            blk = torch.stack([u.narrow(axis, a, n) for a in starts])
             o = newton_schulz(blk, ns_coefficients, ns_steps, ns_eps, ns_dtype)
             r_b, c_b = (n, cols) if axis == 0 else (rows, n)
             o.mul_(math.sqrt(max(r_b, c_b) / cols))
             for a, ob in zip(starts, o):
                 out.narrow(axis, a, n).copy_(ob)
-        adjusted = lr
+        return out
+
+    out = orthogonalised(upd) if whole is None else whole(upd, orthogonalised)
+    adjusted = lr * math.sqrt(max(1, rows / cols)) if blocks is None else lr
     if scale is None:
         param.add_(out, alpha=-adjusted)
         return

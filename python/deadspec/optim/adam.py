@@ -12,6 +12,7 @@ from deadspec import gauges as G
 from deadspec.optim._base import FORMS, DDCBase, TorchOptions, check_betas, check_nonnegative
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state, screen_safe
 from deadspec.optim._plan import Site
+from deadspec.optim._sharded import local
 from deadspec.optim._split import SplitStep
 
 __all__ = ["DDCAdam"]
@@ -208,7 +209,7 @@ class DDCAdam(DDCBase):
         ok, modes = self._prologue(decay=not fold)
         if not ok:
             return
-        blocks = self._blocks(fold)
+        blocks, owners = self._blocks(fold)
         if self._plan.sites or self._plan.rot:
             refused = ddc_adam(blocks, fused=False if self.foreach is False else None)
         else:
@@ -216,8 +217,8 @@ class DDCAdam(DDCBase):
             # path (σ = 1: torch AdamW's single-tensor operations, the same bits as its step,
             # foreach or not, on CPU), checked before commit
             refused = ddc_adam(blocks, fused=False)
-        for b, n in zip(blocks, refused):
-            self._note_refused(b.param, n, kept=b.keep)
+        for b, n, p in zip(blocks, refused, owners):
+            self._note_refused(p, n, kept=b.keep)
         self._policy(modes)
 
     def _stepped(self, fold: bool) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
@@ -239,36 +240,42 @@ class DDCAdam(DDCBase):
                         decay = 1.0 - lr * wd
                 yield group, p, decay
 
-    def _blocks(self, fold: bool) -> list[AdamBlock]:
-        """(1) the gauge scales of the decayed parameters, as each block's σ factors; each block
-        screened for overflow (``_functional.screen_safe``: a cleared block skips the core's
-        per-element keep)."""
+    def _blocks(self, fold: bool) -> tuple[list[AdamBlock], list[torch.Tensor]]:
+        """(1) the gauge scales of the decayed parameters, as each block's σ factors, and each
+        block's parameter; each block screened for overflow (``_functional.screen_safe``: a
+        cleared block skips the core's per-element keep)."""
         rho = self._site_scales(pending_decay=fold)
         inv: dict[int, torch.Tensor] = {}  # 1/ρ per consumed site, shared by its consumers
         extremes: dict[int, tuple[float, float]] = {}  # (max ρ, min ρ) per site, as needed
         blocks = []
+        owners: list[torch.Tensor] = []  # each block's parameter (a sharded one's: its rows)
+        sh = self._shards
         for group, p, decay in self._stepped(fold):
             r, c = self._plan.row.get(id(p)), self._plan.col.get(id(p))
-            row = None if r is None else rho[r].reshape((-1,) + (1,) * (p.ndim - 1))
+            # (a sharded parameter's block is its local rows: the row scales its slice)
+            row = None if r is None else rho[r] if sh is None else sh.mine(rho[r], p)
+            row = None if row is None else row.reshape((-1,) + (1,) * (p.ndim - 1))
             if c is not None and c not in inv:
                 inv[c] = 1.0 / rho[c]
             col = None if c is None else inv[c]
             if col is not None and self._plan.col_axis.get(id(p), 1) == 0:
                 # a Conv1D consumer (stored in × out): its units index the rows (never a
                 # producer: producers are nn.Linear)
+                col = col if sh is None else sh.mine(col, p)
                 row, col = col.reshape((-1,) + (1,) * (p.ndim - 1)), None
             state = self.state[p]
             beta1, beta2 = group["betas"]
+            owners.append(p)
             blocks.append(
                 AdamBlock(
-                    p,
-                    p.grad,
-                    state["exp_avg"],
-                    state["exp_avg_sq"],
+                    local(p),
+                    local(p.grad),
+                    local(state["exp_avg"]),
+                    local(state["exp_avg_sq"]),
                     state["step"],
                     row,
                     col,
-                    self._plan.rot.get(id(p)),
+                    self._local_rot(p),
                     lr=group["lr"],
                     beta1=beta1,
                     beta2=beta2,
@@ -287,7 +294,7 @@ class DDCAdam(DDCBase):
                         hi, lo = extremes[site]
                         sigma *= hi if up else 1.0 / lo
                 b.keep = not screen_safe(b, self._grad_norms[id(p)], sigma)
-        return blocks
+        return blocks, owners
 
     def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
         group = self._group_of(s.weight)

@@ -21,6 +21,7 @@ from deadspec.optim._base import DDCBase, TorchOptions, check_betas, check_nonne
 from deadspec.optim._functional import AdamBlock, ddc_adam, gauge_dots, init_adam_state
 from deadspec.optim._muon import ddc_muon_update, hidden_matrices
 from deadspec.optim._plan import Site
+from deadspec.optim._sharded import is_sharded, local, transposed
 
 __all__ = ["DDCMuon"]
 
@@ -224,7 +225,8 @@ class DDCMuon(DDCBase):
         )
 
     def _bind_model(self, model: nn.Module) -> None:
-        self._muon_ids = hidden_matrices(model, self._heads(model, self._head))
+        # (names from the model's structure: an FSDP2 model's plain mirror, see DDCBase)
+        self._muon_ids = hidden_matrices(model, self._heads(self._structure, self._head))
         self._transposed = {id(m.weight) for m in model.modules() if is_conv1d(m)}
 
     def _bind_gauges(self, root: nn.Module) -> None:
@@ -455,6 +457,8 @@ class DDCMuon(DDCBase):
         # coordinates, mapped back (Muon tangential on producer rows); (3) the radial steps
         rho = self._site_scales()
         radial = self._radial_inputs(rho)
+        sh = self._shards
+        k = 0  # (the Muon matrices in step order: the owning rank of each is k mod world)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -472,17 +476,26 @@ class DDCMuon(DDCBase):
                     if rot is not None and self.per_head:
                         blocks = (rot.axis, rot.cover())
                     rad = radial.get(id(p))
+                    tangent = None if rad is None else rad[1]
                     # a Conv1D weight (stored in × out) is orthogonalised as the out × in matrix
                     # it acts as (Keller's shape scale and the head blocks read that way)
-                    x, gr, buf = p, p.grad, state["momentum_buffer"]
+                    x, gr, buf = local(p), local(p.grad), local(state["momentum_buffer"])
+                    shape, whole = (int(p.shape[0]), int(p.shape[1])), None
+                    if sh is not None and is_sharded(p):
+                        # (this rank's rows; the update orthogonalised on the whole matrix)
+                        whole = functools.partial(sh.whole, k, owner=p)
+                        tangent = sh.mine(tangent, p)
+                    k += 1
                     if id(p) in self._transposed:
-                        x, gr, buf = p.T, p.grad.T, buf.T
+                        x, gr, buf = x.T, gr.T, buf.T
                         scale = None if scale is None else scale.T
                         blocks = None if blocks is None else (1 - blocks[0], blocks[1])
+                        shape = (shape[1], shape[0])
+                        whole = None if whole is None else transposed(whole)
                     # (checked before commit: DDCBase._guarded_update)
                     self._guarded_update(
-                        p,
-                        [state["momentum_buffer"]],
+                        local(p),
+                        [local(state["momentum_buffer"])],
                         functools.partial(
                             ddc_muon_update,
                             x,
@@ -497,22 +510,25 @@ class DDCMuon(DDCBase):
                             ns_steps=group["ns_steps"],
                             ns_eps=self.ns_eps,
                             ns_dtype=ns_dtype,
-                            tangent=None if rad is None else rad[1],
+                            tangent=tangent,
+                            shape=shape,
+                            whole=whole,
                         ),
+                        owner=p,
                     )
                     continue
                 if len(state) == 0:
                     init_adam_state(state, p)
                 beta1, beta2 = group["betas"]
                 block = AdamBlock(
-                    p,
-                    p.grad,
-                    state["exp_avg"],
-                    state["exp_avg_sq"],
+                    local(p),
+                    local(p.grad),
+                    local(state["exp_avg"]),
+                    local(state["exp_avg_sq"]),
                     state["step"],
                     scale,
                     None,
-                    rot,
+                    self._local_rot(p),
                     lr=group["lr"],
                     beta1=beta1,
                     beta2=beta2,
@@ -539,12 +555,16 @@ class DDCMuon(DDCBase):
             if not self._group_of(w).get("use_muon"):
                 continue
             col = None if s.in_site is None else rho[s.in_site]
-            wc = w if col is None else w * col.to(w.dtype).reshape(1, -1)
+            wl, bl = local(w), local(b)  # (a sharded producer: this rank's rows, then gathered)
+            wc = wl if col is None else wl * col.to(wl.dtype).reshape(1, -1)
             sq = wc.square().sum(1)
-            ghat = gauge_dots(w, w.grad, 1)[0]
-            if b is not None:
-                sq = sq + b.square()
-                ghat = ghat + b.grad * b
+            ghat = gauge_dots(wl, local(w.grad), 1)[0]
+            if bl is not None:
+                sq = sq + bl.square()
+                ghat = ghat + local(b.grad) * bl
+            if self._shards is not None:
+                sq = self._shards.gather_rows(sq, w)
+                ghat = self._shards.gather_rows(ghat, w)
             live = sq.sqrt() > torch.finfo(sq.dtype).tiny
             if s.units is not None:
                 inside = torch.zeros_like(live)
@@ -577,15 +597,20 @@ class DDCMuon(DDCBase):
             ok = torch.isfinite(m) & torch.isfinite(v) & torch.isfinite(c) & (c > 0)
             for t in (s.weight, s.bias):
                 if t is not None:
-                    peak = t.abs().amax(1) if t.ndim == 2 else t.abs()
+                    tl = local(t)
+                    peak = tl.abs().amax(1) if tl.ndim == 2 else tl.abs()
+                    if self._shards is not None:
+                        peak = self._shards.gather_rows(peak, t)
                     ok &= torch.isfinite(peak * torch.where(ok, c, torch.ones_like(c)))
             st["scale_exp_avg"] = torch.where(ok, m, st["scale_exp_avg"])
             st["scale_exp_avg_sq"] = torch.where(ok, v, st["scale_exp_avg_sq"])
             self._note_refused(s.name, (live & ~ok).sum())
             c = torch.where(live & ok, c, torch.ones_like(c))
-            s.weight.mul_(c.reshape(-1, 1))
+            if self._shards is not None:
+                c = self._shards.mine(c, s.weight)
+            local(s.weight).mul_(c.reshape(-1, 1))
             if s.bias is not None:
-                s.bias.mul_(c)
+                local(s.bias).mul_(c)
 
     def _damped_hparams(self, s: Site) -> tuple[float, tuple[float, float], float]:
         for t in (s.bias, s.weight):
