@@ -151,20 +151,26 @@ def _ddc_train(model, opt_name: str, x, y, steps: int = 6) -> None:
     return opt
 
 
-def ddc_single(rank: int, world: int, opt_name: str) -> dict:
+def ddc_single(opt_name: str) -> dict:
+    """The single-process trajectory on the whole batch (the reference, run in the test)."""
     net, x, y = ddc_problem()
     opt = _ddc_train(net, opt_name, x, y)
     return {"params": [p.detach().clone() for p in net.parameters()], "sites": opt.sites}
 
 
-def ddc_ddp_rank(rank: int, world: int, opt_name: str) -> dict:
+def ddc_ddp_rank(rank: int, world: int, opt_names: list[str]) -> dict:
+    """Per optimizer: the same steps on a DDP model, each rank its equal shard."""
     from torch.nn.parallel import DistributedDataParallel
 
-    net, x, y = ddc_problem()
-    ddp = DistributedDataParallel(net)
-    sl = shard(x.shape[0], rank, world)  # equal shards: DDP's mean of means is the mean
-    opt = _ddc_train(ddp, opt_name, x[sl], y[sl])
-    return {"params": [p.detach().clone() for p in net.parameters()], "sites": opt.sites}
+    out = {}
+    for opt_name in opt_names:
+        net, x, y = ddc_problem()
+        ddp = DistributedDataParallel(net)
+        sl = shard(x.shape[0], rank, world)  # equal shards: DDP's mean of means is the mean
+        opt = _ddc_train(ddp, opt_name, x[sl], y[sl])
+        out[opt_name] = {"params": [p.detach().clone() for p in net.parameters()],
+                         "sites": opt.sites}
+    return out
 
 
 def read_ddp_rank(rank: int, world: int) -> dict:
