@@ -48,17 +48,15 @@ their concatenation.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from deadspec._dist import broadcast_object, check_group, gather_objects, rank_and_size
+from deadspec._dist import check_group, on_root
 from deadspec._engine import collect, read_states, reading_options
-from deadspec._engine.gather import gather_collected
-from deadspec._engine.inputs import as_input_tuple
+from deadspec._engine.gather import collect_over_group
 from deadspec._engine.losses import TokenCrossEntropy
 from deadspec._engine.results import GaugeZero, LayerReading, Reading
 
@@ -188,7 +186,8 @@ def read(
         order, on every rank. The ranks exchange the collected states (rows or h×h Gram
         summaries, and the per-sample factors a and δ of the Fisher side, never per-sample
         gradients); rank 0 reads and broadcasts. ``Reading.bytes_sent`` gives the volume.
-        ``labels="sampled"`` draws each rank's labels from its own generator.
+        ``labels="sampled"`` draws each rank's labels from its own generator. An error on any
+        rank (its inputs, its forward pass, rank 0's reading) raises on every rank.
 
     Returns
     -------
@@ -246,11 +245,7 @@ def read(
     if group is None:
         return read_states(collect(model, inputs, layers, collect_opts), read_opts)
     # over a process group: each rank collects its shard, rank 0 reads the concatenation
-    _, n_local = as_input_tuple(inputs, "read")
-    n_total = sum(gather_objects(int(n_local), group))
-    collect_opts = dataclasses.replace(collect_opts, n_total=n_total)
-    collected, sent = gather_collected(collect(model, inputs, layers, collect_opts), group, n_total)
-    reading = read_states(collected, read_opts) if rank_and_size(group)[0] == 0 else None
-    reading = broadcast_object(reading, group)
+    collected, sent = collect_over_group(model, inputs, layers, collect_opts, group)
+    reading = on_root("read", lambda: read_states(collected, read_opts), group)
     reading.bytes_sent = sent
     return reading

@@ -190,3 +190,160 @@ def read_ddp_rank(rank: int, world: int) -> dict:
         torch.nn.functional.cross_entropy(ddp(x[sl]), y[sl]).backward()
         opt.step()
     return {"records": r.to_records(), "params": [p.detach().clone() for p in net.parameters()]}
+
+
+def approach_problem():
+    """A ReLU net whose first layer has two near-dead units (rows ×0.05): a dead cluster of
+    the layer's activation Gram, and a Fisher side that bends with t (not an exact power)."""
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    net = net.double().eval()
+    with torch.no_grad():
+        net[0].weight[:2] *= 0.05
+        net[0].bias[:2] *= 0.05
+    x = torch.randn(60, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (60,), generator=g)
+    return net, x, y
+
+
+APPROACH_T = [0.1, 0.2, 0.4, 0.8]
+
+
+def _approach_readings(net, x, y, group) -> dict:
+    import dataclasses
+
+    import deadspec
+
+    cluster = deadspec.approach_slope(net, x, layer="0", t=APPROACH_T, gap_ratio=100.0,
+                                      group=group)
+    fisher = deadspec.approach_slope(net, x, layer="0", units=[0, 1], side="fisher",
+                                     targets=y, t=APPROACH_T, group=group)
+    direction = {"0.weight": torch.zeros(6, 8, dtype=torch.float64),
+                 "0.bias": torch.zeros(6, dtype=torch.float64)}
+    direction["0.weight"][0] = 1.0
+    direction["0.bias"][1] = 1.0
+    out = {"cluster": dataclasses.asdict(cluster), "fisher": dataclasses.asdict(fisher)}
+    for labels in ("expected", "observed"):
+        order = deadspec.direction_order(net, x, direction, targets=y, labels=labels,
+                                         n_probes=3, seed=11, group=group)
+        out[f"order-{labels}"] = dataclasses.asdict(order)
+    return out
+
+
+def approach_rank(rank: int, world: int) -> dict:
+    """approach_slope (dead cluster found over the ranks; Fisher side) and direction_order
+    over the ranks, each rank passing its shard; and the same on this rank's shard alone."""
+    net, x, y = approach_problem()
+    sl = shard(x.shape[0], rank, world)
+    return {"group": _approach_readings(net, x[sl], y[sl], dist.group.WORLD),
+            "local": _approach_readings(net, x[sl], y[sl], None)}
+
+
+def approach_single(rank: int, world: int) -> dict:
+    """The single-process readings of the whole batch, set up as the ranks are."""
+    net, x, y = approach_problem()
+    return _approach_readings(net, x, y, None)
+
+
+def monitor_problem():
+    g = torch.Generator().manual_seed(9)
+    torch.manual_seed(9)
+    net = torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    net = net.double()
+    with torch.no_grad():  # three dead ReLU units (no gradient reaches them): a dead cluster
+        net[0].weight[:3] *= 0.1  # of the centred activation Gram, for "dead-projection"
+        net[0].bias[:3] = -1.0
+    x = torch.randn(48, 10, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (48,), generator=g)
+    return net, x, y
+
+
+def _monitor_out(mon) -> dict:
+    return {"records": mon.records(), "rates": mon.rates(min_points=3),
+            "approach": {name: mon.approach_values(name) for name in mon.layers},
+            "dead": mon.dead_directions("0")}
+
+
+def _monitor_train(group, rank: int, world: int, out_dir: str | None) -> dict:
+    """Train the same model on the whole batch on every rank (identical runs), monitored with
+    this rank's shard of the probe batch; with ``out_dir``, every rank asks for its files."""
+    from deadspec.monitor import DeadDirectionMonitor
+
+    net, x, y = monitor_problem()
+    sl = shard(x.shape[0], rank, world)
+    kw = dict(every=2, approach={"0": "dead-projection"}, center=True, gap_ratio=5.0)
+    mon = DeadDirectionMonitor(net, ["0", "2"], inputs=x[sl], targets=y[sl], group=group, **kw)
+    local = DeadDirectionMonitor(net, ["0", "2"], inputs=x[sl], targets=y[sl], **kw)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1.0)
+    for step in range(8):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        mon(step)
+        local(step)
+    if out_dir is not None:
+        mon.to_csv(Path(out_dir) / f"records-rank{rank}.csv")
+        mon.plot(Path(out_dir) / f"monitor-rank{rank}.png", dpi=40)
+    return {"group": _monitor_out(mon), "local": _monitor_out(local)}
+
+
+def monitor_rank(rank: int, world: int, out_dir: str) -> dict:
+    """A DeadDirectionMonitor over the ranks (and one of this rank's shard alone)."""
+    return _monitor_train(dist.group.WORLD, rank, world, out_dir)
+
+
+def monitor_single(rank: int, world: int) -> dict:
+    """The single-process monitor of the whole probe batch, set up as the ranks are."""
+    return _monitor_train(None, 0, 1, None)["group"]
+
+
+def single_references(rank: int, world: int) -> dict:
+    """The single-process approach readings and monitor of the whole batch, in one process."""
+    return {"approach": approach_single(rank, world), "monitor": monitor_single(rank, world)}
+
+
+def approach_errors_rank(rank: int, world: int) -> dict:
+    """Errors met on one rank only, or only on rank 0's reading: every rank must raise (a
+    rank left waiting in a collective would hang the run, caught by run_ranks' timeout)."""
+    import deadspec
+
+    net, x, y = approach_problem()
+    sl = shard(x.shape[0], rank, world)
+    group = dist.group.WORLD
+    direction = {"2.weight": torch.ones(3, 6, dtype=torch.float64)}
+    cases = {
+        # a different seed on rank 1: different probes, so every rank refuses
+        "seed": lambda: deadspec.direction_order(net, x[sl], direction, targets=y[sl],
+                                                 seed=rank, group=group),
+        # targets of the wrong length on the last rank only: its check fails, all raise
+        "targets": lambda: deadspec.approach_slope(
+            net, x[sl], layer="0", units=[0], side="fisher", group=group,
+            targets=y[sl][:-1] if rank == world - 1 else y[sl]),
+        # no dead cluster in the whole batch's Gram of layer "2": found on rank 0 only
+        "cluster": lambda: deadspec.approach_slope(net, x[sl], layer="2", group=group),
+        # NaN in the last rank's shard: its forward pass fails inside a reading
+        "nan": lambda: deadspec.approach_slope(
+            net, x[sl] * (float("nan") if rank == world - 1 else 1.0), layer="0", units=[0],
+            t=APPROACH_T, group=group),
+    }
+    out = {}
+    for name, call in cases.items():
+        try:
+            call()
+            out[name] = None
+        except (ValueError, RuntimeError) as exc:
+            out[name] = str(exc)
+    # the group still works after them all: every rank took part in every collective
+    out["after"] = deadspec.direction_order(net, x[sl], direction, targets=y[sl],
+                                            group=group).k_hat
+    return out
+
+
+def two_ranks(rank: int, world: int, out_dir: str) -> dict:
+    """Everything the 2-rank tests look at, in one run of the ranks (one start-up); rank 0
+    also computes the single-process references (no group: set up as the ranks are)."""
+    out = {"reference": single_references(rank, world)} if rank == 0 else {}
+    return {**out, "approach": approach_rank(rank, world),
+            "monitor": monitor_rank(rank, world, out_dir),
+            "errors": approach_errors_rank(rank, world)}

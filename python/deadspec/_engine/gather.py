@@ -16,15 +16,19 @@ ones; merged running Grams equal them to round-off.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from deadspec._dist import gather_objects, rank_and_size
-from deadspec._engine.collect import Collected
+from deadspec._dist import agreed, gather_objects, rank_and_size
+from deadspec._engine.collect import Collected, CollectOptions, collect
+from deadspec._engine.inputs import as_input_tuple
 
-__all__ = ["MergedGram", "gather_collected", "payload_bytes"]
+__all__ = ["MergedGram", "collect_over_group", "gather_collected", "payload_bytes"]
 
 
 class MergedGram:
@@ -120,3 +124,24 @@ def gather_collected(collected: Collected, group: Any, n_total: int) -> tuple[Co
                                      torch.cat([g for _, g in fs], 0))
     return Collected(collected.states, n_total), sent
 
+
+
+def collect_over_group(
+    model: nn.Module,
+    inputs: Any,
+    layers: str | Sequence[str] | None,
+    options: CollectOptions,
+    group: Any,
+) -> tuple[Collected | None, int]:
+    """Every rank of ``group`` collects its shard, each layer's route decided with the total N;
+    returns the collected states of the concatenated batch on rank 0 (None on the others) and
+    the bytes the ranks sent. A collective: an error on any rank (its inputs, its forward pass)
+    raises on every rank, none is left waiting."""
+    with agreed(options.fn, group):
+        _, n_local = as_input_tuple(inputs, options.fn)
+    n_total = sum(gather_objects(int(n_local), group))
+    options = dataclasses.replace(options, n_total=n_total)
+    with agreed(options.fn, group):
+        mine = collect(model, inputs, layers, options)
+    collected, sent = gather_collected(mine, group, n_total)
+    return (collected if rank_and_size(group)[0] == 0 else None), sent

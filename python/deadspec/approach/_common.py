@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from deadspec._dist import on_root
 from deadspec._engine import collect, read_states, reading_options, validate
+from deadspec._engine.gather import collect_over_group
 from deadspec._engine.inputs import names_list
 from deadspec._limits import MAX_GRID, MAX_PROBES, check_at_most
 from deadspec._util import check_choice, check_model
@@ -199,11 +201,17 @@ def check_read(fn: str, model: Any, inputs: Any, layers: list[str], **options: A
     validate(model, inputs, layers, collect_opts)
 
 
-def read_as(fn: str, model: Any, inputs: Any, layers: list[str], **options: Any) -> Any:
+def read_as(
+    fn: str, model: Any, inputs: Any, layers: list[str], group: Any = None, **options: Any
+) -> Any:
     """:func:`deadspec.read` run on behalf of ``deadspec.<fn>``: its errors, and the note on an
-    error of the model's own forward, name ``fn``."""
+    error of the model's own forward, name ``fn``. With a process ``group``, read's
+    ``group=`` reading (a collective: the reading of the ranks' concatenated batch)."""
     collect_opts, read_opts = _read_options(fn, options)
-    return read_states(collect(model, inputs, layers, collect_opts), read_opts)
+    if group is None:
+        return read_states(collect(model, inputs, layers, collect_opts), read_opts)
+    collected, _ = collect_over_group(model, inputs, layers, collect_opts, group)
+    return on_root(fn, lambda: read_states(collected, read_opts), group)
 
 
 def as_real_tensor(value: Any, what: str, fn: str) -> torch.Tensor:

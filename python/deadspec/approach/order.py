@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deadspec._dist import agreed, all_reduce_sum, check_group
 from deadspec._engine.inputs import (
     ModelState,
     as_input_tuple,
@@ -116,7 +117,7 @@ def _path_params(
 
 
 class _Measure:
-    """``F_u(θ) = (1/N) Σ_i ⟨g_i(θ), u⟩²`` over the data, from JVPs of the model's output."""
+    """``Σ_i ⟨g_i(θ), u⟩²`` over this process's data (N·F_u), from JVPs of the model's output."""
 
     def __init__(
         self,
@@ -136,7 +137,8 @@ class _Measure:
         self.targets, self.loss_fn, self.labels = targets, loss_fn, labels
         self.task, self.gen, self.fn = task, gen, fn
 
-    def __call__(self, theta: dict[str, torch.Tensor], tangent: dict[str, torch.Tensor]) -> float:
+    def total(self, theta: dict[str, torch.Tensor], tangent: dict[str, torch.Tensor]) -> float:
+        """``Σ_i ⟨g_i(θ), u⟩²`` over this process's samples (divided by N: ``F_u``)."""
         from torch.func import functional_call, jvp
 
         total = 0.0
@@ -160,7 +162,7 @@ class _Measure:
                     f"deadspec.{self.fn}: the directional derivatives must be finite, got NaN/Inf"
                 )
             total += float(q.sum())
-        return total / self.n
+        return total
 
     def _per_sample(self, out: torch.Tensor, v: torch.Tensor, sl: slice) -> torch.Tensor:
         """⟨g_i, u⟩² per sample (its expectation over the predictive, for "expected")."""
@@ -211,6 +213,7 @@ def direction_order(
     seed: int | None = 0,
     batch_size: int | None = None,
     progress: bool | None = False,
+    group: Any = None,
 ) -> DirectionOrder:
     """KL order of a candidate dead direction from its directional-Fisher rate.
 
@@ -263,6 +266,18 @@ def direction_order(
         Evaluate in batches of this size.
     progress : bool or None
         tqdm bar over the t grid.
+    group : torch.distributed process group, optional
+        Measure over the group's ranks (a collective: every rank calls it with its own shard
+        of the batch as ``inputs``/``targets``, and the same model, direction and other
+        arguments): each rank sums ``⟨g_i, u⟩²`` (and the probes' terms) over its shard, and
+        one ``all_reduce`` SUM of those sums and of the sample counts gives every rank
+        ``F_u(t)`` and ``reference(t)`` of the concatenated batch, so the result is the
+        single-process one on the whole batch. The probes come from ``seed`` and are the same
+        on every rank; ``labels="sampled"`` draws each rank's labels from its own generator
+        (seeded by ``seed``), as :func:`deadspec.read` does. A different ``t``, ``labels``,
+        ``task``, ``n_probes`` or ``seed`` on some rank raises ValueError on every rank, as
+        does an error on any rank (no rank is left waiting). The all_reduce tensor lives on
+        the inputs' device (CUDA inputs for NCCL).
 
     Returns
     -------
@@ -285,22 +300,28 @@ def direction_order(
     ('genuine', 2.0, 0.25)
     """
     fn = "direction_order"
-    check_order_options(
-        fn, model, labels, method, n_probes, slope_tol, gauge_rtol, gauge_atol, path
-    )
-    seed = check_seed(fn, seed)
-    tup, n = as_input_tuple(inputs, fn)
-    slices = batch_slices(n, batch_size, fn)
-    grid = t_grid(t, fn)
-    if targets is not None:
-        check_targets(targets, n, fn)
-    if labels == "observed":
-        if targets is None:
-            raise ValueError(f"deadspec.{fn}: labels='observed' needs targets, got targets=None")
-    else:
-        task = infer_task(targets, loss_fn, task, fn)
+    group = check_group(fn, group)
+    with agreed(fn, group) as same:  # (over a group: every rank passes its checks, or none)
+        check_order_options(
+            fn, model, labels, method, n_probes, slope_tol, gauge_rtol, gauge_atol, path
+        )
+        seed = check_seed(fn, seed)
+        tup, n = as_input_tuple(inputs, fn)
+        slices = batch_slices(n, batch_size, fn)
+        grid = t_grid(t, fn)
+        if targets is not None:
+            check_targets(targets, n, fn)
+        if labels == "observed":
+            if targets is None:
+                raise ValueError(
+                    f"deadspec.{fn}: labels='observed' needs targets, got targets=None"
+                )
+        else:
+            task = infer_task(targets, loss_fn, task, fn)
+        u = unit_direction(model, direction, fn)
+        # the probes come from `seed`: equal on every rank, so are the reference directions
+        same.update(t=grid.tolist(), labels=labels, task=task, n_probes=int(n_probes), seed=seed)
 
-    u = unit_direction(model, direction, fn)
     theta0 = {name: p.detach() for name, p in model.named_parameters()}
     pgen = torch.Generator().manual_seed(0 if seed is None else int(seed))
     probes = []
@@ -322,8 +343,31 @@ def direction_order(
         gen=make_generator(seed, tup[0].device) if labels == "sampled" else None,
         fn=fn,
     )
-    fisher = np.empty(len(grid))
-    reference = np.empty(len(grid))
+    with agreed(fn, group):  # (a failure on one rank's shard raises on every rank)
+        sums = _sweep(measure, model, (theta0, u, probes), path, grid, progress, fn)
+    count = float(n)
+    if group is not None:  # Σ over the ranks of the shards' sums and counts: the whole batch's
+        total = all_reduce_sum(np.append(sums.ravel(), count), group, tup[0].device)
+        sums, count = total[:-1].reshape(sums.shape), float(total[-1])
+    fisher = sums[:, 0] / count
+    reference = np.array([np.mean(row / count) for row in sums[:, 1:]])
+    return _classify(grid, fisher, reference, method, slope_tol, gauge_rtol, gauge_atol, fn)
+
+
+def _sweep(
+    measure: _Measure,
+    model: nn.Module,
+    directions: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict]],
+    path: Callable | None,
+    grid: np.ndarray,
+    progress: bool | None,
+    fn: str,
+) -> np.ndarray:
+    """Per t (rows): ``Σ_i ⟨g_i, u⟩²`` over this process's samples, then the same along each
+    probe (columns ``1 + n_probes``); ``directions`` = (θ₀, u, probes). The model's modes and
+    buffers are restored."""
+    theta0, u, probes = directions
+    sums = np.empty((len(grid), 1 + len(probes)))
     snapshot = ModelState(model)
     try:
         with warnings.catch_warnings():
@@ -335,11 +379,10 @@ def direction_order(
                 )
             for i, tv in enumerate(progress_bar(grid, progress, f"deadspec.{fn}", len(grid))):
                 theta = _path_params(model, theta0, u, path, float(tv), fn)
-                fisher[i] = measure(theta, u)
-                reference[i] = np.mean([measure(theta, r) for r in probes])
+                sums[i] = [measure.total(theta, d) for d in (u, *probes)]
     finally:
         snapshot.restore()
-    return _classify(grid, fisher, reference, method, slope_tol, gauge_rtol, gauge_atol, fn)
+    return sums
 
 
 def _classify(

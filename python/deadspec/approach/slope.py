@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deadspec._engine import CollectOptions, activation_spectrum, collect
+from deadspec._dist import agreed, check_group, on_root
+from deadspec._engine import Collected, CollectOptions, activation_spectrum, collect
+from deadspec._engine.gather import collect_over_group
 from deadspec._util import check_choice, check_model, unwrap_compiled
 from deadspec._util import progress as progress_bar
 from deadspec.approach._common import (
@@ -109,6 +111,7 @@ def approach_slope(
     gap_ratio: float = 1e3,
     batch_size: int | None = None,
     progress: bool | None = False,
+    group: Any = None,
 ) -> ApproachSlope:
     """Approach slope of log det⁺ of a layer's Gram as its dead components are scaled by t.
 
@@ -150,6 +153,16 @@ def approach_slope(
         Stream each reading in batches.
     progress : bool or None
         tqdm bar over the t grid.
+    group : torch.distributed process group, optional
+        Read over the group's ranks (a collective: every rank calls it with its own shard of
+        the batch as ``inputs``/``targets``, and the same other arguments): every reading along
+        t is :func:`deadspec.read`'s ``group=`` reading of the concatenated batch (ranks in
+        order), and the dead cluster (``units=None``) is found in the whole batch's activation
+        Gram on rank 0 and broadcast, so every rank returns the single-process result on the
+        concatenated batch. The ranks must hold the same model (as under
+        ``DistributedDataParallel``). A different ``layer``, ``side``, ``units``, ``t`` or
+        ``next_layer`` on some rank raises ValueError on every rank, as does an error on any
+        rank (no rank is left waiting).
 
     Returns
     -------
@@ -188,21 +201,26 @@ def approach_slope(
     (4.0, 2.0)
     """
     fn = "approach_slope"
-    check_model(model, fn)
-    model = unwrap_compiled(model)
-    check_choice(fn, "side", side, SIDES)
-    check_choice(fn, "method", method, METHODS)
-    width = linear_named(model, layer, "layer", fn).out_features
-    check_read(  # what read() would refuse, refused now and named approach_slope
-        fn, model, inputs, [layer], targets=targets, loss_fn=loss_fn, fisher=side == "fisher",
-        center=center, batch_size=batch_size, gap_ratio=gap_ratio, progress=progress,
-    )
-    next_name = _next_layer(model, layer, next_layer, width, fn)
-    grid = t_grid(t, fn)
-    unit_tuple = None if units is None else check_units(units, width, fn)
+    group = check_group(fn, group)
+    with agreed(fn, group) as same:  # (over a group: every rank passes its checks, or none)
+        check_model(model, fn)
+        model = unwrap_compiled(model)
+        check_choice(fn, "side", side, SIDES)
+        check_choice(fn, "method", method, METHODS)
+        width = linear_named(model, layer, "layer", fn).out_features
+        check_read(  # what read() would refuse, refused now and named approach_slope
+            fn, model, inputs, [layer], targets=targets, loss_fn=loss_fn,
+            fisher=side == "fisher", center=center, batch_size=batch_size, gap_ratio=gap_ratio,
+            progress=progress,
+        )
+        next_name = _next_layer(model, layer, next_layer, width, fn)
+        grid = t_grid(t, fn)
+        unit_tuple = None if units is None else check_units(units, width, fn)
+        same.update(layer=layer, side=side, units=unit_tuple, t=grid.tolist(),
+                    next_layer=next_name)
     work = copy.deepcopy(model)
     if unit_tuple is None:
-        u_mat = _dead_cluster(work, inputs, layer, center, gap_ratio, batch_size, fn)
+        u_mat = _dead_cluster(work, inputs, layer, (center, gap_ratio, batch_size), fn, group)
     else:
         u_mat = np.eye(width)[:, list(unit_tuple)]
     scaler = _Scaler(work, layer, next_name, unit_tuple, u_mat)
@@ -220,6 +238,7 @@ def approach_slope(
             center=center,
             batch_size=batch_size,
             gap_ratio=gap_ratio,
+            group=group,
         )
         return r[layer].activation if side == "activation" else r[layer].fisher
 
@@ -281,18 +300,25 @@ def _dead_cluster(
     model: nn.Module,
     inputs: Any,
     layer: str,
-    center: bool,
-    gap_ratio: float,
-    batch_size: int | None,
+    options: tuple[bool, float, int | None],
     fn: str,
+    group: Any,
 ) -> np.ndarray:
-    """``h×r`` eigenvectors of the dead cluster of the layer's (feature-side) activation Gram."""
-    collected = collect(
-        model,
-        inputs,
-        [layer],
-        CollectOptions(fisher=False, batch_size=batch_size, route="feature", fn=fn),
-    )
+    """``h×r`` eigenvectors of the dead cluster of the layer's (feature-side) activation Gram
+    (``options``: center, gap_ratio, batch_size); over a process group the whole batch's,
+    found on rank 0 and broadcast."""
+    center, gap_ratio, batch_size = options
+    opts = CollectOptions(fisher=False, batch_size=batch_size, route="feature", fn=fn)
+    if group is None:
+        return _cluster_vectors(collect(model, inputs, [layer], opts), layer, center, gap_ratio, fn)
+    collected, _ = collect_over_group(model, inputs, [layer], opts, group)
+    return on_root(fn, lambda: _cluster_vectors(collected, layer, center, gap_ratio, fn), group)
+
+
+def _cluster_vectors(
+    collected: Collected, layer: str, center: bool, gap_ratio: float, fn: str
+) -> np.ndarray:
+    """The dead cluster's eigenvectors in a collection's activation Gram (ValueError if none)."""
     spec0 = activation_spectrum(collected.states[0], center, None, gap_ratio, vectors=True)
     if spec0.dead_count == 0:
         raise ValueError(

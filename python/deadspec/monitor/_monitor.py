@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from deadspec._dist import check_group, on_root, rank_and_size
 from deadspec._engine import collect, read_states, reading_options, validate
+from deadspec._engine.gather import collect_over_group
 from deadspec._engine.results import RECORD_KEYS, Reading
 from deadspec._engine.sites import resolve_sites
 from deadspec._files import check_output
@@ -130,6 +132,17 @@ class DeadDirectionMonitor:
         (default), or each reading's own ``logdet_plus`` and ``lambda_min``.
     method : {"ols", "theil-sen"}
         Passed to :func:`deadspec.fit_slope`.
+    group : torch.distributed process group, optional
+        Read over the group's ranks: every rank builds its monitor with the same options, its
+        own shard of the probe batch as ``inputs``/``targets`` and the same model (as under
+        ``DistributedDataParallel``), and each reading is :func:`deadspec.read`'s ``group=``
+        reading of the concatenated probe batch (ranks in order; the ``"dead-projection"``
+        reference Gram too), so every rank records the same readings, those of one process
+        reading the whole batch. Each reading is a collective: **every rank must call**
+        :meth:`step` **with the same steps** (a rank that skips a reading leaves the others
+        waiting); an error during a reading on any rank raises on every rank.
+        :meth:`to_csv` and :meth:`plot` write on rank 0 of the group only (the other ranks
+        return without writing: their records are the same).
     **read_options
         Passed to :func:`deadspec.read`: ``labels``, ``batch_size``, ``center``, ``pool``,
         ``rtol``, ``gap_ratio``, ``seed``, ``task``, ``gauges``, ``route``.
@@ -183,8 +196,10 @@ class DeadDirectionMonitor:
         min_points: int = 4,
         fixed_active: bool = True,
         method: str = "ols",
+        group: Any = None,
         **read_options: Any,
     ) -> None:
+        self.group = check_group(FN, group)
         check_model(model, FN)
         model = unwrap_compiled(model)  # torch.compile: read the original module, eagerly
         self.every = check_int(every, "every", 1)
@@ -243,7 +258,9 @@ class DeadDirectionMonitor:
         step : int, optional
             The training step. None counts the calls (0, 1, 2, ...).
         force : bool
-            Read whatever the step (e.g. once more at the end of training).
+            Read whatever the step (e.g. once more at the end of training). With a process
+            group every rank must call with the same ``step`` and ``force``: a reading is a
+            collective.
 
         Returns
         -------
@@ -276,14 +293,26 @@ class DeadDirectionMonitor:
         # A train-mode forward draws dropout masks (and sampled labels draw too): the random
         # number generators are restored afterwards, so a reading never changes the run.
         with torch.random.fork_rng(devices=_cuda_devices(self.model)):
-            collected = collect(self.model, self.inputs, self.layers, collect_opts)
+            if self.group is None:
+                collected = collect(self.model, self.inputs, self.layers, collect_opts)
+            else:  # the concatenated probe batch on rank 0 (None on the others)
+                collected, _ = collect_over_group(
+                    self.model, self.inputs, self.layers, collect_opts, self.group
+                )
         center = bool(self.read_options.get("center", False))
-        states = {st.name: st for st in collected.states}
-        for name in self.layers:
-            if self._approach[name][0] == DEAD_PROJECTION:
-                # the Gram the reading read, on the feature side (h×h) whatever its route
-                self._ref_gram[name] = states[name].feature_gram(center)
-        reading = read_states(collected, read_opts)
+
+        def read_collected() -> tuple[Reading, dict[str, np.ndarray]]:
+            states = {st.name: st for st in collected.states}
+            # the Gram the reading read, on the feature side (h×h) whatever its route
+            grams = {name: states[name].feature_gram(center) for name in self.layers
+                     if self._approach[name][0] == DEAD_PROJECTION}
+            return read_states(collected, read_opts), grams
+
+        if self.group is None:
+            reading, grams = read_collected()
+        else:  # read on rank 0, the reading and reference Grams broadcast
+            reading, grams = on_root(FN, read_collected, self.group)
+        self._ref_gram.update(grams)
         named = dict(self.model.named_modules())
         points: dict[str, Point] = {}
         for name in self.layers:
@@ -408,6 +437,8 @@ class DeadDirectionMonitor:
         ``rate_options`` are passed to :meth:`rates`. Non-finite numbers are written as
         ``nan``/``inf``; a None prediction as an empty field. The file is written to a
         temporary name and renamed into place (a failed write leaves an earlier file as it was).
+        A monitor with a process group writes on rank 0 of the group only; on the other ranks
+        it returns without writing (and without checking ``path``).
 
         Raises
         ------
@@ -415,6 +446,8 @@ class DeadDirectionMonitor:
             ``path`` is a folder or in a folder that cannot be written (checked before the rows
             are computed), an unknown ``what``, nothing recorded yet.
         """
+        if not self._writes_files():
+            return
         check_output(f"{FN}.to_csv", "path", path)
         if what == "records":
             rows = self.records()
@@ -427,6 +460,10 @@ class DeadDirectionMonitor:
         if not rows:
             raise ValueError(f"deadspec.{FN}.to_csv: nothing recorded yet, got 0 rows")
         write_csv(path, rows)
+
+    def _writes_files(self) -> bool:
+        """Files are written by a monitor without a group, or on rank 0 of its group."""
+        return self.group is None or rank_and_size(self.group)[0] == 0
 
     def _fit_options(self, **rate_options: Any) -> FitOptions:
         def pick(key: str) -> Any:
@@ -592,6 +629,8 @@ class DeadDirectionMonitor:
         Drawn with matplotlib's Agg canvas (no global backend change) and written to a
         temporary file renamed into place. ``path`` ends in ``.png`` (or another format
         matplotlib writes: ``.pdf``, ``.svg``, ...; the figure is written in that format).
+        A monitor with a process group draws and writes on rank 0 of the group only; on the
+        other ranks it returns without writing.
 
         Raises
         ------
@@ -599,6 +638,8 @@ class DeadDirectionMonitor:
             ``path`` is a folder, in a folder that cannot be written or has a suffix matplotlib
             cannot write (checked before the fits are computed); nothing recorded yet.
         """
+        if not self._writes_files():
+            return
         check_output(f"{FN}.plot", "path", path, figure=True)
         if not self._checkpoints:
             raise ValueError(f"deadspec.{FN}.plot: nothing recorded yet, got 0 checkpoints")
