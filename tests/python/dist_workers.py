@@ -273,12 +273,17 @@ def _monitor_train(group, rank: int, world: int, out_dir: str | None) -> dict:
     net, x, y = monitor_problem()
     sl = shard(x.shape[0], rank, world)
     kw = dict(every=2, approach={"0": "dead-projection"}, center=True, gap_ratio=5.0)
-    mon = DeadDirectionMonitor(net, ["0", "2"], inputs=x[sl], targets=y[sl], group=group, **kw)
+    model = net
+    if group is not None:  # over the ranks, a DDP model: monitored under its module's names
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net)
+    mon = DeadDirectionMonitor(model, ["0", "2"], inputs=x[sl], targets=y[sl], group=group, **kw)
     local = DeadDirectionMonitor(net, ["0", "2"], inputs=x[sl], targets=y[sl], **kw)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1.0)
     for step in range(8):
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         mon(step)
         local(step)

@@ -17,7 +17,7 @@ from deadspec._engine.gather import collect_over_group
 from deadspec._engine.results import RECORD_KEYS, Reading
 from deadspec._engine.sites import resolve_sites
 from deadspec._files import check_output
-from deadspec._util import check_bool, check_model, unwrap_compiled, write_csv
+from deadspec._util import check_bool, check_model, unwrap_parallel, write_csv
 from deadspec.monitor._approach import (
     DEAD_NORM,
     DEAD_PROJECTION,
@@ -201,7 +201,7 @@ class DeadDirectionMonitor:
     ) -> None:
         self.group = check_group(FN, group)
         check_model(model, FN)
-        model = unwrap_compiled(model)  # torch.compile: read the original module, eagerly
+        model = unwrap_parallel(model)  # torch.compile: the original module (eager); DDP: its own
         self.every = check_int(every, "every", 1)
         unknown = sorted(set(read_options) - set(_READ_OPTIONS))
         if unknown:
