@@ -24,6 +24,7 @@ SCRIPTS = [
     ("bench_read.py", ["--no-memory"]),
     ("bench_optim.py", []),
     ("bench_ddc_stability.py", []),
+    ("bench_dist_read.py", []),  # spawns 1 and 2 gloo ranks on loopback (about 10 s)
 ]
 
 
