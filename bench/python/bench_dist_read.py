@@ -440,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     single2 = _spawn(_timed_reads, 1, 2, cfg, args.timeout)[0]
     timed = dict(two[0]["timed"])  # rank 0's, with each read's time the slower rank's
     timed["times"] = [max(ts) for ts in zip(*(o["timed"]["times"] for o in two))]
+    # every rank's pickled payloads (gathered, broadcast), summed per read
+    timed["pickled"] = [tuple(map(sum, zip(*ps))) for ps in zip(*(o["timed"]["pickled"]
+                                                                   for o in two))]
     timed_rows = [
         _timing_row("deadspec.read, 1 rank x 1 thread", 1, 1, single1, cfg, single1),
         _timing_row("deadspec.read, 1 rank x 2 threads", 1, 2, single2, cfg, single1),
