@@ -166,15 +166,20 @@ class Shards:
         a, b = self.rows(t)
         return vec[a:b]
 
+    def _padded(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """This rank's rows of an ``n``-row tensor, zero-padded to the chunk every rank sends
+        (collectives take equal sizes; the last ranks' chunks are shorter or empty)."""
+        pad = part.new_zeros((self.chunk(n), *part.shape[1:]))
+        pad[: part.shape[0]] = part
+        return pad
+
     # -- collectives -------------------------------------------------------------------------
     def gather_rows(self, part: torch.Tensor, t: Any) -> torch.Tensor:
         """The whole per-row tensor (rows along dim 0) from each rank's rows of ``t``."""
         if not is_sharded(t):
             return part
         n = int(t.shape[0])
-        c = self.chunk(n)
-        pad = part.new_zeros((c, *part.shape[1:]))
-        pad[: part.shape[0]] = part
+        pad = self._padded(part, n)
         parts = [torch.empty_like(pad) for _ in range(self.world)]
         self.dist.all_gather(parts, pad.contiguous(), group=self.group)
         return torch.cat(parts, 0)[:n]
@@ -212,8 +217,7 @@ class Shards:
         c = self.chunk(n)
         owner = k % self.world
         src = self.dist.get_global_rank(self.group, owner)
-        pad = part.new_zeros((c, *part.shape[1:]))
-        pad[: part.shape[0]] = part
+        pad = self._padded(part, n)
         gathered = None
         if self.rank == owner:
             gathered = [torch.empty_like(pad) for _ in range(self.world)]
