@@ -1,6 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // BLAS/LAPACK wrappers: OpenBLAS (PyPI scipy-openblas32 or the system's) or Eigen.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+
+#include <dirent.h>
 
 #include <Eigen/Eigenvalues>
 
@@ -43,6 +50,7 @@ void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols,
                           RowMatrixXd& c) {
     if (rows == 0 || cols == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
+    BlasThreads threads(static_cast<double>(rows) * rows * cols);
     DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
                          to_blasint(cols), alpha, x, to_blasint(cols), 1.0, c.data(),
                          to_blasint(rows));
@@ -63,6 +71,7 @@ RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, dou
     RowMatrixXd c = RowMatrixXd::Zero(cols, cols);
     if (rows > 0 && cols > 0) {
 #ifdef DEADSPEC_HAVE_LAPACK
+        BlasThreads threads(static_cast<double>(rows) * cols * cols);
         DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasTrans, to_blasint(cols),
                              to_blasint(rows), alpha, x, to_blasint(cols), 0.0, c.data(),
                              to_blasint(cols));
@@ -78,6 +87,7 @@ RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, dou
 void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m, std::int64_t n,
              std::int64_t k, double* c) {
 #ifdef DEADSPEC_HAVE_LAPACK
+    BlasThreads threads(2.0 * static_cast<double>(m) * n * k);
     DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasTrans, CblasNoTrans, to_blasint(m), to_blasint(n),
                          to_blasint(k), 1.0, a, to_blasint(lda), b, to_blasint(n), 0.0, c,
                          to_blasint(n));
@@ -92,6 +102,7 @@ void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m,
 void gemm_nt(const double* a, const double* b, std::int64_t m, std::int64_t n, std::int64_t k,
              double* c) {
 #ifdef DEADSPEC_HAVE_LAPACK
+    BlasThreads threads(2.0 * static_cast<double>(m) * n * k);
     DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, to_blasint(m), to_blasint(n),
                          to_blasint(k), 1.0, a, to_blasint(k), b, to_blasint(k), 0.0, c,
                          to_blasint(n));
@@ -122,10 +133,18 @@ int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
     // busy-waiting threads contend with torch's OpenMP pool on small machines (a 256² spectrum
     // measured 1.45 s through 2 OpenBLAS threads right after torch work, 0.02 s alone).
     if (n <= kEigenSolverMaxDim) return syevd_eigen(a, w, vectors);
-    const auto info = DS_BLAS(LAPACKE_dsyevd)(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L',
-                                              to_blasint(n), a.data(), to_blasint(n), w.data());
+    // Eigenvalues only, large n: the two-stage reduction (dense -> band by matrix-matrix work,
+    // band -> tridiagonal by bulge chasing) beats dsytrd, whose half of level-2 dsymv is
+    // memory-bound. Measured here (bench/README.md, "Spectra"): 1.40 s against 1.90 s at
+    // n = 4096, no gain at n <= 3072. LAPACK has no two-stage driver with vectors.
+    BlasThreads threads(4.0 / 3.0 * static_cast<double>(n) * n * n * (vectors ? 3 : 1));
+    const bool two_stage = !vectors && n >= kTwoStageMinDim;
+    const auto driver = two_stage ? DS_BLAS(LAPACKE_dsyevd_2stage) : DS_BLAS(LAPACKE_dsyevd);
+    const auto info = driver(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L', to_blasint(n), a.data(),
+                             to_blasint(n), w.data());
     if (info < 0)
-        throw Error(concat("deadspec: LAPACKE_dsyevd rejected argument ", -info));
+        throw Error(concat("deadspec: LAPACKE_dsyevd", two_stage ? "_2stage" : "",
+                            " rejected argument ", -info));
     return static_cast<int>(info);
 #else
     return syevd_eigen(a, w, vectors);
@@ -142,7 +161,163 @@ std::string blas_config() {
 #endif
 }
 
+// ---- Threads ----------------------------------------------------------------------------------
+// OpenBLAS's threads meet at a spinning barrier inside every level-2 call of a LAPACK solver.
+// When another process holds a core, the barrier waits for a descheduled thread each time: a
+// 4096² spectrum measured 19 s with 2 threads next to two busy processes, 1.4 s alone
+// (bench/README.md, "Threads"). The default ("auto") therefore watches the calling thread's run
+// delay (time it was runnable but had no CPU, /proc/thread-self/schedstat) over each call of
+// 20 Mflop or more made with all threads: above 20% of the call's wall time, the machine is
+// oversubscribed and OpenBLAS gets 1 thread for a hold period (1 s, doubling each time all
+// threads are tried again and still contended, at most 64 s); otherwise all of its threads.
+// Only the core's own calls are watched: torch's work in between (its own pool) is not ours
+// to judge. A count set by the user (set_num_threads, DEADSPEC_NUM_THREADS) is never changed.
+namespace {
+std::mutex g_threads_mutex;
+int g_user_threads = 0;  // 0: auto
+int g_applied = 0;       // what OpenBLAS is set to now (0: untouched)
+std::int64_t g_hold_until = 0, g_hold_ns = 0, g_last_probe = 0;
+
+int initial_threads() {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    static const int n = std::max(1, DS_BLAS(openblas_get_num_threads)());
+    return n;
+#else
+    return 1;
+#endif
+}
+
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// Run delay of the calling thread in ns; false where the kernel does not report it.
+bool run_delay_ns(std::int64_t& delay) {
+    std::FILE* f = std::fopen("/proc/thread-self/schedstat", "r");
+    if (!f) return false;
+    long long run = 0, wait = 0;
+    const bool ok = std::fscanf(f, "%lld %lld", &run, &wait) == 2;
+    std::fclose(f);
+    delay = wait;
+    return ok;
+}
+
+// Runnable threads of other processes now: the machine's count (/proc/loadavg, "running/total")
+// less this process's own threads in state R. -1 where it cannot be read. In a container the
+// machine's count may include processes on cores this one cannot use; it only decides when to
+// try all threads again after this process has itself waited for a CPU.
+[[maybe_unused]] int others_running() {
+    std::FILE* f = std::fopen("/proc/loadavg", "r");
+    if (!f) return -1;
+    double l1 = 0, l5 = 0, l15 = 0;
+    int running = 0, total = 0;
+    const bool ok = std::fscanf(f, "%lf %lf %lf %d/%d", &l1, &l5, &l15, &running, &total) == 5;
+    std::fclose(f);
+    if (!ok) return -1;
+    DIR* dir = opendir("/proc/self/task");
+    if (!dir) return -1;
+    int own = 0;
+    while (const dirent* e = readdir(dir)) {
+        if (e->d_name[0] == '.') continue;
+        char path[64];
+        std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        std::FILE* t = std::fopen(path, "r");
+        if (!t) continue;
+        char buf[256];
+        const std::size_t len = std::fread(buf, 1, sizeof buf - 1, t);
+        std::fclose(t);
+        buf[len] = '\0';
+        const char* paren = std::strrchr(buf, ')');  // "pid (comm) S ...": comm may hold spaces
+        if (paren && paren[1] == ' ' && paren[2] == 'R') ++own;
+    }
+    closedir(dir);
+    return std::max(0, running - own);
+}
+
+// In auto mode, the thread count for the next call; the caller holds g_threads_mutex.
+[[maybe_unused]] int auto_threads_locked(std::int64_t now) {
+    constexpr std::int64_t kProbeEveryNs = 64'000'000'000;
+    const int all = initial_threads();
+    if (all == 1 || now < g_hold_until) return now < g_hold_until ? 1 : all;
+    // The hold ran out after contention was seen. While other processes are still runnable,
+    // hold on (same period; an actual try with all threads at least every 64 s) rather than
+    // pay for a contended call to find out.
+    if (g_hold_ns > 0 && now - g_last_probe < kProbeEveryNs && others_running() > 0) {
+        g_hold_until = now + g_hold_ns;
+        return 1;
+    }
+    g_last_probe = now;
+    return all;
+}
+
+// What the calling thread's run delay said over one call made with `threads` threads.
+void observe_locked(int threads, std::int64_t t0, std::int64_t d0, std::int64_t t1,
+                    std::int64_t d1) {
+    constexpr std::int64_t kFirstHoldNs = 1'000'000'000, kMaxHoldNs = 64'000'000'000;
+    if (threads <= 1) return;  // nothing learnt about more threads: the hold runs out on its own
+    // Measured (bench/README.md, "Threads"): 0.00-0.02 of a 2-thread call alone, 0.27-0.64 next
+    // to one busy process (when the call ran 5-10x slower than with 1 thread).
+    if ((d1 - d0) * 5 > (t1 - t0)) {
+        g_hold_ns = g_hold_ns ? std::min(2 * g_hold_ns, kMaxHoldNs) : kFirstHoldNs;
+        g_hold_until = t1 + g_hold_ns;
+    } else {
+        g_hold_ns = 0;
+    }
+}
+}  // namespace
+
+BlasThreads::BlasThreads(double flops) {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    // Calls under ~20 Mflop take < 1 ms: not worth two reads of schedstat, and too short to
+    // tell contention from noise. They run with whatever count is set.
+    if (flops < 2e7) return;
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    if (g_user_threads != 0 || !run_delay_ns(delay0_)) return;
+    wall0_ = now_ns();
+    threads_ = auto_threads_locked(wall0_);
+    if (threads_ != g_applied) {
+        DS_BLAS(openblas_set_num_threads)(threads_);
+        g_applied = threads_;
+    }
+#else
+    (void)flops;
+#endif
+}
+
+BlasThreads::~BlasThreads() {
+    if (threads_ == 0) return;
+    std::int64_t delay = 0;
+    if (!run_delay_ns(delay)) return;
+    const std::int64_t now = now_ns();
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    if (g_user_threads == 0) observe_locked(threads_, wall0_, delay0_, now, delay);
+}
+
 int blas_num_threads() {
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    return g_user_threads != 0 ? g_user_threads : initial_threads();
+}
+
+namespace {
+// n >= 1: fixed; 0: auto.
+void set_threads_mode(int n) {
+    const int all = initial_threads();  // read OpenBLAS's own count before changing it
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    g_user_threads = n;
+#if defined(DEADSPEC_BLAS_PREFIX)
+    const int apply = n != 0 ? n : all;
+    DS_BLAS(openblas_set_num_threads)(apply);
+    g_applied = apply;
+    g_hold_until = g_hold_ns = g_last_probe = 0;
+#else
+    (void)all;
+#endif
+}
+}  // namespace
+
+int blas_threads_in_use() {
 #if defined(DEADSPEC_BLAS_PREFIX)
     return DS_BLAS(openblas_get_num_threads)();
 #else
@@ -150,18 +325,23 @@ int blas_num_threads() {
 #endif
 }
 
+bool blas_threads_auto() {
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    return g_user_threads == 0;
+}
+
 void blas_set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument(concat("deadspec.set_num_threads: n must be >= 1, got ", n));
-#if defined(DEADSPEC_BLAS_PREFIX)
-    DS_BLAS(openblas_set_num_threads)(n);
-#endif
+    set_threads_mode(n);
 }
+
+void blas_set_threads_auto() { set_threads_mode(0); }
 
 const char* lapack_backend_name() {
 #if defined(DEADSPEC_BLAS_PREFIX)
-    return "lapack-syevd (scipy-openblas32); eigen for n <= 256";
+    return "lapack-syevd (scipy-openblas32); eigen for n <= 256; syevd_2stage for values, n >= 4096";
 #elif defined(DEADSPEC_SYSTEM_LAPACK)
-    return "lapack-syevd (system); eigen for n <= 256";
+    return "lapack-syevd (system); eigen for n <= 256; syevd_2stage for values, n >= 4096";
 #else
     return "eigen";
 #endif

@@ -12,6 +12,8 @@ std::string eig_backend() { return detail::lapack_backend_name(); }
 std::string blas_info() { return detail::blas_config(); }
 int num_threads() { return detail::blas_num_threads(); }
 void set_num_threads(int n) { detail::blas_set_num_threads(n); }
+void set_num_threads_auto() { detail::blas_set_threads_auto(); }
+int threads_in_use() { return detail::blas_threads_in_use(); }
 
 namespace detail {
 // `work` is column-major and owned: LAPACK reads its lower triangle and overwrites it.

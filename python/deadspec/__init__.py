@@ -31,14 +31,16 @@ from deadspec.ops import (
 __version__: str = _core.__version__
 Error = _core.Error
 
-# DEADSPEC_NUM_THREADS sets the core's BLAS/LAPACK threads at import (default: OpenBLAS's own,
-# one per core). On a shared or small machine 1 is often much faster (README, "Threads").
-if _os.environ.get("DEADSPEC_NUM_THREADS"):
+# DEADSPEC_NUM_THREADS fixes the core's BLAS/LAPACK threads at import ("auto" or unset: the
+# default, one per core while the machine is quiet and 1 while it is oversubscribed; README,
+# "Threads").
+_threads_env = _os.environ.get("DEADSPEC_NUM_THREADS", "").strip().lower()
+if _threads_env not in ("", "auto"):
     try:
-        _core.set_num_threads(int(_os.environ["DEADSPEC_NUM_THREADS"]))
+        _core.set_num_threads(int(_threads_env))
     except ValueError as _exc:
         raise ValueError(
-            f"deadspec: DEADSPEC_NUM_THREADS must be a positive integer, got "
+            f"deadspec: DEADSPEC_NUM_THREADS must be a positive integer or 'auto', got "
             f"{_os.environ['DEADSPEC_NUM_THREADS']!r}"
         ) from _exc
 
@@ -109,21 +111,27 @@ def build_info() -> dict[str, _Any]:
     return dict(_core.build_info())
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: int | str) -> None:
     """Set the thread count of the core's BLAS/LAPACK (OpenBLAS; independent of torch's).
 
-    OpenBLAS threads busy-wait: on a machine shared with other work, 1 thread can be many times
-    faster than one per core.
+    ``n >= 1`` fixes it. ``"auto"`` is the default: every core while the machine is quiet,
+    1 thread while it is oversubscribed (the calling thread waited for a CPU during more than
+    20% of a core call). OpenBLAS's threads busy-wait at a barrier in every step of a solver,
+    so next to other busy processes 2 threads can be 10x slower than 1.
     """
     from deadspec._util import INT32_MAX, check_integer
 
+    if isinstance(n, str) and n.strip().lower() == "auto":
+        _core.set_num_threads_auto()
+        return
     # the core takes a C int (OpenBLAS's own reading of n < 1 is kept)
     n = check_integer("set_num_threads", "n", n, -INT32_MAX - 1, maximum=INT32_MAX)
     _core.set_num_threads(n)
 
 
 def num_threads() -> int:
-    """Thread count of the core's BLAS/LAPACK."""
+    """Thread count of the core's BLAS/LAPACK: the count set, or in auto mode one per core
+    (the most it uses; while the machine is oversubscribed it uses 1)."""
     return _core.num_threads()
 
 

@@ -84,8 +84,14 @@ def eig_backend() -> str:
 def num_threads() -> int:
     """Threads the BLAS/LAPACK backend may use."""
 
+def threads_in_use() -> int:
+    """BLAS/LAPACK threads in use now (in auto mode: the last choice)."""
+
 def set_num_threads(n: int) -> None:
-    """Set the BLAS/LAPACK (OpenBLAS) thread count of the core."""
+    """Fix the BLAS/LAPACK (OpenBLAS) thread count of the core."""
+
+def set_num_threads_auto() -> None:
+    """Return the core's BLAS/LAPACK threads to auto mode (the default)."""
 
 def sym_eig(a: _Capsule, *, vectors: bool = False) -> tuple[_F64, _F64 | None]:
     """Eigenvalues (descending) and optionally eigenvectors (columns) of a symmetric matrix."""

@@ -51,8 +51,12 @@ py::dict to_dict(Spectrum&& s, bool vectors) {
 void bind_spectrum(py::module_& m) {
     m.def("eig_backend", &eig_backend);
     m.def("num_threads", &num_threads, "Threads the BLAS/LAPACK backend may use.");
+    m.def("threads_in_use", &threads_in_use,
+          "BLAS/LAPACK threads in use now (in auto mode: the last choice).");
     m.def("set_num_threads", &set_num_threads, py::arg("n"),
-          "Set the BLAS/LAPACK (OpenBLAS) thread count of the core.");
+          "Fix the BLAS/LAPACK (OpenBLAS) thread count of the core.");
+    m.def("set_num_threads_auto", &set_num_threads_auto,
+          "Return the core's BLAS/LAPACK threads to auto mode (the default).");
 
     m.def(
         "sym_eig",

@@ -25,6 +25,8 @@ SCRIPTS = [
     ("bench_optim.py", []),
     ("bench_ddc_stability.py", []),
     ("bench_dist_read.py", []),  # spawns 1 and 2 gloo ranks on loopback (about 10 s)
+    ("bench_threads.py", []),  # 3 child processes (1 thread, all, default)
+    ("bench_read_scaling.py", ["--png", "{tmp}/scaling.png"]),  # 6 child processes
 ]
 
 
@@ -36,7 +38,8 @@ def test_bench_script_smoke(script: str, extra: list[str], tmp_path: Path) -> No
     out_csv = tmp_path / "out.csv"
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.run(
-        [sys.executable, str(path), "--smoke", "--csv", str(out_csv), *extra],
+        [sys.executable, str(path), "--smoke", "--csv", str(out_csv),
+         *(e.replace("{tmp}", str(tmp_path)) for e in extra)],
         capture_output=True,
         check=False,
         text=True,
@@ -45,9 +48,11 @@ def test_bench_script_smoke(script: str, extra: list[str], tmp_path: Path) -> No
     )
     assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     lines = proc.stdout.splitlines()
-    header = [i for i, ln in enumerate(lines) if ln.startswith("method ")]
+    header = [i for i, ln in enumerate(lines) if ln.startswith(("method ", "case ", "sweep "))]
     assert header, f"{script} printed no table:\n{proc.stdout}"
     i = header[0]
     assert set(lines[i + 1].replace(" ", "")) == {"-"}, f"{script}: no rule under the table header"
     assert lines[i + 2].strip(), f"{script}: the table has no rows"
     assert out_csv.is_file() and out_csv.read_text().count("\n") >= 2, f"{script}: CSV not written"
+    pngs = [e.replace("{tmp}", str(tmp_path)) for e in extra if e.endswith(".png")]
+    assert all(Path(p).stat().st_size > 1000 for p in pngs), f"{script}: plot not written"

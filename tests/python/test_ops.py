@@ -131,6 +131,20 @@ def test_sym_eig_reads_the_lower_triangle():
                                np.linalg.eigvalsh(a.T, UPLO="L")[-1], rtol=1e-12)
 
 
+def test_sym_eig_values_at_two_stage_size(rng):
+    # n >= 4096 eigenvalues-only goes through LAPACK's two-stage reduction (dsyevd_2stage).
+    # A = H D H with H = I - 2 v v^T (a dense matrix with the known spectrum D); half of D is 0.
+    n = 4096
+    d = np.concatenate([np.sort(rng.uniform(0.5, 2.0, n // 2))[::-1], np.zeros(n // 2)])
+    v = rng.standard_normal(n)
+    v /= np.linalg.norm(v)
+    dv = d * v
+    a = np.diag(d) - 2 * np.outer(v, dv) - 2 * np.outer(dv, v) + 4 * (v @ dv) * np.outer(v, v)
+    a[np.triu_indices(n, 1)] = 7.0  # above the diagonal: must be ignored
+    w, _ = deadspec.sym_eig(a)
+    assert np.abs(w - d).max() <= 1e-12 * d[0]
+
+
 def test_fit_slope():
     s = deadspec.fit_slope(np.log([1e-3, 1e-2, 1e-1]), 2 * np.log([1e-3, 1e-2, 1e-1]) + 1)
     assert s.slope == pytest.approx(2.0) and s.r2 == pytest.approx(1.0) and s.n == 3

@@ -27,12 +27,19 @@ std::string eig_backend();
 /// Haswell MAX_THREADS=64"), or "none" when the core runs on Eigen alone.
 std::string blas_info();
 
-/// Threads the BLAS/LAPACK backend may use (OpenBLAS); 1 when the core runs on Eigen alone.
+/// Threads the BLAS/LAPACK backend may use (OpenBLAS): the count set, or in auto mode (the
+/// default) OpenBLAS's own, one per core; 1 when the core runs on Eigen alone.
 int num_threads();
-/// Set the BLAS/LAPACK thread count (OpenBLAS busy-waits: on a loaded machine fewer threads
-/// than cores can be much faster). No effect without a LAPACK backend.
+/// Fix the BLAS/LAPACK thread count (OpenBLAS busy-waits: next to other busy processes, fewer
+/// threads than cores can be many times faster). No effect without a LAPACK backend.
 /// \throws std::invalid_argument if n < 1.
 void set_num_threads(int n);
+/// Return to the default, auto mode: every core while the machine is quiet, 1 thread while the
+/// calling thread waits for a CPU more than 20% of a call (the machine is oversubscribed).
+void set_num_threads_auto();
+/// The BLAS/LAPACK thread count in use now: the count set, or in auto mode the last choice
+/// (all threads, or 1 while the machine is oversubscribed).
+int threads_in_use();
 
 /// Eigendecomposition of a real symmetric matrix (only the lower triangle is read).
 ///

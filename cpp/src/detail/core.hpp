@@ -67,6 +67,8 @@ void symmetrize_from_lower(RowMatrixXd& c);
 
 /// Matrices up to this size are decomposed by Eigen's solver even when LAPACK is available.
 constexpr std::int64_t kEigenSolverMaxDim = 256;
+// From this size on, eigenvalues-only spectra use LAPACK's two-stage tridiagonal reduction.
+constexpr std::int64_t kTwoStageMinDim = 4096;
 
 /// Eigendecomposition of the lower triangle of `a` (column-major, overwritten with the
 /// eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns LAPACK's info.
@@ -81,15 +83,38 @@ void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m,
 
 const char* lapack_backend_name();
 std::string blas_config();
+/// The core's thread count: the user's setting, or OpenBLAS's own (one per core) in auto mode.
 int blas_num_threads();
+/// Fix OpenBLAS's threads (n >= 1).
 void blas_set_num_threads(int n);
+/// Return to auto mode, the default (see blas.cpp, "Threads").
+void blas_set_threads_auto();
+/// OpenBLAS's thread count at this moment (what auto mode chose last).
+int blas_threads_in_use();
+/// True when no count was set (auto mode).
+bool blas_threads_auto();
+/// Scope of one BLAS/LAPACK call of about `flops` work. In auto mode, it sets OpenBLAS's
+/// threads from what earlier calls saw of the machine's contention, and watches this one
+/// (blas.cpp, "Threads").
+class BlasThreads {
+  public:
+    explicit BlasThreads(double flops);
+    ~BlasThreads();
+    BlasThreads(const BlasThreads&) = delete;
+    BlasThreads& operator=(const BlasThreads&) = delete;
+
+  private:
+    int threads_ = 0;  // 0: not watched
+    std::int64_t wall0_ = 0, delay0_ = 0;
+};
 
 /// Threads for `work` units of element-wise work: 1 below `min_work`, else the core's thread
-/// setting (deadspec::num_threads, shared with OpenBLAS), at most `max_parts`.
+/// count in use (shared with OpenBLAS: 1 while auto mode sees the machine oversubscribed), at
+/// most `max_parts`.
 inline int worker_threads(std::int64_t work, std::int64_t min_work, std::int64_t max_parts) {
     if (work < min_work || max_parts < 2) return 1;
     const int hw = std::max(1u, std::thread::hardware_concurrency());
-    const int cap = std::max(1, std::min(hw, num_threads()));
+    const int cap = std::max(1, std::min(hw, threads_in_use()));
     return static_cast<int>(std::min<std::int64_t>(cap, max_parts));
 }
 
