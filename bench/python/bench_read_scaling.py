@@ -6,9 +6,10 @@ Hadamard identity at T = 1, and both spectra). Two sweeps: N ∈ {256, …, 1638
 w ∈ {128, …, 2048} at N = 2048. Every point runs in a fresh child process, which reports the
 read's wall time (best of ``--repeat`` after a warm-up, or one cold run for calls over half the
 ``--budget``), its peak RSS increase (VmHWM) and where the time went: the core's calls timed by
-cProfile (``spectrum``, ``fisher_gram``, ``gram``; the rest is capture: forward, backward, hooks,
-copies). The exponents are least-squares slopes of log time and log memory on log N (log w)
-over the points with N ≥ 1024 (w ≥ 256), where the leading term shows.
+cProfile (``spectrum``, ``fisher_gram``, ``gram``: the activation Gram's accumulation; the rest is
+capture: forward, backward, hooks, copies). The exponents are least-squares slopes of log time
+and log memory on log N (log w) over the points with N ≥ 1024 (w ≥ 256), where the leading term
+shows.
 
     python bench/python/bench_read_scaling.py [--ns 256,...,16384] [--widths 128,...,2048]
         [--png read_scaling.png] [--csv out.csv] [--smoke]
@@ -69,6 +70,7 @@ def _child(n: int, w: int, repeat: int, budget: float) -> dict:
     for (_, _, name), row in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
         if "deadspec._core" in name or "_core." in name:
             key = name.strip("<>").split(" ")[-1].split(".")[-1]
+            key = {"add": "gram", "merge": "gram"}.get(key, key)  # GramAccumulator's calls
             if key in parts:
                 parts[key] += row[3]  # cumulative time of the built-in call
     parts["capture"] = max(first - sum(parts.values()), 0.0)
