@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import csv
 import json
 import pstats
 import subprocess
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", default="read_scaling.png")
     p.add_argument("--csv", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny sweeps, one run")
+    p.add_argument("--plot-csv", default=None,
+                   help="comma-separated CSVs of earlier runs: merge them, fit and plot only")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
@@ -155,10 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     print_env(env)
     sweeps: dict[str, list[dict]] = {"n": [], "w": []}
-    for n in (int(v) for v in args.ns.split(",")):
+    if args.plot_csv:
+        args.ns = args.widths = ""
+        for path in args.plot_csv.split(","):
+            with open(path, newline="") as f:
+                for r in csv.DictReader(f):
+                    sweeps[r["sweep"]].append(
+                        {k: (int(v) if k in ("n", "w") else float(v) if v not in ("", "True",
+                             "False") and k != "dominant" and k != "sweep" else v)
+                         for k, v in r.items() if not k.startswith("env_")})
+        for key in sweeps:
+            sweeps[key].sort(key=lambda r, k=key: r[k])
+    for n in (int(v) for v in args.ns.split(",") if v):
         sweeps["n"].append(_run_point(n, 512 if not args.smoke else 64, args))
         print(f"# N={n}: {sweeps['n'][-1]['best_s']:.3f} s", flush=True)
-    for w in (int(v) for v in args.widths.split(",")):
+    for w in (int(v) for v in args.widths.split(",") if v):
         sweeps["w"].append(_run_point(2048 if not args.smoke else 256, w, args))
         print(f"# w={w}: {sweeps['w'][-1]['best_s']:.3f} s", flush=True)
     rows = [{"sweep": k, **r, "dominant": _dominant(r)} for k in ("n", "w") for r in sweeps[k]]

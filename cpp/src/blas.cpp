@@ -168,7 +168,7 @@ std::string blas_config() {
 // (bench/README.md, "Threads"). The default ("auto") therefore watches the calling thread's run
 // delay (time it was runnable but had no CPU, /proc/thread-self/schedstat) over each call of
 // 20 Mflop or more made with all threads: above 20% of the call's wall time, the machine is
-// oversubscribed and OpenBLAS gets 1 thread for a hold period (1 s, doubling each time all
+// oversubscribed and OpenBLAS gets 1 thread for a hold period (0.1 s, doubling each time all
 // threads are tried again and still contended, at most 64 s); otherwise all of its threads.
 // Only the core's own calls are watched: torch's work in between (its own pool) is not ours
 // to judge. A count set by the user (set_num_threads, DEADSPEC_NUM_THREADS) is never changed.
@@ -255,7 +255,7 @@ bool run_delay_ns(std::int64_t& delay) {
 // What the calling thread's run delay said over one call made with `threads` threads.
 void observe_locked(int threads, std::int64_t t0, std::int64_t d0, std::int64_t t1,
                     std::int64_t d1) {
-    constexpr std::int64_t kFirstHoldNs = 1'000'000'000, kMaxHoldNs = 64'000'000'000;
+    constexpr std::int64_t kFirstHoldNs = 100'000'000, kMaxHoldNs = 64'000'000'000;
     if (threads <= 1) return;  // nothing learnt about more threads: the hold runs out on its own
     // Measured (bench/README.md, "Threads"): 0.00-0.02 of a 2-thread call alone, 0.27-0.64 next
     // to one busy process (when the call ran 5-10x slower than with 1 thread).
