@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 MARK = "@@BENCH-RESULT@@"
+SETTLE_S = 0.3
 
 
 def status_kib(key: str) -> int | None:
@@ -113,6 +114,10 @@ class Bench:
         del run
         run, finalize = build(spec["cfg"])
         how, base = reset_peak() if memory else ("", 0)
+        # The previous method's BLAS threads (numpy's, the core's, torch's) busy-wait for about
+        # 0.1 s after their last call and would compete with this one's first calls: let them
+        # sleep, so that no method pays for the one before it.
+        time.sleep(SETTLE_S)
         res = time_runs(run, spec["repeat"], spec["budget"])
         res["peak_mib"] = peak_mib(how, base) if memory else None
         res["peak_how"] = how
