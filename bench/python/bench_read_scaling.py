@@ -123,6 +123,8 @@ def _plot(path: str, sweeps: dict[str, list[dict]]) -> None:
         t, m = _fit(rows, key)
         other = "w = " + str(rows[0]["w"]) if key == "n" else "N = " + str(rows[0]["n"])
         ax.set_xlabel(f"{label} ({other})")
+        ax.set_xticks(xs, [str(x) for x in xs], rotation=45, fontsize=7)
+        ax.minorticks_off()
         ax.set_title(f"deadspec.read: time ~ {key}^{t:.2f}, memory ~ {key}^{m:.2f}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

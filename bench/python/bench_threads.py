@@ -128,6 +128,8 @@ def _spinners(n: int) -> list[subprocess.Popen]:
 
 def _run_mode(mode: str, load: int, args) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS_", "DEADSPEC_NUM"))}
+    if args.thread_timeout:
+        env["OPENBLAS_THREAD_TIMEOUT"] = str(args.thread_timeout)
     if mode != "default":
         env["DEADSPEC_NUM_THREADS"] = str(os.cpu_count() if mode == "all" else 1)
     cmd = [sys.executable, __file__, "--_child", "--repeat", str(args.repeat)]
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--load", default="0,1", help="other busy processes, comma list (default 0,1)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--thread-timeout", type=int, default=0,
+                   help="OPENBLAS_THREAD_TIMEOUT for the children (2^n cycles of busy-waiting)")
     p.add_argument("--csv", default=None)
     p.add_argument("--smoke", action="store_true", help="small sizes, one run, load 0 only")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)

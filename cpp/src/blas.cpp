@@ -43,7 +43,19 @@ blasint to_blasint(std::int64_t v) {
 }  // namespace
 
 void symmetrize_from_lower(RowMatrixXd& c) {
-    c.triangularView<Eigen::StrictlyUpper>() = c.transpose().triangularView<Eigen::StrictlyUpper>();
+    // By 64×64 tiles: an element-wise transposed copy walks a column of the lower triangle at a
+    // stride of n doubles per element, and at n = 2048 took as long as half the dsyrk before it.
+    constexpr std::int64_t kTile = 64;
+    const std::int64_t n = c.rows();
+    double* p = c.data();
+    for (std::int64_t ib = 0; ib < n; ib += kTile) {
+        const std::int64_t ie = std::min(n, ib + kTile);
+        for (std::int64_t jb = ib; jb < n; jb += kTile) {
+            const std::int64_t je = std::min(n, jb + kTile);
+            for (std::int64_t i = ib; i < ie; ++i)
+                for (std::int64_t j = std::max(jb, i + 1); j < je; ++j) p[i * n + j] = p[j * n + i];
+        }
+    }
 }
 
 void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols, double alpha,
@@ -61,14 +73,34 @@ void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols,
 }
 
 RowMatrixXd gram_rows(const double* x, std::int64_t rows, std::int64_t cols, double alpha) {
-    RowMatrixXd c = RowMatrixXd::Zero(rows, rows);
+    RowMatrixXd c(rows, rows);
+#ifdef DEADSPEC_HAVE_LAPACK
+    if (rows > 0) {
+        if (cols == 0) {
+            c.setZero();
+            return c;
+        }
+        BlasThreads threads(static_cast<double>(rows) * rows * cols);
+        // beta = 0: the lower triangle is written, not read, so c needs no zeroing pass
+        DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
+                             to_blasint(cols), alpha, x, to_blasint(cols), 0.0, c.data(),
+                             to_blasint(rows));
+    }
+#else
+    c.setZero();
     syrk_rows_accumulate(x, rows, cols, alpha, c);
+#endif
     symmetrize_from_lower(c);
     return c;
 }
 
 RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, double alpha) {
-    RowMatrixXd c = RowMatrixXd::Zero(cols, cols);
+    RowMatrixXd c(cols, cols);
+#ifdef DEADSPEC_HAVE_LAPACK
+    if (rows == 0) c.setZero();  // else beta = 0 below: the lower triangle is written, not read
+#else
+    c.setZero();
+#endif
     if (rows > 0 && cols > 0) {
 #ifdef DEADSPEC_HAVE_LAPACK
         BlasThreads threads(static_cast<double>(rows) * cols * cols);
@@ -124,9 +156,20 @@ int syevd_eigen(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
 }
 }  // namespace
 
-int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
+bool syevd_takes_upper(std::int64_t n) {
+#ifdef DEADSPEC_HAVE_LAPACK
+    return n > kEigenSolverMaxDim;
+#else
+    (void)n;
+    return false;
+#endif
+}
+
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors, bool upper) {
     const auto n = a.rows();
     w.resize(n);
+    if (upper && !syevd_takes_upper(n))
+        throw std::logic_error("deadspec: syevd was asked for the upper triangle on Eigen's path");
 #ifdef DEADSPEC_HAVE_LAPACK
     // Small problems go to Eigen's single-threaded solver: it is as fast as one LAPACK thread up
     // to n = 256 (bench/README.md), and it never wakes OpenBLAS's thread pool, whose
@@ -140,8 +183,8 @@ int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
     BlasThreads threads(4.0 / 3.0 * static_cast<double>(n) * n * n * (vectors ? 3 : 1));
     const bool two_stage = !vectors && n >= kTwoStageMinDim;
     const auto driver = two_stage ? DS_BLAS(LAPACKE_dsyevd_2stage) : DS_BLAS(LAPACKE_dsyevd);
-    const auto info = driver(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L', to_blasint(n), a.data(),
-                             to_blasint(n), w.data());
+    const auto info = driver(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', upper ? 'U' : 'L',
+                             to_blasint(n), a.data(), to_blasint(n), w.data());
     if (info < 0)
         throw Error(concat("deadspec: LAPACKE_dsyevd", two_stage ? "_2stage" : "",
                             " rejected argument ", -info));

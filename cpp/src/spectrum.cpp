@@ -86,12 +86,11 @@ Spectrum spectrum(const TensorView& g, const SpectrumOptions& opts) {
     const auto h = detail::host_matrix(g, 1, fn, "g");
     const auto map = h.map();
     const double scale = map.cwiseAbs().maxCoeff();
-    // |g − gᵀ| halved (exact) so that entries near ±max do not overflow the difference
-    const double asym = 2.0 * (0.5 * map - 0.5 * map.transpose()).cwiseAbs().maxCoeff();
+    const double asym = detail::max_asymmetry(h.data(), h.rows());
     const double tol = g.dtype == DType::Float32 ? 1e-3 : 1e-6;
     DEADSPEC_CHECK_ARG(asym <= tol * scale, fn, ": g must be symmetric, got max |g - gᵀ| = ",
                        asym, " against max |g| = ", scale);
-    const SymEigResult eig = detail::sym_eig_owned(map, opts.vectors, fn);
+    const SymEigResult eig = detail::sym_eig_rowmajor(h.data(), h.rows(), opts.vectors, fn);
     if (eig.status != EigStatus::Success)
         throw Error("deadspec.spectrum: the eigensolver did not converge");
     SpectrumOptions o = opts;

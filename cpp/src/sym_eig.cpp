@@ -2,6 +2,8 @@
 // Symmetric eigendecomposition through LAPACK ?syevd (or Eigen), descending order.
 #include "deadspec/sym_eig.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "detail/core.hpp"
@@ -17,10 +19,10 @@ int threads_in_use() { return detail::blas_threads_in_use(); }
 
 namespace detail {
 // `work` is column-major and owned: LAPACK reads its lower triangle and overwrites it.
-SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn) {
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn, bool upper) {
     Eigen::VectorXd w;
     SymEigResult out;
-    const int info = detail::syevd(work, w, vectors);
+    const int info = detail::syevd(work, w, vectors, upper);
     if (info > 0) out.status = EigStatus::NotConverged;
     // The solvers scale the matrix into range internally; an infinite eigenvalue here is one
     // whose magnitude exceeds float64 (a finite matrix can have one: [[M, M], [M, M]] with
@@ -31,6 +33,28 @@ SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn) {
     out.values = w.reverse();
     if (vectors) out.vectors = work.rowwise().reverse();
     return out;
+}
+
+SymEigResult sym_eig_rowmajor(const double* a, std::int64_t n, bool vectors, const char* fn) {
+    if (!syevd_takes_upper(n))
+        return sym_eig_owned(Eigen::Map<const RowMatrixXd>(a, n, n), vectors, fn);
+    return sym_eig_owned(Eigen::Map<const Eigen::MatrixXd>(a, n, n), vectors, fn, true);
+}
+
+double max_asymmetry(const double* a, std::int64_t n) {
+    constexpr std::int64_t kTile = 64;
+    double worst = 0.0;
+    for (std::int64_t ib = 0; ib < n; ib += kTile) {
+        const std::int64_t ie = std::min(n, ib + kTile);
+        for (std::int64_t jb = 0; jb <= ib; jb += kTile) {
+            const std::int64_t je = std::min(n, jb + kTile);
+            for (std::int64_t i = ib; i < ie; ++i)
+                for (std::int64_t j = jb; j < std::min(je, i); ++j)
+                    // halved (exact) so that entries near ±max do not overflow the difference
+                    worst = std::max(worst, std::abs(0.5 * a[i * n + j] - 0.5 * a[j * n + i]));
+        }
+    }
+    return 2.0 * worst;
 }
 }  // namespace detail
 
@@ -50,7 +74,7 @@ SymEigResult sym_eig(const TensorView& a, bool vectors) {
     const auto h = detail::host_matrix(a, 1, fn, "a");
     // The row-major data is copied into column-major storage (one copy, which LAPACK needs
     // anyway since it overwrites its input), so the lower triangle of `a` is what is read.
-    return detail::sym_eig_owned(h.map(), vectors, fn);
+    return detail::sym_eig_rowmajor(h.data(), h.rows(), vectors, fn);
 }
 
 }  // namespace deadspec

@@ -131,6 +131,28 @@ def test_sym_eig_reads_the_lower_triangle():
                                np.linalg.eigvalsh(a.T, UPLO="L")[-1], rtol=1e-12)
 
 
+@pytest.mark.parametrize("n", [300, 520])
+def test_sym_eig_lapack_path_reads_the_lower_triangle(rng, n):
+    # above 256 LAPACK solves, reading the row-major input's bytes as its transpose's upper
+    # triangle: the same lower triangle of `a`, values and vectors, for numpy and torch inputs
+    x = rng.standard_normal((n, n))
+    sym = x + x.T
+    a = np.tril(sym) + np.triu(np.full((n, n), 1e3), 1)  # garbage above the diagonal
+    ref = np.linalg.eigvalsh(sym)[::-1]
+    for inp in (a, torch.from_numpy(a)):
+        w, v = deadspec.sym_eig(inp, vectors=True)
+        np.testing.assert_allclose(w, ref, rtol=1e-12, atol=1e-12 * abs(ref).max())
+        assert np.abs(sym @ v - v * w).max() <= 1e-11 * abs(ref).max()
+    psd = x @ x.T / n  # a Gram, as spectrum expects
+    s = deadspec.spectrum(psd)
+    ref = np.linalg.eigvalsh(psd)[::-1]
+    np.testing.assert_allclose(np.sort(s.eigenvalues)[::-1], ref, rtol=1e-12, atol=1e-12 * ref[0])
+    bad = psd.copy()
+    bad[n - 43, 70] += 1.0  # one pair off symmetry, away from the tiles' edges and diagonal
+    with pytest.raises(ValueError, match=r"must be symmetric, got max \|g - gᵀ\| = 1"):
+        deadspec.spectrum(bad)
+
+
 def test_sym_eig_values_at_two_stage_size(rng):
     # n >= 4096 eigenvalues-only goes through LAPACK's two-stage reduction (dsyevd_2stage).
     # A = H D H with H = I - 2 v v^T (a dense matrix with the known spectrum D); half of D is 0.
