@@ -156,20 +156,9 @@ int syevd_eigen(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
 }
 }  // namespace
 
-bool syevd_takes_upper(std::int64_t n) {
-#ifdef DEADSPEC_HAVE_LAPACK
-    return n > kEigenSolverMaxDim;
-#else
-    (void)n;
-    return false;
-#endif
-}
-
-int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors, bool upper) {
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
     const auto n = a.rows();
     w.resize(n);
-    if (upper && !syevd_takes_upper(n))
-        throw std::logic_error("deadspec: syevd was asked for the upper triangle on Eigen's path");
 #ifdef DEADSPEC_HAVE_LAPACK
     // Small problems go to Eigen's single-threaded solver: it is as fast as one LAPACK thread up
     // to n = 256 (bench/README.md), and it never wakes OpenBLAS's thread pool, whose
@@ -183,8 +172,8 @@ int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors, bool upper) {
     BlasThreads threads(4.0 / 3.0 * static_cast<double>(n) * n * n * (vectors ? 3 : 1));
     const bool two_stage = !vectors && n >= kTwoStageMinDim;
     const auto driver = two_stage ? DS_BLAS(LAPACKE_dsyevd_2stage) : DS_BLAS(LAPACKE_dsyevd);
-    const auto info = driver(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', upper ? 'U' : 'L',
-                             to_blasint(n), a.data(), to_blasint(n), w.data());
+    const auto info = driver(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L', to_blasint(n), a.data(),
+                             to_blasint(n), w.data());
     if (info < 0)
         throw Error(concat("deadspec: LAPACKE_dsyevd", two_stage ? "_2stage" : "",
                             " rejected argument ", -info));

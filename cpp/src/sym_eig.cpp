@@ -19,10 +19,10 @@ int threads_in_use() { return detail::blas_threads_in_use(); }
 
 namespace detail {
 // `work` is column-major and owned: LAPACK reads its lower triangle and overwrites it.
-SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn, bool upper) {
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn) {
     Eigen::VectorXd w;
     SymEigResult out;
-    const int info = detail::syevd(work, w, vectors, upper);
+    const int info = detail::syevd(work, w, vectors);
     if (info > 0) out.status = EigStatus::NotConverged;
     // The solvers scale the matrix into range internally; an infinite eigenvalue here is one
     // whose magnitude exceeds float64 (a finite matrix can have one: [[M, M], [M, M]] with
@@ -36,9 +36,17 @@ SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn, b
 }
 
 SymEigResult sym_eig_rowmajor(const double* a, std::int64_t n, bool vectors, const char* fn) {
-    if (!syevd_takes_upper(n))
-        return sym_eig_owned(Eigen::Map<const RowMatrixXd>(a, n, n), vectors, fn);
-    return sym_eig_owned(Eigen::Map<const Eigen::MatrixXd>(a, n, n), vectors, fn, true);
+    // work(i, j) = a(i, j) in column-major storage, by 64×64 tiles: the element-wise copy
+    // Eigen does for a row-major source reads a column of `a` at a stride of n doubles.
+    constexpr std::int64_t kTile = 64;
+    Eigen::MatrixXd work(n, n);
+    double* w = work.data();
+    for (std::int64_t ib = 0; ib < n; ib += kTile)
+        for (std::int64_t jb = 0; jb < n; jb += kTile)
+            for (std::int64_t i = ib; i < std::min(n, ib + kTile); ++i)
+                for (std::int64_t j = jb; j < std::min(n, jb + kTile); ++j)
+                    w[j * n + i] = a[i * n + j];
+    return sym_eig_owned(std::move(work), vectors, fn);
 }
 
 double max_asymmetry(const double* a, std::int64_t n) {

@@ -11,7 +11,7 @@ import os as _os
 from importlib import import_module as _import_module
 from typing import Any as _Any
 
-from deadspec import _core
+from deadspec._loader import core as _core
 from deadspec.ops import (
     GramAccumulator,
     Slope,

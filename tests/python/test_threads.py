@@ -21,7 +21,8 @@ def restore_threads():
 
 
 def _run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k != "DEADSPEC_NUM_THREADS"}
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("DEADSPEC_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")}
     full.update(env or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=full, timeout=120, check=False)
@@ -88,3 +89,9 @@ def test_auto_drops_to_one_thread_next_to_busy_processes():
     fixed = _run(CONTENDED.format(setup="deadspec.set_num_threads(2)", spinners=spinners))
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.split() == ["2", "2"]
+
+
+def test_loading_leaves_the_environment_as_found():
+    code = "import os, deadspec; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT', '-'))"
+    assert _run(code).stdout.strip() == "-"
+    assert _run(code, {"OPENBLAS_THREAD_TIMEOUT": "25"}).stdout.strip() == "25"

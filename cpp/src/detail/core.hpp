@@ -70,19 +70,13 @@ constexpr std::int64_t kEigenSolverMaxDim = 256;
 // From this size on, eigenvalues-only spectra use LAPACK's two-stage tridiagonal reduction.
 constexpr std::int64_t kTwoStageMinDim = 4096;
 
-/// Eigendecomposition of the lower (or, where syevd_takes_upper(n), upper) triangle of `a`
-/// (column-major, overwritten with the eigenvectors when `vectors`). Ascending eigenvalues in
-/// `w`. Returns LAPACK's info.
-int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors, bool upper = false);
-/// Whether syevd can read the upper triangle at size n (LAPACK's path; Eigen reads the lower).
-bool syevd_takes_upper(std::int64_t n);
-/// Descending eigendecomposition of an owned column-major matrix (lower triangle read, or the
-/// upper one with `upper`). \throws std::overflow_error naming `fn` if an eigenvalue's
-/// magnitude exceeds float64.
-SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn, bool upper = false);
-/// Descending eigendecomposition of the symmetric matrix whose lower triangle is that of the
-/// row-major n×n `a`. Where LAPACK solves, the bytes are copied as they are (read column-major
-/// they are aᵀ, whose upper triangle LAPACK reads) instead of transposed element by element.
+/// Eigendecomposition of the lower triangle of `a` (column-major, overwritten with the
+/// eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns LAPACK's info.
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors);
+/// Descending eigendecomposition of an owned column-major matrix (lower triangle read).
+/// \throws std::overflow_error naming `fn` if an eigenvalue's magnitude exceeds float64.
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn);
+/// sym_eig_owned of a row-major n×n `a`, copied to column-major storage by cache-sized tiles.
 SymEigResult sym_eig_rowmajor(const double* a, std::int64_t n, bool vectors, const char* fn);
 /// max over i > j of |a_ij − a_ji| for a row-major n×n `a`, by cache-sized tiles.
 double max_asymmetry(const double* a, std::int64_t n);
