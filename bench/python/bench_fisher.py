@@ -111,7 +111,7 @@ def small_config(cfg: dict) -> dict:
 BENCH = Bench(__file__, CASES, small_config)
 
 
-def _check_same_k(k_ds: np.ndarray, k_ref: np.ndarray, dtype: str, label: str) -> float:
+def check_same_k(k_ds: np.ndarray, k_ref: np.ndarray, dtype: str, label: str) -> float:
     scale = float(np.abs(k_ref).max())
     err = float(np.abs(k_ds - k_ref).max()) / scale
     tol = 1e-4 if dtype == "float32" else 1e-10
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 "chunk_size": args.chunk_size,
             }
             res = {m: BENCH.measure(m, cfg, args) for m in (BASELINE, "deadspec")}
-            err = _check_same_k(
+            err = check_same_k(
                 res["deadspec"]["arrays"]["k"],
                 res[BASELINE]["arrays"]["k"],
                 args.dtype,
