@@ -14,6 +14,11 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "detail/blas3.hpp"
 #include "detail/core.hpp"
 
@@ -22,6 +27,37 @@ namespace deadspec {
 namespace {
 
 constexpr std::int64_t kMiB = std::int64_t(1) << 20;
+
+// Ask for transparent huge pages on a large buffer before its first touch. Fresh 4 KiB pages cost
+// about 1 µs each to fault in on the reference VM (16 MiB of scratch: ~4 ms, a quarter of a
+// 256×64×128 Fisher-Gram); with MADV_HUGEPAGE one fault maps 2 MiB.
+void advise_huge(void* p, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes < (std::size_t(4) << 20)) return;
+    const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+    const auto lo = (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page;
+    const auto hi = (reinterpret_cast<std::uintptr_t>(p) + bytes) / page * page;
+    if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
+// Uninitialised float64 scratch (written before it is read), huge-page backed when large.
+std::unique_ptr<double[]> scratch(std::int64_t len) {
+    std::unique_ptr<double[]> p(new double[static_cast<std::size_t>(std::max<std::int64_t>(len, 1))]);
+    advise_huge(p.get(), static_cast<std::size_t>(len) * sizeof(double));
+    return p;
+}
+
+// An n×n result, huge-page backed when large; zero-filled on request.
+RowMatrixXd result_matrix(std::int64_t n, bool zero) {
+    RowMatrixXd k(n, n);
+    advise_huge(k.data(), static_cast<std::size_t>(n * n) * sizeof(double));
+    if (zero) k.setZero();
+    return k;
+}
 
 // Relative costs of the routes' parts on the reference machine, in units of one multiply-add at
 // the full dgemm rate (bench/README.md "Sequence Fisher-Gram grid" has the measurements).
@@ -87,7 +123,7 @@ public:
               std::int64_t c0, std::int64_t c1, double* out) const {
         const std::int64_t w = c1 - c0, nt = t1 - t0;
         const std::int64_t work = (i1 - i0) * nt * w;
-        const int threads = detail::worker_threads(work, std::int64_t(1) << 17, i1 - i0);
+        const int threads = detail::worker_threads(work, std::int64_t(1) << 20, i1 - i0);
         detail::parallel_rows(i1 - i0, threads, [&](std::int64_t r0, std::int64_t r1) {
             double* o = out + r0 * nt * w;
             if (m_v.dtype == DType::Float64)
@@ -152,28 +188,28 @@ public:
         if (x.direct()) {
             x.check_finite();
         } else if (n * t * d * 8 <= budget) {
-            m_held.resize(static_cast<std::size_t>(n * t * d));
-            x.copy(0, n, 0, t, 0, d, m_held.data());
+            m_held = scratch(n * t * d);
+            x.copy(0, n, 0, t, 0, d, m_held.get());
         } else {
-            for (auto& s : m_slot) s.resize(static_cast<std::size_t>(n * d));
+            for (auto& s : m_slot) s = scratch(n * d);
         }
     }
     /// Pointer and leading dimension of position t's N×d panel (slot 0 or 1 when converted).
     std::pair<const double*, std::int64_t> get(std::int64_t t, int slot) {
         const std::int64_t n = m_x.n(), d = m_x.d();
         if (m_x.direct()) return {m_x.data() + t * m_x.s1(), m_x.s0()};
-        if (!m_held.empty()) return {m_held.data() + t * d, m_x.t() * d};
+        if (m_held) return {m_held.get() + t * d, m_x.t() * d};
         if (m_loaded[0] == t) slot = 0;  // the pair (t, t): both panels are the same
         auto& s = m_slot[slot];
-        if (m_loaded[slot] != t) m_x.copy(0, n, t, t + 1, 0, d, s.data());
+        if (m_loaded[slot] != t) m_x.copy(0, n, t, t + 1, 0, d, s.get());
         m_loaded[slot] = t;
-        return {s.data(), d};
+        return {s.get(), d};
     }
 
 private:
     const SeqInput& m_x;
-    std::vector<double> m_held;
-    std::vector<double> m_slot[2];
+    std::unique_ptr<double[]> m_held;
+    std::unique_ptr<double[]> m_slot[2];
     std::int64_t m_loaded[2] = {-1, -1};
 };
 
@@ -254,14 +290,13 @@ RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int6
     const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
     PositionPanels pa(a, budget / 2), pd(d, budget / 2);
     // T = 1: one symmetric pair, written straight into K's lower triangle; else K = F + Fᵀ.
-    RowMatrixXd f = t == 1 ? RowMatrixXd(n, n) : RowMatrixXd::Zero(n, n);
+    RowMatrixXd f = result_matrix(n, t > 1);
     // Row blocks of the pair Grams: two rb×N float64 blocks stay in a core's L2; their rows are
     // padded off a power-of-two stride.
     const std::int64_t rb =
         std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 17) / n, 64, 256));
     const std::int64_t ldg = n + 8;
-    const std::unique_ptr<double[]> ga(new double[static_cast<std::size_t>(rb * ldg)]);
-    const std::unique_ptr<double[]> gd(new double[static_cast<std::size_t>(rb * ldg)]);
+    const auto ga = scratch(rb * ldg), gd = scratch(rb * ldg);
     const double beta = bias ? 1.0 : 0.0;
     for (std::int64_t tt = 0; tt < t; ++tt) {
         const auto at = pa.get(tt, 0), dt = pd.get(tt, 0);
@@ -282,10 +317,13 @@ struct Tiles {
 };
 Tiles materialize_tiles(const SeqInput& a, const SeqInput& d, std::int64_t budget) {
     const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
-    const std::int64_t half = std::max<std::int64_t>(budget / 2, 1);
+    // Γ tiles of at most 8 MiB stay in L3 between their formation and their Gram (measured
+    // faster than larger tiles); the D slab takes the rest of the budget.
+    const std::int64_t tile = std::max<std::int64_t>(std::min(budget / 2, 8 * kMiB), 1);
+    const std::int64_t slab = std::max<std::int64_t>(budget - tile, 1);
     std::int64_t q = dout;
-    if (!d.direct()) q = std::clamp<std::int64_t>(half / (n * t * 8), 1, dout);
-    const std::int64_t r = std::clamp<std::int64_t>(half / (n * q * 8), 1, di);
+    if (!d.direct()) q = std::clamp<std::int64_t>(slab / (n * t * 8), 1, dout);
+    const std::int64_t r = std::clamp<std::int64_t>(tile / (n * q * 8), 1, di);
     return {q, r};
 }
 
@@ -297,13 +335,11 @@ RowMatrixXd materialize(const SeqInput& a, const SeqInput& d, bool bias, std::in
     // A is converted per sample block (about 1 MiB) right before its batched product.
     const std::int64_t nb =
         a.direct() ? n : std::clamp<std::int64_t>(kMiB / (t * tl.r * 8), 1, n);
-    // Scratch is written before it is read: no zero-fill (its pages are touched by the writes).
-    const auto scratch = [](std::int64_t len) { return std::unique_ptr<double[]>(new double[static_cast<std::size_t>(len)]); };
     const auto dslab = scratch(d.direct() ? 1 : n * t * tl.q);
     const auto ablk = scratch(a.direct() ? 1 : nb * t * tl.r);
     const auto gamma = scratch(n * tl.r * tl.q);
     std::vector<double> sums(bias ? static_cast<std::size_t>(n * dout) : 0);
-    RowMatrixXd k(n, n);  // lower triangle written by the first Gram (beta = 0), then accumulated
+    RowMatrixXd k = result_matrix(n, false);  // lower half: the first Gram writes (beta = 0)
     double beta = 0.0;
     for (std::int64_t q0 = 0; q0 < dout; q0 += tl.q) {
         const std::int64_t q = std::min(tl.q, dout - q0);
