@@ -20,7 +20,7 @@ struct FisherGramOptions {
     bool bias = false;
     FisherRoute route = FisherRoute::Auto;
     /// Upper bound on the scratch memory (float64 copies of input blocks, tiles of Γ), in bytes,
-    /// beyond the N×N result. At the default the core takes 1/16 of a float64 Γ (N·d_in·d_out·8),
+    /// beyond the N×N result. At the default the core takes 1/8 of a float64 Γ (N·d_in·d_out·8),
     /// between 32 MiB and this value.
     std::int64_t chunk_bytes = std::int64_t(256) << 20;
 };
