@@ -31,7 +31,7 @@ from _harness import Bench, environment, parser, print_env, print_table, summary
 D_IN = D_OUT = 512
 
 
-def _inputs(cfg: dict):
+def make_inputs(cfg: dict):
     import torch
 
     dtype = getattr(torch, cfg["dtype"])
@@ -54,7 +54,7 @@ def _case_deadspec(cfg: dict):
 
     import deadspec
 
-    lin, a, y = _inputs(cfg)
+    lin, a, y = make_inputs(cfg)
 
     def run():
         t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def _case_torch_func(cfg: dict):
     import torch
     from torch.func import functional_call, grad, vmap
 
-    lin, a, y = _inputs(cfg)
+    lin, a, y = make_inputs(cfg)
     params = {k: v.detach() for k, v in lin.named_parameters()}
     n = cfg["n"]
 
