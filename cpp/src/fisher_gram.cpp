@@ -105,7 +105,7 @@ class SeqInput {
 public:
     SeqInput(const TensorView& v, std::int64_t t, const char* fn, const char* arg)
         : m_v(v), m_fn(fn), m_arg(arg), m_n(v.shape[0]), m_t(t), m_d(v.shape.back()),
-          m_s0(v.stride(0)), m_s1(v.ndim() == 3 ? v.stride(1) : 0),
+          m_s0(v.stride(0)), m_s1(v.ndim() == 3 && t > 1 ? v.stride(1) : m_d),
           m_s2(v.stride(v.ndim() - 1)) {}
 
     std::int64_t n() const { return m_n; }
@@ -113,7 +113,10 @@ public:
     std::int64_t d() const { return m_d; }
     std::int64_t s0() const { return m_s0; }
     std::int64_t s1() const { return m_s1; }
-    bool direct() const { return m_v.dtype == DType::Float64 && m_s2 == 1; }
+    // In place only where the strides are valid BLAS leading dimensions (rows of d apart at least).
+    bool direct() const {
+        return m_v.dtype == DType::Float64 && m_s2 == 1 && m_s0 >= m_d && m_s1 >= m_d;
+    }
     const double* data() const { return static_cast<const double*>(m_v.data); }
 
     /// Samples [i0, i1), positions [t0, t1), columns [c0, c1) as float64 rows ((i − i0)·(t1 − t0)

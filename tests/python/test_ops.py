@@ -65,7 +65,7 @@ def test_fisher_gram_matches_materialised_gradients(rng, route, bias):
     )
     a2, d2 = a[:, 0], d[:, 0]
     g2 = _per_sample_grads(a2, d2)
-    np.testing.assert_allclose(deadspec.fisher_gram(a2, d2), g2 @ g2.T / 9, rtol=1e-10)
+    np.testing.assert_allclose(deadspec.fisher_gram(a2, d2, route=route), g2 @ g2.T / 9, rtol=1e-10)
     np.testing.assert_allclose(deadspec.fisher_gram_from_grads(g2), g2 @ g2.T / 9, rtol=1e-12)
 
 
