@@ -31,7 +31,7 @@ from _harness import Bench, environment, parser, print_env, print_table, summary
 D_IN = D_OUT = 512
 
 
-def _inputs(cfg: dict):
+def make_inputs(cfg: dict):
     import torch
 
     dtype = getattr(torch, cfg["dtype"])
@@ -54,7 +54,7 @@ def _case_deadspec(cfg: dict):
 
     import deadspec
 
-    lin, a, y = _inputs(cfg)
+    lin, a, y = make_inputs(cfg)
 
     def run():
         t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def _case_torch_func(cfg: dict):
     import torch
     from torch.func import functional_call, grad, vmap
 
-    lin, a, y = _inputs(cfg)
+    lin, a, y = make_inputs(cfg)
     params = {k: v.detach() for k, v in lin.named_parameters()}
     n = cfg["n"]
 
@@ -111,7 +111,7 @@ def small_config(cfg: dict) -> dict:
 BENCH = Bench(__file__, CASES, small_config)
 
 
-def _check_same_k(k_ds: np.ndarray, k_ref: np.ndarray, dtype: str, label: str) -> float:
+def check_same_k(k_ds: np.ndarray, k_ref: np.ndarray, dtype: str, label: str) -> float:
     scale = float(np.abs(k_ref).max())
     err = float(np.abs(k_ds - k_ref).max()) / scale
     tol = 1e-4 if dtype == "float32" else 1e-10
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 "chunk_size": args.chunk_size,
             }
             res = {m: BENCH.measure(m, cfg, args) for m in (BASELINE, "deadspec")}
-            err = _check_same_k(
+            err = check_same_k(
                 res["deadspec"]["arrays"]["k"],
                 res[BASELINE]["arrays"]["k"],
                 args.dtype,

@@ -11,22 +11,8 @@
 
 #include <Eigen/Eigenvalues>
 
-#include "deadspec/config.hpp"
+#include "detail/blas_names.hpp"
 #include "detail/core.hpp"
-
-#if defined(DEADSPEC_BLAS_PREFIX) || defined(DEADSPEC_SYSTEM_LAPACK)
-#define DEADSPEC_HAVE_LAPACK 1
-#include <cblas.h>
-#include <lapacke.h>
-#endif
-
-#if defined(DEADSPEC_BLAS_PREFIX)
-#define DEADSPEC_CAT2(a, b) a##b
-#define DEADSPEC_CAT(a, b) DEADSPEC_CAT2(a, b)
-#define DS_BLAS(name) DEADSPEC_CAT(DEADSPEC_BLAS_PREFIX, name)
-#else
-#define DS_BLAS(name) name
-#endif
 
 namespace deadspec::detail {
 

@@ -177,8 +177,9 @@ def fisher_gram(acts: Any, grads: Any, *, bias: bool = False, route: str = "auto
     bias : bool
         Include the bias block (Σ_t δ_it)·(Σ_s δ_js)/N.
     route : {"auto", "block-sum", "materialize"}
-        For sequences: the block sums of two NT×NT Grams, or per-sample gradients formed in
-        column chunks; ``"auto"`` takes the one with fewer operations (see :func:`fisher_route`).
+        For sequences: block sums over position pairs of two NT×NT Grams, or per-sample
+        gradients formed tile by tile (both exact, float64 accumulation); ``"auto"`` takes the
+        one with the lower estimated time (see :func:`fisher_route`, docs/theory.md §2.5).
 
     Returns
     -------

@@ -2,6 +2,10 @@
 // Tests of the Fisher-Gram against per-sample gradients formed explicitly.
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <utility>
+#include <vector>
+
 #include "deadspec/deadspec.hpp"
 #include "test_util.hpp"
 
@@ -52,6 +56,72 @@ TEST(FisherGram, SequenceRoutesAgreeWithBruteForce) {
             auto ref = brute_force(a, d, n, t, bias);
             EXPECT_LT((k - ref).cwiseAbs().maxCoeff(), 1e-11 * ref.cwiseAbs().maxCoeff())
                 << "route=" << int(route) << " bias=" << bias;
+        }
+    }
+}
+
+// Every route, with every storage the core reads differently (float64 in place, float32
+// converted, strided float32 and float64 views), at the default scratch budget and at budgets
+// that force per-position panels and one-column tiles, equals the float64 reference to 1e-12.
+TEST(FisherGram, RoutesAgreeAcrossStoragesAndBudgets) {
+    const Eigen::Index n = 11, t = 5, di = 6, dout = 4, pad = 3;
+    // Values exactly representable in float32, so the float32 views hold the same numbers.
+    RowMatrixXd a = dtest::make_data(n * t, di, 21), d = dtest::make_data(n * t, dout, 22);
+    for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = double(float(a.data()[i]));
+    for (Eigen::Index i = 0; i < d.size(); ++i) d.data()[i] = double(float(d.data()[i]));
+    std::vector<float> af(a.data(), a.data() + a.size()), df(d.data(), d.data() + d.size());
+    // Padded rows (stride di + pad along T) and a column-major layout (stride along d != 1).
+    std::vector<double> ap(static_cast<std::size_t>(n * t * (di + pad)));
+    std::vector<float> dcol(static_cast<std::size_t>(n * t * dout));
+    for (Eigen::Index r = 0; r < n * t; ++r) {
+        for (Eigen::Index c = 0; c < di; ++c) ap[static_cast<std::size_t>(r * (di + pad) + c)] = a(r, c);
+        for (Eigen::Index c = 0; c < dout; ++c)
+            dcol[static_cast<std::size_t>(c * n * t + r)] = static_cast<float>(d(r, c));
+    }
+    TensorView a_pad = TensorView::cpu(ap.data(), {n, t, di});
+    a_pad.strides = {t * (di + pad), di + pad, 1};
+    TensorView d_col = TensorView::cpu(dcol.data(), {n, t, dout});
+    d_col.strides = {t, 1, n * t};
+    const std::vector<std::pair<TensorView, TensorView>> views = {
+        {TensorView::cpu(a.data(), {n, t, di}), TensorView::cpu(d.data(), {n, t, dout})},
+        {TensorView::cpu(af.data(), {n, t, di}), TensorView::cpu(df.data(), {n, t, dout})},
+        {a_pad, d_col},
+        {TensorView::cpu(af.data(), {n, t, di}), TensorView::cpu(d.data(), {n, t, dout})},
+    };
+    for (bool bias : {false, true}) {
+        const RowMatrixXd ref = brute_force(a, d, n, t, bias);
+        const double tol = 1e-12 * ref.cwiseAbs().maxCoeff();
+        for (std::size_t v = 0; v < views.size(); ++v)
+            for (auto route : {FisherRoute::Auto, FisherRoute::BlockSum, FisherRoute::Materialize})
+                for (std::int64_t budget : {std::int64_t(8), std::int64_t(2000),
+                                            FisherGramOptions{}.chunk_bytes}) {
+                    FisherGramOptions o;
+                    o.bias = bias;
+                    o.route = route;
+                    o.chunk_bytes = budget;
+                    const auto k = fisher_gram(views[v].first, views[v].second, o);
+                    EXPECT_LT((k - ref).cwiseAbs().maxCoeff(), tol)
+                        << "view=" << v << " route=" << int(route) << " budget=" << budget
+                        << " bias=" << bias;
+                    EXPECT_EQ((k - k.transpose()).cwiseAbs().maxCoeff(), 0.0);
+                }
+    }
+}
+
+TEST(FisherGram, RejectsNonFiniteInEveryRoute) {
+    const Eigen::Index n = 4, t = 3;
+    std::vector<float> a(static_cast<std::size_t>(n * t * 2), 1.0f), d(static_cast<std::size_t>(n * t * 2), 1.0f);
+    a[7] = std::numeric_limits<float>::quiet_NaN();
+    for (auto route : {FisherRoute::BlockSum, FisherRoute::Materialize}) {
+        FisherGramOptions o;
+        o.route = route;
+        try {
+            fisher_gram(TensorView::cpu(a.data(), {n, t, 2}), TensorView::cpu(d.data(), {n, t, 2}), o);
+            FAIL() << int(route);
+        } catch (const std::invalid_argument& e) {
+            EXPECT_NE(std::string(e.what()).find("acts must be finite, got NaN at flat index 7"),
+                      std::string::npos)
+                << e.what();
         }
     }
 }

@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "python"
 # the others run in-process to keep the whole file well under 30 s on 2 cores.
 SCRIPTS = [
     ("bench_fisher.py", []),
+    ("bench_seq_fisher.py", []),  # three child processes per cell (torch.func, deadspec, capture)
     ("bench_eig.py", ["--no-memory"]),
     ("bench_gram.py", ["--no-memory"]),
     ("bench_read.py", ["--no-memory"]),

@@ -65,8 +65,33 @@ def test_fisher_gram_matches_materialised_gradients(rng, route, bias):
     )
     a2, d2 = a[:, 0], d[:, 0]
     g2 = _per_sample_grads(a2, d2)
-    np.testing.assert_allclose(deadspec.fisher_gram(a2, d2), g2 @ g2.T / 9, rtol=1e-10)
+    np.testing.assert_allclose(deadspec.fisher_gram(a2, d2, route=route), g2 @ g2.T / 9, rtol=1e-10)
     np.testing.assert_allclose(deadspec.fisher_gram_from_grads(g2), g2 @ g2.T / 9, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["float64", "float32", "strided"])
+def test_fisher_gram_routes_agree_to_1e12(rng, layout):
+    # Both exact routes and the automatic choice against the float64 Γ Γᵀ / N, for sizes where
+    # auto picks each route (short sequences: block sums; long ones through a narrow layer:
+    # materialise), float32 inputs converted in blocks and non-contiguous views read in place.
+    for n, t, di, do in [(12, 2, 9, 7), (10, 24, 3, 2)]:
+        a = rng.standard_normal((n, t, di)).astype(np.float32).astype(np.float64)
+        d = rng.standard_normal((n, t, do)).astype(np.float32).astype(np.float64)
+        g = np.concatenate([_per_sample_grads(a, d), d.sum(1)], axis=1)
+        want = g @ g.T / n
+        if layout == "float32":
+            a, d = torch.from_numpy(a).float(), torch.from_numpy(d).float()
+        elif layout == "strided":
+            a = torch.from_numpy(np.ascontiguousarray(a.transpose(1, 0, 2))).transpose(0, 1)
+            d = torch.from_numpy(np.asfortranarray(d))
+        got = {
+            r: np.asarray(deadspec.fisher_gram(a, d, bias=True, route=r))
+            for r in ("auto", "block-sum", "materialize")
+        }
+        assert deadspec.fisher_route(n, t, di, do) == ("block-sum" if t == 2 else "materialize")
+        for r, k in got.items():
+            err = np.abs(k - want).max() / np.abs(want).max()
+            assert err <= 1e-12, (n, t, r, err)
 
 
 def test_fisher_gram_equals_torch_func_per_sample_gradients():

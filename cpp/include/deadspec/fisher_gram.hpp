@@ -10,27 +10,32 @@ namespace deadspec {
 
 /// How the Fisher-Gram of a sequence (N×T×d) linear layer is formed.
 enum class FisherRoute {
-    Auto,         ///< the cheaper of the two by operation count (fisher_gram_cost)
-    BlockSum,     ///< K_ij = Σ_{t,s} (a_it·a_js)(δ_it·δ_js) / N, in sample chunks
-    Materialize,  ///< g_i = Σ_t δ_it a_itᵀ formed in column chunks, K = ΓΓᵀ / N
+    Auto,         ///< the faster of the two by a cost model of the measured BLAS rates
+    BlockSum,     ///< K = Σ_{t,s} (A_t A_sᵀ)∘(D_t D_sᵀ) / N over position pairs (dgemm)
+    Materialize,  ///< Γ_i = A_iᵀ D_i in column tiles (batched dgemm), K = ΓΓᵀ / N (dgemmt)
 };
 
 struct FisherGramOptions {
     /// Add the bias block: (Σ_t δ_it)·(Σ_s δ_js) / N.
     bool bias = false;
     FisherRoute route = FisherRoute::Auto;
-    /// Upper bound on the scratch memory one chunk may use, in bytes.
+    /// Upper bound on the scratch memory (float64 copies of input blocks, tiles of Γ), in bytes,
+    /// beyond the N×N result. At the default the core takes 1/8 of a float64 Γ (N·d_in·d_out·8),
+    /// between 32 MiB and this value.
     std::int64_t chunk_bytes = std::int64_t(256) << 20;
 };
 
-/// Floating-point operation counts of the two routes (multiply-adds).
+/// Multiply-add counts of the two exact routes: block sums (NT)²(d_in + d_out)/2 (two symmetric
+/// (NT)×(NT) Grams), materialise N·T·d_in·d_out + N²·d_in·d_out/2 (Γ, then half of ΓΓᵀ).
 struct FisherGramCost {
     double block_sum;
     double materialize;
 };
 FisherGramCost fisher_gram_cost(std::int64_t n, std::int64_t t, std::int64_t d_in,
                                 std::int64_t d_out);
-/// The route `Auto` resolves to for these sizes. T = 1 always uses the block sum (Hadamard).
+/// The route `Auto` resolves to for these sizes: the lower estimated time, from the counts above
+/// weighted by the relative BLAS rates measured for each part (small-k batched products, dgemmt,
+/// Hadamard sums). T = 1 always uses the block sum (one Hadamard product).
 FisherRoute resolve_fisher_route(std::int64_t n, std::int64_t t, std::int64_t d_in,
                                  std::int64_t d_out, FisherRoute route);
 
