@@ -9,6 +9,7 @@
 
 #include "deadspec/errors.hpp"
 #include "detail/blas_names.hpp"
+#include "detail/core.hpp"
 
 namespace deadspec::detail {
 
@@ -34,6 +35,7 @@ void gemm_nt_ld(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, co
                 std::int64_t ldc) {
     if (m == 0 || n == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
+    BlasThreads threads(2.0 * static_cast<double>(m) * n * k);  // auto thread count (blas.cpp)
     DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, bi(m), bi(n), bi(k), alpha, a,
                          bi(lda), b, bi(ldb), beta, c, bi(ldc));
 #else
@@ -49,6 +51,9 @@ void gemm_nt_ld(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, co
 void syrk_lower_ld(std::int64_t n, std::int64_t k, double alpha, const double* x,
                    std::int64_t ldx, double beta, double* c, std::int64_t ldc) {
     if (n == 0) return;
+#ifdef DEADSPEC_HAVE_LAPACK
+    BlasThreads threads(static_cast<double>(n) * n * k);
+#endif
 #if defined(DEADSPEC_BLAS_PREFIX)
     DS_BLAS(cblas_dgemmt)(CblasRowMajor, CblasLower, CblasNoTrans, CblasTrans, bi(n), bi(k),
                           alpha, x, bi(ldx), x, bi(ldx), beta, c, bi(ldc));
@@ -68,6 +73,9 @@ void gemm_tn_batched(std::int64_t count, std::int64_t m, std::int64_t n, std::in
                      std::int64_t ldb, std::int64_t stride_b, double* c, std::int64_t ldc,
                      std::int64_t stride_c) {
     if (count == 0 || m == 0 || n == 0) return;
+#ifdef DEADSPEC_HAVE_LAPACK
+    BlasThreads threads(2.0 * static_cast<double>(count) * m * n * k);
+#endif
 #if defined(DEADSPEC_BLAS_PREFIX)
     DS_BLAS(cblas_dgemm_batch_strided)(CblasRowMajor, CblasTrans, CblasNoTrans, bi(m), bi(n),
                                        bi(k), 1.0, a, bi(lda), bi(stride_a), b, bi(ldb),
