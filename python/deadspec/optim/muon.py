@@ -18,8 +18,8 @@ from deadspec._limits import MAX_NS_STEPS, check_at_most
 from deadspec.gauges._recognise import output_layers
 from deadspec.gauges._tracing import fallback_logit, trace_info
 from deadspec.optim._base import DDCBase, TorchOptions, check_betas, check_nonnegative
-from deadspec.optim._functional import AdamBlock, ddc_adam, gauge_dots, init_adam_state
-from deadspec.optim._muon import ddc_muon_update, hidden_matrices
+from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state
+from deadspec.optim._muon import Scratch, ddc_muon_update, guarded_update, hidden_matrices
 from deadspec.optim._plan import Site
 from deadspec.optim._sharded import is_sharded, local, transposed
 
@@ -210,6 +210,7 @@ class DDCMuon(DDCBase):
         self._muon_ids: set[int] | None = None  # None: plain parameters, 2-D -> Muon
         self._head_ids: set[int] = set()  # plain parameters: the head's weight (AdamW path)
         self._transposed: set[int] = set()  # Conv1D weights (stored in × out)
+        self._scratch = Scratch()  # the Muon step's work tensors (not state)
         super().__init__(
             model_or_params,
             {"lr": lr, "weight_decay": weight_decay},
@@ -492,10 +493,10 @@ class DDCMuon(DDCBase):
                         blocks = None if blocks is None else (1 - blocks[0], blocks[1])
                         shape = (shape[1], shape[0])
                         whole = None if whole is None else transposed(whole)
-                    # (checked before commit: DDCBase._guarded_update)
-                    self._guarded_update(
+                    # (checked before commit: guarded_update)
+                    refused = guarded_update(
                         local(p),
-                        [local(state["momentum_buffer"])],
+                        local(state["momentum_buffer"]),
                         functools.partial(
                             ddc_muon_update,
                             x,
@@ -513,9 +514,11 @@ class DDCMuon(DDCBase):
                             tangent=tangent,
                             shape=shape,
                             whole=whole,
+                            scratch=self._scratch,
                         ),
-                        owner=p,
+                        self._scratch,
                     )
+                    self._note_refused(p, refused)
                     continue
                 if len(state) == 0:
                     init_adam_state(state, p)
@@ -557,8 +560,8 @@ class DDCMuon(DDCBase):
             col = None if s.in_site is None else rho[s.in_site]
             wl, bl = local(w), local(b)  # (a sharded producer: this rank's rows, then gathered)
             wc = wl if col is None else wl * col.to(wl.dtype).reshape(1, -1)
-            sq = wc.square().sum(1)
-            ghat = gauge_dots(wl, local(w.grad), 1)[0]
+            sq = torch.linalg.vecdot(wc, wc, dim=1)  # (row dots: one fused pass each)
+            ghat = torch.linalg.vecdot(wl, local(w.grad), dim=1)
             if bl is not None:
                 sq = sq + bl.square()
                 ghat = ghat + local(b.grad) * bl
