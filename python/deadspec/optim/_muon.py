@@ -153,11 +153,11 @@ def ddc_muon_update(
     if out.dtype != param.dtype:
         out = work.get("out", param).copy_(out)
     if tangent is not None:
-        # u_i ← u_i − (⟨u_i, x̃_i⟩/‖x̃_i‖²)·x̃_i on the tangent rows (row dots: one fused pass each)
+        # u_i ← u_i − (⟨u_i, x̃_i⟩/‖x̃_i‖²)·x̃_i on the tangent rows
         xt = torch.div(param, scale, out=work.get("xt", param))
         tiny = torch.finfo(xt.dtype).tiny
-        sq = torch.linalg.vecdot(xt, xt, dim=1)
-        coef = torch.linalg.vecdot(out, xt, dim=1).div_(sq.clamp_min(tiny))
+        sq = torch.mul(xt, xt, out=work.get("prod", param)).sum(1)
+        coef = torch.mul(out, xt, out=work.get("prod", param)).sum(1).div_(sq.clamp_min(tiny))
         coef = torch.where(tangent.to(coef.device) & (sq > tiny), coef, torch.zeros_like(coef))
         out.addcmul_(coef.reshape(-1, 1), xt, value=-1)
     param.addcmul_(out, scale, value=-adjusted)

@@ -465,9 +465,9 @@ class DDCMuon(DDCBase):
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                scale = self._param_scale(p, rho)
                 rot = self._plan.rot.get(id(p))
                 if group["use_muon"]:
+                    scale = self._muon_scale(p, rho)
                     if len(state) == 0:
                         state["momentum_buffer"] = torch.zeros_like(
                             p, memory_format=torch.preserve_format
@@ -520,6 +520,7 @@ class DDCMuon(DDCBase):
                     )
                     self._note_refused(p, refused)
                     continue
+                scale = self._param_scale(p, rho)
                 if len(state) == 0:
                     init_adam_state(state, p)
                 beta1, beta2 = group["betas"]
@@ -542,6 +543,18 @@ class DDCMuon(DDCBase):
         # (4) policy on the pure-gauge scales
         self._policy(modes)
 
+    def _muon_scale(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """σ of a Muon matrix (this rank's rows), as :meth:`DDCBase._param_scale` gives it, the
+        outer quotient of a row and a column scale written into a kept work tensor."""
+        r, c = self._plan.row.get(id(p)), self._plan.col.get(id(p))
+        if r is None or c is None or self._plan.col_axis.get(id(p), 1) != 1:
+            return self._param_scale(p, rho)
+        pl = local(p)
+        mine = (lambda v: v) if self._shards is None else (lambda v: self._shards.mine(v, p))
+        row = mine(rho[r]).to(p.dtype).reshape(-1, 1)
+        col = rho[c].to(p.dtype).reshape(1, -1)
+        return torch.div(row, col, out=self._scratch.get("sigma", pl))
+
     def _radial_inputs(
         self, rho: list[torch.Tensor | None]
     ) -> dict[int, tuple[Site, torch.Tensor, torch.Tensor]]:
@@ -559,9 +572,10 @@ class DDCMuon(DDCBase):
                 continue
             col = None if s.in_site is None else rho[s.in_site]
             wl, bl = local(w), local(b)  # (a sharded producer: this rank's rows, then gathered)
-            wc = wl if col is None else wl * col.to(wl.dtype).reshape(1, -1)
-            sq = torch.linalg.vecdot(wc, wc, dim=1)  # (row dots: one fused pass each)
-            ghat = torch.linalg.vecdot(wl, local(w.grad), dim=1)
+            prod = self._scratch.get("prod", wl)
+            wc = wl if col is None else torch.mul(wl, col.to(wl.dtype).reshape(1, -1), out=prod)
+            sq = torch.mul(wc, wc, out=prod).sum(1)
+            ghat = torch.mul(wl, local(w.grad), out=prod).sum(1)
             if bl is not None:
                 sq = sq + bl.square()
                 ghat = ghat + local(b.grad) * bl
@@ -601,7 +615,9 @@ class DDCMuon(DDCBase):
             for t in (s.weight, s.bias):
                 if t is not None:
                     tl = local(t)
-                    peak = tl.abs().amax(1) if tl.ndim == 2 else tl.abs()
+                    peak = tl.abs() if tl.ndim == 1 else (
+                        torch.abs(tl, out=self._scratch.get("prod", tl)).amax(1)
+                    )
                     if self._shards is not None:
                         peak = self._shards.gather_rows(peak, t)
                     ok &= torch.isfinite(peak * torch.where(ok, c, torch.ones_like(c)))
