@@ -137,9 +137,15 @@ def ddc_muon_update(
         for a, b in ranges:
             by_len.setdefault(b - a, []).append(a)
         for n, starts in by_len.items():
+            r_b, c_b = (n, cols) if axis == 0 else (rows, n)
+            if starts == list(range(0, u.shape[axis], n)):  # equal blocks tiling the axis
+                blk = u.unflatten(axis, (-1, n)).movedim(axis, 0)
+                o = newton_schulz(blk.contiguous(), ns_coefficients, ns_steps, ns_eps, ns_dtype)
+                o.mul_(math.sqrt(max(r_b, c_b) / cols))
+                out.unflatten(axis, (-1, n)).movedim(axis, 0).copy_(o)
+                continue
             blk = torch.stack([u.narrow(axis, a, n) for a in starts])
             o = newton_schulz(blk, ns_coefficients, ns_steps, ns_eps, ns_dtype)
-            r_b, c_b = (n, cols) if axis == 0 else (rows, n)
             o.mul_(math.sqrt(max(r_b, c_b) / cols))
             for a, ob in zip(starts, o):
                 out.narrow(axis, a, n).copy_(ob)
