@@ -114,9 +114,11 @@ class DDCMuon(DDCBase):
     maximize : bool
         As :class:`DDCAdam`: each step sees ``−g`` (both paths).
     foreach, fused, capturable, differentiable
-        torch's options, accepted at their off values (``foreach`` None or False: DDCMuon
-        steps one tensor at a time); anything else raises NotImplementedError (``foreach=True``:
-        no multi-tensor path; the others as :class:`DDCAdam`).
+        torch's options, accepted at their off values (``foreach`` None: the Muon matrices one
+        at a time, the AdamW blocks in one call, the C++ core's pass when there are gauges;
+        False: the AdamW blocks one tensor at a time through torch); anything else raises
+        NotImplementedError (``foreach=True``: no multi-tensor path; the others as
+        :class:`DDCAdam`).
 
     Notes
     -----
