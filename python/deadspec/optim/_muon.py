@@ -33,9 +33,6 @@ class Scratch:
             t = self._pool[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
         return t
 
-    def clear(self) -> None:
-        self._pool.clear()
-
 
 def newton_schulz(
     x: torch.Tensor,
