@@ -49,11 +49,34 @@ def _optimizers(model: nn.Module) -> dict[str, object]:
         "DDCAdam (split)": lambda: DDCAdam(model, lr=1e-3, weight_decay=0.1, form="split"),
     }
     if hasattr(torch.optim, "Muon"):
-        two_d = [p for p in params if p.ndim == 2]
-        out["Muon (2-D params)"] = lambda: torch.optim.Muon(two_d, lr=0.02, weight_decay=0.1)
-    if hasattr(deadspec.optim, "DDCMuon"):
-        out["DDCMuon"] = lambda: deadspec.optim.DDCMuon(model, lr=0.02, weight_decay=0.1)
+        # like for like with DDCMuon: the same matrices on Muon (not the output head), Newton–
+        # Schulz in bfloat16 (torch's; DDCMuon's default is the parameter's dtype), AdamW on
+        # the rest
+        head = str(len(model) - 1) if isinstance(model[-1], nn.Linear) else None
+        muon = [p for p in params if p.ndim == 2 and (head is None or p is not model[-1].weight)]
+        rest = [p for p in params if all(p is not q for q in muon)]
+        out["Muon+AdamW"] = lambda: _Both(
+            torch.optim.Muon(muon, lr=0.02, weight_decay=0.1),
+            torch.optim.AdamW(rest, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True),
+        )
+        out["DDCMuon"] = lambda: deadspec.optim.DDCMuon(
+            model, lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16, head=head
+        )
+        out["DDCMuon (f32 NS)"] = lambda: deadspec.optim.DDCMuon(
+            model, lr=0.02, weight_decay=0.1, head=head
+        )
     return out
+
+
+class _Both:
+    """torch's Muon on the hidden matrices and AdamW on the rest, stepped together."""
+
+    def __init__(self, *opts: torch.optim.Optimizer) -> None:
+        self.opts = opts
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
 
 
 def _time_step(make, model: nn.Module, repeat: int) -> list[float]:
@@ -111,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['optimizer']:<18} {r['model']:<18} {r['params']:>9} {r['best_ms']:>9.2f} "
               f"{r['median_ms']:>10.2f} {r['vs_adamw']:>9.2f}")
+    for mname in models:  # issue #16: DDCMuon <= 1.2x torch's Muon (+ AdamW on the rest)
+        best = {r["optimizer"]: r["best_ms"] for r in rows if r["model"] == mname}
+        if {"Muon+AdamW", "DDCMuon", "DDCMuon (f32 NS)"} <= set(best):
+            print(f"# {mname}: DDCMuon / Muon+AdamW = {best['DDCMuon'] / best['Muon+AdamW']:.2f}x"
+                  f" (f32 NS: {best['DDCMuon (f32 NS)'] / best['Muon+AdamW']:.2f}x)")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

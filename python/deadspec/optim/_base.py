@@ -386,26 +386,6 @@ class DDCBase(torch.optim.Optimizer):
                     return self._name(p, i, j)
         return self._names.get(id(p), "a parameter")
 
-    def _guarded_update(
-        self,
-        p: torch.Tensor,
-        buffers: list[torch.Tensor],
-        update: Callable[[], Any],
-        owner: torch.Tensor | None = None,
-    ) -> None:
-        """Run ``update()``, which writes ``p`` and ``buffers`` (of p's shape) in place, checked
-        before commit: a coordinate where any of them comes out non-finite gets its pre-step
-        values back (a copy of the block is kept for the call) and is recorded."""
-        new = [p, *buffers]
-        old = [t.clone() for t in new]
-        update()
-        ok = torch.isfinite(p)
-        for b in buffers:
-            ok &= torch.isfinite(b)
-        for t, o in zip(new, old):
-            t.copy_(torch.where(ok, t, o))
-        self._note_refused(p if owner is None else owner, (~ok).sum())
-
     @contextlib.contextmanager
     def _signed_gradients(self) -> Iterator[None]:
         """``maximize=True``: every gradient negated in place for the step (exact, so every

@@ -11,7 +11,27 @@ from torch import nn
 
 from deadspec._attention import is_linear_like
 
-__all__ = ["ddc_muon_update", "hidden_matrices", "newton_schulz"]
+__all__ = ["Scratch", "ddc_muon_update", "guarded_update", "hidden_matrices", "newton_schulz"]
+
+
+class Scratch:
+    """Work tensors kept from step to step, one per (role, shape, dtype, device): the Muon
+    step's temporaries are written into them instead of into fresh allocations (on CPU a fresh
+    multi-megabyte tensor costs its page faults on every step). Matrices are stepped one after
+    another, so matrices of one shape share them; they are not optimizer state."""
+
+    def __init__(self) -> None:
+        self._pool: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, role: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The ``role`` tensor of ``like``'s shape and device (``dtype`` or ``like``'s),
+        contiguous, its contents undefined."""
+        dtype = like.dtype if dtype is None else dtype
+        key = (role, tuple(like.shape), dtype, like.device)
+        t = self._pool.get(key)
+        if t is None:
+            t = self._pool[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        return t
 
 
 def newton_schulz(
@@ -70,6 +90,7 @@ def ddc_muon_update(
     shape: tuple[int, int] | None = None,
     whole: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
     | None = None,
+    scratch: Scratch | None = None,
 ) -> None:
     """One Muon step in the invariant coordinates ``x̃ = x/σ`` of a 2-D parameter.
 
@@ -92,23 +113,36 @@ def ddc_muon_update(
     this rank's part of ``f`` applied to the whole matrix whose part is ``u`` (the
     orthogonalisation runs on whole matrices).
     """
-    g = grad if scale is None else grad * scale
-    momentum_buffer.lerp_(g, 1 - momentum)
-    upd = g.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
+    work = Scratch() if scratch is None else scratch
+    if scale is None:
+        momentum_buffer.lerp_(grad, 1 - momentum)
+        upd = momentum_buffer
+        if nesterov:
+            upd = torch.lerp(grad, momentum_buffer, momentum, out=work.get("u", grad))
+    else:
+        g = torch.mul(grad, scale, out=work.get("u", grad))  # g̃; the Nesterov blend in place
+        momentum_buffer.lerp_(g, 1 - momentum)
+        upd = g.lerp_(momentum_buffer, momentum) if nesterov else momentum_buffer
     rows, cols = param.shape if shape is None else shape
 
     def orthogonalised(u: torch.Tensor) -> torch.Tensor:
         if blocks is None:
             return newton_schulz(u, ns_coefficients, ns_steps, ns_eps, ns_dtype)
         axis, ranges = blocks
-        out = torch.empty(u.shape, dtype=ns_dtype, device=u.device)
+        out = work.get("ns", u, ns_dtype)
         by_len: dict[int, list[int]] = {}
         for a, b in ranges:
             by_len.setdefault(b - a, []).append(a)
         for n, starts in by_len.items():
+            r_b, c_b = (n, cols) if axis == 0 else (rows, n)
+            if starts == list(range(0, u.shape[axis], n)):  # equal blocks tiling the axis
+                blk = u.unflatten(axis, (-1, n)).movedim(axis, 0)
+                o = newton_schulz(blk.contiguous(), ns_coefficients, ns_steps, ns_eps, ns_dtype)
+                o.mul_(math.sqrt(max(r_b, c_b) / cols))
+                out.unflatten(axis, (-1, n)).movedim(axis, 0).copy_(o)
+                continue
             blk = torch.stack([u.narrow(axis, a, n) for a in starts])
             o = newton_schulz(blk, ns_coefficients, ns_steps, ns_eps, ns_dtype)
-            r_b, c_b = (n, cols) if axis == 0 else (rows, n)
             o.mul_(math.sqrt(max(r_b, c_b) / cols))
             for a, ob in zip(starts, o):
                 out.narrow(axis, a, n).copy_(ob)
@@ -119,15 +153,17 @@ def ddc_muon_update(
     if scale is None:
         param.add_(out, alpha=-adjusted)
         return
-    out = out.to(param.dtype)
+    if out.dtype != param.dtype:
+        out = work.get("out", param).copy_(out)
     if tangent is not None:
-        xt = param / scale
+        # u_i ← u_i − (⟨u_i, x̃_i⟩/‖x̃_i‖²)·x̃_i on the tangent rows
+        xt = torch.div(param, scale, out=work.get("xt", param))
         tiny = torch.finfo(xt.dtype).tiny
-        sq = xt.square().sum(1)
-        coef = (out * xt).sum(1) / sq.clamp_min(tiny)
+        sq = torch.mul(xt, xt, out=work.get("prod", param)).sum(1)
+        coef = torch.mul(out, xt, out=work.get("prod", param)).sum(1).div_(sq.clamp_min(tiny))
         coef = torch.where(tangent.to(coef.device) & (sq > tiny), coef, torch.zeros_like(coef))
-        out.sub_(coef.reshape(-1, 1) * xt)
-    param.add_(out.mul_(scale), alpha=-adjusted)
+        out.addcmul_(coef.reshape(-1, 1), xt, value=-1)
+    param.addcmul_(out, scale, value=-adjusted)
 
 
 def hidden_matrices(model: nn.Module, heads: Iterable[str]) -> set[int]:
@@ -153,3 +189,30 @@ def hidden_matrices(model: nn.Module, heads: Iterable[str]) -> set[int]:
                 if w is not None:
                     out.add(id(w))
     return out - embedded
+
+
+def guarded_update(
+    param: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    update: Callable[[], None],
+    scratch: Scratch | None = None,
+) -> int | torch.Tensor:
+    """Run ``update()``, which writes ``param`` and ``momentum_buffer`` in place, checked before
+    commit: a coordinate where either comes out non-finite gets its pre-step values back (a copy
+    of both is kept for the call). Returns how many coordinates were refused: an int on CPU,
+    where one reduction over each tensor tells the common all-finite case apart (a sum is
+    finite iff every element is, bar an overflow of the sum itself, which takes the exact
+    check), else a 0-dim tensor (no host synchronisation)."""
+    new = (param, momentum_buffer)
+    work = Scratch() if scratch is None else scratch
+    old = [work.get(f"old{k}", t).copy_(t) for k, t in enumerate(new)]
+    update()
+    if param.device.type == "cpu":
+        acc = torch.promote_types(param.dtype, torch.float32)
+        total = param.sum(dtype=acc) + momentum_buffer.sum(dtype=acc)
+        if math.isfinite(float(total)):
+            return 0
+    ok = torch.isfinite(param) & torch.isfinite(momentum_buffer)
+    for t, o in zip(new, old):
+        t.copy_(torch.where(ok, t, o))
+    return (~ok).sum()

@@ -19,7 +19,7 @@ from deadspec.gauges._recognise import output_layers
 from deadspec.gauges._tracing import fallback_logit, trace_info
 from deadspec.optim._base import DDCBase, TorchOptions, check_betas, check_nonnegative
 from deadspec.optim._functional import AdamBlock, ddc_adam, gauge_dots, init_adam_state
-from deadspec.optim._muon import ddc_muon_update, hidden_matrices
+from deadspec.optim._muon import Scratch, ddc_muon_update, guarded_update, hidden_matrices
 from deadspec.optim._plan import Site
 from deadspec.optim._sharded import is_sharded, local, transposed
 
@@ -114,9 +114,11 @@ class DDCMuon(DDCBase):
     maximize : bool
         As :class:`DDCAdam`: each step sees ``−g`` (both paths).
     foreach, fused, capturable, differentiable
-        torch's options, accepted at their off values (``foreach`` None or False: DDCMuon
-        steps one tensor at a time); anything else raises NotImplementedError (``foreach=True``:
-        no multi-tensor path; the others as :class:`DDCAdam`).
+        torch's options, accepted at their off values (``foreach`` None: the Muon matrices one
+        at a time, the AdamW blocks in one call, the C++ core's pass when there are gauges;
+        False: the AdamW blocks one tensor at a time through torch); anything else raises
+        NotImplementedError (``foreach=True``: no multi-tensor path; the others as
+        :class:`DDCAdam`).
 
     Notes
     -----
@@ -210,6 +212,7 @@ class DDCMuon(DDCBase):
         self._muon_ids: set[int] | None = None  # None: plain parameters, 2-D -> Muon
         self._head_ids: set[int] = set()  # plain parameters: the head's weight (AdamW path)
         self._transposed: set[int] = set()  # Conv1D weights (stored in × out)
+        self._scratch = Scratch()  # the Muon step's work tensors (not state)
         super().__init__(
             model_or_params,
             {"lr": lr, "weight_decay": weight_decay},
@@ -457,87 +460,113 @@ class DDCMuon(DDCBase):
         # coordinates, mapped back (Muon tangential on producer rows); (3) the radial steps
         rho = self._site_scales()
         radial = self._radial_inputs(rho)
-        sh = self._shards
         k = 0  # (the Muon matrices in step order: the owning rank of each is k mod world)
+        blocks: list[AdamBlock] = []
+        owners: list[torch.Tensor] = []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                scale = self._param_scale(p, rho)
-                rot = self._plan.rot.get(id(p))
                 if group["use_muon"]:
-                    if len(state) == 0:
-                        state["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
-                    ns_dtype = p.dtype if self.ns_dtype is None else self.ns_dtype
-                    blocks = None
-                    if rot is not None and self.per_head:
-                        blocks = (rot.axis, rot.cover())
-                    rad = radial.get(id(p))
-                    tangent = None if rad is None else rad[1]
-                    # a Conv1D weight (stored in × out) is orthogonalised as the out × in matrix
-                    # it acts as (Keller's shape scale and the head blocks read that way)
-                    x, gr, buf = local(p), local(p.grad), local(state["momentum_buffer"])
-                    shape, whole = (int(p.shape[0]), int(p.shape[1])), None
-                    if sh is not None and is_sharded(p):
-                        # (this rank's rows; the update orthogonalised on the whole matrix)
-                        whole = functools.partial(sh.whole, k, owner=p)
-                        tangent = sh.mine(tangent, p)
+                    self._note_refused(p, self._muon_param(group, p, rho, radial, k))
                     k += 1
-                    if id(p) in self._transposed:
-                        x, gr, buf = x.T, gr.T, buf.T
-                        scale = None if scale is None else scale.T
-                        blocks = None if blocks is None else (1 - blocks[0], blocks[1])
-                        shape = (shape[1], shape[0])
-                        whole = None if whole is None else transposed(whole)
-                    # (checked before commit: DDCBase._guarded_update)
-                    self._guarded_update(
-                        local(p),
-                        [local(state["momentum_buffer"])],
-                        functools.partial(
-                            ddc_muon_update,
-                            x,
-                            gr,
-                            buf,
-                            scale,
-                            blocks,
-                            lr=group["lr"],
-                            momentum=group["momentum"],
-                            nesterov=group["nesterov"],
-                            ns_coefficients=group["ns_coefficients"],
-                            ns_steps=group["ns_steps"],
-                            ns_eps=self.ns_eps,
-                            ns_dtype=ns_dtype,
-                            tangent=tangent,
-                            shape=shape,
-                            whole=whole,
-                        ),
-                        owner=p,
-                    )
                     continue
+                state = self.state[p]
                 if len(state) == 0:
                     init_adam_state(state, p)
                 beta1, beta2 = group["betas"]
-                block = AdamBlock(
-                    local(p),
-                    local(p.grad),
-                    local(state["exp_avg"]),
-                    local(state["exp_avg_sq"]),
-                    state["step"],
-                    scale,
-                    None,
-                    self._local_rot(p),
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
+                owners.append(p)
+                blocks.append(
+                    AdamBlock(
+                        local(p),
+                        local(p.grad),
+                        local(state["exp_avg"]),
+                        local(state["exp_avg_sq"]),
+                        state["step"],
+                        self._param_scale(p, rho),
+                        None,
+                        self._local_rot(p),
+                        lr=group["lr"],
+                        beta1=beta1,
+                        beta2=beta2,
+                        eps=group["eps"],
+                    )
                 )
-                self._note_refused(p, ddc_adam([block], fused=False)[0])
+        # the AdamW blocks in one call (with gauges, the C++ core's pass on CPU; without,
+        # torch's single-tensor AdamW operations, bit for bit)
+        fused = None if self._plan.gauges and self.foreach is not False else False
+        for p, n in zip(owners, ddc_adam(blocks, fused=fused)):
+            self._note_refused(p, n)
         self._radial_step(radial)
         # (4) policy on the pure-gauge scales
         self._policy(modes)
+
+    def _muon_param(
+        self,
+        group: dict[str, Any],
+        p: torch.Tensor,
+        rho: list[torch.Tensor | None],
+        radial: dict[int, tuple[Site, torch.Tensor, torch.Tensor]],
+        k: int,
+    ) -> int | torch.Tensor:
+        """The Muon step of one matrix (the ``k``-th of the step), checked before commit;
+        returns how many coordinates were refused."""
+        state = self.state[p]
+        if len(state) == 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        scale = self._muon_scale(p, rho)
+        ns_dtype = p.dtype if self.ns_dtype is None else self.ns_dtype
+        rot = self._plan.rot.get(id(p))
+        blocks = (rot.axis, rot.cover()) if rot is not None and self.per_head else None
+        rad = radial.get(id(p))
+        tangent = None if rad is None else rad[1]
+        # a Conv1D weight (stored in × out) is orthogonalised as the out × in matrix it acts
+        # as (Keller's shape scale and the head blocks read that way)
+        x, gr, buf = local(p), local(p.grad), local(state["momentum_buffer"])
+        shape, whole = (int(p.shape[0]), int(p.shape[1])), None
+        sh = self._shards
+        if sh is not None and is_sharded(p):
+            # (this rank's rows; the update orthogonalised on the whole matrix)
+            whole = functools.partial(sh.whole, k, owner=p)
+            tangent = sh.mine(tangent, p)
+        if id(p) in self._transposed:
+            x, gr, buf = x.T, gr.T, buf.T
+            scale = None if scale is None else scale.T
+            blocks = None if blocks is None else (1 - blocks[0], blocks[1])
+            shape = (shape[1], shape[0])
+            whole = None if whole is None else transposed(whole)
+        update = functools.partial(
+            ddc_muon_update,
+            x,
+            gr,
+            buf,
+            scale,
+            blocks,
+            lr=group["lr"],
+            momentum=group["momentum"],
+            nesterov=group["nesterov"],
+            ns_coefficients=group["ns_coefficients"],
+            ns_steps=group["ns_steps"],
+            ns_eps=self.ns_eps,
+            ns_dtype=ns_dtype,
+            tangent=tangent,
+            shape=shape,
+            whole=whole,
+            scratch=self._scratch,
+        )
+        return guarded_update(local(p), local(state["momentum_buffer"]), update, self._scratch)
+
+    def _muon_scale(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """σ of a Muon matrix (this rank's rows), as :meth:`DDCBase._param_scale` gives it, the
+        outer quotient of a row and a column scale written into a kept work tensor."""
+        r, c = self._plan.row.get(id(p)), self._plan.col.get(id(p))
+        if r is None or c is None or self._plan.col_axis.get(id(p), 1) != 1:
+            return self._param_scale(p, rho)
+        pl = local(p)
+        mine = (lambda v: v) if self._shards is None else (lambda v: self._shards.mine(v, p))
+        row = mine(rho[r]).to(p.dtype).reshape(-1, 1)
+        col = rho[c].to(p.dtype).reshape(1, -1)
+        return torch.div(row, col, out=self._scratch.get("sigma", pl))
 
     def _radial_inputs(
         self, rho: list[torch.Tensor | None]
@@ -556,9 +585,12 @@ class DDCMuon(DDCBase):
                 continue
             col = None if s.in_site is None else rho[s.in_site]
             wl, bl = local(w), local(b)  # (a sharded producer: this rank's rows, then gathered)
-            wc = wl if col is None else wl * col.to(wl.dtype).reshape(1, -1)
-            sq = wc.square().sum(1)
-            ghat = gauge_dots(wl, local(w.grad), 1)[0]
+            prod = self._scratch.get("prod", wl)
+            wc = wl if col is None else torch.mul(wl, col.to(wl.dtype).reshape(1, -1), out=prod)
+            sq = torch.mul(wc, wc, out=prod).sum(1)
+            ghat = torch.mul(wl, local(w.grad), out=prod).sum(1)
+            if ghat.device.type == "cpu" and not math.isfinite(float(ghat.sum())):
+                ghat = gauge_dots(wl, local(w.grad), 1)[0]  # (products that overflow: exact)
             if bl is not None:
                 sq = sq + bl.square()
                 ghat = ghat + local(b.grad) * bl
@@ -598,7 +630,9 @@ class DDCMuon(DDCBase):
             for t in (s.weight, s.bias):
                 if t is not None:
                     tl = local(t)
-                    peak = tl.abs().amax(1) if tl.ndim == 2 else tl.abs()
+                    peak = tl.abs() if tl.ndim == 1 else (
+                        torch.abs(tl, out=self._scratch.get("prod", tl)).amax(1)
+                    )
                     if self._shards is not None:
                         peak = self._shards.gather_rows(peak, t)
                     ok &= torch.isfinite(peak * torch.where(ok, c, torch.ones_like(c)))
