@@ -48,7 +48,7 @@ void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols,
                           RowMatrixXd& c) {
     if (rows == 0 || cols == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
-    BlasThreads threads(static_cast<double>(rows) * rows * cols);
+    BlasThreads threads(flops3(rows, rows, cols));
     DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
                          to_blasint(cols), alpha, x, to_blasint(cols), 1.0, c.data(),
                          to_blasint(rows));
@@ -66,7 +66,7 @@ RowMatrixXd gram_rows(const double* x, std::int64_t rows, std::int64_t cols, dou
             c.setZero();
             return c;
         }
-        BlasThreads threads(static_cast<double>(rows) * rows * cols);
+        BlasThreads threads(flops3(rows, rows, cols));
         // beta = 0: the lower triangle is written, not read, so c needs no zeroing pass
         DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
                              to_blasint(cols), alpha, x, to_blasint(cols), 0.0, c.data(),
@@ -89,7 +89,7 @@ RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, dou
 #endif
     if (rows > 0 && cols > 0) {
 #ifdef DEADSPEC_HAVE_LAPACK
-        BlasThreads threads(static_cast<double>(rows) * cols * cols);
+        BlasThreads threads(flops3(rows, cols, cols));
         DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasTrans, to_blasint(cols),
                              to_blasint(rows), alpha, x, to_blasint(cols), 0.0, c.data(),
                              to_blasint(cols));
@@ -105,7 +105,7 @@ RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, dou
 void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m, std::int64_t n,
              std::int64_t k, double* c) {
 #ifdef DEADSPEC_HAVE_LAPACK
-    BlasThreads threads(2.0 * static_cast<double>(m) * n * k);
+    BlasThreads threads(2.0 * flops3(m, n, k));
     DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasTrans, CblasNoTrans, to_blasint(m), to_blasint(n),
                          to_blasint(k), 1.0, a, to_blasint(lda), b, to_blasint(n), 0.0, c,
                          to_blasint(n));
@@ -120,7 +120,7 @@ void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m,
 void gemm_nt(const double* a, const double* b, std::int64_t m, std::int64_t n, std::int64_t k,
              double* c) {
 #ifdef DEADSPEC_HAVE_LAPACK
-    BlasThreads threads(2.0 * static_cast<double>(m) * n * k);
+    BlasThreads threads(2.0 * flops3(m, n, k));
     DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, to_blasint(m), to_blasint(n),
                          to_blasint(k), 1.0, a, to_blasint(k), b, to_blasint(k), 0.0, c,
                          to_blasint(n));
@@ -155,7 +155,7 @@ int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
     // band -> tridiagonal by bulge chasing) beats dsytrd, whose half of level-2 dsymv is
     // memory-bound. Measured here (bench/README.md, "Spectra"): 1.40 s against 1.90 s at
     // n = 4096, no gain at n <= 3072. LAPACK has no two-stage driver with vectors.
-    BlasThreads threads(4.0 / 3.0 * static_cast<double>(n) * n * n * (vectors ? 3 : 1));
+    BlasThreads threads(flops3(n, n, n) * (vectors ? 4.0 : 4.0 / 3.0));
     const bool two_stage = !vectors && n >= kTwoStageMinDim;
     const auto driver = two_stage ? DS_BLAS(LAPACKE_dsyevd_2stage) : DS_BLAS(LAPACKE_dsyevd);
     const auto info = driver(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L', to_blasint(n), a.data(),
@@ -239,7 +239,7 @@ bool run_delay_ns(std::int64_t& delay) {
     int own = 0;
     while (const dirent* e = readdir(dir)) {
         if (e->d_name[0] == '.') continue;
-        char path[64];
+        char path[320];
         std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
         std::FILE* t = std::fopen(path, "r");
         if (!t) continue;

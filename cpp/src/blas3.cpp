@@ -35,7 +35,7 @@ void gemm_nt_ld(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, co
                 std::int64_t ldc) {
     if (m == 0 || n == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
-    BlasThreads threads(2.0 * static_cast<double>(m) * n * k);  // auto thread count (blas.cpp)
+    BlasThreads threads(2.0 * flops3(m, n, k));  // auto thread count (blas.cpp)
     DS_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, bi(m), bi(n), bi(k), alpha, a,
                          bi(lda), b, bi(ldb), beta, c, bi(ldc));
 #else
@@ -52,7 +52,7 @@ void syrk_lower_ld(std::int64_t n, std::int64_t k, double alpha, const double* x
                    std::int64_t ldx, double beta, double* c, std::int64_t ldc) {
     if (n == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
-    BlasThreads threads(static_cast<double>(n) * n * k);
+    BlasThreads threads(flops3(n, n, k));
 #endif
 #if defined(DEADSPEC_BLAS_PREFIX)
     DS_BLAS(cblas_dgemmt)(CblasRowMajor, CblasLower, CblasNoTrans, CblasTrans, bi(n), bi(k),
@@ -74,7 +74,7 @@ void gemm_tn_batched(std::int64_t count, std::int64_t m, std::int64_t n, std::in
                      std::int64_t stride_c) {
     if (count == 0 || m == 0 || n == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
-    BlasThreads threads(2.0 * static_cast<double>(count) * m * n * k);
+    BlasThreads threads(2.0 * flops3(count, m, n) * static_cast<double>(k));
 #endif
 #if defined(DEADSPEC_BLAS_PREFIX)
     DS_BLAS(cblas_dgemm_batch_strided)(CblasRowMajor, CblasTrans, CblasNoTrans, bi(m), bi(n),

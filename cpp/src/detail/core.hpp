@@ -97,6 +97,11 @@ void blas_set_threads_auto();
 int blas_threads_in_use();
 /// True when no count was set (auto mode).
 bool blas_threads_auto();
+/// a·b·c as a double (a flop count).
+inline double flops3(std::int64_t a, std::int64_t b, std::int64_t c) {
+    return static_cast<double>(a) * static_cast<double>(b) * static_cast<double>(c);
+}
+
 /// Scope of one BLAS/LAPACK call of about `flops` work. In auto mode, it sets OpenBLAS's
 /// threads from what earlier calls saw of the machine's contention, and watches this one
 /// (blas.cpp, "Threads").
