@@ -214,7 +214,8 @@ def test_every_binding_is_fuzzed():
     names = {n for n in dir(core) if not n.startswith("_") and callable(getattr(core, n))}
     names -= {"Error"}  # the exception type
     covered = {e.split(".", 1)[1] for e in strategies.ENTRY_NAMES if e.startswith("_core.")}
-    covered |= {"build_info", "eig_backend", "num_threads", "set_num_threads"}  # _core.noargs
+    covered |= {"build_info", "eig_backend", "num_threads", "set_num_threads",  # _core.noargs
+                "threads_in_use", "set_num_threads_auto"}
     assert names <= covered, sorted(names - covered)
 
 

@@ -292,7 +292,7 @@ def accumulator(entry: str, core: bool) -> st.SearchStrategy:
 MISC = st.one_of(
     st.tuples(st.just("build_info")),
     st.tuples(st.just("num_threads")),
-    st.tuples(st.just("set_num_threads"), ints_or(1, 2, "2", None, 1.5)),
+    st.tuples(st.just("set_num_threads"), ints_or(1, 2, "2", None, 1.5, "auto", "Auto ")),
     st.tuples(st.just("cmake_dir")),
     st.tuples(st.just("default_rtol"), INPUT_DTYPE, ints_or(1, 100)),
     st.tuples(st.just("fisher_route"), ints_or(), ints_or(), ints_or(), ints_or()),
@@ -1087,7 +1087,8 @@ def gauge_dots_case(draw: Any) -> Case:
 
 
 NOARGS = st.one_of(
-    st.tuples(st.sampled_from(["build_info", "eig_backend", "num_threads"])),
+    st.tuples(st.sampled_from(["build_info", "eig_backend", "num_threads", "threads_in_use",
+                               "set_num_threads_auto"])),
     st.tuples(st.just("set_num_threads"), ints_or(1, 2, None, "2")),
     st.tuples(st.sampled_from(["build_info", "num_threads"]), wrong),
 )
@@ -1193,7 +1194,7 @@ def _sane_ops() -> dict[str, st.SearchStrategy]:
         "GramAccumulator": _sane_accumulator("GramAccumulator", core=False),
         "misc": case("misc", st.one_of(
             st.sampled_from([("build_info",), ("num_threads",), ("set_num_threads", 1),
-                             ("set_num_threads", 2)]),
+                             ("set_num_threads", 2), ("set_num_threads", "auto")]),
             st.tuples(st.just("default_rtol"), SANE_INPUT_DTYPE, dims(1, 100)),
             st.tuples(st.just("fisher_route"), *(dims(1, 64),) * 4))),
         "_core.gram": case("_core.gram", st.tuples(_cap(valid_arr(NONEMPTY))),
@@ -1220,7 +1221,8 @@ def _sane_ops() -> dict[str, st.SearchStrategy]:
         "_core.dlpack_data_ptr": case("_core.dlpack_data_ptr",
                                       st.tuples(_cap(valid_arr(NONEMPTY)))),
         "_core.noargs": case("_core.noargs", st.sampled_from(
-            [("build_info",), ("eig_backend",), ("num_threads",), ("set_num_threads", 1)])),
+            [("build_info",), ("eig_backend",), ("num_threads",), ("set_num_threads", 1),
+             ("threads_in_use",), ("set_num_threads_auto",)])),
         "_core.GramAccumulator": _sane_accumulator("_core.GramAccumulator", core=True),
     }
 
