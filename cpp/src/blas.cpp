@@ -182,7 +182,7 @@ std::string blas_config() {
 // ---- Threads ----------------------------------------------------------------------------------
 // OpenBLAS's threads meet at a spinning barrier inside every level-2 call of a LAPACK solver.
 // When another process holds a core, the barrier waits for a descheduled thread each time: a
-// 4096² spectrum measured 19 s with 2 threads next to two busy processes, 1.4 s alone
+// 4096² spectrum measured 19 s with 2 threads next to two busy processes, about 1.8 s alone
 // (bench/README.md, "Threads"). The default ("auto") therefore watches the calling thread's run
 // delay (time it was runnable but had no CPU, /proc/thread-self/schedstat) over each call of
 // 20 Mflop or more made with all threads: above 20% of the call's wall time, the machine is
