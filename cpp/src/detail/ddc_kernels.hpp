@@ -27,6 +27,9 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define DEADSPEC_DDC_AVX2 1
+// The AVX-512 wrappers' target (512-bit vectors: GCC's generic tuning would stay at 256 bits).
+#define DEADSPEC_DDC_AVX512 \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))
 #endif
 
 namespace deadspec::detail {
@@ -39,6 +42,19 @@ inline bool has_avx2() {
         const char* isa = std::getenv("DEADSPEC_DDC_ISA");
         if (isa != nullptr && std::string(isa) == "baseline") return false;
         return __builtin_cpu_supports("avx2") != 0;
+    }();
+    return yes;
+}
+
+// Whether the AVX-512 kernels run (F, VL, BW and DQ; 512-bit vectors). DEADSPEC_DDC_ISA=avx2 (or
+// baseline) rules them out. The same loops, the same roundings: bit-identical to the others.
+inline bool has_avx512() {
+    static const bool yes = [] {
+        const char* isa = std::getenv("DEADSPEC_DDC_ISA");
+        if (isa != nullptr && (std::string(isa) == "baseline" || std::string(isa) == "avx2"))
+            return false;
+        return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512vl") != 0 &&
+               __builtin_cpu_supports("avx512bw") != 0 && __builtin_cpu_supports("avx512dq") != 0;
     }();
     return yes;
 }
