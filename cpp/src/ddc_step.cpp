@@ -397,6 +397,13 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
                           std::vector<std::int64_t>& refused) {
     // Validate everything before writing anything: a bad block leaves every block untouched.
     for (const AdamBlock& b : blocks) detail::check_adam_block(b);
+    detail::adam_update_many(blocks, refused, detail::kParallelElements);
+}
+
+namespace detail {
+
+void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int64_t>& refused,
+                      std::int64_t min_parallel) {
     refused.assign(blocks.size(), 0);
     std::vector<std::function<std::int64_t(std::int64_t, std::int64_t)>> steps;
     struct Item {
@@ -427,7 +434,7 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
         total += rows * cols;
     }
     const auto n_items = static_cast<std::int64_t>(items.size());
-    const int threads = detail::worker_threads(total, detail::kParallelElements, n_items);
+    const int threads = detail::worker_threads(total, min_parallel, n_items);
     // Items are taken in order from a shared counter: every item is one row range of one block,
     // written by exactly one thread, so the result does not depend on the scheduling. Each item
     // counts its refused elements in its own slot.
@@ -441,5 +448,7 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
     });
     for (std::size_t i = 0; i < items.size(); ++i) refused[items[i].block] += per_item[i];
 }
+
+}  // namespace detail
 
 }  // namespace deadspec

@@ -171,6 +171,17 @@ const T* gather_row(const T* g, std::int64_t i, std::int64_t s0, std::int64_t s1
     return buf.data();
 }
 
+// ddc_adam_update_many on validated blocks, over threads once the blocks hold `min_parallel`
+// elements in all (ddc_step.cpp).
+void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int64_t>& refused,
+                      std::int64_t min_parallel);
+
+// ddc_row_norms on rows [r0, r1) of `weight` (2-D, any strides), one thread: out[i − r0] =
+// √(f_w²·Σ_j (W_ij·c_j)² + f_b²·b_i²), `c` d column factors (ones for none), `b` the bias as
+// float64 (empty for none); a row whose plain sum overflows is recomputed scaled (ddc_scales.cpp).
+void row_norms_range(const TensorView& weight, const double* c, const std::vector<double>& b,
+                     double fw, double fb, std::int64_t r0, std::int64_t r1, double* out);
+
 // Each [a, e) segment of `row` replaced by its mean (a rotated head's shared second moment).
 template <typename T>
 void mean_within_segments(T* row, const std::vector<std::pair<std::int64_t, std::int64_t>>& segs) {
