@@ -202,6 +202,23 @@ DDCAdamPlan::DDCAdamPlan(std::vector<PlanBlock> blocks, std::vector<PlanSite> si
         const auto bytes = static_cast<std::size_t>(h * dtype_size(s.weight.dtype));
         sc.rho.assign(bytes, std::byte{0});
         sc.inv.assign(bytes, std::byte{0});
+        sc.w = s.weight;
+        if (sc.w.ndim() == 1) {  // γ as an h×1 block
+            sc.w.shape = {h, 1};
+            sc.w.strides = {s.weight.stride(0), 1};
+        }
+        const std::int64_t d = sc.w.shape[1];
+        sc.c.assign(static_cast<std::size_t>(d), 1.0);
+        sc.b.assign(s.bias.data ? static_cast<std::size_t>(h) : 0, 0.0);
+        sc.norms.assign(static_cast<std::size_t>(h), 0.0);
+        const auto level = static_cast<std::size_t>(sc.level);
+        if (m_levels.size() <= level) {
+            m_levels.resize(level + 1);
+            m_level_size.resize(level + 1, 0);
+        }
+        const std::int64_t per = std::max<std::int64_t>(1, kCheckChunk / std::max<std::int64_t>(d, 1));
+        for (std::int64_t r = 0; r < h; r += per) m_levels[level].push_back({i, r, std::min(h, r + per)});
+        m_level_size[level] += h * d;
         for (const std::ptrdiff_t b : {s.weight_block, s.bias_block})
             DEADSPEC_CHECK_ARG(b < static_cast<std::ptrdiff_t>(m_blocks.size()), fn, ": ", where,
                                " names block ", b, " of ", m_blocks.size());
@@ -209,51 +226,7 @@ DDCAdamPlan::DDCAdamPlan(std::vector<PlanBlock> blocks, std::vector<PlanSite> si
     }
     // the blocks: a fused AdamBlock each, σ as views on the scale buffers
     m_adam.resize(m_blocks.size());
-    for (std::size_t k = 0; k < m_blocks.size(); ++k) {
-        const PlanBlock& b = m_blocks[k];
-        AdamBlock& a = m_adam[k];
-        a.param = b.param;
-        a.grad = b.param;  // (a placeholder until check())
-        a.exp_avg = b.exp_avg;
-        a.exp_avg_sq = b.exp_avg_sq;
-        a.rot_axis = b.rot_axis;
-        a.rot_segments = b.rot_segments;
-        const std::string where = "block " + std::to_string(k);
-        DEADSPEC_CHECK_ARG(b.row_site < n_sites && b.col_site < n_sites, fn, ": ", where,
-                           " names a site beyond the ", n_sites, " sites");
-        const bool two_d = b.param.ndim() == 2;
-        auto rows_view = [&](const std::vector<std::byte>& buf, DType dt) {
-            return two_d ? buffer_view(buf, dt, b.param.shape, {1, 0})
-                         : buffer_view(buf, dt, b.param.shape);
-        };
-        if (b.row_site >= 0) {
-            const auto r = static_cast<std::size_t>(b.row_site);
-            DEADSPEC_CHECK_ARG(b.param.ndim() >= 1 && b.param.shape[0] == m_sites[r].weight.shape[0],
-                               fn, ": ", where, " must have one row per unit of its row site");
-            a.scale = rows_view(m_scales[r].rho, m_sites[r].weight.dtype);
-        }
-        if (b.col_site >= 0) {
-            const auto c = static_cast<std::size_t>(b.col_site);
-            const DType dt = m_sites[c].weight.dtype;
-            const std::int64_t units = m_sites[c].weight.shape[0];
-            DEADSPEC_CHECK_ARG(two_d && (b.col_axis == 0 || b.col_axis == 1) &&
-                                   b.param.shape[static_cast<std::size_t>(b.col_axis)] == units &&
-                                   (b.col_axis == 1 || b.row_site < 0),
-                               fn, ": ", where, " must be 2-D with one column (col_axis 1) or row "
-                               "(col_axis 0, no row site) per unit of its column site, got shape ",
-                               b.param.shape_string());
-            if (b.col_axis == 1)
-                a.col_scale = buffer_view(m_scales[c].inv, dt, {units});
-            else
-                a.scale = rows_view(m_scales[c].inv, dt);
-        }
-        detail::check_adam_block(a, fn);
-        const TensorView& st = b.step;
-        DEADSPEC_CHECK_ARG(st.data != nullptr && st.dtype == DType::Float32 && st.numel() == 1 &&
-                               !st.read_only && st.device.type == DeviceType::Cpu,
-                           fn, ": ", where, " step must be a writable float32 CPU scalar, got ",
-                           dtype_name(st.dtype), " of shape ", st.shape_string());
-    }
+    for (std::size_t k = 0; k < m_blocks.size(); ++k) bind_block(k);
     m_grads.assign(m_blocks.size(), TensorView{});
     m_gmax.assign(m_blocks.size(), 0.0);
     const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -261,6 +234,54 @@ DDCAdamPlan::DDCAdamPlan(std::vector<PlanBlock> blocks, std::vector<PlanSite> si
 }
 
 DDCAdamPlan::~DDCAdamPlan() = default;
+
+void DDCAdamPlan::bind_block(std::size_t k) {
+    const char* fn = m_fn;
+    const auto n_sites = static_cast<std::ptrdiff_t>(m_sites.size());
+    const PlanBlock& b = m_blocks[k];
+    AdamBlock& a = m_adam[k];
+    a.param = b.param;
+    a.grad = b.param;  // (a placeholder until check())
+    a.exp_avg = b.exp_avg;
+    a.exp_avg_sq = b.exp_avg_sq;
+    a.rot_axis = b.rot_axis;
+    a.rot_segments = b.rot_segments;
+    const std::string where = "block " + std::to_string(k);
+    DEADSPEC_CHECK_ARG(b.row_site < n_sites && b.col_site < n_sites, fn, ": ", where,
+                       " names a site beyond the ", n_sites, " sites");
+    const bool two_d = b.param.ndim() == 2;
+    auto rows_view = [&](const std::vector<std::byte>& buf, DType dt) {
+        return two_d ? buffer_view(buf, dt, b.param.shape, {1, 0})
+                     : buffer_view(buf, dt, b.param.shape);
+    };
+    if (b.row_site >= 0) {
+        const auto r = static_cast<std::size_t>(b.row_site);
+        DEADSPEC_CHECK_ARG(b.param.ndim() >= 1 && b.param.shape[0] == m_sites[r].weight.shape[0],
+                           fn, ": ", where, " must have one row per unit of its row site");
+        a.scale = rows_view(m_scales[r].rho, m_sites[r].weight.dtype);
+    }
+    if (b.col_site >= 0) {
+        const auto c = static_cast<std::size_t>(b.col_site);
+        const DType dt = m_sites[c].weight.dtype;
+        const std::int64_t units = m_sites[c].weight.shape[0];
+        DEADSPEC_CHECK_ARG(two_d && (b.col_axis == 0 || b.col_axis == 1) &&
+                               b.param.shape[static_cast<std::size_t>(b.col_axis)] == units &&
+                               (b.col_axis == 1 || b.row_site < 0),
+                           fn, ": ", where, " must be 2-D with one column (col_axis 1) or row "
+                           "(col_axis 0, no row site) per unit of its column site, got shape ",
+                           b.param.shape_string());
+        if (b.col_axis == 1)
+            a.col_scale = buffer_view(m_scales[c].inv, dt, {units});
+        else
+            a.scale = rows_view(m_scales[c].inv, dt);
+    }
+    detail::check_adam_block(a, fn);
+    const TensorView& st = b.step;
+    DEADSPEC_CHECK_ARG(st.data != nullptr && st.dtype == DType::Float32 && st.numel() == 1 &&
+                           !st.read_only && st.device.type == DeviceType::Cpu,
+                       fn, ": ", where, " step must be a writable float32 CPU scalar, got ",
+                       dtype_name(st.dtype), " of shape ", st.shape_string());
+}
 
 std::ptrdiff_t DDCAdamPlan::check(const std::vector<TensorView>& grads) {
     m_checked = false;
@@ -314,63 +335,36 @@ double DDCAdamPlan::factor(std::ptrdiff_t block, const std::vector<PlanGroup>& g
 }
 
 void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups) {
-    int top_level = 0;
-    for (const Scales& s : m_scales) top_level = std::max(top_level, s.level);
-    for (int level = 0; level <= top_level; ++level) {
-        // the sites of this level: independent rows, shared out over the threads
-        struct Job {
-            std::size_t site;
-            TensorView w;
-            std::vector<double> c, b;
-            double fw, fb;
-            std::vector<double> norms;
-        };
-        std::vector<Job> jobs;
-        struct Item {
-            std::size_t job;
-            std::int64_t r0, r1;
-        };
-        std::vector<Item> items;
-        std::int64_t total = 0;
+    for (std::size_t level = 0; level < m_levels.size(); ++level) {
+        // this step's inputs of the level's sites (into their scratch), then their rows
         for (const std::size_t i : m_order) {
-            if (m_scales[i].level != level) continue;
+            Scales& sc = m_scales[i];
+            if (static_cast<std::size_t>(sc.level) != level) continue;
             const PlanSite& s = m_sites[i];
-            Job j;
-            j.site = i;
-            j.w = s.weight;
-            if (j.w.ndim() == 1) {  // γ as an h×1 block
-                j.w.shape = {s.weight.shape[0], 1};
-                j.w.strides = {s.weight.stride(0), 1};
-            }
-            const std::int64_t h = j.w.shape[0], d = j.w.shape[1];
-            j.c.assign(static_cast<std::size_t>(d), 1.0);
             if (s.in_site >= 0) {
                 const auto t = static_cast<std::size_t>(s.in_site);
-                const TensorView in = buffer_view(m_scales[t].rho, m_sites[t].weight.dtype, {d});
-                for (std::int64_t k = 0; k < d; ++k)
-                    j.c[static_cast<std::size_t>(k)] = detail::element<double>(in, k);
+                const TensorView in = buffer_view(m_scales[t].rho, m_sites[t].weight.dtype,
+                                                  {static_cast<std::int64_t>(sc.c.size())});
+                for (std::size_t k = 0; k < sc.c.size(); ++k)
+                    sc.c[k] = detail::element<double>(in, static_cast<std::int64_t>(k));
             }
-            j.b = detail::read_vector<double>(s.bias);
-            j.fw = factor(s.weight_block, groups);
-            j.fb = s.bias.data ? factor(s.bias_block, groups) : 1.0;
-            j.norms.assign(static_cast<std::size_t>(h), 0.0);
-            const std::int64_t per = std::max<std::int64_t>(1, kCheckChunk / std::max<std::int64_t>(d, 1));
-            for (std::int64_t r = 0; r < h; r += per)
-                items.push_back({jobs.size(), r, std::min(h, r + per)});
-            total += h * d;
-            jobs.push_back(std::move(j));
+            for (std::size_t k = 0; k < sc.b.size(); ++k)
+                sc.b[k] = detail::element<double>(
+                    s.bias, static_cast<std::int64_t>(k) * s.bias.stride(0));
+            sc.fw = factor(s.weight_block, groups);
+            sc.fb = s.bias.data ? factor(s.bias_block, groups) : 1.0;
         }
+        const std::vector<RowRange>& items = m_levels[level];
         const auto n_items = static_cast<std::int64_t>(items.size());
-        const int threads = detail::worker_threads(total, kPlanParallel, n_items);
+        const int threads = detail::worker_threads(m_level_size[level], kPlanParallel, n_items);
         std::atomic<std::int64_t> next{0};
         m_workers->run(threads, [&](int) {
             for (std::int64_t i = next++; i < n_items; i = next++) {
-                const Item& it = items[static_cast<std::size_t>(i)];
-                Job& j = jobs[it.job];
-                double* out = j.norms.data() + it.r0;
-                detail::row_norms_range(j.w, j.c.data(), j.b, j.fw, j.fb, it.r0, it.r1, out);
-                Scales& sc = m_scales[j.site];
-                if (j.w.dtype == DType::Float64)
+                const RowRange& it = items[static_cast<std::size_t>(i)];
+                Scales& sc = m_scales[it.site];
+                double* out = sc.norms.data() + it.r0;
+                detail::row_norms_range(sc.w, sc.c.data(), sc.b, sc.fw, sc.fb, it.r0, it.r1, out);
+                if (sc.w.dtype == DType::Float64)
                     store_rows<double>(out, sc.gauged.data(), it.r0, it.r1, sc.rho.data(),
                                        sc.inv.data());
                 else
@@ -378,10 +372,10 @@ void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups) {
                                       sc.inv.data());
             }
         });
-        for (const Job& j : jobs) {
-            Scales& sc = m_scales[j.site];
+        for (Scales& sc : m_scales) {
+            if (static_cast<std::size_t>(sc.level) != level) continue;
             const TensorView v =
-                buffer_view(sc.rho, j.w.dtype, {static_cast<std::int64_t>(j.norms.size())});
+                buffer_view(sc.rho, sc.w.dtype, {static_cast<std::int64_t>(sc.norms.size())});
             sc.hi = 0.0;
             sc.lo = std::numeric_limits<double>::infinity();
             for (std::int64_t k = 0; k < v.shape[0]; ++k) {

@@ -94,7 +94,17 @@ private:
         std::vector<char> gauged;         // per unit: in the gauge's units
         double hi = 1.0, lo = 1.0;        // max ρ, min ρ
         int level = 0;
+        TensorView w;                      // the weight as h×d (γ: h×1)
+        std::vector<double> c, b, norms;   // column factors, bias, row norms (scratch)
+        double fw = 1.0, fb = 1.0;         // this step's decay factors
     };
+    struct RowRange {
+        std::size_t site;
+        std::int64_t r0, r1;
+    };
+    std::vector<std::vector<RowRange>> m_levels;  // per level, its sites' rows in work items
+    std::vector<std::int64_t> m_level_size;       // elements per level
+    void bind_block(std::size_t k);
     void compute_scales(const std::vector<PlanGroup>& groups);
     double factor(std::ptrdiff_t block, const std::vector<PlanGroup>& groups) const;
 
