@@ -408,6 +408,8 @@ void DDCAdamPlan::step(const std::vector<PlanGroup>& groups, bool bounded,
         AdamBlock& a = m_adam[k];
         a.grad = m_grads[k];
         const float count = *static_cast<const float*>(b.step.data);
+        DEADSPEC_CHECK_ARG(std::isfinite(count) && count >= 0.0f && count < 9.0e15f, m_fn,
+                           ": block ", k, " step count must be a whole number >= 0, got ", count);
         a.hp = AdamStep{g.lr, g.beta1, g.beta2, g.eps, static_cast<std::int64_t>(count) + 1,
                         b.fold_decay ? 1.0 - g.lr * g.weight_decay : 1.0};
         a.keep = true;
