@@ -24,28 +24,83 @@ double at(const TensorView& v, std::int64_t i, std::int64_t j) {
 }
 
 // Contiguous fast paths: typed pointers and plain loops the compiler vectorises.
+// Σ_j (W_ij·c_j)² of R consecutive rows from row i, each with four independent float64 partial
+// sums (element j into sum j mod 4, the tail into the first; (s0 + s1) + (s2 + s3)): the sums
+// pipeline (a single running sum cannot be reordered without -ffast-math) and R rows give R
+// independent chains. Every row's arithmetic is the same whatever R.
+template <typename T, int R>
+DEADSPEC_ALWAYS_INLINE void rows_sq_part(const T* __restrict w, std::int64_t d, std::int64_t j0,
+                                         std::int64_t j1, const double* __restrict c,
+                                         double (&s)[R][4]) {
+    for (std::int64_t j = j0; j + 4 <= j1; j += 4) {
+        for (int k = 0; k < R; ++k) {
+            const T* r = w + k * d;
+            const double a0 = static_cast<double>(r[j]) * c[j];
+            const double a1 = static_cast<double>(r[j + 1]) * c[j + 1];
+            const double a2 = static_cast<double>(r[j + 2]) * c[j + 2];
+            const double a3 = static_cast<double>(r[j + 3]) * c[j + 3];
+            s[k][0] += a0 * a0;
+            s[k][1] += a1 * a1;
+            s[k][2] += a2 * a2;
+            s[k][3] += a3 * a3;
+        }
+    }
+}
+
+template <typename T, int R>
+DEADSPEC_ALWAYS_INLINE void rows_sq_loop(const T* __restrict w, std::int64_t d,
+                                         const double* __restrict c, double* out) {
+    double s[R][4];
+    for (int k = 0; k < R; ++k) s[k][0] = s[k][1] = s[k][2] = s[k][3] = 0.0;
+    const std::int64_t full = d - d % 4;
+    // 64 columns of the R rows at a time, the same columns of the next R rows prefetched: a row
+    // is a short stream (one page for 1024 float32s) that the hardware prefetcher does not run
+    // ahead of (3 × 1024² float32 from memory, one thread: 0.71 → 0.42 ms)
+    constexpr std::int64_t chunk = 64, line = 64 / static_cast<std::int64_t>(sizeof(T));
+    for (std::int64_t j0 = 0; j0 < full; j0 += chunk) {
+        const std::int64_t j1 = std::min(full, j0 + chunk);
+        if (R > 1)
+            for (int k = 0; k < R; ++k)
+                for (std::int64_t b = j0; b < j1; b += line) __builtin_prefetch(w + (R + k) * d + b);
+        rows_sq_part<T, R>(w, d, j0, j1, c, s);
+    }
+    for (std::int64_t j = full; j < d; ++j)
+        for (int k = 0; k < R; ++k) {
+            const double a = static_cast<double>(w[k * d + j]) * c[j];
+            s[k][0] += a * a;
+        }
+    for (int k = 0; k < R; ++k) out[k] = (s[k][0] + s[k][1]) + (s[k][2] + s[k][3]);
+}
+
+template <typename T, int R>
+void rows_sq_base(const T* w, std::int64_t d, const double* c, double* out) {
+    rows_sq_loop<T, R>(w, d, c, out);
+}
+
+#ifdef DEADSPEC_DDC_AVX2
+template <typename T, int R>
+__attribute__((target("avx2"))) void rows_sq_avx2(const T* w, std::int64_t d, const double* c,
+                                                  double* out) {
+    rows_sq_loop<T, R>(w, d, c, out);
+}
+#endif
+
+template <typename T, int R>
+void rows_sq(const T* w, std::int64_t d, const double* c, double* out) {
+#ifdef DEADSPEC_DDC_AVX2
+    if (detail::has_avx2()) return rows_sq_avx2<T, R>(w, d, c, out);
+#endif
+    rows_sq_base<T, R>(w, d, c, out);
+}
+
+// Σ_j (W_ij·c_j)² of rows [r0, r1) of a C-contiguous W into sq[i − r0], four rows at a time.
 template <typename T>
-double row_sq(const TensorView& w, std::int64_t i, std::int64_t d, const double* c) {
-    // Four independent float64 partial sums: the loop pipelines (a single running sum cannot be
-    // reordered without -ffast-math) and the conversion from float is vectorised.
-    const T* r = static_cast<const T*>(w.data) + i * d;
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-    std::int64_t j = 0;
-    for (; j + 4 <= d; j += 4) {
-        const double a0 = static_cast<double>(r[j]) * c[j];
-        const double a1 = static_cast<double>(r[j + 1]) * c[j + 1];
-        const double a2 = static_cast<double>(r[j + 2]) * c[j + 2];
-        const double a3 = static_cast<double>(r[j + 3]) * c[j + 3];
-        s0 += a0 * a0;
-        s1 += a1 * a1;
-        s2 += a2 * a2;
-        s3 += a3 * a3;
-    }
-    for (; j < d; ++j) {
-        const double a = static_cast<double>(r[j]) * c[j];
-        s0 += a * a;
-    }
-    return (s0 + s1) + (s2 + s3);
+void block_rows_sq(const TensorView& w, std::int64_t r0, std::int64_t r1, std::int64_t d,
+                   const double* c, double* sq) {
+    const T* base = static_cast<const T*>(w.data);
+    std::int64_t i = r0;
+    for (; i + 4 <= r1; i += 4) rows_sq<T, 4>(base + i * d, d, c, sq + (i - r0));
+    for (; i < r1; ++i) rows_sq<T, 1>(base + i * d, d, c, sq + (i - r0));
 }
 
 template <typename T>
@@ -80,7 +135,7 @@ using detail::term;
 // squares sum to at most d + 1), and the norm scaled back: +inf exactly when the norm itself
 // exceeds float64. The plain result is kept when an input of the row is not finite. Only rows
 // whose plain norm is not finite come here: ordinary steps pay one test per row.
-double row_norm_scaled(const TensorView& weight, std::int64_t i, const Eigen::VectorXd& c,
+double row_norm_scaled(const TensorView& weight, std::int64_t i, const double* c,
                        const std::vector<double>& b, double fw, double fb, double plain) {
     const std::int64_t d = weight.shape[1];
     std::vector<Term> terms;
@@ -141,7 +196,6 @@ Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_sc
     DEADSPEC_CHECK_ARG(std::isfinite(weight_factor) && std::isfinite(bias_factor), fn,
                        ": weight_factor and bias_factor must be finite, got ", weight_factor,
                        " and ", bias_factor);
-    const double fw2 = weight_factor * weight_factor, fb2 = bias_factor * bias_factor;
     Eigen::VectorXd c = Eigen::VectorXd::Ones(d);
     if (col_scale.data)
         for (std::int64_t j = 0; j < d; ++j)
@@ -150,30 +204,47 @@ Eigen::VectorXd ddc_row_norms(const TensorView& weight, const TensorView& col_sc
     Eigen::VectorXd out(h);
     detail::parallel_rows(h, detail::worker_threads(h * d, detail::kParallelElements, h),
                           [&](std::int64_t r0, std::int64_t r1) {
-                              for (std::int64_t i = r0; i < r1; ++i) {
-                                  double sq = 0.0;
-                                  if (weight.is_contiguous())
-                                      sq = weight.dtype == DType::Float64
-                                               ? row_sq<double>(weight, i, d, c.data())
-                                               : row_sq<float>(weight, i, d, c.data());
-                                  else
-                                      for (std::int64_t j = 0; j < d; ++j) {
-                                          const double w = at(weight, i, j) * c[j];
-                                          sq += w * w;
-                                      }
-                                  sq *= fw2;
-                                  if (!b.empty()) {
-                                      const double bi = b[static_cast<std::size_t>(i)];
-                                      sq += fb2 * (bi * bi);
-                                  }
-                                  out[i] = std::sqrt(sq);
-                                  if (!std::isfinite(out[i]))  // overflowed (or not finite)
-                                      out[i] = row_norm_scaled(weight, i, c, b, weight_factor,
-                                                               bias_factor, out[i]);
-                              }
+                              detail::row_norms_range(weight, c.data(), b, weight_factor,
+                                                      bias_factor, r0, r1, out.data() + r0);
                           });
     return out;
 }
+
+namespace detail {
+
+void row_norms_range(const TensorView& weight, const double* c, const std::vector<double>& b,
+                     double fw, double fb, std::int64_t r0, std::int64_t r1, double* out) {
+    const std::int64_t d = weight.shape[1];
+    const double fw2 = fw * fw, fb2 = fb * fb;
+    if (weight.is_contiguous()) {
+        if (weight.dtype == DType::Float64)
+            block_rows_sq<double>(weight, r0, r1, d, c, out);
+        else
+            block_rows_sq<float>(weight, r0, r1, d, c, out);
+    } else {
+        for (std::int64_t i = r0; i < r1; ++i) {
+            double sq = 0.0;
+            for (std::int64_t j = 0; j < d; ++j) {
+                const double w = at(weight, i, j) * c[j];
+                sq += w * w;
+            }
+            out[i - r0] = sq;
+        }
+    }
+    for (std::int64_t i = r0; i < r1; ++i) {
+        double sq = out[i - r0] * fw2;
+        if (!b.empty()) {
+            const double bi = b[static_cast<std::size_t>(i)];
+            sq += fb2 * (bi * bi);
+        }
+        double norm = std::sqrt(sq);
+        if (!std::isfinite(norm))  // overflowed (or not finite)
+            norm = row_norm_scaled(weight, i, c, b, fw, fb, norm);
+        out[i - r0] = norm;
+    }
+}
+
+}  // namespace detail
 
 std::pair<Eigen::VectorXd, Eigen::VectorXd> ddc_gauge_dots(const TensorView& x,
                                                            const TensorView& g, int axis) {

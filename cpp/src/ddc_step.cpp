@@ -13,24 +13,37 @@
 #include "detail/core.hpp"
 #include "detail/ddc_checks.hpp"
 #include "detail/ddc_kernels.hpp"
+#include "detail/workers.hpp"
 
 namespace deadspec {
 
 namespace {
 
-// One row of the step (the rows of a block are independent). `sig` is σ along the row (null
-// for σ = 1); `g` is contiguous. Inlined into a baseline and an AVX2 wrapper (ddc_kernels.hpp).
+// How σ is given along a row: not at all (σ = 1), as a vector `sig` (σ_j), as the product of a
+// row factor `r` and a column vector `sig` (σ_j = r·c_j, formed in the loop: the same product a
+// materialised σ row holds) or as the row factor alone (σ_j = r).
+enum SigmaMode { kSigmaNone = 0, kSigmaVec = 1, kSigmaRowCol = 2, kSigmaRow = 3 };
+
+template <int Mode, typename T>
+DEADSPEC_ALWAYS_INLINE T sigma_at(const T* __restrict sig, T r, std::int64_t j) {
+    if constexpr (Mode == kSigmaVec) return sig[j];
+    else if constexpr (Mode == kSigmaRowCol) return r * sig[j];
+    else return r;
+}
+
+// One row of the step (the rows of a block are independent). σ along the row as `Mode` says;
+// `g` is contiguous. Inlined into a baseline, an AVX2 and an AVX-512 wrapper (ddc_kernels.hpp).
 // Each element's new x, m and v are checked before they are written (detail::commit): an
 // element whose new values are not all finite keeps its pre-step x, m and v. Returns the number
 // of such elements (0 in a step that overflows nowhere, whose result the check leaves alone).
-template <bool Keep, typename T>
+template <bool Keep, int Mode, typename T>
 DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> step_row_loop(
     T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gi,
-    const T* __restrict sig, std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt,
+    const T* __restrict sig, T r, std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt,
     T step_size, T eps) {
     const T one = T(1);
     detail::CommitCount<T> refused = 0;
-    if (sig == nullptr) {
+    if constexpr (Mode == kSigmaNone) {
         for (std::int64_t j = 0; j < cols; ++j) {
             const T gt = gi[j];
             const T mk = b1 * mi[j] + (one - b1) * gt;
@@ -39,54 +52,67 @@ DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> step_row_loop(
             refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
         }
         return refused;
+    } else {
+        for (std::int64_t j = 0; j < cols; ++j) {
+            const T s = sigma_at<Mode>(sig, r, j);
+            const T gt = gi[j] * s;
+            const T mk = b1 * mi[j] + (one - b1) * gt;
+            const T vk = b2 * vi[j] + (one - b2) * gt * gt;
+            const T xk =
+                xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * s;
+            refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
+        }
+        return refused;
     }
-    for (std::int64_t j = 0; j < cols; ++j) {
-        const T s = sig[j];
-        const T gt = gi[j] * s;
-        const T mk = b1 * mi[j] + (one - b1) * gt;
-        const T vk = b2 * vi[j] + (one - b2) * gt * gt;
-        const T xk = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * s;
-        refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
-    }
-    return refused;
 }
 
-template <bool Keep, typename T>
-detail::CommitCount<T> step_row_base(T* xi, T* mi, T* vi, const T* gi, const T* sig,
-                                     std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt,
-                                     T step_size, T eps) {
-    return step_row_loop<Keep, T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size,
-                            eps);
+#define DEADSPEC_STEP_ROW_ARGS                                                                  \
+    T *xi, T *mi, T *vi, const T *gi, const T *sig, T r, std::int64_t cols, T decay, T b1, T b2, \
+        T inv_bc2_sqrt, T step_size, T eps
+#define DEADSPEC_STEP_ROW_CALL \
+    step_row_loop<Keep, Mode, T>(xi, mi, vi, gi, sig, r, cols, decay, b1, b2, inv_bc2_sqrt, \
+                                 step_size, eps)
+
+template <bool Keep, int Mode, typename T>
+detail::CommitCount<T> step_row_base(DEADSPEC_STEP_ROW_ARGS) {
+    return DEADSPEC_STEP_ROW_CALL;
 }
 
 #ifdef DEADSPEC_DDC_AVX2
-template <bool Keep, typename T>
-__attribute__((target("avx2"))) detail::CommitCount<T> step_row_avx2(
-    T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols, T decay, T b1, T b2,
-    T inv_bc2_sqrt, T step_size, T eps) {
-    return step_row_loop<Keep, T>(xi, mi, vi, gi, sig, cols, decay, b1, b2, inv_bc2_sqrt, step_size,
-                            eps);
+template <bool Keep, int Mode, typename T>
+__attribute__((target("avx2"))) detail::CommitCount<T> step_row_avx2(DEADSPEC_STEP_ROW_ARGS) {
+    return DEADSPEC_STEP_ROW_CALL;
+}
+
+template <bool Keep, int Mode, typename T>
+DEADSPEC_DDC_AVX512 detail::CommitCount<T> step_row_avx512(DEADSPEC_STEP_ROW_ARGS) {
+    return DEADSPEC_STEP_ROW_CALL;
 }
 #endif
 
 // One row, in chunks of at most kCommitChunk elements (the count type's range), on the ISA chosen
 // at run time; returns the elements refused.
-template <bool Keep, typename T>
-std::int64_t step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, std::int64_t cols, T decay,
-                      T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+template <bool Keep, int Mode, typename T>
+std::int64_t step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, T r, std::int64_t cols,
+                      T decay, T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
     std::int64_t refused = 0;
     for (std::int64_t j = 0; j < cols; j += detail::kCommitChunk) {
         const std::int64_t n = std::min(cols - j, detail::kCommitChunk);
         const T* sj = sig == nullptr ? nullptr : sig + j;
 #ifdef DEADSPEC_DDC_AVX2
+        if (detail::has_avx512()) {
+            refused += step_row_avx512<Keep, Mode, T>(xi + j, mi + j, vi + j, gi + j, sj, r, n,
+                                                      decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+            continue;
+        }
         if (detail::has_avx2()) {
-            refused += step_row_avx2<Keep, T>(xi + j, mi + j, vi + j, gi + j, sj, n, decay, b1, b2,
-                                        inv_bc2_sqrt, step_size, eps);
+            refused += step_row_avx2<Keep, Mode, T>(xi + j, mi + j, vi + j, gi + j, sj, r, n, decay,
+                                                    b1, b2, inv_bc2_sqrt, step_size, eps);
             continue;
         }
 #endif
-        refused += step_row_base<Keep, T>(xi + j, mi + j, vi + j, gi + j, sj, n, decay, b1, b2,
-                                    inv_bc2_sqrt, step_size, eps);
+        refused += step_row_base<Keep, Mode, T>(xi + j, mi + j, vi + j, gi + j, sj, r, n, decay, b1,
+                                                b2, inv_bc2_sqrt, step_size, eps);
     }
     return refused;
 }
@@ -136,6 +162,14 @@ __attribute__((target("avx2"))) detail::CommitCount<T> step_row_g2_avx2(
     return step_row_g2_loop<Keep, T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt,
                                step_size, eps);
 }
+
+template <bool Keep, typename T>
+DEADSPEC_DDC_AVX512 detail::CommitCount<T> step_row_g2_avx512(
+    T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig, std::int64_t cols, T decay,
+    T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+    return step_row_g2_loop<Keep, T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt,
+                               step_size, eps);
+}
 #endif
 
 template <bool Keep, typename T>
@@ -147,6 +181,11 @@ std::int64_t step_row_g2(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T*
         const std::int64_t n = std::min(cols - j, detail::kCommitChunk);
         const T* sj = sig == nullptr ? nullptr : sig + j;
 #ifdef DEADSPEC_DDC_AVX2
+        if (detail::has_avx512()) {
+            refused += step_row_g2_avx512<Keep, T>(xi + j, mi + j, vi + j, gt + j, g2 + j, sj, n,
+                                                   decay, b1, b2, inv_bc2_sqrt, step_size, eps);
+            continue;
+        }
         if (detail::has_avx2()) {
             refused += step_row_g2_avx2<Keep, T>(xi + j, mi + j, vi + j, gt + j, g2 + j, sj, n, decay,
                                            b1, b2, inv_bc2_sqrt, step_size, eps);
@@ -284,13 +323,26 @@ private:
 
     std::int64_t plain_row(std::int64_t i, std::vector<T>& gbuf, std::vector<T>& sig) const {
         const T* gi = grad_row(i, gbuf);
-        const T* si = sigma_row(i, sig);
+        // σ along the row without materialising it where it is r_i·c_j, r_i or c_j (the same
+        // products sigma_row would store)
+        if (!has_sigma()) return row_as<kSigmaNone>(i, gi, nullptr, T(1));
+        if (!m_has_scale) return row_as<kSigmaVec>(i, gi, m_col.data(), T(1));
+        if (m_ss1 == 0) {
+            const T r = detail::element<T>(m_scale, i * m_ss0);
+            return m_col.empty() ? row_as<kSigmaRow>(i, gi, nullptr, r)
+                                 : row_as<kSigmaRowCol>(i, gi, m_col.data(), r);
+        }
+        return row_as<kSigmaVec>(i, gi, sigma_row(i, sig), T(1));
+    }
+
+    template <int Mode>
+    std::int64_t row_as(std::int64_t i, const T* gi, const T* sig, T r) const {
         T *x = m_x + i * m_cols, *m = m_m + i * m_cols, *v = m_v + i * m_cols;
         const auto& h = m_hp;
-        return m_keep ? step_row<true, T>(x, m, v, gi, si, m_cols, h.decay, h.b1, h.b2,
-                                          h.inv_bc2_sqrt, h.step_size, h.eps)
-                      : step_row<false, T>(x, m, v, gi, si, m_cols, h.decay, h.b1, h.b2,
-                                           h.inv_bc2_sqrt, h.step_size, h.eps);
+        return m_keep ? step_row<true, Mode, T>(x, m, v, gi, sig, r, m_cols, h.decay, h.b1, h.b2,
+                                                h.inv_bc2_sqrt, h.step_size, h.eps)
+                      : step_row<false, Mode, T>(x, m, v, gi, sig, r, m_cols, h.decay, h.b1,
+                                                 h.b2, h.inv_bc2_sqrt, h.step_size, h.eps);
     }
 
     // Row i of a rotated block from its scaled gradient `gt` and second-moment input `g2`.
@@ -346,6 +398,13 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
                           std::vector<std::int64_t>& refused) {
     // Validate everything before writing anything: a bad block leaves every block untouched.
     for (const AdamBlock& b : blocks) detail::check_adam_block(b);
+    detail::adam_update_many(blocks, refused, detail::kParallelElements);
+}
+
+namespace detail {
+
+void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int64_t>& refused,
+                      std::int64_t min_parallel, Workers* workers) {
     refused.assign(blocks.size(), 0);
     std::vector<std::function<std::int64_t(std::int64_t, std::int64_t)>> steps;
     struct Item {
@@ -376,19 +435,25 @@ void ddc_adam_update_many(const std::vector<AdamBlock>& blocks,
         total += rows * cols;
     }
     const auto n_items = static_cast<std::int64_t>(items.size());
-    const int threads = detail::worker_threads(total, detail::kParallelElements, n_items);
+    const int threads = detail::worker_threads(total, min_parallel, n_items);
     // Items are taken in order from a shared counter: every item is one row range of one block,
     // written by exactly one thread, so the result does not depend on the scheduling. Each item
     // counts its refused elements in its own slot.
     std::vector<std::int64_t> per_item(items.size(), 0);
     std::atomic<std::int64_t> next{0};
-    detail::parallel_rows(threads, threads, [&](std::int64_t, std::int64_t) {
+    auto work = [&] {
         for (std::int64_t k = next++; k < n_items; k = next++) {
             const auto i = static_cast<std::size_t>(k);
             per_item[i] = steps[items[i].step](items[i].r0, items[i].r1);
         }
-    });
+    };
+    if (workers != nullptr)
+        workers->run(threads, [&](int) { work(); });
+    else
+        detail::parallel_rows(threads, threads, [&](std::int64_t, std::int64_t) { work(); });
     for (std::size_t i = 0; i < items.size(); ++i) refused[items[i].block] += per_item[i];
 }
+
+}  // namespace detail
 
 }  // namespace deadspec

@@ -41,6 +41,35 @@ class GramAccumulator:
     @property
     def mean(self) -> _F64: ...
 
+class DDCAdamPlan:
+    """DDCAdam's coordinate step over all blocks (``optim/_coreplan.py``), the structure bound
+    once: :meth:`check` the gradients, then :meth:`step`."""
+
+    def __init__(
+        self, blocks: list[dict[str, Any]], sites: list[dict[str, Any]], order: list[int]
+    ) -> None:
+        """``blocks``: dicts with the capsules ``param``, ``exp_avg``, ``exp_avg_sq``, ``step``
+        (the float32 step count) and optional ``row_site``, ``col_site`` (int, -1: none),
+        ``col_axis`` (1; 0: a Conv1D consumer), ``group`` (int), ``fold_decay`` (bool),
+        ``rot_axis`` with ``rot_segments``; ``sites``: dicts with ``weight``, optional
+        ``bias``, ``in_site``, ``units``, ``weight_block``, ``bias_block``; ``order``: the sites
+        in topological order. Validated here (ValueError naming the entry)."""
+    @property
+    def num_blocks(self) -> int: ...
+    def check(self, grads: list[_Capsule | None]) -> int:
+        """Take this step's gradients (None: no gradient) and read them once; the first block
+        whose gradient is not finite, or -1."""
+    def step(
+        self, groups: list[tuple[float, float, float, float, float]], bounded: bool
+    ) -> tuple[list[int], list[bool]]:
+        """The step of every block with a gradient; ``groups``: (lr, beta1, beta2, eps,
+        weight_decay) per param group; ``bounded``: the overflow screen may clear blocks.
+        Returns (refused, kept) per block."""
+    def scale(self, site: int) -> _F64:
+        """ρ of a site from the last step, float64."""
+    def grad_max(self, block: int) -> float:
+        """max |g| of a block from the last check (NaN: not finite)."""
+
 def build_info() -> dict[str, Any]:
     """Build flavour of the core: version, CUDA, LAPACK backend, Eigen version."""
 

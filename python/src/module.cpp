@@ -55,4 +55,5 @@ PYBIND11_MODULE(_core, m) {
     deadspec::python::bind_spectrum(m);
     deadspec::python::bind_slope(m);
     deadspec::python::bind_ddc(m);
+    deadspec::python::bind_ddc_plan(m);
 }

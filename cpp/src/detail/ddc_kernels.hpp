@@ -27,6 +27,9 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define DEADSPEC_DDC_AVX2 1
+// The AVX-512 wrappers' target (512-bit vectors: GCC's generic tuning would stay at 256 bits).
+#define DEADSPEC_DDC_AVX512 \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))
 #endif
 
 namespace deadspec::detail {
@@ -39,6 +42,19 @@ inline bool has_avx2() {
         const char* isa = std::getenv("DEADSPEC_DDC_ISA");
         if (isa != nullptr && std::string(isa) == "baseline") return false;
         return __builtin_cpu_supports("avx2") != 0;
+    }();
+    return yes;
+}
+
+// Whether the AVX-512 kernels run (F, VL, BW and DQ; 512-bit vectors). DEADSPEC_DDC_ISA=avx2 (or
+// baseline) rules them out. The same loops, the same roundings: bit-identical to the others.
+inline bool has_avx512() {
+    static const bool yes = [] {
+        const char* isa = std::getenv("DEADSPEC_DDC_ISA");
+        if (isa != nullptr && (std::string(isa) == "baseline" || std::string(isa) == "avx2"))
+            return false;
+        return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512vl") != 0 &&
+               __builtin_cpu_supports("avx512bw") != 0 && __builtin_cpu_supports("avx512dq") != 0;
     }();
     return yes;
 }
@@ -154,6 +170,19 @@ const T* gather_row(const T* g, std::int64_t i, std::int64_t s0, std::int64_t s1
     for (std::int64_t j = 0; j < cols; ++j) buf[static_cast<std::size_t>(j)] = gi[j * s1];
     return buf.data();
 }
+
+class Workers;
+
+// ddc_adam_update_many on validated blocks, over threads once the blocks hold `min_parallel`
+// elements in all (ddc_step.cpp): `workers`' threads, or threads started for the call (null).
+void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int64_t>& refused,
+                      std::int64_t min_parallel, Workers* workers = nullptr);
+
+// ddc_row_norms on rows [r0, r1) of `weight` (2-D, any strides), one thread: out[i − r0] =
+// √(f_w²·Σ_j (W_ij·c_j)² + f_b²·b_i²), `c` d column factors (ones for none), `b` the bias as
+// float64 (empty for none); a row whose plain sum overflows is recomputed scaled (ddc_scales.cpp).
+void row_norms_range(const TensorView& weight, const double* c, const std::vector<double>& b,
+                     double fw, double fb, std::int64_t r0, std::int64_t r1, double* out);
 
 // Each [a, e) segment of `row` replaced by its mean (a rotated head's shared second moment).
 template <typename T>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from deadspec import gauges as G
 from deadspec.optim._base import FORMS, DDCBase, TorchOptions, check_betas, check_nonnegative
+from deadspec.optim._coreplan import CorePlan
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state, screen_safe
 from deadspec.optim._plan import Site
 from deadspec.optim._sharded import local
@@ -164,6 +166,7 @@ class DDCAdam(DDCBase):
         betas = check_betas(fn, "betas", betas)
         check_nonnegative(fn, "eps", eps)
         check_nonnegative(fn, "weight_decay", weight_decay)
+        self._core_plan: CorePlan | None = None
         super().__init__(
             model_or_params,
             {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay},
@@ -206,6 +209,8 @@ class DDCAdam(DDCBase):
             for t in (st.weight, st.bias)
             if t is not None
         )
+        if fold and self._core_step():
+            return
         ok, modes = self._prologue(decay=not fold)
         if not ok:
             return
@@ -220,6 +225,40 @@ class DDCAdam(DDCBase):
         for b, n, p in zip(blocks, refused, owners):
             self._note_refused(p, n, kept=b.keep)
         self._policy(modes)
+
+    def _core_step(self) -> bool:
+        """The step through the core's bound plan (``_coreplan``: two core calls for all
+        blocks, the same arithmetic as the per-block path below). False: the plan does not take
+        the optimizer's set-up or this step's gradients, and nothing was done."""
+        cp = self._core_plan
+        if cp is None or not cp.current(self):
+            cp = self._core_plan = CorePlan.build(self)
+        if cp is None:
+            return False
+        groups = cp.groups(self)
+        bad = None if groups is None else cp.check()
+        if bad is None:
+            return False
+        if bad >= 0:  # (as _prologue: nothing written)
+            gi, j = cp.where[bad]
+            msg = (
+                f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in "
+                f"{self._name(cp.params[bad], gi, j)!r}"
+            )
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=6)
+            return True
+        modes = self._gauge_modes() if self._wants_modes() else []
+        for k, gi in cp.shift:  # the logit layer's shift-aware decay, as _stepped
+            group = self.param_groups[gi]
+            if cp.params[k].grad is not None and group["weight_decay"] != 0:
+                self._decay(cp.params[k], group["lr"] * group["weight_decay"], shift=True)
+        refused, kept = cp.core.step(groups, self._moments_bounded)
+        for p, n, k in zip(cp.params, refused, kept):
+            self._note_refused(p, n, kept=k)
+        self._policy(modes)
+        return True
 
     def _stepped(self, fold: bool) -> Iterator[tuple[dict[str, Any], torch.Tensor, float]]:
         """(group, parameter, decay factor still to apply) of every parameter with a gradient,

@@ -276,6 +276,34 @@ def _core_blocks(name: str) -> Callable[..., dict[str, Any]]:
     return run
 
 
+def e_core_ddc_adam_plan(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, Any]:
+    """``_core.DDCAdamPlan`` over the blocks of ``ddc_adam_update_many`` (no sites; each block its
+    own group, its step count made from the block's ``step``): bound, checked and stepped with
+    the per-element keep (``bounded=False``: the fuzzed moments are not the optimizer's own)."""
+    blocks, written = _blocks(ctx, args[0], ops)
+    plan_blocks, grads, groups = [], [], []
+    for k, b in enumerate(blocks if isinstance(blocks, list) else []):
+        if not isinstance(b, dict):
+            plan_blocks.append(b)
+            continue
+        step = b.get("step")
+        count = float(step) - 1.0 if isinstance(step, (int, float)) else 0.0
+        pb = {key: b[key] for key in ("param", "exp_avg", "exp_avg_sq", "rot_axis",
+                                      "rot_segments") if key in b}
+        pb["step"] = capsule(torch.tensor(count, dtype=torch.float32))
+        pb["group"] = k
+        plan_blocks.append(pb)
+        grads.append(b.get("grad"))
+        vals = [b.get(key) for key in ("lr", "beta1", "beta2", "eps")]
+        groups.append(tuple(float(v) if isinstance(v, (int, float)) else 0.1 for v in vals)
+                      + (0.0,))
+    plan = _core.DDCAdamPlan(plan_blocks if isinstance(blocks, list) else blocks, [], [])
+    if plan.check(grads) >= 0:
+        return {"result": -1}
+    refused, kept = plan.step(groups, False)
+    return {**written, "result": [float(n) for n in refused] + [float(k) for k in kept]}
+
+
 #: The largest float64, exactly.
 _MAX = Fraction(sys.float_info.max)
 
@@ -823,6 +851,7 @@ ENTRIES: dict[str, Callable[..., dict[str, Any]]] = {
     "_core.GramAccumulator": e_core_gram_accumulator,
     "_core.ddc_adam_update": e_core_ddc_adam_update,
     "_core.ddc_adam_update_many": _core_blocks("ddc_adam_update_many"),
+    "_core.DDCAdamPlan": e_core_ddc_adam_plan,
     "_core.ddc_split_sums": _core_blocks("ddc_split_sums"),
     "_core.ddc_split_moments": _core_blocks("ddc_split_moments"),
     "_core.ddc_split_apply": _core_blocks("ddc_split_apply"),

@@ -1293,6 +1293,7 @@ def _strategies() -> dict[str, st.SearchStrategy]:
         "_core.GramAccumulator": accumulator("_core.GramAccumulator", core=True),
         "_core.ddc_adam_update": adam_update_case(),
         "_core.ddc_adam_update_many": blocks_case("_core.ddc_adam_update_many", split=False),
+        "_core.DDCAdamPlan": blocks_case("_core.DDCAdamPlan", split=False),
         "_core.ddc_split_sums": blocks_case("_core.ddc_split_sums", split=True),
         "_core.ddc_split_moments": blocks_case("_core.ddc_split_moments", split=True),
         "_core.ddc_split_apply": blocks_case("_core.ddc_split_apply", split=True),

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+// Workers: a small persistent thread team for passes that run many times a second (DDCAdamPlan).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace deadspec::detail {
+
+/// `extra` threads kept for the life of the object: run(n, f) calls f(0) on the caller and
+/// f(1) … f(n − 1) on the workers and returns when all have returned (an exception from any is
+/// rethrown on the caller). A worker spins for a short while after a run (so the passes of one
+/// step find it awake), then sleeps on a condition variable: an idle optimizer costs nothing.
+/// Starting a thread per pass costs tens of microseconds (more when torch's OpenMP threads
+/// hold the cores), about what a pass over a small model takes.
+class Workers {
+public:
+    explicit Workers(int extra) {
+        for (int i = 0; i < extra; ++i) m_threads.emplace_back([this, i] { loop(i + 1); });
+    }
+    ~Workers() {
+        {
+            std::lock_guard<std::mutex> lk(m_mutex);
+            m_stop = true;
+            m_gen.fetch_add(1);
+        }
+        m_cv.notify_all();
+        for (auto& t : m_threads) t.join();
+    }
+    Workers(const Workers&) = delete;
+    Workers& operator=(const Workers&) = delete;
+
+    /// Threads available to run(): the workers and the caller.
+    int size() const { return static_cast<int>(m_threads.size()) + 1; }
+
+    void run(int n, const std::function<void(int)>& f) {
+        n = std::max(1, std::min(n, size()));
+        if (n == 1) {
+            f(0);
+            return;
+        }
+        m_errors.assign(static_cast<std::size_t>(n), nullptr);
+        m_f = &f;
+        m_n = n;
+        m_pending.store(n - 1);
+        {
+            std::lock_guard<std::mutex> lk(m_mutex);
+            m_gen.fetch_add(1);
+        }
+        m_cv.notify_all();
+        try {
+            f(0);
+        } catch (...) {
+            m_errors[0] = std::current_exception();
+        }
+        while (m_pending.load() > 0) std::this_thread::yield();
+        m_f = nullptr;
+        for (auto& e : m_errors)
+            if (e) std::rethrow_exception(e);
+    }
+
+private:
+    void loop(int id) {
+        std::uint64_t seen = 0;
+        for (;;) {
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+            while (m_gen.load() == seen && std::chrono::steady_clock::now() < until)
+                std::this_thread::yield();
+            if (m_gen.load() == seen) {
+                std::unique_lock<std::mutex> lk(m_mutex);
+                m_cv.wait(lk, [&] { return m_gen.load() != seen; });
+            }
+            seen = m_gen.load();
+            if (m_stop) return;
+            if (id < m_n) {
+                try {
+                    (*m_f)(id);
+                } catch (...) {
+                    m_errors[static_cast<std::size_t>(id)] = std::current_exception();
+                }
+                m_pending.fetch_sub(1);
+            }
+        }
+    }
+
+    std::vector<std::thread> m_threads;
+    std::mutex m_mutex;
+    std::condition_variable m_cv;
+    std::atomic<std::uint64_t> m_gen{0};
+    std::atomic<int> m_pending{0};
+    const std::function<void(int)>* m_f = nullptr;
+    int m_n = 0;
+    std::atomic<bool> m_stop{false};
+    std::vector<std::exception_ptr> m_errors;
+};
+
+}  // namespace deadspec::detail
