@@ -343,11 +343,6 @@ int blas_threads_in_use() {
 #endif
 }
 
-bool blas_threads_auto() {
-    std::lock_guard<std::mutex> lock(g_threads_mutex);
-    return g_user_threads == 0;
-}
-
 void blas_set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument(concat("deadspec.set_num_threads: n must be >= 1, got ", n));
     set_threads_mode(n);

@@ -95,8 +95,6 @@ void blas_set_num_threads(int n);
 void blas_set_threads_auto();
 /// OpenBLAS's thread count at this moment (what auto mode chose last).
 int blas_threads_in_use();
-/// True when no count was set (auto mode).
-bool blas_threads_auto();
 /// a·b·c as a double (a flop count).
 inline double flops3(std::int64_t a, std::int64_t b, std::int64_t c) {
     return static_cast<double>(a) * static_cast<double>(b) * static_cast<double>(c);
