@@ -3,7 +3,7 @@
 Each mode runs in a fresh child process: ``1`` (DEADSPEC_NUM_THREADS=1), ``all``
 (DEADSPEC_NUM_THREADS=<cpu count>) and ``default`` (nothing set: what a user gets). Every child runs
 the same cases, each right after torch work in the same process (torch's OpenMP pool is warm and
-its threads may still be spinning), best of ``--repeat``:
+its threads may still be spinning), best of ``--repeat`` (7):
 
 * ``eig-after-torch``: 8 × (an MLP forward + backward in torch, then ``sym_eig`` of a 1024² matrix);
 * ``eig 2048`` / ``eigh 1024``: ``sym_eig`` values of a 2048², values + vectors of a 1024²;
@@ -15,7 +15,7 @@ its threads may still be spinning), best of ``--repeat``:
 ``--load L`` (default ``0,1``) repeats everything with L other processes spinning on the CPU, as
 on a shared machine. The verdict: default / min(1 thread, all threads) ≤ 1.2 in every case.
 
-    python bench/python/bench_threads.py [--load 0,1] [--repeat 3] [--csv out.csv] [--smoke]
+    python bench/python/bench_threads.py [--load 0,1] [--repeat 7] [--csv out.csv] [--smoke]
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _run_mode(mode: str, load: int, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--load", default="0,1", help="other busy processes, comma list (default 0,1)")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--thread-timeout", type=int, default=0,
                    help="OPENBLAS_THREAD_TIMEOUT for the children (2^n cycles of busy-waiting)")
     p.add_argument("--csv", default=None)
