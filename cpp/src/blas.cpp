@@ -16,66 +16,47 @@
 
 namespace deadspec::detail {
 
-namespace {
-#ifdef DEADSPEC_HAVE_LAPACK
-// BLAS takes 32-bit ints in scipy-openblas32: refuse sizes it cannot represent.
-blasint to_blasint(std::int64_t v) {
-    if (v > std::numeric_limits<blasint>::max())
-        throw std::invalid_argument(concat("deadspec: dimension ", v,
-                                           " exceeds the 32-bit BLAS index range"));
-    return static_cast<blasint>(v);
-}
-#endif
-}  // namespace
-
 void symmetrize_from_lower(RowMatrixXd& c) {
-    // By 64×64 tiles: an element-wise transposed copy walks a column of the lower triangle at a
-    // stride of n doubles per element, and at n = 2048 took as long as half the dsyrk before it.
-    constexpr std::int64_t kTile = 64;
-    const std::int64_t n = c.rows();
+    // (by tiles: an element-wise transposed copy took as long as half the dsyrk before it at
+    // n = 2048)
     double* p = c.data();
-    for (std::int64_t ib = 0; ib < n; ib += kTile) {
-        const std::int64_t ie = std::min(n, ib + kTile);
-        for (std::int64_t jb = ib; jb < n; jb += kTile) {
-            const std::int64_t je = std::min(n, jb + kTile);
-            for (std::int64_t i = ib; i < ie; ++i)
-                for (std::int64_t j = std::max(jb, i + 1); j < je; ++j) p[i * n + j] = p[j * n + i];
-        }
-    }
+    const std::int64_t n = c.rows();
+    for_tiles(n, true, [p, n](std::int64_t i, std::int64_t j) { p[i * n + j] = p[j * n + i]; });
 }
 
-void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols, double alpha,
-                          RowMatrixXd& c) {
+namespace {
+// Lower triangle of C = alpha·X·Xᵀ + beta·C, X row-major rows×cols. With beta = 0 the BLAS
+// writes C without reading it (no zeroing pass needed); Eigen's path adds to C, which the
+// caller has then zeroed.
+void syrk_rows(const double* x, std::int64_t rows, std::int64_t cols, double alpha, double beta,
+               RowMatrixXd& c) {
     if (rows == 0 || cols == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
     BlasThreads threads(flops3(rows, rows, cols));
     DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
-                         to_blasint(cols), alpha, x, to_blasint(cols), 1.0, c.data(),
+                         to_blasint(cols), alpha, x, to_blasint(cols), beta, c.data(),
                          to_blasint(rows));
 #else
+    (void)beta;
     Eigen::Map<const RowMatrixXd> m(x, rows, cols);
     c.selfadjointView<Eigen::Lower>().rankUpdate(m, alpha);
 #endif
+}
+}  // namespace
+
+void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols, double alpha,
+                          RowMatrixXd& c) {
+    syrk_rows(x, rows, cols, alpha, 1.0, c);
 }
 
 RowMatrixXd gram_rows(const double* x, std::int64_t rows, std::int64_t cols, double alpha) {
     RowMatrixXd c(rows, rows);
 #ifdef DEADSPEC_HAVE_LAPACK
-    if (rows > 0) {
-        if (cols == 0) {
-            c.setZero();
-            return c;
-        }
-        BlasThreads threads(flops3(rows, rows, cols));
-        // beta = 0: the lower triangle is written, not read, so c needs no zeroing pass
-        DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
-                             to_blasint(cols), alpha, x, to_blasint(cols), 0.0, c.data(),
-                             to_blasint(rows));
-    }
+    if (cols == 0) c.setZero();  // else beta = 0 below: the lower triangle is written, not read
 #else
     c.setZero();
-    syrk_rows_accumulate(x, rows, cols, alpha, c);
 #endif
+    syrk_rows(x, rows, cols, alpha, 0.0, c);
     symmetrize_from_lower(c);
     return c;
 }
@@ -193,7 +174,7 @@ std::string blas_config() {
 namespace {
 std::mutex g_threads_mutex;
 int g_user_threads = 0;  // 0: auto
-int g_applied = 0;       // what OpenBLAS is set to now (0: untouched)
+[[maybe_unused]] int g_applied = 0;  // what OpenBLAS is set to now (0: untouched)
 std::int64_t g_hold_until = 0, g_hold_ns = 0, g_last_probe = 0;
 
 int initial_threads() {

@@ -21,13 +21,9 @@ using ConstRowMap =
                Eigen::OuterStride<>>;
 
 #ifdef DEADSPEC_HAVE_LAPACK
-blasint bi(std::int64_t v) {
-    if (v > std::numeric_limits<blasint>::max())
-        throw std::invalid_argument(
-            concat("deadspec: dimension ", v, " exceeds the 32-bit BLAS index range"));
-    return static_cast<blasint>(v);
-}
+constexpr auto bi = &to_blasint;  // (short: every BLAS call below converts 4-13 sizes)
 #endif
+
 }  // namespace
 
 void gemm_nt_ld(std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a,

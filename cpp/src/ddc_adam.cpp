@@ -18,19 +18,10 @@ namespace deadspec {
 
 namespace {
 
+using detail::buffer_view;
+
 constexpr const char* kFn = "deadspec.DDCAdam";
 constexpr const char* kStepFn = "deadspec.DDCAdam.step";
-
-// A view of an owned byte buffer as a C-contiguous (or given-strides) float32/float64 tensor.
-TensorView buffer_view(const std::vector<std::byte>& buf, DType dtype,
-                       std::vector<std::int64_t> shape, std::vector<std::int64_t> strides = {}) {
-    TensorView v;
-    v.data = buf.data();
-    v.dtype = dtype;
-    v.shape = std::move(shape);
-    v.strides = std::move(strides);
-    return v;
-}
 
 template <typename T>
 void store_scales(const Eigen::VectorXd& values, const std::vector<std::int64_t>& units,

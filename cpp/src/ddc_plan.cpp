@@ -23,6 +23,8 @@ namespace deadspec {
 
 namespace {
 
+using detail::buffer_view;
+
 // Passes over fewer elements than this in all run on the calling thread. Below the element-wise
 // kernels' kParallelElements: a plan's pass is one parallel region for all blocks (not one per
 // block), so two threads pay off from a few hundred thousand elements.
@@ -104,17 +106,6 @@ double absmax(const TensorView& g, std::int64_t a, std::int64_t b) {
     T v;
     std::memcpy(&v, &top, sizeof(T));
     return static_cast<double>(v);
-}
-
-// A float32/float64 vector in an owned buffer, as a view (shape `shape`, strides `strides`).
-TensorView buffer_view(const std::vector<std::byte>& buf, DType dtype,
-                       std::vector<std::int64_t> shape, std::vector<std::int64_t> strides = {}) {
-    TensorView v;
-    v.data = buf.data();
-    v.dtype = dtype;
-    v.shape = std::move(shape);
-    v.strides = std::move(strides);
-    return v;
 }
 
 // ρ of rows [r0, r1) from their norms, as Python's site_rho: rounded to the weight's dtype, 1 at

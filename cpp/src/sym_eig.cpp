@@ -36,32 +36,20 @@ SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn) {
 }
 
 SymEigResult sym_eig_rowmajor(const double* a, std::int64_t n, bool vectors, const char* fn) {
-    // work(i, j) = a(i, j) in column-major storage, by 64×64 tiles: the element-wise copy
-    // Eigen does for a row-major source reads a column of `a` at a stride of n doubles.
-    constexpr std::int64_t kTile = 64;
+    // work(i, j) = a(i, j) in column-major storage, by tiles (Eigen's copy of a row-major
+    // source reads a column of `a` at a stride of n doubles)
     Eigen::MatrixXd work(n, n);
     double* w = work.data();
-    for (std::int64_t ib = 0; ib < n; ib += kTile)
-        for (std::int64_t jb = 0; jb < n; jb += kTile)
-            for (std::int64_t i = ib; i < std::min(n, ib + kTile); ++i)
-                for (std::int64_t j = jb; j < std::min(n, jb + kTile); ++j)
-                    w[j * n + i] = a[i * n + j];
+    for_tiles(n, false, [a, w, n](std::int64_t i, std::int64_t j) { w[j * n + i] = a[i * n + j]; });
     return sym_eig_owned(std::move(work), vectors, fn);
 }
 
 double max_asymmetry(const double* a, std::int64_t n) {
-    constexpr std::int64_t kTile = 64;
     double worst = 0.0;
-    for (std::int64_t ib = 0; ib < n; ib += kTile) {
-        const std::int64_t ie = std::min(n, ib + kTile);
-        for (std::int64_t jb = 0; jb <= ib; jb += kTile) {
-            const std::int64_t je = std::min(n, jb + kTile);
-            for (std::int64_t i = ib; i < ie; ++i)
-                for (std::int64_t j = jb; j < std::min(je, i); ++j)
-                    // halved (exact) so that entries near ±max do not overflow the difference
-                    worst = std::max(worst, std::abs(0.5 * a[i * n + j] - 0.5 * a[j * n + i]));
-        }
-    }
+    for_tiles(n, true, [a, n, &worst](std::int64_t i, std::int64_t j) {
+        // halved (exact) so that entries near ±max do not overflow the difference
+        worst = std::max(worst, std::abs(0.5 * a[i * n + j] - 0.5 * a[j * n + i]));
+    });
     return 2.0 * worst;
 }
 }  // namespace detail

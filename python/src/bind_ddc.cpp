@@ -15,6 +15,7 @@
 
 #include "bindings.hpp"
 #include "deadspec/ddc.hpp"
+#include "dict_entry.hpp"
 #include "dlpack_view.hpp"
 
 namespace deadspec::python {
@@ -30,49 +31,15 @@ constexpr std::size_t kRequired = 9;
 // One block dict of a batched call, its keys checked (no unknown entry, no required one missing;
 // `fn` and the block's index name it in messages). The views it creates go to `views`, which
 // owns the capsules until the call returns. Use with the GIL held.
-class BlockReader {
+class BlockReader : public DictEntry {
 public:
     BlockReader(const py::handle& h, std::size_t index, const char* fn,
                 std::initializer_list<const char*> extra,
                 std::vector<std::unique_ptr<DLPackView>>& views)
-        : m_where(std::string(fn) + ": block " + std::to_string(index)), m_views(views) {
-        if (!py::isinstance<py::dict>(h))
-            throw py::type_error(m_where + " must be a dict, got " +
-                                 std::string(py::str(py::type::of(h).attr("__name__"))));
-        m_dict = py::reinterpret_borrow<py::dict>(h);
-        for (const auto& item : m_dict) {
-            const auto key = std::string(py::str(item.first));
-            const auto known = [&](const char* k) { return key == k; };
-            DEADSPEC_CHECK_ARG(std::any_of(std::begin(kCommonKeys), std::end(kCommonKeys), known) ||
-                                   std::any_of(extra.begin(), extra.end(), known),
-                               m_where, " has an unknown entry '", key, "'");
-        }
+        : DictEntry(h, std::string(fn) + ": block " + std::to_string(index), keys(extra), views) {
         for (std::size_t k = 0; k < kRequired; ++k)
-            DEADSPEC_CHECK_ARG(m_dict.contains(kCommonKeys[k]), m_where, " needs '",
-                               kCommonKeys[k], "'");
-    }
-
-    /// Whether the entry is given (absent and None alike mean not given).
-    bool has(const char* key) const { return m_dict.contains(key) && !m_dict[key].is_none(); }
-
-    /// The DLPack capsule under `key` as a view, or a null view when not given.
-    TensorView tensor(const char* key) {
-        if (!has(key)) return TensorView{};
-        m_views.push_back(std::make_unique<DLPackView>(
-            py::reinterpret_borrow<py::object>(m_dict[key]), m_where.c_str(), key));
-        return m_views.back()->view();
-    }
-
-    /// The entry under `key` as a T; a TypeError naming the key and `type` if it is not one.
-    template <typename T>
-    T get(const char* key, const char* type) const {
-        const py::object v = m_dict[key];
-        try {
-            return v.cast<T>();
-        } catch (const py::cast_error&) {
-            throw py::type_error(m_where + ": '" + key + "' must be " + type + ", got " +
-                                 std::string(py::str(py::type::of(v).attr("__name__"))));
-        }
+            DEADSPEC_CHECK_ARG(contains(kCommonKeys[k]), where(), " needs '", kCommonKeys[k],
+                               "'");
     }
 
     /// The entries every block has: tensors, Adam hyper-parameters (decay 1), head rotation.
@@ -85,7 +52,7 @@ public:
         b.hp = AdamStep{get<double>("lr", "a float"), get<double>("beta1", "a float"),
                         get<double>("beta2", "a float"), get<double>("eps", "a float"),
                         get<std::int64_t>("step", "an int"), 1.0};
-        DEADSPEC_CHECK_ARG(has("rot_axis") == has("rot_segments"), m_where, ": '",
+        DEADSPEC_CHECK_ARG(has("rot_axis") == has("rot_segments"), where(), ": '",
                            has("rot_axis") ? "rot_axis" : "rot_segments", "' needs '",
                            has("rot_axis") ? "rot_segments" : "rot_axis", "'");
         if (has("rot_axis")) {
@@ -96,9 +63,11 @@ public:
     }
 
 private:
-    std::string m_where;  // "<fn>: block <i>", the start of every message
-    std::vector<std::unique_ptr<DLPackView>>& m_views;
-    py::dict m_dict;
+    static std::vector<std::string> keys(std::initializer_list<const char*> extra) {
+        std::vector<std::string> out(std::begin(kCommonKeys), std::end(kCommonKeys));
+        out.insert(out.end(), extra.begin(), extra.end());
+        return out;
+    }
 };
 
 // The blocks of one batched call and the views that own their capsules (held by pointer: a

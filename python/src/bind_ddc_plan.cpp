@@ -12,6 +12,7 @@
 #include "bindings.hpp"
 #include "deadspec/ddc_plan.hpp"
 #include "deadspec/errors.hpp"
+#include "dict_entry.hpp"
 #include "dlpack_view.hpp"
 
 namespace deadspec::python {
@@ -28,58 +29,13 @@ struct PyPlan {
     std::unique_ptr<DDCAdamPlan> plan;
 };
 
-// One entry dict of the constructor ("block k" / "site k" in messages), its keys checked.
-class Entry {
-public:
-    Entry(const py::handle& h, std::string where, std::vector<std::string> keys,
-          std::vector<std::unique_ptr<DLPackView>>& views)
-        : m_where(std::string(kFn) + ": " + std::move(where)), m_views(views) {
-        if (!py::isinstance<py::dict>(h))
-            throw py::type_error(m_where + " must be a dict, got " +
-                                 std::string(py::str(py::type::of(h).attr("__name__"))));
-        m_dict = py::reinterpret_borrow<py::dict>(h);
-        for (const auto& item : m_dict) {
-            const auto key = std::string(py::str(item.first));
-            bool known = false;
-            for (const auto& k : keys) known = known || k == key;
-            DEADSPEC_CHECK_ARG(known, m_where, " has an unknown entry '", key, "'");
-        }
-    }
-    bool has(const char* key) const { return m_dict.contains(key) && !m_dict[key].is_none(); }
-    TensorView tensor(const char* key, bool required) {
-        if (!has(key)) {
-            DEADSPEC_CHECK_ARG(!required, m_where, " needs '", key, "'");
-            return TensorView{};
-        }
-        m_views.push_back(std::make_unique<DLPackView>(
-            py::reinterpret_borrow<py::object>(m_dict[key]), m_where.c_str(), key));
-        return m_views.back()->view();
-    }
-    template <typename T>
-    T get(const char* key, T fallback, const char* type) const {
-        if (!has(key)) return fallback;
-        const py::object v = m_dict[key];
-        try {
-            return v.cast<T>();
-        } catch (const py::cast_error&) {
-            throw py::type_error(m_where + ": '" + key + "' must be " + type + ", got " +
-                                 std::string(py::str(py::type::of(v).attr("__name__"))));
-        }
-    }
-
-private:
-    std::string m_where;
-    std::vector<std::unique_ptr<DLPackView>>& m_views;
-    py::dict m_dict;
-};
-
 std::unique_ptr<PyPlan> make_plan(const py::list& blocks, const py::list& sites,
                                   const std::vector<std::size_t>& order) {
     auto out = std::make_unique<PyPlan>();
     std::vector<PlanBlock> bs;
     std::size_t k = 0;
     for (const py::handle& h : blocks) {
-        Entry e(h, "block " + std::to_string(k++),
+        DictEntry e(h, std::string(kFn) + ": block " + std::to_string(k++),
                 {"param", "exp_avg", "exp_avg_sq", "step", "row_site", "col_site", "col_axis",
                  "group", "fold_decay", "rot_axis", "rot_segments"},
                 out->views);
@@ -101,7 +57,7 @@ std::unique_ptr<PyPlan> make_plan(const py::list& blocks, const py::list& sites,
     std::vector<PlanSite> ss;
     k = 0;
     for (const py::handle& h : sites) {
-        Entry e(h, "site " + std::to_string(k++),
+        DictEntry e(h, std::string(kFn) + ": site " + std::to_string(k++),
                 {"weight", "bias", "in_site", "units", "weight_block", "bias_block"}, out->views);
         PlanSite s;
         s.weight = e.tensor("weight", true);

@@ -10,6 +10,12 @@
 #define DEADSPEC_HAVE_LAPACK 1
 #include <cblas.h>
 #include <lapacke.h>
+
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+
+#include "deadspec/errors.hpp"
 #endif
 
 #if defined(DEADSPEC_BLAS_PREFIX)
@@ -18,4 +24,16 @@
 #define DS_BLAS(name) DEADSPEC_CAT(DEADSPEC_BLAS_PREFIX, name)
 #else
 #define DS_BLAS(name) name
+#endif
+
+#ifdef DEADSPEC_HAVE_LAPACK
+namespace deadspec::detail {
+/// BLAS takes 32-bit ints in scipy-openblas32: refuse sizes it cannot represent.
+inline blasint to_blasint(std::int64_t v) {
+    if (v > std::numeric_limits<blasint>::max())
+        throw std::invalid_argument(
+            concat("deadspec: dimension ", v, " exceeds the 32-bit BLAS index range"));
+    return static_cast<blasint>(v);
+}
+}  // namespace deadspec::detail
 #endif

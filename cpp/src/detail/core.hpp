@@ -65,6 +65,22 @@ void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols,
 /// Copy the lower triangle of a square row-major matrix to the upper one.
 void symmetrize_from_lower(RowMatrixXd& c);
 
+/// f(i, j) for every i < j of an n×n matrix (every (i, j) unless `strict_upper`), by 64×64
+/// tiles: a pass that reads a(j, i) beside a(i, j) of a row-major matrix then touches a column
+/// of a tile, which stays in cache, instead of a column of the matrix at a stride of n doubles.
+template <typename F>
+void for_tiles(std::int64_t n, bool strict_upper, F&& f) {
+    constexpr std::int64_t kTile = 64;
+    for (std::int64_t ib = 0; ib < n; ib += kTile) {
+        const std::int64_t ie = std::min(n, ib + kTile);
+        for (std::int64_t jb = strict_upper ? ib : 0; jb < n; jb += kTile) {
+            const std::int64_t je = std::min(n, jb + kTile);
+            for (std::int64_t i = ib; i < ie; ++i)
+                for (std::int64_t j = strict_upper ? std::max(jb, i + 1) : jb; j < je; ++j) f(i, j);
+        }
+    }
+}
+
 /// Matrices up to this size are decomposed by Eigen's solver even when LAPACK is available.
 constexpr std::int64_t kEigenSolverMaxDim = 256;
 // From this size on, eigenvalues-only spectra use LAPACK's two-stage tridiagonal reduction.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -193,6 +194,18 @@ void mean_within_segments(T* row, const std::vector<std::pair<std::int64_t, std:
         const T mean = sum / static_cast<T>(e - a);
         for (std::int64_t j = a; j < e; ++j) row[j] = mean;
     }
+}
+
+/// A view of an owned byte buffer as a C-contiguous (or given-strides) float32/float64 tensor.
+inline TensorView buffer_view(const std::vector<std::byte>& buf, DType dtype,
+                              std::vector<std::int64_t> shape,
+                              std::vector<std::int64_t> strides = {}) {
+    TensorView v;
+    v.data = buf.data();
+    v.dtype = dtype;
+    v.shape = std::move(shape);
+    v.strides = std::move(strides);
+    return v;
 }
 
 }  // namespace deadspec::detail
