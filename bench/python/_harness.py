@@ -62,6 +62,20 @@ def peak_mib(how: str, base_kib: int) -> float:
     return max(top - base_kib, 0) / 1024.0
 
 
+def report(result: dict) -> None:
+    """A child process's result, on its own marked line of stdout (read by :func:`run_child`)."""
+    print(MARK + json.dumps(result), flush=True)
+
+
+def run_child(cmd: list[str], what: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd`` and return the result it reported; RuntimeError naming ``what`` otherwise."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{what}: child exited with {proc.returncode}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(MARK):])
+
+
 def time_runs(run: Callable[[], tuple[Any, dict]], repeat: int, budget: float) -> dict:
     """First run = warm-up at size, unless it alone takes >= budget/2 (then it is the sample)."""
     t0 = time.perf_counter()
@@ -128,7 +142,7 @@ class Bench:
         spec = json.loads(payload)
         res = self.measure_here(spec, memory=True)
         np.savez(spec["npz"], **res.pop("arrays"))
-        print(MARK + json.dumps(res), flush=True)
+        report(res)
 
     def measure(self, method: str, cfg: dict, args: argparse.Namespace) -> dict:
         spec = {"method": method, "cfg": cfg, "repeat": args.repeat, "budget": args.budget}
@@ -136,18 +150,10 @@ class Bench:
             return self.measure_here(spec, memory=False)
         with tempfile.TemporaryDirectory() as tmp:
             spec["npz"] = os.path.join(tmp, "out.npz")
-            proc = subprocess.run(
+            res = run_child(
                 [sys.executable, os.path.abspath(self.script), "--_child", json.dumps(spec)],
-                capture_output=True,
-                check=False,
-                text=True,
+                f"{method} {cfg}",
             )
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(
-                    f"{method} {cfg}: child exited with {proc.returncode}\n{proc.stderr[-3000:]}"
-                )
-            res = json.loads(lines[-1][len(MARK) :])
             with np.load(spec["npz"]) as z:
                 res["arrays"] = {k: z[k] for k in z.files}
         return res

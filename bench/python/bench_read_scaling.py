@@ -22,13 +22,22 @@ import cProfile
 import csv
 import json
 import pstats
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from _harness import environment, parser, peak_mib, print_env, print_table, reset_peak, write_csv
+from _harness import (
+    environment,
+    parser,
+    peak_mib,
+    print_env,
+    print_table,
+    report,
+    reset_peak,
+    run_child,
+    write_csv,
+)
 
 PARTS = ("spectrum", "fisher_gram", "gram")
 
@@ -81,11 +90,16 @@ def _child(n: int, w: int, repeat: int, budget: float) -> dict:
 
 def _run_point(n: int, w: int, args) -> dict:
     cmd = [sys.executable, __file__, "--_child", json.dumps([n, w, args.repeat, args.budget])]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    for line in res.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"bench_read_scaling: point N={n}, w={w} failed:\n{res.stderr[-3000:]}")
+    return run_child(cmd, f"bench_read_scaling: point N={n}, w={w}")
+
+
+def _point_from_csv(r: dict[str, str]) -> dict:
+    """A point as _child returned it, from a row of the CSV this script writes."""
+    out: dict = {"n": int(r["n"]), "w": int(r["w"]), "best_s": float(r["best_s"]),
+                 "peak_mib": float(r["peak_mib"]), "cold": r["cold"] == "True"}
+    for part in (*PARTS, "capture"):
+        out[f"{part}_frac"] = float(r[f"{part}_frac"])
+    return out
 
 
 def _slope(xs: list[float], ys: list[float]) -> float:
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args._child:
         n, w, repeat, budget = json.loads(args._child)
-        print("RESULT " + json.dumps(_child(n, w, repeat, budget)), flush=True)
+        report(_child(n, w, repeat, budget))
         return 0
     if args.smoke:
         args.ns, args.widths, args.repeat = "128,256,512", "64,128,256", 1
@@ -165,10 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.plot_csv.split(","):
             with open(path, newline="") as f:
                 for r in csv.DictReader(f):
-                    sweeps[r["sweep"]].append(
-                        {k: (int(v) if k in ("n", "w") else float(v) if v not in ("", "True",
-                             "False") and k != "dominant" and k != "sweep" else v)
-                         for k, v in r.items() if not k.startswith("env_")})
+                    sweeps[r["sweep"]].append(_point_from_csv(r))
         for key in sweeps:
             sweeps[key].sort(key=lambda r, k=key: r[k])
     for n in (int(v) for v in args.ns.split(",") if v):

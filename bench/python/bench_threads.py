@@ -21,7 +21,6 @@ on a shared machine. The verdict: default / min(1 thread, all threads) ≤ 1.2 i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 
 import numpy as np
 
-from _harness import environment, parser, print_env, print_table, write_csv
+from _harness import environment, parser, print_env, print_table, report, run_child, write_csv
 
 MODES = ("1", "all", "default")
 TARGET = 1.2
@@ -119,7 +118,7 @@ def _child(repeat: int, small: bool) -> None:
             fn()
             best = min(best, time.perf_counter() - t0)
         out[name] = best
-    print("RESULT " + json.dumps(out), flush=True)
+    report(out)
 
 
 def _spinners(n: int) -> list[subprocess.Popen]:
@@ -137,15 +136,11 @@ def _run_mode(mode: str, load: int, args) -> dict:
         cmd.append("--smoke")
     spin = _spinners(load)
     try:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        return run_child(cmd, f"bench_threads: child ({mode}, load {load})", env)
     finally:
         for p in spin:
             p.kill()
             p.wait()
-    for line in res.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"bench_threads: child ({mode}, load {load}) failed:\n{res.stderr[-3000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:

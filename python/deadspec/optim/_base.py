@@ -30,6 +30,7 @@ from deadspec._util import unwrap_parallel
 from deadspec.gauges._binding import module_root, parameter_names
 from deadspec.gauges._modules import scale_cols_, scale_rows_
 from deadspec.optim._functional import (
+    AdamBlock,
     adam_ratio_bound,
     commit_finite,
     gauge_dots,
@@ -830,6 +831,28 @@ class DDCBase(torch.optim.Optimizer):
             inv = (rho[c] if axis == 1 else mine(rho[c])).to(p.dtype).reshape(shape)
             scale = 1.0 / inv if scale is None else scale / inv
         return scale
+
+    def _adam_block(
+        self, group: dict[str, Any], p: torch.Tensor, row: Any, col: Any, decay: float = 1.0
+    ) -> AdamBlock:
+        """``p``'s AdamW block (its local rows when sharded) with σ's factors ``row``/``col``."""
+        state = self.state[p]
+        beta1, beta2 = group["betas"]
+        return AdamBlock(
+            local(p),
+            local(p.grad),
+            local(state["exp_avg"]),
+            local(state["exp_avg_sq"]),
+            state["step"],
+            row,
+            col,
+            self._local_rot(p),
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            decay=decay,
+        )
 
     def _local_rot(self, p: torch.Tensor) -> Any:
         """``p``'s rotated head blocks in its local rows (the plan's for a plain ``p``)."""

@@ -14,7 +14,6 @@ from deadspec.optim._base import FORMS, DDCBase, TorchOptions, check_betas, chec
 from deadspec.optim._coreplan import CorePlan
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state, screen_safe
 from deadspec.optim._plan import Site
-from deadspec.optim._sharded import local
 from deadspec.optim._split import SplitStep
 
 __all__ = ["DDCAdam"]
@@ -302,26 +301,8 @@ class DDCAdam(DDCBase):
                 # producer: producers are nn.Linear)
                 col = col if sh is None else sh.mine(col, p)
                 row, col = col.reshape((-1,) + (1,) * (p.ndim - 1)), None
-            state = self.state[p]
-            beta1, beta2 = group["betas"]
             owners.append(p)
-            blocks.append(
-                AdamBlock(
-                    local(p),
-                    local(p.grad),
-                    local(state["exp_avg"]),
-                    local(state["exp_avg_sq"]),
-                    state["step"],
-                    row,
-                    col,
-                    self._local_rot(p),
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                    decay=decay,
-                )
-            )
+            blocks.append(self._adam_block(group, p, row, col, decay))
             b = blocks[-1]
             if self._moments_bounded and id(p) in self._grad_norms:  # (only the core reads it)
                 sigma = 1.0

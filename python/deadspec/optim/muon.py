@@ -471,27 +471,10 @@ class DDCMuon(DDCBase):
                     self._note_refused(p, self._muon_param(group, p, rho, radial, k))
                     k += 1
                     continue
-                state = self.state[p]
-                if len(state) == 0:
-                    init_adam_state(state, p)
-                beta1, beta2 = group["betas"]
+                if len(self.state[p]) == 0:
+                    init_adam_state(self.state[p], p)
                 owners.append(p)
-                blocks.append(
-                    AdamBlock(
-                        local(p),
-                        local(p.grad),
-                        local(state["exp_avg"]),
-                        local(state["exp_avg_sq"]),
-                        state["step"],
-                        self._param_scale(p, rho),
-                        None,
-                        self._local_rot(p),
-                        lr=group["lr"],
-                        beta1=beta1,
-                        beta2=beta2,
-                        eps=group["eps"],
-                    )
-                )
+                blocks.append(self._adam_block(group, p, self._param_scale(p, rho), None))
         # the AdamW blocks in one call (with gauges, the C++ core's pass on CPU; without,
         # torch's single-tensor AdamW operations, bit for bit)
         fused = None if self._plan.gauges and self.foreach is not False else False
