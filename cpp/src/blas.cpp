@@ -25,62 +25,55 @@ void symmetrize_from_lower(RowMatrixXd& c) {
 }
 
 namespace {
-// Lower triangle of C = alpha·X·Xᵀ + beta·C, X row-major rows×cols. With beta = 0 the BLAS
-// writes C without reading it (no zeroing pass needed); Eigen's path adds to C, which the
-// caller has then zeroed.
-void syrk_rows(const double* x, std::int64_t rows, std::int64_t cols, double alpha, double beta,
-               RowMatrixXd& c) {
+// Lower triangle of C = alpha·X·Xᵀ + beta·C (alpha·XᵀX + beta·C with `trans`), X row-major
+// rows×cols. With beta = 0 the BLAS writes C without reading it (no zeroing pass needed);
+// Eigen's path adds to C, which the caller has then zeroed.
+void syrk_lower(const double* x, std::int64_t rows, std::int64_t cols, bool trans, double alpha,
+                double beta, RowMatrixXd& c) {
     if (rows == 0 || cols == 0) return;
 #ifdef DEADSPEC_HAVE_LAPACK
-    BlasThreads threads(flops3(rows, rows, cols));
-    DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasNoTrans, to_blasint(rows),
-                         to_blasint(cols), alpha, x, to_blasint(cols), beta, c.data(),
-                         to_blasint(rows));
+    const std::int64_t n = trans ? cols : rows, k = trans ? rows : cols;
+    BlasThreads threads(flops3(n, n, k));
+    DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, trans ? CblasTrans : CblasNoTrans,
+                         to_blasint(n), to_blasint(k), alpha, x, to_blasint(cols), beta,
+                         c.data(), to_blasint(n));
 #else
     (void)beta;
     Eigen::Map<const RowMatrixXd> m(x, rows, cols);
-    c.selfadjointView<Eigen::Lower>().rankUpdate(m, alpha);
+    if (trans)
+        c.selfadjointView<Eigen::Lower>().rankUpdate(m.transpose(), alpha);
+    else
+        c.selfadjointView<Eigen::Lower>().rankUpdate(m, alpha);
 #endif
+}
+
+// The full symmetric alpha·X·Xᵀ (alpha·XᵀX with `trans`).
+RowMatrixXd gram_of(const double* x, std::int64_t rows, std::int64_t cols, bool trans,
+                    double alpha) {
+    const std::int64_t n = trans ? cols : rows;
+    RowMatrixXd c(n, n);
+#ifdef DEADSPEC_HAVE_LAPACK
+    if (rows == 0 || cols == 0) c.setZero();  // else beta = 0: the lower triangle is written
+#else
+    c.setZero();
+#endif
+    syrk_lower(x, rows, cols, trans, alpha, 0.0, c);
+    symmetrize_from_lower(c);
+    return c;
 }
 }  // namespace
 
 void syrk_rows_accumulate(const double* x, std::int64_t rows, std::int64_t cols, double alpha,
                           RowMatrixXd& c) {
-    syrk_rows(x, rows, cols, alpha, 1.0, c);
+    syrk_lower(x, rows, cols, false, alpha, 1.0, c);
 }
 
 RowMatrixXd gram_rows(const double* x, std::int64_t rows, std::int64_t cols, double alpha) {
-    RowMatrixXd c(rows, rows);
-#ifdef DEADSPEC_HAVE_LAPACK
-    if (cols == 0) c.setZero();  // else beta = 0 below: the lower triangle is written, not read
-#else
-    c.setZero();
-#endif
-    syrk_rows(x, rows, cols, alpha, 0.0, c);
-    symmetrize_from_lower(c);
-    return c;
+    return gram_of(x, rows, cols, false, alpha);
 }
 
 RowMatrixXd gram_cols(const double* x, std::int64_t rows, std::int64_t cols, double alpha) {
-    RowMatrixXd c(cols, cols);
-#ifdef DEADSPEC_HAVE_LAPACK
-    if (rows == 0) c.setZero();  // else beta = 0 below: the lower triangle is written, not read
-#else
-    c.setZero();
-#endif
-    if (rows > 0 && cols > 0) {
-#ifdef DEADSPEC_HAVE_LAPACK
-        BlasThreads threads(flops3(rows, cols, cols));
-        DS_BLAS(cblas_dsyrk)(CblasRowMajor, CblasLower, CblasTrans, to_blasint(cols),
-                             to_blasint(rows), alpha, x, to_blasint(cols), 0.0, c.data(),
-                             to_blasint(cols));
-#else
-        Eigen::Map<const RowMatrixXd> m(x, rows, cols);
-        c.selfadjointView<Eigen::Lower>().rankUpdate(m.transpose(), alpha);
-#endif
-    }
-    symmetrize_from_lower(c);
-    return c;
+    return gram_of(x, rows, cols, true, alpha);
 }
 
 void gemm_tn(const double* a, std::int64_t lda, const double* b, std::int64_t m, std::int64_t n,
