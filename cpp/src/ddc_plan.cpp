@@ -140,6 +140,21 @@ bool screen_safe(double gmax, double sigma_max, const AdamStep& hp, DType dtype)
     return hp.lr * bound * sigma_max <= big / 16;
 }
 
+// The bytes [first, last) a view spans (any non-negative strides; empty for no data).
+std::pair<const std::byte*, const std::byte*> extent(const TensorView& v) {
+    if (v.data == nullptr || v.numel() == 0) return {nullptr, nullptr};
+    std::int64_t last = 0;
+    for (int d = 0; d < v.ndim(); ++d) last += (v.shape[static_cast<std::size_t>(d)] - 1) * std::abs(v.stride(d));
+    const auto* p = static_cast<const std::byte*>(v.data);
+    return {p, p + (last + 1) * dtype_size(v.dtype)};
+}
+
+bool overlap(const TensorView& a, const TensorView& b) {
+    const auto [a0, a1] = extent(a);
+    const auto [b0, b1] = extent(b);
+    return a0 != nullptr && b0 != nullptr && a0 < b1 && b0 < a1;
+}
+
 void check_group(const PlanGroup& g, std::size_t i, const char* fn) {
     DEADSPEC_CHECK_ARG(g.lr >= 0.0 && std::isfinite(g.lr), fn, ": groups[", i,
                        "].lr must be finite and >= 0, got ", g.lr);
@@ -218,6 +233,7 @@ DDCAdamPlan::DDCAdamPlan(std::vector<PlanBlock> blocks, std::vector<PlanSite> si
     // the blocks: a fused AdamBlock each, σ as views on the scale buffers
     m_adam.resize(m_blocks.size());
     for (std::size_t k = 0; k < m_blocks.size(); ++k) bind_block(k);
+    for (std::size_t i = 0; i < m_sites.size(); ++i) bind_fused(i);
     m_grads.assign(m_blocks.size(), TensorView{});
     m_gmax.assign(m_blocks.size(), 0.0);
     const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -274,6 +290,33 @@ void DDCAdamPlan::bind_block(std::size_t k) {
                        dtype_name(st.dtype), " of shape ", st.shape_string());
 }
 
+// Site i's weight block is stepped in the ρ pass, row range by row range right after its ρ
+// (its rows then come from cache, not memory), when nothing else in the pass reads it: a 2-D
+// block without rotations that is the site's weight, whose rows are the site's units, whose
+// columns (if scaled) are a site of an earlier level, with its decay folded, and whose memory
+// no other site's weight or bias shares.
+void DDCAdamPlan::bind_fused(std::size_t i) {
+    const PlanSite& s = m_sites[i];
+    Scales& sc = m_scales[i];
+    sc.fused = -1;
+    if (s.weight_block < 0) return;
+    const PlanBlock& b = m_blocks[static_cast<std::size_t>(s.weight_block)];
+    if (b.param.ndim() != 2 || s.weight.ndim() != 2 || b.param.data != s.weight.data ||
+        b.param.dtype != s.weight.dtype || b.param.shape != s.weight.shape ||
+        b.param.stride(0) != s.weight.stride(0) || b.param.stride(1) != s.weight.stride(1))
+        return;
+    if (b.rot_axis >= 0 || !b.fold_decay || b.row_site != static_cast<std::ptrdiff_t>(i)) return;
+    if (b.col_site >= 0 &&
+        (b.col_axis != 1 || m_scales[static_cast<std::size_t>(b.col_site)].level >= sc.level))
+        return;
+    for (std::size_t j = 0; j < m_sites.size(); ++j) {
+        if (j == i) continue;
+        if (overlap(b.param, m_sites[j].weight) || overlap(b.param, m_sites[j].bias)) return;
+    }
+    if (overlap(b.param, s.bias)) return;
+    sc.fused = s.weight_block;
+}
+
 std::ptrdiff_t DDCAdamPlan::check(const std::vector<TensorView>& grads) {
     m_checked = false;
     DEADSPEC_CHECK_ARG(grads.size() == m_blocks.size(), m_fn, ": grads must have one entry per "
@@ -325,7 +368,32 @@ double DDCAdamPlan::factor(std::ptrdiff_t block, const std::vector<PlanGroup>& g
     return 1.0 - g.lr * g.weight_decay;
 }
 
-void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups) {
+// Rows [r0, r1) of site `site`'s fused block, their ρ just stored: the block's step, screened
+// over these rows' σ (their largest ρ, over the smallest ρ of the column site, whose level is
+// done) — a bound on these rows' σ, so the screen's guarantee holds for them. `written`: the
+// rows were screened (a refused element was written, as a screened block's). Returns the
+// elements refused.
+std::int64_t DDCAdamPlan::step_fused(std::size_t site, std::int64_t r0, std::int64_t r1,
+                                     bool bounded, bool& written) const {
+    const Scales& sc = m_scales[site];
+    const auto k = static_cast<std::size_t>(sc.fused);
+    AdamBlock a = m_adam[k];
+    a.keep = true;
+    if (bounded) {
+        const TensorView rho = buffer_view(sc.rho, sc.w.dtype, {sc.w.shape[0]});
+        double hi = 0.0;
+        for (std::int64_t i = r0; i < r1; ++i) hi = std::max(hi, detail::element<double>(rho, i));
+        const PlanBlock& b = m_blocks[k];
+        if (b.col_site >= 0) hi *= 1.0 / m_scales[static_cast<std::size_t>(b.col_site)].lo;
+        a.keep = !screen_safe(m_gmax[k], hi, a.hp, b.param.dtype);
+    }
+    written = !a.keep;
+    return detail::adam_rows(a, r0, r1);
+}
+
+void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups, bool bounded,
+                                 std::vector<std::int64_t>& refused, std::vector<char>& kept) {
+    std::vector<std::int64_t> written(m_blocks.size(), 0);  // refused in screened row ranges
     for (std::size_t level = 0; level < m_levels.size(); ++level) {
         // this step's inputs of the level's sites (into their scratch), then their rows
         for (const std::size_t i : m_order) {
@@ -348,6 +416,8 @@ void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups) {
         const std::vector<RowRange>& items = m_levels[level];
         const auto n_items = static_cast<std::int64_t>(items.size());
         const int threads = detail::worker_threads(m_level_size[level], kPlanParallel, n_items);
+        std::vector<std::int64_t> part(items.size(), 0);  // refused per item (fused blocks)
+        std::vector<char> screened(items.size(), 0);
         std::atomic<std::int64_t> next{0};
         m_workers->run(threads, [&](int) {
             for (std::int64_t i = next++; i < n_items; i = next++) {
@@ -361,8 +431,19 @@ void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups) {
                 else
                     store_rows<float>(out, sc.gauged.data(), it.r0, it.r1, sc.rho.data(),
                                       sc.inv.data());
+                if (sc.fused >= 0 && m_grads[static_cast<std::size_t>(sc.fused)].data) {
+                    bool w = false;
+                    part[static_cast<std::size_t>(i)] =
+                        step_fused(it.site, it.r0, it.r1, bounded, w);
+                    screened[static_cast<std::size_t>(i)] = w ? 1 : 0;
+                }
             }
         });
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            const std::ptrdiff_t f = m_scales[items[i].site].fused;
+            if (f < 0 || part[i] == 0) continue;
+            (screened[i] ? written : refused)[static_cast<std::size_t>(f)] += part[i];
+        }
         for (Scales& sc : m_scales) {
             if (static_cast<std::size_t>(sc.level) != level) continue;
             const TensorView v =
@@ -376,6 +457,11 @@ void DDCAdamPlan::compute_scales(const std::vector<PlanGroup>& groups) {
             }
         }
     }
+    for (std::size_t k = 0; k < written.size(); ++k)
+        if (written[k] > 0) {  // non-finite values written: reported as a screened block's
+            refused[k] = written[k];
+            kept[k] = 0;
+        }
 }
 
 void DDCAdamPlan::step(const std::vector<PlanGroup>& groups, bool bounded,
@@ -387,11 +473,8 @@ void DDCAdamPlan::step(const std::vector<PlanGroup>& groups, bool bounded,
         DEADSPEC_CHECK_ARG(m_blocks[k].group < groups.size(), m_fn, ": block ", k, " is in group ",
                            m_blocks[k].group, ", got ", groups.size(), " groups");
     m_checked = false;  // (one step per check)
-    compute_scales(groups);
-    std::vector<AdamBlock> run;
+    // every stepped block's hyper-parameters, validated before anything is written
     std::vector<std::size_t> which;
-    run.reserve(m_blocks.size());
-    kept.assign(m_blocks.size(), 1);
     for (std::size_t k = 0; k < m_blocks.size(); ++k) {
         if (m_grads[k].data == nullptr) continue;
         const PlanBlock& b = m_blocks[k];
@@ -403,6 +486,23 @@ void DDCAdamPlan::step(const std::vector<PlanGroup>& groups, bool bounded,
                            ": block ", k, " step count must be a whole number >= 0, got ", count);
         a.hp = AdamStep{g.lr, g.beta1, g.beta2, g.eps, static_cast<std::int64_t>(count) + 1,
                         b.fold_decay ? 1.0 - g.lr * g.weight_decay : 1.0};
+        DEADSPEC_CHECK_ARG(a.hp.step >= 1, m_fn, ": block ", k, " step must be >= 1, got ",
+                           a.hp.step);
+        which.push_back(k);
+    }
+    refused.assign(m_blocks.size(), 0);
+    kept.assign(m_blocks.size(), 1);
+    compute_scales(groups, bounded, refused, kept);  // (steps the fused blocks)
+    std::vector<char> fused(m_blocks.size(), 0);
+    for (const Scales& sc : m_scales)
+        if (sc.fused >= 0) fused[static_cast<std::size_t>(sc.fused)] = 1;
+    std::vector<AdamBlock> run;
+    std::vector<std::size_t> rest;
+    run.reserve(which.size());
+    for (const std::size_t k : which) {
+        if (fused[k]) continue;
+        const PlanBlock& b = m_blocks[k];
+        AdamBlock& a = m_adam[k];
         a.keep = true;
         if (bounded) {
             double sigma = 1.0;  // σ's largest entry: max ρ of the row site, 1/min ρ of the column's
@@ -411,17 +511,14 @@ void DDCAdamPlan::step(const std::vector<PlanGroup>& groups, bool bounded,
             a.keep = !screen_safe(m_gmax[k], sigma, a.hp, b.param.dtype);
         }
         kept[k] = a.keep ? 1 : 0;
-        DEADSPEC_CHECK_ARG(a.hp.step >= 1, m_fn, ": block ", k, " step must be >= 1, got ",
-                           a.hp.step);
         run.push_back(a);
-        which.push_back(k);
+        rest.push_back(k);
     }
     std::vector<std::int64_t> counts;
     detail::adam_update_many(run, counts, kPlanParallel, m_workers.get());
-    refused.assign(m_blocks.size(), 0);
-    for (std::size_t i = 0; i < which.size(); ++i) {
-        refused[which[i]] = counts[i];
-        float* count = static_cast<float*>(const_cast<void*>(m_blocks[which[i]].step.data));
+    for (std::size_t i = 0; i < rest.size(); ++i) refused[rest[i]] = counts[i];
+    for (const std::size_t k : which) {
+        float* count = static_cast<float*>(const_cast<void*>(m_blocks[k].step.data));
         *count += 1.0f;
     }
     m_grads.assign(m_blocks.size(), TensorView{});

@@ -454,6 +454,11 @@ void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int
     for (std::size_t i = 0; i < items.size(); ++i) refused[items[i].block] += per_item[i];
 }
 
+std::int64_t adam_rows(const AdamBlock& b, std::int64_t r0, std::int64_t r1) {
+    if (b.param.dtype == DType::Float64) return BlockStep<double>(b)(r0, r1);
+    return BlockStep<float>(b)(r0, r1);
+}
+
 }  // namespace detail
 
 }  // namespace deadspec

@@ -173,6 +173,44 @@ def test_plan_nonfinite_gradient_policy():
     )
 
 
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_plan_overflow_in_one_row_range_matches_the_per_block_path(nonfinite, monkeypatch):
+    # a producer of 1100 rows is stepped in the ρ pass by row ranges (512 rows of 64 columns),
+    # each screened over its own rows' σ: one weight near float32's largest value makes its
+    # row's ρ, σ and g̃² overflow there only; the coordinates refused, their kept values and
+    # the policy's message must be the per-block path's (whose screen is the whole block's)
+    torch.manual_seed(0)
+    m0 = nn.Sequential(nn.Linear(64, 1100), nn.ReLU(), nn.Linear(1100, 8))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 64, generator=g), torch.randint(0, 8, (16,), generator=g)
+
+    def hook(k, m, opt):
+        if k == 1:
+            with torch.no_grad():
+                m[0].weight[3, 5] = 3.0e38
+
+    def make(m):
+        return DDCAdam(m, lr=1e-2, weight_decay=0.1, nonfinite=nonfinite)
+
+    def run(per_block):
+        if nonfinite == "skip":
+            with pytest.warns(RuntimeWarning, match=r"overflowed in '0.weight' \(\d+\)"):
+                return _run(copy.deepcopy(m0), x, y, make, 3, per_block=per_block,
+                            monkeypatch=monkeypatch, hook=hook)
+        with pytest.raises(RuntimeError, match=r"overflowed in '0.weight' \(\d+\)") as err:
+            _run(copy.deepcopy(m0), x, y, make, 3, per_block=per_block,
+                 monkeypatch=monkeypatch, hook=hook)
+        return str(err.value)
+
+    ref, got = run(True), run(False)
+    if nonfinite == "raise":
+        assert ref == got
+        return
+    assert got[2]._core_plan is not None and ref[2]._core_plan is None
+    assert _equal(ref[0], got[0]) and _equal(ref[1], got[1])
+    assert float(got[0][0][3, 5]) == float(torch.tensor(3.0e38))  # (refused: kept)
+
+
 def _capsules(shape=(3, 4), dtype=torch.float32):
     p, m, v = (torch.zeros(shape, dtype=dtype) for _ in range(3))
     step = torch.zeros((), dtype=torch.float32)

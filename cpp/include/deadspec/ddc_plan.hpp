@@ -55,7 +55,9 @@ struct PlanBlock {
 /// check(grads) reads the gradients (the non-finite check and max |g| per block, one pass), and
 /// step(groups) computes every site's ρ of the decayed producers in topological order, screens
 /// each block for overflow, runs the fused pass over every block with a gradient and increments
-/// their step counts. The arithmetic is that of site_rho, screen_safe and ddc_adam_update_many:
+/// their step counts. A site's weight block is stepped inside the ρ pass, each row range right
+/// after its ρ, while the rows are in cache (screened over those rows' σ, a bound on them that
+/// gives the screen's guarantee), so the producers are read from memory once a step. The arithmetic is that of site_rho, screen_safe and ddc_adam_update_many:
 /// the same bits. The passes share their work out over threads kept by the plan (sleeping
 /// between steps).
 class DDCAdamPlan {
@@ -97,6 +99,9 @@ private:
         TensorView w;                      // the weight as h×d (γ: h×1)
         std::vector<double> c, b, norms;   // column factors, bias, row norms (scratch)
         double fw = 1.0, fb = 1.0;         // this step's decay factors
+        /// The block whose param is this site's weight and whose rows it scales, stepped row
+        /// range by row range in the ρ pass, while its rows are in cache (-1: none).
+        std::ptrdiff_t fused = -1;
     };
     struct RowRange {
         std::size_t site;
@@ -105,7 +110,11 @@ private:
     std::vector<std::vector<RowRange>> m_levels;  // per level, its sites' rows in work items
     std::vector<std::int64_t> m_level_size;       // elements per level
     void bind_block(std::size_t k);
-    void compute_scales(const std::vector<PlanGroup>& groups);
+    void bind_fused(std::size_t i);
+    void compute_scales(const std::vector<PlanGroup>& groups, bool bounded,
+                        std::vector<std::int64_t>& refused, std::vector<char>& kept);
+    std::int64_t step_fused(std::size_t site, std::int64_t r0, std::int64_t r1, bool bounded,
+                            bool& written) const;
     double factor(std::ptrdiff_t block, const std::vector<PlanGroup>& groups) const;
 
     const char* m_fn;

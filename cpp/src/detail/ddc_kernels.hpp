@@ -179,6 +179,10 @@ class Workers;
 void adam_update_many(const std::vector<AdamBlock>& blocks, std::vector<std::int64_t>& refused,
                       std::int64_t min_parallel, Workers* workers = nullptr);
 
+// Rows [r0, r1) of one validated block without rotations (2-D, or a 1-D block's one row), one
+// thread, the arithmetic of adam_update_many; returns the elements refused.
+std::int64_t adam_rows(const AdamBlock& b, std::int64_t r0, std::int64_t r1);
+
 // ddc_row_norms on rows [r0, r1) of `weight` (2-D, any strides), one thread: out[i − r0] =
 // √(f_w²·Σ_j (W_ij·c_j)² + f_b²·b_i²), `c` d column factors (ones for none), `b` the bias as
 // float64 (empty for none); a row whose plain sum overflows is recomputed scaled (ddc_scales.cpp).
