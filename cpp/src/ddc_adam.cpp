@@ -27,9 +27,9 @@ template <typename T>
 void store_scales(const Eigen::VectorXd& values, const std::vector<std::int64_t>& units,
                   std::vector<std::byte>& rho, std::vector<std::byte>& inv) {
     // As Python's site_rho: ρ rounded to the producer's dtype, 1 at or below its smallest normal
-    // (a zero row is not scaled), where it overflows the dtype (a unit too large for its scale to
-    // be represented is not scaled either: it gets AdamW's step) and outside `units`; 1/ρ
-    // divided in that dtype.
+    // (a zero row is not scaled), where it or its reciprocal's reciprocal overflows the dtype (a
+    // unit too large for its scale to be represented is not scaled either: it gets AdamW's step)
+    // and outside `units`; 1/ρ divided in that dtype.
     const auto n = static_cast<std::size_t>(values.size());
     rho.assign(n * sizeof(T), std::byte{0});
     inv.assign(n * sizeof(T), std::byte{0});
@@ -39,7 +39,9 @@ void store_scales(const Eigen::VectorXd& values, const std::vector<std::int64_t>
     for (const std::int64_t u : units) gauged[static_cast<std::size_t>(u)] = 1;
     for (std::size_t i = 0; i < n; ++i) {
         const T v = static_cast<T>(values[static_cast<Eigen::Index>(i)]);
-        r[i] = (gauged[i] && v > std::numeric_limits<T>::min() && std::isfinite(v)) ? v : T(1);
+        const bool ok = v > std::numeric_limits<T>::min() && std::isfinite(v) &&
+                        std::isfinite(T(1) / (T(1) / v));  // (1/ρ's reciprocal: a column scale)
+        r[i] = gauged[i] && ok ? v : T(1);
         q[i] = T(1) / r[i];
     }
 }

@@ -220,6 +220,15 @@ TEST(DdcAdamClass, ScalesFollowTheUnitConvention) {
     DDCAdam some({wv, cv}, {GaugeSite{wv, {}, {cv}, {0, 1}, ""}});
     EXPECT_EQ(some.scales().at(0)[2], 1.0);
     EXPECT_EQ(some.num_sites(), 1u);
+    // a row whose norm rounds to float's largest value: 1/(1/ρ) overflows, so ρ = 1 (Python's
+    // site_rho and the plan's rule)
+    std::vector<float> big = {std::numeric_limits<float>::max(), 0, 3, 4};
+    const TensorView bv = TensorView::cpu(big.data(), {2, 2});
+    std::vector<float> cons2 = {1, 1};
+    const TensorView c2 = TensorView::cpu(cons2.data(), {1, 2});
+    const Eigen::VectorXd rb = DDCAdam({bv, c2}, {GaugeSite{bv, {}, {c2}, {}, ""}}).scales().at(0);
+    EXPECT_EQ(rb[0], 1.0);
+    EXPECT_EQ(rb[1], 5.0);
 }
 
 TEST(DdcAdamClass, SkipsParametersWithoutAGradient) {
