@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import deadspec
 import deadspec.gauges as G
 from _models import mlp_ln
 from deadspec import _core
@@ -175,15 +176,23 @@ def test_plan_nonfinite_gradient_policy():
 
 @pytest.mark.parametrize("nonfinite", ["skip", "raise"])
 def test_plan_overflow_in_one_row_range_matches_the_per_block_path(nonfinite, monkeypatch):
-    # a producer of 1100 rows is stepped in the ρ pass by row ranges (512 rows of 64 columns),
+    # a producer of 1100 rows is stepped in the ρ pass by row ranges (128 rows of 256 columns),
     # each screened over its own rows' σ: one weight near float32's largest value makes its
     # row's ρ, σ and g̃² overflow there only; the coordinates refused, their kept values and
-    # the policy's message must be the per-block path's (whose screen is the whole block's)
+    # the policy's message must be the per-block path's (whose screen is the whole block's).
+    # 290 k elements: the plan's passes run on two threads (from 2^18).
     torch.manual_seed(0)
-    m0 = nn.Sequential(nn.Linear(64, 1100), nn.ReLU(), nn.Linear(1100, 8))
+    m0 = nn.Sequential(nn.Linear(256, 1100), nn.ReLU(), nn.Linear(1100, 8))
     g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(16, 64, generator=g), torch.randint(0, 8, (16,), generator=g)
+    x, y = torch.randn(16, 256, generator=g), torch.randint(0, 8, (16,), generator=g)
+    deadspec.set_num_threads(2)
+    try:
+        _overflow_case(m0, x, y, nonfinite, monkeypatch)
+    finally:
+        deadspec.set_num_threads("auto")
 
+
+def _overflow_case(m0, x, y, nonfinite, monkeypatch):
     def hook(k, m, opt):
         if k == 1:
             with torch.no_grad():
@@ -195,10 +204,10 @@ def test_plan_overflow_in_one_row_range_matches_the_per_block_path(nonfinite, mo
     def run(per_block):
         if nonfinite == "skip":
             with pytest.warns(RuntimeWarning, match=r"overflowed in '0.weight' \(\d+\)"):
-                return _run(copy.deepcopy(m0), x, y, make, 3, per_block=per_block,
+                return _run(copy.deepcopy(m0), x, y, make, 2, per_block=per_block,
                             monkeypatch=monkeypatch, hook=hook)
         with pytest.raises(RuntimeError, match=r"overflowed in '0.weight' \(\d+\)") as err:
-            _run(copy.deepcopy(m0), x, y, make, 3, per_block=per_block,
+            _run(copy.deepcopy(m0), x, y, make, 2, per_block=per_block,
                  monkeypatch=monkeypatch, hook=hook)
         return str(err.value)
 

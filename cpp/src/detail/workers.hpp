@@ -61,7 +61,18 @@ public:
         } catch (...) {
             m_errors[0] = std::current_exception();
         }
-        while (m_pending.load() > 0) std::this_thread::yield();
+        // A worker that took an item usually returns within microseconds; one that was
+        // preempted holding it (its core taken, e.g. by torch's spinning OpenMP threads) comes
+        // back only when that core's scheduler runs it again, milliseconds later. So after a
+        // short spin the caller blocks: its core goes idle, and the kernel's idle balancing
+        // moves the waiting worker there at once (a yielding caller keeps its core busy).
+        const auto spin = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+        while (m_pending.load() > 0 && std::chrono::steady_clock::now() < spin)
+            std::this_thread::yield();
+        if (m_pending.load() > 0) {
+            std::unique_lock<std::mutex> lk(m_done_mutex);
+            m_done.wait(lk, [&] { return m_pending.load() == 0; });
+        }
         m_f = nullptr;
         for (auto& e : m_errors)
             if (e) std::rethrow_exception(e);
@@ -86,7 +97,11 @@ private:
                 } catch (...) {
                     m_errors[static_cast<std::size_t>(id)] = std::current_exception();
                 }
-                m_pending.fetch_sub(1);
+                if (m_pending.fetch_sub(1) == 1) {
+                    // (the lock orders this after a caller's test of m_pending: no lost wake-up)
+                    { std::lock_guard<std::mutex> lk(m_done_mutex); }
+                    m_done.notify_one();
+                }
             }
         }
     }
@@ -94,6 +109,8 @@ private:
     std::vector<std::thread> m_threads;
     std::mutex m_mutex;
     std::condition_variable m_cv;
+    std::mutex m_done_mutex;            // the caller's wait for the last worker of a run
+    std::condition_variable m_done;
     std::atomic<std::uint64_t> m_gen{0};
     std::atomic<int> m_pending{0};
     const std::function<void(int)>* m_f = nullptr;
