@@ -13,14 +13,62 @@
 #include <thread>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace deadspec::detail {
 
-/// `extra` threads kept for the life of the object: run(n, f) calls f(0) on the caller and
-/// f(1) … f(n − 1) on the workers and returns when all have returned (an exception from any is
-/// rethrown on the caller). A worker spins for a short while after a run (so the passes of one
-/// step find it awake), then sleeps on a condition variable: an idle optimizer costs nothing.
-/// Starting a thread per pass costs tens of microseconds (more when torch's OpenMP threads
-/// hold the cores), about what a pass over a small model takes.
+/// A team of `extra` + 1 threads: run(n, f) calls f(0) on the caller and f(1) … f(n − 1) on
+/// the others and returns when all have returned (an exception from any is rethrown on the
+/// caller). Callers share their work through a counter, so a team smaller than asked for (an
+/// OpenMP runtime that gives fewer threads) only runs slower.
+///
+/// Built with OpenMP (the default), the team is an OpenMP parallel region: in a process with
+/// torch, torch's own pool (one libgomp per process). Its threads spin for a while after every
+/// torch op; threads of our own would wait for the cores they hold (a DDCAdam step right after
+/// torch work ran at one thread's speed, 2.2 ms against 1.24 ms on the MLP of
+/// bench_optim.py), while its own threads take the work at once.
+///
+/// Without OpenMP, `extra` threads are kept for the life of the object: a worker spins for a
+/// short while after a run (so the passes of one step find it awake), then sleeps on a
+/// condition variable (an idle optimizer costs nothing). Starting a thread per pass costs tens of
+/// microseconds, about what a pass over a small model takes.
+#if defined(_OPENMP)
+class Workers {
+public:
+    explicit Workers(int extra) : m_size(std::max(0, extra) + 1) {}
+    Workers(const Workers&) = delete;
+    Workers& operator=(const Workers&) = delete;
+
+    int size() const { return m_size; }
+
+    void run(int n, const std::function<void(int)>& f) {
+        n = std::max(1, std::min(n, size()));
+        if (n == 1) {
+            f(0);
+            return;
+        }
+        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
+#pragma omp parallel num_threads(n)
+        {
+            const int id = omp_get_thread_num();
+            if (id < n) {
+                try {
+                    f(id);
+                } catch (...) {
+                    errors[static_cast<std::size_t>(id)] = std::current_exception();
+                }
+            }
+        }
+        for (auto& e : errors)
+            if (e) std::rethrow_exception(e);
+    }
+
+private:
+    int m_size;
+};
+#else
 class Workers {
 public:
     explicit Workers(int extra) {
@@ -118,5 +166,6 @@ private:
     std::atomic<bool> m_stop{false};
     std::vector<std::exception_ptr> m_errors;
 };
+#endif
 
 }  // namespace deadspec::detail
