@@ -426,23 +426,22 @@ void SplitPlanT<T>::sums(bool deferred) {
         Block& b = m_blocks[w.block];
         const auto off = w.item * static_cast<std::size_t>(b.ref.cols);
         const bool mine = b.spec.deferred == deferred;  // (its sums are taken in this call)
-        const bool cols = mine && b.cols;
-        if (cols) {
-            std::fill(b.pa.begin() + off, b.pa.begin() + off + b.ref.cols, 0.0);
-            std::fill(b.pb.begin() + off, b.pb.begin() + off + b.ref.cols, 0.0);
-        }
+        const bool cols = mine && b.cols, sq = cols && b.only;  // (Σ (P x̃)²: n2's, split columns)
+        if (cols) std::fill(b.pa.begin() + off, b.pa.begin() + off + b.ref.cols, 0.0);
+        if (sq) std::fill(b.pb.begin() + off, b.pb.begin() + off + b.ref.cols, 0.0);
         b.tops[w.item] = 0;
         detail::split_sums_rows(b.ref, b.items[w.item], s, mine && b.rows ? b.ra.data() : nullptr,
                                 mine && b.rows ? b.rb.data() : nullptr,
                                 cols ? b.pa.data() + off : nullptr,
-                                cols ? b.pb.data() + off : nullptr,
+                                sq ? b.pb.data() + off : nullptr,
                                 deferred ? nullptr : &b.tops[w.item]);
     });
     for (Block& b : m_blocks) {
         if (!b.grad || b.spec.deferred != deferred || !b.cols) continue;
         detail::split_sum_parts(b.pa, b.items.size(), b.ref.cols, b.ca.data());
-        detail::split_sum_parts(b.pb, b.items.size(), b.ref.cols, b.cb.data());
-        detail::split_rescue_columns(b.ref, m_scratch[0], false, b.ca.data(), b.cb.data());
+        if (b.only) detail::split_sum_parts(b.pb, b.items.size(), b.ref.cols, b.cb.data());
+        detail::split_rescue_columns(b.ref, m_scratch[0], false, b.ca.data(),
+                                     b.only ? b.cb.data() : nullptr);
     }
 }
 

@@ -223,10 +223,10 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_loop(
     CommitCount<T> refused = 0;
     for (std::int64_t j = 0; j < n; ++j) {
         const T xj = (x[j] * f) * isig[j];
-        const T t = split_project<T, Mode>(g[j] * sig[j], xj, a, bc, nrm, mu, j);
+        const T tj = split_project<T, Mode>(g[j] * sig[j], xj, a, bc, nrm, mu, j);
         const T m0 = m[j], v0 = v[j];
-        T mk = b1 * m0 + (one - b1) * t;
-        T vk = b2 * v0 + ((one - b2) * t) * t;  // AdamW's order: overflows where it does
+        T mk = b1 * m0 + (one - b1) * tj;
+        T vk = b2 * v0 + ((one - b2) * tj) * tj;  // AdamW's order: overflows where it does
         // (checked before written: non-finite moments keep their pre-step values, and the update
         // is that of the moments as stored, as pass 2 recomputes it)
         refused += keep_finite(m0, v0, mk, vk);
