@@ -13,6 +13,14 @@
 
 #include "detail/scaled_sum.hpp"
 
+// A lambda inlined into the ISA wrapper it is called from (a lambda does not take the target of
+// its enclosing function, so one left out of line runs the baseline loops).
+#if defined(__GNUC__) || defined(__clang__)
+#define DEADSPEC_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define DEADSPEC_LAMBDA_INLINE
+#endif
+
 namespace deadspec::detail {
 
 namespace {
@@ -333,7 +341,7 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const Spl
     const std::int64_t kept = b.axis == 0 ? it.r1 - it.r0 : 1;
     fit(s.t, static_cast<std::size_t>(kept * n));
     fit(s.t2, static_cast<std::size_t>(kept * n));
-    auto update = [&](std::int64_t i, const T* t, const T* t2) {
+    auto update = [&](std::int64_t i, const T* t, const T* t2) DEADSPEC_LAMBDA_INLINE {
         scales_row(b, i, s);
         refused += moments_t2_loop<T>(b.x + i * n, s.isig.data(), t, t2, b.m + i * n,
                                       b.v + i * n, s.u.data(), s.xt.data(), n, b.decay, hp.b1,
