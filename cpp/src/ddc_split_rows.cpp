@@ -61,6 +61,9 @@ DEADSPEC_ALWAYS_INLINE void scale_loop(const T* __restrict cs, const T* __restri
 template <typename T>
 DEADSPEC_ALWAYS_INLINE void scales_row(const SplitRef<T>& b, std::int64_t i, SplitScratch<T>& s) {
     const T r = b.rs ? b.rs[i] : T(1);
+    if (b.cs && s.sig_cs == b.cs && s.sig_r == r) return;  // (the same row factor: as before)
+    s.sig_cs = b.cs;
+    s.sig_r = r;
     const T ir = b.rs ? T(1) / r : T(1);
     if (!b.cs) {
         std::fill(s.sig.begin(), s.sig.begin() + b.cols, r);
@@ -131,8 +134,10 @@ void fit(std::vector<T>& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
+// (called at the start of every item: the factors in sig/isig are not trusted across items)
 template <typename T>
 void fit_rows(SplitScratch<T>& s, std::int64_t cols) {
+    s.sig_cs = nullptr;
     const auto n = static_cast<std::size_t>(cols);
     for (auto* v : {&s.sig, &s.isig, &s.xt, &s.gt, &s.u}) fit(*v, n);
     if (s.zeros.size() < n) s.zeros.assign(n, T(0));

@@ -51,6 +51,9 @@ struct SplitRef {
 template <typename T>
 struct SplitScratch {
     std::vector<T> sig, isig, xt, gt, u, zeros, gbuf, t, t2;
+    // the row factor and column factors sig/isig hold (within one item; null: none)
+    const T* sig_cs = nullptr;
+    T sig_r = T(0);
 };
 
 /// A work item of a pass: rows [r0, r1) of a block; `segment`: a rotated head (axis 0) whose
