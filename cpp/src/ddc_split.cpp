@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// The split form of DDCAdam (form="split"): three passes over each block, the per-unit
-// coefficients combined by the caller in between.
+// The split form of DDCAdam (form="split"), one block at a time: three passes over each block,
+// the per-unit coefficients combined by the caller in between (the row passes are the plan's:
+// detail/split_rows.hpp).
 #include "deadspec/ddc.hpp"
+#include "deadspec/ddc_split_plan.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -13,7 +15,7 @@
 #include "detail/core.hpp"
 #include "detail/ddc_checks.hpp"
 #include "detail/ddc_kernels.hpp"
-#include "detail/scaled_sum.hpp"
+#include "detail/split_rows.hpp"
 
 namespace deadspec {
 
@@ -32,6 +34,9 @@ void check_split_block(const SplitBlock& b) {
     a.rot_axis = b.rot_axis;
     a.rot_segments = b.rot_segments;
     detail::check_adam_block(a, kSplitFn);
+    // (x is read as x·decay, and a refused element keeps that: finite from a finite x)
+    DEADSPEC_CHECK_ARG(std::abs(b.hp.decay) <= 1.0, kSplitFn,
+                       ": decay must be in [-1, 1] (lr·weight_decay <= 2), got ", b.hp.decay);
     const TensorView& p = b.param;
     const std::int64_t h = p.shape[0];
     const bool two_d = p.ndim() == 2;
@@ -86,270 +91,9 @@ void check_split_block(const SplitBlock& b) {
                            ": σ must be constant along rotated columns (no col_scale)");
 }
 
-// Row kernels of the split passes for 2-D blocks without rotated heads: plain loops over one
-// row, vectorised for the ISA of the wrapper they are inlined into (baseline, or AVX2 chosen at
-// run time, as the fused DDCAdam step). x̃ = x·(1/σ), g̃ = g·σ with σ and 1/σ given per row.
-// The centring `mu` is a row of zeros for a block without one (x̃ − 0 is x̃ exactly).
-enum SplitMode : int { kSplitPlain = 0, kSplitRow = 1, kSplitCol = 2 };
-
-// (the quotient is formed unconditionally and then selected, so the loops stay branch-free and
-// vectorise; 0/0 where the denominator is 0 is discarded)
-template <typename T>
-DEADSPEC_ALWAYS_INLINE T split_update(T mk, T vk, T ibc, T ss, T eps) {
-    const T den = std::sqrt(vk) * ibc + eps;
-    const T q = mk / den;
-    return (den > T(0) ? q : T(0)) * ss;
-}
-
-// v minus its radial part along the block: a_i·x̃ along a row (kSplitRow), b_j·P x̃ along a
-// column times the column norm n_j (kSplitCol), nothing (kSplitPlain). `b`, `nrm` are read only
-// for kSplitCol. The tangential input (v = g̃) and the re-projected update (v = u) alike.
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE T split_project(T v, T xj, T a, const T* __restrict b,
-                                       const T* __restrict nrm, const T* __restrict mu,
-                                       std::int64_t j) {
-    if constexpr (Mode == kSplitRow) return v - a * xj;
-    if constexpr (Mode == kSplitCol) return (v - b[j] * (xj - mu[j])) * nrm[j];
-    return v;
-}
-
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void split_sums_loop(const T* __restrict x, const T* __restrict g,
-                                            const T* __restrict sig, const T* __restrict isig,
-                                            const T* __restrict mu, T* __restrict xt,
-                                            T* __restrict gt, double* __restrict cgx,
-                                            double* __restrict cxx, std::int64_t n) {
-    for (std::int64_t j = 0; j < n; ++j) {
-        xt[j] = x[j] * isig[j];
-        gt[j] = g[j] * sig[j];
-    }
-    for (std::int64_t j = 0; j < n; ++j) {
-        const double pc = static_cast<double>(xt[j] - mu[j]);
-        cgx[j] += static_cast<double>(gt[j]) * pc;
-        cxx[j] += pc * pc;
-    }
-}
-
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> split_moments_loop(
-    const T* __restrict x, const T* __restrict g, T* __restrict m, T* __restrict v,
-    const T* __restrict sig, const T* __restrict isig, T a, const T* __restrict b,
-    const T* __restrict nrm, const T* __restrict mu, T* __restrict u, T* __restrict xt,
-    double* __restrict cu, std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
-    const T one = T(1);
-    detail::CommitCount<T> refused = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T xj = x[j] * isig[j];
-        const T t = split_project<T, Mode>(g[j] * sig[j], xj, a, b, nrm, mu, j);
-        const T mk = b1 * m[j] + (one - b1) * t;
-        const T vk = b2 * v[j] + ((one - b2) * t) * t;  // AdamW's order: overflows where it does
-        // (checked before written: non-finite moments keep their pre-step values, and the update
-        // is that of the moments as stored, as pass 2 recomputes it)
-        refused += detail::commit(m[j], v[j], mk, vk);
-        u[j] = split_update(m[j], v[j], ibc, ss, eps);
-        xt[j] = xj;
-    }
-    for (std::int64_t j = 0; j < n; ++j)
-        cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
-    return refused;
-}
-
-// The moments step in two halves, for rotated head blocks whose second-moment input (1−β₂)·t²
-// is averaged over each head segment in between: the tangential input (t, (1−β₂)·t²), then the
-// moments and the update from given (t, (1−β₂)·t²).
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE void split_tangent_loop(const T* __restrict x, const T* __restrict g,
-                                               const T* __restrict sig,
-                                               const T* __restrict isig, T a,
-                                               const T* __restrict b, const T* __restrict nrm,
-                                               const T* __restrict mu, T* __restrict t,
-                                               T* __restrict t2, std::int64_t n, T w2) {
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T tj = split_project<T, Mode>(g[j] * sig[j], x[j] * isig[j], a, b, nrm, mu, j);
-        t[j] = tj;
-        t2[j] = (w2 * tj) * tj;
-    }
-}
-
-template <typename T>
-DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> split_moments_t2_loop(
-    const T* __restrict x, const T* __restrict isig, const T* __restrict mu,
-    const T* __restrict t, const T* __restrict t2, T* __restrict m, T* __restrict v,
-    T* __restrict u, T* __restrict xt, double* __restrict cu, std::int64_t n, T b1, T b2, T ibc,
-    T ss, T eps) {
-    const T one = T(1);
-    detail::CommitCount<T> refused = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T mk = b1 * m[j] + (one - b1) * t[j];
-        const T vk = b2 * v[j] + t2[j];
-        refused += detail::commit(m[j], v[j], mk, vk);
-        u[j] = split_update(m[j], v[j], ibc, ss, eps);
-        xt[j] = x[j] * isig[j];
-    }
-    for (std::int64_t j = 0; j < n; ++j)
-        cu[j] += static_cast<double>(u[j]) * static_cast<double>(xt[j] - mu[j]);
-    return refused;
-}
-
-// Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
-template <typename T, int Mode, int Cm>
-DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> split_apply_loop(
-    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict sig,
-    const T* __restrict isig, T a, const T* __restrict b, const T* __restrict nrm,
-    const T* __restrict mu, T r, const T* __restrict c, std::int64_t n, T ibc, T ss, T eps) {
-    detail::CommitCount<T> refused = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T xj = x[j];
-        const T xtj = xj * isig[j];
-        const T u = split_project<T, Mode>(split_update(m[j], v[j], ibc, ss, eps), xtj, a, b, nrm,
-                                           mu, j);
-        T xn = xj * r;
-        if constexpr (Cm == 1) xn = xn * c[j];
-        if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig[j] * (xtj - mu[j]));
-        refused += detail::commit(x[j], xn - sig[j] * u);  // a non-finite x keeps its value
-    }
-    return refused;
-}
-
-template <typename T>
-using SplitSumsFn = void (*)(const T*, const T*, const T*, const T*, const T*, T*, T*, double*,
-                             double*, std::int64_t);
-template <typename T>
-using SplitMomentsFn = detail::CommitCount<T> (*)(const T*, const T*, T*, T*, const T*, const T*, T, const T*,
-                                const T*, const T*, T*, T*, double*, std::int64_t, T, T, T, T,
-                                T);
-template <typename T>
-using SplitApplyFn = detail::CommitCount<T> (*)(T*, const T*, const T*, const T*, const T*, T, const T*,
-                              const T*, const T*, T, const T*, std::int64_t, T, T, T);
-
-template <typename T>
-void split_sums_base(const T* x, const T* g, const T* sig, const T* isig, const T* mu, T* xt,
-                     T* gt, double* cgx, double* cxx, std::int64_t n) {
-    split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
-}
-template <typename T, int Mode>
-detail::CommitCount<T> split_moments_base(const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a,
-                        const T* b, const T* nrm, const T* mu, T* u, T* xt, double* cu,
-                        std::int64_t n, T b1, T b2, T ibc, T ss, T eps) {
-    return split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
-                                ss, eps);
-}
-template <typename T, int Mode, int Cm>
-detail::CommitCount<T> split_apply_base(T* x, const T* m, const T* v, const T* sig, const T* isig, T a,
-                      const T* b, const T* nrm, const T* mu, T r, const T* c, std::int64_t n,
-                      T ibc, T ss, T eps) {
-    return split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
-}
-
-#ifdef DEADSPEC_DDC_AVX2
-template <typename T>
-__attribute__((target("avx2"))) void split_sums_avx2(const T* x, const T* g, const T* sig,
-                                                     const T* isig, const T* mu, T* xt, T* gt,
-                                                     double* cgx, double* cxx, std::int64_t n) {
-    split_sums_loop<T>(x, g, sig, isig, mu, xt, gt, cgx, cxx, n);
-}
-template <typename T, int Mode>
-__attribute__((target("avx2"))) detail::CommitCount<T> split_moments_avx2(
-    const T* x, const T* g, T* m, T* v, const T* sig, const T* isig, T a, const T* b,
-    const T* nrm, const T* mu, T* u, T* xt, double* cu, std::int64_t n, T b1, T b2, T ibc,
-    T ss, T eps) {
-    return split_moments_loop<T, Mode>(x, g, m, v, sig, isig, a, b, nrm, mu, u, xt, cu, n, b1, b2, ibc,
-                                ss, eps);
-}
-template <typename T, int Mode, int Cm>
-__attribute__((target("avx2"))) detail::CommitCount<T> split_apply_avx2(T* x, const T* m, const T* v,
-                                                      const T* sig, const T* isig, T a,
-                                                      const T* b, const T* nrm, const T* mu,
-                                                      T r, const T* c, std::int64_t n, T ibc,
-                                                      T ss, T eps) {
-    return split_apply_loop<T, Mode, Cm>(x, m, v, sig, isig, a, b, nrm, mu, r, c, n, ibc, ss, eps);
-}
-#endif
-
-template <typename T>
-SplitSumsFn<T> pick_split_sums() {
-#ifdef DEADSPEC_DDC_AVX2
-    if (detail::has_avx2()) return &split_sums_avx2<T>;
-#endif
-    return &split_sums_base<T>;
-}
-
-template <typename T, int Mode>
-SplitMomentsFn<T> pick_split_moments_mode() {
-#ifdef DEADSPEC_DDC_AVX2
-    if (detail::has_avx2()) return &split_moments_avx2<T, Mode>;
-#endif
-    return &split_moments_base<T, Mode>;
-}
-
-template <typename T>
-SplitMomentsFn<T> pick_split_moments(int mode) {
-    if (mode == kSplitRow) return pick_split_moments_mode<T, kSplitRow>();
-    if (mode == kSplitCol) return pick_split_moments_mode<T, kSplitCol>();
-    return pick_split_moments_mode<T, kSplitPlain>();
-}
-
-template <typename T, int Mode, int Cm>
-SplitApplyFn<T> pick_split_apply_mc() {
-#ifdef DEADSPEC_DDC_AVX2
-    if (detail::has_avx2()) return &split_apply_avx2<T, Mode, Cm>;
-#endif
-    return &split_apply_base<T, Mode, Cm>;
-}
-
-template <typename T, int Mode>
-SplitApplyFn<T> pick_split_apply_m(int cm) {
-    if (cm == 1) return pick_split_apply_mc<T, Mode, 1>();
-    if (cm == 2) return pick_split_apply_mc<T, Mode, 2>();
-    return pick_split_apply_mc<T, Mode, 0>();
-}
-
-template <typename T>
-SplitApplyFn<T> pick_split_apply(int mode, int cm) {
-    if (mode == kSplitRow) return pick_split_apply_m<T, kSplitRow>(cm);
-    if (mode == kSplitCol) return pick_split_apply_m<T, kSplitCol>(cm);
-    return pick_split_apply_m<T, kSplitPlain>(cm);
-}
-
-// Σ a·b in float64 with eight partial sums in a fixed order (lanes the compiler can keep in
-// vector registers; a single running sum could not be reordered without -ffast-math).
-template <typename T>
-double dot8(const T* __restrict a, const T* __restrict b, std::int64_t n) {
-    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    std::int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; ++k)
-            acc[k] += static_cast<double>(a[j + k]) * static_cast<double>(b[j + k]);
-    for (; j < n; ++j) acc[0] += static_cast<double>(a[j]) * static_cast<double>(b[j]);
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-// dot8, or where it is not finite and every input is, the same sum scaled (detail::ScaledSum):
-// ±inf only where the exact sum exceeds float64.
-template <typename T>
-double checked_dot(const T* a, const T* b, std::int64_t n) {
-    const double r = dot8(a, b, n);
-    if (std::isfinite(r)) return r;
-    detail::ScaledSum acc;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
-        if (!std::isfinite(x) || !std::isfinite(y)) return r;
-        acc.add(detail::term(x, y));
-    }
-    return acc.value();
-}
-
-// Adds a·b to a column's rescue sum; false (the column keeps its plain sum) for a non-finite
-// factor.
-inline bool add_term(detail::ScaledSum& acc, double a, double b) {
-    if (!std::isfinite(a) || !std::isfinite(b)) return false;
-    acc.add(detail::term(a, b));
-    return true;
-}
-
-// One split block with its vectors read once, stepped row by row through the kernels above. A
-// 1-D block is a column (h×1): each element is the row of its own unit (a producer's bias or a
-// norm's γ, β).
+// One split block with its vectors read once, stepped item by item through the row passes
+// (detail/split_rows.hpp, the plan's own). A 1-D block is a column (h×1): each element is the
+// row of its own unit (a producer's bias or a norm's γ, β).
 template <typename T>
 class SplitStep {
 public:
@@ -362,234 +106,92 @@ public:
           m_n(detail::read_vector<T>(b.col_norm)),
           m_rm(detail::read_vector<T>(b.row_mult)),
           m_cm(detail::read_vector<T>(b.col_mult)),
-          m_hp(b.hp) {
+          m_segs(b.rot_segments) {
         const TensorView& p = b.param;
-        m_x = static_cast<T*>(const_cast<void*>(p.data));
-        m_m = static_cast<T*>(const_cast<void*>(b.exp_avg.data));
-        m_v = static_cast<T*>(const_cast<void*>(b.exp_avg_sq.data));
-        m_g = static_cast<const T*>(b.grad.data);
-        m_rows = p.shape[0];
-        m_two_d = p.ndim() == 2;
-        m_cols = m_two_d ? p.shape[1] : 1;
-        m_gs0 = b.grad.stride(0);
-        m_gs1 = m_two_d ? b.grad.stride(1) : 1;
-        m_axis = !m_two_d && b.rot_axis >= 0 ? 0 : b.rot_axis;  // a 1-D block's elements are rows
-        m_segs = b.rot_segments;
-        if (m_segs.empty()) m_axis = -1;
+        detail::SplitRef<T>& r = m_ref;
+        r.x = static_cast<T*>(const_cast<void*>(p.data));
+        r.m = static_cast<T*>(const_cast<void*>(b.exp_avg.data));
+        r.v = static_cast<T*>(const_cast<void*>(b.exp_avg_sq.data));
+        r.g = static_cast<const T*>(b.grad.data);
+        r.two_d = p.ndim() == 2;
+        r.rows = p.shape[0];
+        r.cols = r.two_d ? p.shape[1] : 1;
+        r.gs0 = b.grad.stride(0);
+        r.gs1 = r.two_d ? b.grad.stride(1) : 1;
+        r.decay = static_cast<T>(b.hp.decay);
+        r.hp = detail::AdamScalars<T>(b.hp);
         m_ics.resize(m_cs.size());
         for (std::size_t j = 0; j < m_cs.size(); ++j) m_ics[j] = T(1) / m_cs[j];
-        if (m_mu.empty()) m_zeros.assign(static_cast<std::size_t>(m_cols), T(0));
-        m_mode = !m_a.empty() ? kSplitRow : (!m_bc.empty() ? kSplitCol : kSplitPlain);
+        r.rs = data(m_rs);
+        r.cs = data(m_cs);
+        r.ics = data(m_ics);
+        r.mu = data(m_mu);
+        r.a = data(m_a);
+        r.bc = data(m_bc);
+        r.nrm = data(m_n);
+        r.rm = data(m_rm);
+        r.cm = data(m_cm);
+        // (a 1-D block's elements are its rows)
+        r.axis = m_segs.empty() ? -1 : (!r.two_d && b.rot_axis >= 0 ? 0 : b.rot_axis);
+        r.segs = &m_segs;
+        m_items = detail::split_items(r.rows, r.cols, r.axis, &m_segs);
     }
 
     SplitSums sums() const {
         SplitSums s;
-        s.row_gx = Eigen::VectorXd::Zero(m_rows);
-        s.row_xx = Eigen::VectorXd::Zero(m_rows);
-        s.col_gx = Eigen::VectorXd::Zero(m_cols);
-        s.col_xx = Eigen::VectorXd::Zero(m_cols);
-        const auto n = static_cast<std::size_t>(m_cols);
-        std::vector<T> sig(n), isig(n), xt(n), gt(n), gbuf;
-        const SplitSumsFn<T> fn = pick_split_sums<T>();
-        for (std::int64_t i = 0; i < m_rows; ++i) {
-            scales_row(i, sig.data(), isig.data());
-            fn(m_x + i * m_cols, grad_row(i, gbuf), sig.data(), isig.data(), mu_row(), xt.data(),
-               gt.data(), s.col_gx.data(), s.col_xx.data(), m_cols);
-            s.row_gx[i] = checked_dot(gt.data(), xt.data(), m_cols);
-            s.row_xx[i] = checked_dot(xt.data(), xt.data(), m_cols);
+        s.row_gx = Eigen::VectorXd::Zero(m_ref.rows);
+        s.row_xx = Eigen::VectorXd::Zero(m_ref.rows);
+        const bool cols = m_ref.two_d;
+        std::vector<double> pa(cols ? m_items.size() * static_cast<std::size_t>(m_ref.cols) : 0);
+        std::vector<double> pb(pa.size());
+        for (std::size_t k = 0; k < m_items.size(); ++k) {
+            const std::size_t off = k * static_cast<std::size_t>(m_ref.cols);
+            detail::split_sums_rows(m_ref, m_items[k], m_scratch, s.row_gx.data(),
+                                    s.row_xx.data(), cols ? pa.data() + off : nullptr,
+                                    cols ? pb.data() + off : nullptr, nullptr);
         }
-        rescue_columns(s.col_gx, s.col_xx, [&](std::int64_t i, std::int64_t j, const T* rsig,
-                                               const T* risig, const T* gi,
-                                               detail::ScaledSum& a, detail::ScaledSum& b) {
-            const T xj = m_x[i * m_cols + j] * risig[j];
-            const T gj = gi[j] * rsig[j];
-            const double pc = static_cast<double>(xj - mu_row()[j]);
-            return add_term(a, static_cast<double>(gj), pc) && add_term(b, pc, pc);
-        });
-        if (!m_two_d) s.col_gx.resize(0), s.col_xx.resize(0);  // a 1-D block has no columns
+        if (!cols) return s;  // (a 1-D block has no columns)
+        s.col_gx.resize(m_ref.cols);
+        s.col_xx.resize(m_ref.cols);
+        detail::split_sum_parts(pa, m_items.size(), m_ref.cols, s.col_gx.data());
+        detail::split_sum_parts(pb, m_items.size(), m_ref.cols, s.col_xx.data());
+        detail::split_rescue_columns(m_ref, m_scratch, false, s.col_gx.data(), s.col_xx.data());
         return s;
     }
 
     std::pair<Eigen::VectorXd, Eigen::VectorXd> moments() const {
-        auto out = m_axis >= 0 ? rotated_moments() : plain_moments();
-        if (!m_two_d) out.second.resize(0);
-        return out;
+        Eigen::VectorXd ru = Eigen::VectorXd::Zero(m_ref.rows), cu;
+        const bool cols = m_ref.two_d;
+        std::vector<double> pa(cols ? m_items.size() * static_cast<std::size_t>(m_ref.cols) : 0);
+        for (std::size_t k = 0; k < m_items.size(); ++k) {
+            const std::size_t off = k * static_cast<std::size_t>(m_ref.cols);
+            m_refused += detail::split_moments_rows(m_ref, m_items[k], m_scratch, ru.data(),
+                                                    cols ? pa.data() + off : nullptr);
+        }
+        if (cols) {
+            cu.resize(m_ref.cols);
+            detail::split_sum_parts(pa, m_items.size(), m_ref.cols, cu.data());
+            detail::split_rescue_columns(m_ref, m_scratch, true, cu.data(), nullptr);
+        }
+        return {ru, cu};
+    }
+
+    void apply() const {
+        for (const detail::SplitItem& it : m_items)
+            m_refused += detail::split_apply_rows(m_ref, it, m_scratch);
     }
 
     /// Elements refused so far by moments() / apply() (a non-finite result, not written).
     std::int64_t refused() const { return m_refused; }
 
-    void apply() const {
-        const auto n = static_cast<std::size_t>(m_cols);
-        std::vector<T> sig(n), isig(n);
-        const int cm = m_cm.empty() ? 0 : (m_mu.empty() ? 1 : 2);
-        const SplitApplyFn<T> fn = pick_split_apply<T>(m_mode, cm);
-        for (std::int64_t i = 0; i < m_rows; ++i) {
-            scales_row(i, sig.data(), isig.data());
-            const T r = m_rm.empty() ? T(1) : m_rm[static_cast<std::size_t>(i)];
-            m_refused += static_cast<std::int64_t>(
-                fn(m_x + i * m_cols, m_m + i * m_cols, m_v + i * m_cols, sig.data(), isig.data(),
-                   row_coef(i), m_bc.data(), m_n.data(), mu_row(), r, m_cm.data(), m_cols,
-                   m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps));
-        }
-    }
-
 private:
-    // σ and 1/σ along row i (x̃ = x·(1/σ), g̃ = g·σ).
-    void scales_row(std::int64_t i, T* sig, T* isig) const {
-        const T r = m_rs.empty() ? T(1) : m_rs[static_cast<std::size_t>(i)];
-        const T ir = m_rs.empty() ? T(1) : T(1) / r;
-        if (m_cs.empty()) {
-            std::fill(sig, sig + m_cols, r);
-            std::fill(isig, isig + m_cols, ir);
-            return;
-        }
-        for (std::int64_t j = 0; j < m_cols; ++j) {
-            sig[j] = r * m_cs[static_cast<std::size_t>(j)];
-            isig[j] = ir * m_ics[static_cast<std::size_t>(j)];
-        }
-    }
+    static const T* data(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
 
-    const T* grad_row(std::int64_t i, std::vector<T>& buf) const {
-        return detail::gather_row(m_g, i, m_gs0, m_gs1, m_cols, buf);
-    }
-    const T* mu_row() const { return m_mu.empty() ? m_zeros.data() : m_mu.data(); }
-    T row_coef(std::int64_t i) const {
-        return m_a.empty() ? T(0) : m_a[static_cast<std::size_t>(i)];
-    }
-
-    std::pair<Eigen::VectorXd, Eigen::VectorXd> plain_moments() const {
-        Eigen::VectorXd ru = Eigen::VectorXd::Zero(m_rows), cu = Eigen::VectorXd::Zero(m_cols);
-        const auto n = static_cast<std::size_t>(m_cols);
-        std::vector<T> sig(n), isig(n), u(n), xt(n), gbuf;
-        const SplitMomentsFn<T> fn = pick_split_moments<T>(m_mode);
-        for (std::int64_t i = 0; i < m_rows; ++i) {
-            scales_row(i, sig.data(), isig.data());
-            m_refused += static_cast<std::int64_t>(fn(
-                m_x + i * m_cols, grad_row(i, gbuf), m_m + i * m_cols, m_v + i * m_cols,
-                sig.data(), isig.data(), row_coef(i), m_bc.data(), m_n.data(), mu_row(), u.data(),
-                xt.data(), cu.data(), m_cols, m_hp.b1, m_hp.b2, m_hp.inv_bc2_sqrt, m_hp.step_size,
-                m_hp.eps));
-            ru[i] = checked_dot(u.data(), xt.data(), m_cols);
-        }
-        rescue_moment_columns(cu);
-        return {ru, cu};
-    }
-
-    void tangent_row(std::int64_t i, const T* sig, const T* isig, const T* gi, T* t,
-                     T* t2) const {
-        const T* x = m_x + i * m_cols;
-        const T a = row_coef(i);
-        const T w2 = T(1) - m_hp.b2;
-        if (m_mode == kSplitRow)
-            split_tangent_loop<T, kSplitRow>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(), t,
-                                             t2, m_cols, w2);
-        else if (m_mode == kSplitCol)
-            split_tangent_loop<T, kSplitCol>(x, gi, sig, isig, a, m_bc.data(), m_n.data(),
-                                             mu_row(), t, t2, m_cols, w2);
-        else
-            split_tangent_loop<T, kSplitPlain>(x, gi, sig, isig, a, nullptr, nullptr, mu_row(),
-                                               t, t2, m_cols, w2);
-    }
-
-    // Rotated head blocks: (1−β₂)·t² averaged over each head segment (along the row for axis 1, over
-    // the segment's rows per column for axis 0) before it enters v.
-    std::pair<Eigen::VectorXd, Eigen::VectorXd> rotated_moments() const {
-        Eigen::VectorXd ru = Eigen::VectorXd::Zero(m_rows), cu = Eigen::VectorXd::Zero(m_cols);
-        const auto n = static_cast<std::size_t>(m_cols);
-        const bool whole = m_axis == 0;
-        const std::size_t kept = whole ? static_cast<std::size_t>(m_rows) : 1;
-        std::vector<T> sig(n), isig(n), t(kept * n), t2(kept * n), u(n), xt(n), gbuf;
-        auto update = [&](std::int64_t i, const T* ti, const T* t2i) {
-            scales_row(i, sig.data(), isig.data());
-            m_refused += static_cast<std::int64_t>(split_moments_t2_loop<T>(
-                m_x + i * m_cols, isig.data(), mu_row(), ti, t2i, m_m + i * m_cols,
-                m_v + i * m_cols, u.data(), xt.data(), cu.data(), m_cols, m_hp.b1, m_hp.b2,
-                m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps));
-            ru[i] = checked_dot(u.data(), xt.data(), m_cols);
-        };
-        if (!whole) {
-            for (std::int64_t i = 0; i < m_rows; ++i) {
-                scales_row(i, sig.data(), isig.data());
-                tangent_row(i, sig.data(), isig.data(), grad_row(i, gbuf), t.data(), t2.data());
-                detail::mean_within_segments(t2.data(), m_segs);
-                update(i, t.data(), t2.data());
-            }
-            return {ru, cu};
-        }
-        for (std::int64_t i = 0; i < m_rows; ++i) {
-            scales_row(i, sig.data(), isig.data());
-            const auto off = static_cast<std::size_t>(i) * n;
-            tangent_row(i, sig.data(), isig.data(), grad_row(i, gbuf), t.data() + off,
-                        t2.data() + off);
-        }
-        for (const auto& [a, e] : m_segs) {
-            for (std::size_t j = 0; j < n; ++j) {
-                T sum = T(0);
-                for (std::int64_t i = a; i < e; ++i) sum += t2[static_cast<std::size_t>(i) * n + j];
-                const T mean = sum / static_cast<T>(e - a);
-                for (std::int64_t i = a; i < e; ++i) t2[static_cast<std::size_t>(i) * n + j] = mean;
-            }
-        }
-        for (std::int64_t i = 0; i < m_rows; ++i) {
-            const auto off = static_cast<std::size_t>(i) * n;
-            update(i, t.data() + off, t2.data() + off);
-        }
-        rescue_moment_columns(cu);
-        return {ru, cu};
-    }
-
-    // Columns whose plain sums (of the pair the kernel accumulates) are not finite, summed again
-    // scaled over the rows: ±inf only where the exact sum exceeds float64. `terms(i, j, σ, 1/σ,
-    // g row, a, b)` adds row i's terms of column j, false for a non-finite factor (the column
-    // keeps its plain sums).
-    template <typename F>
-    void rescue_columns(Eigen::VectorXd& ca, Eigen::VectorXd& cb, F&& terms) const {
-        if (!m_two_d) return;
-        std::vector<std::int64_t> cols;
-        for (std::int64_t j = 0; j < m_cols; ++j)
-            if (!std::isfinite(ca[j]) || (cb.size() && !std::isfinite(cb[j]))) cols.push_back(j);
-        if (cols.empty()) return;
-        const auto n = static_cast<std::size_t>(m_cols);
-        std::vector<T> sig(n), isig(n), gbuf;
-        std::vector<detail::ScaledSum> a(cols.size()), b(cols.size());
-        std::vector<char> ok(cols.size(), 1);
-        for (std::int64_t i = 0; i < m_rows; ++i) {
-            scales_row(i, sig.data(), isig.data());
-            const T* gi = grad_row(i, gbuf);
-            for (std::size_t k = 0; k < cols.size(); ++k)
-                if (ok[k] && !terms(i, cols[k], sig.data(), isig.data(), gi, a[k], b[k]))
-                    ok[k] = 0;
-        }
-        for (std::size_t k = 0; k < cols.size(); ++k) {
-            if (!ok[k]) continue;
-            ca[cols[k]] = a[k].value();
-            if (cb.size()) cb[cols[k]] = b[k].value();
-        }
-    }
-
-    // The moments' column sums Σ u·P x̃, u from the moments as stored (after this step's commit).
-    void rescue_moment_columns(Eigen::VectorXd& cu) const {
-        Eigen::VectorXd none;
-        rescue_columns(cu, none, [&](std::int64_t i, std::int64_t j, const T*, const T* isig,
-                                     const T*, detail::ScaledSum& a, detail::ScaledSum&) {
-            const std::int64_t k = i * m_cols + j;
-            const T uj = split_update(m_m[k], m_v[k], m_hp.inv_bc2_sqrt, m_hp.step_size, m_hp.eps);
-            const T xj = m_x[k] * isig[j];
-            return add_term(a, static_cast<double>(uj), static_cast<double>(xj - mu_row()[j]));
-        });
-    }
-
-    std::vector<T> m_rs, m_cs, m_mu, m_a, m_bc, m_n, m_rm, m_cm;
-    detail::AdamScalars<T> m_hp;
-    std::vector<T> m_ics, m_zeros;
-    int m_mode = kSplitPlain;
-    T *m_x = nullptr, *m_m = nullptr, *m_v = nullptr;
-    const T* m_g = nullptr;
-    std::int64_t m_rows = 0, m_cols = 0, m_gs0 = 0, m_gs1 = 0;
-    bool m_two_d = false;
-    int m_axis = -1;
-    std::vector<std::pair<std::int64_t, std::int64_t>> m_segs;
+    std::vector<T> m_rs, m_cs, m_mu, m_a, m_bc, m_n, m_rm, m_cm, m_ics;
+    detail::Segments m_segs;
+    detail::SplitRef<T> m_ref;
+    std::vector<detail::SplitItem> m_items;
+    mutable detail::SplitScratch<T> m_scratch;
     mutable std::int64_t m_refused = 0;
 };
 
@@ -666,6 +268,71 @@ void ddc_split_apply(const std::vector<SplitBlock>& blocks) {
     std::vector<std::int64_t> refused;
     ddc_split_apply(blocks, refused);
     throw_refused(refused, "ddc_split_apply");
+}
+
+namespace {
+
+template <typename T>
+std::int64_t split_units_as(const SplitUnitsArgs& a, const std::vector<char>& gauged) {
+    const std::int64_t h = a.exp_avg.shape[0];
+    const auto n = static_cast<std::size_t>(h);
+    const std::vector<T> q = detail::read_vector<T>(a.q), gi = detail::read_vector<T>(a.g_in),
+                         n2 = detail::read_vector<T>(a.n2), go = detail::read_vector<T>(a.g_out),
+                         gy = detail::read_vector<T>(a.g_only);
+    T* out = static_cast<T*>(const_cast<void*>(a.out.data));
+    auto row = [&](std::size_t r) { return out + r * n; };
+    const detail::SplitUnits<T> u{q.data(), gi.data(), n2.data(), go.data(), gy.data(),
+                                  gauged.data(),
+                                  static_cast<T*>(const_cast<void*>(a.exp_avg.data)),
+                                  static_cast<T*>(const_cast<void*>(a.exp_avg_sq.data)),
+                                  row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7)};
+    const std::int64_t refused = detail::split_units(u, h, a.step, a.beta1, a.beta2, a.eps);
+    for (std::size_t l = 0; l < a.lrs.size(); ++l) {
+        const T lr = static_cast<T>(a.lrs[l]);
+        for (std::size_t k = 0; k < n; ++k) row(8 + l)[k] = std::exp(lr * row(4)[k]);
+    }
+    return refused;
+}
+
+}  // namespace
+
+std::int64_t ddc_split_units(const SplitUnitsArgs& a, const char* fn) {
+    detail::check_cpu_float(a.exp_avg, fn, "exp_avg");
+    DEADSPEC_CHECK_ARG(a.exp_avg.ndim() == 1, fn, ": exp_avg must be 1-D, got shape ",
+                       a.exp_avg.shape_string());
+    const std::int64_t h = a.exp_avg.shape[0];
+    const DType dt = a.exp_avg.dtype;
+    detail::check_same_layout(a.exp_avg, a.exp_avg, "exp_avg", true, fn);
+    detail::check_same_layout(a.exp_avg, a.exp_avg_sq, "exp_avg_sq", true, fn);
+    for (const auto& [v, arg] : {std::pair{&a.q, "q"}, std::pair{&a.g_in, "g_in"},
+                                 std::pair{&a.n2, "n2"}, std::pair{&a.g_out, "g_out"},
+                                 std::pair{&a.g_only, "g_only"}}) {
+        detail::check_vector(*v, h, fn, arg);
+        DEADSPEC_CHECK_ARG(v->dtype == dt, fn, ": ", arg, " must have exp_avg's dtype ",
+                           dtype_name(dt), ", got ", dtype_name(v->dtype));
+    }
+    const std::int64_t rows = 8 + static_cast<std::int64_t>(a.lrs.size());
+    detail::check_cpu_float(a.out, fn, "out");
+    const bool out_ok = a.out.ndim() == 2 && a.out.shape[0] == rows && a.out.shape[1] == h &&
+                        a.out.dtype == dt && a.out.is_contiguous() && !a.out.read_only;
+    DEADSPEC_CHECK_ARG(out_ok,
+                       fn, ": out must be a writable contiguous ", dtype_name(dt), " tensor of "
+                       "shape (", rows, ", ", h, "), got ", dtype_name(a.out.dtype), " of shape ",
+                       a.out.shape_string());
+    DEADSPEC_CHECK_ARG(a.step >= 1, fn, ": step must be >= 1, got ", a.step);
+    DEADSPEC_CHECK_ARG(a.beta1 >= 0.0 && a.beta1 < 1.0 && a.beta2 >= 0.0 && a.beta2 < 1.0, fn,
+                       ": betas must be in [0, 1), got (", a.beta1, ", ", a.beta2, ")");
+    DEADSPEC_CHECK_ARG(a.eps >= 0.0, fn, ": eps must be >= 0, got ", a.eps);
+    for (const double lr : a.lrs)
+        DEADSPEC_CHECK_ARG(std::isfinite(lr), fn, ": lrs must be finite, got ", lr);
+    std::vector<char> gauged(static_cast<std::size_t>(h), a.units.empty() ? 1 : 0);
+    for (const std::int64_t u : a.units) {
+        DEADSPEC_CHECK_ARG(u >= 0 && u < h && !gauged[static_cast<std::size_t>(u)], fn,
+                           ": units must be distinct indices in [0, ", h, "), got ", u);
+        gauged[static_cast<std::size_t>(u)] = 1;
+    }
+    return dt == DType::Float64 ? split_units_as<double>(a, gauged)
+                                : split_units_as<float>(a, gauged);
 }
 
 }  // namespace deadspec

@@ -70,6 +70,36 @@ class DDCAdamPlan:
     def grad_max(self, block: int) -> float:
         """max |g| of a block from the last check (NaN: not finite)."""
 
+class DDCSplitPlan:
+    """DDCAdam's split form over all blocks (``optim/_splitplan.py``), the structure bound
+    once: :meth:`check` the gradients (and take the first pass), then :meth:`step`."""
+
+    def __init__(
+        self, blocks: list[dict[str, Any]], sites: list[dict[str, Any]], order: list[int]
+    ) -> None:
+        """``blocks``: dicts with the capsules ``param``, ``exp_avg``, ``exp_avg_sq``, ``step``
+        (the float32 step count) and optional ``row_site``, ``col_site`` (int, -1: none),
+        ``group`` (int), ``deferred`` (bool), ``col_mean`` (capsule), ``rot_axis`` with
+        ``rot_segments``; ``sites``: dicts with ``weight_block`` and optional ``bias_block``,
+        ``in_site``, ``units``, ``consumers`` (block indices), ``group``, ``exp_avg`` and
+        ``exp_avg_sq`` (the radial Adam's moments); ``order``: the sites in topological order.
+        Validated here (ValueError naming the entry)."""
+    @property
+    def num_blocks(self) -> int: ...
+    def check(
+        self,
+        grads: list[_Capsule | None],
+        groups: list[tuple[float, float, float, float, float]],
+    ) -> int:
+        """Take this step's gradients (None: no gradient) and groups ((lr, beta1, beta2, eps,
+        weight_decay) each), compute the scales and the first pass's sums; the first block
+        whose gradient is not finite, or -1."""
+    def split(self, site: int) -> bool:
+        """Whether a site is split this step (after :meth:`check`)."""
+    def step(self, site_steps: list[int]) -> tuple[list[int], list[int]]:
+        """The rest of the step (``site_steps``: each site's radial step count before it).
+        Returns (refused per block, refused units per site)."""
+
 def build_info() -> dict[str, Any]:
     """Build flavour of the core: version, CUDA, LAPACK backend, Eigen version."""
 
@@ -216,6 +246,12 @@ def ddc_split_apply(blocks: list[_Block]) -> list[int]:
     """Split form, pass 2: the re-projected update applied in place (radial factors
     row_mult/col_mult, coefficients of the update in row_coef/col_coef). Returns per block the
     number of elements whose new value was not finite (kept at its pre-step value)."""
+
+def ddc_split_units(args: dict[str, Any]) -> int:
+    """The per-unit step of one split site: a dict with the capsules ``q``, ``g_in``, ``n2``,
+    ``g_out``, ``g_only``, ``exp_avg``, ``exp_avg_sq``, ``out`` and ``step`` (int), ``beta1``,
+    ``beta2``, ``eps``, optional ``units``, ``lrs``. Returns the units whose radial moments were
+    not finite (kept)."""
 
 def ddc_row_norms(
     weight: _Capsule,

@@ -161,14 +161,15 @@ void bind_ddc(py::module_& m) {
         "(kept at their pre-step values; with keep=False, written, only counted).");
 
     // The split form's three passes: each takes a list of dicts (the common entries of
-    // parse_blocks, without decay; optional row_scale, col_scale, col_mean, row_coef, col_coef,
+    // parse_blocks; optional decay (x read as x·decay), row_scale, col_scale, col_mean, row_coef, col_coef,
     // col_norm, row_mult, col_mult).
     auto parse_split = [](const py::list& blocks, const char* fn) {
         return parse_blocks<SplitBlock>(
             blocks, fn,
             {"row_scale", "col_scale", "col_mean", "row_coef", "col_coef", "col_norm", "row_mult",
-             "col_mult"},
+             "col_mult", "decay"},
             [](BlockReader& r, SplitBlock& b) {
+                if (r.has("decay")) b.hp.decay = r.get<double>("decay", "a float");
                 b.row_scale = r.tensor("row_scale");
                 b.col_scale = r.tensor("col_scale");
                 b.col_mean = r.tensor("col_mean");

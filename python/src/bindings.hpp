@@ -12,4 +12,5 @@ void bind_spectrum(py::module_& m);
 void bind_slope(py::module_& m);
 void bind_ddc(py::module_& m);
 void bind_ddc_plan(py::module_& m);
+void bind_ddc_split_plan(py::module_& m);
 }  // namespace deadspec::python

@@ -56,4 +56,5 @@ PYBIND11_MODULE(_core, m) {
     deadspec::python::bind_slope(m);
     deadspec::python::bind_ddc(m);
     deadspec::python::bind_ddc_plan(m);
+    deadspec::python::bind_ddc_split_plan(m);
 }

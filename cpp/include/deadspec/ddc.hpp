@@ -118,7 +118,9 @@ struct SplitBlock {
     /// ddc_split_apply only: radial factors on the rows and the columns of x (null: 1). With
     /// col_mean, the column factor scales P x only (x + (c_j − 1)·σ·P x̃), not the column mean.
     TensorView row_mult, col_mult;
-    AdamStep hp;  ///< lr, betas, eps, step (the decay field is not used: decay first)
+    /// lr, betas, eps, step, and decay: x is read as x·decay in every pass (decoupled weight
+    /// decay folded in, |decay| <= 1; 1: decayed before), and an element apply refuses keeps it.
+    AdamStep hp;
     /// As AdamBlock: the second-moment input is shared within each rotated segment.
     int rot_axis = -1;
     std::vector<std::pair<std::int64_t, std::int64_t>> rot_segments;

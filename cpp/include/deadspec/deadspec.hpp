@@ -5,6 +5,7 @@
 #include "deadspec/config.hpp"
 #include "deadspec/ddc.hpp"
 #include "deadspec/ddc_plan.hpp"
+#include "deadspec/ddc_split_plan.hpp"
 #include "deadspec/ddc_adam.hpp"
 #include "deadspec/errors.hpp"
 #include "deadspec/fisher_gram.hpp"

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.dlpack import to_dlpack
 
 from deadspec import _core
 from deadspec.optim._functional import (
     commit_finite,
+    cpu_float,
     fused_ok,
     init_adam_state,
     mean_within_segments,
@@ -34,6 +36,7 @@ from deadspec.optim._plan import Plan, Site
 __all__ = [
     "FUSED",
     "SplitStep",
+    "core_step_ok",
     "split_apply",
     "split_moments",
     "split_sums",
@@ -42,6 +45,24 @@ __all__ = [
 #: Run the split form's passes in the C++ core on CPU (the tests switch it off to compare).
 FUSED = True
 
+
+
+def core_step_ok(plan: Plan, state: Any, param_groups: list[dict[str, Any]]) -> bool:
+    """Whether a split step combines the per-unit coefficients in the core (``SplitStep`` with
+    ``decay``; the bound plan's arithmetic) and folds the decoupled decay into the passes:
+    :data:`FUSED`, every parameter with a gradient a block the core's passes take, every site's
+    blocks CPU float, and every such group's lr·weight_decay in [0, 1]."""
+    if not FUSED:
+        return False
+    for group in param_groups:
+        stepped = [p for p in group["params"] if p.grad is not None]
+        if stepped and not 0.0 <= float(group["lr"] * group["weight_decay"]) <= 1.0:
+            return False
+        for p in stepped:
+            st = state.get(p) or {}
+            if not fused_ok(p, p.grad, st.get("exp_avg", p), st.get("exp_avg_sq", p)):
+                return False
+    return all(cpu_float(s.weight, s.bias, *s.consumers) for s in plan.sites)
 
 
 # The split form (DDCAdam form="split"): the torch reference of the C++ core's three passes
@@ -175,12 +196,17 @@ class SplitStep:
         param_groups: list[dict[str, Any]],
         rho: list[torch.Tensor | None],
         hparams: Callable[[Site], tuple[float, tuple[float, float], float]],
+        decay: dict[int, float] | None = None,
     ) -> None:
         self.plan = plan
         self.state = state
         self.param_groups = param_groups
         self.rho = rho
         self.hparams = hparams
+        #: ``None``: the torch arithmetic between the passes (the reference). A dict: the core's
+        #: (:func:`core_step_ok`; ``_core.ddc_split_units``, the bound plan's), the decoupled
+        #: decay still to apply folded into the passes (factor per parameter id; 1 elsewhere)
+        self.decay = decay
         #: coordinates refused by the check before commit, per stepped parameter (by id) and
         #: units per site (by name): ints from the core, 0-dim tensors from torch
         self.refused: dict[int, list[Any]] = {}
@@ -219,7 +245,12 @@ class SplitStep:
             state["step"] += 1
         sums = self._pass("sums", blk, stepped, tensors)
         # (1)-(3) per unit: live units, radial coefficients of g̃, the radial Adam
-        sites = [self._site(s, sums) for s in plan.sites]
+        lrs: dict[int, set[float]] = {}  # (the core's radial factors: per site, its sides' lrs)
+        for p, group in stepped:
+            for site in (plan.row.get(id(p)), plan.col.get(id(p))):
+                if site is not None:
+                    lrs.setdefault(site, set()).add(float(group["lr"]))
+        sites = [self._site(s, sums, lrs.get(i, set())) for i, s in enumerate(plan.sites)]
         self._coefficients(sites, "grad", blk)
         # (4) moments on the tangential inputs, the update's radial parts, re-projection
         dots = self._pass("moments", blk, stepped)
@@ -240,10 +271,14 @@ class SplitStep:
         for p, group in stepped:
             b = blk[id(p)]
             r, c = plan.row.get(id(p)), plan.col.get(id(p))
-            if r is not None and sites[r] is not None:
-                b["row_mult"] = torch.exp(group["lr"] * sites[r]["radial"]).to(p.dtype)
-            if c is not None and sites[c] is not None:
-                b["col_mult"] = torch.exp(group["lr"] * sites[c]["radial"]).to(p.dtype)
+            for key, site in (("row_mult", r), ("col_mult", c)):
+                ss = None if site is None else sites[site]
+                if ss is None:
+                    continue
+                if "mults" in ss:  # (the core's)
+                    b[key] = ss["mults"][float(group["lr"])].to(p.dtype)
+                else:
+                    b[key] = torch.exp(group["lr"] * ss["radial"]).to(p.dtype)
         self._pass("apply", blk, stepped)
 
     def _block(self, p: torch.Tensor, rho: list[torch.Tensor | None]) -> dict[str, Any]:
@@ -300,6 +335,8 @@ class SplitStep:
                     "eps": float(group["eps"]),
                     "step": int(state["step"].item()),
                 }
+                if self.decay is not None and i in self.decay:
+                    call["decay"] = float(self.decay[i])
                 for k, v in b.items():
                     if v is None:
                         continue
@@ -362,12 +399,15 @@ class SplitStep:
         return out
 
     def _site(
-        self, s: Site, sums: dict[int, tuple[torch.Tensor | None, ...]]
-    ) -> dict[str, torch.Tensor] | None:
+        self, s: Site, sums: dict[int, tuple[torch.Tensor | None, ...]], lrs: set[float]
+    ) -> dict[str, Any] | None:
         """A site's per-unit quantities for this step, and (2)-(3) its radial Adam. None (not
-        split: Adam on g̃ for its blocks) when a block of the site has no gradient."""
+        split: Adam on g̃ for its blocks) when a block of the site has no gradient. ``lrs``: the
+        lrs its radial factors are wanted for (the core's arithmetic only)."""
         if any(t is not None and t.grad is None for t in (s.weight, s.bias, *s.consumers)):
             return None
+        if self.decay is not None:
+            return self._site_core(s, sums, sorted(lrs))
         q = self._unit_rows(s, sums, 1)
         live = q > 0.5  # a unit-norm x̃ row; a dead row (ρ = 0 → ρ := 1) has q ≈ 0
         if s.units is not None:
@@ -414,6 +454,50 @@ class SplitStep:
             "grad_row": torch.where(live, g_in / q, zero),
             "grad_col": torch.where(n2 > 0, self._unit_cols(s, sums, 2, only=True) / n2_safe, zero),
             "col_norm": torch.where(n2 > 0, n2.sqrt(), one),
+        }
+
+    def _site_core(
+        self, s: Site, sums: dict[int, tuple[torch.Tensor | None, ...]], lrs: list[float]
+    ) -> dict[str, Any]:
+        """:meth:`_site` through the core's ``ddc_split_units`` (the bound plan's arithmetic),
+        with the radial factors ``exp(lr·direction)`` for each of ``lrs``."""
+        q = self._unit_rows(s, sums, 1)
+        st = s.state
+        if "split_step" not in st:
+            st["split_step"] = 0
+            st["split_exp_avg"] = torch.zeros_like(q)
+            st["split_exp_avg_sq"] = torch.zeros_like(q)
+        st["split_step"] += 1
+        _, (beta1, beta2), eps = self.hparams(s)
+        out = torch.empty(8 + len(lrs), q.shape[0], dtype=q.dtype)
+        vals = {
+            "q": q,
+            "g_in": self._unit_rows(s, sums, 0),
+            "n2": self._unit_cols(s, sums, 3, only=True),
+            "g_out": self._unit_cols(s, sums, 2, only=False),
+            "g_only": self._unit_cols(s, sums, 2, only=True),
+            "exp_avg": st["split_exp_avg"],
+            "exp_avg_sq": st["split_exp_avg_sq"],
+            "out": out,
+        }
+        args: dict[str, Any] = {k: to_dlpack(v) for k, v in vals.items()}
+        args.update(
+            step=st["split_step"], beta1=float(beta1), beta2=float(beta2), eps=float(eps),
+            lrs=lrs, units=None if s.units is None else s.units.tolist(),
+        )
+        self.site_refused[s.name] = _core.ddc_split_units(args)
+        n2 = out[2]
+        return {
+            "live": out[0] > 0,
+            "q": out[1],
+            "n2": n2,
+            "n2_safe": out[3],
+            "zero": torch.zeros_like(q),
+            "radial": out[4],
+            "grad_row": out[5],
+            "grad_col": out[6],
+            "col_norm": out[7],
+            "mults": {lr: out[8 + k] for k, lr in enumerate(lrs)},
         }
 
     def _coefficients(

@@ -14,7 +14,8 @@ from deadspec.optim._base import FORMS, DDCBase, TorchOptions, check_betas, chec
 from deadspec.optim._coreplan import CorePlan
 from deadspec.optim._functional import AdamBlock, ddc_adam, init_adam_state, screen_safe
 from deadspec.optim._plan import Site
-from deadspec.optim._split import SplitStep
+from deadspec.optim._split import SplitStep, core_step_ok
+from deadspec.optim._splitplan import SplitCorePlan
 
 __all__ = ["DDCAdam"]
 
@@ -166,6 +167,7 @@ class DDCAdam(DDCBase):
         check_nonnegative(fn, "eps", eps)
         check_nonnegative(fn, "weight_decay", weight_decay)
         self._core_plan: CorePlan | None = None
+        self._split_plan: SplitCorePlan | None = None
         super().__init__(
             model_or_params,
             {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay},
@@ -185,11 +187,17 @@ class DDCAdam(DDCBase):
     def _step(self) -> None:
         if self.form == "split" and self._plan.sites:
             # (without a rescaling site nothing is split: the coordinate path below is the step)
-            ok, modes = self._prologue(decay=True)
+            if self._split_core_step():
+                return
+            # the core's arithmetic folds the decay into the passes (the logit layer's
+            # shift-aware decay is applied here); the torch reference decays first
+            core = self._shards is None and core_step_ok(self._plan, self.state, self.param_groups)
+            ok, modes = self._prologue(decay=not core)
             if ok:
-                rho = self._site_scales()  # of the decayed parameters
+                decay = self._split_decay() if core else None
+                rho = self._site_scales(pending_decay=core)  # of the decayed parameters
                 split = SplitStep(
-                    self._plan, self.state, self.param_groups, rho, self._damped_hparams
+                    self._plan, self.state, self.param_groups, rho, self._damped_hparams, decay
                 )
                 split.run()
                 params = {id(p): p for g in self.param_groups for p in g["params"]}
@@ -256,6 +264,64 @@ class DDCAdam(DDCBase):
         refused, kept = cp.core.step(groups, self._moments_bounded)
         for p, n, k in zip(cp.params, refused, kept):
             self._note_refused(p, n, kept=k)
+        self._policy(modes)
+        return True
+
+    def _split_decay(self) -> dict[int, float]:
+        """The split form's decoupled decay with the core's arithmetic: the logit layer's
+        shift-aware decay applied now, every other factor 1 − lr·wd returned (by parameter id)
+        to be folded into the passes."""
+        out: dict[int, float] = {}
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if id(p) in self._plan.shift:
+                    self._decay(p, lr * wd, shift=True)
+                else:
+                    out[id(p)] = 1.0 - lr * wd
+        return out
+
+    def _split_core_step(self) -> bool:
+        """The split step through the core's bound plan (``_splitplan``: two core calls for all
+        blocks, the arithmetic of the per-block path with the core's, bit for bit). False: the
+        plan does not take the optimizer's set-up or this step, and nothing was done."""
+        sp = self._split_plan
+        if sp is None or not sp.current(self):
+            sp = self._split_plan = SplitCorePlan.build(self)
+        if sp is None:
+            return False
+        groups = sp.groups(self)
+        bad = None if groups is None or not sp.ready() else sp.check(groups)
+        if bad is None:
+            return False
+        if bad >= 0:  # (as _prologue: nothing written)
+            gi, j = sp.where[bad]
+            msg = (
+                f"deadspec.{self._fn}.step: gradients must be finite, got NaN/Inf in "
+                f"{self._name(sp.params[bad], gi, j)!r}"
+            )
+            if self.nonfinite == "raise":
+                raise RuntimeError(msg)
+            warnings.warn(msg + "; step skipped", RuntimeWarning, stacklevel=6)
+            return True
+        modes = self._gauge_modes() if self._wants_modes() else []
+        for k, gi, mean in sp.deferred:  # the logit layer: its shift-aware decay, its means
+            p, group = sp.params[k], self.param_groups[gi]
+            if p.grad is None:
+                continue
+            if group["weight_decay"] != 0:
+                self._decay(p, group["lr"] * group["weight_decay"], shift=True)
+            if mean is not None:
+                mean.copy_(p.mean(0))
+        refused, site_refused = sp.step()
+        for p, n in zip(sp.params, refused):
+            self._note_refused(p, n)
+        for s, n in zip(self._plan.sites, site_refused):
+            self._note_refused(s.name, n)
         self._policy(modes)
         return True
 

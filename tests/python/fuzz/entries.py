@@ -304,6 +304,50 @@ def e_core_ddc_adam_plan(ctx: Context, args: tuple, kwargs: dict, ops: tuple) ->
     return {**written, "result": [float(n) for n in refused] + [float(k) for k in kept]}
 
 
+def e_core_ddc_split_plan(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, Any]:
+    """``_core.DDCSplitPlan`` over the blocks of ``ddc_adam_update_many`` (no sites: each block
+    its own group, without decay; its step count made from the block's ``step``): bound, checked
+    and stepped."""
+    blocks, written = _blocks(ctx, args[0], ops)
+    plan_blocks, grads, groups = [], [], []
+    for k, b in enumerate(blocks if isinstance(blocks, list) else []):
+        if not isinstance(b, dict):
+            plan_blocks.append(b)
+            continue
+        step = b.get("step")
+        count = float(step) - 1.0 if isinstance(step, (int, float)) else 0.0
+        pb = {key: b[key] for key in ("param", "exp_avg", "exp_avg_sq", "rot_axis",
+                                      "rot_segments") if key in b}
+        pb["step"] = capsule(torch.tensor(count, dtype=torch.float32))
+        pb["group"] = k
+        plan_blocks.append(pb)
+        grads.append(b.get("grad"))
+        vals = [b.get(key) for key in ("lr", "beta1", "beta2", "eps")]
+        groups.append(tuple(float(v) if isinstance(v, (int, float)) else 0.1 for v in vals)
+                      + (0.0,))
+    plan = _core.DDCSplitPlan(plan_blocks if isinstance(blocks, list) else blocks, [], [])
+    if plan.check(grads, groups) >= 0:
+        return {"result": -1}
+    refused, site_refused = plan.step([])
+    return {**written, "result": [float(n) for n in refused] + [float(n) for n in site_refused]}
+
+
+def e_core_ddc_split_units(ctx: Context, args: tuple, kwargs: dict, ops: tuple) -> dict[str, Any]:
+    """``_core.ddc_split_units`` on one dict of vectors: the refused count and the radial
+    moments it writes (checked before commit: finite). Its ``out`` is not compared: a quotient
+    there may exceed the dtype where its exact value does (the passes then refuse)."""
+    spec = args[0]
+    if not isinstance(spec, dict):
+        return {"result": _core.ddc_split_units(spec)}
+    d, written = {}, {}
+    for k, v in spec.items():
+        value, passed = _tensors(ctx, v, ops)
+        d[k] = passed
+        if k in ("exp_avg", "exp_avg_sq") and _is_array(v):
+            written[k] = value
+    return {**written, "result": float(_core.ddc_split_units(d))}
+
+
 #: The largest float64, exactly.
 _MAX = Fraction(sys.float_info.max)
 
@@ -852,6 +896,8 @@ ENTRIES: dict[str, Callable[..., dict[str, Any]]] = {
     "_core.ddc_adam_update": e_core_ddc_adam_update,
     "_core.ddc_adam_update_many": _core_blocks("ddc_adam_update_many"),
     "_core.DDCAdamPlan": e_core_ddc_adam_plan,
+    "_core.DDCSplitPlan": e_core_ddc_split_plan,
+    "_core.ddc_split_units": e_core_ddc_split_units,
     "_core.ddc_split_sums": _core_blocks("ddc_split_sums"),
     "_core.ddc_split_moments": _core_blocks("ddc_split_moments"),
     "_core.ddc_split_apply": _core_blocks("ddc_split_apply"),

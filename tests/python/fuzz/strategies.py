@@ -1050,6 +1050,35 @@ def blocks_case(entry: str, split: bool) -> st.SearchStrategy:
                  case(entry, st.tuples(wild), st.just({}), FLAGS))
 
 
+def split_units_case() -> st.SearchStrategy:
+    """``_core.ddc_split_units``'s dict: a site's per-unit sums, its radial moments, ``out``."""
+
+    @st.composite
+    def one(draw: Any, sane: bool) -> Case:
+        h = draw(dims(1, 5))
+        dtype = draw(st.sampled_from(["float64", "float32"]))
+        lrs = draw(st.sampled_from([[], [0.1], [1e-3, 0.0]]))
+        scale = 1.0 if sane else None
+        d: dict[str, Any] = {k: _ddc_tensor((h,), dtype, draw, sane=sane, scale=scale)
+                             for k in ("q", "g_in", "n2", "g_out", "g_only", "exp_avg")}
+        d["exp_avg_sq"] = _ddc_tensor((h,), dtype, draw, lay=False, nonneg=True, sane=sane,
+                                      scale=scale)
+        d["out"] = _ddc_tensor((8 + len(lrs), h), dtype, draw, lay=False, sane=sane, scale=1.0)
+        d["step"] = draw(st.sampled_from((1, 2, 10**6)) if sane else ints_or(1, 0))
+        d["beta1"] = draw(st.sampled_from((0.9, 0.0)) if sane else floats_or(0.9, 1.0))
+        d["beta2"] = draw(st.sampled_from((0.999, 0.5)) if sane else floats_or(0.999, 1.0))
+        d["eps"] = draw(st.sampled_from((1e-8, 0.0)) if sane else floats_or(1e-8, -1.0))
+        d["lrs"] = lrs
+        if draw(st.booleans()):
+            d["units"] = draw(st.sampled_from([[0], list(range(h))] if sane else
+                                              [[0], [h], [0, 0], "x"]))
+        if not sane and one_in(draw, 9):
+            del d[draw(st.sampled_from(sorted(d)))]
+        return Case("_core.ddc_split_units", (d,), {}, draw(FLAGS))
+
+    return tiers(one(True), one(False))
+
+
 def adam_update_case() -> st.SearchStrategy:
     @st.composite
     def one(draw: Any, sane: bool) -> Case:
@@ -1294,6 +1323,8 @@ def _strategies() -> dict[str, st.SearchStrategy]:
         "_core.ddc_adam_update": adam_update_case(),
         "_core.ddc_adam_update_many": blocks_case("_core.ddc_adam_update_many", split=False),
         "_core.DDCAdamPlan": blocks_case("_core.DDCAdamPlan", split=False),
+        "_core.DDCSplitPlan": blocks_case("_core.DDCSplitPlan", split=False),
+        "_core.ddc_split_units": split_units_case(),
         "_core.ddc_split_sums": blocks_case("_core.ddc_split_sums", split=True),
         "_core.ddc_split_moments": blocks_case("_core.ddc_split_moments", split=True),
         "_core.ddc_split_apply": blocks_case("_core.ddc_split_apply", split=True),

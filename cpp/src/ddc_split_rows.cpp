@@ -1,0 +1,667 @@
+// SPDX-License-Identifier: Apache-2.0
+// The split form's row passes and per-unit step (detail/split_rows.hpp). Plain loops over one
+// row, vectorised for the ISA of the wrapper they are inlined into: the baseline, AVX2 or
+// AVX-512, chosen at run time. Built without contraction into fused multiply-adds (see
+// cpp/CMakeLists.txt), every version rounds every operation alike: the same bits.
+#include "detail/split_rows.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "detail/scaled_sum.hpp"
+
+// A lambda inlined into the ISA wrapper it is called from (a lambda does not take the target of
+// its enclosing function, so one left out of line runs the baseline loops).
+#if defined(__GNUC__) || defined(__clang__)
+#define DEADSPEC_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define DEADSPEC_LAMBDA_INLINE
+#endif
+
+namespace deadspec::detail {
+
+namespace {
+
+// lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε), 0 where the denominator is 0 (ε = 0 on a coordinate whose
+// moments are both 0). The quotient is formed unconditionally and then selected, so the loops
+// stay branch-free and vectorise; 0/0 where the denominator is 0 is discarded.
+template <typename T>
+DEADSPEC_ALWAYS_INLINE T split_update(T mk, T vk, T ibc, T ss, T eps) {
+    const T den = std::sqrt(vk) * ibc + eps;
+    const T q = mk / den;
+    return (den > T(0) ? q : T(0)) * ss;
+}
+
+// v minus its radial part along the block (SplitMode): the tangential input (v = g̃) and the
+// re-projected update (v = u) alike. `b`, `nrm` are read only for kSplitCol.
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE T split_project(T v, T xj, T a, const T* __restrict b,
+                                       const T* __restrict nrm, const T* __restrict mu,
+                                       std::int64_t j) {
+    if constexpr (Mode == kSplitRow) return v - a * xj;
+    if constexpr (Mode == kSplitCol) return (v - b[j] * (xj - mu[j])) * nrm[j];
+    return v;
+}
+
+// σ and 1/σ along row i (x̃ = x·(1/σ), g̃ = g·σ; 1/σ formed as (1/ρ_i)·(1/c_j)). The loops
+// below take their rows as restrict-qualified arguments, not through SplitRef: only so does
+// GCC vectorise them.
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void scale_loop(const T* __restrict cs, const T* __restrict ics, T r, T ir,
+                                       T* __restrict sig, T* __restrict isig, std::int64_t n) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        sig[j] = r * cs[j];
+        isig[j] = ir * ics[j];
+    }
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void scales_row(const SplitRef<T>& b, std::int64_t i, SplitScratch<T>& s) {
+    const T r = b.rs ? b.rs[i] : T(1);
+    if (b.cs && s.sig_cs == b.cs && s.sig_r == r) return;  // (the same row factor: as before)
+    s.sig_cs = b.cs;
+    s.sig_r = r;
+    const T ir = b.rs ? T(1) / r : T(1);
+    if (!b.cs) {
+        std::fill(s.sig.begin(), s.sig.begin() + b.cols, r);
+        std::fill(s.isig.begin(), s.isig.begin() + b.cols, ir);
+        return;
+    }
+    scale_loop(b.cs, b.ics, r, ir, s.sig.data(), s.isig.data(), b.cols);
+}
+
+// Σ a·b in float64 with eight partial sums in a fixed order (lanes the compiler can keep in
+// vector registers; a single running sum could not be reordered without -ffast-math).
+template <typename T>
+DEADSPEC_ALWAYS_INLINE double dot8(const T* __restrict a, const T* __restrict b, std::int64_t n) {
+    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    std::int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; ++k)
+            acc[k] += static_cast<double>(a[j + k]) * static_cast<double>(b[j + k]);
+    for (; j < n; ++j) acc[0] += static_cast<double>(a[j]) * static_cast<double>(b[j]);
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Where dot8 is not finite and every input is: the same sum scaled (±inf only where the exact
+// sum exceeds float64).
+template <typename T>
+double rescue_dot(double r, const T* a, const T* b, std::int64_t n) {
+    ScaledSum acc;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
+        if (!std::isfinite(x) || !std::isfinite(y)) return r;
+        acc.add(term(x, y));
+    }
+    return acc.value();
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE double checked_dot(const T* a, const T* b, std::int64_t n) {
+    const double r = dot8(a, b, n);
+    return std::isfinite(r) ? r : rescue_dot(r, a, b, n);
+}
+
+// Adds a·b to a column's rescue sum; false (the column keeps its plain sum) for a non-finite
+// factor.
+inline bool add_term(ScaledSum& acc, double a, double b) {
+    if (!std::isfinite(a) || !std::isfinite(b)) return false;
+    acc.add(term(a, b));
+    return true;
+}
+
+// The largest |g| of a row as the bit pattern of |g| (sign cleared): integer order is numeric
+// order for IEEE values of one sign, with Inf above every finite value and NaN above Inf.
+template <typename T>
+DEADSPEC_ALWAYS_INLINE std::uint64_t absmax_bits(const T* __restrict p, std::int64_t n) {
+    using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+    const U mask = ~(U(1) << (8 * sizeof(T) - 1));
+    U top = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+        U u;
+        std::memcpy(&u, p + j, sizeof(T));
+        u &= mask;
+        top = u > top ? u : top;
+    }
+    return top;
+}
+
+template <typename T>
+void fit(std::vector<T>& v, std::size_t n) {
+    if (v.size() < n) v.resize(n);
+}
+
+// (called at the start of every item: the factors in sig/isig are not trusted across items)
+template <typename T>
+void fit_rows(SplitScratch<T>& s, std::int64_t cols) {
+    s.sig_cs = nullptr;
+    const auto n = static_cast<std::size_t>(cols);
+    for (auto* v : {&s.sig, &s.isig, &s.xt, &s.gt, &s.u}) fit(*v, n);
+    if (s.zeros.size() < n) s.zeros.assign(n, T(0));
+}
+
+// ---- pass 0 ------------------------------------------------------------------------------
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void sums_loop(const T* __restrict x, const T* __restrict g,
+                                      const T* __restrict sig, const T* __restrict isig, T f,
+                                      T* __restrict xt, T* __restrict gt, std::int64_t n) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        xt[j] = (x[j] * f) * isig[j];
+        gt[j] = g[j] * sig[j];
+    }
+}
+
+// Σ a·P x̃ and (cb) Σ (P x̃)² per column added to ca, cb.
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void col_loop(const T* __restrict a, const T* __restrict xt,
+                                     const T* __restrict mu, double* __restrict ca,
+                                     double* __restrict cb, std::int64_t n) {
+    if (cb) {
+        for (std::int64_t j = 0; j < n; ++j) {
+            const double pc = static_cast<double>(xt[j] - mu[j]);
+            ca[j] += static_cast<double>(a[j]) * pc;
+            cb[j] += pc * pc;
+        }
+        return;
+    }
+    for (std::int64_t j = 0; j < n; ++j)
+        ca[j] += static_cast<double>(a[j]) * static_cast<double>(xt[j] - mu[j]);
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void sums_impl(const SplitRef<T>& b, const SplitItem& it,
+                                      SplitScratch<T>& s, double* rgx, double* rxx, double* cgx,
+                                      double* cxx, std::uint64_t* gtop) {
+    const std::int64_t n = b.cols;
+    fit_rows(s, n);
+    const T* mu = b.mu ? b.mu : s.zeros.data();
+    std::uint64_t top = 0;
+    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+        const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
+        if (gtop) top = std::max(top, absmax_bits(g, n));
+        if (!rgx && !cgx) continue;
+        scales_row(b, i, s);
+        sums_loop(b.x + i * n, g, s.sig.data(), s.isig.data(), b.decay, s.xt.data(), s.gt.data(),
+                  n);
+        if (cgx) col_loop(s.gt.data(), s.xt.data(), mu, cgx, cxx, n);
+        if (rgx) {
+            rgx[i] = checked_dot(s.gt.data(), s.xt.data(), n);
+            rxx[i] = checked_dot(s.xt.data(), s.xt.data(), n);
+        }
+    }
+    if (gtop) *gtop = std::max(*gtop, top);
+}
+
+// ---- pass 1 ------------------------------------------------------------------------------
+
+// The check before commit of new moments (mk, vk): where either is not finite they become the
+// pre-step (m0, v0) (detail::commit on values, so that the loops vectorise); 1 when refused.
+template <typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> keep_finite(T m0, T v0, T& mk, T& vk) {
+    const bool ok = ((mk - mk) + (vk - vk)) == T(0);
+    mk = pick(ok, mk, m0);
+    vk = pick(ok, vk, v0);
+    return ok ? CommitCount<T>(0) : CommitCount<T>(1);
+}
+
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE void tangent_loop(const T* __restrict x, const T* __restrict g,
+                                         const T* __restrict sig, const T* __restrict isig, T a,
+                                         const T* __restrict bc, const T* __restrict nrm,
+                                         const T* __restrict mu, T* __restrict t,
+                                         T* __restrict xt, std::int64_t n, T f);
+template <typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t_loop(const T* __restrict t, T* __restrict m,
+                                                     T* __restrict v, T* __restrict u,
+                                                     std::int64_t n, T b1, T b2, T ibc, T ss,
+                                                     T eps);
+
+// One row of pass 1. (With column coefficients the tangential input goes through scratch
+// first, in two loops: GCC does not vectorise the one loop reading eleven rows.)
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_loop(
+    const T* __restrict x, const T* __restrict g, T* __restrict m, T* __restrict v,
+    const T* __restrict sig, const T* __restrict isig, T a, const T* __restrict bc,
+    const T* __restrict nrm, const T* __restrict mu, T* __restrict u, T* __restrict xt,
+    T* __restrict t, std::int64_t n, T f, T b1, T b2, T ibc, T ss, T eps) {
+    if constexpr (Mode == kSplitCol) {
+        tangent_loop<T, Mode>(x, g, sig, isig, a, bc, nrm, mu, t, xt, n, f);
+        return moments_t_loop<T>(t, m, v, u, n, b1, b2, ibc, ss, eps);
+    }
+    const T one = T(1);
+    CommitCount<T> refused = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = (x[j] * f) * isig[j];
+        const T tj = split_project<T, Mode>(g[j] * sig[j], xj, a, bc, nrm, mu, j);
+        const T m0 = m[j], v0 = v[j];
+        T mk = b1 * m0 + (one - b1) * tj;
+        T vk = b2 * v0 + ((one - b2) * tj) * tj;  // AdamW's order: overflows where it does
+        // (checked before written: non-finite moments keep their pre-step values, and the update
+        // is that of the moments as stored, as pass 2 recomputes it)
+        refused += keep_finite(m0, v0, mk, vk);
+        m[j] = mk;
+        v[j] = vk;
+        u[j] = split_update(mk, vk, ibc, ss, eps);
+        xt[j] = xj;
+    }
+    return refused;
+}
+
+// The halves of pass 1 for a row: its tangential input t (and x̃), then its moments and update
+// from t and (1−β₂)·t² (given averaged within the heads for rotated rows, t2_loop).
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE void tangent_loop(const T* __restrict x, const T* __restrict g,
+                                         const T* __restrict sig, const T* __restrict isig, T a,
+                                         const T* __restrict bc, const T* __restrict nrm,
+                                         const T* __restrict mu, T* __restrict t,
+                                         T* __restrict xt, std::int64_t n, T f) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = (x[j] * f) * isig[j];
+        t[j] = split_project<T, Mode>(g[j] * sig[j], xj, a, bc, nrm, mu, j);
+        xt[j] = xj;
+    }
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void t2_loop(const T* __restrict t, T* __restrict t2, std::int64_t n,
+                                    T w2) {
+    for (std::int64_t j = 0; j < n; ++j) t2[j] = (w2 * t[j]) * t[j];
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t_loop(const T* __restrict t, T* __restrict m,
+                                                     T* __restrict v, T* __restrict u,
+                                                     std::int64_t n, T b1, T b2, T ibc, T ss,
+                                                     T eps) {
+    const T one = T(1);
+    CommitCount<T> refused = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T m0 = m[j], v0 = v[j];
+        T mk = b1 * m0 + (one - b1) * t[j];
+        T vk = b2 * v0 + ((one - b2) * t[j]) * t[j];  // AdamW's order
+        refused += keep_finite(m0, v0, mk, vk);
+        m[j] = mk;
+        v[j] = vk;
+        u[j] = split_update(mk, vk, ibc, ss, eps);
+    }
+    return refused;
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t2_loop(
+    const T* __restrict x, const T* __restrict isig, const T* __restrict t,
+    const T* __restrict t2, T* __restrict m, T* __restrict v, T* __restrict u, T* __restrict xt,
+    std::int64_t n, T f, T b1, T b2, T ibc, T ss, T eps) {
+    const T one = T(1);
+    CommitCount<T> refused = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T m0 = m[j], v0 = v[j];
+        T mk = b1 * m0 + (one - b1) * t[j];
+        T vk = b2 * v0 + t2[j];
+        refused += keep_finite(m0, v0, mk, vk);
+        m[j] = mk;
+        v[j] = vk;
+        u[j] = split_update(mk, vk, ibc, ss, eps);
+        xt[j] = (x[j] * f) * isig[j];
+    }
+    return refused;
+}
+
+// Row i's update sums: Σ u·P x̃ per column added to cu, Σ u·x̃ into ru[i] (nulls: not wanted).
+template <typename T>
+DEADSPEC_ALWAYS_INLINE void update_sums(std::int64_t i, std::int64_t n, const T* mu,
+                                        SplitScratch<T>& s, double* ru, double* cu) {
+    if (cu) col_loop<T>(s.u.data(), s.xt.data(), mu, cu, nullptr, n);
+    if (ru) ru[i] = checked_dot(s.u.data(), s.xt.data(), n);
+}
+
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const SplitItem& it,
+                                                 SplitScratch<T>& s, double* ru, double* cu) {
+    const std::int64_t n = b.cols;
+    const T* mu = b.mu ? b.mu : s.zeros.data();
+    const AdamScalars<T>& hp = b.hp;
+    std::int64_t refused = 0;
+    if (b.axis < 0) {
+        fit(s.t, static_cast<std::size_t>(n));
+        for (std::int64_t i = it.r0; i < it.r1; ++i) {
+            scales_row(b, i, s);
+            const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
+            refused += moments_loop<T, Mode>(b.x + i * n, g, b.m + i * n, b.v + i * n,
+                                             s.sig.data(), s.isig.data(), b.a ? b.a[i] : T(0),
+                                             b.bc, b.nrm, mu, s.u.data(), s.xt.data(),
+                                             s.t.data(), n, b.decay, hp.b1, hp.b2,
+                                             hp.inv_bc2_sqrt, hp.step_size, hp.eps);
+            update_sums(i, n, mu, s, ru, cu);
+        }
+        return refused;
+    }
+    // rotated heads: (1−β₂)·t² averaged within each head before it enters v — along the row
+    // (axis 1), or over the head's rows per column (axis 0: this item is a head, or rows
+    // outside the heads)
+    const std::int64_t kept = b.axis == 0 ? it.r1 - it.r0 : 1;
+    fit(s.t, static_cast<std::size_t>(kept * n));
+    fit(s.t2, static_cast<std::size_t>(kept * n));
+    auto update = [&](std::int64_t i, const T* t, const T* t2) DEADSPEC_LAMBDA_INLINE {
+        scales_row(b, i, s);
+        refused += moments_t2_loop<T>(b.x + i * n, s.isig.data(), t, t2, b.m + i * n,
+                                      b.v + i * n, s.u.data(), s.xt.data(), n, b.decay, hp.b1,
+                                      hp.b2, hp.inv_bc2_sqrt, hp.step_size, hp.eps);
+        update_sums(i, n, mu, s, ru, cu);
+    };
+    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+        const std::int64_t off = b.axis == 0 ? (i - it.r0) * n : 0;
+        scales_row(b, i, s);
+        const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
+        tangent_loop<T, Mode>(b.x + i * n, g, s.sig.data(), s.isig.data(), b.a ? b.a[i] : T(0),
+                              b.bc, b.nrm, mu, s.t.data() + off, s.xt.data(), n, b.decay);
+        t2_loop<T>(s.t.data() + off, s.t2.data() + off, n, T(1) - hp.b2);
+        if (b.axis == 1) {
+            mean_within_segments(s.t2.data(), *b.segs);
+            update(i, s.t.data(), s.t2.data());
+        }
+    }
+    if (b.axis == 1) return refused;
+    if (it.segment) {  // per column, the mean over the head's rows (summed in row order)
+        T* __restrict t2 = s.t2.data();
+        T* __restrict sum = s.gt.data();
+        std::fill(sum, sum + n, T(0));
+        for (std::int64_t k = 0; k < kept; ++k)
+            for (std::int64_t j = 0; j < n; ++j) sum[j] += t2[k * n + j];
+        const T count = static_cast<T>(kept);
+        for (std::int64_t j = 0; j < n; ++j) sum[j] = sum[j] / count;
+        for (std::int64_t k = 0; k < kept; ++k)
+            for (std::int64_t j = 0; j < n; ++j) t2[k * n + j] = sum[j];
+    }
+    for (std::int64_t i = it.r0; i < it.r1; ++i)
+        update(i, s.t.data() + (i - it.r0) * n, s.t2.data() + (i - it.r0) * n);
+    return refused;
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE std::int64_t moments_impl(const SplitRef<T>& b, const SplitItem& it,
+                                                 SplitScratch<T>& s, double* ru, double* cu) {
+    fit_rows(s, b.cols);
+    const int mode = b.mode();
+    if (mode == kSplitRow) return moments_mode<T, kSplitRow>(b, it, s, ru, cu);
+    if (mode == kSplitCol) return moments_mode<T, kSplitCol>(b, it, s, ru, cu);
+    return moments_mode<T, kSplitPlain>(b, it, s, ru, cu);
+}
+
+// ---- pass 2 ------------------------------------------------------------------------------
+
+// Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
+template <typename T, int Mode, int Cm>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_loop(
+    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict sig,
+    const T* __restrict isig, T a, const T* __restrict bc, const T* __restrict nrm,
+    const T* __restrict mu, T r, const T* __restrict c, std::int64_t n, T f, T ibc, T ss,
+    T eps) {
+    CommitCount<T> refused = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = x[j] * f;
+        const T xtj = xj * isig[j];
+        const T u = split_project<T, Mode>(split_update(m[j], v[j], ibc, ss, eps), xtj, a, bc,
+                                           nrm, mu, j);
+        T xn = xj * r;
+        if constexpr (Cm == 1) xn = xn * c[j];
+        if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig[j] * (xtj - mu[j]));
+        const T xk = xn - sig[j] * u;
+        const bool ok = (xk - xk) == T(0);  // a non-finite x keeps its (decayed) value
+        x[j] = pick(ok, xk, xj);
+        refused += ok ? CommitCount<T>(0) : CommitCount<T>(1);
+    }
+    return refused;
+}
+
+template <typename T, int Mode, int Cm>
+DEADSPEC_ALWAYS_INLINE std::int64_t apply_mode(const SplitRef<T>& b, const SplitItem& it,
+                                               SplitScratch<T>& s) {
+    const std::int64_t n = b.cols;
+    const T* mu = b.mu ? b.mu : s.zeros.data();
+    const AdamScalars<T>& hp = b.hp;
+    std::int64_t refused = 0;
+    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+        scales_row(b, i, s);
+        refused += static_cast<std::int64_t>(apply_loop<T, Mode, Cm>(
+            b.x + i * n, b.m + i * n, b.v + i * n, s.sig.data(), s.isig.data(),
+            b.a ? b.a[i] : T(0), b.bc, b.nrm, mu, b.rm ? b.rm[i] : T(1), b.cm, n, b.decay,
+            hp.inv_bc2_sqrt, hp.step_size, hp.eps));
+    }
+    return refused;
+}
+
+template <typename T, int Mode>
+DEADSPEC_ALWAYS_INLINE std::int64_t apply_cm(const SplitRef<T>& b, const SplitItem& it,
+                                             SplitScratch<T>& s) {
+    if (!b.cm) return apply_mode<T, Mode, 0>(b, it, s);
+    if (!b.mu) return apply_mode<T, Mode, 1>(b, it, s);
+    return apply_mode<T, Mode, 2>(b, it, s);
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE std::int64_t apply_impl(const SplitRef<T>& b, const SplitItem& it,
+                                               SplitScratch<T>& s) {
+    fit_rows(s, b.cols);
+    const int mode = b.mode();
+    if (mode == kSplitRow) return apply_cm<T, kSplitRow>(b, it, s);
+    if (mode == kSplitCol) return apply_cm<T, kSplitCol>(b, it, s);
+    return apply_cm<T, kSplitPlain>(b, it, s);
+}
+
+// ---- the run-time ISA choice ---------------------------------------------------------------
+
+template <typename T>
+void sums_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s, double* a,
+               double* c, double* d, double* e, std::uint64_t* top) {
+    sums_impl<T>(b, it, s, a, c, d, e, top);
+}
+template <typename T>
+std::int64_t moments_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s,
+                          double* ru, double* cu) {
+    return moments_impl<T>(b, it, s, ru, cu);
+}
+template <typename T>
+std::int64_t apply_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s) {
+    return apply_impl<T>(b, it, s);
+}
+
+#ifdef DEADSPEC_DDC_AVX2
+template <typename T>
+__attribute__((target("avx2"))) void sums_avx2(const SplitRef<T>& b, const SplitItem& it,
+                                               SplitScratch<T>& s, double* a, double* c,
+                                               double* d, double* e, std::uint64_t* top) {
+    sums_impl<T>(b, it, s, a, c, d, e, top);
+}
+template <typename T>
+__attribute__((target("avx2"))) std::int64_t moments_avx2(const SplitRef<T>& b,
+                                                          const SplitItem& it,
+                                                          SplitScratch<T>& s, double* ru,
+                                                          double* cu) {
+    return moments_impl<T>(b, it, s, ru, cu);
+}
+template <typename T>
+__attribute__((target("avx2"))) std::int64_t apply_avx2(const SplitRef<T>& b, const SplitItem& it,
+                                                        SplitScratch<T>& s) {
+    return apply_impl<T>(b, it, s);
+}
+template <typename T>
+DEADSPEC_DDC_AVX512 void sums_avx512(const SplitRef<T>& b, const SplitItem& it,
+                                     SplitScratch<T>& s, double* a, double* c, double* d,
+                                     double* e, std::uint64_t* top) {
+    sums_impl<T>(b, it, s, a, c, d, e, top);
+}
+template <typename T>
+DEADSPEC_DDC_AVX512 std::int64_t moments_avx512(const SplitRef<T>& b, const SplitItem& it,
+                                                SplitScratch<T>& s, double* ru, double* cu) {
+    return moments_impl<T>(b, it, s, ru, cu);
+}
+template <typename T>
+DEADSPEC_DDC_AVX512 std::int64_t apply_avx512(const SplitRef<T>& b, const SplitItem& it,
+                                              SplitScratch<T>& s) {
+    return apply_impl<T>(b, it, s);
+}
+#endif
+
+}  // namespace
+
+std::vector<SplitItem> split_items(std::int64_t rows, std::int64_t cols, int axis,
+                                   const Segments* segs) {
+    const std::int64_t per = std::max<std::int64_t>(1, kSplitChunk / std::max<std::int64_t>(cols, 1));
+    std::vector<SplitItem> out;
+    auto chunks = [&](std::int64_t a, std::int64_t e) {
+        for (std::int64_t r = a; r < e; r += per) out.push_back({r, std::min(e, r + per), false});
+    };
+    if (axis != 0 || segs == nullptr || segs->empty()) {
+        chunks(0, rows);
+        return out;
+    }
+    std::int64_t at = 0;
+    for (const auto& [a, e] : *segs) {
+        chunks(at, a);
+        out.push_back({a, e, true});
+        at = e;
+    }
+    chunks(at, rows);
+    return out;
+}
+
+template <typename T>
+void split_sums_rows(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s,
+                     double* row_gx, double* row_xx, double* col_gx, double* col_xx,
+                     std::uint64_t* gtop) {
+#ifdef DEADSPEC_DDC_AVX2
+    if (has_avx512()) return sums_avx512<T>(b, it, s, row_gx, row_xx, col_gx, col_xx, gtop);
+    if (has_avx2()) return sums_avx2<T>(b, it, s, row_gx, row_xx, col_gx, col_xx, gtop);
+#endif
+    sums_base<T>(b, it, s, row_gx, row_xx, col_gx, col_xx, gtop);
+}
+
+template <typename T>
+std::int64_t split_moments_rows(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s,
+                                double* row_u, double* col_u) {
+#ifdef DEADSPEC_DDC_AVX2
+    if (has_avx512()) return moments_avx512<T>(b, it, s, row_u, col_u);
+    if (has_avx2()) return moments_avx2<T>(b, it, s, row_u, col_u);
+#endif
+    return moments_base<T>(b, it, s, row_u, col_u);
+}
+
+template <typename T>
+std::int64_t split_apply_rows(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s) {
+#ifdef DEADSPEC_DDC_AVX2
+    if (has_avx512()) return apply_avx512<T>(b, it, s);
+    if (has_avx2()) return apply_avx2<T>(b, it, s);
+#endif
+    return apply_base<T>(b, it, s);
+}
+
+template <typename T>
+void split_rescue_columns(const SplitRef<T>& b, SplitScratch<T>& s, bool moments, double* ca,
+                          double* cb) {
+    if (!b.two_d) return;
+    const std::int64_t n = b.cols;
+    std::vector<std::int64_t> cols;
+    for (std::int64_t j = 0; j < n; ++j)
+        if (!std::isfinite(ca[j]) || (cb && !std::isfinite(cb[j]))) cols.push_back(j);
+    if (cols.empty()) return;
+    fit_rows(s, n);
+    const T* mu = b.mu ? b.mu : s.zeros.data();
+    std::vector<ScaledSum> sa(cols.size()), sb(cols.size());
+    std::vector<char> ok(cols.size(), 1);
+    for (std::int64_t i = 0; i < b.rows; ++i) {
+        scales_row(b, i, s);
+        const T* gi = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
+        for (std::size_t q = 0; q < cols.size(); ++q) {
+            if (!ok[q]) continue;
+            const std::int64_t j = cols[q], k = i * n + j;
+            const T xj = (b.x[k] * b.decay) * s.isig[static_cast<std::size_t>(j)];
+            const double pc = static_cast<double>(xj - mu[j]);
+            if (moments) {
+                const T uj = split_update(b.m[k], b.v[k], b.hp.inv_bc2_sqrt, b.hp.step_size,
+                                          b.hp.eps);
+                ok[q] = add_term(sa[q], static_cast<double>(uj), pc);
+            } else {
+                const T gj = gi[j] * s.sig[static_cast<std::size_t>(j)];
+                ok[q] = add_term(sa[q], static_cast<double>(gj), pc) && add_term(sb[q], pc, pc);
+            }
+        }
+    }
+    for (std::size_t q = 0; q < cols.size(); ++q) {
+        if (!ok[q]) continue;
+        ca[cols[q]] = sa[q].value();
+        if (cb) cb[cols[q]] = sb[q].value();
+    }
+}
+
+void split_sum_parts(const std::vector<double>& parts, std::size_t n_items, std::int64_t cols,
+                     double* out) {
+    const auto n = static_cast<std::size_t>(cols);
+    std::fill(out, out + n, 0.0);
+    for (std::size_t k = 0; k < n_items; ++k) {
+        const double* p = parts.data() + k * n;
+        for (std::size_t j = 0; j < n; ++j) out[j] += p[j];
+    }
+}
+
+template <typename T>
+std::int64_t split_units(const SplitUnits<T>& u, std::int64_t h, std::int64_t step, double beta1,
+                         double beta2, double eps) {
+    const T half = T(0.5), tiny = std::numeric_limits<T>::min(), zero = T(0), one = T(1);
+    const T r2 = static_cast<T>(std::sqrt(2.0));
+    const T w1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2);
+    const T w2 = static_cast<T>(1.0 - beta2), e = static_cast<T>(eps);
+    const T bc1 = static_cast<T>(1.0 - std::pow(beta1, static_cast<double>(step)));
+    const T bc2 = static_cast<T>(1.0 - std::pow(beta2, static_cast<double>(step)));
+    std::int64_t refused = 0;
+    for (std::int64_t k = 0; k < h; ++k) {
+        // a live unit has a unit-norm x̃ row (a dead row, ρ = 0 → ρ := 1, has q ≈ 0)
+        const bool live = u.q[k] > half && (u.gauged == nullptr || u.gauged[k] != 0);
+        const T n2 = live && u.n2[k] > tiny ? u.n2[k] : zero;
+        const T n2s = n2 > zero ? n2 : one;
+        const T q = live ? u.q[k] : one;
+        const T gu = live ? (u.g_in[k] + u.g_out[k]) / r2 : zero;
+        // the radial Adam, checked before commit (torch's lerp: the weight (1 − β₁) is < ½ or not)
+        const T m = u.m[k], v = u.v[k];
+        const T mk = w1 < half ? m + w1 * (gu - m) : gu - (gu - m) * (one - w1);
+        const T vk = v * b2 + (w2 * gu) * gu;
+        if (std::isfinite(mk) && std::isfinite(vk)) {
+            u.m[k] = mk;
+            u.v[k] = vk;
+        } else {
+            ++refused;
+        }
+        const T den = std::sqrt(u.v[k] / bc2) + e;
+        const T dir = den > zero ? -(u.m[k] / bc1) / den : zero;
+        u.live[k] = live ? one : zero;
+        u.qs[k] = q;
+        u.n2m[k] = n2;
+        u.n2s[k] = n2s;
+        u.radial[k] = live ? dir / r2 : zero;
+        u.grad_row[k] = live ? u.g_in[k] / q : zero;
+        u.grad_col[k] = n2 > zero ? u.g_only[k] / n2s : zero;
+        u.col_norm[k] = n2 > zero ? std::sqrt(n2) : one;
+    }
+    return refused;
+}
+
+#define DEADSPEC_SPLIT_ROWS(T)                                                                  \
+    template void split_sums_rows<T>(const SplitRef<T>&, const SplitItem&, SplitScratch<T>&,    \
+                                     double*, double*, double*, double*, std::uint64_t*);        \
+    template std::int64_t split_moments_rows<T>(const SplitRef<T>&, const SplitItem&,           \
+                                                SplitScratch<T>&, double*, double*);             \
+    template std::int64_t split_apply_rows<T>(const SplitRef<T>&, const SplitItem&,             \
+                                              SplitScratch<T>&);                                 \
+    template void split_rescue_columns<T>(const SplitRef<T>&, SplitScratch<T>&, bool, double*,  \
+                                          double*);                                              \
+    template std::int64_t split_units<T>(const SplitUnits<T>&, std::int64_t, std::int64_t,      \
+                                         double, double, double);
+DEADSPEC_SPLIT_ROWS(float)
+DEADSPEC_SPLIT_ROWS(double)
+#undef DEADSPEC_SPLIT_ROWS
+
+}  // namespace deadspec::detail
