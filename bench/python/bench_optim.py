@@ -15,7 +15,12 @@ written), its check fused into the first pass (12 per element + 1 per producer e
 ms`` is that traffic at the rate of ``torch.add(a, b, out=c)`` on buffers of the step's size,
 measured in the same run (a STREAM "add": 3 per element), and ``/bound`` the method's best over it.
 
-    python bench/python/bench_optim.py [--repeat 20] [--threads 2] [--csv out.csv] [--smoke]
+Before each timed step the script runs an untimed torch matmul (``--after torch``, the
+default), as a backward pass precedes every step in training; ``--after none`` times the steps
+back to back.
+
+    python bench/python/bench_optim.py [--repeat 20] [--threads 2] [--after torch|none]
+                                       [--csv out.csv] [--smoke]
 """
 
 from __future__ import annotations
@@ -120,14 +125,26 @@ def _stream_add_rate(model: nn.Module, repeat: int) -> float:
     return 3 * n * p0.element_size() / best
 
 
-def _time_step(make, model: nn.Module, repeat: int) -> list[float]:
+def _torch_work(model: nn.Module):
+    """An untimed torch op before each timed step, as a backward pass precedes every step in
+    training: a matmul of the model's width on torch's thread pool (whose threads then spin for
+    a while, holding the cores)."""
+    w = next(p for p in model.parameters() if p.ndim == 2)
+    x = torch.randn(256, w.shape[1], dtype=w.dtype)
+    return lambda: torch.mm(x, w.detach().t())
+
+
+def _time_step(make, model: nn.Module, repeat: int, after: str) -> list[float]:
     gen = torch.Generator().manual_seed(0)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 1e-3
     opt = make()
     opt.step()  # warm-up: state allocation
+    work = _torch_work(model) if after == "torch" else None
     times = []
     for _ in range(repeat):
+        if work is not None:
+            work()
         t0 = time.perf_counter()
         opt.step()
         times.append(time.perf_counter() - t0)
@@ -141,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch and deadspec threads")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny models, 2 steps (CI bit-rot check)")
+    ap.add_argument("--after", choices=["torch", "none"], default="torch",
+                    help="before each timed step: a torch matmul, as training's backward pass "
+                    "(default), or nothing (steps back to back)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         else {"mlp 4x1024": _mlp(1024, 4), "transformer 2x256": _transformer(256, 2)}
     )
     print(f"# torch {torch.__version__} ({torch.get_num_threads()} threads), deadspec "
-          f"{deadspec.__version__} ({deadspec.num_threads()} threads), load {os.getloadavg()}")
+          f"{deadspec.__version__} ({deadspec.num_threads()} threads), load {os.getloadavg()}, "
+          f"before each step: {'a torch matmul' if args.after == 'torch' else 'nothing'}")
     rows = []
     for mname, model in models.items():
         n_params = sum(p.numel() for p in model.parameters())
@@ -161,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         first = len(rows)
         for oname, make in _optimizers(model).items():
             try:
-                times = _time_step(make, model, repeat)
+                times = _time_step(make, model, repeat, args.after)
             except (RuntimeError, ValueError, TypeError) as exc:  # e.g. fused AdamW unsupported
                 print(f"# {mname}: {oname} skipped: {exc}", file=sys.stderr)
                 continue
