@@ -146,6 +146,10 @@ def num_threads() -> int:
 def threads_in_use() -> int:
     """BLAS/LAPACK threads in use now (in auto mode: the last choice)."""
 
+def openmp_runtime() -> str:
+    """The OpenMP runtime (file) the optimizer plans' passes run their threads in: the process's
+    own (torch's libgomp), or '' when none is loaded or DEADSPEC_OPENMP=0."""
+
 def set_num_threads(n: int) -> None:
     """Fix the BLAS/LAPACK (OpenBLAS) thread count of the core."""
 

@@ -53,6 +53,9 @@ void bind_spectrum(py::module_& m) {
     m.def("num_threads", &num_threads, "Threads the BLAS/LAPACK backend may use.");
     m.def("threads_in_use", &threads_in_use,
           "BLAS/LAPACK threads in use now (in auto mode: the last choice).");
+    m.def("openmp_runtime", &openmp_runtime,
+          "The OpenMP runtime (file) the optimizer plans' passes run their threads in: the "
+          "process's own (torch's libgomp), or '' when none is loaded or DEADSPEC_OPENMP=0.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"),
           "Fix the BLAS/LAPACK (OpenBLAS) thread count of the core.");
     m.def("set_num_threads_auto", &set_num_threads_auto,

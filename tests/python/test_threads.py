@@ -95,3 +95,35 @@ def test_loading_leaves_the_environment_as_found():
     code = "import os, deadspec; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT', '-'))"
     assert _run(code).stdout.strip() == "-"
     assert _run(code, {"OPENBLAS_THREAD_TIMEOUT": "25"}).stdout.strip() == "25"
+
+
+TEAM = """
+import hashlib, torch, deadspec
+from torch import nn
+from deadspec.optim import DDCAdam
+from deadspec._core import openmp_runtime
+deadspec.set_num_threads(2)
+torch.manual_seed(0)
+m = nn.Sequential(nn.Linear(256, 1100), nn.ReLU(), nn.Linear(1100, 8))  # (passes on 2 threads)
+opt = DDCAdam(m, lr=1e-2, weight_decay=0.1)
+x, y = torch.randn(16, 256), torch.randint(0, 8, (16,))
+for _ in range(3):
+    opt.zero_grad()
+    nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters()))
+print("gomp" if "gomp" in openmp_runtime() else repr(openmp_runtime()), h.hexdigest())
+"""
+
+
+def test_the_optimizer_team_runs_on_torchs_openmp_pool_and_gives_the_same_bits():
+    # In a process with torch the DDC plans' passes run in torch's OpenMP pool (the runtime
+    # found among the loaded objects); DEADSPEC_OPENMP=0 keeps the core's own threads. The
+    # trajectory does not depend on which team ran it.
+    runs = {}
+    for flag in ("1", "0"):
+        proc = _run(TEAM, {"DEADSPEC_OPENMP": flag})
+        assert proc.returncode == 0, proc.stderr
+        runs[flag] = proc.stdout.split()
+    assert runs["1"][0] == "gomp" and runs["0"][0] == "''"
+    assert runs["1"][1] == runs["0"][1]

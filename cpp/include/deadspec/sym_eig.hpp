@@ -40,6 +40,11 @@ void set_num_threads_auto();
 /// The BLAS/LAPACK thread count in use now: the count set, or in auto mode the last choice
 /// (all threads, or 1 while the machine is oversubscribed).
 int threads_in_use();
+/// The OpenMP runtime the core's optimizer passes (DDCAdamPlan, DDCSplitPlan) run their threads
+/// in: the process's own, found among its loaded objects (torch's libgomp; the core links none),
+/// so they share torch's thread pool. Empty when none is loaded or DEADSPEC_OPENMP=0: the passes
+/// then start threads of their own.
+std::string openmp_runtime();
 
 /// Eigendecomposition of a real symmetric matrix (only the lower triangle is read).
 ///

@@ -10,70 +10,40 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace deadspec::detail {
 
-/// A team of `extra` + 1 threads: run(n, f) calls f(0) on the caller and f(1) … f(n − 1) on
-/// the others and returns when all have returned (an exception from any is rethrown on the
-/// caller). Callers share their work through a counter, so a team smaller than asked for (an
-/// OpenMP runtime that gives fewer threads) only runs slower.
-///
-/// Built with OpenMP (the default), the team is an OpenMP parallel region: in a process with
-/// torch, torch's own pool (one libgomp per process). Its threads spin for a while after every
-/// torch op; threads of our own would wait for the cores they hold (a DDCAdam step right after
-/// torch work ran at one thread's speed, 2.2 ms against 1.24 ms on the MLP of
-/// bench_optim.py), while its own threads take the work at once.
-///
-/// Without OpenMP, `extra` threads are kept for the life of the object: a worker spins for a
-/// short while after a run (so the passes of one step find it awake), then sleeps on a
-/// condition variable (an idle optimizer costs nothing). Starting a thread per pass costs tens of
-/// microseconds, about what a pass over a small model takes.
-#if defined(_OPENMP)
-class Workers {
-public:
-    explicit Workers(int extra) : m_size(std::max(0, extra) + 1) {}
-    Workers(const Workers&) = delete;
-    Workers& operator=(const Workers&) = delete;
-
-    int size() const { return m_size; }
-
-    void run(int n, const std::function<void(int)>& f) {
-        n = std::max(1, std::min(n, size()));
-        if (n == 1) {
-            f(0);
-            return;
-        }
-        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
-#pragma omp parallel num_threads(n)
-        {
-            const int id = omp_get_thread_num();
-            if (id < n) {
-                try {
-                    f(id);
-                } catch (...) {
-                    errors[static_cast<std::size_t>(id)] = std::current_exception();
-                }
-            }
-        }
-        for (auto& e : errors)
-            if (e) std::rethrow_exception(e);
-    }
-
-private:
-    int m_size;
+/// The OpenMP runtime already loaded in the process (torch's libgomp, or an Intel/LLVM runtime
+/// with the GNU entry points), found at run time: the core does not link one, so it neither
+/// brings a second runtime into a torch process (a wheel would graft its own copy under another
+/// name) nor needs one. Null when none is loaded or DEADSPEC_OPENMP=0 (workers.cpp).
+struct ProcessOpenMP {
+    void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+    int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+    std::string path;  ///< the runtime's file
 };
-#else
+const ProcessOpenMP* process_openmp();
+
+/// A team of `extra` + 1 threads: run(n, f) calls f(0) on the caller and f(1) … f(n − 1) on the
+/// others and returns when all have returned (an exception from any is rethrown on the caller).
+/// Callers share their work through a counter, so a team smaller than asked for only runs
+/// slower.
+///
+/// In a process with an OpenMP runtime (torch's), the team is a parallel region of that
+/// runtime: torch's own pool. Its threads spin for a while after every torch op, and threads of
+/// our own would wait for the cores they hold (a DDCAdam step right after torch work ran at one
+/// thread's speed, 2.2 ms against 1.24 ms on the MLP of bench_optim.py); its own threads take
+/// the work at once. Otherwise `extra` threads are started at the first run and kept for the
+/// life of the object: a worker spins for a short while after a run (so the passes of one step
+/// find it awake), then sleeps on a condition variable (an idle optimizer costs nothing).
+/// Starting a thread per pass costs tens of microseconds, about what a pass over a small model
+/// takes.
 class Workers {
 public:
-    explicit Workers(int extra) {
-        for (int i = 0; i < extra; ++i) m_threads.emplace_back([this, i] { loop(i + 1); });
-    }
+    explicit Workers(int extra) : m_extra(std::max(0, extra)) {}
     ~Workers() {
         {
             std::lock_guard<std::mutex> lk(m_mutex);
@@ -87,7 +57,7 @@ public:
     Workers& operator=(const Workers&) = delete;
 
     /// Threads available to run(): the workers and the caller.
-    int size() const { return static_cast<int>(m_threads.size()) + 1; }
+    int size() const { return m_extra + 1; }
 
     void run(int n, const std::function<void(int)>& f) {
         n = std::max(1, std::min(n, size()));
@@ -95,6 +65,12 @@ public:
             f(0);
             return;
         }
+        if (const ProcessOpenMP* omp = process_openmp()) {
+            run_openmp(*omp, n, f);
+            return;
+        }
+        if (m_threads.empty())
+            for (int i = 0; i < m_extra; ++i) m_threads.emplace_back([this, i] { loop(i + 1); });
         m_errors.assign(static_cast<std::size_t>(n), nullptr);
         m_f = &f;
         m_n = n;
@@ -127,6 +103,30 @@ public:
     }
 
 private:
+    struct Region {
+        const ProcessOpenMP* omp;
+        int n;
+        const std::function<void(int)>* f;
+        std::vector<std::exception_ptr>* errors;
+    };
+    static void region(void* data) {
+        const Region& r = *static_cast<const Region*>(data);
+        const int id = r.omp->thread_num();
+        if (id < 0 || id >= r.n) return;
+        try {
+            (*r.f)(id);
+        } catch (...) {
+            (*r.errors)[static_cast<std::size_t>(id)] = std::current_exception();
+        }
+    }
+    static void run_openmp(const ProcessOpenMP& omp, int n, const std::function<void(int)>& f) {
+        std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
+        Region r{&omp, n, &f, &errors};
+        omp.parallel(&region, &r, static_cast<unsigned>(n), 0u);
+        for (auto& e : errors)
+            if (e) std::rethrow_exception(e);
+    }
+
     void loop(int id) {
         std::uint64_t seen = 0;
         for (;;) {
@@ -154,6 +154,7 @@ private:
         }
     }
 
+    int m_extra;
     std::vector<std::thread> m_threads;
     std::mutex m_mutex;
     std::condition_variable m_cv;
@@ -166,6 +167,5 @@ private:
     std::atomic<bool> m_stop{false};
     std::vector<std::exception_ptr> m_errors;
 };
-#endif
 
 }  // namespace deadspec::detail

@@ -1117,7 +1117,7 @@ def gauge_dots_case(draw: Any) -> Case:
 
 NOARGS = st.one_of(
     st.tuples(st.sampled_from(["build_info", "eig_backend", "num_threads", "threads_in_use",
-                               "set_num_threads_auto"])),
+                               "set_num_threads_auto", "openmp_runtime"])),
     st.tuples(st.just("set_num_threads"), ints_or(1, 2, None, "2")),
     st.tuples(st.sampled_from(["build_info", "num_threads"]), wrong),
 )
@@ -1251,7 +1251,7 @@ def _sane_ops() -> dict[str, st.SearchStrategy]:
                                       st.tuples(_cap(valid_arr(NONEMPTY)))),
         "_core.noargs": case("_core.noargs", st.sampled_from(
             [("build_info",), ("eig_backend",), ("num_threads",), ("set_num_threads", 1),
-             ("threads_in_use",), ("set_num_threads_auto",)])),
+             ("threads_in_use",), ("set_num_threads_auto",), ("openmp_runtime",)])),
         "_core.GramAccumulator": _sane_accumulator("_core.GramAccumulator", core=True),
     }
 
