@@ -1,0 +1,202 @@
+// SPDX-License-Identifier: Apache-2.0
+// Eigenvalues by the two-stage tridiagonal reduction, the bulge chase pipelined over threads.
+//
+// Stage 1 (dense -> band of kd subdiagonals, LAPACK dsytrd_sy2sb) is matrix-matrix work that
+// OpenBLAS threads. Stage 2 (band -> tridiagonal, "bulge chasing") is a graph of small tasks:
+// LAPACK's dsytrd_sb2st runs it as OpenMP tasks, and on one thread in an OpenBLAS built without
+// OpenMP (the scipy-openblas32 wheel), where it took a quarter of a 4096² eigenvalue
+// computation (bench/README.md, "Spectra"). This file runs the same graph on its own threads and
+// calls LAPACK's task kernel (dsb2st_kernels) for each task.
+//
+// The graph (Haidar, Ltaief and Dongarra, SC'11; LAPACK's dsytrd_sb2st). Sweep s = 1..n−1
+// annihilates column s below its first subdiagonal. Its task 1 generates a reflector from
+// column s and applies it from both sides to the diagonal block that follows; then, in turn,
+// an even task applies the last reflector to the kd×kd block below that diagonal block (which
+// creates a bulge) and generates the next reflector from the bulge's first column, and an odd
+// task applies that reflector from both sides to the next diagonal block, until the sweep
+// reaches the end of the matrix. A sweep's tasks run in order; task m of sweep s may start once
+// sweep s − 1 has done its task m + 2 (LAPACK's SHIFT = 3): consecutive sweeps then touch
+// disjoint blocks and run at the same time a few blocks apart. Sweeps go to the threads in
+// turn. Each task does the same arithmetic on the same data, and tasks that touch the same
+// data run in the same order, whatever the thread count: the result is the same bit for bit.
+#include "detail/band_tridiag.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "detail/blas_names.hpp"
+#include "detail/core.hpp"
+#include "detail/team.hpp"
+
+#ifdef DEADSPEC_HAVE_LAPACK
+// LAPACK's Fortran routines (the scipy-openblas32 wheel exports them as scipy_<name>_): integers
+// are blasint, LOGICAL is a Fortran default integer, and each CHARACTER argument adds a hidden
+// length at the end.
+extern "C" {
+void DS_BLAS(dsb2st_kernels_)(const char* uplo, const blasint* wantz, const blasint* ttype,
+                              const blasint* st, const blasint* ed, const blasint* sweep,
+                              const blasint* n, const blasint* nb, const blasint* ib, double* a,
+                              const blasint* lda, double* v, double* tau, const blasint* ldvt,
+                              double* work, std::size_t uplo_len);
+void DS_BLAS(dsterf_)(const blasint* n, double* d, double* e, blasint* info);
+}
+#endif
+
+namespace deadspec::detail {
+
+#ifdef DEADSPEC_HAVE_LAPACK
+namespace {
+
+// One task of the bulge chase, in LAPACK's (1-based) terms: kernel type (1: first reflector
+// of a sweep, 2: off-diagonal block, 3: diagonal block), the rows st..ed it works on, and
+// whether it is the sweep's last.
+struct Task {
+    blasint type, st, ed;
+    bool last;
+};
+
+Task task_of(blasint sweep, blasint m, blasint n, blasint kd) {
+    Task t{};
+    if (m % 2 == 0) {
+        const blasint col = (m / 2) * kd + sweep;
+        t = {2, col - kd + 1, std::min(col, n), col >= n - 1};
+    } else {
+        const blasint col = ((m + 1) / 2) * kd + sweep;
+        t.type = m == 1 ? 1 : 3;
+        t.st = col - kd + 1;
+        t.ed = std::min(col, n);
+        t.last = t.st >= t.ed - 1 && t.ed == n;
+    }
+    return t;
+}
+
+// Where a thread's sweep stands: sweep · kStride + tasks done in it; kStride − 1 tasks "done"
+// once the sweep is finished (a sweep has fewer than 2n/kd + 3 tasks). Written by its thread
+// only, read by the next one; one per cache line pair (no false sharing between threads).
+constexpr std::int64_t kStride = std::int64_t(1) << 32;
+struct alignas(128) Progress {
+    std::atomic<std::int64_t> pos{0};
+};
+
+struct Chase {
+    blasint n, kd, lda;
+    int threads;
+    double* a;    // (2kd + 1) × n band work array: kd + 1 rows of the band, kd rows of bulge
+    double* v;    // reflectors, 2n (two halves, by sweep parity, as in LAPACK)
+    double* tau;  // their scalars, 2n
+    std::vector<Progress> progress;
+    std::vector<double> work;  // kd + 1 per member
+};
+
+// Wait until `p` reaches `need`. `seen` caches the last value read (positions only grow).
+void wait_for(const std::atomic<std::int64_t>& p, std::int64_t need, std::int64_t& seen) {
+    if (seen >= need) return;
+    spin_wait([&] { return (seen = p.load(std::memory_order_acquire)) >= need; });
+}
+
+// The sweeps of member `t`: t + 1, t + 1 + threads, ...
+void run_sweeps(Chase& c, int t) {
+    static const char lower = 'L';
+    const blasint wantz = 0, ib = 1, ldv = c.kd + 1;
+    double* work = c.work.data() + static_cast<std::size_t>(t) * static_cast<std::size_t>(c.kd + 1);
+    Progress& mine = c.progress[static_cast<std::size_t>(t)];
+    const Progress& prev = c.progress[static_cast<std::size_t>((t + c.threads - 1) % c.threads)];
+    std::int64_t seen = 0;
+    for (blasint s = t + 1; s <= c.n - 1; s += c.threads) {
+        for (blasint m = 1;; ++m) {
+            if (c.threads > 1 && s > 1) wait_for(prev.pos, (s - 1) * kStride + m + 2, seen);
+            const Task k = task_of(s, m, c.n, c.kd);
+            DS_BLAS(dsb2st_kernels_)(&lower, &wantz, &k.type, &k.st, &k.ed, &s, &c.n, &c.kd, &ib,
+                                     c.a, &c.lda, c.v, c.tau, &ldv, work, 1);
+            if (k.last) {
+                mine.pos.store(s * kStride + kStride - 1, std::memory_order_release);
+                break;
+            }
+            mine.pos.store(s * kStride + m, std::memory_order_release);
+        }
+    }
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+void band_to_tridiagonal(const double* ab, std::int64_t ldab, std::int64_t n, std::int64_t kd,
+                         Team& team, double* d, double* e) {
+    if (n <= 0) return;
+    kd = std::max<std::int64_t>(0, std::min(kd, n - 1));
+    const std::int64_t lda = 2 * kd + 1;
+    const auto sz = [](std::int64_t v) { return static_cast<std::size_t>(v); };
+    // The band with kd zero rows below it, where the bulges form.
+    std::vector<double> a(sz(lda * n), 0.0);
+    for (std::int64_t j = 0; j < n; ++j)
+        std::memcpy(&a[sz(j * lda)], ab + j * ldab, sz(std::min(kd, n - 1 - j) + 1) * sizeof(double));
+    if (kd >= 2) {
+        std::vector<double> hous(sz(4 * n), 0.0);
+        Chase c{to_blasint(n), to_blasint(kd), to_blasint(lda), team.size(), a.data(),
+                hous.data() + 2 * n, hous.data(), {}, {}};
+        c.progress = std::vector<Progress>(sz(c.threads));
+        c.work.assign(sz(c.threads * (kd + 1)), 0.0);
+        team.run([&c](int t) { run_sweeps(c, t); });
+    }
+    for (std::int64_t i = 0; i < n; ++i) d[i] = a[sz(i * lda)];
+    for (std::int64_t i = 0; i + 1 < n; ++i) e[i] = kd >= 1 ? a[sz(i * lda + 1)] : 0.0;
+}
+
+int syev_values_two_stage(Eigen::MatrixXd& a, bool upper, Eigen::VectorXd& w, std::int64_t kd,
+                          int threads, TwoStageTimes* times) {
+    const std::int64_t n = a.rows();
+    w.resize(n);
+    if (n == 0) return 0;
+    kd = std::max<std::int64_t>(1, std::min(kd, n - 1));
+    auto t0 = std::chrono::steady_clock::now();
+    if (!upper)  // the lower triangle is given: mirror it (stage 1 reads the upper one)
+        for_tiles(n, true, [p = a.data(), n](std::int64_t i, std::int64_t j) {
+            p[j * n + i] = p[i * n + j];
+        });
+    // OpenBLAS on one thread: the team's members call it at the same time (its pool serves
+    // one caller at a time), and its idle threads would busy-wait on the team's cores.
+    BlasOneThread serial;
+    Team team(std::max(1, threads));
+    std::vector<double> ab(static_cast<std::size_t>((kd + 1) * n), 0.0);
+    reduce_to_band_upper(a.data(), n, n, kd, ab.data(), team);
+    if (times) times->band = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    std::vector<double> e(static_cast<std::size_t>(n));
+    band_to_tridiagonal(ab.data(), kd + 1, n, kd, team, w.data(), e.data());
+    if (times) times->chase = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    const blasint bn = to_blasint(n);
+    blasint info = 0;
+    DS_BLAS(dsterf_)(&bn, w.data(), e.data(), &info);
+    if (times) times->sterf = seconds_since(t0);
+    if (info < 0) throw Error(concat("deadspec: dsterf rejected argument ", -info));
+    return static_cast<int>(info);
+}
+#endif  // DEADSPEC_HAVE_LAPACK
+
+std::int64_t two_stage_band_width(std::int64_t n, const char* fn) {
+    if (const char* env = std::getenv("DEADSPEC_EIG_BAND_KD"); env && *env) {
+        char* end = nullptr;
+        const long kd = std::strtol(env, &end, 10);
+        if (*end != '\0' || !(kd == 0 || (kd >= 2 && kd <= 256)))
+            throw std::invalid_argument(concat(fn, ": DEADSPEC_EIG_BAND_KD must be 0 (off) or a "
+                                                   "band width from 2 to 256, got '",
+                                               env, "'"));
+        return kd;
+    }
+    (void)n;
+    return 0;  // chosen from measurements below
+}
+
+}  // namespace deadspec::detail
