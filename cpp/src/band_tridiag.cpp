@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -32,22 +33,14 @@
 #include <thread>
 #include <vector>
 
+#include "detail/band_kernels.hpp"
 #include "detail/blas_names.hpp"
 #include "detail/core.hpp"
 #include "detail/team.hpp"
 
 #ifdef DEADSPEC_HAVE_LAPACK
-// LAPACK's Fortran routines (the scipy-openblas32 wheel exports them as scipy_<name>_): integers
-// are blasint, LOGICAL is a Fortran default integer, and each CHARACTER argument adds a hidden
-// length at the end.
-extern "C" {
-void DS_BLAS(dsb2st_kernels_)(const char* uplo, const blasint* wantz, const blasint* ttype,
-                              const blasint* st, const blasint* ed, const blasint* sweep,
-                              const blasint* n, const blasint* nb, const blasint* ib, double* a,
-                              const blasint* lda, double* v, double* tau, const blasint* ldvt,
-                              double* work, std::size_t uplo_len);
-void DS_BLAS(dsterf_)(const blasint* n, double* d, double* e, blasint* info);
-}
+// LAPACK's Fortran routine (the scipy-openblas32 wheel exports it as scipy_dsterf_).
+extern "C" void DS_BLAS(dsterf_)(const blasint* n, double* d, double* e, blasint* info);
 #endif
 
 namespace deadspec::detail {
@@ -78,12 +71,11 @@ Task task_of(blasint sweep, blasint m, blasint n, blasint kd) {
     return t;
 }
 
-// Where a thread's sweep stands: sweep · kStride + tasks done in it; kStride − 1 tasks "done"
-// once the sweep is finished (a sweep has fewer than 2n/kd + 3 tasks). Written by its thread
-// only, read by the next one; one per cache line pair (no false sharing between threads).
-constexpr std::int64_t kStride = std::int64_t(1) << 32;
-struct alignas(128) Progress {
-    std::atomic<std::int64_t> pos{0};
+// Tasks done in a sweep (1..m done), kAll once it is finished; one per cache line (each is
+// written by one member at a time and read by the others).
+constexpr blasint kAll = std::numeric_limits<blasint>::max();
+struct alignas(64) SweepDone {
+    std::atomic<blasint> tasks{0};
 };
 
 struct Chase {
@@ -92,37 +84,57 @@ struct Chase {
     double* a;    // (2kd + 1) × n band work array: kd + 1 rows of the band, kd rows of bulge
     double* v;    // reflectors, 2n (two halves, by sweep parity, as in LAPACK)
     double* tau;  // their scalars, 2n
-    std::vector<Progress> progress;
-    std::vector<double> work;  // kd + 1 per member
+    std::vector<SweepDone> done;  // per sweep (index 0 unused)
+    std::vector<double> work;     // kd + 1 per member
 };
 
-// Wait until `p` reaches `need`. `seen` caches the last value read (positions only grow).
-void wait_for(const std::atomic<std::int64_t>& p, std::int64_t need, std::int64_t& seen) {
-    if (seen >= need) return;
-    spin_wait([&] { return (seen = p.load(std::memory_order_acquire)) >= need; });
+blasint tasks_in_sweep(blasint s, blasint n, blasint kd) {
+    blasint m = 1;
+    while (!task_of(s, m, n, kd).last) ++m;
+    return m;
 }
 
-// The sweeps of member `t`: t + 1, t + 1 + threads, ...
-void run_sweeps(Chase& c, int t) {
-    static const char lower = 'L';
-    const blasint wantz = 0, ib = 1, ldv = c.kd + 1;
+// Wait until sweep s has done `need` tasks.
+void wait_for(const SweepDone& d, blasint need) {
+    if (d.tasks.load(std::memory_order_acquire) >= need) return;
+    spin_wait([&] { return d.tasks.load(std::memory_order_acquire) >= need; });
+}
+
+// Member t's share: of every sweep, the t-th of `threads` consecutive runs of tasks (equal in
+// number). A sweep's runs follow each other down the band, so each member keeps working on
+// its own stretch of the band (in its core's cache) and hands the sweep on at the boundary.
+void run_member(Chase& c, int t) {
     double* work = c.work.data() + static_cast<std::size_t>(t) * static_cast<std::size_t>(c.kd + 1);
-    Progress& mine = c.progress[static_cast<std::size_t>(t)];
-    const Progress& prev = c.progress[static_cast<std::size_t>((t + c.threads - 1) % c.threads)];
-    std::int64_t seen = 0;
-    for (blasint s = t + 1; s <= c.n - 1; s += c.threads) {
-        for (blasint m = 1;; ++m) {
-            if (c.threads > 1 && s > 1) wait_for(prev.pos, (s - 1) * kStride + m + 2, seen);
+    for (blasint s = 1; s <= c.n - 1; ++s) {
+        const blasint total = tasks_in_sweep(s, c.n, c.kd);
+        const blasint m0 = 1 + static_cast<blasint>(std::int64_t(total) * t / c.threads);
+        const blasint m1 = 1 + static_cast<blasint>(std::int64_t(total) * (t + 1) / c.threads);
+        SweepDone& mine = c.done[static_cast<std::size_t>(s)];
+        for (blasint m = m0; m < m1; ++m) {
+            if (m == m0 && m > 1) wait_for(mine, m - 1);  // the member before, this sweep
+            if (s > 1) wait_for(c.done[static_cast<std::size_t>(s - 1)], m + 2);
             const Task k = task_of(s, m, c.n, c.kd);
-            DS_BLAS(dsb2st_kernels_)(&lower, &wantz, &k.type, &k.st, &k.ed, &s, &c.n, &c.kd, &ib,
-                                     c.a, &c.lda, c.v, c.tau, &ldv, work, 1);
-            if (k.last) {
-                mine.pos.store(s * kStride + kStride - 1, std::memory_order_release);
-                break;
-            }
-            mine.pos.store(s * kStride + m, std::memory_order_release);
+            band::task(k.type, k.st, k.ed, s, c.n, c.kd, c.a, c.lda, c.v, c.tau, work);
+            mine.tasks.store(k.last ? kAll : m, std::memory_order_release);
         }
     }
+}
+
+// The factor that brings the largest entry of the upper triangle of the column-major n×n `a`
+// into [sqrt(smlnum), sqrt(bignum)] (1 if it is there), as dsyevd does before reducing; the
+// matrix is multiplied by it.
+double scale_into_range(double* a, std::int64_t n) {
+    const double eps = std::numeric_limits<double>::epsilon();
+    const double smlnum = std::numeric_limits<double>::min() / eps, bignum = 1.0 / smlnum;
+    const double rmin = std::sqrt(smlnum), rmax = std::sqrt(bignum);
+    double anrm = 0.0;
+    for (std::int64_t j = 0; j < n; ++j)
+        for (std::int64_t i = 0; i <= j; ++i) anrm = std::max(anrm, std::abs(a[j * n + i]));
+    const double sigma = anrm > 0.0 && anrm < rmin ? rmin / anrm : anrm > rmax ? rmax / anrm : 1.0;
+    if (sigma != 1.0)
+        for (std::int64_t j = 0; j < n; ++j)
+            for (std::int64_t i = 0; i <= j; ++i) a[j * n + i] *= sigma;
+    return sigma;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -145,9 +157,9 @@ void band_to_tridiagonal(const double* ab, std::int64_t ldab, std::int64_t n, st
         std::vector<double> hous(sz(4 * n), 0.0);
         Chase c{to_blasint(n), to_blasint(kd), to_blasint(lda), team.size(), a.data(),
                 hous.data() + 2 * n, hous.data(), {}, {}};
-        c.progress = std::vector<Progress>(sz(c.threads));
+        c.done = std::vector<SweepDone>(sz(n));
         c.work.assign(sz(c.threads * (kd + 1)), 0.0);
-        team.run([&c](int t) { run_sweeps(c, t); });
+        team.run([&c](int t) { run_member(c, t); });
     }
     for (std::int64_t i = 0; i < n; ++i) d[i] = a[sz(i * lda)];
     for (std::int64_t i = 0; i + 1 < n; ++i) e[i] = kd >= 1 ? a[sz(i * lda + 1)] : 0.0;
@@ -164,6 +176,7 @@ int syev_values_two_stage(Eigen::MatrixXd& a, bool upper, Eigen::VectorXd& w, st
         for_tiles(n, true, [p = a.data(), n](std::int64_t i, std::int64_t j) {
             p[j * n + i] = p[i * n + j];
         });
+    const double sigma = scale_into_range(a.data(), n);
     // OpenBLAS on one thread: the team's members call it at the same time (its pool serves
     // one caller at a time), and its idle threads would busy-wait on the team's cores.
     BlasOneThread serial;
@@ -181,6 +194,7 @@ int syev_values_two_stage(Eigen::MatrixXd& a, bool upper, Eigen::VectorXd& w, st
     DS_BLAS(dsterf_)(&bn, w.data(), e.data(), &info);
     if (times) times->sterf = seconds_since(t0);
     if (info < 0) throw Error(concat("deadspec: dsterf rejected argument ", -info));
+    if (sigma != 1.0) w /= sigma;
     return static_cast<int>(info);
 }
 #endif  // DEADSPEC_HAVE_LAPACK
@@ -195,8 +209,11 @@ std::int64_t two_stage_band_width(std::int64_t n, const char* fn) {
                                                env, "'"));
         return kd;
     }
-    (void)n;
-    return 0;  // chosen from measurements below
+    // Measured on the reference machine (2 cores, bench/README.md, "Spectra"): below n = 1536
+    // dsyevd is as fast or faster; from there kd = 32; from n = 3072 a wider band (stage 1's
+    // products run faster with more columns, the chase costs more per sweep).
+    if (n < kTwoStageMinDim) return 0;
+    return n < 3072 ? 32 : 48;
 }
 
 }  // namespace deadspec::detail

@@ -40,6 +40,9 @@ void band_to_tridiagonal(const double* ab, std::int64_t ldab, std::int64_t n, st
 int syev_values_two_stage(Eigen::MatrixXd& a, bool upper, Eigen::VectorXd& w, std::int64_t kd,
                           int threads, TwoStageTimes* times = nullptr);
 
+/// From this order on, eigenvalues-only spectra take syev_values_two_stage.
+constexpr std::int64_t kTwoStageMinDim = 1536;
+
 /// The band width syev_values_two_stage takes at order n in the core's eigenvalue path, or 0
 /// where LAPACK's own drivers are faster (bench/README.md, "Spectra"). The environment variable
 /// DEADSPEC_EIG_BAND_KD overrides it for every n above the Eigen cutoff: a width 2..256
