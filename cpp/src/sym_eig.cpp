@@ -39,8 +39,15 @@ SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn, b
 SymEigResult sym_eig_rowmajor(const double* a, std::int64_t n, bool vectors, const char* fn) {
     // The row-major lower triangle is the column-major upper one: a plain copy (a transposed
     // copy by 64×64 tiles took 0.04 s at n = 2048 and 0.23 s at n = 4096, bench/README.md).
+    // Large copies run on the core's threads: most of their time is the first touch of the
+    // fresh pages (0.01 s of a 2048² copy), which the kernel serves in parallel.
     Eigen::MatrixXd work(n, n);
-    std::memcpy(work.data(), a, static_cast<std::size_t>(n * n) * sizeof(double));
+    double* w = work.data();
+    parallel_rows(n, worker_threads(n * n, std::int64_t(1) << 21, n),
+                  [a, w, n](std::int64_t r0, std::int64_t r1) {
+                      std::memcpy(w + r0 * n, a + r0 * n,
+                                  static_cast<std::size_t>((r1 - r0) * n) * sizeof(double));
+                  });
     return sym_eig_owned(std::move(work), vectors, fn, true);
 }
 
