@@ -48,7 +48,10 @@ struct Reduce {
     double* a;    // the matrix, upper triangle, column-major (overwritten)
     double* ab;   // the band, lower band storage, kd + 1 rows
     Step step[2];  // by step parity: the next step's panel is factored during this step's update
-    std::atomic<std::int64_t> next{0};  // the next block to take in a split product
+    // The next block to take in a split product, on a cache line of its own (the fields
+    // above are read by every member all the time).
+    alignas(64) std::atomic<std::int64_t> next{0};
+    char pad[64 - sizeof(std::atomic<std::int64_t>)] = {};
 };
 
 constexpr auto bi = &to_blasint;

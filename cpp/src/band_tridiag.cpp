@@ -85,7 +85,8 @@ struct Chase {
     double* v;    // reflectors, 2n (two halves, by sweep parity, as in LAPACK)
     double* tau;  // their scalars, 2n
     std::vector<SweepDone> done;  // per sweep (index 0 unused)
-    std::vector<double> work;     // kd + 1 per member
+    std::vector<double> work;     // kd + 1 per member, work_stride apart
+    std::size_t work_stride;
 };
 
 // The kernel compiled for the baseline ISA and, chosen at run time, for AVX2 with FMA: 1.2-1.3
@@ -129,21 +130,30 @@ void wait_for(const SweepDone& d, blasint need) {
 // Member t's share: of every sweep, the t-th of `threads` consecutive runs of tasks (equal in
 // number). A sweep's runs follow each other down the band, so each member keeps working on
 // its own stretch of the band (in its core's cache) and hands the sweep on at the boundary.
+// The counters are shared cache lines: a member reads one only when the task it waits for is
+// not behind it already (its own, or before its own run of the previous sweep), and publishes
+// only what another member can wait for: the first tasks of its run (the member before needs
+// them for the next sweep: its run there ends at most one task past this run's start) and the
+// run's last task (the hand-over).
 void run_member(Chase& c, int t) {
-    double* work = c.work.data() + static_cast<std::size_t>(t) * static_cast<std::size_t>(c.kd + 1);
+    double* work = c.work.data() + static_cast<std::size_t>(t) * c.work_stride;
     const TaskFn task = pick_task();
+    blasint known = 1;  // tasks 1..known−1 of the previous sweep are done
     for (blasint s = 1; s <= c.n - 1; ++s) {
         const blasint total = tasks_in_sweep(s, c.n, c.kd);
         const blasint m0 = 1 + static_cast<blasint>(std::int64_t(total) * t / c.threads);
         const blasint m1 = 1 + static_cast<blasint>(std::int64_t(total) * (t + 1) / c.threads);
         SweepDone& mine = c.done[static_cast<std::size_t>(s)];
+        const SweepDone& prev = c.done[static_cast<std::size_t>(s - 1)];
+        if (m0 < m1 && m0 > 1) wait_for(mine, m0 - 1);  // the member before, this sweep
         for (blasint m = m0; m < m1; ++m) {
-            if (m == m0 && m > 1) wait_for(mine, m - 1);  // the member before, this sweep
-            if (s > 1) wait_for(c.done[static_cast<std::size_t>(s - 1)], m + 2);
+            if (s > 1 && m + 2 >= known) wait_for(prev, m + 2);
             const Task k = task_of(s, m, c.n, c.kd);
             task(k.type, k.st, k.ed, s, c.n, c.kd, c.a, c.lda, c.v, c.tau, work);
-            mine.tasks.store(k.last ? kAll : m, std::memory_order_release);
+            if (k.last || m < m0 + 4 || m == m1 - 1)
+                mine.tasks.store(k.last ? kAll : m, std::memory_order_release);
         }
+        known = m0 < m1 ? m1 : 1;
     }
 }
 
@@ -183,9 +193,12 @@ void band_to_tridiagonal(const double* ab, std::int64_t ldab, std::int64_t n, st
     if (kd >= 2) {
         std::vector<double> hous(sz(4 * n), 0.0);
         Chase c{to_blasint(n), to_blasint(kd), to_blasint(lda), team.size(), a.data(),
-                hous.data() + 2 * n, hous.data(), {}, {}};
+                hous.data() + 2 * n, hous.data(), {}, {}, 0};
         c.done = std::vector<SweepDone>(sz(n));
-        c.work.assign(sz(c.threads * (kd + 1)), 0.0);
+        // Each member's scratch on cache lines of its own (written in every task: a line
+        // shared by two members cost a third of the chase's time at n = 2048).
+        c.work_stride = sz((kd + 1 + 7) / 8 * 8 + 16);
+        c.work.assign(sz(c.threads) * c.work_stride + 16, 0.0);
         team.run([&c](int t) { run_member(c, t); });
     }
     for (std::int64_t i = 0; i < n; ++i) d[i] = a[sz(i * lda)];
