@@ -249,11 +249,12 @@ std::int64_t two_stage_band_width(std::int64_t n, const char* fn) {
                                                env, "'"));
         return kd;
     }
-    // Measured on the reference machine (2 cores, bench/README.md, "Spectra"): below n = 1536
-    // dsyevd is as fast or faster; from there kd = 32; from n = 3072 a wider band (stage 1's
+    // Measured through sym_eig on the reference machine (2 cores, bench/README.md, "Spectra"):
+    // dsyevd is as fast up to n = 768; kd = 24 is the fastest band at n = 2048 (24, 32 and 48
+    // within 1% at n = 3072); from there a wider band, 48 (40-48 best at n = 4096: stage 1's
     // products run faster with more columns, the chase costs more per sweep).
     if (n < kTwoStageMinDim) return 0;
-    return n < 3072 ? 32 : 48;
+    return n < 3072 ? 24 : 48;
 }
 
 }  // namespace deadspec::detail

@@ -357,10 +357,10 @@ void blas_set_threads_auto() { set_threads_mode(0); }
 const char* lapack_backend_name() {
 #if defined(DEADSPEC_BLAS_PREFIX)
     return "lapack-syevd (scipy-openblas32); eigen for n <= 256; two-stage with a pipelined bulge "
-           "chase for values, n >= 1536";
+           "chase for values, n >= 1024";
 #elif defined(DEADSPEC_SYSTEM_LAPACK)
     return "lapack-syevd (system); eigen for n <= 256; two-stage with a pipelined bulge chase for "
-           "values, n >= 1536";
+           "values, n >= 1024";
 #else
     return "eigen";
 #endif

@@ -179,7 +179,7 @@ def test_sym_eig_lapack_path_reads_the_lower_triangle(rng, n):
 
 
 def test_sym_eig_values_at_two_stage_size(rng):
-    # n >= 1536 eigenvalues-only goes through the core's two-stage reduction (band_tridiag.cpp;
+    # n >= 1024 eigenvalues-only goes through the core's two-stage reduction (band_tridiag.cpp;
     # band width 48 at this size).
     # A = H D H with H = I - 2 v v^T (a dense matrix with the known spectrum D); half of D is 0.
     n = 4096

@@ -1,6 +1,6 @@
 """The two-stage eigenvalue path (cpp/src/band_reduce.cpp, cpp/src/band_tridiag.cpp): dense ->
 band (kd subdiagonals) -> tridiagonal by a bulge chase pipelined over the core's threads ->
-dsterf. The core takes it for eigenvalues only from n = 1536; DEADSPEC_EIG_BAND_KD forces it
+dsterf. The core takes it for eigenvalues only from n = 1024; DEADSPEC_EIG_BAND_KD forces it
 with a given band width at any n above Eigen's cutoff (256), which is how these tests reach it
 at small sizes (and "0" turns it off: LAPACK's dsyevd, the reference here).
 """

@@ -41,7 +41,7 @@ int syev_values_two_stage(Eigen::MatrixXd& a, bool upper, Eigen::VectorXd& w, st
                           int threads, TwoStageTimes* times = nullptr);
 
 /// From this order on, eigenvalues-only spectra take syev_values_two_stage.
-constexpr std::int64_t kTwoStageMinDim = 1536;
+constexpr std::int64_t kTwoStageMinDim = 1024;
 
 /// The band width syev_values_two_stage takes at order n in the core's eigenvalue path, or 0
 /// where LAPACK's own drivers are faster (bench/README.md, "Spectra"). The environment variable
