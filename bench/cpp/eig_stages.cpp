@@ -90,20 +90,9 @@ void lapack_stages(const Eigen::MatrixXd& a0, blasint n, blasint kd) {
 // The core's stages at band width kd on `threads` threads; returns the eigenvalues.
 Eigen::VectorXd own_stages(const Eigen::MatrixXd& a0, std::int64_t n, std::int64_t kd,
                            int threads, const Eigen::VectorXd& ref) {
-    BlasOneThread serial;
-    Team team(threads);
-    std::vector<double> ab(static_cast<std::size_t>((kd + 1) * n)), d(n), e(n);
+    // The whole path first (its stage 1 includes the scaling pass, its allocations and the
+    // team's start; the copy of the input left out), with no other team alive.
     Eigen::MatrixXd a;
-    const double t1 = best_of([&] {
-        a = a0;
-        deadspec::detail::reduce_to_band_upper(a.data(), n, n, kd, ab.data(), team);
-    });
-    const double t2 = best_of([&] {
-        deadspec::detail::band_to_tridiagonal(ab.data(), kd + 1, n, kd, team, d.data(),
-                                              e.data());
-    });
-    // The whole path (its stage 1 includes the scaling pass, its allocations and the team's
-    // start), the copy of the input left out.
     Eigen::VectorXd w;
     double t3 = 1e300, total = 1e300;
     for (int r = 0; r < g_repeats; ++r) {
@@ -113,6 +102,17 @@ Eigen::VectorXd own_stages(const Eigen::MatrixXd& a0, std::int64_t n, std::int64
         t3 = std::min(t3, tt.sterf);
         total = std::min(total, tt.band + tt.chase + tt.sterf);
     }
+    BlasOneThread serial;
+    Team team(threads);
+    std::vector<double> ab(static_cast<std::size_t>((kd + 1) * n)), d(n), e(n);
+    const double t1 = best_of([&] {
+        a = a0;
+        deadspec::detail::reduce_to_band_upper(a.data(), n, n, kd, ab.data(), team);
+    });
+    const double t2 = best_of([&] {
+        deadspec::detail::band_to_tridiagonal(ab.data(), kd + 1, n, kd, team, d.data(),
+                                              e.data());
+    });
     std::printf("  own T=%d    stage 1 %.4f  chase %.4f  dsterf %.4f  total %.4f  dw %.1e\n",
                 threads, t1, t2, t3, total, rel_diff(w, ref));
     return w;

@@ -217,16 +217,19 @@ int syev_values_two_stage(Eigen::MatrixXd& a, bool upper, Eigen::VectorXd& w, st
             p[j * n + i] = p[i * n + j];
         });
     const double sigma = scale_into_range(a.data(), n);
-    // OpenBLAS on one thread: the team's members call it at the same time (its pool serves
-    // one caller at a time), and its idle threads would busy-wait on the team's cores.
-    BlasOneThread serial;
-    Team team(std::max(1, threads));
-    std::vector<double> ab(static_cast<std::size_t>((kd + 1) * n), 0.0);
-    reduce_to_band_upper(a.data(), n, n, kd, ab.data(), team);
-    if (times) times->band = seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
     std::vector<double> e(static_cast<std::size_t>(n));
-    band_to_tridiagonal(ab.data(), kd + 1, n, kd, team, w.data(), e.data());
+    {
+        // OpenBLAS on one thread: the team's members call it at the same time (its pool serves
+        // one caller at a time), and its idle threads would busy-wait on the team's cores. The
+        // team ends with the chase (its idle members would spin through dsterf).
+        BlasOneThread serial;
+        Team team(std::max(1, threads));
+        std::vector<double> ab(static_cast<std::size_t>((kd + 1) * n), 0.0);
+        reduce_to_band_upper(a.data(), n, n, kd, ab.data(), team);
+        if (times) times->band = seconds_since(t0);
+        t0 = std::chrono::steady_clock::now();
+        band_to_tridiagonal(ab.data(), kd + 1, n, kd, team, w.data(), e.data());
+    }
     if (times) times->chase = seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
     const blasint bn = to_blasint(n);
