@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// Eigenvalues by the two-stage tridiagonal reduction, the bulge chase pipelined over threads.
+// Eigenvalues by the two-stage tridiagonal reduction: stage 1 (dense -> band of kd subdiagonals,
+// band_reduce.cpp), stage 2 (band -> tridiagonal, "bulge chasing", here), then LAPACK's dsterf,
+// on a team of threads (detail/team.hpp) with OpenBLAS single-threaded.
 //
-// Stage 1 (dense -> band of kd subdiagonals, LAPACK dsytrd_sy2sb) is matrix-matrix work that
-// OpenBLAS threads. Stage 2 (band -> tridiagonal, "bulge chasing") is a graph of small tasks:
-// LAPACK's dsytrd_sb2st runs it as OpenMP tasks, and on one thread in an OpenBLAS built without
-// OpenMP (the scipy-openblas32 wheel), where it took a quarter of a 4096² eigenvalue
-// computation (bench/README.md, "Spectra"). This file runs the same graph on its own threads and
-// calls LAPACK's task kernel (dsb2st_kernels) for each task.
+// Stage 2 is a graph of small tasks. LAPACK's dsytrd_sb2st runs it as OpenMP tasks, and on one
+// thread in an OpenBLAS built without OpenMP (the scipy-openblas32 wheel), where it took a
+// quarter of a 4096² eigenvalue computation (bench/README.md, "Spectra"). This file runs the
+// same graph on the team, with the task kernel of detail/band_kernels.hpp.
 //
 // The graph (Haidar, Ltaief and Dongarra, SC'11; LAPACK's dsytrd_sb2st). Sweep s = 1..n−1
 // annihilates column s below its first subdiagonal. Its task 1 generates a reflector from
@@ -16,9 +16,10 @@
 // task applies that reflector from both sides to the next diagonal block, until the sweep
 // reaches the end of the matrix. A sweep's tasks run in order; task m of sweep s may start once
 // sweep s − 1 has done its task m + 2 (LAPACK's SHIFT = 3): consecutive sweeps then touch
-// disjoint blocks and run at the same time a few blocks apart. Sweeps go to the threads in
-// turn. Each task does the same arithmetic on the same data, and tasks that touch the same
-// data run in the same order, whatever the thread count: the result is the same bit for bit.
+// disjoint blocks and run at the same time a few blocks apart. Each sweep is cut into one run
+// of tasks per member (run_member). Each task does the same arithmetic on the same data, and
+// tasks that touch the same data run in the same order, whatever the thread count: the result
+// is the same bit for bit.
 #include "detail/band_tridiag.hpp"
 
 #include <algorithm>
