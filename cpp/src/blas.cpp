@@ -11,6 +11,7 @@
 
 #include <Eigen/Eigenvalues>
 
+#include "detail/band_tridiag.hpp"
 #include "detail/blas_names.hpp"
 #include "detail/core.hpp"
 
@@ -116,30 +117,39 @@ int syevd_eigen(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
 }
 }  // namespace
 
-int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors) {
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors, const char* fn, bool upper) {
     const auto n = a.rows();
     w.resize(n);
+    // Eigen's solver reads the lower triangle: mirror a given upper one (n <= 256 there).
+    const auto eigen_solver = [&] {
+        if (upper)
+            for (Eigen::Index j = 0; j < n; ++j)
+                for (Eigen::Index i = j + 1; i < n; ++i) a(i, j) = a(j, i);
+        return syevd_eigen(a, w, vectors);
+    };
 #ifdef DEADSPEC_HAVE_LAPACK
     // Small problems go to Eigen's single-threaded solver: it is as fast as one LAPACK thread up
     // to n = 256 (bench/README.md), and it never wakes OpenBLAS's thread pool, whose
     // busy-waiting threads contend with torch's OpenMP pool on small machines (a 256² spectrum
     // measured 1.45 s through 2 OpenBLAS threads right after torch work, 0.02 s alone).
-    if (n <= kEigenSolverMaxDim) return syevd_eigen(a, w, vectors);
-    // Eigenvalues only, large n: the two-stage reduction (dense -> band by matrix-matrix work,
-    // band -> tridiagonal by bulge chasing) beats dsytrd, whose half of level-2 dsymv is
-    // memory-bound. Measured here (bench/README.md, "Spectra"): 1.40 s against 1.90 s at
-    // n = 4096, no gain at n <= 3072. LAPACK has no two-stage driver with vectors.
+    if (n <= kEigenSolverMaxDim) return eigen_solver();
     BlasThreads threads(flops3(n, n, n) * (vectors ? 4.0 : 4.0 / 3.0));
-    const bool two_stage = !vectors && n >= kTwoStageMinDim;
-    const auto driver = two_stage ? DS_BLAS(LAPACKE_dsyevd_2stage) : DS_BLAS(LAPACKE_dsyevd);
-    const auto info = driver(LAPACK_COL_MAJOR, vectors ? 'V' : 'N', 'L', to_blasint(n), a.data(),
-                             to_blasint(n), w.data());
-    if (info < 0)
-        throw Error(concat("deadspec: LAPACKE_dsyevd", two_stage ? "_2stage" : "",
-                            " rejected argument ", -info));
+    // Eigenvalues only: the two-stage reduction (dense -> band by matrix-matrix work, band ->
+    // tridiagonal by a bulge chase pipelined over the threads in use, band_tridiag.cpp) where
+    // it is faster than dsyevd, whose half of level-2 dsymv is memory-bound (bench/README.md,
+    // "Spectra"). LAPACK has no two-stage driver with vectors.
+    if (!vectors) {
+        const std::int64_t kd = two_stage_band_width(n, fn);
+        if (kd > 0) return syev_values_two_stage(a, upper, w, kd, blas_threads_in_use());
+    }
+    const auto info = DS_BLAS(LAPACKE_dsyevd)(LAPACK_COL_MAJOR, vectors ? 'V' : 'N',
+                                              upper ? 'U' : 'L', to_blasint(n), a.data(),
+                                              to_blasint(n), w.data());
+    if (info < 0) throw Error(concat("deadspec: LAPACKE_dsyevd rejected argument ", -info));
     return static_cast<int>(info);
 #else
-    return syevd_eigen(a, w, vectors);
+    (void)fn;
+    return eigen_solver();
 #endif
 }
 
@@ -287,6 +297,26 @@ BlasThreads::~BlasThreads() {
     if (g_user_threads == 0) observe_locked(threads_, wall0_, delay0_, now, delay);
 }
 
+BlasOneThread::BlasOneThread() {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    const int now = DS_BLAS(openblas_get_num_threads)();
+    if (now == 1) return;
+    DS_BLAS(openblas_set_num_threads)(1);
+    g_applied = 1;
+    restore_ = now;
+#endif
+}
+
+BlasOneThread::~BlasOneThread() {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    if (restore_ == 0) return;
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    DS_BLAS(openblas_set_num_threads)(restore_);
+    g_applied = restore_;
+#endif
+}
+
 int blas_num_threads() {
     std::lock_guard<std::mutex> lock(g_threads_mutex);
     return g_user_threads != 0 ? g_user_threads : initial_threads();
@@ -326,9 +356,11 @@ void blas_set_threads_auto() { set_threads_mode(0); }
 
 const char* lapack_backend_name() {
 #if defined(DEADSPEC_BLAS_PREFIX)
-    return "lapack-syevd (scipy-openblas32); eigen for n <= 256; syevd_2stage for values, n >= 4096";
+    return "lapack-syevd (scipy-openblas32); eigen for n <= 256; two-stage with a pipelined bulge "
+           "chase for values, n >= 1024";
 #elif defined(DEADSPEC_SYSTEM_LAPACK)
-    return "lapack-syevd (system); eigen for n <= 256; syevd_2stage for values, n >= 4096";
+    return "lapack-syevd (system); eigen for n <= 256; two-stage with a pipelined bulge chase for "
+           "values, n >= 1024";
 #else
     return "eigen";
 #endif

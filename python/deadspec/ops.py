@@ -217,7 +217,9 @@ def sym_eig(a: Any, *, vectors: bool = False) -> tuple[np.ndarray, np.ndarray | 
     """Eigenvalues (descending) and, if asked, eigenvectors (columns) of a symmetric matrix.
 
     Only the lower triangle is read. Uses LAPACK ``dsyevd`` when the build has it (see
-    ``deadspec.build_info()["eig_backend"]``), Eigen's solver otherwise. Computed in float64
+    ``deadspec.build_info()["eig_backend"]``), Eigen's solver otherwise; eigenvalues alone of
+    an order from 1024 on go through the core's two-stage reduction (dense to band to
+    tridiagonal, the band's bulge chase pipelined over the core's threads). Computed in float64
     (float32 input near 1e±38 included); an eigenvalue beyond float64 (a finite matrix can have
     one, e.g. ``[[M, M], [M, M]]`` with ``M = 1e308``) raises ``OverflowError``, as
     :func:`gram` does, rather than returning Inf.

@@ -2,6 +2,10 @@
 // Tests of the symmetric eigensolver (residuals, order, backend).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <string>
+#include <vector>
+
 #include <Eigen/Eigenvalues>
 
 #include "deadspec/deadspec.hpp"
@@ -57,4 +61,28 @@ TEST(SymEig, ReadsTheLowerTriangleOfARowMajorView) {
     a(0, 2) = 0.0;
     a(2, 0) = 100.0;
     EXPECT_GT(sym_eig(TensorView::cpu(a)).values[0], 100.0);
+}
+
+TEST(SymEig, TwoStageValuesMatchDsyevdForAnyThreadCount) {
+    // DEADSPEC_EIG_BAND_KD forces the two-stage path (cpp/src/band_tridiag.cpp) at small n with
+    // a given band width; "0" turns it off (LAPACK's dsyevd, the reference). The Eigen-matrix
+    // overload hands over the lower triangle, which the path mirrors into the upper one.
+    if (std::string(DEADSPEC_LAPACK_BACKEND) == "none") GTEST_SKIP() << "no LAPACK in this build";
+    const RowMatrixXd x = dtest::make_data(350, 350, 32);
+    const Eigen::MatrixXd a = (x + x.transpose()) / 2.0;
+    ::setenv("DEADSPEC_EIG_BAND_KD", "0", 1);
+    const Eigen::VectorXd ref = sym_eig(a, false).values;
+    const double scale = ref.cwiseAbs().maxCoeff();
+    for (const char* kd : {"5", "24"}) {
+        ::setenv("DEADSPEC_EIG_BAND_KD", kd, 1);
+        std::vector<Eigen::VectorXd> runs;
+        for (int threads : {1, 2, 3}) {
+            set_num_threads(threads);
+            runs.push_back(sym_eig(a, false).values);
+            EXPECT_LT((runs.back() - ref).cwiseAbs().maxCoeff(), 1e-13 * scale) << "kd " << kd;
+        }
+        EXPECT_TRUE(runs[0] == runs[1] && runs[0] == runs[2]) << "kd " << kd;  // bit for bit
+    }
+    ::unsetenv("DEADSPEC_EIG_BAND_KD");
+    set_num_threads_auto();
 }

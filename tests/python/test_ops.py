@@ -179,7 +179,8 @@ def test_sym_eig_lapack_path_reads_the_lower_triangle(rng, n):
 
 
 def test_sym_eig_values_at_two_stage_size(rng):
-    # n >= 4096 eigenvalues-only goes through LAPACK's two-stage reduction (dsyevd_2stage).
+    # n >= 1024 eigenvalues-only goes through the core's two-stage reduction (band_tridiag.cpp;
+    # band width 48 at this size).
     # A = H D H with H = I - 2 v v^T (a dense matrix with the known spectrum D); half of D is 0.
     n = 4096
     d = np.concatenate([np.sort(rng.uniform(0.5, 2.0, n // 2))[::-1], np.zeros(n // 2)])

@@ -83,16 +83,19 @@ void for_tiles(std::int64_t n, bool strict_upper, F&& f) {
 
 /// Matrices up to this size are decomposed by Eigen's solver even when LAPACK is available.
 constexpr std::int64_t kEigenSolverMaxDim = 256;
-// From this size on, eigenvalues-only spectra use LAPACK's two-stage tridiagonal reduction.
-constexpr std::int64_t kTwoStageMinDim = 4096;
 
-/// Eigendecomposition of the lower triangle of `a` (column-major, overwritten with the
-/// eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns LAPACK's info.
-int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors);
-/// Descending eigendecomposition of an owned column-major matrix (lower triangle read).
+/// Eigendecomposition of the lower (upper, with `upper`) triangle of `a` (column-major,
+/// overwritten with the eigenvectors when `vectors`). Ascending eigenvalues in `w`. Returns
+/// LAPACK's info. `fn` names the caller in messages.
+int syevd(Eigen::MatrixXd& a, Eigen::VectorXd& w, bool vectors,
+          const char* fn = "deadspec.sym_eig", bool upper = false);
+/// Descending eigendecomposition of an owned column-major matrix (its lower triangle read, or
+/// its upper one with `upper`).
 /// \throws std::overflow_error naming `fn` if an eigenvalue's magnitude exceeds float64.
-SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn);
-/// sym_eig_owned of a row-major n×n `a`, copied to column-major storage by cache-sized tiles.
+SymEigResult sym_eig_owned(Eigen::MatrixXd work, bool vectors, const char* fn,
+                           bool upper = false);
+/// sym_eig_owned of the lower triangle of a row-major n×n `a`: a plain copy is the upper
+/// triangle of the column-major matrix, which LAPACK reads as well (no transposed copy).
 SymEigResult sym_eig_rowmajor(const double* a, std::int64_t n, bool vectors, const char* fn);
 /// max over i > j of |a_ij − a_ji| for a row-major n×n `a`, by cache-sized tiles.
 double max_asymmetry(const double* a, std::int64_t n);
@@ -129,6 +132,19 @@ class BlasThreads {
   private:
     int threads_ = 0;  // 0: not watched
     std::int64_t wall0_ = 0, delay0_ = 0;
+};
+
+/// Scope in which OpenBLAS runs every call on the calling thread (for code that calls BLAS from
+/// several threads of its own at once); the previous count comes back at the end of the scope.
+class BlasOneThread {
+  public:
+    BlasOneThread();
+    ~BlasOneThread();
+    BlasOneThread(const BlasOneThread&) = delete;
+    BlasOneThread& operator=(const BlasOneThread&) = delete;
+
+  private:
+    int restore_ = 0;  // 0: nothing to restore
 };
 
 /// Threads for `work` units of element-wise work: 1 below `min_work`, else the core's thread
