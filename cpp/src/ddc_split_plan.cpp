@@ -106,6 +106,7 @@ private:
         std::vector<double> pa, pb;       // per item × column: the partial column sums
         std::vector<double> ca, cb;       // per column: Σ g̃·P x̃, Σ (P x̃)²; Σ u·P x̃
         std::vector<T> mu, rm, cm;        // the centring, the radial factors
+        std::vector<T> u;                 // the update pass 1 keeps for pass 2 (SplitRef::u)
         std::vector<std::uint64_t> tops;  // per item: max |g| bits
         std::vector<std::int64_t> counts;  // per item: elements refused
         bool grad = false;
@@ -204,6 +205,9 @@ void SplitPlanT<T>::bind_block(std::size_t k, SplitPlanBlock spec) {
     r.axis = segs.empty() ? -1 : (!two_d && b.spec.rot_axis >= 0 ? 0 : b.spec.rot_axis);
     r.segs = &b.spec.rot_segments;
     b.items = detail::split_items(r.rows, r.cols, r.axis, r.segs);
+    // (one buffer of the parameter's size: pass 2 reads u instead of recomputing it from m, v)
+    b.u.assign(static_cast<std::size_t>(r.rows * r.cols), T(0));
+    r.u = b.u.data();
     b.counts.assign(b.items.size(), 0);
     b.tops.assign(b.items.size(), 0);
 }
