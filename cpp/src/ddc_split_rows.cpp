@@ -433,7 +433,7 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_rows(const SplitRef<T>& b, const Spl
         const RowScale<T> sc = row_scale(b, i, s);
         const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
         const T* x = b.x + i * n;
-        T* u = b.u ? b.u + i * n : s.u.data();
+        T* u = b.u ? b.u + (i - b.u0) * n : s.u.data();
         double sum = 0.0;
         refused += moments_row<T, Mode, Fma, Rows, Cols>(
             x, g, b.m + i * n, b.v + i * n, sc.r, sc.ir, sc.cs, sc.ics, b.a ? b.a[i] : T(0), b.bc,
@@ -472,7 +472,7 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const Spl
     fit(s.t2, static_cast<std::size_t>(kept * n));
     auto update = [&](std::int64_t i, const T* t, const T* t2) DEADSPEC_LAMBDA_INLINE {
         scales_row(b, i, s);
-        T* u = b.u ? b.u + i * n : s.u.data();
+        T* u = b.u ? b.u + (i - b.u0) * n : s.u.data();
         refused += moments_t2_loop<T>(b.x + i * n, s.isig.data(), t, t2, b.m + i * n,
                                       b.v + i * n, u, s.xt.data(), n, b.decay, hp.b1, hp.b2,
                                       hp.inv_bc2_sqrt, hp.step_size, hp.eps);
@@ -556,7 +556,7 @@ DEADSPEC_ALWAYS_INLINE std::int64_t apply_mode(const SplitRef<T>& b, const Split
     for (std::int64_t i = it.r0; i < it.r1; ++i) {
         const RowScale<T> sc = row_scale(b, i, s);
         refused += static_cast<std::int64_t>(apply_loop<T, Mode, Cm, Kept>(
-            b.x + i * n, b.m + i * n, b.v + i * n, Kept ? b.u + i * n : nullptr, sc.r, sc.ir,
+            b.x + i * n, b.m + i * n, b.v + i * n, Kept ? b.u + (i - b.u0) * n : nullptr, sc.r, sc.ir,
             sc.cs, sc.ics, b.a ? b.a[i] : T(0), b.bc, b.nrm, mu, b.rm ? b.rm[i] : T(1), b.cm, n,
             b.decay, hp.inv_bc2_sqrt, hp.step_size, hp.eps));
     }
@@ -741,57 +741,6 @@ void split_rescue_columns(const SplitRef<T>& b, SplitScratch<T>& s, bool moments
     }
 }
 
-void split_sum_parts(const std::vector<double>& parts, std::size_t n_items, std::int64_t cols,
-                     double* out) {
-    const auto n = static_cast<std::size_t>(cols);
-    std::fill(out, out + n, 0.0);
-    for (std::size_t k = 0; k < n_items; ++k) {
-        const double* p = parts.data() + k * n;
-        for (std::size_t j = 0; j < n; ++j) out[j] += p[j];
-    }
-}
-
-template <typename T>
-std::int64_t split_units(const SplitUnits<T>& u, std::int64_t h, std::int64_t step, double beta1,
-                         double beta2, double eps) {
-    const T half = T(0.5), tiny = std::numeric_limits<T>::min(), zero = T(0), one = T(1);
-    const T r2 = static_cast<T>(std::sqrt(2.0));
-    const T w1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2);
-    const T w2 = static_cast<T>(1.0 - beta2), e = static_cast<T>(eps);
-    const T bc1 = static_cast<T>(1.0 - std::pow(beta1, static_cast<double>(step)));
-    const T bc2 = static_cast<T>(1.0 - std::pow(beta2, static_cast<double>(step)));
-    std::int64_t refused = 0;
-    for (std::int64_t k = 0; k < h; ++k) {
-        // a live unit has a unit-norm x̃ row (a dead row, ρ = 0 → ρ := 1, has q ≈ 0)
-        const bool live = u.q[k] > half && (u.gauged == nullptr || u.gauged[k] != 0);
-        const T n2 = live && u.n2[k] > tiny ? u.n2[k] : zero;
-        const T n2s = n2 > zero ? n2 : one;
-        const T q = live ? u.q[k] : one;
-        const T gu = live ? (u.g_in[k] + u.g_out[k]) / r2 : zero;
-        // the radial Adam, checked before commit (torch's lerp: the weight (1 − β₁) is < ½ or not)
-        const T m = u.m[k], v = u.v[k];
-        const T mk = w1 < half ? m + w1 * (gu - m) : gu - (gu - m) * (one - w1);
-        const T vk = v * b2 + (w2 * gu) * gu;
-        if (std::isfinite(mk) && std::isfinite(vk)) {
-            u.m[k] = mk;
-            u.v[k] = vk;
-        } else {
-            ++refused;
-        }
-        const T den = std::sqrt(u.v[k] / bc2) + e;
-        const T dir = den > zero ? -(u.m[k] / bc1) / den : zero;
-        u.live[k] = live ? one : zero;
-        u.qs[k] = q;
-        u.n2m[k] = n2;
-        u.n2s[k] = n2s;
-        u.radial[k] = live ? dir / r2 : zero;
-        u.grad_row[k] = live ? u.g_in[k] / q : zero;
-        u.grad_col[k] = n2 > zero ? u.g_only[k] / n2s : zero;
-        u.col_norm[k] = n2 > zero ? std::sqrt(n2) : one;
-    }
-    return refused;
-}
-
 #define DEADSPEC_SPLIT_ROWS(T)                                                                  \
     template void split_sums_rows<T>(const SplitRef<T>&, const SplitItem&, SplitScratch<T>&,    \
                                      double*, double*, double*, double*, std::uint64_t*);        \
@@ -800,9 +749,7 @@ std::int64_t split_units(const SplitUnits<T>& u, std::int64_t h, std::int64_t st
     template std::int64_t split_apply_rows<T>(const SplitRef<T>&, const SplitItem&,             \
                                               SplitScratch<T>&);                                 \
     template void split_rescue_columns<T>(const SplitRef<T>&, SplitScratch<T>&, bool, double*,  \
-                                          double*);                                              \
-    template std::int64_t split_units<T>(const SplitUnits<T>&, std::int64_t, std::int64_t,      \
-                                         double, double, double);
+                                          double*);
 DEADSPEC_SPLIT_ROWS(float)
 DEADSPEC_SPLIT_ROWS(double)
 #undef DEADSPEC_SPLIT_ROWS
