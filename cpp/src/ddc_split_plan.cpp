@@ -39,6 +39,9 @@ using detail::SplitScratch;
 
 // Passes over fewer elements than this in all run on the calling thread (as DDCAdamPlan's).
 constexpr std::int64_t kPlanParallel = std::int64_t(1) << 18;
+// A wave of passes 1 and 2 (SplitPlanT::m_waves) holds sites up to this many elements (a 2^20
+// float32 block's x, g, m, v and u stay in a 32 MB last-level cache from pass 1 to pass 2).
+constexpr std::int64_t kWave = std::int64_t(1) << 20;
 // Work items of the row-norm pass, in elements.
 constexpr std::int64_t kNormChunk = std::int64_t(1) << 15;
 
@@ -85,6 +88,7 @@ public:
         m_sites.resize(sites.size());
         bind_sites(std::move(sites));
         for (std::size_t k = 0; k < m_blocks.size(); ++k) link_block(k);
+        make_waves();
         const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
         m_workers = std::make_unique<detail::Workers>(std::max(1, std::min(hw, num_threads())) - 1);
         m_scratch.resize(static_cast<std::size_t>(m_workers->size()));
@@ -99,7 +103,9 @@ public:
 private:
     struct Block {
         SplitPlanBlock spec;
-        SplitRef<T> ref;
+        SplitRef<T> ref;                  // passes 0 and 1 (g̃'s radial coefficients)
+        SplitRef<T> app;                  // pass 2 (the update's, the radial factors)
+        bool fused = false;               // passes 1 and 2 item by item (wave)
         std::vector<SplitItem> items;
         bool only = false;                // a consumer that produces for no site
         std::vector<double> ra, rb;       // per row: Σ g̃x̃, Σ x̃² (pass 0); Σ u·x̃ (pass 1)
@@ -141,10 +147,17 @@ private:
     void compute_scales();
     void sums(bool deferred);
     void site_sums(Site& s);
-    void coefficients(bool update);
+    void coefficients(const std::vector<std::size_t>& blocks);
+    void update_row(const Site& s, std::size_t i, T* out) const;
+    std::int64_t fused_item(Block& b, std::size_t item, SplitScratch<T>& s);
+    void make_waves();
+    void wave(const std::vector<std::size_t>& blocks, const std::vector<std::size_t>& sites,
+              std::vector<std::int64_t>& refused);
     template <typename F>
     void run(const std::vector<Work>& works, std::int64_t total, F&& f);
     std::vector<Work> works(bool deferred_only, std::int64_t& total) const;
+    std::vector<Work> works_of(const std::vector<std::size_t>& blocks, bool deferred_only,
+                               std::int64_t& total) const;
     double factor(std::ptrdiff_t block) const;
 
     const char* m_fn;
@@ -155,6 +168,11 @@ private:
     std::vector<std::vector<RowRange>> m_levels;
     std::vector<std::int64_t> m_level_size;
     std::vector<PlanGroup> m_groups;
+    // Passes 1 and 2 run wave by wave: a wave's blocks (a site's producers and the consumers that
+    // produce for no site, sites merged up to kWave elements; blocks of no site last) are stepped
+    // while they are still in cache from its pass 1. Its sites: those whose update's radial
+    // coefficients its pass 1 completes.
+    std::vector<std::vector<std::size_t>> m_waves, m_wave_sites;
     bool m_checked = false;
     std::unique_ptr<detail::Workers> m_workers;
     std::vector<SplitScratch<T>> m_scratch;
@@ -357,9 +375,17 @@ void SplitPlanT<T>::run(const std::vector<Work>& works, std::int64_t total, F&& 
 template <typename T>
 std::vector<typename SplitPlanT<T>::Work> SplitPlanT<T>::works(bool deferred_only,
                                                                std::int64_t& total) const {
+    std::vector<std::size_t> all(m_blocks.size());
+    for (std::size_t k = 0; k < all.size(); ++k) all[k] = k;
+    return works_of(all, deferred_only, total);
+}
+
+template <typename T>
+std::vector<typename SplitPlanT<T>::Work> SplitPlanT<T>::works_of(
+    const std::vector<std::size_t>& blocks, bool deferred_only, std::int64_t& total) const {
     std::vector<Work> out;
     total = 0;
-    for (std::size_t k = 0; k < m_blocks.size(); ++k) {
+    for (const std::size_t k : blocks) {
         const Block& b = m_blocks[k];
         if (!b.grad || (deferred_only && !b.spec.deferred)) continue;
         for (std::size_t i = 0; i < b.items.size(); ++i) out.push_back({k, i});
@@ -523,33 +549,72 @@ void SplitPlanT<T>::site_sums(Site& s) {
     }
 }
 
-// Each block's radial coefficients (`update`: of the update, with the radial factors; else of
-// g̃) from the split site it is a block of: its rows' site, else its columns' (SplitStep).
+// Each block's radial coefficients from the split site it is a block of, its rows' site, else its
+// columns' (SplitStep): g̃'s for passes 1 (`ref`), the update's and the radial factors for pass 2
+// (`app`; the update's filled in by the wave).
 template <typename T>
-void SplitPlanT<T>::coefficients(bool update) {
-    for (Block& b : m_blocks) {
+void SplitPlanT<T>::coefficients(const std::vector<std::size_t>& blocks) {
+    for (const std::size_t k : blocks) {
+        Block& b = m_blocks[k];
         if (!b.grad) continue;
         SplitRef<T>& r = b.ref;
         r.a = r.bc = r.nrm = r.rm = r.cm = nullptr;
         const T lr = static_cast<T>(m_groups[b.spec.group].lr);
+        SplitRef<T>& u = b.app;
+        u = r;
         if (b.spec.row_site >= 0) {
             const Site& s = m_sites[static_cast<std::size_t>(b.spec.row_site)];
-            if (s.split) r.a = update ? s.upd_row.data() : s.grad_row.data();
-            if (s.split && update) {
+            if (s.split) {
+                r.a = s.grad_row.data();
+                u.a = s.upd_row.data();
                 for (std::size_t i = 0; i < b.rm.size(); ++i) b.rm[i] = std::exp(lr * s.radial[i]);
-                r.rm = b.rm.data();
+                u.rm = b.rm.data();
             }
         } else if (b.spec.col_site >= 0 && b.cols) {
             const Site& s = m_sites[static_cast<std::size_t>(b.spec.col_site)];
-            r.bc = update ? s.upd_col.data() : s.grad_col.data();
-            r.nrm = s.col_norm.data();
+            r.bc = s.grad_col.data();
+            u.bc = s.upd_col.data();
+            r.nrm = u.nrm = s.col_norm.data();
         }
-        if (update && b.cols) {
+        if (b.cols) {
             const Site& s = m_sites[static_cast<std::size_t>(b.spec.col_site)];
             for (std::size_t j = 0; j < b.cm.size(); ++j) b.cm[j] = std::exp(lr * s.radial[j]);
-            r.cm = b.cm.data();
+            u.cm = b.cm.data();
         }
+        // a split site's 2-D producer weight, heads not rotated: row-local passes 1 and 2
+        b.fused = r.a != nullptr && r.two_d && r.axis < 0;
     }
+}
+
+// The update's radial coefficient of unit i of a split site, as the wave's site loop computes
+// it (site_sums' order: the weight's row sum, then the bias's).
+template <typename T>
+void SplitPlanT<T>::update_row(const Site& s, std::size_t i, T* out) const {
+    T gi = T(0);
+    for (const std::ptrdiff_t k : {s.spec.weight_block, s.spec.bias_block})
+        if (k >= 0) gi = gi + static_cast<T>(m_blocks[static_cast<std::size_t>(k)].ra[i]);
+    out[i] = s.live[i] != T(0) ? gi / s.qs[i] : T(0);
+}
+
+// Passes 1 and 2 on one item of a fused block: the moments and the rows' Σ u·x̃, the rows'
+// update coefficients (the bias's pass 1 ran before), the apply, u kept in scratch between
+// them; the item's rows stay in cache. Returns the elements refused.
+template <typename T>
+std::int64_t SplitPlanT<T>::fused_item(Block& b, std::size_t item, SplitScratch<T>& s) {
+    const SplitItem& it = b.items[item];
+    const auto n = static_cast<std::size_t>((it.r1 - it.r0) * b.ref.cols);
+    if (s.ku.size() < n) s.ku.resize(n);
+    SplitRef<T> r = b.ref;
+    r.u = s.ku.data();
+    r.u0 = it.r0;
+    std::int64_t refused = detail::split_moments_rows(r, it, s, b.ra.data(), nullptr);
+    const Site& site = m_sites[static_cast<std::size_t>(b.spec.row_site)];
+    T* upd = const_cast<T*>(b.app.a);
+    for (std::int64_t i = it.r0; i < it.r1; ++i) update_row(site, static_cast<std::size_t>(i), upd);
+    SplitRef<T> a = b.app;
+    a.u = s.ku.data();
+    a.u0 = it.r0;
+    return refused + detail::split_apply_rows(a, it, s);
 }
 
 template <typename T>
@@ -602,9 +667,24 @@ void SplitPlanT<T>::step(const std::vector<std::int64_t>& site_steps,
         const auto count = static_cast<std::int64_t>(*static_cast<const float*>(b.spec.step.data));
         b.ref.hp = detail::AdamScalars<T>(AdamStep{g.lr, g.beta1, g.beta2, g.eps, count + 1, 1.0});
     }
-    coefficients(false);
-    std::int64_t total = 0;
-    const std::vector<Work> ws = works(false, total);
+    refused.assign(m_blocks.size(), 0);
+    for (std::size_t w = 0; w < m_waves.size(); ++w) wave(m_waves[w], m_wave_sites[w], refused);
+    for (Block& b : m_blocks)
+        if (b.grad) *static_cast<float*>(const_cast<void*>(b.spec.step.data)) += 1.0f;
+}
+
+// Passes 1 and 2 of one wave (m_waves): the moments with g̃'s radial coefficients, the update's
+// radial coefficients of its sites, the apply; a fused block's (coefficients()) item by item,
+// after the other blocks' pass 1 (its bias's row sums) and before their pass 2.
+template <typename T>
+void SplitPlanT<T>::wave(const std::vector<std::size_t>& blocks,
+                         const std::vector<std::size_t>& sites,
+                         std::vector<std::int64_t>& refused) {
+    coefficients(blocks);
+    std::vector<std::size_t> fused, rest;
+    for (const std::size_t k : blocks) (m_blocks[k].fused ? fused : rest).push_back(k);
+    std::int64_t total = 0, fused_total = 0;
+    const std::vector<Work> ws = works_of(rest, false, total);
     run(ws, total, [&](const Work& w, SplitScratch<T>& s) {
         Block& b = m_blocks[w.block];
         const auto off = w.item * static_cast<std::size_t>(b.ref.cols);
@@ -614,8 +694,7 @@ void SplitPlanT<T>::step(const std::vector<std::int64_t>& site_steps,
                                                       b.rows ? b.ra.data() : nullptr,
                                                       cols ? b.pa.data() + off : nullptr);
     });
-    refused.assign(m_blocks.size(), 0);
-    for (std::size_t k = 0; k < m_blocks.size(); ++k) {
+    for (const std::size_t k : rest) {
         Block& b = m_blocks[k];
         if (!b.grad) continue;
         for (const std::int64_t c : b.counts) refused[k] += c;
@@ -623,25 +702,61 @@ void SplitPlanT<T>::step(const std::vector<std::int64_t>& site_steps,
         detail::split_sum_parts(b.pa, b.items.size(), b.ref.cols, b.ca.data());
         detail::split_rescue_columns(b.ref, m_scratch[0], true, b.ca.data(), nullptr);
     }
-    for (Site& s : m_sites) {  // the update's radial coefficients
+    const std::vector<Work> wf = works_of(fused, false, fused_total);
+    run(wf, fused_total, [&](const Work& w, SplitScratch<T>& s) {
+        m_blocks[w.block].counts[w.item] = fused_item(m_blocks[w.block], w.item, s);
+    });
+    for (const std::size_t i : sites) {  // the update's radial coefficients
+        Site& s = m_sites[i];
         if (!s.split) continue;
         site_sums(s);  // (q, g_in: Σ u·x̃; g_only: Σ u·P x̃ of the column-split consumers)
-        for (std::size_t i = 0; i < s.upd_row.size(); ++i) {
-            s.upd_row[i] = s.live[i] != T(0) ? s.g_in[i] / s.qs[i] : T(0);
-            s.upd_col[i] = s.n2m[i] > T(0) ? s.g_only[i] / s.n2s[i] : T(0);
+        for (std::size_t k = 0; k < s.upd_row.size(); ++k) {
+            s.upd_row[k] = s.live[k] != T(0) ? s.g_in[k] / s.qs[k] : T(0);
+            s.upd_col[k] = s.n2m[k] > T(0) ? s.g_only[k] / s.n2s[k] : T(0);
         }
     }
-    coefficients(true);
     run(ws, total, [&](const Work& w, SplitScratch<T>& s) {
         Block& b = m_blocks[w.block];
-        b.counts[w.item] = detail::split_apply_rows(b.ref, b.items[w.item], s);
+        b.counts[w.item] = detail::split_apply_rows(b.app, b.items[w.item], s);
     });
+    for (const std::size_t k : blocks)
+        if (m_blocks[k].grad)
+            for (const std::int64_t c : m_blocks[k].counts) refused[k] += c;
+}
+
+// The waves: each site's producers and its consumers that produce for no site (whose pass 1
+// completes the site's update sums), in site order, merged until a wave holds kWave elements;
+// the blocks of no site in the last.
+template <typename T>
+void SplitPlanT<T>::make_waves() {
+    std::vector<std::vector<std::size_t>> of(m_sites.size());
+    std::vector<std::size_t> free;
     for (std::size_t k = 0; k < m_blocks.size(); ++k) {
-        Block& b = m_blocks[k];
-        if (!b.grad) continue;
-        for (const std::int64_t c : b.counts) refused[k] += c;
-        *static_cast<float*>(const_cast<void*>(b.spec.step.data)) += 1.0f;
+        const SplitPlanBlock& sp = m_blocks[k].spec;
+        const std::ptrdiff_t site = sp.row_site >= 0 ? sp.row_site : sp.col_site;
+        if (site >= 0)
+            of[static_cast<std::size_t>(site)].push_back(k);
+        else
+            free.push_back(k);
     }
+    std::int64_t size = kWave;
+    for (std::size_t i = 0; i < m_sites.size(); ++i) {
+        if (size >= kWave) {
+            m_waves.emplace_back();
+            m_wave_sites.emplace_back();
+            size = 0;
+        }
+        for (const std::size_t k : of[i]) {
+            m_waves.back().push_back(k);
+            size += m_blocks[k].ref.rows * m_blocks[k].ref.cols;
+        }
+        m_wave_sites.back().push_back(i);
+    }
+    if (m_waves.empty()) {
+        m_waves.emplace_back();
+        m_wave_sites.emplace_back();
+    }
+    m_waves.back().insert(m_waves.back().end(), free.begin(), free.end());
 }
 
 }  // namespace

@@ -73,20 +73,60 @@ DEADSPEC_ALWAYS_INLINE void scales_row(const SplitRef<T>& b, std::int64_t i, Spl
     scale_loop(b.cs, b.ics, r, ir, s.sig.data(), s.isig.data(), b.cols);
 }
 
-// Σ a·b in float64 with eight partial sums in a fixed order (lanes the compiler can keep in
-// vector registers; a single running sum could not be reordered without -ffast-math).
-template <typename T>
-DEADSPEC_ALWAYS_INLINE double dot8(const T* __restrict a, const T* __restrict b, std::int64_t n) {
-    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    std::int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; ++k)
-            acc[k] += static_cast<double>(a[j + k]) * static_cast<double>(b[j + k]);
-    for (; j < n; ++j) acc[0] += static_cast<double>(a[j]) * static_cast<double>(b[j]);
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+// The float64 row sums: element j of a row goes to partial sum j mod kLanes, the partial sums
+// added pairwise at the end (a fixed order: every ISA's loop gives the same bits; a single
+// running sum could not be reordered without -ffast-math). 32 lanes are four 8-wide registers
+// per sum: independent chains, so that the adds' latency does not bound the loop.
+constexpr int kLanes = 32;
+
+// c + a·b, as a fused multiply-add where `Fma` (the AVX2/AVX-512 loops): the product of two
+// float32 values is exact in float64, so both forms round once and give the same bits. (Float64
+// inputs keep the separate multiply and add: their product is not exact.)
+template <bool Fma>
+DEADSPEC_ALWAYS_INLINE double madd(double a, double b, double c) {
+    if constexpr (Fma) return __builtin_fma(a, b, c);
+    return c + a * b;
 }
 
-// Where dot8 is not finite and every input is: the same sum scaled (±inf only where the exact
+DEADSPEC_ALWAYS_INLINE double lanes_sum(double* acc) {
+    for (int w = kLanes / 2; w >= 1; w /= 2)
+        for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
+    return acc[0];
+}
+
+// σ along row i in factors, formed where used (σ_j = r·c_j, 1/σ_j = (1/r)·(1/c_j): the values
+// scales_row stores; `ones` for a block without column factors).
+template <typename T>
+struct RowScale {
+    T r, ir;
+    const T* cs;
+    const T* ics;
+};
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE RowScale<T> row_scale(const SplitRef<T>& b, std::int64_t i,
+                                            const SplitScratch<T>& s) {
+    const T r = b.rs ? b.rs[i] : T(1);
+    const T ir = b.rs ? T(1) / r : T(1);
+    return {r, ir, b.cs ? b.cs : s.ones.data(), b.cs ? b.ics : s.ones.data()};
+}
+
+// Σ a·b in float64 over the lanes.
+template <typename T, bool Fma>
+DEADSPEC_ALWAYS_INLINE double dot_lanes(const T* __restrict a, const T* __restrict b,
+                                        std::int64_t n) {
+    constexpr bool F = Fma && sizeof(T) == 4;
+    double acc[kLanes] = {};
+    std::int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+        for (int k = 0; k < kLanes; ++k)
+            acc[k] = madd<F>(static_cast<double>(a[j + k]), static_cast<double>(b[j + k]), acc[k]);
+    for (int k = 0; j < n; ++j, ++k)
+        acc[k] = madd<F>(static_cast<double>(a[j]), static_cast<double>(b[j]), acc[k]);
+    return lanes_sum(acc);
+}
+
+// Where a row sum is not finite and every input is: the same sum scaled (±inf only where the exact
 // sum exceeds float64).
 template <typename T>
 double rescue_dot(double r, const T* a, const T* b, std::int64_t n) {
@@ -99,9 +139,9 @@ double rescue_dot(double r, const T* a, const T* b, std::int64_t n) {
     return acc.value();
 }
 
-template <typename T>
+template <typename T, bool Fma>
 DEADSPEC_ALWAYS_INLINE double checked_dot(const T* a, const T* b, std::int64_t n) {
-    const double r = dot8(a, b, n);
+    const double r = dot_lanes<T, Fma>(a, b, n);
     return std::isfinite(r) ? r : rescue_dot(r, a, b, n);
 }
 
@@ -141,59 +181,141 @@ void fit_rows(SplitScratch<T>& s, std::int64_t cols) {
     const auto n = static_cast<std::size_t>(cols);
     for (auto* v : {&s.sig, &s.isig, &s.xt, &s.gt, &s.u}) fit(*v, n);
     if (s.zeros.size() < n) s.zeros.assign(n, T(0));
+    if (s.ones.size() < n) s.ones.assign(n, T(1));
 }
 
 // ---- pass 0 ------------------------------------------------------------------------------
 
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void sums_loop(const T* __restrict x, const T* __restrict g,
-                                      const T* __restrict sig, const T* __restrict isig, T f,
-                                      T* __restrict xt, T* __restrict gt, std::int64_t n) {
-    for (std::int64_t j = 0; j < n; ++j) {
-        xt[j] = (x[j] * f) * isig[j];
-        gt[j] = g[j] * sig[j];
-    }
-}
-
 // Σ a·P x̃ and (cb) Σ (P x̃)² per column added to ca, cb.
-template <typename T>
+template <typename T, bool Fma>
 DEADSPEC_ALWAYS_INLINE void col_loop(const T* __restrict a, const T* __restrict xt,
                                      const T* __restrict mu, double* __restrict ca,
                                      double* __restrict cb, std::int64_t n) {
+    constexpr bool F = Fma && sizeof(T) == 4;
     if (cb) {
         for (std::int64_t j = 0; j < n; ++j) {
             const double pc = static_cast<double>(xt[j] - mu[j]);
-            ca[j] += static_cast<double>(a[j]) * pc;
-            cb[j] += pc * pc;
+            ca[j] = madd<F>(static_cast<double>(a[j]), pc, ca[j]);
+            cb[j] = madd<F>(pc, pc, cb[j]);
         }
         return;
     }
     for (std::int64_t j = 0; j < n; ++j)
-        ca[j] += static_cast<double>(a[j]) * static_cast<double>(xt[j] - mu[j]);
+        ca[j] = madd<F>(static_cast<double>(a[j]), static_cast<double>(xt[j] - mu[j]), ca[j]);
 }
 
 template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+
+// Pass 0 on one row in one loop, x̃ = (x·f)·(1/σ) and g̃ = g·σ formed in registers: Σ g̃x̃ and
+// Σ x̃² into out[0], out[1] (Rows; the lanes above), Σ g̃·P x̃ (Cols >= 1) and Σ (P x̃)²
+// (Cols = 2) added to ca, cb; the largest |g| as bits (absmax_bits) into top (Top).
+template <typename T, bool Fma, bool Rows, int Cols, bool Top>
+DEADSPEC_ALWAYS_INLINE void sums_row(const T* __restrict x, const T* __restrict g, T sr, T sir,
+                                     const T* __restrict cs, const T* __restrict ics,
+                                     const T* __restrict mu, T f, double* __restrict ca,
+                                     double* __restrict cb, std::int64_t n,
+                                     double* __restrict out, Bits<T>& top) {
+    constexpr bool F = Fma && sizeof(T) == 4;
+    const Bits<T> mask = ~(Bits<T>(1) << (8 * sizeof(T) - 1));
+    double ag[kLanes] = {}, ax[kLanes] = {};
+    Bits<T> tp[kLanes] = {};
+    auto one = [&](std::int64_t j, int k) DEADSPEC_LAMBDA_INLINE {
+        const T xt = (x[j] * f) * (sir * ics[j]);
+        const T gt = g[j] * (sr * cs[j]);
+        const double dx = static_cast<double>(xt), dg = static_cast<double>(gt);
+        if constexpr (Rows) {
+            ag[k] = madd<F>(dg, dx, ag[k]);
+            ax[k] = madd<F>(dx, dx, ax[k]);
+        }
+        if constexpr (Cols >= 1) {
+            const double pc = static_cast<double>(xt - mu[j]);
+            ca[j] = madd<F>(dg, pc, ca[j]);
+            if constexpr (Cols == 2) cb[j] = madd<F>(pc, pc, cb[j]);
+        }
+        if constexpr (Top) {
+            Bits<T> u;
+            std::memcpy(&u, g + j, sizeof(T));
+            u &= mask;
+            tp[k] = u > tp[k] ? u : tp[k];
+        }
+    };
+    std::int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+        for (int k = 0; k < kLanes; ++k) one(j + k, k);
+    for (int k = 0; j < n; ++j, ++k) one(j, k);
+    if constexpr (Rows) {
+        out[0] = lanes_sum(ag);
+        out[1] = lanes_sum(ax);
+    }
+    if constexpr (Top)
+        for (int k = 0; k < kLanes; ++k) top = tp[k] > top ? tp[k] : top;
+}
+
+// A row's sums that were not finite, summed again scaled (rescue_dot) from x̃ and g̃.
+template <typename T>
+void rescue_row(const T* x, const T* g, const RowScale<T>& sc, T f, std::int64_t n,
+                SplitScratch<T>& s, double* out) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        s.xt[static_cast<std::size_t>(j)] = (x[j] * f) * (sc.ir * sc.ics[j]);
+        s.gt[static_cast<std::size_t>(j)] = g[j] * (sc.r * sc.cs[j]);
+    }
+    if (!std::isfinite(out[0])) out[0] = rescue_dot(out[0], s.gt.data(), s.xt.data(), n);
+    if (!std::isfinite(out[1])) out[1] = rescue_dot(out[1], s.xt.data(), s.xt.data(), n);
+}
+
+template <typename T, bool Fma, bool Rows, int Cols, bool Top>
+DEADSPEC_ALWAYS_INLINE void sums_rows(const SplitRef<T>& b, const SplitItem& it,
+                                      SplitScratch<T>& s, double* rgx, double* rxx, double* cgx,
+                                      double* cxx, Bits<T>& top) {
+    const std::int64_t n = b.cols;
+    const T* mu = b.mu ? b.mu : s.zeros.data();
+    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+        const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
+        const T* x = b.x + i * n;
+        if constexpr (!Rows && Cols == 0) {
+            top = std::max(top, static_cast<Bits<T>>(absmax_bits(g, n)));
+        } else {
+            const RowScale<T> sc = row_scale(b, i, s);
+            double out[2];
+            sums_row<T, Fma, Rows, Cols, Top>(x, g, sc.r, sc.ir, sc.cs, sc.ics, mu, b.decay, cgx,
+                                              cxx, n, out, top);
+            if constexpr (Rows) {
+                if (!std::isfinite(out[0]) || !std::isfinite(out[1]))
+                    rescue_row(x, g, sc, b.decay, n, s, out);
+                rgx[i] = out[0];
+                rxx[i] = out[1];
+            }
+        }
+    }
+}
+
+template <typename T, bool Fma, bool Rows, int Cols>
+DEADSPEC_ALWAYS_INLINE void sums_top(const SplitRef<T>& b, const SplitItem& it,
+                                     SplitScratch<T>& s, double* rgx, double* rxx, double* cgx,
+                                     double* cxx, std::uint64_t* gtop) {
+    Bits<T> top = 0;
+    if (gtop)
+        sums_rows<T, Fma, Rows, Cols, true>(b, it, s, rgx, rxx, cgx, cxx, top);
+    else
+        sums_rows<T, Fma, Rows, Cols, false>(b, it, s, rgx, rxx, cgx, cxx, top);
+    if (gtop) *gtop = std::max(*gtop, static_cast<std::uint64_t>(top));
+}
+
+template <typename T, bool Fma>
 DEADSPEC_ALWAYS_INLINE void sums_impl(const SplitRef<T>& b, const SplitItem& it,
                                       SplitScratch<T>& s, double* rgx, double* rxx, double* cgx,
                                       double* cxx, std::uint64_t* gtop) {
-    const std::int64_t n = b.cols;
-    fit_rows(s, n);
-    const T* mu = b.mu ? b.mu : s.zeros.data();
-    std::uint64_t top = 0;
-    for (std::int64_t i = it.r0; i < it.r1; ++i) {
-        const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
-        if (gtop) top = std::max(top, absmax_bits(g, n));
-        if (!rgx && !cgx) continue;
-        scales_row(b, i, s);
-        sums_loop(b.x + i * n, g, s.sig.data(), s.isig.data(), b.decay, s.xt.data(), s.gt.data(),
-                  n);
-        if (cgx) col_loop(s.gt.data(), s.xt.data(), mu, cgx, cxx, n);
-        if (rgx) {
-            rgx[i] = checked_dot(s.gt.data(), s.xt.data(), n);
-            rxx[i] = checked_dot(s.xt.data(), s.xt.data(), n);
-        }
+    fit_rows(s, b.cols);
+    const int cols = cgx ? (cxx ? 2 : 1) : 0;
+    if (rgx) {
+        if (cols == 2) return sums_top<T, Fma, true, 2>(b, it, s, rgx, rxx, cgx, cxx, gtop);
+        if (cols == 1) return sums_top<T, Fma, true, 1>(b, it, s, rgx, rxx, cgx, cxx, gtop);
+        return sums_top<T, Fma, true, 0>(b, it, s, rgx, rxx, cgx, cxx, gtop);
     }
-    if (gtop) *gtop = std::max(*gtop, top);
+    if (cols == 2) return sums_top<T, Fma, false, 2>(b, it, s, rgx, rxx, cgx, cxx, gtop);
+    if (cols == 1) return sums_top<T, Fma, false, 1>(b, it, s, rgx, rxx, cgx, cxx, gtop);
+    if (gtop) sums_top<T, Fma, false, 0>(b, it, s, rgx, rxx, cgx, cxx, gtop);
 }
 
 // ---- pass 1 ------------------------------------------------------------------------------
@@ -208,46 +330,44 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> keep_finite(T m0, T v0, T& mk, T& vk) {
     return ok ? CommitCount<T>(0) : CommitCount<T>(1);
 }
 
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE void tangent_loop(const T* __restrict x, const T* __restrict g,
-                                         const T* __restrict sig, const T* __restrict isig, T a,
-                                         const T* __restrict bc, const T* __restrict nrm,
-                                         const T* __restrict mu, T* __restrict t,
-                                         T* __restrict xt, std::int64_t n, T f);
-template <typename T>
-DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t_loop(const T* __restrict t, T* __restrict m,
-                                                     T* __restrict v, T* __restrict u,
-                                                     std::int64_t n, T b1, T b2, T ibc, T ss,
-                                                     T eps);
-
-// One row of pass 1. (With column coefficients the tangential input goes through scratch
-// first, in two loops: GCC does not vectorise the one loop reading eleven rows.)
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_loop(
-    const T* __restrict x, const T* __restrict g, T* __restrict m, T* __restrict v,
-    const T* __restrict sig, const T* __restrict isig, T a, const T* __restrict bc,
-    const T* __restrict nrm, const T* __restrict mu, T* __restrict u, T* __restrict xt,
-    T* __restrict t, std::int64_t n, T f, T b1, T b2, T ibc, T ss, T eps) {
-    if constexpr (Mode == kSplitCol) {
-        tangent_loop<T, Mode>(x, g, sig, isig, a, bc, nrm, mu, t, xt, n, f);
-        return moments_t_loop<T>(t, m, v, u, n, b1, b2, ibc, ss, eps);
-    }
-    const T one = T(1);
-    CommitCount<T> refused = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T xj = (x[j] * f) * isig[j];
-        const T tj = split_project<T, Mode>(g[j] * sig[j], xj, a, bc, nrm, mu, j);
+// One row of pass 1 in one loop (heads not rotated), σ formed in registers (σ_j = r·c_j,
+// 1/σ_j = (1/r)·(1/c_j), as scales_row): the tangential input, the moments (checked before
+// commit), the update into u, its Σ u·x̃ (Rows; the lanes) into *ru and Σ u·P x̃ (Cols) added
+// to cu. Returns the elements refused.
+template <typename T, int Mode, bool Fma, bool Rows, bool Cols>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_row(
+    const T* __restrict x, const T* __restrict g, T* __restrict m, T* __restrict v, T r, T ir,
+    const T* __restrict cs, const T* __restrict ics, T a, const T* __restrict bc,
+    const T* __restrict nrm, const T* __restrict mu, T* __restrict u, double* __restrict cu,
+    std::int64_t n, T f, T b1, T b2, T ibc, T ss, T eps, double* ru) {
+    constexpr bool F = Fma && sizeof(T) == 4;
+    const T w1 = T(1) - b1, w2 = T(1) - b2;
+    double acc[kLanes] = {};
+    CommitCount<T> cnt[kLanes] = {};
+    auto one = [&](std::int64_t j, int k) DEADSPEC_LAMBDA_INLINE {
+        const T xj = (x[j] * f) * (ir * ics[j]);
+        const T tj = split_project<T, Mode>(g[j] * (r * cs[j]), xj, a, bc, nrm, mu, j);
         const T m0 = m[j], v0 = v[j];
-        T mk = b1 * m0 + (one - b1) * tj;
-        T vk = b2 * v0 + ((one - b2) * tj) * tj;  // AdamW's order: overflows where it does
+        T mk = b1 * m0 + w1 * tj;
+        T vk = b2 * v0 + (w2 * tj) * tj;  // AdamW's order: overflows where it does
         // (checked before written: non-finite moments keep their pre-step values, and the update
-        // is that of the moments as stored, as pass 2 recomputes it)
-        refused += keep_finite(m0, v0, mk, vk);
+        // is that of the moments as stored)
+        cnt[k] += keep_finite(m0, v0, mk, vk);
         m[j] = mk;
         v[j] = vk;
-        u[j] = split_update(mk, vk, ibc, ss, eps);
-        xt[j] = xj;
-    }
+        const T uj = split_update(mk, vk, ibc, ss, eps);
+        u[j] = uj;
+        if constexpr (Rows) acc[k] = madd<F>(static_cast<double>(uj), static_cast<double>(xj), acc[k]);
+        if constexpr (Cols)
+            cu[j] = madd<F>(static_cast<double>(uj), static_cast<double>(xj - mu[j]), cu[j]);
+    };
+    std::int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+        for (int k = 0; k < kLanes; ++k) one(j + k, k);
+    for (int k = 0; j < n; ++j, ++k) one(j, k);
+    if constexpr (Rows) *ru = lanes_sum(acc);
+    CommitCount<T> refused = 0;
+    for (int k = 0; k < kLanes; ++k) refused += cnt[k];
     return refused;
 }
 
@@ -273,25 +393,6 @@ DEADSPEC_ALWAYS_INLINE void t2_loop(const T* __restrict t, T* __restrict t2, std
 }
 
 template <typename T>
-DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t_loop(const T* __restrict t, T* __restrict m,
-                                                     T* __restrict v, T* __restrict u,
-                                                     std::int64_t n, T b1, T b2, T ibc, T ss,
-                                                     T eps) {
-    const T one = T(1);
-    CommitCount<T> refused = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T m0 = m[j], v0 = v[j];
-        T mk = b1 * m0 + (one - b1) * t[j];
-        T vk = b2 * v0 + ((one - b2) * t[j]) * t[j];  // AdamW's order
-        refused += keep_finite(m0, v0, mk, vk);
-        m[j] = mk;
-        v[j] = vk;
-        u[j] = split_update(mk, vk, ibc, ss, eps);
-    }
-    return refused;
-}
-
-template <typename T>
 DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t2_loop(
     const T* __restrict x, const T* __restrict isig, const T* __restrict t,
     const T* __restrict t2, T* __restrict m, T* __restrict v, T* __restrict u, T* __restrict xt,
@@ -312,14 +413,45 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t2_loop(
 }
 
 // Row i's update sums: Σ u·P x̃ per column added to cu, Σ u·x̃ into ru[i] (nulls: not wanted).
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void update_sums(std::int64_t i, std::int64_t n, const T* mu,
+template <typename T, bool Fma>
+DEADSPEC_ALWAYS_INLINE void update_sums(std::int64_t i, std::int64_t n, const T* mu, const T* u,
                                         SplitScratch<T>& s, double* ru, double* cu) {
-    if (cu) col_loop<T>(s.u.data(), s.xt.data(), mu, cu, nullptr, n);
-    if (ru) ru[i] = checked_dot(s.u.data(), s.xt.data(), n);
+    if (cu) col_loop<T, Fma>(u, s.xt.data(), mu, cu, nullptr, n);
+    if (ru) ru[i] = checked_dot<T, Fma>(u, s.xt.data(), n);
 }
 
-template <typename T, int Mode>
+// Pass 1 over an item's rows, heads not rotated (moments_row); a row's Σ u·x̃ that is not
+// finite summed again scaled (rescue_dot).
+template <typename T, int Mode, bool Fma, bool Rows, bool Cols>
+DEADSPEC_ALWAYS_INLINE std::int64_t moments_rows(const SplitRef<T>& b, const SplitItem& it,
+                                                 SplitScratch<T>& s, double* ru, double* cu) {
+    const std::int64_t n = b.cols;
+    const T* mu = b.mu ? b.mu : s.zeros.data();
+    const AdamScalars<T>& hp = b.hp;
+    std::int64_t refused = 0;
+    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+        const RowScale<T> sc = row_scale(b, i, s);
+        const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
+        const T* x = b.x + i * n;
+        T* u = b.u ? b.u + (i - b.u0) * n : s.u.data();
+        double sum = 0.0;
+        refused += moments_row<T, Mode, Fma, Rows, Cols>(
+            x, g, b.m + i * n, b.v + i * n, sc.r, sc.ir, sc.cs, sc.ics, b.a ? b.a[i] : T(0), b.bc,
+            b.nrm, mu, u, cu, n, b.decay, hp.b1, hp.b2, hp.inv_bc2_sqrt, hp.step_size, hp.eps,
+            &sum);
+        if constexpr (Rows) {
+            if (!std::isfinite(sum)) {
+                for (std::int64_t j = 0; j < n; ++j)
+                    s.xt[static_cast<std::size_t>(j)] = (x[j] * b.decay) * (sc.ir * sc.ics[j]);
+                sum = rescue_dot(sum, u, s.xt.data(), n);
+            }
+            ru[i] = sum;
+        }
+    }
+    return refused;
+}
+
+template <typename T, int Mode, bool Fma>
 DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const SplitItem& it,
                                                  SplitScratch<T>& s, double* ru, double* cu) {
     const std::int64_t n = b.cols;
@@ -327,18 +459,10 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const Spl
     const AdamScalars<T>& hp = b.hp;
     std::int64_t refused = 0;
     if (b.axis < 0) {
-        fit(s.t, static_cast<std::size_t>(n));
-        for (std::int64_t i = it.r0; i < it.r1; ++i) {
-            scales_row(b, i, s);
-            const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
-            refused += moments_loop<T, Mode>(b.x + i * n, g, b.m + i * n, b.v + i * n,
-                                             s.sig.data(), s.isig.data(), b.a ? b.a[i] : T(0),
-                                             b.bc, b.nrm, mu, s.u.data(), s.xt.data(),
-                                             s.t.data(), n, b.decay, hp.b1, hp.b2,
-                                             hp.inv_bc2_sqrt, hp.step_size, hp.eps);
-            update_sums(i, n, mu, s, ru, cu);
-        }
-        return refused;
+        if (ru && cu) return moments_rows<T, Mode, Fma, true, true>(b, it, s, ru, cu);
+        if (ru) return moments_rows<T, Mode, Fma, true, false>(b, it, s, ru, cu);
+        if (cu) return moments_rows<T, Mode, Fma, false, true>(b, it, s, ru, cu);
+        return moments_rows<T, Mode, Fma, false, false>(b, it, s, ru, cu);
     }
     // rotated heads: (1−β₂)·t² averaged within each head before it enters v — along the row
     // (axis 1), or over the head's rows per column (axis 0: this item is a head, or rows
@@ -348,10 +472,11 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const Spl
     fit(s.t2, static_cast<std::size_t>(kept * n));
     auto update = [&](std::int64_t i, const T* t, const T* t2) DEADSPEC_LAMBDA_INLINE {
         scales_row(b, i, s);
+        T* u = b.u ? b.u + (i - b.u0) * n : s.u.data();
         refused += moments_t2_loop<T>(b.x + i * n, s.isig.data(), t, t2, b.m + i * n,
-                                      b.v + i * n, s.u.data(), s.xt.data(), n, b.decay, hp.b1,
-                                      hp.b2, hp.inv_bc2_sqrt, hp.step_size, hp.eps);
-        update_sums(i, n, mu, s, ru, cu);
+                                      b.v + i * n, u, s.xt.data(), n, b.decay, hp.b1, hp.b2,
+                                      hp.inv_bc2_sqrt, hp.step_size, hp.eps);
+        update_sums<T, Fma>(i, n, mu, u, s, ru, cu);
     };
     for (std::int64_t i = it.r0; i < it.r1; ++i) {
         const std::int64_t off = b.axis == 0 ? (i - it.r0) * n : 0;
@@ -382,35 +507,38 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const Spl
     return refused;
 }
 
-template <typename T>
+template <typename T, bool Fma>
 DEADSPEC_ALWAYS_INLINE std::int64_t moments_impl(const SplitRef<T>& b, const SplitItem& it,
                                                  SplitScratch<T>& s, double* ru, double* cu) {
     fit_rows(s, b.cols);
     const int mode = b.mode();
-    if (mode == kSplitRow) return moments_mode<T, kSplitRow>(b, it, s, ru, cu);
-    if (mode == kSplitCol) return moments_mode<T, kSplitCol>(b, it, s, ru, cu);
-    return moments_mode<T, kSplitPlain>(b, it, s, ru, cu);
+    if (mode == kSplitRow) return moments_mode<T, kSplitRow, Fma>(b, it, s, ru, cu);
+    if (mode == kSplitCol) return moments_mode<T, kSplitCol, Fma>(b, it, s, ru, cu);
+    return moments_mode<T, kSplitPlain, Fma>(b, it, s, ru, cu);
 }
 
 // ---- pass 2 ------------------------------------------------------------------------------
 
 // Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
-template <typename T, int Mode, int Cm>
+// Kept: the update read from `ku` (pass 1's), else recomputed from the moments (the same bits).
+// σ formed in registers from its factors (moments_row).
+template <typename T, int Mode, int Cm, bool Kept>
 DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_loop(
-    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict sig,
-    const T* __restrict isig, T a, const T* __restrict bc, const T* __restrict nrm,
-    const T* __restrict mu, T r, const T* __restrict c, std::int64_t n, T f, T ibc, T ss,
-    T eps) {
+    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict ku,
+    T sr, T sir, const T* __restrict cs, const T* __restrict ics, T a, const T* __restrict bc,
+    const T* __restrict nrm, const T* __restrict mu, T r, const T* __restrict c, std::int64_t n,
+    T f, T ibc, T ss, T eps) {
     CommitCount<T> refused = 0;
     for (std::int64_t j = 0; j < n; ++j) {
+        const T sig = sr * cs[j];
         const T xj = x[j] * f;
-        const T xtj = xj * isig[j];
-        const T u = split_project<T, Mode>(split_update(m[j], v[j], ibc, ss, eps), xtj, a, bc,
-                                           nrm, mu, j);
+        const T xtj = xj * (sir * ics[j]);
+        const T uk = Kept ? ku[j] : split_update(m[j], v[j], ibc, ss, eps);
+        const T u = split_project<T, Mode>(uk, xtj, a, bc, nrm, mu, j);
         T xn = xj * r;
         if constexpr (Cm == 1) xn = xn * c[j];
-        if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig[j] * (xtj - mu[j]));
-        const T xk = xn - sig[j] * u;
+        if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig * (xtj - mu[j]));
+        const T xk = xn - sig * u;
         const bool ok = (xk - xk) == T(0);  // a non-finite x keeps its (decayed) value
         x[j] = pick(ok, xk, xj);
         refused += ok ? CommitCount<T>(0) : CommitCount<T>(1);
@@ -418,7 +546,7 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_loop(
     return refused;
 }
 
-template <typename T, int Mode, int Cm>
+template <typename T, int Mode, int Cm, bool Kept>
 DEADSPEC_ALWAYS_INLINE std::int64_t apply_mode(const SplitRef<T>& b, const SplitItem& it,
                                                SplitScratch<T>& s) {
     const std::int64_t n = b.cols;
@@ -426,21 +554,28 @@ DEADSPEC_ALWAYS_INLINE std::int64_t apply_mode(const SplitRef<T>& b, const Split
     const AdamScalars<T>& hp = b.hp;
     std::int64_t refused = 0;
     for (std::int64_t i = it.r0; i < it.r1; ++i) {
-        scales_row(b, i, s);
-        refused += static_cast<std::int64_t>(apply_loop<T, Mode, Cm>(
-            b.x + i * n, b.m + i * n, b.v + i * n, s.sig.data(), s.isig.data(),
-            b.a ? b.a[i] : T(0), b.bc, b.nrm, mu, b.rm ? b.rm[i] : T(1), b.cm, n, b.decay,
-            hp.inv_bc2_sqrt, hp.step_size, hp.eps));
+        const RowScale<T> sc = row_scale(b, i, s);
+        refused += static_cast<std::int64_t>(apply_loop<T, Mode, Cm, Kept>(
+            b.x + i * n, b.m + i * n, b.v + i * n, Kept ? b.u + (i - b.u0) * n : nullptr, sc.r, sc.ir,
+            sc.cs, sc.ics, b.a ? b.a[i] : T(0), b.bc, b.nrm, mu, b.rm ? b.rm[i] : T(1), b.cm, n,
+            b.decay, hp.inv_bc2_sqrt, hp.step_size, hp.eps));
     }
     return refused;
+}
+
+template <typename T, int Mode, int Cm>
+DEADSPEC_ALWAYS_INLINE std::int64_t apply_kept(const SplitRef<T>& b, const SplitItem& it,
+                                               SplitScratch<T>& s) {
+    if (b.u) return apply_mode<T, Mode, Cm, true>(b, it, s);
+    return apply_mode<T, Mode, Cm, false>(b, it, s);
 }
 
 template <typename T, int Mode>
 DEADSPEC_ALWAYS_INLINE std::int64_t apply_cm(const SplitRef<T>& b, const SplitItem& it,
                                              SplitScratch<T>& s) {
-    if (!b.cm) return apply_mode<T, Mode, 0>(b, it, s);
-    if (!b.mu) return apply_mode<T, Mode, 1>(b, it, s);
-    return apply_mode<T, Mode, 2>(b, it, s);
+    if (!b.cm) return apply_kept<T, Mode, 0>(b, it, s);
+    if (!b.mu) return apply_kept<T, Mode, 1>(b, it, s);
+    return apply_kept<T, Mode, 2>(b, it, s);
 }
 
 template <typename T>
@@ -458,12 +593,12 @@ DEADSPEC_ALWAYS_INLINE std::int64_t apply_impl(const SplitRef<T>& b, const Split
 template <typename T>
 void sums_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s, double* a,
                double* c, double* d, double* e, std::uint64_t* top) {
-    sums_impl<T>(b, it, s, a, c, d, e, top);
+    sums_impl<T, false>(b, it, s, a, c, d, e, top);
 }
 template <typename T>
 std::int64_t moments_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s,
                           double* ru, double* cu) {
-    return moments_impl<T>(b, it, s, ru, cu);
+    return moments_impl<T, false>(b, it, s, ru, cu);
 }
 template <typename T>
 std::int64_t apply_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s) {
@@ -471,37 +606,45 @@ std::int64_t apply_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<
 }
 
 #ifdef DEADSPEC_DDC_AVX2
-template <typename T>
-__attribute__((target("avx2"))) void sums_avx2(const SplitRef<T>& b, const SplitItem& it,
-                                               SplitScratch<T>& s, double* a, double* c,
-                                               double* d, double* e, std::uint64_t* top) {
-    sums_impl<T>(b, it, s, a, c, d, e, top);
+// The ISAs' targets, with fused multiply-adds (madd); the AVX2 loops run where FMA does.
+#define DEADSPEC_SPLIT_AVX2 __attribute__((target("avx2,fma")))
+#define DEADSPEC_SPLIT_AVX512 \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
+bool has_avx2_fma() {
+    static const bool yes = has_avx2() && __builtin_cpu_supports("fma") != 0;
+    return yes;
 }
 template <typename T>
-__attribute__((target("avx2"))) std::int64_t moments_avx2(const SplitRef<T>& b,
+DEADSPEC_SPLIT_AVX2 void sums_avx2(const SplitRef<T>& b, const SplitItem& it,
+                                               SplitScratch<T>& s, double* a, double* c,
+                                               double* d, double* e, std::uint64_t* top) {
+    sums_impl<T, true>(b, it, s, a, c, d, e, top);
+}
+template <typename T>
+DEADSPEC_SPLIT_AVX2 std::int64_t moments_avx2(const SplitRef<T>& b,
                                                           const SplitItem& it,
                                                           SplitScratch<T>& s, double* ru,
                                                           double* cu) {
-    return moments_impl<T>(b, it, s, ru, cu);
+    return moments_impl<T, true>(b, it, s, ru, cu);
 }
 template <typename T>
-__attribute__((target("avx2"))) std::int64_t apply_avx2(const SplitRef<T>& b, const SplitItem& it,
+DEADSPEC_SPLIT_AVX2 std::int64_t apply_avx2(const SplitRef<T>& b, const SplitItem& it,
                                                         SplitScratch<T>& s) {
     return apply_impl<T>(b, it, s);
 }
 template <typename T>
-DEADSPEC_DDC_AVX512 void sums_avx512(const SplitRef<T>& b, const SplitItem& it,
+DEADSPEC_SPLIT_AVX512 void sums_avx512(const SplitRef<T>& b, const SplitItem& it,
                                      SplitScratch<T>& s, double* a, double* c, double* d,
                                      double* e, std::uint64_t* top) {
-    sums_impl<T>(b, it, s, a, c, d, e, top);
+    sums_impl<T, true>(b, it, s, a, c, d, e, top);
 }
 template <typename T>
-DEADSPEC_DDC_AVX512 std::int64_t moments_avx512(const SplitRef<T>& b, const SplitItem& it,
+DEADSPEC_SPLIT_AVX512 std::int64_t moments_avx512(const SplitRef<T>& b, const SplitItem& it,
                                                 SplitScratch<T>& s, double* ru, double* cu) {
-    return moments_impl<T>(b, it, s, ru, cu);
+    return moments_impl<T, true>(b, it, s, ru, cu);
 }
 template <typename T>
-DEADSPEC_DDC_AVX512 std::int64_t apply_avx512(const SplitRef<T>& b, const SplitItem& it,
+DEADSPEC_SPLIT_AVX512 std::int64_t apply_avx512(const SplitRef<T>& b, const SplitItem& it,
                                               SplitScratch<T>& s) {
     return apply_impl<T>(b, it, s);
 }
@@ -536,7 +679,7 @@ void split_sums_rows(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>&
                      std::uint64_t* gtop) {
 #ifdef DEADSPEC_DDC_AVX2
     if (has_avx512()) return sums_avx512<T>(b, it, s, row_gx, row_xx, col_gx, col_xx, gtop);
-    if (has_avx2()) return sums_avx2<T>(b, it, s, row_gx, row_xx, col_gx, col_xx, gtop);
+    if (has_avx2_fma()) return sums_avx2<T>(b, it, s, row_gx, row_xx, col_gx, col_xx, gtop);
 #endif
     sums_base<T>(b, it, s, row_gx, row_xx, col_gx, col_xx, gtop);
 }
@@ -546,7 +689,7 @@ std::int64_t split_moments_rows(const SplitRef<T>& b, const SplitItem& it, Split
                                 double* row_u, double* col_u) {
 #ifdef DEADSPEC_DDC_AVX2
     if (has_avx512()) return moments_avx512<T>(b, it, s, row_u, col_u);
-    if (has_avx2()) return moments_avx2<T>(b, it, s, row_u, col_u);
+    if (has_avx2_fma()) return moments_avx2<T>(b, it, s, row_u, col_u);
 #endif
     return moments_base<T>(b, it, s, row_u, col_u);
 }
@@ -555,7 +698,7 @@ template <typename T>
 std::int64_t split_apply_rows(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s) {
 #ifdef DEADSPEC_DDC_AVX2
     if (has_avx512()) return apply_avx512<T>(b, it, s);
-    if (has_avx2()) return apply_avx2<T>(b, it, s);
+    if (has_avx2_fma()) return apply_avx2<T>(b, it, s);
 #endif
     return apply_base<T>(b, it, s);
 }
@@ -598,57 +741,6 @@ void split_rescue_columns(const SplitRef<T>& b, SplitScratch<T>& s, bool moments
     }
 }
 
-void split_sum_parts(const std::vector<double>& parts, std::size_t n_items, std::int64_t cols,
-                     double* out) {
-    const auto n = static_cast<std::size_t>(cols);
-    std::fill(out, out + n, 0.0);
-    for (std::size_t k = 0; k < n_items; ++k) {
-        const double* p = parts.data() + k * n;
-        for (std::size_t j = 0; j < n; ++j) out[j] += p[j];
-    }
-}
-
-template <typename T>
-std::int64_t split_units(const SplitUnits<T>& u, std::int64_t h, std::int64_t step, double beta1,
-                         double beta2, double eps) {
-    const T half = T(0.5), tiny = std::numeric_limits<T>::min(), zero = T(0), one = T(1);
-    const T r2 = static_cast<T>(std::sqrt(2.0));
-    const T w1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2);
-    const T w2 = static_cast<T>(1.0 - beta2), e = static_cast<T>(eps);
-    const T bc1 = static_cast<T>(1.0 - std::pow(beta1, static_cast<double>(step)));
-    const T bc2 = static_cast<T>(1.0 - std::pow(beta2, static_cast<double>(step)));
-    std::int64_t refused = 0;
-    for (std::int64_t k = 0; k < h; ++k) {
-        // a live unit has a unit-norm x̃ row (a dead row, ρ = 0 → ρ := 1, has q ≈ 0)
-        const bool live = u.q[k] > half && (u.gauged == nullptr || u.gauged[k] != 0);
-        const T n2 = live && u.n2[k] > tiny ? u.n2[k] : zero;
-        const T n2s = n2 > zero ? n2 : one;
-        const T q = live ? u.q[k] : one;
-        const T gu = live ? (u.g_in[k] + u.g_out[k]) / r2 : zero;
-        // the radial Adam, checked before commit (torch's lerp: the weight (1 − β₁) is < ½ or not)
-        const T m = u.m[k], v = u.v[k];
-        const T mk = w1 < half ? m + w1 * (gu - m) : gu - (gu - m) * (one - w1);
-        const T vk = v * b2 + (w2 * gu) * gu;
-        if (std::isfinite(mk) && std::isfinite(vk)) {
-            u.m[k] = mk;
-            u.v[k] = vk;
-        } else {
-            ++refused;
-        }
-        const T den = std::sqrt(u.v[k] / bc2) + e;
-        const T dir = den > zero ? -(u.m[k] / bc1) / den : zero;
-        u.live[k] = live ? one : zero;
-        u.qs[k] = q;
-        u.n2m[k] = n2;
-        u.n2s[k] = n2s;
-        u.radial[k] = live ? dir / r2 : zero;
-        u.grad_row[k] = live ? u.g_in[k] / q : zero;
-        u.grad_col[k] = n2 > zero ? u.g_only[k] / n2s : zero;
-        u.col_norm[k] = n2 > zero ? std::sqrt(n2) : one;
-    }
-    return refused;
-}
-
 #define DEADSPEC_SPLIT_ROWS(T)                                                                  \
     template void split_sums_rows<T>(const SplitRef<T>&, const SplitItem&, SplitScratch<T>&,    \
                                      double*, double*, double*, double*, std::uint64_t*);        \
@@ -657,9 +749,7 @@ std::int64_t split_units(const SplitUnits<T>& u, std::int64_t h, std::int64_t st
     template std::int64_t split_apply_rows<T>(const SplitRef<T>&, const SplitItem&,             \
                                               SplitScratch<T>&);                                 \
     template void split_rescue_columns<T>(const SplitRef<T>&, SplitScratch<T>&, bool, double*,  \
-                                          double*);                                              \
-    template std::int64_t split_units<T>(const SplitUnits<T>&, std::int64_t, std::int64_t,      \
-                                         double, double, double);
+                                          double*);
 DEADSPEC_SPLIT_ROWS(float)
 DEADSPEC_SPLIT_ROWS(double)
 #undef DEADSPEC_SPLIT_ROWS

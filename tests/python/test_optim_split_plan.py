@@ -256,3 +256,61 @@ def test_core_split_units_errors_and_values():
         _core.ddc_split_units({**args(), "step": 1})
     with pytest.raises(ValueError, match=r"^deadspec.ddc_split_units: units must be distinct"):
         _core.ddc_split_units({**args(), "step": 1, "lrs": [0.1], "units": [1, 1]})
+
+
+_ISA_SCRIPT = r"""
+import sys
+import torch
+import torch.nn.functional as F
+from torch import nn
+from deadspec.models import TransformerBlock
+from deadspec.optim import DDCAdam
+
+out = {}
+for name in ("mlp", "transformer"):
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(1)
+        if name == "mlp":  # rows of 70 and 67 columns: whole lanes and a tail
+            m = nn.Sequential(nn.Linear(6, 70), nn.ReLU(), nn.Linear(70, 67), nn.ReLU(),
+                              nn.Linear(67, 4))
+            x = torch.randn(24, 6, generator=g)
+        else:  # head rotations, a logit layer
+            m = nn.Sequential(TransformerBlock(16, 4, 32), nn.Linear(16, 5))
+            x = torch.randn(4, 6, 16, generator=g)
+        m, x = m.to(dtype), x.to(dtype)
+        y = torch.randint(0, 4, x.shape[:-1], generator=g)
+        opt = DDCAdam(m, lr=1e-2, weight_decay=0.1, form="split")
+        for _ in range(4):
+            opt.zero_grad()
+            o = m(x)
+            F.cross_entropy(o.reshape(-1, o.shape[-1]), y.reshape(-1)).backward()
+            opt.step()
+        assert opt._split_plan is not None
+        state = [t for p in m.parameters() for t in opt.state[p].values()]
+        state += [t for s in opt._plan.sites for t in s.state.values()
+                  if isinstance(t, torch.Tensor)]
+        out[f"{name} {dtype}"] = [p.detach() for p in m.parameters()] + state
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_split_passes_are_bitwise_the_same_on_every_instruction_set(tmp_path):
+    # The passes pick AVX2 or AVX-512 loops at run time (fused multiply-adds on the float32 row
+    # sums' exact products, 32 partial sums per row in a fixed order): every ISA must round
+    # exactly as the baseline loops.
+    import os
+    import subprocess
+    import sys
+
+    res = {}
+    for isa in ("baseline", "avx2", "auto"):
+        env = dict(os.environ, DEADSPEC_DDC_ISA=isa)
+        f = tmp_path / f"{isa}.pt"
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(f)], env=env, check=True)
+        res[isa] = torch.load(f)
+    for isa in ("avx2", "auto"):
+        for key, tensors in res["baseline"].items():
+            assert len(tensors) == len(res[isa][key])
+            for a, b in zip(tensors, res[isa][key]):
+                assert torch.equal(a, b), (isa, key)

@@ -40,6 +40,10 @@ struct SplitRef {
     const T* nrm = nullptr;
     const T* rm = nullptr;   // apply: radial factors on rows and columns (null: 1)
     const T* cm = nullptr;
+    // the update, written by pass 1 and read by pass 2 (null: pass 2 recomputes it from the
+    // moments, the same bits): row i at u + (i − u0)·cols
+    T* u = nullptr;
+    std::int64_t u0 = 0;
     AdamScalars<T> hp{AdamStep{}};
     int axis = -1;                    // rotated heads: 0 rows, 1 columns, -1 none
     const Segments* segs = nullptr;   // the heads (with axis >= 0)
@@ -50,7 +54,7 @@ struct SplitRef {
 /// One thread's scratch rows (grown on demand, kept between passes).
 template <typename T>
 struct SplitScratch {
-    std::vector<T> sig, isig, xt, gt, u, zeros, gbuf, t, t2;
+    std::vector<T> sig, isig, xt, gt, u, zeros, ones, gbuf, t, t2, ku;
     // the row factor and column factors sig/isig hold (within one item; null: none)
     const T* sig_cs = nullptr;
     T sig_r = T(0);
