@@ -169,6 +169,7 @@ std::mutex g_threads_mutex;
 int g_user_threads = 0;  // 0: auto
 [[maybe_unused]] int g_applied = 0;  // what OpenBLAS is set to now (0: untouched)
 std::int64_t g_hold_until = 0, g_hold_ns = 0, g_last_probe = 0;
+int g_regions = 0;  // open BlasWorkers scopes
 
 int initial_threads() {
 #if defined(DEADSPEC_BLAS_PREFIX)
@@ -266,7 +267,7 @@ BlasThreads::BlasThreads(double flops) {
     // tell contention from noise. They run with whatever count is set.
     if (flops < 2e7) return;
     std::lock_guard<std::mutex> lock(g_threads_mutex);
-    if (g_user_threads != 0 || !run_delay_ns(delay0_)) return;
+    if (g_user_threads != 0 || g_regions > 0 || !run_delay_ns(delay0_)) return;
     wall0_ = now_ns();
     threads_ = auto_threads_locked(wall0_);
     if (threads_ != g_applied) {
@@ -285,6 +286,45 @@ BlasThreads::~BlasThreads() {
     const std::int64_t now = now_ns();
     std::lock_guard<std::mutex> lock(g_threads_mutex);
     if (g_user_threads == 0) observe_locked(threads_, wall0_, delay0_, now, delay);
+}
+
+BlasWorkers::BlasWorkers(int max_workers) {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    const bool outer = g_regions++ == 0;
+    if (g_user_threads != 0) {
+        workers_ = g_user_threads;
+    } else if (outer && run_delay_ns(delay0_)) {
+        wall0_ = now_ns();
+        workers_ = auto_threads_locked(wall0_);
+        watched_ = true;
+    } else {
+        workers_ = outer ? initial_threads() : 1;
+    }
+    const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    workers_ = std::clamp(workers_, 1, std::max(1, std::min(max_workers, hw)));
+    if (g_applied != 1) {
+        DS_BLAS(openblas_set_num_threads)(1);
+        g_applied = 1;
+    }
+#else
+    (void)max_workers;
+#endif
+}
+
+BlasWorkers::~BlasWorkers() {
+#if defined(DEADSPEC_BLAS_PREFIX)
+    std::int64_t delay = 0;
+    const bool seen = watched_ && run_delay_ns(delay);
+    const std::int64_t now = now_ns();
+    std::lock_guard<std::mutex> lock(g_threads_mutex);
+    if (seen && g_user_threads == 0) observe_locked(workers_, wall0_, delay0_, now, delay);
+    // A user's fixed count is never re-applied by BlasThreads: restore it here.
+    if (--g_regions == 0 && g_user_threads > 1) {
+        DS_BLAS(openblas_set_num_threads)(g_user_threads);
+        g_applied = g_user_threads;
+    }
+#endif
 }
 
 int blas_num_threads() {

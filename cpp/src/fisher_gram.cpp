@@ -21,6 +21,7 @@
 
 #include "detail/blas3.hpp"
 #include "detail/core.hpp"
+#include "detail/fisher_seq.hpp"
 
 namespace deadspec {
 
@@ -44,20 +45,54 @@ void advise_huge(void* p, std::size_t bytes) {
 #endif
 }
 
-// Uninitialised float64 scratch (written before it is read), huge-page backed when large.
-std::unique_ptr<double[]> scratch(std::int64_t len) {
+}  // namespace
+
+namespace detail {
+
+std::unique_ptr<double[]> fisher_scratch(std::int64_t len) {
     std::unique_ptr<double[]> p(new double[static_cast<std::size_t>(std::max<std::int64_t>(len, 1))]);
     advise_huge(p.get(), static_cast<std::size_t>(len) * sizeof(double));
     return p;
 }
 
-// An n×n result, huge-page backed when large; zero-filled on request.
-RowMatrixXd result_matrix(std::int64_t n, bool zero) {
+RowMatrixXd fisher_result(std::int64_t n, bool zero) {
     RowMatrixXd k(n, n);
     advise_huge(k.data(), static_cast<std::size_t>(n * n) * sizeof(double));
     if (zero) k.setZero();
     return k;
 }
+
+// In place: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored from its lower triangle.
+// 8×8 tiles: the transposed walk touches 8 rows, which an 8-way L1 keeps even when the row
+// stride is a power of two.
+void fisher_finish(RowMatrixXd& f, double scale, bool transpose_add) {
+    const std::int64_t n = f.rows();
+    double* p = f.data();
+    constexpr std::int64_t b = 8;
+    for (std::int64_t i0 = 0; i0 < n; i0 += b) {
+        const std::int64_t i1 = std::min(n, i0 + b);
+        for (std::int64_t j0 = 0; j0 <= i0; j0 += b)
+            for (std::int64_t i = i0; i < i1; ++i) {
+                const std::int64_t j1 = std::min(i, j0 + b);  // strictly below the diagonal
+                for (std::int64_t j = j0; j < j1; ++j) {
+                    const double v =
+                        scale * (transpose_add ? p[i * n + j] + p[j * n + i] : p[i * n + j]);
+                    p[i * n + j] = v;
+                    p[j * n + i] = v;
+                }
+            }
+        for (std::int64_t i = i0; i < i1; ++i) p[i * n + i] *= transpose_add ? 2.0 * scale : scale;
+    }
+}
+
+}  // namespace detail
+
+using detail::fisher_finish;
+using detail::fisher_result;
+using detail::fisher_scratch;
+using detail::SeqInput;
+
+namespace {
 
 // Relative costs of the routes' parts on the reference machine, in units of one multiply-add at
 // the full dgemm rate (bench/README.md "Sequence Fisher-Gram grid" has the measurements).
@@ -99,89 +134,6 @@ FisherRoute resolve_fisher_route(std::int64_t n, std::int64_t t, std::int64_t d_
 
 namespace {
 
-// A (N, T, d) float32/float64 CPU tensor (2-D: T = 1) read as float64. `direct()` inputs (float64
-// with unit stride along d) are used in place: element (i, t, c) at data()[i·s0 + t·s1 + c].
-class SeqInput {
-public:
-    SeqInput(const TensorView& v, std::int64_t t, const char* fn, const char* arg)
-        : m_v(v), m_fn(fn), m_arg(arg), m_n(v.shape[0]), m_t(t), m_d(v.shape.back()),
-          m_s0(v.stride(0)), m_s1(v.ndim() == 3 && t > 1 ? v.stride(1) : m_d),
-          m_s2(v.stride(v.ndim() - 1)) {}
-
-    std::int64_t n() const { return m_n; }
-    std::int64_t t() const { return m_t; }
-    std::int64_t d() const { return m_d; }
-    std::int64_t s0() const { return m_s0; }
-    std::int64_t s1() const { return m_s1; }
-    // In place only where the strides are valid BLAS leading dimensions (rows of d apart at least).
-    bool direct() const {
-        return m_v.dtype == DType::Float64 && m_s2 == 1 && m_s0 >= m_d && m_s1 >= m_d;
-    }
-    const double* data() const { return static_cast<const double*>(m_v.data); }
-
-    /// Samples [i0, i1), positions [t0, t1), columns [c0, c1) as float64 rows ((i − i0)·(t1 − t0)
-    /// + t − t0) of width c1 − c0, contiguous. Throws (naming the first non-finite element of
-    /// the whole tensor) if a converted value is NaN/Inf.
-    void copy(std::int64_t i0, std::int64_t i1, std::int64_t t0, std::int64_t t1,
-              std::int64_t c0, std::int64_t c1, double* out) const {
-        const std::int64_t w = c1 - c0, nt = t1 - t0;
-        const std::int64_t work = (i1 - i0) * nt * w;
-        const int threads = detail::worker_threads(work, std::int64_t(1) << 20, i1 - i0);
-        detail::parallel_rows(i1 - i0, threads, [&](std::int64_t r0, std::int64_t r1) {
-            double* o = out + r0 * nt * w;
-            if (m_v.dtype == DType::Float64)
-                copy_rows(static_cast<const double*>(m_v.data), i0 + r0, i0 + r1, t0, t1, c0, c1, o);
-            else
-                copy_rows(static_cast<const float*>(m_v.data), i0 + r0, i0 + r1, t0, t1, c0, c1, o);
-            if (!all_finite(o, (r1 - r0) * nt * w)) fail_non_finite();
-        });
-    }
-
-    /// Throws unless every element is finite (for direct inputs, which are never copied).
-    void check_finite() const {
-        bool ok = true;
-        for (std::int64_t i = 0; i < m_n && ok; ++i)
-            for (std::int64_t tt = 0; tt < m_t && ok; ++tt)
-                ok = all_finite(data() + i * m_s0 + tt * m_s1, m_d);
-        if (!ok) fail_non_finite();
-    }
-
-private:
-    template <typename S>
-    void copy_rows(const S* base, std::int64_t i0, std::int64_t i1, std::int64_t t0,
-                   std::int64_t t1, std::int64_t c0, std::int64_t c1, double* out) const {
-        const std::int64_t w = c1 - c0;
-        for (std::int64_t i = i0; i < i1; ++i)
-            for (std::int64_t tt = t0; tt < t1; ++tt, out += w) {
-                const S* src = base + i * m_s0 + tt * m_s1 + c0 * m_s2;
-                if (m_s2 == 1) {
-                    for (std::int64_t c = 0; c < w; ++c) out[c] = static_cast<double>(src[c]);
-                } else {
-                    for (std::int64_t c = 0; c < w; ++c)
-                        out[c] = static_cast<double>(src[c * m_s2]);
-                }
-            }
-    }
-
-    static bool all_finite(const double* p, std::int64_t len) {
-        int ok = 1;  // x − x is 0 for finite x and NaN for ±Inf/NaN; an int AND reduction vectorises
-        for (std::int64_t i = 0; i < len; ++i) ok &= static_cast<int>(p[i] - p[i] == 0.0);
-        return ok != 0;
-    }
-
-    // The full conversion names the first non-finite element in flat order (the message every
-    // entry point gives); only reached on the error path.
-    [[noreturn]] void fail_non_finite() const {
-        (void)detail::host_matrix(m_v, 1, m_fn, m_arg);
-        throw std::invalid_argument(detail::concat(m_fn, ": ", m_arg, " must be finite"));
-    }
-
-    const TensorView& m_v;
-    const char* m_fn;
-    const char* m_arg;
-    std::int64_t m_n, m_t, m_d, m_s0, m_s1, m_s2;
-};
-
 // The N×d float64 panel of one position t: in place (direct input), from a held converted copy
 // of the whole tensor (when it fits the scratch budget), or converted into a slot on demand.
 class PositionPanels {
@@ -191,10 +143,10 @@ public:
         if (x.direct()) {
             x.check_finite();
         } else if (n * t * d * 8 <= budget) {
-            m_held = scratch(n * t * d);
+            m_held = fisher_scratch(n * t * d);
             x.copy(0, n, 0, t, 0, d, m_held.get());
         } else {
-            for (auto& s : m_slot) s = scratch(n * d);
+            for (auto& s : m_slot) s = fisher_scratch(n * d);
         }
     }
     /// Pointer and leading dimension of position t's N×d panel (slot 0 or 1 when converted).
@@ -244,29 +196,6 @@ void hadamard_accumulate(const double* ga, const double* gd, std::int64_t ldg, s
     }
 }
 
-// In place: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored from its lower triangle.
-// 8×8 tiles: the transposed walk touches 8 rows, which an 8-way L1 keeps even when the row
-// stride is a power of two.
-void finish(RowMatrixXd& f, double scale, bool transpose_add) {
-    const std::int64_t n = f.rows();
-    double* p = f.data();
-    constexpr std::int64_t b = 8;
-    for (std::int64_t i0 = 0; i0 < n; i0 += b) {
-        const std::int64_t i1 = std::min(n, i0 + b);
-        for (std::int64_t j0 = 0; j0 <= i0; j0 += b)
-            for (std::int64_t i = i0; i < i1; ++i) {
-                const std::int64_t j1 = std::min(i, j0 + b);  // strictly below the diagonal
-                for (std::int64_t j = j0; j < j1; ++j) {
-                    const double v =
-                        scale * (transpose_add ? p[i * n + j] + p[j * n + i] : p[i * n + j]);
-                    p[i * n + j] = v;
-                    p[j * n + i] = v;
-                }
-            }
-        for (std::int64_t i = i0; i < i1; ++i) p[i * n + i] *= transpose_add ? 2.0 * scale : scale;
-    }
-}
-
 // One position pair (t, s) over row blocks: Gram blocks GA = A_t[I] A_sᵀ, GD = D_t[I] D_sᵀ
 // (gemm for the rectangle left of the diagonal block, dgemmt inside it when t = s).
 using Panel = std::pair<const double*, std::int64_t>;
@@ -293,13 +222,13 @@ RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int6
     const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
     PositionPanels pa(a, budget / 2), pd(d, budget / 2);
     // T = 1: one symmetric pair, written straight into K's lower triangle; else K = F + Fᵀ.
-    RowMatrixXd f = result_matrix(n, t > 1);
+    RowMatrixXd f = fisher_result(n, t > 1);
     // Row blocks of the pair Grams: two rb×N float64 blocks stay in a core's L2; their rows are
     // padded off a power-of-two stride.
     const std::int64_t rb =
         std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 17) / n, 64, 256));
     const std::int64_t ldg = n + 8;
-    const auto ga = scratch(rb * ldg), gd = scratch(rb * ldg);
+    const auto ga = fisher_scratch(rb * ldg), gd = fisher_scratch(rb * ldg);
     const double beta = bias ? 1.0 : 0.0;
     for (std::int64_t tt = 0; tt < t; ++tt) {
         const auto at = pa.get(tt, 0), dt = pd.get(tt, 0);
@@ -309,71 +238,8 @@ RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int6
             pair_blocks(at, as, dt, ds, di, dout, rb, w, ga.get(), gd.get(), ldg, f);
         }
     }
-    finish(f, 1.0 / static_cast<double>(n), t > 1);
+    fisher_finish(f, 1.0 / static_cast<double>(n), t > 1);
     return f;
-}
-
-// Tile sizes of the materialise route: q columns of d_out per slab of D (held for all samples
-// unless D is used in place), r columns of d_in per tile of Γ (N × r·q).
-struct Tiles {
-    std::int64_t q, r;
-};
-Tiles materialize_tiles(const SeqInput& a, const SeqInput& d, std::int64_t budget) {
-    const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
-    // Γ tiles of 8-32 MiB (a quarter of the budget) stay in L3 between their formation and their
-    // Gram; the D slab takes the rest. The batched products run fastest with q near 128 and r a
-    // multiple of 16 (r × q = 64 × 128: 40 G multiply-adds/s against 27 at 21 × 192, T = 64).
-    const std::int64_t tile =
-        std::max<std::int64_t>(std::min(budget / 2, std::clamp(budget / 4, 8 * kMiB, 32 * kMiB)), 1);
-    const std::int64_t slab = std::max<std::int64_t>(budget - tile, 1);
-    std::int64_t q = std::min<std::int64_t>(dout, 128);
-    if (!d.direct()) q = std::clamp<std::int64_t>(slab / (n * t * 8), 1, q);
-    if (q > 32) q -= q % 32;
-    std::int64_t r = std::clamp<std::int64_t>(tile / (n * q * 8), 1, di);
-    if (r > 16 && r < di) r -= r % 16;
-    return {q, r};
-}
-
-RowMatrixXd materialize(const SeqInput& a, const SeqInput& d, bool bias, std::int64_t budget) {
-    const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
-    if (a.direct()) a.check_finite();
-    if (d.direct()) d.check_finite();
-    const Tiles tl = materialize_tiles(a, d, budget);
-    // A is converted per sample block (about 1 MiB) right before its batched product.
-    const std::int64_t nb =
-        a.direct() ? n : std::clamp<std::int64_t>(kMiB / (t * tl.r * 8), 1, n);
-    const auto dslab = scratch(d.direct() ? 1 : n * t * tl.q);
-    const auto ablk = scratch(a.direct() ? 1 : nb * t * tl.r);
-    const auto gamma = scratch(n * tl.r * tl.q);
-    std::vector<double> sums(bias ? static_cast<std::size_t>(n * dout) : 0);
-    RowMatrixXd k = result_matrix(n, false);  // lower half: the first Gram writes (beta = 0)
-    double beta = 0.0;
-    for (std::int64_t q0 = 0; q0 < dout; q0 += tl.q) {
-        const std::int64_t q = std::min(tl.q, dout - q0);
-        const double* dp = d.direct() ? d.data() + q0 : dslab.get();
-        const std::int64_t ldd = d.direct() ? d.s1() : q, sd = d.direct() ? d.s0() : t * q;
-        if (!d.direct()) d.copy(0, n, 0, t, q0, q0 + q, dslab.get());
-        for (std::int64_t i = 0; bias && i < n; ++i)
-            for (std::int64_t tt = 0; tt < t; ++tt)
-                for (std::int64_t c = 0; c < q; ++c)
-                    sums[static_cast<std::size_t>(i * dout + q0 + c)] += dp[i * sd + tt * ldd + c];
-        for (std::int64_t r0 = 0; r0 < di; r0 += tl.r) {
-            const std::int64_t r = std::min(tl.r, di - r0);
-            for (std::int64_t i0 = 0; i0 < n; i0 += nb) {
-                const std::int64_t i1 = std::min(n, i0 + nb);
-                const double* ap = a.direct() ? a.data() + i0 * a.s0() + r0 : ablk.get();
-                const std::int64_t lda = a.direct() ? a.s1() : r, sa = a.direct() ? a.s0() : t * r;
-                if (!a.direct()) a.copy(i0, i1, 0, t, r0, r0 + r, ablk.get());
-                detail::gemm_tn_batched(i1 - i0, r, q, t, ap, lda, sa, dp + i0 * sd, ldd, sd,
-                                        gamma.get() + i0 * r * q, q, r * q);
-            }
-            detail::syrk_lower_ld(n, r * q, 1.0, gamma.get(), r * q, beta, k.data(), n);
-            beta = 1.0;
-        }
-    }
-    if (bias) detail::syrk_lower_ld(n, dout, 1.0, sums.data(), dout, 1.0, k.data(), n);
-    finish(k, 1.0 / static_cast<double>(n), false);
-    return k;
 }
 
 // The scratch budget: the caller's chunk_bytes, by default 1/8 of a float64 Γ (between 32 and
@@ -418,11 +284,12 @@ RowMatrixXd fisher_gram(const TensorView& acts, const TensorView& grads,
 
     const std::int64_t n = acts.shape[0];
     const std::int64_t t = acts.ndim() == 3 ? acts.shape[1] : 1;
-    const SeqInput a(acts, t, fn, "acts"), d(grads, t, fn, "grads");
+    const detail::SeqInput a(acts, t, fn, "acts"), d(grads, t, fn, "grads");
     const std::int64_t budget = scratch_budget(n, a.d(), d.d(), opts);
     const FisherRoute route = resolve_fisher_route(n, t, a.d(), d.d(), opts.route);
-    RowMatrixXd k = route == FisherRoute::Materialize ? materialize(a, d, opts.bias, budget)
-                                                      : block_sum(a, d, opts.bias, budget);
+    RowMatrixXd k = route == FisherRoute::Materialize
+                        ? detail::materialize_workers(a, d, opts.bias, budget)
+                        : block_sum(a, d, opts.bias, budget);
     detail::check_finite_result(k, fn);
     return k;
 }

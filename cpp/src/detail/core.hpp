@@ -131,6 +131,25 @@ class BlasThreads {
     std::int64_t wall0_ = 0, delay0_ = 0;
 };
 
+/// Scope of a parallel region whose workers() threads each make their own BLAS calls: while one
+/// is alive every BLAS call runs single-threaded in its calling thread (BlasThreads scopes change
+/// nothing). The worker count is the one a BlasThreads call would take now (the user's, or auto
+/// mode's from the contention seen so far), at most `max_workers`; in auto mode the region is
+/// watched like one BLAS call with that many threads (blas.cpp, "Threads").
+class BlasWorkers {
+  public:
+    explicit BlasWorkers(int max_workers);
+    ~BlasWorkers();
+    BlasWorkers(const BlasWorkers&) = delete;
+    BlasWorkers& operator=(const BlasWorkers&) = delete;
+    int workers() const { return workers_; }
+
+  private:
+    int workers_ = 1;
+    bool watched_ = false;
+    std::int64_t wall0_ = 0, delay0_ = 0;
+};
+
 /// Threads for `work` units of element-wise work: 1 below `min_work`, else the core's thread
 /// count in use (shared with OpenBLAS: 1 while auto mode sees the machine oversubscribed), at
 /// most `max_parts`.
