@@ -291,16 +291,12 @@ BlasThreads::~BlasThreads() {
 BlasWorkers::BlasWorkers(int max_workers) {
 #if defined(DEADSPEC_BLAS_PREFIX)
     std::lock_guard<std::mutex> lock(g_threads_mutex);
-    const bool outer = g_regions++ == 0;
-    if (g_user_threads != 0) {
-        workers_ = g_user_threads;
-    } else if (outer && run_delay_ns(delay0_)) {
-        wall0_ = now_ns();
-        workers_ = auto_threads_locked(wall0_);
-        watched_ = true;
-    } else {
-        workers_ = outer ? initial_threads() : 1;
-    }
+    // All threads, held or not: the workers meet only at a few sleeping barriers and take their
+    // tasks from a shared counter, so they lose no more than their share to other processes
+    // (auto mode's hold is for OpenBLAS's spinning barriers inside LAPACK calls), and in a loop
+    // after a torch step they start while torch's OpenMP threads still spin, which a watch would
+    // read as contention.
+    workers_ = g_regions++ == 0 ? (g_user_threads != 0 ? g_user_threads : initial_threads()) : 1;
     const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     workers_ = std::clamp(workers_, 1, std::max(1, std::min(max_workers, hw)));
     if (g_applied != 1) {
@@ -314,11 +310,7 @@ BlasWorkers::BlasWorkers(int max_workers) {
 
 BlasWorkers::~BlasWorkers() {
 #if defined(DEADSPEC_BLAS_PREFIX)
-    std::int64_t delay = 0;
-    const bool seen = watched_ && run_delay_ns(delay);
-    const std::int64_t now = now_ns();
     std::lock_guard<std::mutex> lock(g_threads_mutex);
-    if (seen && g_user_threads == 0) observe_locked(workers_, wall0_, delay0_, now, delay);
     // A user's fixed count is never re-applied by BlasThreads: restore it here.
     if (--g_regions == 0 && g_user_threads > 1) {
         DS_BLAS(openblas_set_num_threads)(g_user_threads);

@@ -149,6 +149,8 @@ public:
             for (auto& s : m_slot) s = fisher_scratch(n * d);
         }
     }
+    /// Whether get() only reads (direct or held): one object can then serve every worker.
+    bool shared() const { return m_x.direct() || m_held != nullptr; }
     /// Pointer and leading dimension of position t's N×d panel (slot 0 or 1 when converted).
     std::pair<const double*, std::int64_t> get(std::int64_t t, int slot) {
         const std::int64_t n = m_x.n(), d = m_x.d();
@@ -196,15 +198,30 @@ void hadamard_accumulate(const double* ga, const double* gd, std::int64_t ldg, s
     }
 }
 
-// One position pair (t, s) over row blocks: Gram blocks GA = A_t[I] A_sᵀ, GD = D_t[I] D_sᵀ
-// (gemm for the rectangle left of the diagonal block, dgemmt inside it when t = s).
+// Row blocks of the pair Grams and their owners: block b (rows [b·rb, (b + 1)·rb)) belongs to
+// worker b mod W on even rounds of W blocks and to W − 1 − (b mod W) on odd ones, so that the
+// triangles of the diagonal pairs (row i costs i) balance as well as the full rows do. A worker
+// owns the same rows of F for every pair: no two workers ever write the same row.
+struct RowBlocks {
+    std::int64_t rb;
+    int worker, workers;
+    bool owns(std::int64_t b) const {
+        const std::int64_t round = b / workers, pos = b % workers;
+        return (round % 2 == 0 ? pos : workers - 1 - pos) == worker;
+    }
+};
+
+// One position pair (t, s) over the worker's row blocks: Gram blocks GA = A_t[I] A_sᵀ,
+// GD = D_t[I] D_sᵀ (gemm for the rectangle left of the diagonal block, dgemmt inside it when
+// t = s).
 using Panel = std::pair<const double*, std::int64_t>;
 void pair_blocks(Panel at, Panel as, Panel dt, Panel ds, std::int64_t di, std::int64_t dout,
-                 std::int64_t rb, PairWeights w, double* ga, double* gd, std::int64_t ldg,
+                 const RowBlocks& rows, PairWeights w, double* ga, double* gd, std::int64_t ldg,
                  RowMatrixXd& f) {
-    const std::int64_t n = f.rows();
-    for (std::int64_t i0 = 0; i0 < n; i0 += rb) {
-        const std::int64_t i1 = std::min(n, i0 + rb), m = i1 - i0;
+    const std::int64_t n = f.rows(), rb = rows.rb;
+    for (std::int64_t b = 0; b * rb < n; ++b) {
+        if (!rows.owns(b)) continue;
+        const std::int64_t i0 = b * rb, i1 = std::min(n, i0 + rb), m = i1 - i0;
         const std::int64_t cols = w.diagonal ? i0 : n;
         const double* ai = at.first + i0 * at.second;
         const double* di_ = dt.first + i0 * dt.second;
@@ -218,25 +235,49 @@ void pair_blocks(Panel at, Panel as, Panel dt, Panel ds, std::int64_t di, std::i
     }
 }
 
-RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int64_t budget) {
-    const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
-    PositionPanels pa(a, budget / 2), pd(d, budget / 2);
-    // T = 1: one symmetric pair, written straight into K's lower triangle; else K = F + Fᵀ.
-    RowMatrixXd f = fisher_result(n, t > 1);
-    // Row blocks of the pair Grams: two rb×N float64 blocks stay in a core's L2; their rows are
-    // padded off a power-of-two stride.
-    const std::int64_t rb =
-        std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 17) / n, 64, 256));
-    const std::int64_t ldg = n + 8;
-    const auto ga = fisher_scratch(rb * ldg), gd = fisher_scratch(rb * ldg);
-    const double beta = bias ? 1.0 : 0.0;
+// Every pair (t, s ≤ t) over one worker's row blocks of F. Panels that convert on demand (slot
+// mode: the inputs exceed the budget) are the worker's own.
+void block_sum_rows(PositionPanels& pa0, PositionPanels& pd0, const SeqInput& a,
+                    const SeqInput& d, double beta, const RowBlocks& rows, RowMatrixXd& f) {
+    const std::int64_t n = a.n(), t = a.t();
+    std::unique_ptr<PositionPanels> own_a, own_d;
+    if (!pa0.shared()) own_a = std::make_unique<PositionPanels>(a, 0);
+    if (!pd0.shared()) own_d = std::make_unique<PositionPanels>(d, 0);
+    PositionPanels& pa = own_a ? *own_a : pa0;
+    PositionPanels& pd = own_d ? *own_d : pd0;
+    const std::int64_t ldg = n + 8;  // rows padded off a power-of-two stride
+    const auto ga = fisher_scratch(rows.rb * ldg), gd = fisher_scratch(rows.rb * ldg);
     for (std::int64_t tt = 0; tt < t; ++tt) {
         const auto at = pa.get(tt, 0), dt = pd.get(tt, 0);
         for (std::int64_t ss = 0; ss <= tt; ++ss) {
             const auto as = pa.get(ss, 1), ds = pd.get(ss, 1);
             const PairWeights w{beta, ss == tt, t == 1 ? 1.0 : 0.5, t == 1};
-            pair_blocks(at, as, dt, ds, di, dout, rb, w, ga.get(), gd.get(), ldg, f);
+            pair_blocks(at, as, dt, ds, a.d(), d.d(), rows, w, ga.get(), gd.get(), ldg, f);
         }
+    }
+}
+
+// Workers split F by row blocks (RowBlocks), each BLAS call single-threaded in its worker
+// (BlasWorkers): at N = 256 the 2-thread calls on one 256-row block paid a wake-up and a join
+// each (bench/README.md, "Sequence Fisher-Gram grid").
+RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int64_t budget) {
+    const std::int64_t n = a.n(), t = a.t();
+    PositionPanels pa(a, budget / 2), pd(d, budget / 2);
+    // T = 1: one symmetric pair, written straight into K's lower triangle; else K = F + Fᵀ.
+    RowMatrixXd f = fisher_result(n, t > 1);
+    // Row blocks: two rb×N float64 blocks stay in a core's L2, and each worker gets two or more.
+    const std::int64_t rb0 =
+        std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 17) / n, 64, 256));
+    {
+        detail::BlasWorkers region(static_cast<int>(std::min<std::int64_t>((n + 15) / 16, 64)));
+        const int workers = region.workers();
+        const std::int64_t rb =
+            workers == 1 ? rb0 : std::min(rb0, std::max<std::int64_t>(16, (n + 2 * workers - 1) / (2 * workers)));
+        detail::parallel_rows(workers, workers, [&](std::int64_t w0, std::int64_t w1) {
+            for (std::int64_t w = w0; w < w1; ++w)
+                block_sum_rows(pa, pd, a, d, bias ? 1.0 : 0.0,
+                               RowBlocks{rb, static_cast<int>(w), workers}, f);
+        });
     }
     fisher_finish(f, 1.0 / static_cast<double>(n), t > 1);
     return f;

@@ -11,8 +11,11 @@
 // the conversions ran on one core (bench/README.md, "Sequence Fisher-Gram grid").
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -52,41 +55,67 @@ Tiles worker_tiles(std::int64_t n, std::int64_t t, std::int64_t di, std::int64_t
 }
 
 // All workers meet between forming a tile and reading it, and before it is overwritten. A
-// worker that throws releases the others (abort), which then return.
+// waiting worker yields for a short while, then sleeps: right after a torch step, torch's OpenMP
+// threads spin for about 10 ms and take a core, and a worker that kept its core spinning here
+// while its peer was descheduled held the region back (a sleeping one lets the scheduler move
+// the peer onto its core). A worker that throws releases the others (abort), which then return.
 class Barrier {
 public:
     explicit Barrier(int n) : m_n(n) {}
     /// False once aborted.
     bool wait() {
-        const int gen = m_gen.load(std::memory_order_acquire);
-        if (m_count.fetch_add(1, std::memory_order_acq_rel) + 1 == m_n) {
-            m_count.store(0, std::memory_order_relaxed);
-            m_gen.fetch_add(1, std::memory_order_acq_rel);
-        } else {
-            while (m_gen.load(std::memory_order_acquire) == gen && !m_abort.load())
-                std::this_thread::yield();
+        std::unique_lock<std::mutex> lk(m_mutex);
+        const std::uint64_t gen = m_gen;
+        if (++m_count == m_n) {
+            m_count = 0;
+            ++m_gen;
+            lk.unlock();
+            m_cv.notify_all();
+            return !m_abort;
         }
-        return !m_abort.load();
+        lk.unlock();
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+        while (std::chrono::steady_clock::now() < until) {
+            if (done(gen)) return !m_abort.load();
+            std::this_thread::yield();
+        }
+        lk.lock();
+        m_cv.wait(lk, [&] { return m_gen != gen || m_abort; });
+        return !m_abort;
     }
-    void abort() { m_abort.store(true); }
+    void abort() {
+        {
+            std::lock_guard<std::mutex> lk(m_mutex);
+            m_abort = true;
+        }
+        m_cv.notify_all();
+    }
 
 private:
+    bool done(std::uint64_t gen) {
+        std::lock_guard<std::mutex> lk(m_mutex);
+        return m_gen != gen || m_abort;
+    }
     const int m_n;
-    std::atomic<int> m_count{0}, m_gen{0};
+    int m_count = 0;
+    std::uint64_t m_gen = 0;
     std::atomic<bool> m_abort{false};
+    std::mutex m_mutex;
+    std::condition_variable m_cv;
 };
 
-// What the workers share: the inputs, the tile plan, the tile, the column sums of D (bias),
-// and one partial K per worker (worker 0's is the result).
+// What the workers share: the inputs, the tile plan, the tile, the column sums of D (bias), one
+// partial K per worker (worker 0's is the result), and one task counter per phase of each tile.
 struct Shared {
     const SeqInput& a;
     const SeqInput& d;
     Tiles tl;
-    int workers;
+    std::int64_t slice;  // columns of the tile per Gram task
     double* tile;
     double* sums;  // n × d_out, or null without bias
     std::vector<double*> k;
     std::vector<char> written;  // whether worker w's K has been written (beta = 0 first)
+    std::unique_ptr<std::atomic<std::int64_t>[]> next;
     Barrier barrier;
 };
 
@@ -115,21 +144,26 @@ void form_rows(Shared& sh, std::int64_t s0, std::int64_t s1, std::int64_t r0, st
     }
 }
 
-// Worker w's part of every tile: its samples' rows, then its share of the columns into its K.
+// Worker w's part of every tile. Both phases hand out their tasks (blocks of samples to form,
+// slices of the tile's columns to fold into the worker's own K) from a shared counter, so a
+// worker that gets less of a core (right after a torch step, torch's OpenMP threads spin for
+// about 10 ms) takes fewer tasks instead of holding the others at the next barrier.
 void run_worker(Shared& sh, int w) {
     const std::int64_t n = sh.a.n(), t = sh.a.t(), di = sh.a.d(), dout = sh.d.d();
     const Tiles& tl = sh.tl;
     const auto blocks = fisher_scratch(tl.nb * t * (tl.r + tl.q));
-    const std::int64_t s0 = n * w / sh.workers, s1 = n * (w + 1) / sh.workers;
+    const auto ws = static_cast<std::size_t>(w);
+    std::int64_t phase = 0;
     for (std::int64_t q0 = 0; q0 < dout; q0 += tl.q) {
         const std::int64_t q = std::min(tl.q, dout - q0);
-        for (std::int64_t r0 = 0; r0 < di; r0 += tl.r) {
+        for (std::int64_t r0 = 0; r0 < di; r0 += tl.r, phase += 2) {
             const std::int64_t r = std::min(tl.r, di - r0), c = r * q;
-            form_rows(sh, s0, s1, r0, r, q0, q, blocks.get(), blocks.get() + tl.nb * t * tl.r);
+            for (std::int64_t b = sh.next[phase]++; b * tl.nb < n; b = sh.next[phase]++)
+                form_rows(sh, b * tl.nb, std::min(n, (b + 1) * tl.nb), r0, r, q0, q, blocks.get(),
+                          blocks.get() + tl.nb * t * tl.r);
             if (!sh.barrier.wait()) return;
-            const std::int64_t c0 = c * w / sh.workers, c1 = c * (w + 1) / sh.workers;
-            if (c1 > c0) {
-                const auto ws = static_cast<std::size_t>(w);
+            for (std::int64_t j = sh.next[phase + 1]++; j * sh.slice < c; j = sh.next[phase + 1]++) {
+                const std::int64_t c0 = j * sh.slice, c1 = std::min(c, c0 + sh.slice);
                 syrk_lower_ld(n, c1 - c0, 1.0, sh.tile + c0, c, sh.written[ws] ? 1.0 : 0.0,
                               sh.k[ws], n);
                 sh.written[ws] = 1;
@@ -163,8 +197,20 @@ RowMatrixXd materialize_workers(const SeqInput& a, const SeqInput& d, bool bias,
         BlasWorkers region(static_cast<int>(std::min<std::int64_t>(n, 64)));
         const int workers = region.workers();
         parts = fisher_scratch((workers - 1) * n * n);
-        Shared sh{a,  d,  tl, workers, tile.get(), bias ? sums.data() : nullptr, {k.data()},
-                  std::vector<char>(static_cast<std::size_t>(workers), 0), Barrier(workers)};
+        // Gram tasks of 256 columns or more, about four per worker and tile.
+        const std::int64_t slice =
+            std::max<std::int64_t>(256, (tl.r * tl.q + 4 * workers - 1) / (4 * workers));
+        const std::int64_t phases = 2 * ((dout + tl.q - 1) / tl.q) * ((di + tl.r - 1) / tl.r);
+        Shared sh{a,
+                  d,
+                  tl,
+                  slice,
+                  tile.get(),
+                  bias ? sums.data() : nullptr,
+                  {k.data()},
+                  std::vector<char>(static_cast<std::size_t>(workers), 0),
+                  std::make_unique<std::atomic<std::int64_t>[]>(static_cast<std::size_t>(phases)),
+                  Barrier(workers)};
         for (int w = 1; w < workers; ++w) sh.k.push_back(parts.get() + (w - 1) * n * n);
         parallel_rows(workers, workers, [&sh](std::int64_t w0, std::int64_t w1) {
             for (std::int64_t w = w0; w < w1; ++w) {

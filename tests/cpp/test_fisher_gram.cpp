@@ -2,6 +2,7 @@
 // Tests of the Fisher-Gram against per-sample gradients formed explicitly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -106,6 +107,85 @@ TEST(FisherGram, RoutesAgreeAcrossStoragesAndBudgets) {
                     EXPECT_EQ((k - k.transpose()).cwiseAbs().maxCoeff(), 0.0);
                 }
     }
+}
+
+// The worker paths (both routes: row blocks of F; tiles of Γ with per-worker partial K's) at one
+// and two workers, against the float64 reference to 1e-12: T = 1 on both routes, one sample
+// (fewer samples than workers), d_out = 1 with one-column tiles (a tile narrower than the
+// workers leaves worker 0's K unwritten), padded sequences (δ = 0 and a = 0 at the padding), a
+// rank-deficient batch (repeated samples), and budgets from one-column tiles to the default.
+TEST(FisherGram, WorkerPathsMatchReference) {
+    struct Case {
+        Eigen::Index n, t, di, dout;
+        bool pad, repeat;
+    };
+    const std::vector<Case> cases = {{9, 1, 5, 3, false, false},  {1, 4, 3, 2, false, false},
+                                     {7, 3, 4, 1, false, false},  {10, 6, 5, 4, true, false},
+                                     {12, 5, 3, 6, false, true},  {33, 2, 2, 3, false, false}};
+    for (const int threads : {1, 2}) {
+        set_num_threads(threads);
+        for (const Case& c : cases) {
+            RowMatrixXd a = dtest::make_data(c.n * c.t, c.di, 31), d = dtest::make_data(c.n * c.t, c.dout, 32);
+            for (Eigen::Index i = 0; c.pad && i < c.n; ++i)
+                for (Eigen::Index s = (i % c.t) + 1; s < c.t; ++s) {  // sample i keeps i % T + 1
+                    a.row(i * c.t + s).setZero();
+                    d.row(i * c.t + s).setZero();
+                }
+            for (Eigen::Index i = 0; c.repeat && i < c.n / 2; ++i) {  // sample n/2 + i = sample i
+                a.middleRows((c.n / 2 + i) * c.t, c.t) = a.middleRows(i * c.t, c.t);
+                d.middleRows((c.n / 2 + i) * c.t, c.t) = d.middleRows(i * c.t, c.t);
+            }
+            std::vector<float> af(a.data(), a.data() + a.size()), df(d.data(), d.data() + d.size());
+            for (Eigen::Index i = 0; i < a.size(); ++i) a.data()[i] = double(af[static_cast<std::size_t>(i)]);
+            for (Eigen::Index i = 0; i < d.size(); ++i) d.data()[i] = double(df[static_cast<std::size_t>(i)]);
+            for (bool bias : {false, true}) {
+                const RowMatrixXd ref = brute_force(a, d, c.n, c.t, bias);
+                const double tol = 1e-12 * std::max(ref.cwiseAbs().maxCoeff(), 1e-300);
+                for (auto route : {FisherRoute::BlockSum, FisherRoute::Materialize})
+                    for (std::int64_t budget : {std::int64_t(8), std::int64_t(3000),
+                                                FisherGramOptions{}.chunk_bytes})
+                        for (bool f32 : {false, true}) {
+                            FisherGramOptions o;
+                            o.bias = bias;
+                            o.route = route;
+                            o.chunk_bytes = budget;
+                            const auto k = f32 ? fisher_gram(TensorView::cpu(af.data(), {c.n, c.t, c.di}),
+                                                             TensorView::cpu(df.data(), {c.n, c.t, c.dout}), o)
+                                               : fisher_gram(TensorView::cpu(a.data(), {c.n, c.t, c.di}),
+                                                             TensorView::cpu(d.data(), {c.n, c.t, c.dout}), o);
+                            EXPECT_LT((k - ref).cwiseAbs().maxCoeff(), tol)
+                                << "threads=" << threads << " n=" << c.n << " t=" << c.t
+                                << " route=" << int(route) << " budget=" << budget << " f32=" << f32
+                                << " bias=" << bias;
+                            EXPECT_EQ((k - k.transpose()).cwiseAbs().maxCoeff(), 0.0);
+                        }
+            }
+        }
+    }
+    set_num_threads_auto();
+}
+
+// A non-finite value in the last sample (formed by the last worker while the first waits at the
+// tile's barrier) is reported, not left waiting.
+TEST(FisherGram, NonFiniteInLastSampleIsReported) {
+    const Eigen::Index n = 40, t = 3;
+    std::vector<float> a(static_cast<std::size_t>(n * t * 2), 1.0f), d(a.size(), 0.5f);
+    d[d.size() - 1] = std::numeric_limits<float>::infinity();
+    for (const int threads : {1, 2})
+        for (auto route : {FisherRoute::BlockSum, FisherRoute::Materialize}) {
+            set_num_threads(threads);
+            FisherGramOptions o;
+            o.route = route;
+            try {
+                fisher_gram(TensorView::cpu(a.data(), {n, t, 2}), TensorView::cpu(d.data(), {n, t, 2}), o);
+                FAIL() << int(route);
+            } catch (const std::invalid_argument& e) {
+                EXPECT_NE(std::string(e.what()).find("grads must be finite, got Inf at flat index 239"),
+                          std::string::npos)
+                    << e.what();
+            }
+        }
+    set_num_threads_auto();
 }
 
 TEST(FisherGram, RejectsNonFiniteInEveryRoute) {

@@ -133,9 +133,8 @@ class BlasThreads {
 
 /// Scope of a parallel region whose workers() threads each make their own BLAS calls: while one
 /// is alive every BLAS call runs single-threaded in its calling thread (BlasThreads scopes change
-/// nothing). The worker count is the one a BlasThreads call would take now (the user's, or auto
-/// mode's from the contention seen so far), at most `max_workers`; in auto mode the region is
-/// watched like one BLAS call with that many threads (blas.cpp, "Threads").
+/// nothing). workers(): the user's thread count, or in auto mode all of OpenBLAS's threads (auto
+/// mode's contention hold is not applied: blas.cpp), at most `max_workers` and the cores.
 class BlasWorkers {
   public:
     explicit BlasWorkers(int max_workers);
@@ -146,8 +145,6 @@ class BlasWorkers {
 
   private:
     int workers_ = 1;
-    bool watched_ = false;
-    std::int64_t wall0_ = 0, delay0_ = 0;
 };
 
 /// Threads for `work` units of element-wise work: 1 below `min_work`, else the core's thread
