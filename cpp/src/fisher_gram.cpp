@@ -10,6 +10,9 @@
 #include "deadspec/fisher_gram.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <new>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -49,10 +52,23 @@ void advise_huge(void* p, std::size_t bytes) {
 
 namespace detail {
 
-std::unique_ptr<double[]> fisher_scratch(std::int64_t len) {
-    std::unique_ptr<double[]> p(new double[static_cast<std::size_t>(std::max<std::int64_t>(len, 1))]);
-    advise_huge(p.get(), static_cast<std::size_t>(len) * sizeof(double));
-    return p;
+void ScratchFree::operator()(double* p) const { std::free(p); }
+
+// Buffers of 2 MiB or more start on a 2 MiB boundary and are rounded up to whole huge pages, so
+// that every page of them can be a huge one (an unaligned 4 MiB buffer got at most one).
+Scratch fisher_scratch(std::int64_t len) {
+    constexpr std::size_t kHuge = std::size_t(2) << 20;
+    std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(len, 1)) * sizeof(double);
+    void* p = nullptr;
+    if (bytes >= kHuge) {
+        bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+        p = std::aligned_alloc(kHuge, bytes);
+    } else {
+        p = std::malloc(bytes);
+    }
+    if (p == nullptr) throw std::bad_alloc();
+    advise_huge(p, bytes);
+    return Scratch(static_cast<double*>(p));
 }
 
 RowMatrixXd fisher_result(std::int64_t n, bool zero) {
@@ -62,27 +78,49 @@ RowMatrixXd fisher_result(std::int64_t n, bool zero) {
     return k;
 }
 
-// In place: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored from its lower triangle.
-// 8×8 tiles: the transposed walk touches 8 rows, which an 8-way L1 keeps even when the row
-// stride is a power of two.
-void fisher_finish(RowMatrixXd& f, double scale, bool transpose_add) {
-    const std::int64_t n = f.rows();
-    double* p = f.data();
+namespace {
+// Rows [i0, i1) of the finish (a multiple of 8 apart): every pair (i, j ≤ i) with i in them.
+void finish_rows(double* p, std::int64_t n, std::int64_t i0, std::int64_t i1, double scale,
+                 bool transpose_add, const FinishTerms& terms) {
     constexpr std::int64_t b = 8;
-    for (std::int64_t i0 = 0; i0 < n; i0 += b) {
-        const std::int64_t i1 = std::min(n, i0 + b);
-        for (std::int64_t j0 = 0; j0 <= i0; j0 += b)
-            for (std::int64_t i = i0; i < i1; ++i) {
-                const std::int64_t j1 = std::min(i, j0 + b);  // strictly below the diagonal
+    for (std::int64_t r0 = i0; r0 < i1; r0 += b) {
+        const std::int64_t r1 = std::min(i1, r0 + b);
+        for (std::int64_t j0 = 0; j0 <= r0; j0 += b)
+            for (std::int64_t i = r0; i < r1; ++i) {
+                const std::int64_t j1 = std::min(i + 1, j0 + b);  // the diagonal included
                 for (std::int64_t j = j0; j < j1; ++j) {
-                    const double v =
-                        scale * (transpose_add ? p[i * n + j] + p[j * n + i] : p[i * n + j]);
-                    p[i * n + j] = v;
-                    p[j * n + i] = v;
+                    double v = p[i * n + j];
+                    for (const double* q : terms.addends) v += q[i * n + j];
+                    if (transpose_add) v += p[j * n + i];  // upper: i == j doubles the diagonal
+                    if (terms.times) v = (v + terms.beta) * terms.times[i * n + j];
+                    p[i * n + j] = scale * v;
+                    p[j * n + i] = scale * v;
                 }
             }
-        for (std::int64_t i = i0; i < i1; ++i) p[i * n + i] *= transpose_add ? 2.0 * scale : scale;
     }
+}
+}  // namespace
+
+// In place: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored from its lower triangle,
+// with `terms` applied to F first (FinishTerms). 8×8 tiles: the transposed walk
+// touches 8 rows, which an 8-way L1 keeps even when the row stride is a power of two. Split over
+// `workers` threads by rows with equal shares of the triangle: at N = 1024 the finish of T = 1
+// took 1.5 ms on one thread, as long as the two Grams before it.
+void fisher_finish(RowMatrixXd& f, double scale, bool transpose_add, const FinishTerms& terms,
+                   int workers) {
+    const std::int64_t n = f.rows();
+    double* p = f.data();
+    workers = static_cast<int>(
+        std::clamp<std::int64_t>(workers, 1, std::max<std::int64_t>(n / 64, 1)));
+    parallel_rows(workers, workers, [&](std::int64_t w0, std::int64_t w1) {
+        const auto row = [&](std::int64_t w) {  // row w·(n/√W)... of an equal triangle share
+            const double x = static_cast<double>(n) * std::sqrt(static_cast<double>(w) / workers);
+            return std::min<std::int64_t>(n, (static_cast<std::int64_t>(x) + 7) / 8 * 8);
+        };
+        for (std::int64_t w = w0; w < w1; ++w)
+            finish_rows(p, n, row(w), w + 1 == workers ? n : row(w + 1), scale, transpose_add,
+                        terms);
+    });
 }
 
 }  // namespace detail
@@ -165,8 +203,8 @@ public:
 
 private:
     const SeqInput& m_x;
-    std::unique_ptr<double[]> m_held;
-    std::unique_ptr<double[]> m_slot[2];
+    detail::Scratch m_held;
+    detail::Scratch m_slot[2];
     std::int64_t m_loaded[2] = {-1, -1};
 };
 
@@ -257,29 +295,51 @@ void block_sum_rows(PositionPanels& pa0, PositionPanels& pd0, const SeqInput& a,
     }
 }
 
+// T = 1: K = ((AAᵀ + β) ∘ (DDᵀ))/N from the lower triangles of the two Grams, formed side by side
+// by two workers (one single-threaded dsyrk each), then one Hadamard-and-mirror pass split by
+// rows. At N = 1024 the row blocks of the general path ran their gemms at about half the dsyrk
+// rate.
+RowMatrixXd single_pair(PositionPanels& pa, PositionPanels& pd, std::int64_t n, std::int64_t di,
+                        std::int64_t dout, double beta, int workers) {
+    const Panel am = pa.get(0, 0), dm = pd.get(0, 0);
+    RowMatrixXd k = fisher_result(n, false);
+    const auto g = fisher_scratch(n * n);
+    detail::parallel_rows(2, std::min(workers, 2), [&](std::int64_t w0, std::int64_t w1) {
+        for (std::int64_t w = w0; w < w1; ++w) {
+            if (w == 0) detail::syrk_lower_ld(n, di, 1.0, am.first, am.second, 0.0, k.data(), n);
+            else detail::syrk_lower_ld(n, dout, 1.0, dm.first, dm.second, 0.0, g.get(), n);
+        }
+    });
+    detail::FinishTerms terms;
+    terms.times = g.get();
+    terms.beta = beta;
+    fisher_finish(k, 1.0 / static_cast<double>(n), false, terms, workers);
+    return k;
+}
+
 // Workers split F by row blocks (RowBlocks), each BLAS call single-threaded in its worker
 // (BlasWorkers): at N = 256 the 2-thread calls on one 256-row block paid a wake-up and a join
 // each (bench/README.md, "Sequence Fisher-Gram grid").
 RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int64_t budget) {
     const std::int64_t n = a.n(), t = a.t();
     PositionPanels pa(a, budget / 2), pd(d, budget / 2);
+    detail::BlasWorkers region(static_cast<int>(std::min<std::int64_t>((n + 15) / 16, 64)));
+    const int workers = region.workers();
+    const double beta = bias ? 1.0 : 0.0;
+    if (t == 1 && n * n * 8 <= budget) return single_pair(pa, pd, n, a.d(), d.d(), beta, workers);
     // T = 1: one symmetric pair, written straight into K's lower triangle; else K = F + Fᵀ.
     RowMatrixXd f = fisher_result(n, t > 1);
     // Row blocks: two rb×N float64 blocks stay in a core's L2, and each worker gets two or more.
     const std::int64_t rb0 =
         std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 17) / n, 64, 256));
-    {
-        detail::BlasWorkers region(static_cast<int>(std::min<std::int64_t>((n + 15) / 16, 64)));
-        const int workers = region.workers();
-        const std::int64_t rb =
-            workers == 1 ? rb0 : std::min(rb0, std::max<std::int64_t>(16, (n + 2 * workers - 1) / (2 * workers)));
-        detail::parallel_rows(workers, workers, [&](std::int64_t w0, std::int64_t w1) {
-            for (std::int64_t w = w0; w < w1; ++w)
-                block_sum_rows(pa, pd, a, d, bias ? 1.0 : 0.0,
-                               RowBlocks{rb, static_cast<int>(w), workers}, f);
-        });
-    }
-    fisher_finish(f, 1.0 / static_cast<double>(n), t > 1);
+    const std::int64_t per_worker = (n + 2 * workers - 1) / (2 * workers);
+    const std::int64_t rb =
+        workers == 1 ? rb0 : std::min(rb0, std::max<std::int64_t>(16, per_worker));
+    detail::parallel_rows(workers, workers, [&](std::int64_t w0, std::int64_t w1) {
+        for (std::int64_t w = w0; w < w1; ++w)
+            block_sum_rows(pa, pd, a, d, beta, RowBlocks{rb, static_cast<int>(w), workers}, f);
+    });
+    fisher_finish(f, 1.0 / static_cast<double>(n), t > 1, {}, workers);
     return f;
 }
 

@@ -162,7 +162,8 @@ void run_worker(Shared& sh, int w) {
                 form_rows(sh, b * tl.nb, std::min(n, (b + 1) * tl.nb), r0, r, q0, q, blocks.get(),
                           blocks.get() + tl.nb * t * tl.r);
             if (!sh.barrier.wait()) return;
-            for (std::int64_t j = sh.next[phase + 1]++; j * sh.slice < c; j = sh.next[phase + 1]++) {
+            auto& slices = sh.next[phase + 1];
+            for (std::int64_t j = slices++; j * sh.slice < c; j = slices++) {
                 const std::int64_t c0 = j * sh.slice, c1 = std::min(c, c0 + sh.slice);
                 syrk_lower_ld(n, c1 - c0, 1.0, sh.tile + c0, c, sh.written[ws] ? 1.0 : 0.0,
                               sh.k[ws], n);
@@ -191,11 +192,12 @@ RowMatrixXd materialize_workers(const SeqInput& a, const SeqInput& d, bool bias,
         std::min({static_cast<double>(budget), 64.0 * (1 << 20), std::max(gamma / 2, 8.0)}));
     const Tiles tl = worker_tiles(n, t, di, dout, tile_bytes);
     const auto tile = fisher_scratch(n * tl.r * tl.q);
-    std::unique_ptr<double[]> parts;
+    Scratch parts;
     std::vector<char> written;
+    int workers = 1;
     {
         BlasWorkers region(static_cast<int>(std::min<std::int64_t>(n, 64)));
-        const int workers = region.workers();
+        workers = region.workers();
         parts = fisher_scratch((workers - 1) * n * n);
         // Gram tasks of 256 columns or more, about four per worker and tile.
         const std::int64_t slice =
@@ -225,14 +227,13 @@ RowMatrixXd materialize_workers(const SeqInput& a, const SeqInput& d, bool bias,
         written = std::move(sh.written);
     }
     if (!written[0]) k.setZero();  // a tile narrower than the workers left K_0 unwritten
-    for (std::size_t w = 1; w < written.size(); ++w) {
-        if (!written[w]) continue;
-        const double* p = parts.get() + static_cast<std::int64_t>(w - 1) * n * n;
-        for (std::int64_t i = 0; i < n; ++i)
-            for (std::int64_t j = 0; j <= i; ++j) k.data()[i * n + j] += p[i * n + j];
-    }
+    FinishTerms terms;
+    for (std::size_t w = 1; w < written.size(); ++w)
+        if (written[w])
+            terms.addends.push_back(parts.get() + static_cast<std::int64_t>(w - 1) * n * n);
+    // The bias block (Σ_t δ_it)·(Σ_s δ_js), then K = (K_0 + Σ_w K_w)/N by the workers.
     if (bias) syrk_lower_ld(n, dout, 1.0, sums.data(), dout, 1.0, k.data(), n);
-    fisher_finish(k, 1.0 / static_cast<double>(n), false);
+    fisher_finish(k, 1.0 / static_cast<double>(n), false, terms, workers);
     return k;
 }
 

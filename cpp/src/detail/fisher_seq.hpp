@@ -7,18 +7,32 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <vector>
 
 #include "deadspec/types.hpp"
 #include "core.hpp"
 
 namespace deadspec::detail {
 
+struct ScratchFree {
+    void operator()(double* p) const;
+};
+using Scratch = std::unique_ptr<double[], ScratchFree>;
 /// Uninitialised float64 scratch (written before it is read), huge-page backed when large.
-std::unique_ptr<double[]> fisher_scratch(std::int64_t len);
+Scratch fisher_scratch(std::int64_t len);
 /// An n×n result, huge-page backed when large; zero-filled on request.
 RowMatrixXd fisher_result(std::int64_t n, bool zero);
-/// In place: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored from its lower triangle.
-void fisher_finish(RowMatrixXd& f, double scale, bool transpose_add);
+/// What fisher_finish applies to each element of F's lower triangle before it scales and
+/// mirrors: F += Σ addends (n×n, row-major), then F = (F + beta)·times when `times` is set.
+struct FinishTerms {
+    std::vector<const double*> addends;
+    const double* times = nullptr;
+    double beta = 0.0;
+};
+/// In place, by `workers` threads: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored
+/// from its lower triangle, with `terms` applied first.
+void fisher_finish(RowMatrixXd& f, double scale, bool transpose_add,
+                   const FinishTerms& terms = {}, int workers = 1);
 
 /// A (N, T, d) float32/float64 CPU tensor (2-D: T = 1) read as float64. `direct()` inputs
 /// (float64 with unit stride along d) are used in place: element (i, t, c) at
