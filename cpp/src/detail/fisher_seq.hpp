@@ -3,6 +3,7 @@
 // input read as float64, scratch buffers, the final symmetrisation.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -15,6 +16,7 @@
 namespace deadspec::detail {
 
 struct ScratchFree {
+    std::size_t mapped = 0;  // bytes of a direct mapping (munmap), 0 for malloc
     void operator()(double* p) const;
 };
 using Scratch = std::unique_ptr<double[], ScratchFree>;
