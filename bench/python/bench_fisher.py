@@ -49,6 +49,17 @@ def make_inputs(cfg: dict):
     return lin, a, y
 
 
+def sum_loss(out, target, kind: str = "expanded"):
+    """0.5·Σ (out − target)²: written out (``expanded``: the difference, its square and two
+    backward temporaries, each the size of ``out``) or by ``F.mse_loss(reduction="sum")``
+    (``mse``: one fused kernel each way). Both give the same δ = out − target exactly."""
+    import torch.nn.functional as F
+
+    if kind == "mse":
+        return 0.5 * F.mse_loss(out, target, reduction="sum")
+    return 0.5 * ((out - target) ** 2).sum()
+
+
 def _case_deadspec(cfg: dict):
     import torch
 
@@ -60,7 +71,7 @@ def _case_deadspec(cfg: dict):
         t0 = time.perf_counter()
         with torch.enable_grad():
             out = lin(a)
-            loss = 0.5 * ((out - y) ** 2).sum()  # Σ_i loss_i: backprop gives each sample's own δ_i
+            loss = sum_loss(out, y, cfg.get("loss", "expanded"))  # Σ_i loss_i: each sample's δ_i
             (delta,) = torch.autograd.grad(loss, out)
         t1 = time.perf_counter()
         k = deadspec.fisher_gram(a, delta, bias=True)
@@ -80,7 +91,7 @@ def _case_torch_func(cfg: dict):
 
     def loss_one(p, x, target):  # one sample: x (d_in,) or (T, d_in)
         out = functional_call(lin, p, (x.unsqueeze(0),))
-        return 0.5 * ((out - target.unsqueeze(0)) ** 2).sum()
+        return sum_loss(out, target.unsqueeze(0), cfg.get("loss", "expanded"))
 
     per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0), chunk_size=cfg.get("chunk_size"))
 

@@ -223,7 +223,7 @@ int syev_values_two_stage(Eigen::MatrixXd& a, bool upper, Eigen::VectorXd& w, st
         // OpenBLAS on one thread: the team's members call it at the same time (its pool serves
         // one caller at a time), and its idle threads would busy-wait on the team's cores. The
         // team ends with the chase (its idle members would spin through dsterf).
-        BlasOneThread serial;
+        BlasWorkers serial(1);  // every BLAS call on its calling thread
         Team team(std::max(1, threads));
         std::vector<double> ab(static_cast<std::size_t>((kd + 1) * n), 0.0);
         reduce_to_band_upper(a.data(), n, n, kd, ab.data(), team);

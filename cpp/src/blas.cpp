@@ -179,6 +179,7 @@ std::mutex g_threads_mutex;
 int g_user_threads = 0;  // 0: auto
 [[maybe_unused]] int g_applied = 0;  // what OpenBLAS is set to now (0: untouched)
 std::int64_t g_hold_until = 0, g_hold_ns = 0, g_last_probe = 0;
+int g_regions = 0;  // open BlasWorkers scopes
 
 int initial_threads() {
 #if defined(DEADSPEC_BLAS_PREFIX)
@@ -276,7 +277,7 @@ BlasThreads::BlasThreads(double flops) {
     // tell contention from noise. They run with whatever count is set.
     if (flops < 2e7) return;
     std::lock_guard<std::mutex> lock(g_threads_mutex);
-    if (g_user_threads != 0 || !run_delay_ns(delay0_)) return;
+    if (g_user_threads != 0 || g_regions > 0 || !run_delay_ns(delay0_)) return;
     wall0_ = now_ns();
     threads_ = auto_threads_locked(wall0_);
     if (threads_ != g_applied) {
@@ -297,23 +298,34 @@ BlasThreads::~BlasThreads() {
     if (g_user_threads == 0) observe_locked(threads_, wall0_, delay0_, now, delay);
 }
 
-BlasOneThread::BlasOneThread() {
+BlasWorkers::BlasWorkers(int max_workers) {
 #if defined(DEADSPEC_BLAS_PREFIX)
     std::lock_guard<std::mutex> lock(g_threads_mutex);
-    const int now = DS_BLAS(openblas_get_num_threads)();
-    if (now == 1) return;
-    DS_BLAS(openblas_set_num_threads)(1);
-    g_applied = 1;
-    restore_ = now;
+    // All threads, held or not: the workers meet only at a few sleeping barriers and take their
+    // tasks from a shared counter, so they lose no more than their share to other processes
+    // (auto mode's hold is for OpenBLAS's spinning barriers inside LAPACK calls), and in a loop
+    // after a torch step they start while torch's OpenMP threads still spin, which a watch would
+    // read as contention.
+    workers_ = g_regions++ == 0 ? (g_user_threads != 0 ? g_user_threads : initial_threads()) : 1;
+    const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    workers_ = std::clamp(workers_, 1, std::max(1, std::min(max_workers, hw)));
+    if (g_applied != 1) {
+        DS_BLAS(openblas_set_num_threads)(1);
+        g_applied = 1;
+    }
+#else
+    (void)max_workers;
 #endif
 }
 
-BlasOneThread::~BlasOneThread() {
+BlasWorkers::~BlasWorkers() {
 #if defined(DEADSPEC_BLAS_PREFIX)
-    if (restore_ == 0) return;
     std::lock_guard<std::mutex> lock(g_threads_mutex);
-    DS_BLAS(openblas_set_num_threads)(restore_);
-    g_applied = restore_;
+    // A user's fixed count is never re-applied by BlasThreads: restore it here.
+    if (--g_regions == 0 && g_user_threads > 1) {
+        DS_BLAS(openblas_set_num_threads)(g_user_threads);
+        g_applied = g_user_threads;
+    }
 #endif
 }
 

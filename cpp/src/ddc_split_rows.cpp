@@ -217,7 +217,7 @@ DEADSPEC_ALWAYS_INLINE void sums_row(const T* __restrict x, const T* __restrict 
                                      double* __restrict cb, std::int64_t n,
                                      double* __restrict out, Bits<T>& top) {
     constexpr bool F = Fma && sizeof(T) == 4;
-    const Bits<T> mask = ~(Bits<T>(1) << (8 * sizeof(T) - 1));
+    [[maybe_unused]] const Bits<T> mask = ~(Bits<T>(1) << (8 * sizeof(T) - 1));
     double ag[kLanes] = {}, ax[kLanes] = {};
     Bits<T> tp[kLanes] = {};
     auto one = [&](std::int64_t j, int k) DEADSPEC_LAMBDA_INLINE {

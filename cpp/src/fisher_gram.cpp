@@ -10,6 +10,9 @@
 #include "deadspec/fisher_gram.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <new>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -21,6 +24,7 @@
 
 #include "detail/blas3.hpp"
 #include "detail/core.hpp"
+#include "detail/fisher_seq.hpp"
 
 namespace deadspec {
 
@@ -33,7 +37,7 @@ constexpr std::int64_t kMiB = std::int64_t(1) << 20;
 // 256×64×128 Fisher-Gram); with MADV_HUGEPAGE one fault maps 2 MiB.
 void advise_huge(void* p, std::size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes < (std::size_t(4) << 20)) return;
+    if (bytes < (std::size_t(2) << 20)) return;
     const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
     const auto lo = (reinterpret_cast<std::uintptr_t>(p) + page - 1) / page * page;
     const auto hi = (reinterpret_cast<std::uintptr_t>(p) + bytes) / page * page;
@@ -44,20 +48,108 @@ void advise_huge(void* p, std::size_t bytes) {
 #endif
 }
 
-// Uninitialised float64 scratch (written before it is read), huge-page backed when large.
-std::unique_ptr<double[]> scratch(std::int64_t len) {
-    std::unique_ptr<double[]> p(new double[static_cast<std::size_t>(std::max<std::int64_t>(len, 1))]);
-    advise_huge(p.get(), static_cast<std::size_t>(len) * sizeof(double));
-    return p;
+}  // namespace
+
+namespace detail {
+
+void ScratchFree::operator()(double* p) const {
+#if defined(__linux__)
+    if (mapped != 0) {
+        (void)munmap(p, mapped);
+        return;
+    }
+#endif
+    std::free(p);
 }
 
-// An n×n result, huge-page backed when large; zero-filled on request.
-RowMatrixXd result_matrix(std::int64_t n, bool zero) {
+// Buffers of 2 MiB or more are mapped directly, 2 MiB-aligned and whole huge pages: every page
+// can be a huge one, and glibc's malloc never sees them. A large malloc'd buffer, once freed,
+// raises glibc's mmap threshold to its size: torch's later tensors of that size then came from
+// the heap, which kept them resident, and the peak RSS of a capture + fisher_gram loop at
+// N = 256, T = 64, d = 128 grew by 8 MiB per iteration up to 91 MiB (50 MiB with 8 MiB tiles).
+Scratch fisher_scratch(std::int64_t len) {
+    constexpr std::size_t kHuge = std::size_t(2) << 20;
+    const std::size_t bytes =
+        static_cast<std::size_t>(std::max<std::int64_t>(len, 1)) * sizeof(double);
+#if defined(__linux__)
+    if (bytes >= kHuge) {
+        const std::size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+        void* m = mmap(nullptr, size + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        if (m == MAP_FAILED) throw std::bad_alloc();
+        const auto lo = reinterpret_cast<std::uintptr_t>(m);
+        const std::uintptr_t at = (lo + kHuge - 1) / kHuge * kHuge;
+        if (at > lo) (void)munmap(m, at - lo);
+        if (lo + kHuge > at) (void)munmap(reinterpret_cast<void*>(at + size), lo + kHuge - at);
+        advise_huge(reinterpret_cast<void*>(at), size);
+        return Scratch(reinterpret_cast<double*>(at), ScratchFree{size});
+    }
+#endif
+    void* p = std::malloc(bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return Scratch(static_cast<double*>(p));
+}
+
+RowMatrixXd fisher_result(std::int64_t n, bool zero) {
     RowMatrixXd k(n, n);
     advise_huge(k.data(), static_cast<std::size_t>(n * n) * sizeof(double));
     if (zero) k.setZero();
     return k;
 }
+
+namespace {
+// Rows [i0, i1) of the finish (a multiple of 8 apart): every pair (i, j ≤ i) with i in them.
+void finish_rows(double* p, std::int64_t n, std::int64_t i0, std::int64_t i1, double scale,
+                 bool transpose_add, const FinishTerms& terms) {
+    constexpr std::int64_t b = 8;
+    for (std::int64_t r0 = i0; r0 < i1; r0 += b) {
+        const std::int64_t r1 = std::min(i1, r0 + b);
+        for (std::int64_t j0 = 0; j0 <= r0; j0 += b)
+            for (std::int64_t i = r0; i < r1; ++i) {
+                const std::int64_t j1 = std::min(i + 1, j0 + b);  // the diagonal included
+                for (std::int64_t j = j0; j < j1; ++j) {
+                    double v = p[i * n + j];
+                    for (const double* q : terms.addends) v += q[i * n + j];
+                    if (transpose_add) v += p[j * n + i];  // upper: i == j doubles the diagonal
+                    if (terms.times) v = (v + terms.beta) * terms.times[i * n + j];
+                    p[i * n + j] = scale * v;
+                    p[j * n + i] = scale * v;
+                }
+            }
+    }
+}
+}  // namespace
+
+// In place: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored from its lower triangle,
+// with `terms` applied to F first (FinishTerms). 8×8 tiles: the transposed walk
+// touches 8 rows, which an 8-way L1 keeps even when the row stride is a power of two. Split over
+// `workers` threads by rows with equal shares of the triangle: at N = 1024 the finish of T = 1
+// took 1.5 ms on one thread, as long as the two Grams before it.
+void fisher_finish(RowMatrixXd& f, double scale, bool transpose_add, const FinishTerms& terms,
+                   int workers) {
+    const std::int64_t n = f.rows();
+    double* p = f.data();
+    workers = static_cast<int>(
+        std::clamp<std::int64_t>(workers, 1, std::max<std::int64_t>(n / 64, 1)));
+    parallel_rows(workers, workers, [&](std::int64_t w0, std::int64_t w1) {
+        const auto row = [&](std::int64_t w) {  // row w·(n/√W)... of an equal triangle share
+            const double x = static_cast<double>(n) * std::sqrt(static_cast<double>(w) / workers);
+            return std::min<std::int64_t>(n, (static_cast<std::int64_t>(x) + 7) / 8 * 8);
+        };
+        for (std::int64_t w = w0; w < w1; ++w)
+            finish_rows(p, n, row(w), w + 1 == workers ? n : row(w + 1), scale, transpose_add,
+                        terms);
+    });
+}
+
+}  // namespace detail
+
+using detail::fisher_finish;
+using detail::fisher_result;
+using detail::fisher_scratch;
+using detail::SeqInput;
+
+namespace {
 
 // Relative costs of the routes' parts on the reference machine, in units of one multiply-add at
 // the full dgemm rate (bench/README.md "Sequence Fisher-Gram grid" has the measurements).
@@ -99,89 +191,6 @@ FisherRoute resolve_fisher_route(std::int64_t n, std::int64_t t, std::int64_t d_
 
 namespace {
 
-// A (N, T, d) float32/float64 CPU tensor (2-D: T = 1) read as float64. `direct()` inputs (float64
-// with unit stride along d) are used in place: element (i, t, c) at data()[i·s0 + t·s1 + c].
-class SeqInput {
-public:
-    SeqInput(const TensorView& v, std::int64_t t, const char* fn, const char* arg)
-        : m_v(v), m_fn(fn), m_arg(arg), m_n(v.shape[0]), m_t(t), m_d(v.shape.back()),
-          m_s0(v.stride(0)), m_s1(v.ndim() == 3 && t > 1 ? v.stride(1) : m_d),
-          m_s2(v.stride(v.ndim() - 1)) {}
-
-    std::int64_t n() const { return m_n; }
-    std::int64_t t() const { return m_t; }
-    std::int64_t d() const { return m_d; }
-    std::int64_t s0() const { return m_s0; }
-    std::int64_t s1() const { return m_s1; }
-    // In place only where the strides are valid BLAS leading dimensions (rows of d apart at least).
-    bool direct() const {
-        return m_v.dtype == DType::Float64 && m_s2 == 1 && m_s0 >= m_d && m_s1 >= m_d;
-    }
-    const double* data() const { return static_cast<const double*>(m_v.data); }
-
-    /// Samples [i0, i1), positions [t0, t1), columns [c0, c1) as float64 rows ((i − i0)·(t1 − t0)
-    /// + t − t0) of width c1 − c0, contiguous. Throws (naming the first non-finite element of
-    /// the whole tensor) if a converted value is NaN/Inf.
-    void copy(std::int64_t i0, std::int64_t i1, std::int64_t t0, std::int64_t t1,
-              std::int64_t c0, std::int64_t c1, double* out) const {
-        const std::int64_t w = c1 - c0, nt = t1 - t0;
-        const std::int64_t work = (i1 - i0) * nt * w;
-        const int threads = detail::worker_threads(work, std::int64_t(1) << 20, i1 - i0);
-        detail::parallel_rows(i1 - i0, threads, [&](std::int64_t r0, std::int64_t r1) {
-            double* o = out + r0 * nt * w;
-            if (m_v.dtype == DType::Float64)
-                copy_rows(static_cast<const double*>(m_v.data), i0 + r0, i0 + r1, t0, t1, c0, c1, o);
-            else
-                copy_rows(static_cast<const float*>(m_v.data), i0 + r0, i0 + r1, t0, t1, c0, c1, o);
-            if (!all_finite(o, (r1 - r0) * nt * w)) fail_non_finite();
-        });
-    }
-
-    /// Throws unless every element is finite (for direct inputs, which are never copied).
-    void check_finite() const {
-        bool ok = true;
-        for (std::int64_t i = 0; i < m_n && ok; ++i)
-            for (std::int64_t tt = 0; tt < m_t && ok; ++tt)
-                ok = all_finite(data() + i * m_s0 + tt * m_s1, m_d);
-        if (!ok) fail_non_finite();
-    }
-
-private:
-    template <typename S>
-    void copy_rows(const S* base, std::int64_t i0, std::int64_t i1, std::int64_t t0,
-                   std::int64_t t1, std::int64_t c0, std::int64_t c1, double* out) const {
-        const std::int64_t w = c1 - c0;
-        for (std::int64_t i = i0; i < i1; ++i)
-            for (std::int64_t tt = t0; tt < t1; ++tt, out += w) {
-                const S* src = base + i * m_s0 + tt * m_s1 + c0 * m_s2;
-                if (m_s2 == 1) {
-                    for (std::int64_t c = 0; c < w; ++c) out[c] = static_cast<double>(src[c]);
-                } else {
-                    for (std::int64_t c = 0; c < w; ++c)
-                        out[c] = static_cast<double>(src[c * m_s2]);
-                }
-            }
-    }
-
-    static bool all_finite(const double* p, std::int64_t len) {
-        int ok = 1;  // x − x is 0 for finite x and NaN for ±Inf/NaN; an int AND reduction vectorises
-        for (std::int64_t i = 0; i < len; ++i) ok &= static_cast<int>(p[i] - p[i] == 0.0);
-        return ok != 0;
-    }
-
-    // The full conversion names the first non-finite element in flat order (the message every
-    // entry point gives); only reached on the error path.
-    [[noreturn]] void fail_non_finite() const {
-        (void)detail::host_matrix(m_v, 1, m_fn, m_arg);
-        throw std::invalid_argument(detail::concat(m_fn, ": ", m_arg, " must be finite"));
-    }
-
-    const TensorView& m_v;
-    const char* m_fn;
-    const char* m_arg;
-    std::int64_t m_n, m_t, m_d, m_s0, m_s1, m_s2;
-};
-
 // The N×d float64 panel of one position t: in place (direct input), from a held converted copy
 // of the whole tensor (when it fits the scratch budget), or converted into a slot on demand.
 class PositionPanels {
@@ -191,12 +200,14 @@ public:
         if (x.direct()) {
             x.check_finite();
         } else if (n * t * d * 8 <= budget) {
-            m_held = scratch(n * t * d);
+            m_held = fisher_scratch(n * t * d);
             x.copy(0, n, 0, t, 0, d, m_held.get());
         } else {
-            for (auto& s : m_slot) s = scratch(n * d);
+            for (auto& s : m_slot) s = fisher_scratch(n * d);
         }
     }
+    /// Whether get() only reads (direct or held): one object can then serve every worker.
+    bool shared() const { return m_x.direct() || m_held != nullptr; }
     /// Pointer and leading dimension of position t's N×d panel (slot 0 or 1 when converted).
     std::pair<const double*, std::int64_t> get(std::int64_t t, int slot) {
         const std::int64_t n = m_x.n(), d = m_x.d();
@@ -211,8 +222,8 @@ public:
 
 private:
     const SeqInput& m_x;
-    std::unique_ptr<double[]> m_held;
-    std::unique_ptr<double[]> m_slot[2];
+    detail::Scratch m_held;
+    detail::Scratch m_slot[2];
     std::int64_t m_loaded[2] = {-1, -1};
 };
 
@@ -244,38 +255,30 @@ void hadamard_accumulate(const double* ga, const double* gd, std::int64_t ldg, s
     }
 }
 
-// In place: K = scale·(F + Fᵀ) (transpose_add), or K = scale·F mirrored from its lower triangle.
-// 8×8 tiles: the transposed walk touches 8 rows, which an 8-way L1 keeps even when the row
-// stride is a power of two.
-void finish(RowMatrixXd& f, double scale, bool transpose_add) {
-    const std::int64_t n = f.rows();
-    double* p = f.data();
-    constexpr std::int64_t b = 8;
-    for (std::int64_t i0 = 0; i0 < n; i0 += b) {
-        const std::int64_t i1 = std::min(n, i0 + b);
-        for (std::int64_t j0 = 0; j0 <= i0; j0 += b)
-            for (std::int64_t i = i0; i < i1; ++i) {
-                const std::int64_t j1 = std::min(i, j0 + b);  // strictly below the diagonal
-                for (std::int64_t j = j0; j < j1; ++j) {
-                    const double v =
-                        scale * (transpose_add ? p[i * n + j] + p[j * n + i] : p[i * n + j]);
-                    p[i * n + j] = v;
-                    p[j * n + i] = v;
-                }
-            }
-        for (std::int64_t i = i0; i < i1; ++i) p[i * n + i] *= transpose_add ? 2.0 * scale : scale;
+// Row blocks of the pair Grams and their owners: block b (rows [b·rb, (b + 1)·rb)) belongs to
+// worker b mod W on even rounds of W blocks and to W − 1 − (b mod W) on odd ones, so that the
+// triangles of the diagonal pairs (row i costs i) balance as well as the full rows do. A worker
+// owns the same rows of F for every pair: no two workers ever write the same row.
+struct RowBlocks {
+    std::int64_t rb;
+    int worker, workers;
+    bool owns(std::int64_t b) const {
+        const std::int64_t round = b / workers, pos = b % workers;
+        return (round % 2 == 0 ? pos : workers - 1 - pos) == worker;
     }
-}
+};
 
-// One position pair (t, s) over row blocks: Gram blocks GA = A_t[I] A_sᵀ, GD = D_t[I] D_sᵀ
-// (gemm for the rectangle left of the diagonal block, dgemmt inside it when t = s).
+// One position pair (t, s) over the worker's row blocks: Gram blocks GA = A_t[I] A_sᵀ,
+// GD = D_t[I] D_sᵀ (gemm for the rectangle left of the diagonal block, dgemmt inside it when
+// t = s).
 using Panel = std::pair<const double*, std::int64_t>;
 void pair_blocks(Panel at, Panel as, Panel dt, Panel ds, std::int64_t di, std::int64_t dout,
-                 std::int64_t rb, PairWeights w, double* ga, double* gd, std::int64_t ldg,
+                 const RowBlocks& rows, PairWeights w, double* ga, double* gd, std::int64_t ldg,
                  RowMatrixXd& f) {
-    const std::int64_t n = f.rows();
-    for (std::int64_t i0 = 0; i0 < n; i0 += rb) {
-        const std::int64_t i1 = std::min(n, i0 + rb), m = i1 - i0;
+    const std::int64_t n = f.rows(), rb = rows.rb;
+    for (std::int64_t b = 0; b * rb < n; ++b) {
+        if (!rows.owns(b)) continue;
+        const std::int64_t i0 = b * rb, i1 = std::min(n, i0 + rb), m = i1 - i0;
         const std::int64_t cols = w.diagonal ? i0 : n;
         const double* ai = at.first + i0 * at.second;
         const double* di_ = dt.first + i0 * dt.second;
@@ -289,91 +292,74 @@ void pair_blocks(Panel at, Panel as, Panel dt, Panel ds, std::int64_t di, std::i
     }
 }
 
-RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int64_t budget) {
-    const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
-    PositionPanels pa(a, budget / 2), pd(d, budget / 2);
-    // T = 1: one symmetric pair, written straight into K's lower triangle; else K = F + Fᵀ.
-    RowMatrixXd f = result_matrix(n, t > 1);
-    // Row blocks of the pair Grams: two rb×N float64 blocks stay in a core's L2; their rows are
-    // padded off a power-of-two stride.
-    const std::int64_t rb =
-        std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 17) / n, 64, 256));
-    const std::int64_t ldg = n + 8;
-    const auto ga = scratch(rb * ldg), gd = scratch(rb * ldg);
-    const double beta = bias ? 1.0 : 0.0;
+// Every pair (t, s ≤ t) over one worker's row blocks of F. Panels that convert on demand (slot
+// mode: the inputs exceed the budget) are the worker's own.
+void block_sum_rows(PositionPanels& pa0, PositionPanels& pd0, const SeqInput& a,
+                    const SeqInput& d, double beta, const RowBlocks& rows, RowMatrixXd& f) {
+    const std::int64_t n = a.n(), t = a.t();
+    std::unique_ptr<PositionPanels> own_a, own_d;
+    if (!pa0.shared()) own_a = std::make_unique<PositionPanels>(a, 0);
+    if (!pd0.shared()) own_d = std::make_unique<PositionPanels>(d, 0);
+    PositionPanels& pa = own_a ? *own_a : pa0;
+    PositionPanels& pd = own_d ? *own_d : pd0;
+    const std::int64_t ldg = n + 8;  // rows padded off a power-of-two stride
+    const auto ga = fisher_scratch(rows.rb * ldg), gd = fisher_scratch(rows.rb * ldg);
     for (std::int64_t tt = 0; tt < t; ++tt) {
         const auto at = pa.get(tt, 0), dt = pd.get(tt, 0);
         for (std::int64_t ss = 0; ss <= tt; ++ss) {
             const auto as = pa.get(ss, 1), ds = pd.get(ss, 1);
             const PairWeights w{beta, ss == tt, t == 1 ? 1.0 : 0.5, t == 1};
-            pair_blocks(at, as, dt, ds, di, dout, rb, w, ga.get(), gd.get(), ldg, f);
+            pair_blocks(at, as, dt, ds, a.d(), d.d(), rows, w, ga.get(), gd.get(), ldg, f);
         }
     }
-    finish(f, 1.0 / static_cast<double>(n), t > 1);
-    return f;
 }
 
-// Tile sizes of the materialise route: q columns of d_out per slab of D (held for all samples
-// unless D is used in place), r columns of d_in per tile of Γ (N × r·q).
-struct Tiles {
-    std::int64_t q, r;
-};
-Tiles materialize_tiles(const SeqInput& a, const SeqInput& d, std::int64_t budget) {
-    const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
-    // Γ tiles of 8-32 MiB (a quarter of the budget) stay in L3 between their formation and their
-    // Gram; the D slab takes the rest. The batched products run fastest with q near 128 and r a
-    // multiple of 16 (r × q = 64 × 128: 40 G multiply-adds/s against 27 at 21 × 192, T = 64).
-    const std::int64_t tile =
-        std::max<std::int64_t>(std::min(budget / 2, std::clamp(budget / 4, 8 * kMiB, 32 * kMiB)), 1);
-    const std::int64_t slab = std::max<std::int64_t>(budget - tile, 1);
-    std::int64_t q = std::min<std::int64_t>(dout, 128);
-    if (!d.direct()) q = std::clamp<std::int64_t>(slab / (n * t * 8), 1, q);
-    if (q > 32) q -= q % 32;
-    std::int64_t r = std::clamp<std::int64_t>(tile / (n * q * 8), 1, di);
-    if (r > 16 && r < di) r -= r % 16;
-    return {q, r};
-}
-
-RowMatrixXd materialize(const SeqInput& a, const SeqInput& d, bool bias, std::int64_t budget) {
-    const std::int64_t n = a.n(), t = a.t(), di = a.d(), dout = d.d();
-    if (a.direct()) a.check_finite();
-    if (d.direct()) d.check_finite();
-    const Tiles tl = materialize_tiles(a, d, budget);
-    // A is converted per sample block (about 1 MiB) right before its batched product.
-    const std::int64_t nb =
-        a.direct() ? n : std::clamp<std::int64_t>(kMiB / (t * tl.r * 8), 1, n);
-    const auto dslab = scratch(d.direct() ? 1 : n * t * tl.q);
-    const auto ablk = scratch(a.direct() ? 1 : nb * t * tl.r);
-    const auto gamma = scratch(n * tl.r * tl.q);
-    std::vector<double> sums(bias ? static_cast<std::size_t>(n * dout) : 0);
-    RowMatrixXd k = result_matrix(n, false);  // lower half: the first Gram writes (beta = 0)
-    double beta = 0.0;
-    for (std::int64_t q0 = 0; q0 < dout; q0 += tl.q) {
-        const std::int64_t q = std::min(tl.q, dout - q0);
-        const double* dp = d.direct() ? d.data() + q0 : dslab.get();
-        const std::int64_t ldd = d.direct() ? d.s1() : q, sd = d.direct() ? d.s0() : t * q;
-        if (!d.direct()) d.copy(0, n, 0, t, q0, q0 + q, dslab.get());
-        for (std::int64_t i = 0; bias && i < n; ++i)
-            for (std::int64_t tt = 0; tt < t; ++tt)
-                for (std::int64_t c = 0; c < q; ++c)
-                    sums[static_cast<std::size_t>(i * dout + q0 + c)] += dp[i * sd + tt * ldd + c];
-        for (std::int64_t r0 = 0; r0 < di; r0 += tl.r) {
-            const std::int64_t r = std::min(tl.r, di - r0);
-            for (std::int64_t i0 = 0; i0 < n; i0 += nb) {
-                const std::int64_t i1 = std::min(n, i0 + nb);
-                const double* ap = a.direct() ? a.data() + i0 * a.s0() + r0 : ablk.get();
-                const std::int64_t lda = a.direct() ? a.s1() : r, sa = a.direct() ? a.s0() : t * r;
-                if (!a.direct()) a.copy(i0, i1, 0, t, r0, r0 + r, ablk.get());
-                detail::gemm_tn_batched(i1 - i0, r, q, t, ap, lda, sa, dp + i0 * sd, ldd, sd,
-                                        gamma.get() + i0 * r * q, q, r * q);
-            }
-            detail::syrk_lower_ld(n, r * q, 1.0, gamma.get(), r * q, beta, k.data(), n);
-            beta = 1.0;
+// T = 1: K = ((AAᵀ + β) ∘ (DDᵀ))/N from the lower triangles of the two Grams, formed side by side
+// by two workers (one single-threaded dsyrk each), then one Hadamard-and-mirror pass split by
+// rows. At N = 1024 the row blocks of the general path ran their gemms at about half the dsyrk
+// rate.
+RowMatrixXd single_pair(PositionPanels& pa, PositionPanels& pd, std::int64_t n, std::int64_t di,
+                        std::int64_t dout, double beta, int workers) {
+    const Panel am = pa.get(0, 0), dm = pd.get(0, 0);
+    RowMatrixXd k = fisher_result(n, false);
+    const auto g = fisher_scratch(n * n);
+    detail::parallel_rows(2, std::min(workers, 2), [&](std::int64_t w0, std::int64_t w1) {
+        for (std::int64_t w = w0; w < w1; ++w) {
+            if (w == 0) detail::syrk_lower_ld(n, di, 1.0, am.first, am.second, 0.0, k.data(), n);
+            else detail::syrk_lower_ld(n, dout, 1.0, dm.first, dm.second, 0.0, g.get(), n);
         }
-    }
-    if (bias) detail::syrk_lower_ld(n, dout, 1.0, sums.data(), dout, 1.0, k.data(), n);
-    finish(k, 1.0 / static_cast<double>(n), false);
+    });
+    detail::FinishTerms terms;
+    terms.times = g.get();
+    terms.beta = beta;
+    fisher_finish(k, 1.0 / static_cast<double>(n), false, terms, workers);
     return k;
+}
+
+// Workers split F by row blocks (RowBlocks), each BLAS call single-threaded in its worker
+// (BlasWorkers): at N = 256 the 2-thread calls on one 256-row block paid a wake-up and a join
+// each (bench/README.md, "Sequence Fisher-Gram grid").
+RowMatrixXd block_sum(const SeqInput& a, const SeqInput& d, bool bias, std::int64_t budget) {
+    const std::int64_t n = a.n(), t = a.t();
+    PositionPanels pa(a, budget / 2), pd(d, budget / 2);
+    detail::BlasWorkers region(static_cast<int>(std::min<std::int64_t>((n + 15) / 16, 64)));
+    const int workers = region.workers();
+    const double beta = bias ? 1.0 : 0.0;
+    if (t == 1 && n * n * 8 <= budget) return single_pair(pa, pd, n, a.d(), d.d(), beta, workers);
+    // T = 1: one symmetric pair, written straight into K's lower triangle; else K = F + Fᵀ.
+    RowMatrixXd f = fisher_result(n, t > 1);
+    // Row blocks: two rb×N float64 blocks stay in a core's L2, and each worker gets two or more.
+    const std::int64_t rb0 =
+        std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 17) / n, 64, 256));
+    const std::int64_t per_worker = (n + 2 * workers - 1) / (2 * workers);
+    const std::int64_t rb =
+        workers == 1 ? rb0 : std::min(rb0, std::max<std::int64_t>(16, per_worker));
+    detail::parallel_rows(workers, workers, [&](std::int64_t w0, std::int64_t w1) {
+        for (std::int64_t w = w0; w < w1; ++w)
+            block_sum_rows(pa, pd, a, d, beta, RowBlocks{rb, static_cast<int>(w), workers}, f);
+    });
+    fisher_finish(f, 1.0 / static_cast<double>(n), t > 1, {}, workers);
+    return f;
 }
 
 // The scratch budget: the caller's chunk_bytes, by default 1/8 of a float64 Γ (between 32 and
@@ -418,11 +404,12 @@ RowMatrixXd fisher_gram(const TensorView& acts, const TensorView& grads,
 
     const std::int64_t n = acts.shape[0];
     const std::int64_t t = acts.ndim() == 3 ? acts.shape[1] : 1;
-    const SeqInput a(acts, t, fn, "acts"), d(grads, t, fn, "grads");
+    const detail::SeqInput a(acts, t, fn, "acts"), d(grads, t, fn, "grads");
     const std::int64_t budget = scratch_budget(n, a.d(), d.d(), opts);
     const FisherRoute route = resolve_fisher_route(n, t, a.d(), d.d(), opts.route);
-    RowMatrixXd k = route == FisherRoute::Materialize ? materialize(a, d, opts.bias, budget)
-                                                      : block_sum(a, d, opts.bias, budget);
+    RowMatrixXd k = route == FisherRoute::Materialize
+                        ? detail::materialize_workers(a, d, opts.bias, budget)
+                        : block_sum(a, d, opts.bias, budget);
     detail::check_finite_result(k, fn);
     return k;
 }

@@ -2,6 +2,7 @@
 // Tests of the Fisher-Gram against per-sample gradients formed explicitly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -106,6 +107,102 @@ TEST(FisherGram, RoutesAgreeAcrossStoragesAndBudgets) {
                     EXPECT_EQ((k - k.transpose()).cwiseAbs().maxCoeff(), 0.0);
                 }
     }
+}
+
+// A worker-path case: N samples of T positions, padded (sample i keeps its first i % T + 1
+// positions, a = δ = 0 after them) or rank-deficient (samples N/2.. repeat samples 0..), with
+// values exactly representable in float32 (so the float32 and float64 views hold the same K).
+struct SeqCase {
+    Eigen::Index n, t, di, dout;
+    bool pad, repeat;
+};
+std::pair<RowMatrixXd, RowMatrixXd> seq_case_data(const SeqCase& c) {
+    RowMatrixXd a = dtest::make_data(c.n * c.t, c.di, 31);
+    RowMatrixXd d = dtest::make_data(c.n * c.t, c.dout, 32);
+    for (Eigen::Index i = 0; c.pad && i < c.n; ++i)
+        for (Eigen::Index s = (i % c.t) + 1; s < c.t; ++s) {
+            a.row(i * c.t + s).setZero();
+            d.row(i * c.t + s).setZero();
+        }
+    for (Eigen::Index i = 0; c.repeat && i < c.n / 2; ++i) {
+        a.middleRows((c.n / 2 + i) * c.t, c.t) = a.middleRows(i * c.t, c.t);
+        d.middleRows((c.n / 2 + i) * c.t, c.t) = d.middleRows(i * c.t, c.t);
+    }
+    for (RowMatrixXd* m : {&a, &d})
+        for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = double(float(m->data()[i]));
+    return {a, d};
+}
+
+// The worker paths (both routes: row blocks of F or the two Grams of T = 1; tiles of Γ with
+// per-worker partial K's) at one and two workers, against the float64 reference to 1e-12: T = 1
+// on both routes, one sample (fewer samples than workers), d_out = 1 with one-column tiles (a
+// tile narrower than the workers can leave worker 0's K unwritten), padded sequences, a
+// rank-deficient batch, N ≥ 128 (the finish split over workers), float32 and float64 inputs,
+// and budgets from one-column tiles to the default.
+TEST(FisherGram, WorkerPathsMatchReference) {
+    const std::vector<SeqCase> cases = {
+        {9, 1, 5, 3, false, false},  {1, 4, 3, 2, false, false},   {7, 3, 4, 1, false, false},
+        {10, 6, 5, 4, true, false},  {12, 5, 3, 6, false, true},   {33, 2, 2, 3, false, false},
+        {140, 1, 4, 3, false, false}, {130, 2, 3, 2, true, false}};
+    for (const int threads : {1, 2}) {
+        set_num_threads(threads);
+        for (const SeqCase& c : cases) {
+            const auto [a, d] = seq_case_data(c);
+            const std::vector<float> af(a.data(), a.data() + a.size());
+            const std::vector<float> df(d.data(), d.data() + d.size());
+            const std::vector<std::pair<TensorView, TensorView>> views = {
+                {TensorView::cpu(a.data(), {c.n, c.t, c.di}),
+                 TensorView::cpu(d.data(), {c.n, c.t, c.dout})},
+                {TensorView::cpu(af.data(), {c.n, c.t, c.di}),
+                 TensorView::cpu(df.data(), {c.n, c.t, c.dout})}};
+            for (bool bias : {false, true}) {
+                const RowMatrixXd ref = brute_force(a, d, c.n, c.t, bias);
+                const double tol = 1e-12 * std::max(ref.cwiseAbs().maxCoeff(), 1e-300);
+                for (auto route : {FisherRoute::BlockSum, FisherRoute::Materialize})
+                    for (std::int64_t budget : {std::int64_t(8), std::int64_t(3000),
+                                                FisherGramOptions{}.chunk_bytes})
+                        for (std::size_t v = 0; v < views.size(); ++v) {
+                            FisherGramOptions o;
+                            o.bias = bias;
+                            o.route = route;
+                            o.chunk_bytes = budget;
+                            const auto k = fisher_gram(views[v].first, views[v].second, o);
+                            EXPECT_LT((k - ref).cwiseAbs().maxCoeff(), tol)
+                                << "threads=" << threads << " n=" << c.n << " t=" << c.t
+                                << " route=" << int(route) << " budget=" << budget
+                                << " float32=" << v << " bias=" << bias;
+                            EXPECT_EQ((k - k.transpose()).cwiseAbs().maxCoeff(), 0.0);
+                        }
+            }
+        }
+    }
+    set_num_threads_auto();
+}
+
+// A non-finite value in the last sample (formed by the last worker while the first waits at the
+// tile's barrier) is reported, not left waiting.
+TEST(FisherGram, NonFiniteInLastSampleIsReported) {
+    const Eigen::Index n = 40, t = 3;
+    std::vector<float> a(static_cast<std::size_t>(n * t * 2), 1.0f), d(a.size(), 0.5f);
+    d[d.size() - 1] = std::numeric_limits<float>::infinity();
+    const TensorView va = TensorView::cpu(a.data(), {n, t, 2});
+    const TensorView vd = TensorView::cpu(d.data(), {n, t, 2});
+    for (const int threads : {1, 2})
+        for (auto route : {FisherRoute::BlockSum, FisherRoute::Materialize}) {
+            set_num_threads(threads);
+            FisherGramOptions o;
+            o.route = route;
+            try {
+                fisher_gram(va, vd, o);
+                FAIL() << int(route);
+            } catch (const std::invalid_argument& e) {
+                EXPECT_NE(std::string(e.what()).find(
+                              "grads must be finite, got Inf at flat index 239"),
+                          std::string::npos)
+                    << e.what();
+            }
+        }
+    set_num_threads_auto();
 }
 
 TEST(FisherGram, RejectsNonFiniteInEveryRoute) {

@@ -134,17 +134,20 @@ class BlasThreads {
     std::int64_t wall0_ = 0, delay0_ = 0;
 };
 
-/// Scope in which OpenBLAS runs every call on the calling thread (for code that calls BLAS from
-/// several threads of its own at once); the previous count comes back at the end of the scope.
-class BlasOneThread {
+/// Scope of a parallel region whose workers() threads each make their own BLAS calls: while one
+/// is alive every BLAS call runs single-threaded in its calling thread (BlasThreads scopes change
+/// nothing). workers(): the user's thread count, or in auto mode all of OpenBLAS's threads (auto
+/// mode's contention hold is not applied: blas.cpp), at most `max_workers` and the cores.
+class BlasWorkers {
   public:
-    BlasOneThread();
-    ~BlasOneThread();
-    BlasOneThread(const BlasOneThread&) = delete;
-    BlasOneThread& operator=(const BlasOneThread&) = delete;
+    explicit BlasWorkers(int max_workers);
+    ~BlasWorkers();
+    BlasWorkers(const BlasWorkers&) = delete;
+    BlasWorkers& operator=(const BlasWorkers&) = delete;
+    int workers() const { return workers_; }
 
   private:
-    int restore_ = 0;  // 0: nothing to restore
+    int workers_ = 1;
 };
 
 /// Threads for `work` units of element-wise work: 1 below `min_work`, else the core's thread
