@@ -781,6 +781,8 @@ EXPERIMENTS = {
     "over-training": "deadspec.experiments.overtraining",
     "detection": "deadspec.experiments.detection",
     "grokking": "deadspec.experiments.grokking",
+    "gauge-start": "deadspec.experiments.gauge_start",
+    "vit": "deadspec.experiments.vit",
 }
 
 

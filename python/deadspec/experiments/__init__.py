@@ -9,13 +9,26 @@
 - :mod:`deadspec.experiments.overtraining`, :mod:`deadspec.experiments.detection`,
   :mod:`deadspec.experiments.grokking`: DDCAdam/DDCMuon against AdamW/Muon (validation − train
   gap past the point of fit, cells in which the dead-direction rate reads, seeds that grok).
+- :mod:`deadspec.experiments.gauge_start`: every optimizer trained from θ₀ and from a rescaled
+  g·θ₀ (the same function): what exact equivariance buys.
+- :mod:`deadspec.experiments.vit`: a small vision transformer on scikit-learn's digits, DDCAdam
+  against AdamW over seeds.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-_MODULES = ("rank_deficit", "rrr", "modadd", "overtraining", "detection", "grokking")
+_MODULES = (
+    "rank_deficit",
+    "rrr",
+    "modadd",
+    "overtraining",
+    "detection",
+    "grokking",
+    "gauge_start",
+    "vit",
+)
 __all__ = list(_MODULES)
 
 

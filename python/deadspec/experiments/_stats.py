@@ -131,3 +131,71 @@ def summary_stats(values: Sequence[float]) -> tuple[float, float]:
     if v.size == 0:
         return float("nan"), float("nan")
     return float(v.mean()), float(np.median(v))
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean of the finite values (NaN, NaN if none; SE NaN for
+    one value)."""
+    v = np.asarray([x for x in values if math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(v.mean()), se
+
+
+def student_t_sf2(t: float, df: int) -> float:
+    """Two-sided tail probability P(|T| >= |t|) of Student's t with ``df`` degrees of freedom:
+    the regularised incomplete beta I_{df/(df+t²)}(df/2, 1/2), by its continued fraction."""
+    if not math.isfinite(t):
+        return 0.0 if math.isinf(t) else float("nan")
+    if df < 1:
+        return float("nan")
+    x = df / (df + t * t)
+    return _betainc(0.5 * df, 0.5, x)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) (Lentz's continued fraction)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1.0) / (a + b + 2.0):  # the symmetric form converges faster there
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f / a
+
+
+def paired_t(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Paired t-test of a − b over the pairs where both are finite: ``mean``, ``se``, ``t``,
+    two-sided ``p`` and ``n`` (NaN statistics below two pairs; p = 1 for identical pairs)."""
+    d = np.asarray(
+        [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)], dtype=np.float64
+    )
+    n = int(d.size)
+    nan = float("nan")
+    if n < 2:
+        return {"mean": float(d.mean()) if n else nan, "se": nan, "t": nan, "p": nan, "n": n}
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    if se == 0.0:
+        return {"mean": mean, "se": 0.0, "t": nan, "p": 1.0 if mean == 0.0 else 0.0, "n": n}
+    t = mean / se
+    return {"mean": mean, "se": se, "t": t, "p": student_t_sf2(t, n - 1), "n": n}
