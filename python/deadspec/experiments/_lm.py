@@ -47,7 +47,9 @@ __all__ = [
     "LM_SIZES",
     "LMSizes",
     "TinyLM",
+    "curve_summary",
     "lm_gauges",
+    "lm_loss",
     "lm_sizes",
     "parser",
     "run_grid",
@@ -203,7 +205,8 @@ def lm_sizes(quick: bool, size: str, **overrides: Any) -> LMSizes:
     return out
 
 
-def _lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` on ``x`` against ``y`` (N × T each)."""
     logits = model(x)
     return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
 
@@ -256,7 +259,7 @@ def _fit(
     def evaluate(step: int, train_loss: float) -> None:
         model.eval()
         with torch.no_grad():
-            va = float(_lm_loss(model, x_va, y_va))
+            va = float(lm_loss(model, x_va, y_va))
         model.train()
         steps_rec.append(step)
         tr_rec.append(train_loss)
@@ -265,7 +268,7 @@ def _fit(
     model.train()
     for step in range(sizes.steps + 1):
         opt.zero_grad(set_to_none=True)
-        loss = _lm_loss(model, x_tr, y_tr)
+        loss = lm_loss(model, x_tr, y_tr)
         lval = float(loss.detach())
         if not math.isfinite(lval):
             evaluate(step, lval)
@@ -281,7 +284,7 @@ def _fit(
     return steps_rec, tr_rec, va_rec, False
 
 
-def _curve_summary(steps: list[int], train: list[float], val: list[float]) -> dict[str, Any]:
+def curve_summary(steps: list[int], train: list[float], val: list[float]) -> dict[str, Any]:
     """Final, tail (mean of the last 10 % of the evaluations) and minimum validation losses."""
     va = np.asarray(val, dtype=np.float64)
     finite = np.isfinite(va)
@@ -363,7 +366,7 @@ def train_lm(
     steps, train, val, diverged = _fit(model, opt, mon, every, sizes, data)
     seconds = time.perf_counter() - t0
     return {
-        **_curve_summary(steps, train, val),
+        **curve_summary(steps, train, val),
         "seconds": seconds,
         "monitor": mon,
         "diverged": diverged,

@@ -288,7 +288,7 @@ def _fit(
     model.train()
     for step in range(sizes.steps + 1):
         opt.zero_grad(set_to_none=True)
-        loss = _lm._lm_loss(model, x_tr, y_tr)
+        loss = _lm.lm_loss(model, x_tr, y_tr)
         lval = float(loss.detach())
         if step % sizes.eval_every == 0 or step == sizes.steps or not math.isfinite(lval):
             lp = _log_probs(model, x_va)
@@ -336,7 +336,7 @@ def train_from(
     steps, train, val, logps, diverged = _fit(model, opt, sizes, data)
     seconds = time.perf_counter() - t0
     return {
-        **_lm._curve_summary(steps, train, val),
+        **_lm.curve_summary(steps, train, val),
         "logps": logps,
         "init_diff": init_diff,
         "drift": _drift(start, orbit_coordinates(model)),
@@ -484,6 +484,45 @@ RULES = (
 )
 
 
+def _resolve(
+    fn: str,
+    quick: bool,
+    size: str,
+    optimizers: Sequence[str],
+    seeds: int | None,
+    strengths: Sequence[float] | None,
+    steps: int | None,
+    weight_decay: float,
+) -> Sizes:
+    """The sizes of a run with its overrides, each checked (ValueError naming ``fn``)."""
+    if size not in ("default", "full"):
+        raise ValueError(f"{fn}: size must be 'default' or 'full', got {size!r}")
+    sz = SIZES["quick" if quick else size]
+    bad = [o for o in optimizers if o not in ARMS]
+    if bad or not optimizers:
+        raise ValueError(
+            f"{fn}: optimizers must be a non-empty subset of {ARMS}, got {list(optimizers)}"
+        )
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
+            raise ValueError(f"{fn}: seeds must be an integer >= 2 (a paired test), got {seeds!r}")
+        sz = dataclasses.replace(sz, seeds=seeds)
+    if strengths is not None:
+        st = [float(s) for s in strengths]
+        if not st or any(not (math.isfinite(s) and s > 0) for s in st):
+            raise ValueError(
+                f"{fn}: strengths must be positive finite numbers, got {list(strengths)}"
+            )
+        sz = dataclasses.replace(sz, strengths=tuple(sorted(set(st) | {CONTROL})))
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"{fn}: steps must be a positive integer, got {steps!r}")
+        sz = dataclasses.replace(sz, lm=dataclasses.replace(sz.lm, steps=steps))
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"{fn}: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    return sz
+
+
 def run(
     out: str | Path | None = DEFAULT_OUT,
     *,
@@ -529,31 +568,7 @@ def run(
         As the other experiments.
     """
     fn = "deadspec.gauge_start.run"
-    if size not in ("default", "full"):
-        raise ValueError(f"{fn}: size must be 'default' or 'full', got {size!r}")
-    sz = SIZES["quick" if quick else size]
-    bad = [o for o in optimizers if o not in ARMS]
-    if bad or not optimizers:
-        raise ValueError(
-            f"{fn}: optimizers must be a non-empty subset of {ARMS}, got {list(optimizers)}"
-        )
-    if seeds is not None:
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
-            raise ValueError(f"{fn}: seeds must be an integer >= 2 (a paired test), got {seeds!r}")
-        sz = dataclasses.replace(sz, seeds=seeds)
-    if strengths is not None:
-        st = [float(s) for s in strengths]
-        if not st or any(not (math.isfinite(s) and s > 0) for s in st):
-            raise ValueError(
-                f"{fn}: strengths must be positive finite numbers, got {list(strengths)}"
-            )
-        sz = dataclasses.replace(sz, strengths=tuple(sorted(set(st) | {CONTROL})))
-    if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"{fn}: steps must be a positive integer, got {steps!r}")
-        sz = dataclasses.replace(sz, lm=dataclasses.replace(sz.lm, steps=steps))
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"{fn}: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    sz = _resolve(fn, quick, size, optimizers, seeds, strengths, steps, weight_decay)
     arms = [a for a in ARMS if a in optimizers]
     out_dir = _harness.check_out(out, fn)
     t0 = time.perf_counter()
@@ -678,7 +693,8 @@ _SUMMARY = (
     _Col("optimizer", "optimizer", "<14"),
     _Col("s", "strength", ">6g"),
     _Col("seeds", "seeds", ">5"),
-    _Col("KL nats", lambda r: f"{r['kl_mean']:.3g} ± {r['kl_se']:.2g}", ">20"),
+    _Col("KL at base min", lambda r: f"{r['kl_at_min_mean']:.3g} ± {r['kl_at_min_se']:.2g}", ">20"),
+    _Col("KL last step", lambda r: f"{r['kl_mean']:.3g} ± {r['kl_se']:.2g}", ">20"),
     _Col("Δ min val", lambda r: f"{r['d_min_val_mean']:+.4f} ± {r['d_min_val_se']:.2g}", ">20"),
     _Col("p", "d_min_val_p", "6.3f"),
     _Col(

@@ -329,6 +329,119 @@ def verdicts(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[dict[s
     return out
 
 
+def _resolve(
+    fn: str,
+    quick: bool,
+    size: str,
+    optimizers: Sequence[str],
+    seeds: int | None,
+    steps: int | None,
+    lrs: Sequence[float] | None,
+) -> ViTSizes:
+    """The sizes of a run with its overrides, each checked (ValueError naming ``fn``)."""
+    if size not in ("default", "full"):
+        raise ValueError(f"{fn}: size must be 'default' or 'full', got {size!r}")
+    sz = SIZES["quick" if quick else size]
+    bad = [o for o in optimizers if o not in OPTIMIZERS]
+    if bad or not optimizers:
+        raise ValueError(
+            f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got {list(optimizers)}"
+        )
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
+            raise ValueError(f"{fn}: seeds must be an integer >= 2 (a paired test), got {seeds!r}")
+        sz = dataclasses.replace(sz, seeds=seeds)
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"{fn}: steps must be a positive integer, got {steps!r}")
+        sz = dataclasses.replace(sz, steps=steps)
+    if lrs is not None:
+        grid = tuple(float(v) for v in lrs)
+        if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
+            raise ValueError(f"{fn}: lrs must be positive finite numbers, got {list(lrs)}")
+        sz = dataclasses.replace(sz, lrs=grid)
+    return sz
+
+
+def _tune(
+    sz: ViTSizes,
+    arms: Sequence[str],
+    tune_seeds: Sequence[int],
+    data: tuple[torch.Tensor, torch.Tensor],
+    bar: Any,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Each arm's learning rate: the lowest mean minimum validation loss over the tuning seeds
+    (a diverged run counts as infinite). Returns the choice and the tuning rows."""
+    chosen: dict[str, float] = {}
+    tuning: list[dict[str, Any]] = []
+    for arm in arms:
+        scores = {}
+        for lr in sz.lrs:
+            mins = []
+            for s in tune_seeds:
+                bar.set_postfix_str(f"tuning {arm} lr={lr:g} seed {s}")
+                r = train_vit(sz, arm, lr, s, data)
+                bar.update(1)
+                mins.append(r["min_val"] if not r["diverged"] else math.inf)
+                tuning.append(
+                    {
+                        "optimizer": arm,
+                        "lr": lr,
+                        "seed": s,
+                        "min_val": r["min_val"],
+                        "final_val": r["final_val"],
+                        "chosen": False,
+                    }
+                )
+            finite = [m for m in mins if math.isfinite(m)]
+            scores[lr] = sum(finite) / len(finite) if len(finite) == len(mins) else math.inf
+        chosen[arm] = min(sz.lrs, key=lambda v: (scores[v], v))
+        for t in tuning:
+            if t["optimizer"] == arm:
+                t["chosen"] = t["lr"] == chosen[arm]
+    return chosen, tuning
+
+
+def _measure(
+    sz: ViTSizes,
+    arms: Sequence[str],
+    chosen: dict[str, float],
+    measured: Sequence[int],
+    data: tuple[torch.Tensor, torch.Tensor],
+    bar: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The measured runs at each arm's chosen learning rate: the rows and the curves."""
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    for arm in arms:
+        for s in measured:
+            bar.set_postfix_str(f"{arm} seed {s}")
+            r = train_vit(sz, arm, chosen[arm], s, data)
+            bar.update(1)
+            rows.append(
+                {
+                    "optimizer": arm,
+                    "lr": chosen[arm],
+                    "weight_decay": sz.weight_decay,
+                    "seed": s,
+                    **{k: r[k] for k in RUN_COLUMNS if k in r},
+                    "paper_val": PAPER_VAL.get(arm, float("nan")),
+                }
+            )
+            for i, st in enumerate(r["steps"]):
+                curves.append(
+                    {
+                        "optimizer": arm,
+                        "seed": s,
+                        "step": st,
+                        "train_loss": r["train_loss"][i],
+                        "val_loss": r["val_loss"][i],
+                        "val_acc": r["val_acc"][i],
+                    }
+                )
+    return rows, curves
+
+
 def run(
     out: str | Path | None = DEFAULT_OUT,
     *,
@@ -369,27 +482,7 @@ def run(
         As the other experiments.
     """
     fn = "deadspec.vit.run"
-    if size not in ("default", "full"):
-        raise ValueError(f"{fn}: size must be 'default' or 'full', got {size!r}")
-    sz = SIZES["quick" if quick else size]
-    bad = [o for o in optimizers if o not in OPTIMIZERS]
-    if bad or not optimizers:
-        raise ValueError(
-            f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got {list(optimizers)}"
-        )
-    if seeds is not None:
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
-            raise ValueError(f"{fn}: seeds must be an integer >= 2 (a paired test), got {seeds!r}")
-        sz = dataclasses.replace(sz, seeds=seeds)
-    if steps is not None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"{fn}: steps must be a positive integer, got {steps!r}")
-        sz = dataclasses.replace(sz, steps=steps)
-    if lrs is not None:
-        grid = tuple(float(v) for v in lrs)
-        if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
-            raise ValueError(f"{fn}: lrs must be positive finite numbers, got {list(lrs)}")
-        sz = dataclasses.replace(sz, lrs=grid)
+    sz = _resolve(fn, quick, size, optimizers, seeds, steps, lrs)
     arms = list(dict.fromkeys(optimizers))
     out_dir = _harness.check_out(out, fn)
     data = load_digits()
@@ -398,64 +491,11 @@ def run(
         echo(f"vit: verdict {RULE}; stated before the runs")
     tune_seeds = [1000 + k for k in range(sz.tune_seeds)]
     measured = [seed + k for k in range(sz.seeds)]
-    n_runs = len(arms) * (len(sz.lrs) * len(tune_seeds) + len(measured))
-    tuning: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    curves: list[dict[str, Any]] = []
-    chosen: dict[str, float] = {}
     with _harness.threads(threads):
-        bar = _harness.progress_bar(range(n_runs), "vit", progress)
-        with bar:
-            for arm in arms:
-                scores = {}
-                for lr in sz.lrs:
-                    mins = []
-                    for s in tune_seeds:
-                        bar.set_postfix_str(f"tuning {arm} lr={lr:g} seed {s}")
-                        r = train_vit(sz, arm, lr, s, data)
-                        bar.update(1)
-                        mins.append(r["min_val"] if not r["diverged"] else math.inf)
-                        tuning.append(
-                            {
-                                "optimizer": arm,
-                                "lr": lr,
-                                "seed": s,
-                                "min_val": r["min_val"],
-                                "final_val": r["final_val"],
-                                "chosen": False,
-                            }
-                        )
-                    finite = [m for m in mins if math.isfinite(m)]
-                    scores[lr] = sum(finite) / len(finite) if len(finite) == len(mins) else math.inf
-                chosen[arm] = min(sz.lrs, key=lambda v: (scores[v], v))
-                for t in tuning:
-                    if t["optimizer"] == arm:
-                        t["chosen"] = t["lr"] == chosen[arm]
-                for s in measured:
-                    bar.set_postfix_str(f"{arm} seed {s}")
-                    r = train_vit(sz, arm, chosen[arm], s, data)
-                    bar.update(1)
-                    rows.append(
-                        {
-                            "optimizer": arm,
-                            "lr": chosen[arm],
-                            "weight_decay": sz.weight_decay,
-                            "seed": s,
-                            **{k: r[k] for k in RUN_COLUMNS if k in r},
-                            "paper_val": PAPER_VAL.get(arm, float("nan")),
-                        }
-                    )
-                    for i, st in enumerate(r["steps"]):
-                        curves.append(
-                            {
-                                "optimizer": arm,
-                                "seed": s,
-                                "step": st,
-                                "train_loss": r["train_loss"][i],
-                                "val_loss": r["val_loss"][i],
-                                "val_acc": r["val_acc"][i],
-                            }
-                        )
+        n_runs = len(arms) * (len(sz.lrs) * len(tune_seeds) + len(measured))
+        with _harness.progress_bar(range(n_runs), "vit", progress) as bar:
+            chosen, tuning = _tune(sz, arms, tune_seeds, data, bar)
+            rows, curves = _measure(sz, arms, chosen, measured, data, bar)
     summary = summarize(rows, arms)
     verdict_rows = verdicts(rows, arms)
     config = {
