@@ -163,3 +163,50 @@ def test_cli(tmp_path, capsys):
     assert "seeds must be an integer >= 2" in capsys.readouterr().err
     assert gauge_start.main(["--quick", "--out", str(tmp_path), "--strengths", "-1"]) == 2
     assert gauge_start.main(["--quick", "--out", str(tmp_path), "--steps", "0"]) == 2
+
+
+def _summary_row(arm, strength, kl, d_min=0.0, p=1.0, pairs=5, bad=0):
+    return {
+        "optimizer": arm,
+        "strength": strength,
+        "seeds": 5,
+        "kl_mean": kl,
+        "kl_se": 0.0,
+        "kl_at_min_mean": kl,
+        "kl_at_min_se": 0.0,
+        "kl_at_min_bad": bad,
+        "pairs": pairs,
+        "d_min_val_mean": d_min,
+        "d_min_val_se": 0.01,
+        "d_min_val_p": p,
+    }
+
+
+def _verdicts(ddc, base, ctrl=1e-3):
+    strengths = (gauge_start.CONTROL, 2.0)
+    summary = [
+        _summary_row("ddc-adam", gauge_start.CONTROL, ctrl),
+        _summary_row("ddc-adam", 2.0, **ddc),
+        _summary_row("adamw", gauge_start.CONTROL, ctrl),
+        _summary_row("adamw", 2.0, **base),
+    ]
+    got = gauge_start.verdicts(summary, ["adamw", "ddc-adam"], strengths)
+    return {v["rule"]: v["verdict"] for v in got}
+
+
+def test_verdict_rules_on_synthetic_summaries():
+    # rule 1 reads the control: within 10x of it (+1e-5) and 10x below the base
+    assert _verdicts({"kl": 5e-3}, {"kl": 0.3})["equivariance"] == "reproduced"
+    assert _verdicts({"kl": 5e-3}, {"kl": 0.3}, ctrl=1e-4)["equivariance"] == "inconclusive"
+    assert _verdicts({"kl": 0.3}, {"kl": 0.2})["equivariance"] == "refuted"
+    assert _verdicts({"kl": 1e-3, "bad": 1}, {"kl": 0.3})["equivariance"] == "refuted"
+    assert _verdicts({"kl": 0.0}, {"kl": 0.0}, ctrl=0.0)["equivariance"] == "refuted"
+    assert _verdicts({"kl": 0.0}, {"kl": 5e-6}, ctrl=0.0)["equivariance"] == "inconclusive"
+    # rule 2: the base hurt (Δ > 0, p < 0.05), the DDC arm not
+    hurt = {"kl": 0.3, "d_min": 0.05, "p": 0.01}
+    assert _verdicts({"kl": 1e-3}, hurt)["what it buys"] == "reproduced"
+    assert _verdicts({"kl": 1e-3, "d_min": 0.06, "p": 0.01}, hurt)["what it buys"] == "refuted"
+    assert _verdicts({"kl": 1e-3}, {"kl": 0.3, "d_min": -0.05, "p": 0.01})[
+        "what it buys"
+    ] == "inconclusive"  # the base was helped, not hurt
+    assert _verdicts({"kl": 1e-3, "pairs": 4}, hurt)["what it buys"] == "inconclusive"

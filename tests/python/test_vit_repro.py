@@ -48,9 +48,15 @@ def test_gauges_are_symmetries_of_the_vit():
         assert g.check(model, x[:64], y[:64], generator=torch.Generator().manual_seed(1)) < 1e-10
 
 
-def _rows(arm, deltas, base=2.0):
+def _rows(arm, deltas, base=2.0, diverged=()):
     return [
-        {"optimizer": arm, "seed": s, "final_val": base + d, "min_val": base + d / 2}
+        {
+            "optimizer": arm,
+            "seed": s,
+            "final_val": float("nan") if s in diverged else base + d,
+            "min_val": base + d / 2,
+            "diverged": s in diverged,
+        }
         for s, d in enumerate(deltas)
     ]
 
@@ -70,6 +76,11 @@ def test_verdict_rule():
     (v,) = vit.verdicts(base[:3] + lower[:3], ["adamw", "ddc-adam"])
     assert v["verdict"] == "inconclusive" and v["p_final_val"] < 0.05
     assert vit.verdicts(lower, ["ddc-adam"]) == []  # no adamw arm: no verdict
+    # a diverged DDC run is not dropped in its favour: more divergences than adamw refute
+    lower_div = _rows("ddc-adam", [-0.10, -0.09, -0.12, -0.08, -0.11, -0.1], diverged=(5,))
+    base6 = _rows("adamw", [0.0, 0.01, -0.01, 0.02, 0.0, 0.0])
+    (v,) = vit.verdicts(base6 + lower_div, ["adamw", "ddc-adam"])
+    assert v["verdict"] == "refuted" and v["diverged"] == 1 and v["pairs"] == 5
 
 
 def test_quick_run(quick):
@@ -93,6 +104,8 @@ def test_quick_run(quick):
 
 
 def test_cli_errors(tmp_path, capsys, monkeypatch):
+    assert vit.main(["--quick", "--out", str(tmp_path), "--seed", "999"]) == 2  # overlaps 1000
+    assert "must not include the tuning seeds" in capsys.readouterr().err
     assert vit.main(["--quick", "--out", str(tmp_path), "--seeds", "1"]) == 2
     assert "seeds must be an integer >= 2" in capsys.readouterr().err
     assert vit.main(["--quick", "--out", str(tmp_path), "--lrs", "0"]) == 2

@@ -22,7 +22,8 @@ Setup
 - **Arms**: ``adamw``, ``muon`` (torch's, with AdamW on embeddings, head, norms and biases),
   ``ddc-adam`` (both forms) and ``ddc-muon``; each compared with its base (``ddc-adam`` and
   ``ddc-adam-split`` with ``adamw``, ``ddc-muon`` with ``muon``). Each arm's learning rate is
-  chosen from the same grid on the first seed's base run (lowest minimum validation loss).
+  chosen from the same grid by a base run on a tuning seed (1000: its own corpus and θ₀, not
+  a measured seed), lowest minimum validation loss.
 - **Measured**, per arm × seed × strength: the KL divergence from the base run's validation
   predictions to those of the run from ``g·θ₀`` (nats per token, mean over the validation tokens)
   at every evaluation step — at the base run's validation minimum and at the last step in the
@@ -37,18 +38,21 @@ Verdict rules (stated before the runs, printed with the results)
 ----------------------------------------------------------------
 1. **Equivariance**, per DDC arm, at the largest strength, on the KL at the evaluation step of
    the base run's minimum validation loss: *reproduced* if its mean KL is at most 10× its mean
-   KL at the control strength plus 1e-5 nats, and its base's mean KL is at least 10× its own;
-   *refuted* if its mean KL is at least its base's; otherwise *inconclusive*. (The KL at the
+   KL at the control strength plus 1e-5 nats, and its base's mean KL is at least 10× its own
+   and above that limit; *refuted* if its mean KL is at least its base's, or if one of its runs
+   from ``g·θ₀`` stopped (a non-finite loss) before the base's minimum; otherwise
+   *inconclusive*. (The KL at the
    last step is reported too. It is not the rule's: in the first run of this experiment, past
    the validation minimum the float32 runs of every arm diverged from a rounding-size
    perturbation, KL ≈ 1 nat at the last step, so the last step measures that chaos, not the
-   start; see docs/ddc.md, "Tested claims".)
+   start. The rule was moved to the base's minimum after that run, so only runs on other
+   seeds test it as stated; see docs/ddc.md §8.)
 2. **What it buys**, per DDC arm, at the largest strength: an arm is *hurt* when its mean
    difference of minimum validation loss (start ``g·θ₀`` minus start θ₀) is positive with a
    paired t-test p < 0.05 over the seeds. *Reproduced* if the base is hurt and the DDC arm is
    not; *refuted* if the DDC arm is hurt and its mean difference is at least the base's;
    otherwise *inconclusive* (in particular when the base is not hurt: then the experiment
-   cannot show a benefit; and with fewer than 5 seeds).
+   cannot show a benefit; and with fewer than 5 pairs of finite losses).
 
 Outputs (``--out DIR``, default ``./deadspec-out/gauge-start``): ``gauge_start.csv`` (one row
 per run), ``gauge_start_summary.csv`` (per arm × strength: mean ± standard error over seeds),
@@ -90,6 +94,8 @@ ARMS = ("adamw", "muon", "ddc-adam", "ddc-adam-split", "ddc-muon")
 BASE_OF = {"ddc-adam": "adamw", "ddc-adam-split": "adamw", "ddc-muon": "muon"}
 #: The control strength (an element of rounding size).
 CONTROL = 1e-6
+#: The seed of the learning-rate tuning runs (measured seeds must differ from it).
+TUNE_SEED = 1000
 #: Rule constants (module docstring): the KL ratios, the absolute KL allowance, the test level.
 KL_RATIO, KL_FLOOR, ALPHA = 10.0, 1e-5, 0.05
 #: Rule 2 (a paired test) needs at least this many seeds; fewer give "inconclusive".
@@ -112,7 +118,7 @@ SIZES = {
         _lm.LMSizes(8, 16, 8, 16, 2, 1, 30, 5, (3e-3,), (0.1,), 8, 8), 2, (CONTROL, 1.0, 2.0)
     ),
     "default": Sizes(
-        _lm.LMSizes(128, 256, 32, 32, 2, 2, 400, 20, (1e-3, 3e-3), (0.1,), 32, 8),
+        _lm.LMSizes(128, 256, 32, 32, 2, 2, 400, 20, (1e-3, 3e-3, 1e-2), (0.1,), 32, 8),
         5,
         (CONTROL, 1.0, 2.0),
     ),
@@ -138,6 +144,7 @@ RUN_COLUMNS = (
     "d_min_val",
     "kl",
     "kl_at_min",
+    "base_min_val_step",
     "drift",
     "diverged",
     "seconds",
@@ -150,6 +157,9 @@ SUMMARY_COLUMNS = (
     "kl_se",
     "kl_at_min_mean",
     "kl_at_min_se",
+    "kl_at_min_bad",
+    "diverged",
+    "pairs",
     "d_min_val_mean",
     "d_min_val_se",
     "d_min_val_p",
@@ -276,15 +286,23 @@ def _model(sizes: _lm.LMSizes, seed: int, vocab: int) -> _lm.TinyLM:
 
 
 def _fit(
-    model: _lm.TinyLM, opt: Any, sizes: _lm.LMSizes, data: tuple[Any, ...]
-) -> tuple[list[int], list[float], list[float], list[torch.Tensor], bool]:
-    """Full-batch training as the over-training runs (``_lm._fit``), keeping the validation
-    log-probabilities of every evaluation (every ``eval_every`` steps and the last)."""
+    model: _lm.TinyLM,
+    opt: Any,
+    sizes: _lm.LMSizes,
+    data: tuple[Any, ...],
+    keep: bool,
+    ref: dict[int, torch.Tensor] | None,
+) -> tuple[list[int], list[float], list[float], dict[int, torch.Tensor], dict[int, float], bool]:
+    """Full-batch training as the over-training runs (``_lm._fit``), evaluated every
+    ``eval_every`` steps and at the last (and where the loss stops being finite). ``keep``: the
+    validation log-probabilities by step; ``ref``: the KL from ``ref[step]`` to this run's at
+    each evaluation step that ``ref`` has (computed as it trains, nothing kept)."""
     x_tr, y_tr, x_va, y_va = data[:4]
     steps: list[int] = []
     train: list[float] = []
     val: list[float] = []
-    logps: list[torch.Tensor] = []
+    logps: dict[int, torch.Tensor] = {}
+    kls: dict[int, float] = {}
     model.train()
     for step in range(sizes.steps + 1):
         opt.zero_grad(set_to_none=True)
@@ -295,14 +313,17 @@ def _fit(
             steps.append(step)
             train.append(lval)
             val.append(float(-lp.gather(-1, y_va.unsqueeze(-1)).mean()))
-            logps.append(lp)  # (float64: the DDC arms' KL is at rounding level)
+            if keep:  # (float64: the DDC arms' KL is at rounding level)
+                logps[step] = lp
+            if ref is not None and step in ref:
+                kls[step] = _kl(ref[step], lp)
         if not math.isfinite(lval):
-            return steps, train, val, logps, True
+            return steps, train, val, logps, kls, True
         if step == sizes.steps:
             break
         loss.backward()
         opt.step()
-    return steps, train, val, logps, False
+    return steps, train, val, logps, kls, False
 
 
 def train_from(
@@ -313,10 +334,14 @@ def train_from(
     data: tuple[Any, ...],
     seed: int,
     element: Sequence[torch.Tensor] | None,
+    *,
+    keep: bool = False,
+    ref: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Train from θ₀ (``element`` None) or from ``element``·θ₀; the curve summary plus the
-    validation log-probabilities at every evaluation (``logps``, float64), the float32 change of
-    the initial function (``init_diff``), the orbit drift and the wall time."""
+    """Train from θ₀ (``element`` None) or from ``element``·θ₀; the curve summary plus, with
+    ``keep``, the validation log-probabilities by evaluation step (``logps``, float64), with
+    ``ref`` the KL from ``ref`` at each of its steps (``kls``), the float32 change of the initial
+    function (``init_diff``), the orbit drift and the wall time."""
     model = _model(sizes, seed, data[4])
     x_va = data[2]
     init_diff = 0.0
@@ -333,11 +358,12 @@ def train_from(
     )
     opt = make_optimizer(optimizer, model, lr=lr, weight_decay=weight_decay, gauges=gauges)
     t0 = time.perf_counter()
-    steps, train, val, logps, diverged = _fit(model, opt, sizes, data)
+    steps, train, val, logps, kls, diverged = _fit(model, opt, sizes, data, keep, ref)
     seconds = time.perf_counter() - t0
     return {
         **_lm.curve_summary(steps, train, val),
         "logps": logps,
+        "kls": kls,
         "init_diff": init_diff,
         "drift": _drift(start, orbit_coordinates(model)),
         "diverged": diverged,
@@ -349,17 +375,19 @@ def train_from(
 # The experiment
 # ---------------------------------------------------------------------------------------------
 def _tune(
-    sizes: Sizes, arms: Sequence[str], data0: tuple[Any, ...], wd: float, bar: Any
+    sizes: Sizes, arms: Sequence[str], wd: float, bar: Any
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Each arm's learning rate: the lowest minimum validation loss of the first seed's base
-    run over the grid. Returns the choice and the tuning rows."""
+    """Each arm's learning rate: the lowest minimum validation loss over the grid of a base run
+    on the tuning seed (TUNE_SEED: its own corpus and θ₀, never a measured seed). Returns the
+    choice and the tuning rows."""
+    data0 = lm_batches(sizes.lm.n_train, sizes.lm.n_val, sizes.lm.ctx, seed=TUNE_SEED)
     chosen: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     for arm in arms:
         best = None
         for lr in sizes.lm.lrs:
             bar.set_postfix_str(f"tuning {arm} lr={lr:g}")
-            r = train_from(sizes.lm, arm, lr, wd, data0, 0, None)
+            r = train_from(sizes.lm, arm, lr, wd, data0, TUNE_SEED, None)
             bar.update(1)
             score = r["min_val"] if math.isfinite(r["min_val"]) and not r["diverged"] else math.inf
             rows.append(
@@ -385,8 +413,9 @@ def _tune(
 def summarize(
     rows: Sequence[dict[str, Any]], arms: Sequence[str], strengths: Sequence[float]
 ) -> list[dict[str, Any]]:
-    """Per arm × strength: mean ± standard error over seeds (and the paired p-value of the
-    minimum-validation-loss difference)."""
+    """Per arm × strength: mean ± standard error over seeds (of the finite values; ``*_bad``
+    counts the others: runs that stopped early), the paired p-value of the minimum-validation-
+    loss difference and its number of finite pairs (``pairs``)."""
     out = []
     for arm in arms:
         for s in strengths:
@@ -396,7 +425,10 @@ def summarize(
             row: dict[str, Any] = {"optimizer": arm, "strength": s, "seeds": len(mine)}
             for key in ("kl", "kl_at_min", "d_final_val", "drift"):
                 row[f"{key}_mean"], row[f"{key}_se"] = mean_se([r[key] for r in mine])
+            row["kl_at_min_bad"] = sum(not math.isfinite(r["kl_at_min"]) for r in mine)
+            row["diverged"] = sum(bool(r["diverged"]) for r in mine)
             t = paired_t([r["min_val"] for r in mine], [r["base_min_val"] for r in mine])
+            row["pairs"] = t["n"]
             row["d_min_val_mean"], row["d_min_val_se"], row["d_min_val_p"] = (
                 t["mean"],
                 t["se"],
@@ -422,7 +454,9 @@ def verdicts(
         k = "kl_at_min_mean"
         ctrl_kl = ctrl[k] if ctrl is not None else 0.0
         limit = KL_RATIO * ctrl_kl + KL_FLOOR
-        if me[k] <= limit and bs[k] >= KL_RATIO * me[k]:
+        if me["kl_at_min_bad"] > 0:  # a run from g·θ₀ stopped before the base's minimum
+            v1 = "refuted"
+        elif me[k] <= limit and bs[k] >= KL_RATIO * me[k] and bs[k] > limit:
             v1 = "reproduced"
         elif me[k] >= bs[k]:
             v1 = "refuted"
@@ -447,7 +481,7 @@ def verdicts(
         def hurt(r: dict[str, Any]) -> bool:
             return r["d_min_val_mean"] > 0 and r["d_min_val_p"] < ALPHA
 
-        if me["seeds"] < MIN_SEEDS or bs["seeds"] < MIN_SEEDS:
+        if me["pairs"] < MIN_SEEDS or bs["pairs"] < MIN_SEEDS:
             v2 = "inconclusive"
         elif hurt(bs) and not hurt(me):
             v2 = "reproduced"
@@ -476,11 +510,12 @@ RULES = (
     f"rule 1 (equivariance, per DDC arm, largest strength, on the KL at the evaluation step of "
     f"the base run's minimum validation loss): reproduced if its mean KL <= {KL_RATIO:g} x its "
     f"mean KL at the control strength {CONTROL:g} + {KL_FLOOR:g} nats and its base's mean KL "
-    f">= {KL_RATIO:g} x its own; refuted if its mean KL >= its base's; else inconclusive",
+    f">= {KL_RATIO:g} x its own and above that limit; refuted if its mean KL >= its base's or a "
+    f"run from g·θ₀ stopped (non-finite loss) before the base's minimum; else inconclusive",
     f"rule 2 (what it buys, per DDC arm, largest strength): an arm is hurt when its mean Δ min "
     f"val loss (start g·θ₀ − start θ₀) > 0 with paired t-test p < {ALPHA:g}; reproduced if the "
     f"base is hurt and the DDC arm is not; refuted if the DDC arm is hurt at least as much as "
-    f"the base; else inconclusive, and inconclusive with fewer than {MIN_SEEDS} seeds",
+    f"the base; else inconclusive, and inconclusive with fewer than {MIN_SEEDS} finite pairs",
 )
 
 
@@ -549,8 +584,8 @@ def run(
         Tiny sizes (seconds; for tests).
     size : {"default", "full"}
         ``"default"``: 128 training sequences of 32 tokens, a 2-block d_model = 32 LM, 400
-        full-batch steps, lr ∈ {1e-3, 3e-3}, 5 seeds, strengths {1e-6, 1, 2} (about 20 minutes
-        on 2 cores with every arm). ``"full"``: 256 × 64 tokens, 4 blocks of d_model = 64,
+        full-batch steps, lr ∈ {1e-3, 3e-3, 1e-2}, 5 seeds, strengths {1e-6, 1, 2} (about 18
+        minutes on 2 cores with every arm). ``"full"``: 256 × 64 tokens, 4 blocks of d_model = 64,
         1500 steps, 3 learning rates, 8 seeds, strengths {1e-6, 0.5, 1, 2}.
     seed : int
         The first seed (seeds ``seed … seed + seeds − 1``; each its own corpus and θ₀).
@@ -573,6 +608,8 @@ def run(
     out_dir = _harness.check_out(out, fn)
     t0 = time.perf_counter()
     seed_list = [seed + k for k in range(sz.seeds)]
+    if TUNE_SEED in seed_list:
+        raise ValueError(f"{fn}: the measured seeds must not include the tuning seed {TUNE_SEED}")
     n_runs = len(arms) * (len(sz.lm.lrs) + sz.seeds * (1 + len(sz.strengths)))
     if echo is not None:
         echo("gauge-start: verdict rules, stated before the runs:")
@@ -584,7 +621,7 @@ def run(
         bar = _harness.progress_bar(range(n_runs), "gauge-start", progress)
         with bar:
             data = {s: lm_batches(sz.lm.n_train, sz.lm.n_val, sz.lm.ctx, seed=s) for s in seed_list}
-            chosen, tuning = _tune(sz, arms, data[seed_list[0]], weight_decay, bar)
+            chosen, tuning = _tune(sz, arms, weight_decay, bar)
             for s in seed_list:
                 model0 = _model(sz.lm, s, data[s][4])
                 elements = {}
@@ -595,17 +632,19 @@ def run(
                 for arm in arms:
                     lr = chosen[arm]
                     bar.set_postfix_str(f"{arm} seed {s} base")
-                    base = train_from(sz.lm, arm, lr, weight_decay, data[s], s, None)
+                    base = train_from(sz.lm, arm, lr, weight_decay, data[s], s, None, keep=True)
                     bar.update(1)
+                    base["kls"] = {k: 0.0 for k in base["logps"]}
                     rows.append(_row(arm, lr, weight_decay, s, 0.0, base, base))
                     for st in sz.strengths:
                         bar.set_postfix_str(f"{arm} seed {s} s={st:g}")
-                        r = train_from(sz.lm, arm, lr, weight_decay, data[s], s, elements[st])
+                        el, ref = elements[st], base["logps"]
+                        r = train_from(sz.lm, arm, lr, weight_decay, data[s], s, el, ref=ref)
                         bar.update(1)
                         rows.append(_row(arm, lr, weight_decay, s, st, r, base))
-                        kl_rows += [
-                            dict(optimizer=arm, seed=s, strength=st, step=k, kl=_kl(a, b))
-                            for k, a, b in zip(r["steps"], base["logps"], r["logps"])
+                        kl_rows += [  # (a step the run did not reach: infinite)
+                            {"optimizer": arm, "seed": s, "strength": st, "step": k, "kl": kl}
+                            for k, kl in ((k, r["kls"].get(k, math.inf)) for k in base["steps"])
                         ]
     strengths_all = (0.0, *sz.strengths)
     summary = summarize(rows, arms, strengths_all)
@@ -663,8 +702,9 @@ def _row(
     r: dict[str, Any],
     base: dict[str, Any],
 ) -> dict[str, Any]:
-    same_length = len(base["logps"]) == len(r["logps"])
-    i_min = base["steps"].index(base["min_val_step"])
+    # the KL at the base's last step and at its validation minimum, matched by step number; a
+    # run that did not reach the step (it stopped: its loss was not finite) counts as infinite
+    last, at_min = base["steps"][-1], base["min_val_step"]
     return {
         "optimizer": arm,
         "lr": lr,
@@ -678,10 +718,9 @@ def _row(
         "base_min_val": base["min_val"],
         "d_final_val": r["final_val"] - base["final_val"],
         "d_min_val": r["min_val"] - base["min_val"],
-        "kl": _kl(base["logps"][-1], r["logps"][-1]) if same_length else float("nan"),
-        "kl_at_min": _kl(base["logps"][i_min], r["logps"][i_min])
-        if i_min < len(r["logps"])
-        else float("nan"),
+        "kl": r["kls"].get(last, math.inf),
+        "kl_at_min": r["kls"].get(at_min, math.inf),
+        "base_min_val_step": at_min,
         "drift": r["drift"],
         "diverged": r["diverged"] or base["diverged"],
         "seconds": r["seconds"],

@@ -31,7 +31,8 @@ Verdict rule (stated before the runs, printed with the results)
 ----------------------------------------------------------------
 Per DDC arm, on the final validation loss against AdamW: *reproduced* if its mean is lower
 with a paired t-test p < 0.05; *refuted* if it is higher with p < 0.05; otherwise
-*inconclusive*, as it is with fewer than 5 measured seeds. The same comparison on the minimum
+*inconclusive*, as it is with fewer than 5 pairs of finite losses. A DDC arm that diverges
+in more seeds than AdamW is *refuted*. The same comparison on the minimum
 validation loss is reported beside it (a lower final loss with an equal minimum means less
 over-fitting, not a better fit).
 
@@ -274,8 +275,9 @@ class ViTResult:
 RULE = (
     f"rule (per DDC arm, final validation loss against adamw, paired over seeds): reproduced if "
     f"its mean is lower with paired t-test p < {ALPHA:g}; refuted if higher with p < {ALPHA:g}; "
-    f"else inconclusive, and inconclusive with fewer than {MIN_SEEDS} seeds (the minimum "
-    f"validation loss is compared beside it)"
+    f"else inconclusive, and inconclusive with fewer than {MIN_SEEDS} pairs of finite losses; "
+    f"refuted if the DDC arm diverged in more seeds than adamw (the minimum validation loss is "
+    f"compared beside it)"
 )
 
 
@@ -305,7 +307,12 @@ def verdicts(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[dict[s
         mine = sorted((r for r in rows if r["optimizer"] == arm), key=lambda r: r["seed"])
         fin = paired_t([r["final_val"] for r in mine], [base[r["seed"]]["final_val"] for r in mine])
         mn = paired_t([r["min_val"] for r in mine], [base[r["seed"]]["min_val"] for r in mine])
-        if fin["n"] < MIN_SEEDS:
+        # a diverged run has no final loss: it counts against its arm
+        div = sum(bool(r["diverged"]) for r in mine)
+        div_base = sum(bool(base[r["seed"]]["diverged"]) for r in mine)
+        if div > div_base:
+            v = "refuted"
+        elif fin["n"] < MIN_SEEDS:
             v = "inconclusive"
         elif fin["mean"] < 0 and fin["p"] < ALPHA:
             v = "reproduced"
@@ -324,6 +331,8 @@ def verdicts(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[dict[s
                 "d_min_val_se": mn["se"],
                 "p_min_val": mn["p"],
                 "pairs": fin["n"],
+                "diverged": div,
+                "diverged_base": div_base,
             }
         )
     return out
@@ -491,6 +500,8 @@ def run(
         echo(f"vit: verdict {RULE}; stated before the runs")
     tune_seeds = [1000 + k for k in range(sz.tune_seeds)]
     measured = [seed + k for k in range(sz.seeds)]
+    if set(tune_seeds) & set(measured):
+        raise ValueError(f"{fn}: the measured seeds must not include the tuning seeds {tune_seeds}")
     with _harness.threads(threads):
         n_runs = len(arms) * (len(sz.lrs) * len(tune_seeds) + len(measured))
         with _harness.progress_bar(range(n_runs), "vit", progress) as bar:
