@@ -43,7 +43,8 @@ def test_gauges_are_symmetries_of_the_vit():
     gauges = vit.vit_gauges(model)
     kinds = {type(g).__name__ for g in gauges}
     assert {"NormScale", "Pair", "LogitShift"} <= kinds
-    assert any("ln_f -> head" in g.describe() for g in gauges)
+    assert sum("ln_f -> head" in g.describe() for g in gauges) == 1  # declared once
+    assert sum(g.describe() == "LogitShift head" for g in gauges) == 1
     for g in gauges:
         assert g.check(model, x[:64], y[:64], generator=torch.Generator().manual_seed(1)) < 1e-10
 

@@ -187,9 +187,13 @@ def vit_gauges(model: TinyViT, *, rotations: bool = False) -> list[Any]:
         found = list(G.discover(model, chains=False))
     if not rotations:
         found = [g for g in found if not isinstance(g, G.HeadRotation)]
-    have = {type(g) for g in found if "head" in g.describe()}
-    extra = [] if G.NormScale in have else [G.NormScale("ln_f", "head")]
-    if G.LogitShift not in have:
+    from deadspec.gauges._modules import as_tuple
+
+    def norm_to_head(g: Any) -> bool:
+        return isinstance(g, G.NormScale) and g.norm == "ln_f" and "head" in as_tuple(g.consumer)
+
+    extra = [] if any(norm_to_head(g) for g in found) else [G.NormScale("ln_f", "head")]
+    if not any(isinstance(g, G.LogitShift) and g.layer == "head" for g in found):
         extra.append(G.LogitShift("head"))
     return found + extra
 
