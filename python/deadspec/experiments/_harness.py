@@ -223,12 +223,14 @@ def write_outputs(
     out: str | Path | None,
     csvs: Mapping[str, tuple[Sequence[Row], Sequence[str]]],
     figures: Mapping[str, Callable[[Path], None]] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write a run's files into ``out`` (created); returns file name -> path (empty if None).
 
     ``csvs``: file name -> (rows, columns); ``figures``: file name -> ``draw(path)`` (pass
-    None or {} for ``plot=False``). Every file is written to a temporary name and renamed
-    into place, so a failed write leaves the earlier file as it was.
+    None or {} for ``plot=False``); ``config``: the run's configuration, written as
+    ``config.json`` with the torch and Python versions added. Every file is written to a
+    temporary name and renamed into place, so a failed write leaves the earlier file as it was.
     """
     if out is None:
         return {}
@@ -238,6 +240,15 @@ def write_outputs(
     for name, draw in (figures or {}).items():
         draw(out / name)
         paths[name] = out / name
+    if config is not None:
+        import json
+        import platform
+
+        import torch
+
+        full = {**config, "torch": torch.__version__, "python": platform.python_version()}
+        text = json.dumps(full, indent=2, default=float) + "\n"
+        paths["config.json"] = _files.write_text(out / "config.json", text)
     return paths
 
 

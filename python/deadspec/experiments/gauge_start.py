@@ -68,9 +68,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,7 +78,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from deadspec import _files
 from deadspec.experiments import _harness, _lm
 from deadspec.experiments._corpus import lm_batches
 from deadspec.experiments._optimizers import make_optimizer
@@ -199,21 +196,20 @@ def scaling_gauges(model: _lm.TinyLM) -> list[Any]:
 
 
 def draw_element(model: _lm.TinyLM, strength: float, seed: int) -> list[torch.Tensor]:
-    """One factor vector per :func:`scaling_gauges` entry, ``exp(strength·U[−1, 1])``."""
+    """One factor vector per :func:`scaling_gauges` entry, ``exp(strength·U[−1, 1])``
+    (:func:`deadspec.gauges.random_elements`, seeded by ``seed`` and ``strength``)."""
+    import deadspec.gauges as G
+
     gen = torch.Generator().manual_seed(7919 * (seed + 1) + int(round(1e6 * strength)))
-    return [g.random_element(model, gen, spread=strength) for g in scaling_gauges(model)]
+    return G.random_elements(model, scaling_gauges(model), gen, spread=strength)
 
 
 def apply_element(model: _lm.TinyLM, element: Sequence[torch.Tensor]) -> None:
-    """Apply the factors of :func:`draw_element` to ``model`` in place."""
-    gauges = scaling_gauges(model)
-    if len(gauges) != len(element):
-        raise ValueError(
-            f"deadspec.gauge_start: the element has {len(element)} factor vectors, the model "
-            f"{len(gauges)} rescaling gauges"
-        )
-    for g, c in zip(gauges, element):
-        g.apply(model, c)
+    """Apply the factors of :func:`draw_element` to ``model`` in place
+    (:func:`deadspec.gauges.apply_elements`: one factor vector per gauge, or ValueError)."""
+    import deadspec.gauges as G
+
+    G.apply_elements(model, scaling_gauges(model), element)
 
 
 def _log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -661,8 +657,6 @@ def run(
         "chosen_lr": chosen,
         "rules": list(RULES),
         "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
     }
     figures = (
         {"gauge_start.png": lambda p: plot_gauge_start(p, summary, kl_rows, arms, sz)}
@@ -678,11 +672,8 @@ def run(
             "gauge_start_kl.csv": (kl_rows, KL_COLUMNS),
         },
         figures,
+        config,
     )
-    if out_dir is not None:
-        paths["config.json"] = _files.write_text(
-            out_dir / "config.json", json.dumps(config, indent=2, default=float) + "\n"
-        )
     seconds = time.perf_counter() - t0
     _harness.report(
         echo,

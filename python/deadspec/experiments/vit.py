@@ -46,9 +46,7 @@ Run: ``deadspec repro vit [--quick] [--size full]`` (needs scikit-learn for the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import platform
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,7 +57,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from deadspec import _files
 from deadspec.experiments import _harness
 from deadspec.experiments._lm import COLORS
 from deadspec.experiments._optimizers import OPTIMIZERS, make_optimizer
@@ -523,8 +520,6 @@ def run(
         "chosen_lr": chosen,
         "rule": RULE,
         "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
     }
     figures = {"vit.png": lambda p: plot_vit(p, rows, curves, arms, sz)} if plot else None
     paths = _harness.write_outputs(
@@ -535,11 +530,8 @@ def run(
             "vit_curves.csv": (curves, CURVE_COLUMNS),
         },
         figures,
+        config,
     )
-    if out_dir is not None:
-        paths["config.json"] = _files.write_text(
-            out_dir / "config.json", json.dumps(config, indent=2, default=float) + "\n"
-        )
     seconds = time.perf_counter() - t0
     _harness.report(
         echo,
