@@ -308,3 +308,30 @@ def test_direction_order_sums_elementwise_losses():
     b = deadspec.direction_order(model, x, torch.ones(1), loss_fn=summed, **kw)
     np.testing.assert_array_equal(a.fisher, b.fisher)
     assert a.kind == b.kind
+
+
+def test_read_at_reads_after_the_relu():
+    # A scaled unit's post-ReLU column is t times its own (positive homogeneity): slope 2r
+    # after the nonlinearity too, and the reading is of module "1", not the Linear.
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4)).double()
+    x = torch.randn(300, 5, dtype=torch.float64)
+    pre = deadspec.approach_slope(net, x, layer="0", units=[1, 4])
+    post = deadspec.approach_slope(net, x, layer="0", units=[1, 4], read_at="1")
+    assert post.slope == pytest.approx(4.0, rel=1e-3)
+    assert post.lambda_min_slope == pytest.approx(2.0, rel=1e-2)
+    # the post-ReLU Gram is another matrix: its log det⁺ differs from the pre-activation one
+    assert not np.allclose(post.logdet_plus, pre.logdet_plus)
+
+
+def test_read_at_errors():
+    net = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4)).double()
+    x = torch.randn(50, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="read_at 'relu' is not a submodule"):
+        deadspec.approach_slope(net, x, layer="0", units=[0], read_at="relu")
+    with pytest.raises(ValueError, match="activation side only"):
+        deadspec.approach_slope(
+            net, x, layer="0", units=[0], read_at="1", side="fisher", targets=torch.randn(50, 4)
+        )
+    with pytest.raises(TypeError, match="read_at must be a module name"):
+        deadspec.approach_slope(net, x, layer="0", units=[0], read_at=1)

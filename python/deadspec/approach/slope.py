@@ -112,6 +112,7 @@ def approach_slope(
     batch_size: int | None = None,
     progress: bool | None = False,
     group: Any = None,
+    read_at: str | None = None,
 ) -> ApproachSlope:
     """Approach slope of log det⁺ of a layer's Gram as its dead components are scaled by t.
 
@@ -132,7 +133,8 @@ def approach_slope(
     t : array-like, optional
         Positive grid; default ``np.logspace(-3, -1, 7)``.
     side : {"activation", "fisher"}
-        ``"activation"``: the Gram of the layer's output (pre-activation of an ``nn.Linear``).
+        ``"activation"``: the Gram of the layer's output (pre-activation of an ``nn.Linear``),
+        or of ``read_at``'s output.
         ``"fisher"``: the ``N×N`` per-sample-gradient Fisher-Gram of the layer's own weight
         (and bias), which needs ``targets`` (observed labels) and optionally ``loss_fn``, as in
         :func:`deadspec.read`. The dead cluster (``units=None``) is always found on the
@@ -163,6 +165,14 @@ def approach_slope(
         ``DistributedDataParallel``). A different ``layer``, ``side``, ``units``, ``t`` or
         ``next_layer`` on some rank raises ValueError on every rank, as does an error on any
         rank (no rank is left waiting).
+
+    read_at : str, optional
+        Activation side only: the ``named_modules()`` name of the module whose output Gram is
+        read instead of ``layer``'s, e.g. the nonlinearity after it (``"1"`` in
+        ``Sequential(Linear, ReLU, Linear)``). A positively homogeneous nonlinearity (ReLU,
+        LeakyReLU) keeps the prediction: a scaled unit's post-activation column is t times its
+        own, so its slope is 2 per unit as before the nonlinearity. (A unit whose
+        pre-activation is never positive on the inputs has no post-ReLU column to scale.)
 
     Returns
     -------
@@ -208,8 +218,9 @@ def approach_slope(
         check_choice(fn, "side", side, SIDES)
         check_choice(fn, "method", method, METHODS)
         width = linear_named(model, layer, "layer", fn).out_features
+        read_name = _read_at(model, layer, read_at, side, fn)
         check_read(  # what read() would refuse, refused now and named approach_slope
-            fn, model, inputs, [layer], targets=targets, loss_fn=loss_fn,
+            fn, model, inputs, [read_name], targets=targets, loss_fn=loss_fn,
             fisher=side == "fisher", center=center, batch_size=batch_size, gap_ratio=gap_ratio,
             progress=progress,
         )
@@ -217,7 +228,7 @@ def approach_slope(
         grid = t_grid(t, fn)
         unit_tuple = None if units is None else check_units(units, width, fn)
         same.update(layer=layer, side=side, units=unit_tuple, t=grid.tolist(),
-                    next_layer=next_name)
+                    next_layer=next_name, read_at=read_name)
     work = copy.deepcopy(model)
     if unit_tuple is None:
         u_mat = _dead_cluster(work, inputs, layer, (center, gap_ratio, batch_size), fn, group)
@@ -231,7 +242,7 @@ def approach_slope(
             fn,
             work,
             inputs,
-            [layer],
+            [read_name],
             targets=targets,
             loss_fn=loss_fn,
             fisher=(side == "fisher"),
@@ -240,7 +251,7 @@ def approach_slope(
             gap_ratio=gap_ratio,
             group=group,
         )
-        return r[layer].activation if side == "activation" else r[layer].fisher
+        return r[read_name].activation if side == "activation" else r[layer].fisher
 
     # the unscaled model's active count (t = 1), which the fixed active set must keep
     base_active = int(spectrum_at(1.0).active) if grid[-1] < 1.0 else None
@@ -255,8 +266,9 @@ def approach_slope(
     floor = np.finfo(np.float64).eps * len(eigs[-1])
     if unit_tuple is None:  # eigen-directions: every row of a stored weight carries its ε_w
         floor = max(floor, float(np.finfo(_dtype_of(work)).eps) ** 2)
-    _check_owned(eigs, grid, k, base_active, floor, (layer, side, fn))
-    logdet, lam = _fixed_active_series(eigs, grid, k, layer, side, fn)
+    where = read_name if side == "activation" else layer  # the module read, for the messages
+    _check_owned(eigs, grid, k, base_active, floor, (where, side, fn))
+    logdet, lam = _fixed_active_series(eigs, grid, k, where, side, fn)
     x = np.log(grid)
     fit = fit_slope(x, logdet, method=method)
     fit_min = fit_slope(x, np.log(lam), method=method)
@@ -277,6 +289,26 @@ def approach_slope(
         next_layer=next_name,
         directions=u_mat,
     )
+
+
+def _read_at(model: nn.Module, layer: str, read_at: str | None, side: str, fn: str) -> str:
+    """The module whose Gram is read: ``layer``, or ``read_at`` (activation side, checked)."""
+    if read_at is None:
+        return layer
+    if not isinstance(read_at, str):
+        raise TypeError(f"deadspec.{fn}: read_at must be a module name (str), got {read_at!r}")
+    if side != "activation":
+        raise ValueError(
+            f"deadspec.{fn}: read_at is for the activation side only (the Fisher side reads "
+            f"the layer's own parameters), got side={side!r} with read_at={read_at!r}"
+        )
+    names = dict(model.named_modules())
+    if read_at not in names or read_at == "":
+        raise ValueError(
+            f"deadspec.{fn}: read_at {read_at!r} is not a submodule of the model "
+            f"(modules: {', '.join(repr(n) for n in names if n)})"
+        )
+    return read_at
 
 
 def _next_layer(

@@ -30,18 +30,37 @@ within ``tol`` of 1, on both sides and both networks.
 
 (b) **trained**: an over-parameterised student of hidden width H fitted to a teacher of rank
 H − r (linear: a product U·V of rank H − r; ReLU: a ReLU network with H − r hidden units),
-plus Gaussian label noise, by full-batch ``torch.optim.Adam`` with (L2) weight decay and a
-cosine learning-rate schedule, so the r spare directions die. The dead directions are found
-automatically (``units=None``: the dead cluster of layer 0's activation spectrum, below a gap
-of ``gap_ratio``, default 1e2) and scaled along the eigenvectors. Because trained dead
-directions are already tiny, the grid is the default one divided by their relative amplitude
-ρ = √(μ_dead,max/μ_1) (CSV column ``t_scale`` = 1/ρ), see :func:`_trained_grid`. Reported: the
-number found and the slope ratios next to the paper's 2.0, 3.1, 4.0. (No acceptance threshold;
-the PASS column applies the same 10% check for information.)
+plus Gaussian label noise, so that r spare directions die:
+
+- *linear*: full-batch ``torch.optim.Adam`` with (L2) weight decay and a cosine schedule. The
+  dead directions are the dead cluster of layer 0's activation spectrum (below a gap of
+  ``gap_ratio``, default 1e2, with anything under the active set); the hidden layer is rotated
+  so that they are units 0 … k−1 (a rotation of the hidden layer is an exact symmetry of a
+  linear network).
+- *ReLU*: a group penalty λ Σ_j ‖θ_j‖ on each unit's weights in, bias and weights out
+  (``group_lasso``, default 2e-2): Adam on the penalised loss, then as many proximal-gradient
+  steps, which leave the removed units at exactly 0. Deadness is checked unit by unit: a unit is
+  dead when its group norm is 0 or it never fires on the data.
+
+The dead units' residue (at most ~1e-3 of the largest alive unit for linear, 0 for ReLU) is then
+replaced by a random direction at the alive units' median norms (``_students.revive``), and
+the path scales those units by t over the default grid: θ(0) is the trained checkpoint, and the dead
+directions are approached at one common rate, as the claim states. (Scaling the trained residues
+themselves approaches directions that sit decades apart, and a Fisher eigenvalue then reaches the
+round-off floor: seed 3, r = 4 of the linear student did, before this path.) ReLU networks are
+read after the nonlinearity on the activation side (``read_at="1"``). Reported over the seeds
+(``seed … seed + seeds − 1``, default 5): the dead units found, the slope ratios (mean ± standard
+error) next to the paper's 2.0, 3.1, 4.0.
+
+**Rule** (stated before the run): a seed passes when, for every r, the dead units found equal r,
+the slope ratio is within ``tol`` (10%) of r and the λ_min slope ratio within ``tol`` of 1, on
+every side read; the trained table is *reproduced* for a network when every seed passes.
 
 Outputs (``--out DIR``, default ``./deadspec-out/rank-deficit``): ``rank_deficit.csv`` (one row
-per network × setting × side × r) and ``rank_deficit.png`` (log det⁺ vs log t per r, shifted
-to 0 at the largest t, and slope vs r against the line slope = 2r).
+per seed × network × setting × side × r), ``rank_deficit_summary.csv`` (over the seeds),
+``config.json`` (the configuration, seeds, rule and verdicts) and ``rank_deficit.png`` (log det⁺
+vs log t per r for the first seed, shifted to 0 at the largest t, and slope vs r over the seeds
+against the line slope = 2r).
 
 Run: ``python -m deadspec.experiments.rank_deficit [--quick]`` or
 ``deadspec repro rank-deficit [--quick]``.
@@ -59,7 +78,7 @@ from typing import Any
 
 import numpy as np
 
-from deadspec.experiments import _harness
+from deadspec.experiments import _harness, _students
 
 __all__ = ["DEFAULT_OUT", "PAPER_RATIOS", "RankDeficitResult", "main", "run"]
 
@@ -87,11 +106,28 @@ CSV_COLUMNS = (
     "lambda_min_r2",
     "stderr",
     "active",
-    "t_scale",
+    "dead_residue",
     "pass",
     "train_loss",
+    "alive_margin",
+    "read_at",
     "seed",
     "error",
+)
+
+SUMMARY_COLUMNS = (
+    "network",
+    "setting",
+    "side",
+    "r",
+    "seeds",
+    "detected_r",
+    "passed",
+    "ratio_mean",
+    "ratio_se",
+    "lambda_min_ratio_mean",
+    "lambda_min_ratio_se",
+    "paper_ratio",
 )
 
 #: The approach grid (approach_slope's default): 7 points over t in [1e-3, 1e-1].
@@ -109,12 +145,17 @@ class RankDeficitResult:
     curves : dict
         ``(network, setting, side, r) -> (t, logdet_plus)`` arrays.
     passed : bool
-        Acceptance of the constructed setting (all its rows pass). True if it was not run.
+        Acceptance of the constructed setting (all its rows pass, every seed). True if it was
+        not run.
     passed_trained : bool or None
-        Whether all trained rows pass the same 10% check (None if not run).
-    csv_path, png_path : Path or None
+        Whether the trained setting is reproduced for every network run (None if not run).
+    csv_path, png_path, summary_path : Path or None
     seconds : float
         Wall time.
+    summary : list of dict
+        Per (network, setting, side, r) over the seeds (:func:`summarize`).
+    verdicts : dict
+        ``"<setting> <network>" -> verdict`` by the rule stated before the runs.
     """
 
     rows: list[dict[str, Any]]
@@ -124,6 +165,9 @@ class RankDeficitResult:
     csv_path: Path | None
     png_path: Path | None
     seconds: float
+    summary: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    verdicts: dict[str, str] = dataclasses.field(default_factory=dict)
+    summary_path: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,50 +277,11 @@ def _teacher_data(network: str, sizes: _Sizes, rank: int, seed: int, noise: floa
     return x, y
 
 
-def _train(
-    model,
-    x,
-    y,
-    *,
-    steps: int,
-    lr: float,
-    weight_decay: float,
-    lr_min: float,
-    optimizer: str = "adam",
-) -> float:
-    """Full-batch Adam/AdamW/SGD with weight decay and a cosine schedule; returns the final loss."""
-    import torch
-
-    if optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay, momentum=0.9)
-    else:
-        raise ValueError(
-            f"deadspec.rank_deficit: optimizer must be 'adam', 'adamw' or 'sgd', got {optimizer!r}"
-        )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr_min)
-    model.train()
-    with _harness.threads(1):  # tiny full-batch steps: thread start-up costs more than it saves
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        final = 0.5 * ((model(x) - y) ** 2).sum(dim=1).mean()
-    return float(final)
-
-
 # ---------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------
 def _reading_row(
-    network, setting, side, r, ap, seed, train_loss=None, error=None, t_scale=1.0
+    network, setting, side, r, ap, seed, train_loss=None, error=None, read_at=None
 ) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in CSV_COLUMNS}
     row.update(
@@ -289,7 +294,7 @@ def _reading_row(
         paper_ratio=PAPER_RATIOS.get(int(r)),
         train_loss=train_loss,
         error=error,
-        t_scale=t_scale,
+        read_at=read_at,
     )
     if ap is not None:
         row.update(
@@ -318,35 +323,13 @@ def _reading_row(
 _MIN_REF_SLOPE = 0.5
 
 
-def _trained_grid(model, x, gap_ratio: float) -> tuple[np.ndarray | None, float, str | None]:
-    """The approach grid of a trained checkpoint, anchored at its dead cluster.
-
-    A trained network's dead directions are already small (amplitude ρ relative to the top
-    direction, ρ² = μ_dead,max / μ_1, often 1e-4..1e-7), so scaling them by the default
-    t ∈ [1e-3, 1e-1] would push them under the round-off floor of the Gram. The grid is
-    therefore ``DEFAULT_T / ρ``: the largest dead direction's relative amplitude runs over
-    [1e-3, 1e-1], as in the constructed setting. Returns ``(grid, 1/ρ, None)`` or
-    ``(None, nan, reason)`` when there is no dead cluster.
-    """
-    import deadspec
-
-    spec = deadspec.read(model, x, layers=["0"], fisher=False, gap_ratio=gap_ratio)["0"].activation
-    if spec.dead_count == 0:
-        ev = np.array2string(np.asarray(spec.eigenvalues), precision=2)
-        return None, float("nan"), f"no dead cluster at gap_ratio={gap_ratio:g} (eigenvalues {ev})"
-    ev = np.asarray(spec.eigenvalues, dtype=np.float64)
-    mu_dead = ev[spec.active - spec.dead_count]
-    scale = math.sqrt(ev[0] / mu_dead)
-    return DEFAULT_T * scale, scale, None
-
-
 def _fill_ratios(rows: list[dict[str, Any]], tol: float) -> None:
-    ref: dict[tuple[str, str, str], dict[str, Any]] = {}
+    ref: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for row in rows:
         if row["r"] == 1:
-            ref[(row["network"], row["setting"], row["side"])] = row
+            ref[(row["network"], row["setting"], row["side"], row["seed"])] = row
     for row in rows:
-        base = ref.get((row["network"], row["setting"], row["side"]))
+        base = ref.get((row["network"], row["setting"], row["side"], row["seed"]))
         ok = False
         # A reference slope near 0 (no dead direction actually scaled) gives no ratio.
         if (
@@ -381,6 +364,8 @@ class _Training:
     optimizer: str
     noise: float
     gap_ratio: float
+    group_lasso: float = 2e-2
+    prox_lr: float = 5e-2
 
 
 @dataclasses.dataclass
@@ -391,35 +376,36 @@ class _Checkpoint:
     x: Any
     y: Any
     units: list[int] | None
-    grid: np.ndarray | None = None
-    t_scale: float = 1.0
     reason: str | None = None
     train_loss: float | None = None
+    margin: float | None = None
+    residue: float | None = None
 
 
 def _checkpoint(
     setting: str, network: str, r: int, sizes: _Sizes, seed: int, training: _Training
 ) -> _Checkpoint:
     """Constructed: a random network whose units 0..r-1 are scaled. Trained: a student fitted
-    to a teacher of rank hidden − r, read along its dead cluster on a grid scaled to it."""
+    to a teacher of rank hidden − r, its dead units found and revived (module docstring)."""
     if setting == "constructed":
         model = _student(network, sizes, seed)
         x, y = _constructed_data(sizes, seed)
         return _Checkpoint(model, x, y, list(range(r)))
     model = _student(network, sizes, 1000 + 31 * seed + r)
     x, y = _teacher_data(network, sizes, sizes.hidden - r, seed, training.noise)
-    train_loss = _train(
-        model,
-        x,
-        y,
-        steps=sizes.steps,
-        lr=training.lr,
-        weight_decay=training.weight_decay,
-        lr_min=training.lr_min,
-        optimizer=training.optimizer,
-    )
-    grid, t_scale, reason = _trained_grid(model, x, training.gap_ratio)
-    return _Checkpoint(model, x, y, None, grid, t_scale, reason, train_loss)
+    if network == "relu":  # spare units removed by the group penalty, checked unit by unit
+        train_loss = _students.train_group_lasso(model, x, y, steps=sizes.steps, training=training)
+        dead, residue, margin = _students.dead_units(model, x)
+        reason = None if dead else f"no dead unit after training (alive margin {margin:.2g})"
+    else:  # linear: the dead cluster, rotated onto units 0 … k−1 (an exact symmetry)
+        train_loss = _students.train_l2(
+            model, x, y, steps=sizes.steps, lr=training.lr, weight_decay=training.weight_decay,
+            lr_min=training.lr_min, optimizer=training.optimizer,
+        )
+        dead, residue, margin, reason = _students.align_dead_linear(model, x, training.gap_ratio)
+    if reason is None:
+        _students.revive(model, dead, 97 * seed + r)
+    return _Checkpoint(model, x, y, dead or None, reason, train_loss, margin, residue)
 
 
 def _read_sides(
@@ -437,6 +423,8 @@ def _read_sides(
     rows = []
     for side in (s for s in SIDES if s in sides):
         ap, err = None, ck.reason
+        # ReLU networks are read after the nonlinearity on the activation side (module "1")
+        read_at = "1" if network == "relu" and side == "activation" else None
         if ck.reason is None:
             try:
                 ap = deadspec.approach_slope(
@@ -446,27 +434,30 @@ def _read_sides(
                     units=ck.units,
                     side=side,
                     targets=ck.y,
-                    t=ck.grid,
                     gap_ratio=gap_ratio,
+                    read_at=read_at,
                 )
             except ValueError as exc:  # a reading failed in the trained setting
                 if setting == "constructed":
                     raise
                 err = str(exc)
-        rows.append(
-            _reading_row(network, setting, side, r, ap, seed, ck.train_loss, err, ck.t_scale)
+        row = _reading_row(
+            network, setting, side, r, ap, seed, ck.train_loss, err, read_at or "0"
         )
-        if ap is not None:
+        row["alive_margin"], row["dead_residue"] = ck.margin, ck.residue
+        rows.append(row)
+        if ap is not None and (network, setting, side, r) not in curves:  # the first seed's
             curves[(network, setting, side, r)] = (np.asarray(ap.t), np.asarray(ap.logdet_plus))
     return rows
 
 
-def _readings(sizes, training, seed, networks, settings, sides, ranks, progress):
-    """Every (setting, network, r) checkpoint, read on each side: (rows, curves)."""
+def _readings(sizes, training, seeds, networks, settings, sides, ranks, progress):
+    """Every (seed, setting, network, r) checkpoint, read on each side: (rows, curves)."""
     import torch
 
-    jobs = [  # (setting, network, r); the sides share a model
-        (setting, network, r)
+    jobs = [  # (seed, setting, network, r); the sides share a model
+        (seed, setting, network, r)
+        for seed in seeds
         for setting in SETTINGS
         if setting in settings
         for network in NETWORKS
@@ -477,8 +468,8 @@ def _readings(sizes, training, seed, networks, settings, sides, ranks, progress)
     curves: dict[tuple[str, str, str, int], tuple[np.ndarray, np.ndarray]] = {}
     with torch.random.fork_rng():
         bar = _harness.progress_bar(jobs, "rank-deficit", progress)
-        for setting, network, r in bar:
-            bar.set_postfix_str(f"{setting} {network} r={r}")
+        for seed, setting, network, r in bar:
+            bar.set_postfix_str(f"seed {seed} {setting} {network} r={r}")
             ck = _checkpoint(setting, network, r, sizes, seed, training)
             rows += _read_sides(ck, (setting, network, r), sides, seed, training.gap_ratio, curves)
     return rows, curves
@@ -489,6 +480,7 @@ def run(
     *,
     quick: bool = False,
     seed: int = 0,
+    seeds: int | None = None,
     networks: Sequence[str] = NETWORKS,
     settings: Sequence[str] = SETTINGS,
     sides: Sequence[str] = SIDES,
@@ -504,6 +496,8 @@ def run(
     optimizer: str = "adam",
     noise: float = 0.1,
     gap_ratio: float = 1e2,
+    group_lasso: float = 2e-2,
+    prox_lr: float = 5e-2,
     tol: float = 0.10,
     plot: bool = True,
     progress: bool | None = None,
@@ -518,8 +512,9 @@ def run(
     quick : bool
         Tiny sizes (N = 256, 800 training steps) for tests; the constructed setting is the
         same computation at smaller N.
-    seed : int
-        Base seed of the random networks, data and teachers.
+    seed, seeds : int
+        The seeds run are ``seed … seed + seeds − 1`` (networks, data, teachers; default
+        ``seeds`` 5, quick 2). Every ratio is taken against r = 1 of the same seed.
     networks, settings, sides : sequences of str
         Subsets of ``("linear", "relu")``, ``("constructed", "trained")``,
         ``("activation", "fisher")``.
@@ -531,15 +526,22 @@ def run(
     lr, lr_min, weight_decay : float
         Learning rate (cosine-annealed to ``lr_min``) and weight decay (trained setting).
     optimizer : {"adam", "adamw", "sgd"}
-        ``"adam"`` (default): ``torch.optim.Adam`` with coupled (L2) weight decay, which drives
-        the spare directions of the student to ~0; ``"adamw"`` (decoupled decay) leaves them
-        fitting the label noise at these sizes.
+        Trained linear students: ``"adam"`` (default): ``torch.optim.Adam`` with coupled (L2)
+        weight decay, which drives the spare directions of the student to ~0; ``"adamw"``
+        (decoupled decay) leaves them fitting the label noise at these sizes.
+    group_lasso, prox_lr : float
+        Trained ReLU students: the group penalty λ Σ_j ‖θ_j‖ on each hidden unit's weights in,
+        bias and weights out (``steps`` Adam steps on the penalised loss at ``lr``, then
+        ``steps`` proximal-gradient steps of size ``prox_lr``, which set the removed units to
+        exactly 0). Each unit is then checked: dead when its group norm is 0 or it never fires
+        on the inputs. The dead units are given a random direction (the alive units' median
+        norms) and approached along it, so θ(0) is the trained checkpoint.
     noise : float
         Standard deviation of the label noise of the teacher (trained setting).
     gap_ratio : float
-        Spectral gap that delimits the dead cluster (trained setting, ``units=None``). The
-        default 1e2 (the library's is 1e3) because Adam leaves the dead units of a trained ReLU
-        network spread over a few decades just below the alive ones.
+        Spectral gap that delimits the dead cluster of a trained linear student. The default
+        1e2 (the library's is 1e3) because Adam leaves its dead directions spread over a few
+        decades (1e-7 … 1e-3 of the alive ones' amplitude).
     tol : float
         Relative tolerance of the acceptance checks (0.10).
     plot : bool
@@ -557,42 +559,110 @@ def run(
     sizes = _sizes(quick, n_samples, d_in, hidden, d_out, steps)
     ranks = [int(r) for r in ranks]
     _validate(fn, sizes, ranks, networks, settings, sides, tol)
-    training = _Training(lr, lr_min, weight_decay, optimizer, noise, gap_ratio)
+    n_seeds = (2 if quick else 5) if seeds is None else seeds
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"deadspec.{fn}: seeds must be a positive integer, got {seeds!r}")
+    if not (group_lasso > 0 and prox_lr > 0):
+        raise ValueError(
+            f"deadspec.{fn}: group_lasso and prox_lr must be > 0, got {group_lasso!r}, {prox_lr!r}"
+        )
+    seed_list = list(range(int(seed), int(seed) + n_seeds))
+    training = _Training(
+        lr, lr_min, weight_decay, optimizer, noise, gap_ratio, group_lasso, prox_lr
+    )
     _harness.check_out(out, "rank_deficit.run")  # before any work: a bad folder fails now
+    if echo is not None:
+        echo(f"rank-deficit: {_rule(tol)}; stated before the runs; seeds {seed_list}")
     t_start = time.perf_counter()
-    rows, curves = _readings(sizes, training, seed, networks, settings, sides, ranks, progress)
+    rows, curves = _readings(sizes, training, seed_list, networks, settings, sides, ranks, progress)
     _fill_ratios(rows, tol)
-    cons = [row for row in rows if row["setting"] == "constructed"]
-    trained = [row for row in rows if row["setting"] == "trained"]
-    passed = all(row["pass"] for row in cons)
-    passed_trained = all(row["pass"] for row in trained) if trained else None
+    summary = summarize(rows)
+    verdicts = _verdicts(rows, seed_list)
+    config = {
+        "rule": _rule(tol), "seeds": seed_list, "sizes": dataclasses.asdict(sizes),
+        "training": dataclasses.asdict(training), "networks": list(networks),
+        "settings": list(settings), "sides": list(sides), "ranks": ranks, "tol": tol,
+        "verdicts": verdicts,
+    }
     paths = _harness.write_outputs(
         out,
-        {"rank_deficit.csv": (rows, CSV_COLUMNS)},
+        {"rank_deficit.csv": (rows, CSV_COLUMNS),
+         "rank_deficit_summary.csv": (summary, SUMMARY_COLUMNS)},
         {"rank_deficit.png": lambda path: _plot(rows, curves, path, sizes)} if plot else None,
+        config=config,
     )
     seconds = time.perf_counter() - t_start
-    texts = [format_table(rows)]
-    if cons:
-        texts.append(
-            f"constructed setting (acceptance: ratio within {tol:.0%} of r, λ_min ratio within "
-            f"{tol:.0%} of 1): {'PASS' if passed else 'FAIL'}"
-        )
-    if trained:
-        texts.append(
-            f"trained setting (same check, informational; paper: 2.0, 3.1, 4.0): "
-            f"{'PASS' if passed_trained else 'FAIL'}"
-        )
+    texts = [format_table(rows), format_summary(summary)]
+    texts += [f"{key}: {text}" for key, text in verdicts.items()]
     _harness.report(echo, texts, paths.values(), seconds)
+    passed_trained = (
+        all(v.startswith("reproduced") for k, v in verdicts.items() if k.startswith("trained"))
+        if any(row["setting"] == "trained" for row in rows)
+        else None
+    )
     return RankDeficitResult(
         rows=rows,
         curves=curves,
-        passed=passed,
+        passed=all(row["pass"] for row in rows if row["setting"] == "constructed"),
         passed_trained=passed_trained,
         csv_path=paths.get("rank_deficit.csv"),
         png_path=paths.get("rank_deficit.png"),
         seconds=seconds,
+        summary=summary,
+        verdicts=verdicts,
+        summary_path=paths.get("rank_deficit_summary.csv"),
     )
+
+
+def _rule(tol: float) -> str:
+    return (
+        f"rule (per network and setting): a seed passes when, for every r, the dead units found "
+        f"equal r, the log det⁺ slope ratio against r = 1 is within {tol:.0%} of r and the λ_min "
+        f"slope ratio within {tol:.0%} of 1, on every side read; reproduced when every seed "
+        f"passes (the constructed setting is the acceptance check: it must pass)"
+    )
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (network, setting, side, r): the ratios' mean ± standard error over the seeds, and
+    in how many seeds the dead units found equal r and the row passes."""
+    from deadspec.experiments._stats import mean_se
+
+    def key_of(row):
+        return row["network"], row["setting"], row["side"], row["r"]
+
+    out = []
+    for network, setting, side, r in dict.fromkeys(key_of(row) for row in rows):
+        mine = [row for row in rows if key_of(row) == (network, setting, side, r)]
+        ratio, ratio_se = mean_se([float(row["ratio"]) for row in mine])
+        lam, lam_se = mean_se([float(row["lambda_min_ratio"]) for row in mine])
+        out.append(
+            dict(
+                network=network, setting=setting, side=side, r=r, seeds=len(mine),
+                detected_r=sum(row["detected"] == r for row in mine),
+                passed=sum(bool(row["pass"]) for row in mine),
+                ratio_mean=ratio, ratio_se=ratio_se, lambda_min_ratio_mean=lam,
+                lambda_min_ratio_se=lam_se,
+                paper_ratio=PAPER_RATIOS.get(int(r)) if setting == "trained" else None,
+            )
+        )
+    return out
+
+
+def _verdicts(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> dict[str, str]:
+    """``"<setting> <network>" -> verdict`` by the rule (:func:`_rule`)."""
+    out: dict[str, str] = {}
+    for setting in SETTINGS:
+        for network in NETWORKS:
+            mine = [r for r in rows if r["setting"] == setting and r["network"] == network]
+            if not mine:
+                continue
+            good = [s for s in seeds if all(r["pass"] for r in mine if r["seed"] == s)]
+            word = "reproduced" if len(good) == len(seeds) else "not reproduced"
+            if setting == "constructed":
+                word = "PASS" if len(good) == len(seeds) else "FAIL"
+            out[f"{setting} {network}"] = f"{word} ({len(good)} of {len(seeds)} seeds pass)"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,6 +670,7 @@ def run(
 # ---------------------------------------------------------------------------------------------
 _Col = _harness.Col
 _TABLE = (
+    _Col("seed", "seed", ">4"),
     _Col("network", "network", "<7"),
     _Col("setting", "setting", "<11"),
     _Col("side", "side", "<10"),
@@ -613,6 +684,31 @@ _TABLE = (
     _Col("R²", "r2", "8.5f"),
     _Col("result", lambda row: "PASS" if row["pass"] else "FAIL", "<6"),
 )
+
+
+_SUMMARY = (
+    _Col("network", "network", "<7"),
+    _Col("setting", "setting", "<11"),
+    _Col("side", "side", "<10"),
+    _Col("r", "r", ">1"),
+    _Col("found=r", lambda row: f"{row['detected_r']}/{row['seeds']}", ">7"),
+    _Col("pass", lambda row: f"{row['passed']}/{row['seeds']}", ">5"),
+    _Col("ratio", lambda row: _pm(row["ratio_mean"], row["ratio_se"]), ">15"),
+    _Col("λmin ratio", lambda row: _pm(row["lambda_min_ratio_mean"], row["lambda_min_ratio_se"]),
+         ">15"),
+    _Col("paper", "paper_ratio", "5.1f"),
+)
+
+
+def _pm(mean: float, se: float) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.3f} ± {se:.3f}" if math.isfinite(se) else f"{mean:.3f}"
+
+
+def format_summary(summary: Sequence[dict[str, Any]]) -> str:
+    """The per-(network, setting, side, r) summary over seeds as a plain-text table."""
+    return _harness.format_table(summary, _SUMMARY)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -663,8 +759,9 @@ def _plot_curves(ax, curves, setting: str, network: str, side: str, ranks: list[
             color=cmap(k / max(1, len(ranks) - 1)),
             label=f"r={r}",
         )
-    ax.set_title(f"{setting}: {network}, {side}", fontsize=9)
-    ax.set_xlabel("log t" if setting == "constructed" else "log t (grid × t_scale)")
+    after = " (after the ReLU)" if network == "relu" and side == "activation" else ""
+    ax.set_title(f"{setting}: {network}, {side}{after}; first seed", fontsize=9)
+    ax.set_xlabel("log t")
     ax.set_ylabel("log det⁺ − log det⁺(t_max)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -686,17 +783,21 @@ def _plot_slopes(ax, rows, setting: str, panels, ranks: list[int], sizes: _Sizes
         ]
         if not pts:
             continue
-        xs = np.array([p[0] for p in pts], dtype=float)
-        ys = np.array([p[1] for p in pts], dtype=float)
+        from deadspec.experiments._stats import mean_se
+
+        xs = sorted({p[0] for p in pts})
+        stats = [mean_se([p[1] for p in pts if p[0] == r]) for r in xs]
+        ys = np.array([m for m, _ in stats], dtype=float)
+        err = np.nan_to_num(np.array([e for _, e in stats], dtype=float))
         label = f"{network} {side}"
-        if side == "fisher":
-            ys = ys / (sizes.d_in + 1)  # Fisher side: per-unit slope 2(d_in+1)
+        if side == "fisher":  # Fisher side: per-unit slope 2(d_in+1)
+            ys, err = ys / (sizes.d_in + 1), err / (sizes.d_in + 1)
             label += f" (÷{sizes.d_in + 1})"
-        ax.plot(xs, ys, marker="o", ls=":", label=label)
+        ax.errorbar(xs, ys, yerr=err, marker="o", ls=":", capsize=3, label=label)
     if setting == "trained":
         pr = [r for r in ranks if r in PAPER_RATIOS]
         ax.plot(pr, [2 * PAPER_RATIOS[r] for r in pr], "r*", ms=9, label="paper (2·ratio)")
-    ax.set_title(f"{setting}: slope vs r", fontsize=9)
+    ax.set_title(f"{setting}: slope vs r (mean ± se over seeds)", fontsize=9)
     ax.set_xlabel("r (dead units)")
     ax.set_ylabel("slope of log det⁺")
     ax.set_xticks(ranks)
@@ -734,6 +835,11 @@ def _parser():
         default=1e2,
         help="gap that delimits the dead cluster in the trained setting (default 1e2)",
     )
+    p.add_argument("--seeds", type=int, default=None, help="seeds run: --seed ... (default 5)")
+    p.add_argument(
+        "--group-lasso", type=float, default=2e-2, help="unit-norm penalty (trained ReLU)"
+    )
+    p.add_argument("--prox-lr", type=float, default=5e-2, help="proximal step (trained ReLU)")
     p.add_argument("--tol", type=float, default=0.10)
     return p
 
