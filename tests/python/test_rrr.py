@@ -92,3 +92,26 @@ def test_run_validates_arguments():
         rrr.run(None, size="huge", echo=None)
     with pytest.raises(ValueError, match="noise"):
         rrr.run(None, quick=True, noise=0.0, echo=None)
+
+
+def test_within_architecture_targets_take_the_worst_architecture():
+    # two architectures of three ranks: act_logdet_A tracks λ in the first and runs against it
+    # in the second (mean within ρ 0, worst −1: the target fails); the joint reading tracks λ
+    # across the grid (target passes); a per-layer reading is no longer targeted across
+    rows = []
+    for arch, sign in (((3, 3, 2), 1.0), ((4, 4, 3), -1.0)):
+        for k, lam in enumerate((1.0, 2.0, 3.0)):
+            lam = lam + 10 * (arch[0] - 3)
+            row = {"M": arch[0], "N": arch[1], "H": arch[2], "lam": lam}
+            for col, _, _ in rrr.OBSERVABLES:
+                row[col] = float(k)
+            row["act_logdet_A"] = sign * k
+            row["fisher_logdet_joint"] = lam
+            rows.append(row)
+    recovery, sp, cost, targets = rrr._summarise(rows)
+    s = sp["act_logdet_A"]
+    assert s["within_rho"] == pytest.approx(0.0) and s["within_worst"] == pytest.approx(-1.0)
+    assert targets["act_logdet_A: within each arch, right-sign rho>=0.95"] is False
+    assert targets["act_logdet_B: within each arch, right-sign rho>=0.95"] is True
+    assert targets["fisher_logdet_joint: |rho|>=0.8 right sign"] is True
+    assert not any(k.startswith("act_logdet_A: |rho|") for k in targets)

@@ -41,9 +41,12 @@ Report
 - LLC recovery: mean λ̂/λ over the grid (paper 0.99; target ≥ 0.9).
 - Rank tracking: Spearman ρ (average ranks for ties; numpy, :func:`spearman`) between each
   observable and λ, with the predicted sign of theory.md §3: log det⁺ (+), |approach slope|
-  (−), dead_count (−), effective rank (+). Target |ρ| ≥ 0.8 with the right sign for the
-  log det⁺ readings. Also reported within architecture (r varies, (M, N, H) fixed): the
-  average ρ over architectures with ≥ 3 ranks.
+  (−), dead_count (−), effective rank (+). Targets (restated, issue #15): each per-layer
+  log det⁺ reading tracks λ *within* every architecture (r varies, (M, N, H) fixed; those
+  with ≥ 3 distinct λ): right-sign ρ ≥ 0.95 in the worst architecture; the joint
+  Fisher-Gram's log det⁺, a reading of the whole model as λ is, tracks it *across* the grid:
+  |ρ| ≥ 0.8 with the right sign. Per-layer readings across architectures are reported, not
+  targeted: they measure layers of different shapes (theory.md §3.8).
 - Cost per checkpoint: forward-backward passes (counted by a forward hook on the model;
   a forward-only pass counts as a whole pass, which favours the LLC) and wall time, for the
   DDS reading (read + approach slope) against the calibrated LLC, both for the final estimate
@@ -484,18 +487,22 @@ def _rank_tracking(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         within = []
         for a in archs:
             idx = [i for i, r in enumerate(rows) if (r["M"], r["N"], r["H"]) == a]
-            if len(idx) >= 3:
+            # ≥ 3 distinct λ to rank (case 4's λ = MN/2 does not move with r)
+            if len(set(lam[idx].tolist())) >= 3:
                 w, _ = spearman(v[idx], lam[idx], sig_digits=_RANK_DIGITS)
-                if math.isfinite(w):
-                    within.append(w)
+                within.append(w)  # NaN (a constant reading) counts against the worst
         sp[col] = {
             "rho": rho,
             "predicted_sign": sign,
             "n": npairs,
             "logdet": is_logdet,
             "right_sign": bool(math.isfinite(rho) and np.sign(rho) == sign),
-            "within_rho": float(np.mean(within)) if within else float("nan"),
+            "within_rho": float(np.nanmean(within)) if np.isfinite(within).any() else float("nan"),
             "within_n": len(within),
+            # the worst architecture, signed so that the predicted direction is positive
+            "within_worst": float(min(sign * w if math.isfinite(w) else -1.0 for w in within))
+            if within
+            else float("nan"),
         }
     return sp
 
@@ -526,12 +533,18 @@ def _summarise(rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
     sp = _rank_tracking(rows)
     cost = _cost(rows)
     targets = {"llc_recovery>=0.9": bool(recovery >= 0.9)}
+    # per-layer log det⁺ readings: within each architecture (theory.md §3.8: across
+    # architectures they measure layers of different shapes); the joint Fisher-Gram, a reading
+    # of the whole model as λ is, across the grid
     for col, _, is_logdet in OBSERVABLES:
-        if is_logdet:
-            s = sp[col]
-            targets[f"{col}: |rho|>=0.8 right sign"] = bool(
-                s["right_sign"] and abs(s["rho"]) >= 0.8
+        if is_logdet and col != "fisher_logdet_joint":
+            targets[f"{col}: within each arch, right-sign rho>=0.95"] = bool(
+                sp[col]["within_worst"] >= 0.95
             )
+    joint = sp["fisher_logdet_joint"]
+    targets["fisher_logdet_joint: |rho|>=0.8 right sign"] = bool(
+        joint["right_sign"] and abs(joint["rho"]) >= 0.8
+    )
     targets["passes>=1000x (estimate only)"] = bool(cost["pass_ratio"] >= 1000)
     targets["passes>=1000x (with calibration)"] = bool(cost["pass_ratio_with_calibration"] >= 1000)
     targets["wall>=100x (estimate only)"] = bool(cost["time_ratio"] >= 100)
@@ -710,7 +723,8 @@ def format_report(res: RRRResult, size: str = "") -> str:
         lines.append(
             f"  {col:24s} ρ = {_fmt(s['rho'], '+.3f'):>6} (pred {sign}, n={s['n']:2d}) "
             f"{'right sign' if s['right_sign'] else 'WRONG SIGN'}"
-            f"   within: {_fmt(s['within_rho'], '+.3f')} over {s['within_n']} archs"
+            f"   within: mean {_fmt(s['within_rho'], '+.3f')}, worst (signed) "
+            f"{_fmt(s['within_worst'], '+.3f')} over {s['within_n']} archs"
         )
     c = res.cost
     lines.append(
@@ -740,7 +754,12 @@ def _summary_rows(recovery, sp, cost, targets) -> list[dict[str, Any]]:
         rows.append(
             (f"spearman_{col}", s["rho"], s["predicted_sign"], targets.get(key, s["right_sign"]))
         )
+        key = f"{col}: within each arch, right-sign rho>=0.95"
         rows.append((f"spearman_within_{col}", s["within_rho"], s["predicted_sign"], ""))
+        rows.append(
+            (f"spearman_within_worst_{col}", s["within_worst"], s["predicted_sign"],
+             targets.get(key, ""))
+        )
     rows += [(f"cost_{k}", v, "", "") for k, v in cost.items()]
     rows += [(f"target {k}", "", "", v) for k, v in targets.items()]
     return [dict(zip(SUMMARY_COLUMNS, row)) for row in rows]
