@@ -130,9 +130,6 @@ SUMMARY_COLUMNS = (
     "paper_ratio",
 )
 
-#: The approach grid (approach_slope's default): 7 points over t in [1e-3, 1e-1].
-DEFAULT_T = np.logspace(-3, -1, 7)
-
 
 @dataclasses.dataclass
 class RankDeficitResult:
@@ -595,11 +592,9 @@ def run(
     texts = [format_table(rows), format_summary(summary)]
     texts += [f"{key}: {text}" for key, text in verdicts.items()]
     _harness.report(echo, texts, paths.values(), seconds)
-    passed_trained = (
-        all(v.startswith("reproduced") for k, v in verdicts.items() if k.startswith("trained"))
-        if any(row["setting"] == "trained" for row in rows)
-        else None
-    )
+    trained = [row for row in rows if row["setting"] == "trained"]
+    # every seed of every network passes exactly when every trained row does
+    passed_trained = all(row["pass"] for row in trained) if trained else None
     return RankDeficitResult(
         rows=rows,
         curves=curves,
@@ -658,9 +653,11 @@ def _verdicts(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> dict[str,
             if not mine:
                 continue
             good = [s for s in seeds if all(r["pass"] for r in mine if r["seed"] == s)]
-            word = "reproduced" if len(good) == len(seeds) else "not reproduced"
+            ok = len(good) == len(seeds)
             if setting == "constructed":
-                word = "PASS" if len(good) == len(seeds) else "FAIL"
+                word = "PASS" if ok else "FAIL"
+            else:
+                word = "reproduced" if ok else "not reproduced"
             out[f"{setting} {network}"] = f"{word} ({len(good)} of {len(seeds)} seeds pass)"
     return out
 
