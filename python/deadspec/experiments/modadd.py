@@ -4,13 +4,21 @@ Claim (Dead-Direction Signatures, arXiv 2606.21158): on a non-linear modular-add
 transformer, the DDS volume separates d_model across *eighteen orders of magnitude*, where a
 calibrated LLC at the protocol budget is *rank-flat* (its values do not order the widths).
 
+The paper's volume summed layers and sides, with an observed-label Fisher that scales with each
+width's final train loss. Here the widths are compared **like with like** over **several seeds**
+(:mod:`deadspec.experiments._modadd_verdict`): one layer's activation volume (after the MLP's
+ReLU), one layer's sampled-label Fisher volume and the calibrated LLC, each as per-width
+mean ± standard error, Spearman ρ against d_model over all runs, and the separation of
+neighbouring widths against the seed spread, judged by a rule printed before the runs.
+
 Setup
 -----
 :class:`deadspec.models.ModAddTransformer` (one layer, 4 heads, ReLU MLP of width 4·d_model, no
 LayerNorm, learned positions; Nanda et al.) on ``(a + b) mod p``. The ``p²`` pairs are split by a
 seeded permutation: ``train_frac`` (30%) for training, the rest for testing. Training: the
-standard recipe, **AdamW, weight decay 1.0, betas (0.9, 0.98), full batch**, float32, seed
-``seed`` for the initialisation at every width.
+standard recipe, **AdamW, weight decay 1.0, betas (0.9, 0.98), full batch**, float32.
+**Seeds** ``seed, seed + 1, …`` (``seeds``, default 3): each seed draws its own split, its
+initialisation (the same seed at every width), its sampled labels and its SGLD chains.
 
 - **Trained to generalisation**: test accuracy is evaluated every ``eval_every`` steps (50); a
   run stops at the first evaluation with test accuracy ≥ ``target_acc`` (0.99), else at the step
@@ -28,11 +36,13 @@ standard recipe, **AdamW, weight decay 1.0, betas (0.9, 0.98), full batch**, flo
   memorised (train loss ≤ 0.05) but stayed at ≤ 11% test accuracy after 20000 steps. So the
   default sweep starts at 40; narrower widths (``--d-models 16,24,32``) are run and flagged
   ``generalised=False`` if they do not reach the target by the cap.
-- **Sizes** (``--size``): ``default`` p = 53, d_model ∈ {40, 48, 64, 80, 96, 128}, cap 8000
-  steps (12.7 min on 2 quiet cores with the LLC below, 6 of 6 widths generalised, measured
-  2026-11-29); ``full`` p = 113, d_model ∈ {16, 32, 64, 128, 256,
-  512}, lr 1e-3, cap 30000 steps (hours on a CPU); ``quick`` (``--quick``; tests) p = 23,
-  d_model ∈ {8, 12, 16}, 100 steps (does not generalise; only exercises the code path).
+- **Sizes** (``--size``): ``default`` p = 53, d_model ∈ {40, 64, 96} × 3 seeds, cap 8000
+  steps (17.5 min on 2 cores with the LLC below, 8 of 9 runs generalised, measured
+  2026-12-07; one width and seed with the LLC costs 1–3 min, most of it the LLC calibration,
+  so more widths or seeds go in ``--d-models``/``--seeds``); ``full`` p = 113, d_model ∈ {16,
+  32, 64, 128, 256, 512} × 3 seeds, lr 1e-3, cap 30000 steps (hours on a CPU); ``quick``
+  (``--quick``; tests) p = 23, d_model ∈ {8, 12, 16} × 2 seeds, 100 steps (does not generalise;
+  only exercises the code path).
   Every size is overridable (``--p``, ``--d-models``, ``--max-steps``, ``--lr``, ...).
 
 DDS readings (at the trained checkpoint, on the training pairs)
@@ -90,24 +100,38 @@ each followed by at most one backward, counted by a forward hook; ``dds_seconds`
 time. ``llc_passes``/``llc_seconds``: the final estimate; ``cal_passes``/``cal_seconds``: the
 calibration sweep.
 
+Compared readings and verdict
+-----------------------------
+Per run (read on the float64 copy, the training pairs): ``log10_act_hidden`` = log10 of the
+activation volume of ``blocks.0.mlp.act`` (the post-ReLU hidden units, ``4·d_model`` wide; no
+labels involved), ``log10_fisher_sampled`` = that of the Fisher side of ``blocks.0.mlp.fc_out``
+with labels sampled from the model (``labels="sampled"``, seeded), and ``llc_mean``. Per width
+(``modadd_widths.csv``): mean ± standard error over seeds. The rule
+(:data:`deadspec.experiments._modadd_verdict.RULE`): a reading *separates* the widths when
+|Spearman ρ| ≥ 0.8 over all runs and every pair of neighbouring widths' means differs by ≥ 2
+standard errors of the difference; the LLC is *rank-flat* when |ρ| < 0.5. The claim is
+reproduced when the activation volume separates and the LLC is rank-flat, refuted when the
+activation volume does not separate or the LLC separates too, inconclusive otherwise; the
+magnitude is matched when the activation volume's width means span 9–36 orders.
+
 Report
 ------
-Across the sweep: how many orders of magnitude each DDS volume spans (``max − min`` of the
-log10 volumes), whether it is monotone in d_model (strictly increasing or decreasing) and its
-Spearman ρ against d_model (numpy, average ranks for ties; :func:`spearman`); for the LLC its
-spread (``max − min``, the relative spread ``(max − min)/mean`` and ``log10(max/min)`` in orders
-of magnitude), whether it is monotone and its Spearman ρ against d_model. Paper: eighteen
-orders for DDS, rank-flat LLC.
+Besides the compared readings, the paper's summed volumes (per side and both sides, over the
+chosen layers; width means): the orders they span, whether they are monotone in d_model and
+their Spearman ρ (numpy, average ranks for ties; :func:`spearman`); the LLC's width means'
+spread (``max − min``, relative, in orders).
 
 Outputs (``--out DIR``, default ``./deadspec-out/modadd``)
 --------------------------------------------------------
-``modadd.csv`` (one row per d_model; rewritten after every width, so an interrupted sweep keeps
-its finished widths), ``modadd_layers.csv`` (one row per d_model × layer ×
-side), ``modadd_summary.csv`` (metric, value), ``modadd.png``; ``checkpoints/d_model_NNN.pt``
-(plain ``state_dict`` files), ``checkpoints/models.py`` (zero-argument factories ``d16()``,
-``d32()``, ...) and ``checkpoints/train_data.pt`` (``{"inputs", "targets"}``), so that e.g.
-``deadspec read DIR/checkpoints/d_model_032.pt --model DIR/checkpoints/models.py:d32 --data
-DIR/checkpoints/train_data.pt --out readings.csv`` re-reads a checkpoint.
+``modadd.csv`` (one row per d_model × seed; rewritten after every run, so an interrupted sweep
+keeps its finished runs), ``modadd_layers.csv`` (one row per run × layer × side),
+``modadd_widths.csv`` (per width, mean ± SE over seeds), ``modadd_summary.csv`` (metric, value,
+with the verdicts), ``config.json`` (configuration, seeds, rule), ``modadd.png``;
+``checkpoints/d_model_NNN_seedS.pt`` (plain ``state_dict`` files), ``checkpoints/models.py``
+(zero-argument factories ``d16()``, ``d32()``, ...) and ``checkpoints/train_data_seedS.pt``
+(``{"inputs", "targets"}``), so that e.g. ``deadspec read DIR/checkpoints/d_model_064_seed0.pt
+--model DIR/checkpoints/models.py:d64 --data DIR/checkpoints/train_data_seed0.pt --out
+readings.csv`` re-reads a checkpoint.
 
 Run: ``python -m deadspec.experiments.modadd [--quick | --size default|full]`` or
 ``deadspec repro modadd``.
@@ -124,17 +148,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from deadspec import _files
 from deadspec.experiments import _harness, _stats
+from deadspec.experiments import _modadd_verdict as verdict
 from deadspec.experiments._llc_baseline import Chains, calibrated_llc
 from deadspec.experiments._modadd_output import (
     format_summary,
     format_table,
+    format_widths,
     plot_sweep,
     write_factories,
 )
+from deadspec.experiments._modadd_verdict import summarize
 from deadspec.experiments._stats import finite_or_nan
 
 __all__ = [
@@ -149,8 +174,11 @@ __all__ = [
 ]
 
 DEFAULT_OUT = Path("deadspec-out") / "modadd"
-PAPER_ORDERS = 18.0
+PAPER_ORDERS = verdict.PAPER_ORDERS
 SIDES = ("activation", "fisher")
+#: The one-layer readings compared like with like across widths (:mod:`._modadd_verdict`).
+ACT_LAYER = "blocks.0.mlp.act"
+FISHER_LAYER = "blocks.0.mlp.fc_out"
 
 LAYER_PRESETS: dict[str, tuple[str, ...]] = {
     "mlp": ("blocks.0.mlp.fc_in", "blocks.0.mlp.fc_out", "unembed"),
@@ -178,6 +206,7 @@ _SIZES: dict[str, dict[str, Any]] = {
     "quick": {
         "p": 23,
         "d_models": (8, 12, 16),
+        "seeds": 2,
         "lr": 1e-2,
         "max_steps": 100,
         "eval_every": 50,
@@ -192,7 +221,8 @@ _SIZES: dict[str, dict[str, Any]] = {
     },
     "default": {
         "p": 53,
-        "d_models": (40, 48, 64, 80, 96, 128),
+        "d_models": (40, 64, 96),
+        "seeds": 3,
         "lr": 1e-2,
         "max_steps": 8000,
         "eval_every": 50,
@@ -203,6 +233,7 @@ _SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "p": 113,
         "d_models": (16, 32, 64, 128, 256, 512),
+        "seeds": 3,
         "lr": 1e-3,
         "max_steps": 30000,
         "eval_every": 100,
@@ -239,6 +270,11 @@ RUN_COLUMNS = (
     "dead_fisher",
     "mean_approach_slope_activation",
     "mean_approach_slope_fisher",
+    "log10_act_hidden",
+    "active_act_hidden",
+    "dim_act_hidden",
+    "log10_fisher_sampled",
+    "active_fisher_sampled",
     "llc_mean",
     "llc_std",
     "llc_epsilon",
@@ -262,6 +298,7 @@ RUN_COLUMNS = (
 LAYER_COLUMNS = (
     "p",
     "d_model",
+    "seed",
     "layer",
     "side",
     "n",
@@ -297,7 +334,7 @@ class ModAddResult:
         One row per d_model × layer × side (columns ``LAYER_COLUMNS``).
     summary : dict
         The sweep summary (see :func:`summarize`).
-    csv_path, layers_csv_path, summary_csv_path, png_path : Path or None
+    csv_path, layers_csv_path, summary_csv_path, widths_csv_path, png_path : Path or None
         What was written (None when ``out`` is None / ``plot=False``).
     checkpoint_dir : Path or None
         Folder with the checkpoints, factories and training data.
@@ -311,6 +348,7 @@ class ModAddResult:
     csv_path: Path | None
     layers_csv_path: Path | None
     summary_csv_path: Path | None
+    widths_csv_path: Path | None
     png_path: Path | None
     checkpoint_dir: Path | None
     seconds: float
@@ -335,7 +373,8 @@ class _Config:
     approach_gap_ratio: float
     read_dtype: str
     llc: dict[str, Any] | None  # the LLC budgets of the size (None: no LLC)
-    seed: int
+    seeds: tuple[int, ...]
+    train_frac: float
     progress: bool
 
 
@@ -350,44 +389,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     :func:`deadspec.experiments._stats.spearman`.
     """
     return _stats.spearman(x, y, name="modadd.spearman")[0]
-
-
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Sweep summary from the per-d_model rows.
-
-    For each DDS volume column (``log10_vol_activation``, ``log10_vol_fisher``,
-    ``log10_vol_total``): ``<col>_orders`` = max − min over the finite entries (orders of
-    magnitude spanned), ``<col>_monotone`` (``"increasing"``/``"decreasing"``/``"no"``) and
-    ``<col>_spearman`` (ρ against d_model). For the LLC: ``llc_min``, ``llc_max``,
-    ``llc_spread`` (max − min), ``llc_rel_spread`` ((max − min)/mean), ``llc_orders``
-    (log10(max/min), NaN unless both are positive), ``llc_monotone``, ``llc_spearman``; also
-    ``n_points``, ``n_generalised``, ``paper_orders`` (18) and the median cost ratios.
-    """
-    d = np.array([float(r["d_model"]) for r in rows])
-    out: dict[str, Any] = {"n_points": len(rows), "paper_orders": PAPER_ORDERS}
-    out["n_generalised"] = int(sum(bool(r["generalised"]) for r in rows))
-    for col in ("log10_vol_activation", "log10_vol_fisher", "log10_vol_total"):
-        v = np.array([finite_or_nan(r.get(col)) for r in rows])
-        fin = v[np.isfinite(v)]
-        out[f"{col}_orders"] = float(fin.max() - fin.min()) if len(fin) else float("nan")
-        out[f"{col}_monotone"] = _stats.monotone(d, v)
-        out[f"{col}_spearman"] = spearman(d, v)
-    lam = np.array([finite_or_nan(r.get("llc_mean")) for r in rows])
-    fin = lam[np.isfinite(lam)]
-    if len(fin):
-        lo, hi, mean = float(fin.min()), float(fin.max()), float(fin.mean())
-        out["llc_min"], out["llc_max"] = lo, hi
-        out["llc_spread"] = hi - lo
-        out["llc_rel_spread"] = (hi - lo) / mean if mean != 0 else float("nan")
-        out["llc_orders"] = math.log10(hi / lo) if lo > 0 else float("nan")
-    else:
-        for k in ("llc_min", "llc_max", "llc_spread", "llc_rel_spread", "llc_orders"):
-            out[k] = float("nan")
-    out["llc_monotone"] = _stats.monotone(d, lam)
-    out["llc_spearman"] = spearman(d, lam)
-    for k in ("pass_ratio", "time_ratio"):
-        _, out[f"median_{k}"] = _stats.summary_stats([finite_or_nan(r.get(k)) for r in rows])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,9 +459,11 @@ def _train(model, data, cfg: _Config, desc: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # DDS and LLC readings
 # ---------------------------------------------------------------------------------------------
-def _dds(model, x, y, cfg: _Config) -> tuple[list[dict[str, Any]], int, float]:
-    """DDS readings of the chosen layers; returns (layer rows without p/d_model, passes,
-    seconds)."""
+def _dds(
+    model, x, y, cfg: _Config, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any], int, float]:
+    """DDS readings of the chosen layers and the two compared one-layer readings; returns
+    (layer rows without p/d_model, the compared readings' run columns, passes, seconds)."""
     import torch
 
     import deadspec
@@ -484,7 +487,32 @@ def _dds(model, x, y, cfg: _Config) -> tuple[list[dict[str, Any]], int, float]:
                     if cfg.approach:
                         row.update(_approach_columns(work, x, y, name, side, cfg))
                 rows.append(row)
-    return rows, counter[0], time.perf_counter() - t0
+        compared = _compared_readings(work, x, y, cfg, seed)
+    return rows, compared, counter[0], time.perf_counter() - t0
+
+
+def _compared_readings(work, x, y, cfg: _Config, seed: int) -> dict[str, Any]:
+    """The one-layer readings compared across widths: the activation volume after the MLP's
+    ReLU and the sampled-label Fisher volume of ``fc_out`` (labels drawn with ``seed``)."""
+    import deadspec
+
+    reading = deadspec.read(
+        work,
+        x,
+        targets=y,
+        layers=[ACT_LAYER, FISHER_LAYER],
+        labels="sampled",
+        seed=seed,
+        gap_ratio=cfg.gap_ratio,
+    )
+    act, fis = reading[ACT_LAYER].activation, reading[FISHER_LAYER].fisher
+    return {
+        "log10_act_hidden": act.logdet_plus / math.log(10.0),
+        "active_act_hidden": act.active,
+        "dim_act_hidden": len(act.eigenvalues),
+        "log10_fisher_sampled": fis.logdet_plus / math.log(10.0),
+        "active_fisher_sampled": fis.active,
+    }
 
 
 def _spectrum_columns(spec) -> dict[str, Any]:
@@ -626,7 +654,7 @@ def _size_settings(
         raise ValueError(
             f"deadspec.{fn}: read_dtype must be 'float64' or 'float32', got {read_dtype!r}"
         )
-    for key in ("max_steps", "eval_every", "chains", "draws"):
+    for key in ("max_steps", "eval_every", "chains", "draws", "seeds"):
         if int(sz[key]) < 1:
             raise ValueError(f"deadspec.{fn}: {key} must be a positive integer, got {sz[key]}")
     return sz
@@ -657,6 +685,7 @@ def run(
     burnin: int | None = None,
     llc: bool = True,
     seed: int = 0,
+    seeds: int | None = None,
     save_checkpoints: bool = True,
     plot: bool = True,
     progress: bool | None = None,
@@ -701,7 +730,10 @@ def run(
     llc : bool
         Run the LLC baseline.
     seed : int
-        Seed of the split, the initialisations and the SGLD chains.
+        First seed: the runs use seeds ``seed, seed + 1, …``; each seed draws its own split,
+        its initialisations (the same at every width), its sampled labels and its SGLD chains.
+    seeds : int, optional
+        How many seeds per width (default from the size: 3; quick 2).
     save_checkpoints : bool
         Save the trained state_dicts (and factories, data) under ``out/checkpoints``.
     plot : bool
@@ -725,6 +757,7 @@ def run(
         "draws": draws,
         "burnin": burnin,
         "d_models": None if d_models is None else tuple(int(d) for d in d_models),
+        "seeds": seeds,
     }
     sz = _size_settings(size, overrides, n_heads, train_frac, read_dtype)
     cfg = _Config(
@@ -743,25 +776,31 @@ def run(
         approach_gap_ratio=approach_gap_ratio,
         read_dtype=read_dtype,
         llc=sz if llc else None,
-        seed=seed,
+        seeds=tuple(range(int(seed), int(seed) + int(sz["seeds"]))),
+        train_frac=float(train_frac),
         progress=_harness.resolve_progress(progress),
     )
     _harness.check_out(out, "modadd.run")  # before any work: a bad folder fails now
+    if echo is not None:
+        echo(f"modadd: {verdict.RULE}; stated before the runs; seeds {list(cfg.seeds)}")
     t_start = time.perf_counter()
-    data = _split(cfg.p, train_frac, seed)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    ck_dir = _save_inputs(out_dir, cfg, data) if save_checkpoints else None
-    rows, layer_rows = _sweep(cfg, data, out_dir, ck_dir)
+    ck_dir = _checkpoint_dir(out_dir, cfg) if save_checkpoints else None
+    rows, layer_rows = _sweep(cfg, out_dir, ck_dir)
     summary = summarize(rows)
-    paths = _write(out_dir, rows, layer_rows, summary, cfg.p if plot else None)
+    widths = verdict.width_rows(rows, cfg.d_models)
+    config = {**dataclasses.asdict(cfg), "rule": verdict.RULE, "llc": bool(llc)}
+    if llc:
+        config["llc_budget"] = {k: sz[k] for k in (*_LLC_BUDGET, "epsilons", "gammas")}
+    paths = _write(out_dir, rows, layer_rows, summary, cfg.p if plot else None, widths, config)
     seconds = time.perf_counter() - t_start
-    texts = [format_table(rows), format_summary(summary)]
+    texts = [format_table(rows), format_widths(widths), format_summary(summary)]
     if ck_dir is not None:
         texts.append(
-            f"checkpoints in {ck_dir} (re-read: deadspec read {ck_dir}/d_model_NNN.pt "
-            f"--model {ck_dir}/models.py:dNNN --data {ck_dir}/train_data.pt --out r.csv)"
+            f"checkpoints in {ck_dir} (re-read: deadspec read {ck_dir}/d_model_NNN_seedS.pt "
+            f"--model {ck_dir}/models.py:dNNN --data {ck_dir}/train_data_seedS.pt --out r.csv)"
         )
     _harness.report(echo, texts, paths.values(), seconds)
     return ModAddResult(
@@ -771,38 +810,51 @@ def run(
         csv_path=paths.get("modadd.csv"),
         layers_csv_path=paths.get("modadd_layers.csv"),
         summary_csv_path=paths.get("modadd_summary.csv"),
+        widths_csv_path=paths.get("modadd_widths.csv"),
         png_path=paths.get("modadd.png"),
         checkpoint_dir=ck_dir,
         seconds=seconds,
     )
 
 
-def _save_inputs(out_dir: Path | None, cfg: _Config, data) -> Path | None:
-    """``out_dir/checkpoints`` with the training data and the model factories (None: no out)."""
-    import torch
-
+def _checkpoint_dir(out_dir: Path | None, cfg: _Config) -> Path | None:
+    """``out_dir/checkpoints`` with the model factories (None: no out)."""
     if out_dir is None:
         return None
     ck_dir = out_dir / "checkpoints"
     ck_dir.mkdir(parents=True, exist_ok=True)
-    with _files.atomic_path(ck_dir / "train_data.pt") as tmp:
-        torch.save({"inputs": data[0], "targets": data[1]}, tmp)
     write_factories(ck_dir / "models.py", cfg.p, cfg.d_models, cfg.n_heads)
     return ck_dir
 
 
-def _sweep(cfg: _Config, data, out_dir: Path | None, ck_dir: Path | None):
-    """Every width of the sweep: (run rows, layer rows); the CSVs are rewritten after each
-    width, so an interrupted sweep keeps its finished widths."""
+def _save_data(ck_dir: Path | None, data, seed: int) -> None:
+    """``ck_dir/train_data_seed<seed>.pt``: the seed's training pairs (nothing without a
+    folder)."""
+    import torch
+
+    if ck_dir is None:
+        return
+    with _files.atomic_path(ck_dir / f"train_data_seed{seed}.pt") as tmp:
+        torch.save({"inputs": data[0], "targets": data[1]}, tmp)
+
+
+def _sweep(cfg: _Config, out_dir: Path | None, ck_dir: Path | None):
+    """Every seed × width of the sweep: (run rows, layer rows); the CSVs are rewritten after
+    each run, so an interrupted sweep keeps its finished runs."""
     import torch
 
     rows: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
+    runs = [(s, d) for s in cfg.seeds for d in cfg.d_models]
     with torch.random.fork_rng():
-        bar = _harness.progress_bar(cfg.d_models, "modadd sweep", cfg.progress, unit="d_model")
-        for d in bar:
-            bar.set_postfix_str(f"d_model={d}")
-            row, lrows = _width(cfg, d, data, ck_dir)
+        bar = _harness.progress_bar(runs, "modadd sweep", cfg.progress, unit="run")
+        data, data_seed = None, None
+        for seed, d in bar:
+            bar.set_postfix_str(f"seed={seed} d_model={d}")
+            if seed != data_seed:
+                data, data_seed = _split(cfg.p, cfg.train_frac, seed), seed
+                _save_data(ck_dir, data, seed)
+            row, lrows = _width(cfg, d, seed, data, ck_dir)
             rows.append(row)
             layer_rows.extend(lrows)
             if out_dir is not None:
@@ -810,16 +862,17 @@ def _sweep(cfg: _Config, data, out_dir: Path | None, ck_dir: Path | None):
     return rows, layer_rows
 
 
-def _width(cfg: _Config, d: int, data, ck_dir: Path | None):
-    """One width: train it, save it, read its DDS and its LLC; (run row, layer rows)."""
+def _width(cfg: _Config, d: int, seed: int, data, ck_dir: Path | None):
+    """One width and seed: train it, save it, read its DDS and its LLC; (run row, layer
+    rows)."""
     import torch
 
     from deadspec.models import ModAddTransformer
 
     xtr, ytr, xte, yte = data
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     model = ModAddTransformer(p=cfg.p, d_model=d, n_heads=cfg.n_heads)
-    tr = _train(model, data, cfg, desc=f"train d={d}")
+    tr = _train(model, data, cfg, desc=f"train d={d} seed={seed}")
     row: dict[str, Any] = {
         "p": cfg.p,
         "d_model": d,
@@ -830,23 +883,28 @@ def _width(cfg: _Config, d: int, data, ck_dir: Path | None):
         "n_test": int(xte.shape[0]),
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
-        "seed": cfg.seed,
+        "seed": seed,
         **tr,
     }
     if ck_dir is not None:
-        ck = ck_dir / f"d_model_{d:03d}.pt"
+        ck = ck_dir / _checkpoint_name(d, seed)
         with _files.atomic_path(ck) as tmp:
             torch.save(model.state_dict(), tmp)
         row["checkpoint"] = str(ck)
-    lrows, dds_passes, dds_seconds = _dds(model, xtr, ytr, cfg)
+    lrows, compared, dds_passes, dds_seconds = _dds(model, xtr, ytr, cfg, seed)
     row.update(_aggregate(lrows))
+    row.update(compared)
     row["dds_passes"], row["dds_seconds"] = dds_passes, dds_seconds
     if cfg.llc is not None:
-        row.update(_llc(model, xtr, ytr, sz=cfg.llc, seed=cfg.seed, progress=cfg.progress))
+        row.update(_llc(model, xtr, ytr, sz=cfg.llc, seed=seed, progress=cfg.progress))
         ok = row["llc_passes"] > 0 and dds_passes > 0
         row["pass_ratio"] = row["llc_passes"] / dds_passes if ok else float("nan")
         row["time_ratio"] = row["llc_seconds"] / dds_seconds if ok else float("nan")
-    return row, [{"p": cfg.p, "d_model": d, **lr_} for lr_ in lrows]
+    return row, [{"p": cfg.p, "d_model": d, "seed": seed, **lr_} for lr_ in lrows]
+
+
+def _checkpoint_name(d: int, seed: int) -> str:
+    return f"d_model_{d:03d}_seed{seed}.pt"
 
 
 def _write(
@@ -855,9 +913,11 @@ def _write(
     layer_rows: list[dict[str, Any]],
     summary: dict[str, Any] | None = None,
     plot_p: int | None = None,
+    widths: list[dict[str, Any]] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """The run and layer CSVs; the summary CSV when ``summary`` is given; the PNG when
-    ``plot_p`` (the modulus, for the title) is given."""
+    """The run and layer CSVs; the summary and width CSVs when ``summary`` and ``widths`` are
+    given; the PNG when ``plot_p`` (the modulus, for the title) is given; config.json."""
     csvs: dict[str, Any] = {
         "modadd.csv": (rows, RUN_COLUMNS),
         "modadd_layers.csv": (layer_rows, LAYER_COLUMNS),
@@ -865,10 +925,12 @@ def _write(
     if summary is not None:
         metrics = [{"metric": k, "value": v} for k, v in summary.items()]
         csvs["modadd_summary.csv"] = (metrics, ("metric", "value"))
+    if widths is not None:
+        csvs["modadd_widths.csv"] = (widths, list(widths[0]) if widths else ["d_model"])
     figures = None
     if plot_p is not None:
-        figures = {"modadd.png": lambda path: plot_sweep(rows, layer_rows, summary, path, plot_p)}
-    return _harness.write_outputs(out_dir, csvs, figures)
+        figures = {"modadd.png": lambda path: plot_sweep(rows, widths or [], summary, path, plot_p)}
+    return _harness.write_outputs(out_dir, csvs, figures, config=config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,6 +971,7 @@ def _parser():
     ap.add_argument("--draws", type=int, default=None)
     ap.add_argument("--burnin", type=int, default=None)
     ap.add_argument("--no-llc", dest="llc", action="store_false")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per width (default 3)")
     ap.add_argument("--no-checkpoints", dest="save_checkpoints", action="store_false")
     return ap
 
