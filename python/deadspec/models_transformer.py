@@ -202,14 +202,14 @@ class TransformerBlock(nn.Module):
 
 
 class ModAddTransformer(nn.Module):
-    """One-layer transformer for modular addition ``(a + b) mod p`` (Nanda et al.).
+    """Transformer for modular addition ``(a + b) mod p`` (Nanda et al.; one layer by default).
 
     Input: integer tokens ``(N, 3)`` = ``a b =`` with ``a, b < p`` and ``=`` the token ``p``
     (vocabulary ``p + 1``). Token embedding ``embed``, learned positions ``pos`` (an
     ``nn.Embedding(3, d_model)`` looked up with per-sample position ids, so it has a batch axis
-    and a Fisher side), one :class:`TransformerBlock` ``blocks.0`` (attention + ReLU MLP of width
-    ``d_mlp``), optional final LayerNorm ``ln_f``, unembedding ``unembed`` (``d_model -> p``, no
-    bias). Output: the logits at the last position, ``(N, p)``.
+    and a Fisher side), ``n_layers`` blocks ``blocks.0, blocks.1, …`` (:class:`TransformerBlock`:
+    attention + ReLU MLP of width ``d_mlp``), optional final LayerNorm ``ln_f``, unembedding
+    ``unembed`` (``d_model -> p``, no bias). Output: the logits at the last position, ``(N, p)``.
 
     Parameters
     ----------
@@ -225,6 +225,8 @@ class ModAddTransformer(nn.Module):
         Pre-LN block and a final LayerNorm (False: the original recipe, no normalisation).
     rope : bool
         RoPE on q and k (in addition to the learned positions).
+    n_layers : int
+        Transformer blocks ``blocks.0 … blocks.{n_layers − 1}`` (default 1, the original).
     """
 
     n_ctx = 3
@@ -237,9 +239,11 @@ class ModAddTransformer(nn.Module):
         d_mlp: int | None = None,
         layernorm: bool = False,
         rope: bool = False,
+        n_layers: int = 1,
     ) -> None:
         super().__init__()
         self.p = _pos_int("ModAddTransformer", "p", p)
+        n_layers = _pos_int("ModAddTransformer", "n_layers", n_layers)
         if self.p < 2:
             raise ValueError(f"deadspec.ModAddTransformer: p must be at least 2, got {p}")
         d_model = _pos_int("ModAddTransformer", "d_model", d_model)
@@ -262,6 +266,7 @@ class ModAddTransformer(nn.Module):
                     attn_bias=False,
                     mlp_bias=True,
                 )
+                for _ in range(n_layers)
             ]
         )
         if self.layernorm:
@@ -287,7 +292,10 @@ class ModAddTransformer(nn.Module):
         return self.unembed(x[:, -1])
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, d_model={self.d_model}, layernorm={self.layernorm}"
+        return (
+            f"p={self.p}, d_model={self.d_model}, layernorm={self.layernorm}, "
+            f"n_layers={len(self.blocks)}"
+        )
 
 
 def modadd_data(

@@ -129,6 +129,8 @@ def test_detection_quick_outputs(det, ot):
 
 # --- grokking --------------------------------------------------------------------------------
 def test_grokking_quick_outputs(grok):
+    import json
+
     assert grok.png_path.exists() and grok.png_path.stat().st_size > 0
     cols, rows = _read_csv(grok.csv_path)
     assert tuple(cols) == grokking.CSV_COLUMNS
@@ -137,10 +139,62 @@ def test_grokking_quick_outputs(grok):
         for k in ("final_train_acc", "final_test_acc", "best_test_acc", "final_train_loss"):
             assert _finite(r[k]) and float(r[k]) >= 0, (k, r)
         assert r["grokked"] in ("True", "False")
+        assert r["model"] == "transformer"
     cols, curves = _read_csv(grok.curves_path)
     assert tuple(cols) == grokking.CURVE_COLUMNS
     assert all(0.0 <= float(c["test_acc"]) <= 1.0 for c in curves)
     assert {s["optimizer"] for s in grok.summary} == {"ddc-muon", "muon"}
+    # every arm x rate x tuning seed ran, and each arm's evaluation used the rate it chose
+    _, tuning = _read_csv(grok.tuning_path)
+    sizes = grok.sizes
+    assert len(tuning) == 2 * len(sizes.lrs) * sizes.tune_seeds
+    assert {int(r["seed"]) for r in tuning} == {1000 + k for k in range(sizes.tune_seeds)}
+    for s in grok.summary:
+        assert s["lr"] == grokking.choose_lr(grok.tuning, s["optimizer"], sizes.lrs)
+        assert {float(r["lr"]) for r in rows if r["optimizer"] == s["optimizer"]} == {s["lr"]}
+    config = json.loads((grok.csv_path.parent / "config.json").read_text())
+    assert config["rule"] == grokking.RULE and config["seeds"] == [0, 1]
+    ddc = next(s for s in grok.summary if s["optimizer"] == "ddc-muon")
+    assert grok.verdict == ddc["verdict"]
+    _, summ = _read_csv(grok.summary_path)
+    assert [r["optimizer"] for r in summ] == ["ddc-muon", "muon"]
+
+
+def _tune_row(opt, lr, grokked, best):
+    return {"optimizer": opt, "lr": lr, "grokked": grokked, "best_test_acc": best}
+
+
+def test_grokking_rate_choice_rule():
+    tuning = [
+        _tune_row("muon", 0.01, True, 0.99), _tune_row("muon", 0.01, False, 0.5),
+        _tune_row("muon", 0.03, True, 0.97), _tune_row("muon", 0.03, True, 0.96),
+        _tune_row("muon", 0.003, False, 0.9), _tune_row("muon", 0.003, False, 0.9),
+    ]
+    # most seeds grokked wins, whatever the accuracy
+    assert grokking.choose_lr(tuning, "muon", (0.003, 0.01, 0.03)) == 0.03
+    # no seed grokked anywhere: the best mean accuracy; a tie: the smaller rate
+    none = [dict(r, grokked=False) for r in tuning]
+    assert grokking.choose_lr(none, "muon", (0.003, 0.01, 0.03)) == 0.03
+    flat = [dict(r, grokked=False, best_test_acc=0.5) for r in tuning]
+    assert grokking.choose_lr(flat, "muon", (0.03, 0.01, 0.003)) == 0.003
+
+
+def test_grokking_verdict_rule_and_fisher_exact():
+    from deadspec.experiments._stats import fisher_exact
+
+    # the paper's 10/11 against 0/11; 3/3 against 2/3 (the old run) has p = 1 two-sided
+    assert fisher_exact(10, 11, 0, 11)["p_two_sided"] == pytest.approx(3.4021705848e-05)
+    assert fisher_exact(3, 3, 2, 3)["p_two_sided"] == pytest.approx(1.0)
+    assert fisher_exact(3, 3, 2, 3)["p_greater"] == pytest.approx(0.5)
+    # hypergeometric by hand: P(X >= 2) with 8 + 8 seeds and 2 hits in all = C(8,2)/C(16,2)
+    assert fisher_exact(2, 8, 0, 8)["p_greater"] == pytest.approx(28 / 120)
+    assert grokking.verdict(8, 8, 0, 8).startswith("reproduced")
+    assert grokking.verdict(2, 8, 0, 8).startswith("inconclusive (DDCMuon 2/8")
+    assert grokking.verdict(1, 8, 2, 8).startswith("refuted")
+    assert grokking.verdict(0, 8, 0, 8).startswith("refuted")
+    assert grokking.verdict(8, 8, 3, 8).startswith("inconclusive (regime not reached")
+    with pytest.raises(ValueError, match="fisher_exact"):
+        fisher_exact(3, 2, 0, 2)
 
 
 def test_deep_mlp_shapes_and_validation():
@@ -152,3 +206,17 @@ def test_deep_mlp_shapes_and_validation():
         grokking.DeepModAddMLP(5, depth=1)
     with pytest.raises(ValueError, match="train_frac"):
         grokking.run(None, quick=True, train_frac=1.5, echo=None)
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        grokking.run(None, quick=True, width=15, echo=None)
+    with pytest.raises(ValueError, match="lrs must be"):
+        grokking.run(None, quick=True, lrs=[0.01, -1.0], echo=None)
+    with pytest.raises(ValueError, match="model must be"):
+        grokking.run(None, quick=True, model="cnn", echo=None)
+    # the transformer has depth blocks and the rotation gauge of its heads
+    from deadspec import gauges
+
+    sizes = grokking.grok_sizes(True, "default", depth=3)
+    model, head = grokking.build_model(sizes)
+    assert head == "unembed" and len(model.blocks) == 3
+    found = gauges.discover(model)
+    assert sum(type(g).__name__ == "HeadRotation" for g in found) == 3

@@ -199,3 +199,23 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
         return {"mean": mean, "se": 0.0, "t": nan, "p": 1.0 if mean == 0.0 else 0.0, "n": n}
     t = mean / se
     return {"mean": mean, "se": se, "t": t, "p": student_t_sf2(t, n - 1), "n": n}
+
+
+def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> dict[str, float]:
+    """Fisher's exact test of two proportions k1/n1 and k2/n2 (a 2×2 table): ``p_two_sided``
+    (the hypergeometric probabilities of the tables no likelier than the observed one, as
+    ``scipy.stats.fisher_exact``) and ``p_greater`` (one-sided, for k1/n1 > k2/n2)."""
+    for name, k, n in (("k1", k1, n1), ("k2", k2, n2)):
+        if not (0 <= k <= n) or n < 1:
+            raise ValueError(f"deadspec.fisher_exact: need 0 ≤ {name} ≤ n and n ≥ 1, got {k}/{n}")
+    total, hits = n1 + n2, k1 + k2
+    lo, hi = max(0, hits - n2), min(hits, n1)
+
+    def prob(x: int) -> float:
+        return math.comb(n1, x) * math.comb(n2, hits - x) / math.comb(total, hits)
+
+    probs = {x: prob(x) for x in range(lo, hi + 1)}
+    observed = probs[k1]
+    two = sum(q for q in probs.values() if q <= observed * (1.0 + 1e-7))
+    greater = sum(q for x, q in probs.items() if x >= k1)
+    return {"p_two_sided": min(1.0, two), "p_greater": min(1.0, greater)}
