@@ -37,7 +37,8 @@ def _finite(value) -> bool:
 @pytest.fixture(scope="module")
 def ot(tmp_path_factory):
     out = tmp_path_factory.mktemp("over-training")
-    return overtraining.run(out, quick=True, progress=False, echo=None)
+    # two worker processes: the process pool of the real runs is exercised too
+    return overtraining.run(out, quick=True, progress=False, echo=None, workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -87,28 +88,108 @@ def test_make_optimizer_rejects_unknown():
 
 # --- over-training ---------------------------------------------------------------------------
 def test_overtraining_quick_outputs(ot):
+    import json
+
     assert ot.png_path.exists() and ot.png_path.stat().st_size > 0
     cols, rows = _read_csv(ot.csv_path)
     assert tuple(cols) == overtraining.CSV_COLUMNS
-    assert {r["optimizer"] for r in rows} == {"ddc-adam", "adamw", "muon"}
+    sizes = ot.sizes
+    n_seeds = 2
+    assert len(rows) == len(overtraining.OPTIMIZERS) * len(sizes.weight_decays) * n_seeds
     for r in rows:
-        for k in ("final_train", "final_val", "gap", "min_val"):
+        for k in ("final_train", "final_val", "gap", "min_val", "val_rise", "logit_rms",
+                  "imbalance_final"):
             assert _finite(r[k]), (k, r)
         assert float(r["gap"]) == pytest.approx(float(r["final_val"]) - float(r["final_train"]))
+        assert float(r["val_rise"]) == pytest.approx(float(r["final_val"]) - float(r["min_val"]))
+        assert float(r["val_rise"]) >= 0.0 and r["corpus"] == "stdlib"
+    # every arm x weight decay x rate ran on the tuning seed; the evaluation used the choice
+    _, tuning = _read_csv(ot.tuning_path)
+    assert len(tuning) == len(overtraining.OPTIMIZERS) * len(sizes.weight_decays) * len(sizes.lrs)
+    assert {int(r["seed"]) for r in tuning} == {overtraining.TUNE_SEED}
+    for s in ot.summary:
+        assert s["lr"] == overtraining.choose_lr(ot.tuning, s["optimizer"], s["weight_decay"])
+        mine = [r for r in ot.rows if r["optimizer"] == s["optimizer"]
+                and r["weight_decay"] == s["weight_decay"]]
+        assert {r["lr"] for r in mine} == {s["lr"]} and s["seeds"] == n_seeds
+        vals = [r["val_rise"] for r in mine]
+        assert s["val_rise_mean"] == pytest.approx(sum(vals) / len(vals))
     cols, curves = _read_csv(ot.curves_path)
     assert tuple(cols) == overtraining.CURVE_COLUMNS
-    assert len(curves) >= 3 * 2
     assert all(_finite(c["train_loss"]) and _finite(c["val_loss"]) for c in curves)
-    assert [s["optimizer"] for s in ot.summary] == ["ddc-adam", "adamw", "muon"]
+    assert set(ot.verdicts) == {"ddc-adam", "ddc-adam-split", "ddc-muon"}
+    config = json.loads((ot.csv_path.parent / "config.json").read_text())
+    assert config["rule"] == overtraining.RULE and config["seeds"] == [0, 1]
+    assert config["verdicts"] == ot.verdicts
+
+
+def test_overtraining_runs_are_reproducible_in_workers(ot):
+    """A run in a worker process equals the same run here (seeded data and initialisation)."""
+    r = next(r for r in ot.rows if r["optimizer"] == "ddc-adam" and r["seed"] == 1)
+    again = overtraining.one_run("stdlib", ot.sizes, "ddc-adam", r["lr"], r["weight_decay"], 1)
+    for k in ("min_val", "final_val", "final_train", "logit_rms", "imbalance_final"):
+        assert again[k] == pytest.approx(r[k], rel=1e-6, abs=1e-7), k
+
+
+def test_unit_imbalance_reads_the_rescaling_gauge():
+    torch.manual_seed(0)
+    model = _lm.TinyLM(16, 4, d_model=8, n_heads=2, n_layers=1)
+    mlp = model.blocks[0].mlp
+    with torch.no_grad():  # a balanced start: every unit's in- and out-norm equal
+        mlp.fc_in.weight.copy_(torch.ones_like(mlp.fc_in.weight))
+        mlp.fc_in.bias.zero_()
+        mlp.fc_out.weight.copy_(torch.ones_like(mlp.fc_out.weight))  # both norms √8
+    assert overtraining.unit_imbalance(model) == pytest.approx(0.0, abs=1e-12)
+    x = torch.randint(0, 16, (3, 4))
+    before = model(x)
+    s = torch.exp(torch.randn(mlp.fc_in.out_features))
+    with torch.no_grad():  # the ReLU gauge: unit j scaled by s_j in, 1/s_j out
+        mlp.fc_in.weight.mul_(s[:, None])
+        mlp.fc_out.weight.div_(s[None, :])
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+    expect = float((2 * torch.log(s)).double().std())  # log(a_j/c_j) moves by 2 log s_j
+    assert overtraining.unit_imbalance(model) == pytest.approx(expect, rel=1e-6)
+
+
+def test_overtraining_verdict_rule():
+    t = {"mean": -0.5, "se": 0.1, "t": -5.0, "p": 0.01, "n": 5}
+    flat = {"mean": 0.0, "se": 0.1, "t": 0.0, "p": 1.0, "n": 5}
+    worse_fit = {"mean": 0.2, "se": 0.02, "t": 10.0, "p": 0.001, "n": 5}
+    assert overtraining.verdict(t, flat).startswith("reproduced")
+    assert overtraining.verdict(t, worse_fit).startswith("inconclusive (rise lower")
+    assert overtraining.verdict(dict(t, mean=0.5), flat).startswith("refuted")
+    assert overtraining.verdict(dict(t, p=0.2), flat).startswith("inconclusive (rise")
+    rows = [{"optimizer": "ddc-adam", "verdict": v} for v in ("reproduced (x)", "refuted (y)")]
+    assert overtraining.arm_verdicts(rows) == {"ddc-adam": "inconclusive"}
+    rows[0]["verdict"] = "inconclusive (z)"
+    assert overtraining.arm_verdicts(rows) == {"ddc-adam": "refuted"}
+
+
+def test_stdlib_corpus_windows_do_not_overlap():
+    x, y, xv, yv, v = _corpus.stdlib_batches(16, 8, 12, seed=3)
+    assert x.shape == (16, 12) and xv.shape == (8, 12) and v == 128
+    assert torch.equal(x[:, 1:], y[:, :-1]) and int(x.max()) < v
+    again = _corpus.stdlib_batches(16, 8, 12, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip((x, y, xv, yv), again[:4]))
+    rows = {tuple(r.tolist()) for r in torch.cat([x, y[:, -1:]], 1)}
+    assert not rows & {tuple(r.tolist()) for r in torch.cat([xv, yv[:, -1:]], 1)}
+    # real library text, every byte above 126 read as 127
+    text = _corpus.stdlib_text().translate(bytes(min(b, 127) for b in range(256)))
+    assert all(bytes(r.tolist()) in text for r in x[:4])
+    assert not torch.equal(x, _corpus.stdlib_batches(16, 8, 12, seed=4)[0])
 
 
 def test_overtraining_cli_rejects_bad_grid(tmp_path, capsys):
     assert overtraining.main(["--quick", "--out", str(tmp_path), "--lrs", "-1"]) == 2
     assert "lrs must be positive" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="corpus must be"):
+        overtraining.run(None, quick=True, corpus="wiki", echo=None)
+    with pytest.raises(ValueError, match="seeds must be"):
+        overtraining.run(None, quick=True, seeds=0, echo=None)
 
 
 # --- detection -------------------------------------------------------------------------------
-def test_detection_quick_outputs(det, ot):
+def test_detection_quick_outputs(det):
     assert det.png_path.exists() and det.png_path.stat().st_size > 0
     cols, rows = _read_csv(det.csv_path)
     assert tuple(cols) == detection.CSV_COLUMNS
@@ -118,9 +199,10 @@ def test_detection_quick_outputs(det, ot):
         assert 0 <= int(r["cells_reading"]) <= int(r["cells_dead"]) <= int(r["cells_total"])
         assert int(r["readings"]) >= 4
         assert _finite(r["gap"])
-    # the monitor leaves the model alone: the same runs as the over-training experiment
+    # the monitor leaves the model alone: the same runs without it
     gaps = {(r["optimizer"]): float(r["gap"]) for r in rows}
-    for r in ot.rows:
+    plain = _lm.run_grid(det.sizes, list(gaps), seed=0, threads=1)
+    for r in plain:
         assert gaps[r["optimizer"]] == pytest.approx(r["gap"], rel=1e-5, abs=1e-6)
     cols, cells = _read_csv(det.cells_path)
     assert tuple(cols) == detection.CELL_COLUMNS

@@ -7,8 +7,9 @@
 - :mod:`deadspec.experiments.modadd`: a one-layer modular-addition transformer over a d_model
   sweep: DDS volumes against a calibrated LLC at a fixed budget.
 - :mod:`deadspec.experiments.overtraining`, :mod:`deadspec.experiments.detection`,
-  :mod:`deadspec.experiments.grokking`: DDCAdam/DDCMuon against AdamW/Muon (validation − train
-  gap past the point of fit, cells in which the dead-direction rate reads, seeds that grok).
+  :mod:`deadspec.experiments.grokking`: DDCAdam/DDCMuon against AdamW/Muon (how far the
+  validation loss rises past its minimum, cells in which the dead-direction rate reads, seeds
+  of a deep transformer that grok).
 - :mod:`deadspec.experiments.gauge_start`: every optimizer trained from θ₀ and from a rescaled
   g·θ₀ (the same function): what exact equivariance buys.
 - :mod:`deadspec.experiments.vit`: a small vision transformer on scikit-learn's digits, DDCAdam

@@ -1,4 +1,13 @@
-"""A generated corpus for the DDC language-model experiments (over-training, detection).
+"""The corpora of the DDC language-model experiments (over-training, detection).
+
+Two settings, neither downloaded nor shipped:
+
+- ``"stdlib"``: real text, byte-level: the Python standard library's own source files and
+  docstrings (:func:`stdlib_text`, :func:`stdlib_batches`), which every Python installation
+  carries. The files differ a little between Python versions, so a run records its version
+  and a digest of the sequences it drew.
+- ``"grammar"``: the generated English-like text below.
+
 
 :func:`generate_corpus` writes English-like text from a fixed probabilistic grammar with
 agreement (noun class -> verb set, singular/plural determiners), Zipf-weighted word choices and
@@ -17,7 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["corpus_vocabulary", "generate_corpus", "lm_batches"]
+__all__ = ["corpus_vocabulary", "generate_corpus", "lm_batches", "stdlib_batches", "stdlib_text"]
 
 _NOUNS = {
     # class -> (singular, plural)
@@ -151,3 +160,54 @@ def lm_batches(
     x_tr, y_tr = chunks(n_train, 2 * seed)
     x_va, y_va = chunks(n_val, 2 * seed + 1)
     return x_tr, y_tr, x_va, y_va, len(vocab)
+
+
+#: Byte vocabulary of the stdlib corpus: ASCII; every byte ≥ 127 maps to 127 (DEL, unused in
+#: source), so non-ASCII text in docstrings stays one token per byte.
+STDLIB_VOCAB = 128
+
+
+def stdlib_text() -> bytes:
+    """The top-level ``*.py`` files of the running Python's standard library, sorted by name and
+    concatenated (a few MB). Raises ``RuntimeError`` when the folder holds none (a Python built
+    without its sources)."""
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(root.glob("*.py"))
+    if not files:
+        raise RuntimeError(
+            f"deadspec.stdlib_text: no *.py files in the standard library folder {root}; use "
+            f"the grammar corpus (--corpus grammar)"
+        )
+    return b"".join(f.read_bytes() for f in files)
+
+
+def stdlib_batches(
+    n_train: int, n_val: int, ctx: int, *, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Training and validation sequences of ``ctx + 1`` bytes from :func:`stdlib_text`.
+
+    The text is cut into consecutive windows of ``ctx + 1`` bytes; a permutation seeded by
+    ``seed`` picks ``n_train`` of them for training and the next ``n_val`` for validation, so
+    both are drawn from the whole library, never overlapping. Same return value as
+    :func:`lm_batches` (vocabulary :data:`STDLIB_VOCAB`).
+    """
+    data = torch.frombuffer(bytearray(stdlib_text()), dtype=torch.uint8).long().clamp_(max=127)
+    n_windows = data.numel() // (ctx + 1)
+    if n_train + n_val > n_windows:
+        raise ValueError(
+            f"deadspec.stdlib_batches: n_train + n_val = {n_train + n_val} windows of {ctx + 1} "
+            f"bytes exceed the {n_windows} the standard library holds"
+        )
+    windows = data[: n_windows * (ctx + 1)].reshape(n_windows, ctx + 1)
+    perm = torch.randperm(n_windows, generator=torch.Generator().manual_seed(int(seed)))
+    tr, va = windows[perm[:n_train]], windows[perm[n_train : n_train + n_val]]
+    return (
+        tr[:, :-1].contiguous(),
+        tr[:, 1:].contiguous(),
+        va[:, :-1].contiguous(),
+        va[:, 1:].contiguous(),
+        STDLIB_VOCAB,
+    )

@@ -10,7 +10,8 @@ written), prints tables through ``echo`` (None: silent) and returns a result dat
   :func:`cli_main` (parse, run, exit status);
 - running: :func:`resolve_progress` / :func:`progress_bar` (tqdm, by default only on a
   terminal), :func:`threads` (torch's, and optionally the core's, thread count for the run),
-  :func:`count_forwards` (the forward passes a measurement costs);
+  :func:`count_forwards` (the forward passes a measurement costs), :func:`map_jobs` (independent
+  runs, serially or in worker processes of one torch thread each);
 - output: :func:`check_out` (the output folder, checked before any work), :func:`write_csv`,
   :func:`write_outputs` (the CSV files and figures of a run, each written atomically),
   :func:`figure` (a matplotlib ``Figure`` on its own Agg canvas, saved as PNG: no pyplot, no
@@ -42,6 +43,7 @@ __all__ = [
     "fmt",
     "format_table",
     "groups",
+    "map_jobs",
     "parser",
     "progress_bar",
     "report",
@@ -178,6 +180,50 @@ def threads(n: int | None, *, core: bool = False) -> Iterator[None]:
         torch.set_num_threads(old)
         if old_core is not None:
             deadspec.set_num_threads(int(old_core))
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def map_jobs(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple[Any, ...]],
+    workers: int,
+    progress: bool | None,
+    desc: str,
+) -> list[Any]:
+    """``[fn(*job) for job in jobs]``, in order.
+
+    With ``workers`` ≤ 1 the calls run here, one after the other. Otherwise they run in that
+    many worker processes (``spawn``, so ``fn`` must be a module-level function and the jobs
+    picklable), each with one torch thread: small models gain nothing from intra-op threads, so
+    independent runs side by side use a machine's cores better. A job that raises raises here.
+    """
+    bar = progress_bar(None, desc, progress)
+    bar.total = len(jobs)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            out = []
+            for job in jobs:
+                out.append(fn(*job))
+                bar.update(1)
+            return out
+        import concurrent.futures as cf
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(
+            max_workers=int(workers), mp_context=ctx, initializer=_one_thread
+        ) as pool:
+            futures = [pool.submit(fn, *job) for job in jobs]
+            for _ in cf.as_completed(futures):
+                bar.update(1)
+            return [f.result() for f in futures]
+    finally:
+        bar.close()
 
 
 @contextlib.contextmanager

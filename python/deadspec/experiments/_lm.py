@@ -247,10 +247,17 @@ def _setup(
 
 
 def _fit(
-    model: TinyLM, opt: Any, mon: Any, every: int, sizes: LMSizes, data: tuple[torch.Tensor, ...]
+    model: TinyLM,
+    opt: Any,
+    mon: Any,
+    every: int,
+    sizes: LMSizes,
+    data: tuple[torch.Tensor, ...],
+    on_eval: Any = None,
 ) -> tuple[list[int], list[float], list[float], bool]:
     """Full-batch training for ``sizes.steps`` steps; returns the evaluation steps, the train and
-    validation losses there, and whether the loss diverged (the run stops at once then)."""
+    validation losses there, and whether the loss diverged (the run stops at once then).
+    ``on_eval(step, model)`` is called at every evaluation (model in eval mode, no grad)."""
     x_tr, y_tr, x_va, y_va = data[:4]
     steps_rec: list[int] = []
     tr_rec: list[float] = []
@@ -260,6 +267,8 @@ def _fit(
         model.eval()
         with torch.no_grad():
             va = float(lm_loss(model, x_va, y_va))
+            if on_eval is not None:
+                on_eval(step, model)
         model.train()
         steps_rec.append(step)
         tr_rec.append(train_loss)
@@ -317,6 +326,7 @@ def train_lm(
     monitor: bool = False,
     data: tuple[torch.Tensor, ...] | None = None,
     monitor_options: dict[str, Any] | None = None,
+    on_eval: Any = None,
 ) -> dict[str, Any]:
     """One over-training run: full-batch training of a :class:`TinyLM` far past fit.
 
@@ -338,6 +348,8 @@ def train_lm(
         ``lm_batches`` output to reuse.
     monitor_options : dict, optional
         Extra keyword arguments of the monitor.
+    on_eval : callable, optional
+        ``on_eval(step, model)`` at every evaluation (in eval mode, under ``torch.no_grad``).
 
     Returns
     -------
@@ -363,7 +375,7 @@ def train_lm(
         monitor_options=monitor_options,
     )
     t0 = time.perf_counter()
-    steps, train, val, diverged = _fit(model, opt, mon, every, sizes, data)
+    steps, train, val, diverged = _fit(model, opt, mon, every, sizes, data, on_eval)
     seconds = time.perf_counter() - t0
     return {
         **curve_summary(steps, train, val),

@@ -6,9 +6,11 @@ with AdamW (*higher detection of dead directions*).
 
 Setup
 -----
-The runs of :mod:`deadspec.experiments.overtraining` (same corpus, model, grid, seeds and
-steps; the monitor leaves the model untouched, so the trajectories are the same and the gap
-columns reproduce that experiment's), with a :class:`deadspec.monitor.DeadDirectionMonitor`
+The grid of :func:`deadspec.experiments._lm.run_grid` (the grammar corpus, one seed, the
+sizes of :data:`deadspec.experiments._lm.LM_SIZES`: the over-training runs as they were before
+that experiment was redesigned with tuned arms and seeds; the monitor leaves the model
+untouched, so the trajectories are those of the same grid without it), with a
+:class:`deadspec.monitor.DeadDirectionMonitor`
 attached to the linear layers ``blocks.i.attn.{q,k,v,o}``, ``blocks.i.mlp.{fc_in,fc_out}`` and
 ``unembed``. Probe: the first ``probe`` training sequences with their next-token targets
 (observed labels, cross-entropy summed over positions). ``readings`` checkpoints evenly spread
@@ -170,7 +172,9 @@ def run(
 ) -> DetectionResult:
     """Run the detection experiment; write the CSVs and the plot into ``out``.
 
-    Parameters are those of :func:`deadspec.experiments.overtraining.run` (same runs), plus
+    Parameters: ``out``, ``quick``, ``size``, ``seed``, ``optimizers``, ``lrs``,
+    ``weight_decays``, ``steps``, ``n_train``, ``threads``, ``plot``, ``progress`` and ``echo``
+    set the grid of :func:`deadspec.experiments._lm.run_grid`, as their names say;
     ``readings``: the number of monitor checkpoints per run (default 30; quick 8).
 
     Returns

@@ -1,4 +1,4 @@
-"""Over-training experiment: validation − train loss gap of a LM trained far past fit.
+"""Over-training experiment: how far validation loss rises when a LM trains long past its minimum.
 
 Claim (Dead-Direction Conditioners, arXiv 2606.29176): a language model trained past the point
 of fit ends with a validation − train loss gap of 0.67 with DDCAdam against 5.88 with AdamW
@@ -6,41 +6,53 @@ of fit ends with a validation − train loss gap of 0.67 with DDCAdam against 5.
 
 Setup (ours; the paper's model, data and schedule are not public)
 -----------------------------------------------------------------
-- **Corpus**: generated at run time by a fixed probabilistic grammar with agreement
-  (:func:`deadspec.experiments._corpus.generate_corpus`, ~110 word tokens, seeded, nothing shipped
-  or downloaded). Training set: ``n_train`` sequences of ``ctx`` tokens; validation:
-  ``n_val`` sequences from an independent stream of the same grammar.
-- **Model**: :class:`deadspec.experiments._lm.TinyLM`, ``n_layers`` pre-LN causal
-  :class:`~deadspec.models_transformer.TransformerBlock` s (ReLU MLP), token + learned position
-  embeddings, final LayerNorm, unembedding without bias.
-- **Training**: full batch (the whole training set every step), constant learning rate, no
-  warm-up, ``steps`` steps — far past fit (the training loss is ~0.05 nats/token after ~200
-  steps at the default size, the run goes to 1500).
-- **Optimizers**: ``ddc-adam`` (:class:`deadspec.optim.DDCAdam`, gauges discovered plus the
-  head's NormScale(ln_f → unembed) and LogitShift(unembed)), ``adamw`` (``torch.optim.AdamW``)
-  and ``muon`` (``torch.optim.Muon`` on the 2-D hidden weights, ``adjust_lr_fn=
-  "match_rms_adamw"`` so the same learning rate is comparable, + AdamW on embeddings, head,
-  norms and biases). Adam betas (0.9, 0.98), Muon momentum 0.95. Every optimizer runs the same
-  grid ``lrs × weight_decays`` from the same initialisation.
-- **Reported**: per run, the final train and validation losses (nats/token) and their gap
-  (the paper's quantity), the *tail gap* (the same over the mean of the last 10 % of the
-  evaluations: with a constant learning rate the training loss spikes now and then, and a
-  spike at the last step moves the final gap by nats), the minimum validation loss and its
-  step; per optimizer, the mean and median final gap and the mean tail gap over the grid, and
-  the gaps of the grid point with the lowest tail validation loss.
+- **Corpus** (``corpus``): ``"stdlib"`` (default): real text, byte-level, from the Python standard
+  library's own source files and docstrings (:func:`deadspec.experiments._corpus.stdlib_batches`:
+  windows of ``ctx + 1`` bytes drawn by a seeded permutation from the whole library; 128-byte
+  vocabulary; nothing downloaded). ``"grammar"``: the generated English-like text of
+  :mod:`deadspec.experiments._corpus` (the second setting). Each seed draws its own training and
+  validation sequences (``n_train``, ``n_val``).
+- **Model**: :class:`deadspec.experiments._lm.TinyLM` (pre-LN causal transformer blocks, ReLU
+  MLP, final LayerNorm, unembedding without bias).
+- **A generalisation phase, then over-training**: full batch, constant learning rate, ``steps``
+  steps. At the default size (256 sequences of 32 bytes, 2 blocks of d_model 32: 4 parameters
+  per training token) the validation loss falls from ln 128 ≈ 4.85 to its minimum (≈ 2.7 nats
+  per byte) at steps 100–150 and then rises while the training loss goes to ~0.1 (measured
+  2026-12-07 with AdamW at lr 1e-3 and 3e-3): the run goes 4–6 times past the minimum.
+- **Arms**: ``adamw``, ``muon`` (``torch.optim.Muon`` on the hidden matrices, ``adjust_lr_fn=
+  "match_rms_adamw"`` so one learning-rate grid serves every arm, + AdamW on the rest),
+  ``ddc-adam`` (coordinate form), ``ddc-adam-split`` (split form) and ``ddc-muon``; gauges
+  discovered plus the head's. Adam betas (0.9, 0.98), Muon momentum 0.95.
+- **Tuned alike**: for each weight decay in ``weight_decays`` (0.01, 0.1) and each arm, every
+  learning rate of the grid ``lrs`` runs on the tuning seed (100); the rate with the lowest
+  minimum validation loss wins (ties: the smaller rate). Then ``seeds`` fresh seeds (0, 1, …)
+  per arm and weight decay at that rate.
+- **Metrics per run**: the minimum validation loss and its step (the control against winning by
+  under-fitting), the **validation rise** (final − minimum), the final gap (validation − train,
+  the paper's quantity), the RMS of the centred validation logits at the end (logit blow-up)
+  and the per-unit norm imbalance over training (:func:`unit_imbalance`).
+- **Rule** (:data:`RULE`, printed before the runs and written to config.json), per DDC arm and
+  weight decay, paired by seed against its base (DDCAdam, both forms: AdamW; DDCMuon: Muon):
+  reproduced when its validation rise is lower with paired-t p < 0.05 and its minimum
+  validation loss is not higher with p < 0.05; refuted when its rise is higher with p < 0.05;
+  inconclusive otherwise. An arm is reproduced when it is at every weight decay, refuted when it
+  is at some and reproduced at none.
 
-Outputs (``--out DIR``, default ``./deadspec-out/over-training``): ``overtraining.csv`` (one
-row per optimizer × lr × weight decay), ``overtraining_curves.csv`` (one row per run × eval
-step), ``overtraining.png`` (train/val curves per grid point; gap per optimizer).
+Outputs (``--out DIR``, default ``./deadspec-out/over-training``): ``overtraining.csv`` (one row
+per evaluation run), ``overtraining_tuning.csv`` (one per tuning run), ``overtraining_curves.csv``
+(one per evaluation run × evaluation), ``overtraining_summary.csv`` (per arm and weight decay:
+mean ± SE, the paired tests, the verdicts), ``config.json`` and ``overtraining.png``.
 
-Run: ``python -m deadspec.experiments.overtraining [--quick] [--size full]`` or
-``deadspec repro over-training``.
+Run: ``python -m deadspec.experiments.overtraining [--quick] [--size full] [--corpus grammar]``
+or ``deadspec repro over-training``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,44 +62,94 @@ from typing import Any
 import numpy as np
 
 from deadspec.experiments import _harness, _lm
-from deadspec.experiments._stats import finite_or_nan, summary_stats
+from deadspec.experiments._stats import finite_or_nan, mean_se, paired_t
 
-__all__ = ["CSV_COLUMNS", "DEFAULT_OUT", "OverTrainingResult", "format_table", "main", "run"]
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_OUT",
+    "OPTIMIZERS",
+    "RULE",
+    "OverTrainingResult",
+    "format_table",
+    "main",
+    "one_run",
+    "run",
+    "unit_imbalance",
+]
 
 DEFAULT_OUT = Path("deadspec-out") / "over-training"
-OPTIMIZERS = _lm.DEFAULT_OPTIMIZERS
+OPTIMIZERS = ("adamw", "muon", "ddc-adam", "ddc-adam-split", "ddc-muon")
+#: Each DDC arm's base: the optimizer it is compared with, seed by seed.
+BASE = {"ddc-adam": "adamw", "ddc-adam-split": "adamw", "ddc-muon": "muon"}
 #: The paper's validation − train gaps.
 PAPER_GAP = {"ddc-adam": 0.67, "adamw": 5.88}
+CORPORA = ("stdlib", "grammar")
+TUNE_SEED = 100
+ALPHA = 0.05
+RULE = (
+    "rule, per DDC arm and weight decay, paired by seed against its base (DDCAdam, both forms: "
+    "AdamW; DDCMuon: Muon), each arm at the learning rate of the grid with the lowest minimum "
+    "validation loss on the tuning seed: reproduced when the validation rise (final − minimum "
+    f"validation loss) is lower with paired-t p < {ALPHA} and the minimum validation loss is not "
+    f"higher with p < {ALPHA} (no winning by under-fitting); refuted when the rise is higher with "
+    f"p < {ALPHA}; inconclusive otherwise. An arm is reproduced when it is at every weight decay, "
+    "refuted when it is at some and reproduced at none"
+)
 
+SIZES = {
+    "quick": _lm.LMSizes(8, 16, 8, 16, 2, 1, 30, 5, (1e-3, 3e-3), (0.01, 0.1), 8, 8),
+    "default": _lm.LMSizes(256, 256, 32, 32, 2, 2, 600, 25, (1e-3, 3e-3, 1e-2), (0.01, 0.1),
+                           32, 30),
+    "full": _lm.LMSizes(1024, 512, 64, 64, 4, 4, 3000, 50, (3e-4, 1e-3, 3e-3, 1e-2), (0.01, 0.1),
+                        64, 40),
+}  # fmt: skip
+SEEDS = {"quick": 2, "default": 5, "full": 8}
+
+METRICS = ("min_val", "final_val", "val_rise", "gap", "logit_rms", "imbalance_final")
 CSV_COLUMNS = (
+    "corpus",
     "optimizer",
-    "lr",
     "weight_decay",
+    "lr",
     "seed",
     "steps",
-    "final_train",
-    "final_val",
-    "gap",
-    "tail_train",
-    "tail_val",
-    "tail_gap",
     "min_val",
     "min_val_step",
-    "paper_gap",
+    "final_val",
+    "final_train",
+    "val_rise",
+    "gap",
+    "tail_gap",
+    "logit_rms",
+    "imbalance_final",
+    "imbalance_max",
     "diverged",
     "seconds",
 )
-CURVE_COLUMNS = ("optimizer", "lr", "weight_decay", "step", "train_loss", "val_loss")
-SUMMARY_KEYS = (
+CURVE_COLUMNS = (
     "optimizer",
-    "runs",
-    "mean_gap",
-    "median_gap",
-    "mean_tail_gap",
-    "best_lr",
-    "best_wd",
-    "best_gap",
-    "best_tail_gap",
+    "weight_decay",
+    "seed",
+    "step",
+    "train_loss",
+    "val_loss",
+    "logit_rms",
+    "imbalance",
+)
+SUMMARY_COLUMNS = (
+    "optimizer",
+    "weight_decay",
+    "lr",
+    "seeds",
+    *(f"{m}_{k}" for m in METRICS for k in ("mean", "se")),
+    "paper_gap",
+    "base",
+    "rise_diff",
+    "rise_diff_se",
+    "rise_p",
+    "min_val_diff",
+    "min_val_p",
+    "verdict",
 )
 
 
@@ -97,103 +159,232 @@ class OverTrainingResult:
 
     Attributes
     ----------
-    rows : list of dict
-        One per optimizer × lr × weight decay (keys :data:`CSV_COLUMNS`).
+    rows, tuning : list of dict
+        One per evaluation / tuning run (keys :data:`CSV_COLUMNS`).
     summary : list of dict
-        One per optimizer (keys :data:`SUMMARY_KEYS`).
+        One per arm × weight decay (keys :data:`SUMMARY_COLUMNS`).
+    verdicts : dict
+        DDC arm -> verdict over the weight decays (:data:`RULE`).
     curves : list of dict
-        One per run × eval step (keys :data:`CURVE_COLUMNS`).
+        One per evaluation run × evaluation (keys :data:`CURVE_COLUMNS`).
     sizes : deadspec.experiments._lm.LMSizes
-    csv_path, curves_path, png_path : Path or None
+    csv_path, tuning_path, curves_path, summary_path, png_path : Path or None
     seconds : float
     """
 
     rows: list[dict[str, Any]]
+    tuning: list[dict[str, Any]]
     summary: list[dict[str, Any]]
+    verdicts: dict[str, str]
     curves: list[dict[str, Any]]
     sizes: _lm.LMSizes
     csv_path: Path | None
+    tuning_path: Path | None
     curves_path: Path | None
+    summary_path: Path | None
     png_path: Path | None
     seconds: float
 
 
-def rows_from_results(results: Sequence[dict[str, Any]], steps: int) -> list[dict[str, Any]]:
-    """CSV rows (:data:`CSV_COLUMNS`) of :func:`deadspec.experiments._lm.run_grid` results."""
-    rows = []
-    for r in results:
-        row = {k: r.get(k) for k in CSV_COLUMNS}
-        row.update(
-            steps=steps,
-            paper_gap=PAPER_GAP.get(r["optimizer"]),
-            diverged=bool(r["diverged"]),
-            seconds=round(float(r["seconds"]), 3),
-        )
-        rows.append(row)
-    return rows
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+def corpus_data(corpus: str, sizes: _lm.LMSizes, seed: int):
+    """The training and validation sequences of ``seed`` (``lm_batches``' return value)."""
+    from deadspec.experiments import _corpus
+
+    make = _corpus.stdlib_batches if corpus == "stdlib" else _corpus.lm_batches
+    return make(sizes.n_train, sizes.n_val, sizes.ctx, seed=seed)
 
 
-def curve_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Curve rows (:data:`CURVE_COLUMNS`) of the results."""
+def unit_imbalance(model: Any) -> float:
+    """Per-unit norm imbalance of a :class:`~deadspec.experiments._lm.TinyLM`'s MLPs.
+
+    Hidden unit j of a block's MLP has an incoming norm a_j = ‖(fc_in.weight[j], fc_in.bias[j])‖
+    and an outgoing norm c_j = ‖fc_out.weight[:, j]‖. The ReLU rescaling gauge (a_j → s·a_j,
+    c_j → c_j/s) leaves the function unchanged and moves log(a_j/c_j) by 2 log s, so the spread of
+    log(a_j/c_j) over the units measures how far training has drifted along the gauge orbits.
+    Returns the standard deviation over units, averaged over blocks (dead units, with a zero
+    norm, are left out).
+    """
+    import torch
+
+    with torch.no_grad():
+        return _unit_imbalance(model)
+
+
+def _unit_imbalance(model: Any) -> float:
+    import torch
+
+    spreads = []
+    for block in model.blocks:
+        fc_in, fc_out = block.mlp.fc_in, block.mlp.fc_out
+        a = torch.linalg.vector_norm(
+            torch.cat([fc_in.weight, fc_in.bias[:, None]], dim=1), dim=1
+        ).double()
+        c = torch.linalg.vector_norm(fc_out.weight, dim=0).double()
+        ok = (a > 0) & (c > 0)
+        if int(ok.sum()) >= 2:
+            spreads.append(float(torch.log(a[ok] / c[ok]).std()))
+    return float(np.mean(spreads)) if spreads else float("nan")
+
+
+def one_run(
+    corpus: str, sizes: _lm.LMSizes, optimizer: str, lr: float, weight_decay: float, seed: int
+) -> dict[str, Any]:
+    """One run (a worker of :func:`deadspec.experiments._harness.map_jobs`): the CSV row and,
+    under ``"_curve"``, its evaluations."""
+    data = corpus_data(corpus, sizes, seed)
+    extra: list[tuple[float, float]] = []
+
+    def on_eval(_step: int, model: Any) -> None:
+        logits = model(data[2])
+        centred = logits - logits.mean(dim=-1, keepdim=True)
+        extra.append((float(centred.pow(2).mean().sqrt()), unit_imbalance(model)))
+
+    res = _lm.train_lm(sizes, optimizer, lr, weight_decay, seed=seed, data=data, on_eval=on_eval)
+    imb = [e[1] for e in extra if math.isfinite(e[1])]
+    row = {
+        "corpus": corpus,
+        "optimizer": optimizer,
+        "weight_decay": weight_decay,
+        "lr": lr,
+        "seed": seed,
+        "steps": sizes.steps,
+        **{k: res[k] for k in ("min_val", "min_val_step", "final_val", "final_train", "gap")},
+        "tail_gap": res["tail_gap"],
+        "val_rise": res["final_val"] - res["min_val"],
+        "logit_rms": extra[-1][0] if extra else float("nan"),
+        "imbalance_final": extra[-1][1] if extra else float("nan"),
+        "imbalance_max": max(imb) if imb else float("nan"),
+        "diverged": bool(res["diverged"]),
+        "seconds": round(float(res["seconds"]), 3),
+    }
+    row["_curve"] = [
+        {"step": s, "train_loss": tr, "val_loss": va, "logit_rms": e[0], "imbalance": e[1]}
+        for s, tr, va, e in zip(res["steps"], res["train_loss"], res["val_loss"], extra)
+    ]
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning, statistics, verdicts
+# ---------------------------------------------------------------------------------------------
+def choose_lr(tuning: Sequence[dict[str, Any]], optimizer: str, weight_decay: float) -> float:
+    """The rate of ``optimizer``'s tuning runs at ``weight_decay`` with the lowest minimum
+    validation loss (a diverged or non-finite run never wins; ties: the smaller rate)."""
+    mine = [r for r in tuning if r["optimizer"] == optimizer and r["weight_decay"] == weight_decay]
+
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        v = finite_or_nan(r["min_val"])
+        return (v if math.isfinite(v) and not r["diverged"] else math.inf, r["lr"])
+
+    return float(min(mine, key=key)["lr"])
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    optimizers: Sequence[str],
+    weight_decays: Sequence[float],
+    chosen: dict[tuple[str, float], float],
+) -> list[dict[str, Any]]:
+    """Per arm × weight decay: mean ± SE of :data:`METRICS`; for a DDC arm whose base ran, the
+    paired tests against it and the verdict (:func:`verdict`)."""
     out = []
-    for r in results:
-        for s, tr, va in zip(r["steps"], r["train_loss"], r["val_loss"]):
-            out.append(
-                {
-                    "optimizer": r["optimizer"],
-                    "lr": r["lr"],
-                    "weight_decay": r["weight_decay"],
-                    "step": s,
-                    "train_loss": tr,
-                    "val_loss": va,
-                }
+    for wd in weight_decays:
+        for o in optimizers:
+            mine = sorted((r for r in rows if r["optimizer"] == o and r["weight_decay"] == wd),
+                          key=lambda r: r["seed"])  # fmt: skip
+            if not mine:
+                continue
+            s: dict[str, Any] = {"optimizer": o, "weight_decay": wd, "lr": chosen[(o, wd)],
+                                 "seeds": len(mine), "paper_gap": PAPER_GAP.get(o)}  # fmt: skip
+            for m in METRICS:
+                s[f"{m}_mean"], s[f"{m}_se"] = mean_se([finite_or_nan(r[m]) for r in mine])
+            s.update(_against_base(rows, mine, o, wd))
+            out.append(s)
+    return out
+
+
+def _against_base(rows, mine, optimizer: str, wd: float) -> dict[str, Any]:
+    """The paired tests of a DDC arm's runs ``mine`` against its base's, and the verdict (empty
+    when the arm has no base or the base did not run)."""
+    base = BASE.get(optimizer)
+    theirs = {r["seed"]: r for r in rows if r["optimizer"] == base and r["weight_decay"] == wd}
+    if base is None or not theirs:
+        return {}
+    pairs = [(r, theirs[r["seed"]]) for r in mine if r["seed"] in theirs]
+
+    def test(key: str) -> dict[str, float]:
+        return paired_t([a[key] for a, _ in pairs], [b[key] for _, b in pairs])
+
+    rise, mv = test("val_rise"), test("min_val")
+    return {
+        "base": base,
+        "rise_diff": rise["mean"],
+        "rise_diff_se": rise["se"],
+        "rise_p": rise["p"],
+        "min_val_diff": mv["mean"],
+        "min_val_p": mv["p"],
+        "verdict": verdict(rise, mv),
+    }
+
+
+def verdict(rise: dict[str, float], min_val: dict[str, float]) -> str:
+    """:data:`RULE` for one DDC arm and weight decay from the paired tests (DDC − base) of the
+    validation rise and of the minimum validation loss."""
+    p, d = rise["p"], rise["mean"]
+    if not (math.isfinite(p) and math.isfinite(d)):
+        return "inconclusive (too few paired seeds)"
+    if p < ALPHA and d > 0:
+        return f"refuted (rise higher by {d:.3g}, p = {p:.2g})"
+    if p < ALPHA and d < 0:
+        if min_val["mean"] > 0 and min_val["p"] < ALPHA:
+            return (
+                f"inconclusive (rise lower by {-d:.3g}, p = {p:.2g}, but the minimum validation "
+                f"loss is higher by {min_val['mean']:.3g}, p = {min_val['p']:.2g})"
             )
+        return f"reproduced (rise lower by {-d:.3g}, p = {p:.2g})"
+    return f"inconclusive (rise {d:+.3g}, p = {p:.2g})"
+
+
+def arm_verdicts(summary: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """DDC arm -> verdict over the weight decays (:data:`RULE`)."""
+    out = {}
+    for o in BASE:
+        words = [s["verdict"].split()[0] for s in summary if s["optimizer"] == o and "verdict" in s]
+        if not words:
+            continue
+        if all(w == "reproduced" for w in words):
+            out[o] = "reproduced"
+        elif "refuted" in words and "reproduced" not in words:
+            out[o] = "refuted"
+        else:
+            out[o] = "inconclusive"
     return out
 
 
-def summarize(rows: Sequence[dict[str, Any]], optimizers: Sequence[str]) -> list[dict[str, Any]]:
-    """Per optimizer: mean/median gap over the grid; the grid point with the lowest tail
-    validation loss and its gaps (final and tail)."""
-    out = []
-    for o, mine in _harness.groups(rows, "optimizer", optimizers):
-        mean, median = summary_stats([finite_or_nan(r["gap"]) for r in mine])
-        tail_mean, _ = summary_stats([finite_or_nan(r["tail_gap"]) for r in mine])
-        ok = [r for r in mine if math.isfinite(finite_or_nan(r["tail_val"]))]
-        best = min(ok, key=lambda r: r["tail_val"]) if ok else None
-        out.append(
-            {
-                "optimizer": o,
-                "runs": len(mine),
-                "mean_gap": mean,
-                "median_gap": median,
-                "best_lr": best["lr"] if best else None,
-                "best_wd": best["weight_decay"] if best else None,
-                "mean_tail_gap": tail_mean,
-                "best_gap": best["gap"] if best else float("nan"),
-                "best_tail_gap": best["tail_gap"] if best else float("nan"),
-                "paper_gap": PAPER_GAP.get(o),
-            }
-        )
-    return out
-
-
+# ---------------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------------
 def run(
     out: str | Path | None = DEFAULT_OUT,
     *,
     quick: bool = False,
     size: str = "default",
-    seed: int = 0,
+    corpus: str = "stdlib",
+    seeds: int | None = None,
     optimizers: Sequence[str] = OPTIMIZERS,
     lrs: Sequence[float] | None = None,
     weight_decays: Sequence[float] | None = None,
     steps: int | None = None,
     n_train: int | None = None,
-    threads: int | None = 1,
+    workers: int | None = None,
     plot: bool = True,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> OverTrainingResult:
-    """Run the over-training experiment; write the CSVs and the plot into ``out``.
+    """Run the over-training experiment; write the CSVs, config.json and the plot into ``out``.
 
     Parameters
     ----------
@@ -202,155 +393,235 @@ def run(
     quick : bool
         Tiny sizes (seconds; for tests).
     size : {"default", "full"}
-        ``"default"``: 64 training sequences of 32 tokens, a 2-block d_model = 32 LM, 1500
-        full-batch steps, lr ∈ {1e-3, 3e-3} × weight decay ∈ {0.1, 1.0} (12 runs, ~10 min on
-        2 cores). ``"full"``: 256 sequences of 64 tokens, 4 blocks of d_model = 64, 4000
-        steps, a 3 × 3 grid.
-    seed : int
-        Seed of the corpus streams and of the (shared) initialisation.
+        ``"default"``: 256 sequences of 32 bytes, 2 blocks of d_model 32, 600 full-batch steps,
+        lr ∈ {1e-3, 3e-3, 1e-2} × weight decay ∈ {0.01, 0.1}, 5 seeds (80 runs: 21 min with 2
+        workers on the 2-core development machine, 2026-12-07). ``"full"``: 1024
+        sequences of 64, 4 blocks of 64, 3000 steps, 4 rates, 8 seeds.
+    corpus : {"stdlib", "grammar"}
+        The text (module docstring).
+    seeds : int, optional
+        Evaluation seeds per arm and weight decay (0 .. seeds − 1).
     optimizers : sequence of str
-        Subset of ``("ddc-adam", "adamw", "muon")`` (``"ddc-muon"`` and ``"ddc-adam-split"``,
-        DDCAdam with ``form="split"``, are accepted too).
+        Subset of :data:`OPTIMIZERS` (a DDC arm is judged only when its base runs too).
     lrs, weight_decays : sequence of float, optional
         Override the grid.
     steps, n_train : int, optional
         Override the training length and the number of training sequences.
-    threads : int, optional
-        torch intra-op threads during the runs (default 1: these models are tiny and thread
-        start-up costs more than it saves; None leaves the setting).
-    plot : bool
-        Write the PNG.
-    progress : bool or None
-        tqdm bar over the runs (None: only when stderr is a terminal).
-    echo : callable or None
-        Where the tables are printed (None: silent).
+    workers : int, optional
+        Worker processes, one torch thread each (default: the CPUs this process may use; 1 runs
+        everything in this process).
+    plot, progress, echo
+        As the other experiments.
 
     Returns
     -------
     OverTrainingResult
     """
-    sizes = _lm.lm_sizes(
-        quick, size, lrs=lrs, weight_decays=weight_decays, steps=steps, n_train=n_train
-    )
+    sizes, n_seeds = _check(quick, size, corpus, seeds, optimizers, lrs, weight_decays, steps,
+                            n_train)  # fmt: skip
     _harness.check_out(out, "overtraining.run")  # before any work: a bad folder fails now
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if echo is not None:
+        echo(f"over-training: {RULE}; stated before the runs")
     t0 = time.perf_counter()
-    results = _lm.run_grid(sizes, optimizers, seed=seed, threads=threads, progress=progress)
-    rows = rows_from_results(results, sizes.steps)
-    curves = curve_rows(results)
-    summary = summarize(rows, optimizers)
+    wds = sizes.weight_decays
+    tune_jobs = [(corpus, sizes, o, lr, wd, TUNE_SEED) for wd in wds for o in optimizers
+                 for lr in sizes.lrs]  # fmt: skip
+    tuning = _harness.map_jobs(one_run, tune_jobs, workers, progress, "over-training tuning")
+    for r in tuning:
+        r.pop("_curve")
+    chosen = {(o, wd): choose_lr(tuning, o, wd) for wd in wds for o in optimizers}
+    jobs = [(corpus, sizes, o, chosen[(o, wd)], wd, s) for wd in wds for o in optimizers
+            for s in range(n_seeds)]  # fmt: skip
+    rows = _harness.map_jobs(one_run, jobs, workers, progress, "over-training")
+    curves = [
+        {"optimizer": r["optimizer"], "weight_decay": r["weight_decay"], "seed": r["seed"], **c}
+        for r in rows
+        for c in r.pop("_curve")
+    ]
+    summary = summarize(rows, optimizers, wds, chosen)
+    verdicts = arm_verdicts(summary)
+    config = _config(corpus, sizes, n_seeds, optimizers, chosen, workers)
     paths = _harness.write_outputs(
         out,
         {
             "overtraining.csv": (rows, CSV_COLUMNS),
+            "overtraining_tuning.csv": (tuning, CSV_COLUMNS),
             "overtraining_curves.csv": (curves, CURVE_COLUMNS),
+            "overtraining_summary.csv": (summary, SUMMARY_COLUMNS),
         },
-        {"overtraining.png": lambda path: plot_overtraining(results, summary, path, sizes)}
+        {"overtraining.png": lambda path: plot_overtraining(curves, summary, path, sizes, corpus)}
         if plot
         else None,
+        config={**config, "verdicts": verdicts},
     )
     seconds = time.perf_counter() - t0
-    _harness.report(
-        echo, [format_table(rows), "", format_summary(summary)], paths.values(), seconds
-    )
+    texts = [format_table(summary), "", *(f"verdict, {o}: {v}" for o, v in verdicts.items())]
+    _harness.report(echo, texts, paths.values(), seconds)
     return OverTrainingResult(
         rows=rows,
+        tuning=tuning,
         summary=summary,
+        verdicts=verdicts,
         curves=curves,
         sizes=sizes,
         csv_path=paths.get("overtraining.csv"),
+        tuning_path=paths.get("overtraining_tuning.csv"),
         curves_path=paths.get("overtraining_curves.csv"),
+        summary_path=paths.get("overtraining_summary.csv"),
         png_path=paths.get("overtraining.png"),
         seconds=seconds,
     )
 
 
+def _check(quick, size, corpus, seeds, optimizers, lrs, weight_decays, steps, n_train):
+    """The sizes and the number of seeds; ValueError for a bad argument."""
+    fn = "deadspec.overtraining.run"
+    if size not in ("default", "full"):
+        raise ValueError(f"{fn}: size must be 'default' or 'full', got {size!r}")
+    if corpus not in CORPORA:
+        raise ValueError(f"{fn}: corpus must be one of {CORPORA}, got {corpus!r}")
+    bad = [o for o in optimizers if o not in OPTIMIZERS]
+    if bad or not optimizers:
+        raise ValueError(f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
+                         f"{list(optimizers)}")  # fmt: skip
+    key = "quick" if quick else size
+    changes = {"lrs": lrs, "weight_decays": weight_decays, "steps": steps, "n_train": n_train}
+    changes = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in changes.items()
+               if v is not None}  # fmt: skip
+    sizes = dataclasses.replace(SIZES[key], **changes)
+    _lm.lm_sizes(False, "default", **dataclasses.asdict(sizes))  # validates every field
+    n_seeds = SEEDS[key] if seeds is None else seeds
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"{fn}: seeds must be a positive integer, got {n_seeds!r}")
+    return sizes, n_seeds
+
+
+def _config(corpus, sizes, n_seeds, optimizers, chosen, workers) -> dict[str, Any]:
+    """config.json: the sizes, seeds, grid choice, rule and a digest of seed 0's data."""
+    data = corpus_data(corpus, sizes, 0)
+    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in data[:4])).hexdigest()[:16]
+    return {
+        "corpus": corpus,
+        "sizes": dataclasses.asdict(sizes),
+        "seeds": list(range(n_seeds)),
+        "tuning_seed": TUNE_SEED,
+        "optimizers": list(optimizers),
+        "chosen_lr": [
+            {"optimizer": o, "weight_decay": wd, "lr": lr} for (o, wd), lr in chosen.items()
+        ],  # fmt: skip
+        "rule": RULE,
+        "seed0_data_sha256": digest,
+        "workers": workers,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables, figure, command line
+# ---------------------------------------------------------------------------------------------
 _Col = _harness.Col
-_TABLE = (
-    *_lm.GRID_COLUMNS,
-    _Col("train", "final_train", "7.3f"),
-    _Col("val", "final_val", "7.3f"),
-    _Col("gap", "gap", "7.3f"),
-    _Col("tailgap", "tail_gap", "7.3f"),
-    _Col("min val", "min_val", "7.3f"),
-    _Col("@step", "min_val_step", ">6"),
-    _Col("paper", "paper_gap", "5.2f"),
-    _Col("s", "seconds", "6.1f"),
-)
+
+
+def _pm(key: str, spec: str, title: str) -> _Col:
+    return _Col(title, lambda s: f"{_harness.fmt(s[f'{key}_mean'], spec)} ± "
+                                 f"{_harness.fmt(s[f'{key}_se'], spec)}", ">15")  # fmt: skip
+
+
 _SUMMARY = (
-    _Col("optimizer", "optimizer", "<9"),
-    _Col("runs", "runs", ">4"),
-    _Col("mean gap", "mean_gap", "8.3f"),
-    _Col("median", "median_gap", "7.3f"),
-    _Col("tail", "mean_tail_gap", "7.3f"),
+    _Col("optimizer", "optimizer", "<14"),
+    _Col("wd", "weight_decay", ">5g"),
+    _Col("lr", "lr", ">7.0e"),
+    _pm("min_val", ".3f", "min val"),
+    _pm("val_rise", ".3f", "val rise"),
+    _pm("gap", ".3f", "final gap"),
+    _pm("logit_rms", ".2f", "logit RMS"),
+    _pm("imbalance_final", ".2f", "imbalance"),
     _Col(
-        "best-val (lr, wd)",
-        lambda s: "-" if s["best_lr"] is None else f"({s['best_lr']:.0e}, {s['best_wd']:g})",
-        ">18",
-    ),
-    _Col("its gap", "best_gap", "7.3f"),
-    _Col("tail", "best_tail_gap", "7.3f"),
-    _Col("paper", "paper_gap", "5.2f"),
+        "Δrise (p)",
+        lambda s: "-" if "verdict" not in s else f"{s['rise_diff']:+.3f} ({s['rise_p']:.2g})",
+        ">16",
+    ),  # fmt: skip
+    _Col("verdict", lambda s: s.get("verdict", "-").split(" (")[0], ">13"),
 )
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of the per-run rows."""
-    return _harness.format_table(
-        rows, _TABLE, suffix=lambda r: "  DIVERGED" if r["diverged"] else ""
-    )
-
-
-def format_summary(summary: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of the per-optimizer summary."""
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of the per-arm summary (mean ± SE over seeds)."""
     return _harness.format_table(summary, _SUMMARY)
 
 
-def plot_overtraining(results, summary, path: Path, sizes: _lm.LMSizes) -> None:
-    """Train (dashed) and validation (solid) curves per grid point; gaps per optimizer."""
-    grid = [(lr, wd) for lr in sizes.lrs for wd in sizes.weight_decays]
-    ncols = len(grid) + 1
-    with _harness.figure(path, figsize=(3.4 * ncols, 3.2)) as fig:
-        axes = fig.subplots(1, ncols, squeeze=False)
-        for j, (lr, wd) in enumerate(grid):
-            ax = axes[0, j]
-            for r in results:
-                if r["lr"] != lr or r["weight_decay"] != wd:
-                    continue
-                c = _lm.COLORS.get(r["optimizer"], "k")
-                ax.plot(r["steps"], r["val_loss"], color=c, label=f"{r['optimizer']} val")
-                ax.plot(r["steps"], r["train_loss"], color=c, ls="--", lw=1)
-            ax.set_yscale("log")
-            ax.set_title(f"lr={lr:g}, wd={wd:g}", fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylabel("loss (nats/token; dashed = train)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        ax = axes[0, -1]
-        opts = [s["optimizer"] for s in summary]
-        for k, o in enumerate(opts):
-            gaps = [r["gap"] for r in results if r["optimizer"] == o]
-            ax.scatter(np.full(len(gaps), k), gaps, color=_lm.COLORS.get(o, "k"), s=18)
-            if o in PAPER_GAP:
-                ax.scatter([k + 0.2], [PAPER_GAP[o]], marker="*", color="k", s=60)
-        ax.set_xticks(range(len(opts)))
-        ax.set_xticklabels(opts, fontsize=8)
-        ax.set_ylabel("final val − train loss")
-        ax.set_title("gap per grid point (★ paper)", fontsize=9)
-        ax.grid(alpha=0.3)
+def plot_overtraining(curves, summary, path: Path, sizes: _lm.LMSizes, corpus: str) -> None:
+    """Mean validation (solid) and train (dashed) curves per arm at each weight decay; the
+    validation rise, minimum validation loss and imbalance per arm (mean ± SE)."""
+    wds = list(sizes.weight_decays)
+    with _harness.figure(path, figsize=(4.2 * (len(wds) + 3), 3.6)) as fig:
+        axes = fig.subplots(1, len(wds) + 3, squeeze=False)[0]
+        for ax, wd in zip(axes, wds):
+            _curves_panel(ax, [c for c in curves if c["weight_decay"] == wd], summary, wd)
+        for ax, (key, label) in zip(
+            axes[len(wds) :],
+            (("val_rise", "validation rise"), ("min_val", "minimum validation loss"),
+             ("imbalance_final", "per-unit norm imbalance (end)")),
+        ):  # fmt: skip
+            _bars(ax, summary, wds, key, label)
         fig.suptitle(
-            f"over-training: {sizes.n_train}×{sizes.ctx} tokens, {sizes.n_layers} blocks × "
-            f"d_model {sizes.d_model}, {sizes.steps} full-batch steps",
+            f"over-training ({corpus}): {sizes.n_train}×{sizes.ctx} tokens, {sizes.n_layers} "
+            f"blocks × d_model {sizes.d_model}, {sizes.steps} full-batch steps, mean ± SE over "
+            f"seeds",
             fontsize=10,
         )
 
 
+def _curves_panel(ax, curves, summary, wd: float) -> None:
+    for o in dict.fromkeys(c["optimizer"] for c in curves):
+        pts = [c for c in curves if c["optimizer"] == o]
+        steps = sorted({c["step"] for c in pts})
+        for key, ls in (("val_loss", "-"), ("train_loss", "--")):
+            mean = [np.mean([c[key] for c in pts if c["step"] == s]) for s in steps]
+            ax.plot(steps, mean, ls=ls, color=_lm.COLORS.get(o, "k"),
+                    label=o if key == "val_loss" else None, lw=1.2)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token; dashed = train)")
+    ax.set_title(f"wd = {wd:g}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _bars(ax, summary, wds, key: str, label: str) -> None:
+    opts = list(dict.fromkeys(s["optimizer"] for s in summary))
+    width = 0.8 / max(1, len(wds))
+    for j, wd in enumerate(wds):
+        ss = {s["optimizer"]: s for s in summary if s["weight_decay"] == wd}
+        x = np.arange(len(opts)) + (j - (len(wds) - 1) / 2) * width
+        m = [finite_or_nan(ss[o][f"{key}_mean"]) if o in ss else np.nan for o in opts]
+        e = [finite_or_nan(ss[o][f"{key}_se"]) if o in ss else np.nan for o in opts]
+        ax.bar(x, m, width, yerr=np.nan_to_num(e), capsize=2, label=f"wd {wd:g}")
+    ax.set_xticks(range(len(opts)), opts, fontsize=7, rotation=20)
+    ax.set_title(label, fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+
+
 def _parser():
-    return _lm.parser(
+    p = _harness.parser(
         "python -m deadspec.experiments.overtraining",
-        "Over-training: validation − train gap of a small LM trained far past fit, "
-        "DDCAdam vs AdamW vs Muon over a shared lr × weight-decay grid.",
+        "Over-training: how far the validation loss of a small LM rises past its minimum, "
+        "DDC arms against their bases, each arm's learning rate tuned on the same grid.",
         DEFAULT_OUT,
+        sizes=("default", "full"),
+        seed=False,
     )
+    p.add_argument("--corpus", choices=CORPORA, default="stdlib")
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    p.add_argument("--lrs", nargs="+", type=float, default=None)
+    p.add_argument("--weight-decays", nargs="+", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
