@@ -102,13 +102,18 @@ def test_overtraining_quick_outputs(ot):
             assert _finite(r[k]), (k, r)
         assert float(r["gap"]) == pytest.approx(float(r["final_val"]) - float(r["final_train"]))
         assert float(r["val_rise"]) == pytest.approx(float(r["final_val"]) - float(r["min_val"]))
-        assert float(r["val_rise"]) >= 0.0 and r["corpus"] == "stdlib"
+        assert r["corpus"] == "stdlib"
     # every arm x weight decay x rate ran on the tuning seed; the evaluation used the choice
     _, tuning = _read_csv(ot.tuning_path)
     assert len(tuning) == len(overtraining.OPTIMIZERS) * len(sizes.weight_decays) * len(sizes.lrs)
     assert {int(r["seed"]) for r in tuning} == {overtraining.TUNE_SEED}
     for s in ot.summary:
-        assert s["lr"] == overtraining.choose_lr(ot.tuning, s["optimizer"], s["weight_decay"])
+        # the rate of the grid with the lowest minimum validation loss on the tuning seed
+        theirs = [r for r in ot.tuning if r["optimizer"] == s["optimizer"]
+                  and r["weight_decay"] == s["weight_decay"]]
+        assert len(theirs) == len(sizes.lrs)
+        assert s["lr"] == sorted(theirs, key=lambda r: (r["min_val"], r["lr"]))[0]["lr"]
+        assert s["diverged"] == 0
         mine = [r for r in ot.rows if r["optimizer"] == s["optimizer"]
                 and r["weight_decay"] == s["weight_decay"]]
         assert {r["lr"] for r in mine} == {s["lr"]} and s["seeds"] == n_seeds
@@ -149,6 +154,44 @@ def test_unit_imbalance_reads_the_rescaling_gauge():
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
     expect = float((2 * torch.log(s)).double().std())  # log(a_j/c_j) moves by 2 log s_j
     assert overtraining.unit_imbalance(model) == pytest.approx(expect, rel=1e-6)
+
+
+def test_overtraining_rate_choice():
+    def row(lr, min_val, diverged=False):
+        return {"optimizer": "adamw", "weight_decay": 0.1, "lr": lr, "min_val": min_val,
+                "diverged": diverged}
+
+    # a diverged run never wins, even with the lowest minimum before it blew up
+    tuning = [row(1e-3, 2.9), row(3e-3, 2.7), row(1e-2, 2.1, diverged=True)]
+    assert overtraining.choose_lr(tuning, "adamw", 0.1) == 3e-3
+    # a non-finite minimum never wins; a tie goes to the smaller rate
+    tuning = [row(1e-2, 2.5), row(1e-3, 2.5), row(3e-3, math.nan)]
+    assert overtraining.choose_lr(tuning, "adamw", 0.1) == 1e-3
+
+
+def _ot_row(o, seed, rise, min_val=2.6, diverged=False):
+    return {"optimizer": o, "weight_decay": 0.1, "seed": seed, "lr": 1e-3, "val_rise": rise,
+            "min_val": min_val, "diverged": diverged,
+            **{m: 0.0 for m in ("final_val", "gap", "logit_rms", "imbalance_final")}}
+
+
+def test_overtraining_summary_pairs_by_seed_and_flags_divergence():
+    chosen = {("adamw", 0.1): 1e-3, ("ddc-adam", 0.1): 1e-3}
+    base = [_ot_row("adamw", s, 6.0 + 0.1 * s) for s in range(5)]
+    ddc = [_ot_row("ddc-adam", s, 5.0 + 0.1 * s + 0.01 * (s % 2)) for s in range(5)]
+    s = overtraining.summarize(base + ddc, ["adamw", "ddc-adam"], [0.1], chosen)
+    d = next(x for x in s if x["optimizer"] == "ddc-adam")
+    assert d["rise_diff"] == pytest.approx(-1.0 + 0.004) and d["verdict"].startswith("reproduced")
+    assert overtraining.arm_verdicts(s) == {"ddc-adam": "reproduced"}
+    # a base run that diverged (its rise is infinite) makes the comparison inconclusive
+    base[2] = _ot_row("adamw", 2, math.inf, diverged=True)
+    s = overtraining.summarize(base + ddc, ["adamw", "ddc-adam"], [0.1], chosen)
+    d = next(x for x in s if x["optimizer"] == "ddc-adam")
+    assert d["verdict"].startswith("inconclusive (1 paired runs diverged")
+    assert next(x for x in s if x["optimizer"] == "adamw")["diverged"] == 1
+    # one pair only: no test
+    s = overtraining.summarize(base[:1] + ddc[:1], ["adamw", "ddc-adam"], [0.1], chosen)
+    assert s[1]["verdict"] == "inconclusive (too few paired seeds)"
 
 
 def test_overtraining_verdict_rule():
@@ -232,7 +275,13 @@ def test_grokking_quick_outputs(grok):
     assert len(tuning) == 2 * len(sizes.lrs) * sizes.tune_seeds
     assert {int(r["seed"]) for r in tuning} == {1000 + k for k in range(sizes.tune_seeds)}
     for s in grok.summary:
-        assert s["lr"] == grokking.choose_lr(grok.tuning, s["optimizer"], sizes.lrs)
+        # most tuning seeds grokked, then the best mean best-test accuracy, then the smaller rate
+        def score(lr, o=s["optimizer"]):
+            mine = [r for r in grok.tuning if r["optimizer"] == o and r["lr"] == lr]
+            return (sum(r["grokked"] for r in mine),
+                    sum(r["best_test_acc"] for r in mine) / len(mine), -lr)
+
+        assert s["lr"] == max(sizes.lrs, key=score)
         assert {float(r["lr"]) for r in rows if r["optimizer"] == s["optimizer"]} == {s["lr"]}
     config = json.loads((grok.csv_path.parent / "config.json").read_text())
     assert config["rule"] == grokking.RULE and config["seeds"] == [0, 1]
@@ -240,6 +289,12 @@ def test_grokking_quick_outputs(grok):
     assert grok.verdict == ddc["verdict"]
     _, summ = _read_csv(grok.summary_path)
     assert [r["optimizer"] for r in summ] == ["ddc-muon", "muon"]
+
+
+def test_grokking_adam_arms_tune_their_own_rate():
+    res = [grokking.train_one(grokking.grok_sizes(True, "default", steps=5), "adamw", 0, lr=lr,
+                              adamw_lr=3e-3, weight_decay=1.0) for lr in (1e-3, 3e-2)]
+    assert res[0]["final_train_loss"] != res[1]["final_train_loss"]
 
 
 def _tune_row(opt, lr, grokked, best):

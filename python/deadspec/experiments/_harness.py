@@ -197,10 +197,12 @@ def map_jobs(
 ) -> list[Any]:
     """``[fn(*job) for job in jobs]``, in order.
 
-    With ``workers`` ≤ 1 the calls run here, one after the other. Otherwise they run in that
-    many worker processes (``spawn``, so ``fn`` must be a module-level function and the jobs
-    picklable), each with one torch thread: small models gain nothing from intra-op threads, so
-    independent runs side by side use a machine's cores better. A job that raises raises here.
+    With ``workers`` ≤ 1 (or one job) the calls run here, one after the other, with this
+    process's thread setting. Otherwise they run in that many worker processes (``spawn``, so
+    ``fn`` must be a module-level function and the jobs picklable), each with one torch thread:
+    small models gain nothing from intra-op threads, so independent runs side by side use a
+    machine's cores better. The first job that raises cancels the jobs not yet started and
+    raises here.
     """
     bar = progress_bar(None, desc, progress)
     bar.total = len(jobs)
@@ -219,8 +221,13 @@ def map_jobs(
             max_workers=int(workers), mp_context=ctx, initializer=_one_thread
         ) as pool:
             futures = [pool.submit(fn, *job) for job in jobs]
-            for _ in cf.as_completed(futures):
-                bar.update(1)
+            try:
+                for done in cf.as_completed(futures):
+                    done.result()  # raises the job's error at once
+                    bar.update(1)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             return [f.result() for f in futures]
     finally:
         bar.close()

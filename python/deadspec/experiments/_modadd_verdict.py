@@ -100,14 +100,11 @@ def _value(row: dict[str, Any], metric: str) -> float:
 
 
 def separation(widths: Sequence[dict[str, Any]], metric: str) -> float:
-    """min over neighbouring widths of |Δ mean| / √(SE₁² + SE₂²) (NaN without two widths with
-    finite means and standard errors; inf where the SEs are 0 and the means differ)."""
-    pts = [
-        (w[f"{metric}_mean"], w[f"{metric}_se"])
-        for w in widths
-        if math.isfinite(w[f"{metric}_mean"]) and math.isfinite(w[f"{metric}_se"])
-    ]
-    if len(pts) < 2:
+    """min over neighbouring widths of |Δ mean| / √(SE₁² + SE₂²); inf where the SEs are 0 and
+    the means differ. NaN with fewer than two widths, or when any width lacks a finite mean and
+    standard error (one finite seed, say): its neighbours were never compared with it."""
+    pts = [(w[f"{metric}_mean"], w[f"{metric}_se"]) for w in widths]
+    if len(pts) < 2 or not all(math.isfinite(m) and math.isfinite(e) for m, e in pts):
         return float("nan")
     ratios = []
     for (m1, s1), (m2, s2) in zip(pts, pts[1:]):
@@ -147,10 +144,15 @@ def verdicts(summaries: dict[str, dict[str, Any]]) -> dict[str, str]:
     results of the three metrics."""
     act, llc = summaries["log10_act_hidden"], summaries["llc_mean"]
     flat = math.isfinite(llc["rho"]) and abs(llc["rho"]) < FLAT_RHO
-    if not math.isfinite(act["rho"]) or not math.isfinite(llc["rho"]):
-        claim = "inconclusive (too few finite readings for a Spearman ρ)"
+    if not (math.isfinite(act["rho"]) and math.isfinite(act["separation"])):
+        claim = (
+            "inconclusive (the activation volume needs a Spearman ρ and, at every width, two "
+            "or more finite seeds)"
+        )
     elif not act["separates"]:
         claim = "refuted (the one-layer activation volume does not separate the widths)"
+    elif not math.isfinite(llc["rho"]):
+        claim = "inconclusive (no calibrated LLC to compare)"
     elif llc["separates"]:
         claim = "refuted (the calibrated LLC separates the widths as well)"
     elif flat:

@@ -13,14 +13,15 @@ Setup (ours; the paper's network is not public)
   ``width`` = d_model), where the rotation gauge of the attention heads exists (DDCMuon's
   rotated heads) besides the LayerNorm and logit-shift gauges. ``"mlp"``: :class:`DeepModAddMLP`
   (an embedding, then ``depth − 1`` ReLU layers of width ``width``, then the head; only
-  rescaling gauges). How deep a CPU allows at the default size is measured and stated in
-  :data:`SIZES`' comment; ``--size full`` is the paper's depth.
+  rescaling gauges). Depth 4 is what the default size affords in 30 minutes on 2 cores
+  (docs/ddc.md gives the measurement); ``--size full`` is the paper's depth.
 - **Optimizers**: ``ddc-muon`` (:class:`deadspec.optim.DDCMuon`, gauges discovered) and
   ``muon`` (``torch.optim.Muon`` on the same hidden matrices, ``adjust_lr_fn="original"`` as
   DDCMuon, + ``torch.optim.AdamW`` on embeddings, head, gains and biases). Momentum 0.95,
   decoupled weight decay ``weight_decay`` (1.0) on both paths, AdamW-path rate ``adamw_lr``
   (3e-3), same initialisation per seed.
-- **Learning rates, tuned alike**: each arm's Muon-path rate is chosen from the same grid
+- **Learning rates, tuned alike**: each arm's Muon-path rate (for an Adam-type arm, ``adamw``
+  or ``ddc-adam``, its one rate) is chosen from the same grid
   ``lrs`` with the same budget: every rate is run on ``tune_seeds`` tuning seeds (1000, 1001,
   …; their own splits and initialisations); the rate whose tuning seeds grok most often wins
   (ties: the higher mean best test accuracy, then the smaller rate). Then ``seeds`` fresh seeds
@@ -63,7 +64,7 @@ from torch import nn
 from deadspec.experiments import _harness
 from deadspec.experiments._optimizers import OPTIMIZERS as ALL_OPTIMIZERS
 from deadspec.experiments._optimizers import make_optimizer
-from deadspec.experiments._stats import fisher_exact
+from deadspec.experiments._stats import fisher_exact, paired_t
 
 __all__ = [
     "CSV_COLUMNS",
@@ -127,6 +128,9 @@ SUMMARY_COLUMNS = (
     "paper",
     "p_greater",
     "p_two_sided",
+    "best_test_diff",
+    "best_test_diff_se",
+    "best_test_p",
     "verdict",
 )
 
@@ -209,8 +213,9 @@ class GrokkingResult:
         One per optimizer × rate × tuning seed (keys :data:`CSV_COLUMNS`).
     summary : list of dict
         Per optimizer (keys :data:`SUMMARY_COLUMNS`): the chosen ``lr``, ``grokked``, ``seeds``,
-        ``fraction``, ``fitted``, ``median_delay``, ``paper``, the Fisher-exact p-values of
-        DDCMuon against Muon and the verdict (on the ``ddc-muon`` row).
+        ``fraction``, ``fitted``, ``median_delay``, ``paper``; on the ``ddc-muon`` row the
+        Fisher-exact p-values against Muon, the paired difference of the best test accuracy
+        (DDCMuon − Muon, by seed; not part of the rule) and the verdict.
     verdict : str
         By :data:`RULE` (``"n/a"`` unless both ``ddc-muon`` and ``muon`` ran).
     curves : list of dict
@@ -279,10 +284,11 @@ def train_one(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model, head = build_model(sizes)
+    adam_only = optimizer not in ("muon", "ddc-muon")  # the grid rate is then the Adam rate
     opt = make_optimizer(
         optimizer,
         model,
-        lr=adamw_lr,
+        lr=lr if adam_only else adamw_lr,
         muon_lr=lr,
         weight_decay=weight_decay,
         head=head,
@@ -485,6 +491,14 @@ def run(
     seconds = time.perf_counter() - t0
     texts = [format_table(tuning, "tuning"), format_table(rows, "evaluation"), ""]
     texts += [format_summary(summary, sizes), f"verdict: {word}"]
+    ddc = next((s for s in summary if "best_test_diff" in s), None)
+    if ddc is not None:
+        texts.append(
+            f"best test accuracy, DDCMuon − Muon paired by seed (not part of the rule): "
+            f"{_harness.fmt(ddc['best_test_diff'], '+.3f')} ± "
+            f"{_harness.fmt(ddc['best_test_diff_se'], '.3f')} (p = "
+            f"{_harness.fmt(ddc['best_test_p'], '.2g')})"
+        )
     _harness.report(echo, texts, paths.values(), seconds)
     return GrokkingResult(
         rows=rows,
@@ -564,6 +578,11 @@ def summarize(
         d, m = by["ddc-muon"], by["muon"]
         test = fisher_exact(d["grokked"], d["seeds"], m["grokked"], m["seeds"])
         d.update(test)
+        best = {(r["optimizer"], r["seed"]): float(r["best_test_acc"]) for r in rows}
+        seeds = sorted(s for o, s in best if o == "ddc-muon" and ("muon", s) in best)
+        acc = paired_t([best[("ddc-muon", s)] for s in seeds], [best[("muon", s)] for s in seeds])
+        d["best_test_diff"], d["best_test_diff_se"], d["best_test_p"] = (
+            acc["mean"], acc["se"], acc["p"])  # fmt: skip
         d["verdict"] = verdict(d["grokked"], d["seeds"], m["grokked"], m["seeds"])
     return out
 

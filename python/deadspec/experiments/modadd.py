@@ -95,10 +95,10 @@ nβ = n / log n, float32 (the training dtype), vectorised chains.
 
 Cost per checkpoint
 -------------------
-``dds_passes``: forward calls of the model during the DDS readings (read + approach slopes),
-each followed by at most one backward, counted by a forward hook; ``dds_seconds`` their wall
-time. ``llc_passes``/``llc_seconds``: the final estimate; ``cal_passes``/``cal_seconds``: the
-calibration sweep.
+``dds_passes``: forward calls of the model during the DDS readings (read, approach slopes and
+the two compared one-layer readings), each followed by at most one backward, counted by a
+forward hook; ``dds_seconds`` their wall time. ``llc_passes``/``llc_seconds``: the final
+estimate; ``cal_passes``/``cal_seconds``: the calibration sweep.
 
 Compared readings and verdict
 -----------------------------
