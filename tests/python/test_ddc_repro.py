@@ -50,7 +50,7 @@ def det(tmp_path_factory):
 @pytest.fixture(scope="module")
 def grok(tmp_path_factory):
     out = tmp_path_factory.mktemp("grokking")
-    return grokking.run(out, quick=True, progress=False, echo=None)
+    return grokking.run(out, quick=True, progress=False, echo=None, workers=1)
 
 
 # --- shared pieces ---------------------------------------------------------------------------
@@ -289,6 +289,18 @@ def test_grokking_quick_outputs(grok):
     assert grok.verdict == ddc["verdict"]
     _, summ = _read_csv(grok.summary_path)
     assert [r["optimizer"] for r in summ] == ["ddc-muon", "muon"]
+
+
+def test_grokking_in_worker_processes_gives_the_same_runs(grok):
+    again = grokking.run(None, quick=True, progress=False, echo=None, workers=2, plot=False)
+    key = ("optimizer", "seed", "lr", "final_train_loss", "best_test_acc", "grok_step")
+    assert [tuple(r[k] for k in key) for r in again.rows] == [
+        tuple(r[k] for k in key) for r in grok.rows
+    ]
+    assert [r["final_train_loss"] for r in again.tuning] == [
+        r["final_train_loss"] for r in grok.tuning
+    ]
+    assert again.curves == grok.curves
 
 
 def test_grokking_adam_arms_tune_their_own_rate():

@@ -42,6 +42,7 @@ __all__ = [
     "figure",
     "fmt",
     "format_table",
+    "default_workers",
     "groups",
     "map_jobs",
     "parser",
@@ -186,6 +187,15 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """The CPUs this process may use (:func:`map_jobs`' default number of workers)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def map_jobs(

@@ -13,8 +13,8 @@ Setup (ours; the paper's network is not public)
   ``width`` = d_model), where the rotation gauge of the attention heads exists (DDCMuon's
   rotated heads) besides the LayerNorm and logit-shift gauges. ``"mlp"``: :class:`DeepModAddMLP`
   (an embedding, then ``depth − 1`` ReLU layers of width ``width``, then the head; only
-  rescaling gauges). Depth 4 is what the default size affords in 30 minutes on 2 cores
-  (docs/ddc.md gives the measurement); ``--size full`` is the paper's depth.
+  rescaling gauges). The default depth is 4 (10 minutes on 2 cores with 2 workers; docs/ddc.md
+  gives the measurements); ``--size full`` is the paper's depth.
 - **Optimizers**: ``ddc-muon`` (:class:`deadspec.optim.DDCMuon`, gauges discovered) and
   ``muon`` (``torch.optim.Muon`` on the same hidden matrices, ``adjust_lr_fn="original"`` as
   DDCMuon, + ``torch.optim.AdamW`` on embeddings, head, gains and biases). Momentum 0.95,
@@ -410,6 +410,7 @@ def run(
     weight_decay: float = 1.0,
     threshold: float = 0.95,
     threads: int | None = 1,
+    workers: int | None = None,
     plot: bool = True,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = print,
@@ -436,7 +437,11 @@ def run(
     threshold : float
         Test accuracy that counts as grokked (default 0.95).
     threads : int, optional
-        torch intra-op threads (default 1).
+        torch intra-op threads (default 1) of the runs made in this process.
+    workers : int, optional
+        Worker processes of one torch thread each (default: the CPUs this process may use; 1
+        runs everything in this process). The runs are seeded and single-threaded either way,
+        so the results do not depend on it.
     plot, progress, echo
         As the other experiments.
 
@@ -457,13 +462,15 @@ def run(
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"deadspec.grokking.run: threshold must be in (0, 1], got {threshold!r}")
     _harness.check_out(out, "grokking.run")  # before any work: a bad folder fails now
+    if workers is None:
+        workers = _harness.default_workers()
     if echo is not None:
         echo(f"grokking: {RULE}; stated before the runs")
     t0 = time.perf_counter()
     train = dict(adamw_lr=adamw_lr, weight_decay=weight_decay, threshold=threshold)
     with _harness.threads(threads):
-        tuning, chosen = _tune(sizes, optimizers, train, progress)
-        rows, curves = _evaluate(sizes, optimizers, chosen, train, progress)
+        tuning, chosen = _tune(sizes, optimizers, train, workers, progress)
+        rows, curves = _evaluate(sizes, optimizers, chosen, train, workers, progress)
     summary = summarize(rows, optimizers, chosen)
     word = summary_verdict(summary)
     config = {
@@ -516,37 +523,36 @@ def run(
     )
 
 
-def _tune(sizes: GrokSizes, optimizers: Sequence[str], train: dict[str, Any], progress):
+def _job(
+    sizes: GrokSizes, optimizer: str, seed: int, lr: float, train: dict[str, Any]
+) -> dict[str, Any]:
+    """One run as a job of :func:`deadspec.experiments._harness.map_jobs` (a worker process)."""
+    return {"optimizer": optimizer, "seed": seed, **train_one(sizes, optimizer, seed, lr=lr,
+                                                              **train)}  # fmt: skip
+
+
+def _tune(sizes, optimizers, train: dict[str, Any], workers: int, progress):
     """Every arm × rate × tuning seed; (tuning rows, optimizer -> chosen rate)."""
-    tuning: list[dict[str, Any]] = []
     if len(sizes.lrs) == 1:
-        return tuning, {o: float(sizes.lrs[0]) for o in optimizers}
-    jobs = [(o, lr, 1000 + k) for k in range(sizes.tune_seeds) for o in optimizers
+        return [], {o: float(sizes.lrs[0]) for o in optimizers}
+    jobs = [(sizes, o, 1000 + k, lr, train) for k in range(sizes.tune_seeds) for o in optimizers
             for lr in sizes.lrs]  # fmt: skip
-    bar = _harness.progress_bar(jobs, "grokking tuning", progress)
-    for o, lr, s in bar:
-        bar.set_postfix_str(f"{o} lr={lr:g} seed={s}")
-        res = train_one(sizes, o, s, lr=lr, **train)
-        res.pop("_curve")
-        tuning.append({"optimizer": o, "seed": s, **res})
+    tuning = _harness.map_jobs(_job, jobs, workers, progress, "grokking tuning")
+    for r in tuning:
+        r.pop("_curve")
     return tuning, {o: choose_lr(tuning, o, sizes.lrs) for o in optimizers}
 
 
-def _evaluate(sizes, optimizers, chosen: dict[str, float], train: dict[str, Any], progress):
+def _evaluate(sizes, optimizers, chosen: dict[str, float], train, workers: int, progress):
     """Every arm × evaluation seed at its chosen rate; (rows, curves)."""
-    rows: list[dict[str, Any]] = []
-    curves: list[dict[str, Any]] = []
-    jobs = [(o, s) for s in range(sizes.seeds) for o in optimizers]
-    bar = _harness.progress_bar(jobs, "grokking", progress)
-    for o, s in bar:
-        bar.set_postfix_str(f"{o} seed={s}")
-        res = train_one(sizes, o, s, lr=chosen[o], **train)
-        for step, loss, tr, te in res.pop("_curve"):
-            curves.append(
-                {"optimizer": o, "seed": s, "step": step, "train_loss": loss,
-                 "train_acc": tr, "test_acc": te}
-            )  # fmt: skip
-        rows.append({"optimizer": o, "seed": s, **res})
+    jobs = [(sizes, o, s, chosen[o], train) for s in range(sizes.seeds) for o in optimizers]
+    rows = _harness.map_jobs(_job, jobs, workers, progress, "grokking")
+    curves = [
+        {"optimizer": r["optimizer"], "seed": r["seed"], "step": step, "train_loss": loss,
+         "train_acc": tr, "test_acc": te}
+        for r in rows
+        for step, loss, tr, te in r.pop("_curve")
+    ]  # fmt: skip
     return rows, curves
 
 
@@ -720,6 +726,7 @@ def _parser():
     p.add_argument("--adamw-lr", type=float, default=3e-3)
     p.add_argument("--weight-decay", type=float, default=1.0)
     p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
     return p
 
 

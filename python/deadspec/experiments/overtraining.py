@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -436,7 +435,7 @@ def run(
                             n_train)  # fmt: skip
     _harness.check_out(out, "overtraining.run")  # before any work: a bad folder fails now
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        workers = _harness.default_workers()
     if echo is not None:
         echo(f"over-training: {RULE}; stated before the runs")
     t0 = time.perf_counter()
