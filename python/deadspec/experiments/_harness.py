@@ -17,6 +17,7 @@ written), prints tables through ``echo`` (None: silent) and returns a result dat
   :func:`figure` (a matplotlib ``Figure`` on its own Agg canvas, saved as PNG: no pyplot, no
   process-wide backend change), :func:`report` (tables, files written, wall time);
 - tables: :func:`fmt` (one number), :class:`Col` and :func:`format_table` (aligned text tables),
+  :func:`mean_se_col` (a column of ``<key>_mean ± <key>_se``),
   :func:`groups` (rows per value of a key, in a given order).
 """
 
@@ -41,10 +42,11 @@ __all__ = [
     "count_forwards",
     "figure",
     "fmt",
-    "format_table",
     "default_workers",
+    "format_table",
     "groups",
     "map_jobs",
+    "mean_se_col",
     "parser",
     "progress_bar",
     "report",
@@ -387,6 +389,14 @@ class Col:
     def align(self, text: str) -> str:
         width = max(len(self.title), _spec_width(self.spec))
         return text.ljust(width) if self.spec.startswith("<") else text.rjust(width)
+
+
+def mean_se_col(title: str, key: str, spec: str, align: str) -> Col:
+    """A :func:`format_table` column showing ``row[key + "_mean"] ± row[key + "_se"]``, both
+    formatted with ``spec``, the pair aligned by ``align`` (e.g. ``">20"``)."""
+    return Col(
+        title, lambda r: f"{fmt(r[f'{key}_mean'], spec)} ± {fmt(r[f'{key}_se'], spec)}", align
+    )
 
 
 def format_table(

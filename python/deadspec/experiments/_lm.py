@@ -169,11 +169,15 @@ LM_SIZES = {
 }
 
 
-def lm_sizes(quick: bool, size: str, **overrides: Any) -> LMSizes:
-    """The sizes for ``--quick`` / ``--size``, with non-None ``overrides`` applied."""
+def lm_sizes(
+    quick: bool, size: str, *, presets: dict[str, LMSizes] | None = None, **overrides: Any
+) -> LMSizes:
+    """The sizes for ``--quick`` / ``--size`` from ``presets`` (keys ``"quick"``, ``"default"``,
+    ``"full"``; default :data:`LM_SIZES`), with non-None ``overrides`` applied and every field
+    validated."""
     if size not in ("default", "full"):
         raise ValueError(f"deadspec.lm_sizes: size must be 'default' or 'full', got {size!r}")
-    base = LM_SIZES["quick" if quick else size]
+    base = (LM_SIZES if presets is None else presets)["quick" if quick else size]
     changes = {
         k: (tuple(v) if isinstance(v, (list, tuple)) else v)
         for k, v in overrides.items()

@@ -20,6 +20,7 @@ import numpy as np
 
 from deadspec import _files
 from deadspec.experiments import _harness
+from deadspec.experiments._modadd_verdict import width_means
 from deadspec.experiments._stats import finite_or_nan
 
 __all__ = ["format_summary", "format_table", "format_widths", "plot_sweep", "write_factories"]
@@ -85,20 +86,14 @@ def format_widths(widths: Sequence[dict[str, Any]]) -> str:
     cols = (
         _Col("d_model", "d_model", ">7"),
         _Col("seeds", lambda w: f"{w['n_generalised']}/{w['n_seeds']}", ">5"),
-        _mean_se("log10V_hidden", "log10_act_hidden", ".1f"),
-        _mean_se("log10V_Fisher_sampled", "log10_fisher_sampled", ".1f"),
-        _mean_se("LLC", "llc_mean", ".2f"),
-        _mean_se("log10 train CE", "log10_train_loss", ".2f"),
+        _harness.mean_se_col("log10V_hidden", "log10_act_hidden", ".1f", ">20"),
+        _harness.mean_se_col("log10V_Fisher_sampled", "log10_fisher_sampled", ".1f", ">20"),
+        _harness.mean_se_col("LLC", "llc_mean", ".2f", ">20"),
+        _harness.mean_se_col("log10 train CE", "log10_train_loss", ".2f", ">20"),
     )
     return (
         "per width, mean ± standard error over seeds (seeds: generalised/run):\n"
         + _harness.format_table(widths, cols)
-    )
-
-
-def _mean_se(title: str, key: str, spec: str) -> _Col:
-    return _Col(
-        title, lambda w: f"{_fmt(w[f'{key}_mean'], spec)} ± {_fmt(w[f'{key}_se'], spec)}", ">20"
     )
 
 
@@ -161,7 +156,7 @@ def plot_sweep(rows: Rows, widths: Rows, summary: dict[str, Any], path: Path, p:
             ),
         ):
             _compared(ax, rows, widths, summary, key, title)
-        _volumes(axes[1, 0], widths, rows, summary)
+        _volumes(axes[1, 0], rows, summary)
         _cost(axes[1, 1], rows)
         _fisher_vs_loss(axes[1, 2], rows, summary)
         fig.suptitle(
@@ -208,19 +203,16 @@ def _compared(ax, rows: Rows, widths: Rows, summary: dict[str, Any], key: str, t
     ax.legend(fontsize=7)
 
 
-def _volumes(ax, widths: Rows, rows: Rows, summary: dict[str, Any]) -> None:
+def _volumes(ax, rows: Rows, summary: dict[str, Any]) -> None:
     d = sorted({int(r["d_model"]) for r in rows})
     for col, style in (
         ("log10_vol_activation", "o-"),
         ("log10_vol_fisher", "s-"),
         ("log10_vol_total", "k^--"),
     ):
-        means = [
-            np.mean([finite_or_nan(r.get(col)) for r in rows if int(r["d_model"]) == x]) for x in d
-        ]
         ax.plot(
             d,
-            means,
+            width_means(rows, d, col),
             style,
             label=f"{col[10:]} ({_harness.fmt(summary[f'{col}_orders'], '.1f')} orders)",
         )
@@ -256,10 +248,7 @@ def _cost(ax, rows: Rows) -> None:
         (0.0, "llc_passes", "LLC estimate"),
         (w, "cal_passes", "LLC calibration"),
     ):
-        vals = [
-            np.mean([finite_or_nan(r.get(key)) for r in rows if int(r["d_model"]) == v]) for v in d
-        ]
-        ax.bar(x + shift, vals, w, label=label)
+        ax.bar(x + shift, width_means(rows, d, key), w, label=label)
     ax.set_yscale("log")
     ax.set_xticks(x, [str(v) for v in d])
     ax.set_xlabel("d_model")

@@ -42,6 +42,7 @@ __all__ = [
     "metric_summary",
     "summarize",
     "verdicts",
+    "width_means",
     "width_rows",
 ]
 
@@ -201,14 +202,14 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out.update({f"verdict_{k}": v for k, v in verdicts(per).items()})
     d_all = [float(r["d_model"]) for r in rows]
     for col in ("log10_vol_activation", "log10_vol_fisher", "log10_vol_total"):
-        v = _width_means(rows, dms, col)
+        v = width_means(rows, dms, col)
         fin = v[np.isfinite(v)]
         out[f"{col}_orders"] = float(fin.max() - fin.min()) if len(fin) else float("nan")
         out[f"{col}_monotone"] = _stats.monotone(dms, v)
         out[f"{col}_spearman"], _ = _stats.spearman(
             d_all, [finite_or_nan(r.get(col)) for r in rows], name="modadd.spearman"
         )
-    lam = _width_means(rows, dms, "llc_mean")
+    lam = np.array([w["llc_mean_mean"] for w in widths])
     fin = lam[np.isfinite(lam)]
     if len(fin):
         lo, hi, mean = float(fin.min()), float(fin.max()), float(fin.mean())
@@ -224,8 +225,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _width_means(rows: Sequence[dict[str, Any]], dms: Sequence[int], col: str) -> np.ndarray:
-    """The mean of ``col`` over the seeds of each width in ``dms``."""
+def width_means(rows: Sequence[dict[str, Any]], dms: Sequence[int], col: str) -> np.ndarray:
+    """The mean of ``col`` over the finite seeds of each width in ``dms`` (NaN where none)."""
     return np.array(
         [
             _stats.mean_se([finite_or_nan(r.get(col)) for r in rows if int(r["d_model"]) == d])[0]

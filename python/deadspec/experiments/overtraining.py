@@ -212,20 +212,13 @@ def unit_imbalance(model: Any) -> float:
     """
     import torch
 
-    with torch.no_grad():
-        return _unit_imbalance(model)
-
-
-def _unit_imbalance(model: Any) -> float:
-    import torch
-
     spreads = []
     for block in model.blocks:
         fc_in, fc_out = block.mlp.fc_in, block.mlp.fc_out
-        a = torch.linalg.vector_norm(
-            torch.cat([fc_in.weight, fc_in.bias[:, None]], dim=1), dim=1
-        ).double()
-        c = torch.linalg.vector_norm(fc_out.weight, dim=0).double()
+        with torch.no_grad():
+            w_in = torch.cat([fc_in.weight, fc_in.bias[:, None]], dim=1)
+            a = torch.linalg.vector_norm(w_in, dim=1).double()
+            c = torch.linalg.vector_norm(fc_out.weight, dim=0).double()
         ok = (a > 0) & (c > 0)
         if int(ok.sum()) >= 2:
             spreads.append(float(torch.log(a[ok] / c[ok]).std()))
@@ -500,13 +493,9 @@ def _check(quick, size, corpus, seeds, optimizers, lrs, weight_decays, steps, n_
     if bad or not optimizers:
         raise ValueError(f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
                          f"{list(optimizers)}")  # fmt: skip
-    key = "quick" if quick else size
-    changes = {"lrs": lrs, "weight_decays": weight_decays, "steps": steps, "n_train": n_train}
-    changes = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in changes.items()
-               if v is not None}  # fmt: skip
-    sizes = dataclasses.replace(SIZES[key], **changes)
-    _lm.lm_sizes(False, "default", **dataclasses.asdict(sizes))  # validates every field
-    n_seeds = SEEDS[key] if seeds is None else seeds
+    sizes = _lm.lm_sizes(quick, size, presets=SIZES, lrs=lrs, weight_decays=weight_decays,
+                         steps=steps, n_train=n_train)  # fmt: skip
+    n_seeds = SEEDS["quick" if quick else size] if seeds is None else seeds
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"{fn}: seeds must be a positive integer, got {n_seeds!r}")
     return sizes, n_seeds
@@ -537,20 +526,15 @@ def _config(corpus, sizes, n_seeds, optimizers, chosen, workers) -> dict[str, An
 _Col = _harness.Col
 
 
-def _pm(key: str, spec: str, title: str) -> _Col:
-    return _Col(title, lambda s: f"{_harness.fmt(s[f'{key}_mean'], spec)} ± "
-                                 f"{_harness.fmt(s[f'{key}_se'], spec)}", ">15")  # fmt: skip
-
-
 _SUMMARY = (
     _Col("optimizer", "optimizer", "<14"),
     _Col("wd", "weight_decay", ">5g"),
     _Col("lr", "lr", ">7.0e"),
-    _pm("min_val", ".3f", "min val"),
-    _pm("val_rise", ".3f", "val rise"),
-    _pm("gap", ".3f", "final gap"),
-    _pm("logit_rms", ".2f", "logit RMS"),
-    _pm("imbalance_final", ".2f", "imbalance"),
+    _harness.mean_se_col("min val", "min_val", ".3f", ">15"),
+    _harness.mean_se_col("val rise", "val_rise", ".3f", ">15"),
+    _harness.mean_se_col("final gap", "gap", ".3f", ">15"),
+    _harness.mean_se_col("logit RMS", "logit_rms", ".2f", ">15"),
+    _harness.mean_se_col("imbalance", "imbalance_final", ".2f", ">15"),
     _Col(
         "Δrise (p)",
         lambda s: "-" if "verdict" not in s else f"{s['rise_diff']:+.3f} ({s['rise_p']:.2g})",
