@@ -123,6 +123,29 @@ def test_no_trend_cell_does_not_read_and_count():
     assert monitor.cells_reading(tolerance=0.0) == (0, 4)
 
 
+def test_approach_values_replace_the_approach_parameter():
+    monitor, _ = _constructed()
+    t = 0.5 ** np.arange(2, 14)
+    # b's own approach (a callable, t) sees no trend; a's a(t) given as t**2 halves its slopes
+    rows = monitor.rates(approach_values={"a": t**2})
+    logdet = _row(rows, "a", "activation", "logdet_plus")
+    assert logdet["slope"] == pytest.approx(3.0, rel=0.05) and not logdet["reads"]
+    assert monitor.cells_reading(approach_values={"a": t**2}) == (0, 4)
+    # the same values as the built-in parameter (∝ t) read the same rates as without them
+    assert monitor.cells_reading(approach_values={"a": 7.0 * t}) == monitor.cells_reading()
+    # NaN leaves a point out of the window
+    a = t.copy()
+    a[-3:] = np.nan
+    row = _row(monitor.rates(approach_values={"a": a}), "a", "activation", "logdet_plus")
+    assert row["n_points"] == 9 and row["last_step"] == 10
+    with pytest.raises(ValueError, match="one number per recorded checkpoint"):
+        monitor.rates(approach_values={"a": t[:-1]})
+    with pytest.raises(ValueError, match="monitored layers"):
+        monitor.rates(approach_values={"c": t})
+    with pytest.raises(TypeError, match="approach_values must be a dict"):
+        monitor.rates(approach_values=t)
+
+
 def test_prediction_table_and_window_are_parameters():
     monitor, _ = _constructed(predictions={"activation.logdet_plus": 5.0})
     assert _row(monitor.rates(), "a", "activation", "logdet_plus")["predicted"] == 5.0

@@ -1,8 +1,8 @@
 """The over-training language-model runs shared by the over-training and detection experiments.
 
-The two experiments run the same grid (detection attaches a
+The two experiments train the same runs (detection attaches a
 :class:`deadspec.monitor.DeadDirectionMonitor`, which leaves the trajectories unchanged) on the
-generated corpus of :mod:`deadspec.experiments._corpus`, with the optimizers of
+corpora of :mod:`deadspec.experiments._corpus`, with the optimizers of
 :mod:`deadspec.experiments._optimizers`.
 
 Model
@@ -14,58 +14,39 @@ unembedding ``unembed`` (no bias). Output: logits ``(N, T, V)``. :func:`lm_gauge
 
 Runs
 ----
-:class:`LMSizes` / :func:`lm_sizes` (``--quick`` / ``--size`` presets with overrides),
-:func:`train_lm` (one full-batch run far past fit), :func:`run_grid` (optimizers × learning
-rates × weight decays on one corpus) and :func:`parser` (the command line both experiments
-share).
+:class:`LMSizes` / :func:`lm_sizes` (``--quick`` / ``--size`` presets with overrides) and
+:func:`train_lm` (one full-batch run far past fit, optionally monitored).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from deadspec.experiments import _harness
 from deadspec.experiments._corpus import lm_batches
-from deadspec.experiments._optimizers import OPTIMIZERS, make_optimizer
+from deadspec.experiments._optimizers import make_optimizer
 from deadspec.models_transformer import TransformerBlock
 
 __all__ = [
     "COLORS",
-    "DEFAULT_OPTIMIZERS",
-    "GRID_COLUMNS",
-    "LM_SIZES",
     "LMSizes",
     "TinyLM",
     "curve_summary",
     "lm_gauges",
     "lm_loss",
     "lm_sizes",
-    "parser",
-    "run_grid",
     "train_lm",
 ]
 
-#: The optimizers the over-training and detection experiments compare by default.
-DEFAULT_OPTIMIZERS = ("ddc-adam", "adamw", "muon")
 #: Plot colour of each optimizer.
 COLORS = {"ddc-adam": "C0", "adamw": "C3", "muon": "C2", "ddc-muon": "C1", "ddc-adam-split": "C4"}
-#: The first columns of the per-run tables: the grid point.
-GRID_COLUMNS = (
-    _harness.Col("optimizer", "optimizer", "<9"),
-    _harness.Col("lr", "lr", ">7.0e"),
-    _harness.Col("wd", "weight_decay", ">5g"),
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,13 +95,6 @@ class TinyLM(nn.Module):
             x = block(x)
         return self.unembed(self.ln_f(x))
 
-    def monitored_layers(self) -> list[str]:
-        """The linear layers the detection experiment reads (q, k, v, o, fc_in, fc_out, head)."""
-        names = []
-        for i in range(len(self.blocks)):
-            names += [f"blocks.{i}.attn.{c}" for c in ("q", "k", "v", "o")]
-            names += [f"blocks.{i}.mlp.fc_in", f"blocks.{i}.mlp.fc_out"]
-        return names + ["unembed"]
 
 
 def lm_gauges(model: TinyLM, *, rotations: bool = False) -> list[Any]:
@@ -162,22 +136,14 @@ class LMSizes:
     readings: int
 
 
-LM_SIZES = {
-    "quick": LMSizes(8, 16, 8, 16, 2, 1, 40, 5, (3e-3,), (0.1,), 8, 8),
-    "default": LMSizes(64, 256, 32, 32, 2, 2, 1500, 25, (1e-3, 3e-3), (0.1, 1.0), 32, 30),
-    "full": LMSizes(256, 512, 64, 64, 4, 4, 4000, 50, (3e-4, 1e-3, 3e-3), (0.0, 0.1, 1.0), 64, 40),
-}
 
 
-def lm_sizes(
-    quick: bool, size: str, *, presets: dict[str, LMSizes] | None = None, **overrides: Any
-) -> LMSizes:
+def lm_sizes(quick: bool, size: str, *, presets: dict[str, LMSizes], **overrides: Any) -> LMSizes:
     """The sizes for ``--quick`` / ``--size`` from ``presets`` (keys ``"quick"``, ``"default"``,
-    ``"full"``; default :data:`LM_SIZES`), with non-None ``overrides`` applied and every field
-    validated."""
+    ``"full"``), with non-None ``overrides`` applied and every field validated."""
     if size not in ("default", "full"):
         raise ValueError(f"deadspec.lm_sizes: size must be 'default' or 'full', got {size!r}")
-    base = (LM_SIZES if presets is None else presets)["quick" if quick else size]
+    base = presets["quick" if quick else size]
     changes = {
         k: (tuple(v) if isinstance(v, (list, tuple)) else v)
         for k, v in overrides.items()
@@ -224,7 +190,7 @@ def _setup(
     seed: int,
     vocab: int,
     probe: tuple[torch.Tensor, torch.Tensor] | None,
-    monitor_options: dict[str, Any] | None,
+    monitor: dict[str, Any] | None,
 ) -> tuple[TinyLM, Any, Any, int]:
     """The model (seeded), its optimizer, the monitor (or None) and the monitor's period."""
     with torch.random.fork_rng():
@@ -236,17 +202,10 @@ def _setup(
     opt = make_optimizer(optimizer, model, lr=lr, weight_decay=weight_decay, gauges=gauges)
     every = max(1, sizes.steps // sizes.readings)
     mon = None
-    if probe is not None:
+    if monitor is not None:
         from deadspec.monitor import DeadDirectionMonitor
 
-        mon = DeadDirectionMonitor(
-            model,
-            model.monitored_layers(),
-            every=every,
-            inputs=probe[0],
-            targets=probe[1],
-            **(monitor_options or {}),
-        )
+        mon = DeadDirectionMonitor(model, every=every, inputs=probe[0], targets=probe[1], **monitor)
     return model, opt, mon, every
 
 
@@ -258,10 +217,12 @@ def _fit(
     sizes: LMSizes,
     data: tuple[torch.Tensor, ...],
     on_eval: Any = None,
+    on_read: Any = None,
 ) -> tuple[list[int], list[float], list[float], bool]:
     """Full-batch training for ``sizes.steps`` steps; returns the evaluation steps, the train and
     validation losses there, and whether the loss diverged (the run stops at once then).
-    ``on_eval(step, model)`` is called at every evaluation (model in eval mode, no grad)."""
+    ``on_eval(step, model)`` is called at every evaluation (model in eval mode, no grad);
+    ``on_read(step, model)`` after every monitor reading (the same)."""
     x_tr, y_tr, x_va, y_va = data[:4]
     steps_rec: list[int] = []
     tr_rec: list[float] = []
@@ -290,6 +251,11 @@ def _fit(
             evaluate(step, lval)
         if mon is not None and (step % every == 0 or step == sizes.steps):
             mon(step, force=True)
+            if on_read is not None:
+                model.eval()
+                with torch.no_grad():
+                    on_read(step, model)
+                model.train()
         if step == sizes.steps:
             break
         loss.backward()
@@ -327,10 +293,10 @@ def train_lm(
     weight_decay: float,
     *,
     seed: int = 0,
-    monitor: bool = False,
     data: tuple[torch.Tensor, ...] | None = None,
-    monitor_options: dict[str, Any] | None = None,
+    monitor: dict[str, Any] | None = None,
     on_eval: Any = None,
+    on_read: Any = None,
 ) -> dict[str, Any]:
     """One over-training run: full-batch training of a :class:`TinyLM` far past fit.
 
@@ -343,17 +309,17 @@ def train_lm(
     lr, weight_decay : float
     seed : int
         Seed of the model initialisation (and of the corpus streams).
-    monitor : bool
-        Attach a :class:`~deadspec.monitor.DeadDirectionMonitor` to
-        :meth:`TinyLM.monitored_layers` (probe: the first ``sizes.probe`` training sequences
-        and their targets; ``sizes.readings`` readings evenly spread over the run, the last at
-        the final step).
     data : tuple, optional
         ``lm_batches`` output to reuse.
-    monitor_options : dict, optional
-        Extra keyword arguments of the monitor.
+    monitor : dict, optional
+        Attach a :class:`~deadspec.monitor.DeadDirectionMonitor` with these keyword arguments
+        (``layers`` among them; probe: the first ``sizes.probe`` training sequences and their
+        targets; ``sizes.readings`` readings evenly spread over the run, the last at the final
+        step).
     on_eval : callable, optional
         ``on_eval(step, model)`` at every evaluation (in eval mode, under ``torch.no_grad``).
+    on_read : callable, optional
+        ``on_read(step, model)`` after every monitor reading (the same).
 
     Returns
     -------
@@ -367,19 +333,12 @@ def train_lm(
     if data is None:
         data = lm_batches(sizes.n_train, sizes.n_val, sizes.ctx, seed=seed)
     x_tr, y_tr = data[0], data[1]
-    probe = (x_tr[: sizes.probe], y_tr[: sizes.probe]) if monitor else None
+    probe = (x_tr[: sizes.probe], y_tr[: sizes.probe])
     model, opt, mon, every = _setup(
-        sizes,
-        optimizer,
-        lr,
-        weight_decay,
-        seed=seed,
-        vocab=data[4],
-        probe=probe,
-        monitor_options=monitor_options,
+        sizes, optimizer, lr, weight_decay, seed=seed, vocab=data[4], probe=probe, monitor=monitor
     )
     t0 = time.perf_counter()
-    steps, train, val, diverged = _fit(model, opt, mon, every, sizes, data, on_eval)
+    steps, train, val, diverged = _fit(model, opt, mon, every, sizes, data, on_eval, on_read)
     seconds = time.perf_counter() - t0
     return {
         **curve_summary(steps, train, val),
@@ -388,58 +347,3 @@ def train_lm(
         "diverged": diverged,
         "n_params": sum(p.numel() for p in model.parameters()),
     }
-
-
-def run_grid(
-    sizes: LMSizes,
-    optimizers: Sequence[str],
-    *,
-    seed: int = 0,
-    monitor: bool = False,
-    threads: int | None = None,
-    progress: bool | None = False,
-    desc: str = "over-training",
-    monitor_options: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """:func:`train_lm` over ``optimizers × sizes.lrs × sizes.weight_decays`` (one shared corpus).
-
-    ``threads``: torch's intra-op threads during the runs (None: unchanged). Each result dict
-    gets ``optimizer``, ``lr``, ``weight_decay`` and ``seed`` keys.
-    """
-    bad = [o for o in optimizers if o not in OPTIMIZERS]
-    if bad or not optimizers:
-        raise ValueError(
-            f"deadspec.run_grid: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
-            f"{list(optimizers)}"
-        )
-    data = lm_batches(sizes.n_train, sizes.n_val, sizes.ctx, seed=seed)
-    jobs = [(o, lr, wd) for lr in sizes.lrs for wd in sizes.weight_decays for o in optimizers]
-    results = []
-    with _harness.threads(threads):
-        bar = _harness.progress_bar(jobs, desc, progress)
-        for o, lr, wd in bar:
-            bar.set_postfix_str(f"{o} lr={lr:g} wd={wd:g}")
-            res = train_lm(
-                sizes,
-                o,
-                lr,
-                wd,
-                seed=seed,
-                monitor=monitor,
-                data=data,
-                monitor_options=monitor_options,
-            )
-            res.update(optimizer=o, lr=lr, weight_decay=wd, seed=seed)
-            results.append(res)
-    return results
-
-
-def parser(prog: str, description: str, default_out: Path) -> argparse.ArgumentParser:
-    """The command line shared by the over-training and detection experiments."""
-    p = _harness.parser(prog, description, default_out, sizes=("default", "full"), threads=True)
-    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(DEFAULT_OPTIMIZERS))
-    p.add_argument("--lrs", nargs="+", type=float, default=None)
-    p.add_argument("--weight-decays", nargs="+", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--n-train", type=int, default=None)
-    return p

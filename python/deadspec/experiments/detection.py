@@ -1,34 +1,58 @@
-"""Detection experiment: in how many layer × observable cells the dead-direction rate reads.
+"""Detection experiment: in how many cells the dead-direction rate reads, counting only cells
+where a reading can exist.
 
 Claim (Dead-Direction Conditioners, arXiv 2606.29176): on the over-trained language model, the
 dead-direction rate is readable in 32 of 65 layer × observable cells with DDC against 7 of 65
 with AdamW (*higher detection of dead directions*).
 
-Setup
------
-The grid of :func:`deadspec.experiments._lm.run_grid` (the grammar corpus, one seed, the
-sizes of :data:`deadspec.experiments._lm.LM_SIZES`: the over-training runs as they were before
-that experiment was redesigned with tuned arms and seeds; the monitor leaves the model
-untouched, so the trajectories are those of the same grid without it), with a
-:class:`deadspec.monitor.DeadDirectionMonitor`
-attached to the linear layers ``blocks.i.attn.{q,k,v,o}``, ``blocks.i.mlp.{fc_in,fc_out}`` and
-``unembed``. Probe: the first ``probe`` training sequences with their next-token targets
-(observed labels, cross-entropy summed over positions). ``readings`` checkpoints evenly spread
-over the run, the last at the final step. The monitor's defaults decide the rest: approach
-parameter ``"dead-norm"``, window ``"after-peak"``, predictions 2r (log det⁺) and 2 (λ_min) on
-both sides, a cell reads when ``|slope − p| ≤ 0.25·|p|`` and R² ≥ 0.9; cells predicted 0 (the
-layer has no dead cluster at its last checkpoint) count in the total but never read; the
-effective-rank cells have no prediction and are not counted. So the total is
-``layers × 2 sides × 2 observables`` (52 at the default size) rather than the paper's 65, whose
-cell definition is not public.
+Setup (ours; the paper's cell definition is not public)
+-------------------------------------------------------
+- **Runs**: those of the over-training experiment (:mod:`deadspec.experiments.overtraining`:
+  the same corpus, model, sizes, learning-rate grid, tuning seed and rule for choosing each
+  arm's rate, so the chosen rates are that experiment's), with a
+  :class:`deadspec.monitor.DeadDirectionMonitor` attached (it leaves the trajectories
+  unchanged). Arms: ``adamw``, ``ddc-adam`` and ``ddc-adam-split`` (``muon``, ``ddc-muon`` on
+  request); weight decays 0.01 and 0.1; 5 seeds. Probe: the first ``probe`` training sequences
+  and their next bytes; ``readings`` checkpoints evenly spread over the run.
+- **Cells.** Per block, the hidden layer of the MLP is read where a dead unit shows:
+  - the activation side of ``blocks.i.mlp.act``, the ReLU's output (after the nonlinearity;
+    ``fc_in``'s output is the pre-activation, where a dead unit is not a small direction);
+  - the Fisher side of ``blocks.i.mlp.fc_out``, the layer that consumes those units (a dead
+    unit makes its input column of every per-sample gradient small).
 
-Reported per run: ``cells_reading`` / ``cells_total`` (:meth:`~DeadDirectionMonitor.
-cells_reading`), ``cells_dead`` (cells whose layer/side has a dead cluster, i.e. a non-zero
-prediction) and the gap; per optimizer the sums over the grid.
+  Each with two observables, log det⁺ and λ_min (the monitor's predictions 2r and 2): 4 cells
+  per block. The attention and unembedding outputs are linear maps, not readings after a
+  nonlinearity, and are not cells.
+- **Readable** (:class:`Readable`; every threshold is an argument): a cell is *eligible* when
+  the reading can exist at all — activation side: more probe rows (sequences × positions) than
+  units, ``R > rows_per_width·h``; Fisher side: more probe sequences than the layer has
+  parameters, ``N > fisher_margin·p`` (the N × N per-sequence Fisher-Gram has rank ≤ p, so
+  with N ≤ p every direction of it is live and a dead one cannot show). It is *dead* when it is
+  eligible and its spectrum has a dead cluster at the last checkpoint (r ≥ 1). It *reads* when
+  it is dead and its slope against the approach parameter is within ``tolerance`` of the
+  prediction with R² ≥ ``min_r2`` (the monitor's rule).
+- **Approach parameter, gauge-invariant.** Hidden unit j of block i has the size
+  ``u_j = (RMS_probe(act_j) · ‖fc_out.weight[:, j]‖)^½``. The ReLU rescaling gauge (fc_in's row j
+  and bias × c, fc_out's column j ÷ c) and the LayerNorm gauges before fc_in leave it unchanged
+  (the activation moves by c, the column by 1/c; a LayerNorm gauge changes neither); for a unit
+  whose incoming and outgoing weights shrink together as t, ``u_j ∝ t``. The dead set D is the
+  r units with the smallest u at the last checkpoint, r the post-ReLU reading's dead count there;
+  ``a(t) = (Σ_{j∈D} u_j(t)²)^½`` (undefined when r = 0), for both of the block's sites.
+- **Compression** (reported, not part of the rule): the smallest unit size over the median,
+  ``log10 min_j u_j / median u``, and the units below ``near_dead`` × the median at the end.
+- **Rule** (:data:`RULE`, printed before the runs and written to config.json), per DDC arm and
+  weight decay, paired by seed against its base: reproduced when the DDC arm has more reading
+  cells with paired-t p < 0.05; refuted when a run of the pair has a dead cell (a rate could be
+  read) and the DDC arm's reading cells are not more (mean paired difference ≤ 0); inconclusive
+  otherwise — in particular when no run of either arm has a dead cell: nothing is there to read.
+  Over the weight decays as the over-training rule.
 
 Outputs (``--out DIR``, default ``./deadspec-out/detection``): ``detection.csv`` (one row per
-run), ``detection_cells.csv`` (one row per run × layer × side × observable: slope, predicted,
-R², reads), ``detection.png``.
+evaluation run), ``detection_cells.csv`` (one per run × cell: eligible, why not, dead count,
+prediction, slope, R², reads), ``detection_units.csv`` (one per run × checkpoint × block: the
+smallest unit size over the median and the near-dead units), ``detection_tuning.csv``,
+``detection_summary.csv`` (per arm and weight decay: mean ± SE, the paired tests, the
+verdicts), ``config.json`` and ``detection.png``.
 
 Run: ``python -m deadspec.experiments.detection [--quick] [--size full]`` or
 ``deadspec repro detection``.
@@ -37,6 +61,7 @@ Run: ``python -m deadspec.experiments.detection [--quick] [--size full]`` or
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,305 +70,613 @@ from typing import Any
 
 import numpy as np
 
-from deadspec.experiments import _harness, _lm
-from deadspec.experiments._stats import finite_or_nan, summary_stats
+from deadspec.experiments import _harness, _lm, overtraining
+from deadspec.experiments._stats import finite_or_nan, mean_se, paired_t
 
-__all__ = ["CELL_COLUMNS", "CSV_COLUMNS", "DEFAULT_OUT", "DetectionResult", "main", "run"]
+__all__ = [
+    "CELL_COLUMNS",
+    "CSV_COLUMNS",
+    "DEFAULT_OUT",
+    "OPTIMIZERS",
+    "RULE",
+    "DetectionResult",
+    "Readable",
+    "approach_from_units",
+    "classify_cells",
+    "main",
+    "one_run",
+    "run",
+    "unit_sizes",
+    "verdict",
+]
 
 DEFAULT_OUT = Path("deadspec-out") / "detection"
 #: The paper's (cells reading, total) — DDC (on an Adam base) and AdamW.
 PAPER_CELLS = {"ddc-adam": (32, 65), "adamw": (7, 65)}
+#: The arms run by default (any of the over-training arms may be asked for).
+OPTIMIZERS = ("adamw", "ddc-adam", "ddc-adam-split")
+ALPHA = 0.05
+RULE = (
+    "rule, per DDC arm and weight decay, paired by seed against its base (DDCAdam, both forms: "
+    "AdamW; DDCMuon: Muon), each arm at the learning rate of the grid with the lowest minimum "
+    "validation loss on the tuning seed: a cell (post-ReLU activation or fc_out Fisher reading, "
+    "log det+ or lambda_min) reads when it is eligible (more probe rows than units; more probe "
+    "sequences than the layer's parameters), has a dead cluster at the last checkpoint and its "
+    "slope against the gauge-invariant approach parameter is within the tolerance of the "
+    f"prediction with R^2 >= min_r2; reproduced when the DDC arm has more reading cells with "
+    f"paired-t p < {ALPHA}; refuted when a run of the pair has a dead cell and the DDC arm's "
+    "reading cells are not more (mean paired difference <= 0); inconclusive otherwise (no dead "
+    "cell in any run of the pair: nothing to read). An arm is reproduced when it is at every "
+    "weight decay, refuted when it is at some and reproduced at none"
+)
+
+#: The over-training sizes; quick: a probe with more rows than units (16 × 8 > 64).
+SIZES = {
+    **overtraining.SIZES,
+    "quick": dataclasses.replace(overtraining.SIZES["quick"], probe=16, readings=10),
+}
 
 CSV_COLUMNS = (
+    "corpus",
     "optimizer",
-    "lr",
     "weight_decay",
+    "lr",
     "seed",
-    "cells_reading",
+    "steps",
     "cells_total",
+    "cells_eligible",
     "cells_dead",
-    "fraction",
+    "cells_reading",
     "paper_reading",
     "paper_total",
-    "final_train",
+    "near_dead_units",
+    "min_unit_log10",
+    "min_val",
     "final_val",
     "gap",
     "readings",
     "monitor_seconds",
+    "diverged",
     "seconds",
 )
 CELL_COLUMNS = (
     "optimizer",
-    "lr",
     "weight_decay",
+    "seed",
     "layer",
     "side",
     "observable",
+    "eligible",
+    "why_not",
     "dead_count",
     "predicted",
     "slope",
     "r2",
     "n_points",
+    "log_range",
     "reads",
 )
+UNIT_COLUMNS = ("optimizer", "weight_decay", "seed", "step", "block", "min_unit_log10",
+                "near_dead_units")  # fmt: skip
+METRICS = ("cells_eligible", "cells_dead", "cells_reading", "near_dead_units", "min_unit_log10",
+           "min_val")  # fmt: skip
+SUMMARY_COLUMNS = (
+    "optimizer",
+    "weight_decay",
+    "lr",
+    "seeds",
+    *(f"{m}_{s}" for m in METRICS for s in ("mean", "se")),
+    "base",
+    "reading_diff",
+    "reading_diff_se",
+    "reading_p",
+    "dead_pairs",
+    "min_unit_diff",
+    "min_unit_p",
+    "verdict",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Readable:
+    """When a cell can read (see the module docstring).
+
+    Attributes
+    ----------
+    rows_per_width : float
+        Activation side: eligible when the probe rows R > rows_per_width × units.
+    fisher_margin : float
+        Fisher side: eligible when the probe sequences N > fisher_margin × the layer's
+        parameters.
+    tolerance, min_r2 : float
+        A dead cell reads when ``|slope − p| ≤ tolerance·|p|`` and R² ≥ min_r2.
+    near_dead : float
+        A unit is near-dead when its size is below this fraction of the median (reported only).
+    """
+
+    rows_per_width: float = 1.0
+    fisher_margin: float = 1.0
+    tolerance: float = 0.25
+    min_r2: float = 0.9
+    near_dead: float = 0.01
+
+    def check(self, fn: str) -> None:
+        for k, v in dataclasses.asdict(self).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{fn}: {k} must be a positive number, got {v!r}")
+        if not (self.min_r2 <= 1 and self.near_dead < 1):
+            raise ValueError(
+                f"{fn}: min_r2 must be ≤ 1 and near_dead < 1, got {self.min_r2!r}, "
+                f"{self.near_dead!r}"
+            )
 
 
 @dataclasses.dataclass
 class DetectionResult:
-    """What :func:`run` returns.
-
-    Attributes
-    ----------
-    rows : list of dict
-        One per run (keys :data:`CSV_COLUMNS`).
-    cells : list of dict
-        One per run × layer × side × observable (keys :data:`CELL_COLUMNS`).
-    summary : list of dict
-        Per optimizer: ``optimizer``, ``runs``, ``cells_reading``, ``cells_total``,
-        ``cells_dead`` (sums over the grid), ``mean_gap``.
-    csv_path, cells_path, png_path : Path or None
-    seconds : float
-    """
+    """What :func:`run` returns: the rows of the CSVs (``rows``, ``cells``, ``units``,
+    ``tuning``, ``summary``), the verdicts per arm, the sizes, the paths (None when not
+    written) and the wall time."""
 
     rows: list[dict[str, Any]]
     cells: list[dict[str, Any]]
+    units: list[dict[str, Any]]
+    tuning: list[dict[str, Any]]
     summary: list[dict[str, Any]]
+    verdicts: dict[str, str]
     sizes: _lm.LMSizes
     csv_path: Path | None
     cells_path: Path | None
+    summary_path: Path | None
     png_path: Path | None
     seconds: float
 
 
-def _run_rows(r: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The CSV row of one run of the grid and its cell rows."""
-    mon = r["monitor"]
-    rates = mon.rates() if len(mon.steps) else []
-    counted = [c for c in rates if c["predicted"] is not None]
-    reading = sum(bool(c["reads"]) for c in counted)
-    dead = sum(1 for c in counted if c["predicted"] not in (None, 0, 0.0))
-    paper = PAPER_CELLS.get(r["optimizer"], (None, None))
-    row = {
-        "optimizer": r["optimizer"],
-        "lr": r["lr"],
-        "weight_decay": r["weight_decay"],
-        "seed": r["seed"],
-        "cells_reading": reading,
-        "cells_total": len(counted),
-        "cells_dead": dead,
-        "fraction": reading / len(counted) if counted else float("nan"),
-        "paper_reading": paper[0],
-        "paper_total": paper[1],
-        "final_train": r["final_train"],
-        "final_val": r["final_val"],
-        "gap": r["gap"],
-        "readings": len(mon.steps),
-        "monitor_seconds": round(float(mon.seconds), 3),
-        "seconds": round(float(r["seconds"]), 3),
-    }
-    cells = [
-        {
-            "optimizer": r["optimizer"],
-            "lr": r["lr"],
-            "weight_decay": r["weight_decay"],
-            **{k: c.get(k) for k in CELL_COLUMNS[3:]},
-        }
-        for c in rates
+# ---------------------------------------------------------------------------------------------
+# The approach parameter and the cells
+# ---------------------------------------------------------------------------------------------
+def _sites(n_layers: int) -> list[tuple[str, str]]:
+    """(post-ReLU site, consuming linear layer) of each block."""
+    return [(f"blocks.{i}.mlp.act", f"blocks.{i}.mlp.fc_out") for i in range(n_layers)]
+
+
+def unit_sizes(model: Any, x: Any) -> list[np.ndarray]:
+    """Per block of a :class:`~deadspec.experiments._lm.TinyLM`, the size of each hidden unit on
+    the probe ``x``: ``(RMS(act_j) · ‖fc_out.weight[:, j]‖)^½`` (float64; gauge-invariant)."""
+    import torch
+
+    acts: dict[int, Any] = {}
+    hooks = [
+        b.mlp.act.register_forward_hook(lambda _m, _i, out, k=k: acts.__setitem__(k, out))
+        for k, b in enumerate(model.blocks)
     ]
-    return row, cells
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    with torch.no_grad():
+        for k, b in enumerate(model.blocks):
+            rms = acts[k].flatten(0, -2).double().pow(2).mean(0).sqrt()
+            col = torch.linalg.vector_norm(b.mlp.fc_out.weight.double(), dim=0)
+            out.append((rms * col).sqrt().numpy())
+    return out
 
 
+def approach_from_units(units: np.ndarray, r: int) -> np.ndarray:
+    """a(t) from the unit sizes ``units`` (checkpoints × units): the norm of the ``r`` units
+    smallest at the last checkpoint; NaN everywhere when r = 0."""
+    units = np.asarray(units, dtype=np.float64)
+    if r <= 0:
+        return np.full(units.shape[0], np.nan)
+    dead = np.argsort(units[-1], kind="stable")[:r]
+    return np.sqrt(np.sum(units[:, dead] ** 2, axis=1))
+
+
+def _reference_count(records: Sequence[dict[str, Any]], layer: str) -> int:
+    """r of the activation side of ``layer`` at the last checkpoint (its dead count plus the
+    directions that sank below the active threshold since the largest active count)."""
+    mine = [r for r in records if r["layer"] == layer and r["side"] == "activation"]
+    if not mine:
+        return 0
+    last = mine[-1]
+    return int(last["dead_count"]) + max(0, max(int(r["active"]) for r in mine) - last["active"])
+
+
+def classify_cells(
+    rates: Sequence[dict[str, Any]],
+    sites: Sequence[tuple[str, str]],
+    *,
+    rows: int,
+    width: int,
+    n_probe: int,
+    fisher_params: int,
+    readable: Readable,
+) -> list[dict[str, Any]]:
+    """The cells of one run from the monitor's rate rows: per site pair and observable (log det⁺,
+    λ_min) the post-ReLU activation cell and the consumer's Fisher cell, each with ``eligible``,
+    ``why_not``, ``dead`` and ``reads`` (:class:`Readable`). A missing rate row (the Fisher side
+    was not computed) is an ineligible cell."""
+    by_key = {(r["layer"], r["side"], r["observable"]): r for r in rates}
+    act_ok = rows > readable.rows_per_width * width
+    fisher_ok = n_probe > readable.fisher_margin * fisher_params
+    out = []
+    for act, consumer in sites:
+        for layer, side, ok, why in (
+            (act, "activation", act_ok, f"rows {rows} ≤ {readable.rows_per_width:g} × units "
+             f"{width}"),
+            (consumer, "fisher", fisher_ok, f"probe {n_probe} ≤ {readable.fisher_margin:g} × "
+             f"parameters {fisher_params}"),
+        ):  # fmt: skip
+            for obs in ("logdet_plus", "lambda_min"):
+                r = by_key.get((layer, side, obs))
+                eligible = bool(ok and r is not None)
+                dead = bool(eligible and r["dead_count"] >= 1)
+                out.append({
+                    "layer": layer, "side": side, "observable": obs, "eligible": eligible,
+                    "why_not": "" if eligible else why,
+                    "dead_count": int(r["dead_count"]) if r is not None else 0,
+                    "predicted": None if r is None else r["predicted"],
+                    "slope": math.nan if r is None else r["slope"],
+                    "r2": math.nan if r is None else r["r2"],
+                    "n_points": 0 if r is None else r["n_points"],
+                    "log_range": math.nan if r is None else r["log_range"],
+                    "dead": dead, "reads": bool(dead and r["reads"]),
+                })  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+def _monitor_options(sizes: _lm.LMSizes, readable: Readable) -> tuple[dict[str, Any], int]:
+    """The monitor's keyword arguments and the Fisher layer's parameter count."""
+    h = 4 * sizes.d_model
+    p = h * sizes.d_model + sizes.d_model  # fc_out: weight and bias
+    fisher = sizes.probe > readable.fisher_margin * p
+    sites = _sites(sizes.n_layers)
+    # the built-in approach is defined for the post-ReLU sites too (fc_in's "dead-norm"), but the
+    # readout replaces it with the gauge-invariant one (rates(approach_values=...))
+    approach = {act: act.replace(".act", ".fc_in") for act, _ in sites}
+    opts = {"layers": [name for pair in sites for name in pair], "fisher": fisher,
+            "approach": approach, "tolerance": readable.tolerance,
+            "min_r2": readable.min_r2}  # fmt: skip
+    return opts, p
+
+
+def one_run(
+    corpus: str,
+    sizes: _lm.LMSizes,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    readable: Readable,
+) -> dict[str, Any]:
+    """One monitored run (a worker of :func:`deadspec.experiments._harness.map_jobs`): its CSV
+    row, and under ``"_cells"`` and ``"_units"`` its cell and unit-size rows."""
+    data = overtraining.corpus_data(corpus, sizes, seed)
+    probe = data[0][: sizes.probe]
+    steps: list[int] = []
+    sizes_at: list[list[np.ndarray]] = []
+
+    def on_read(step: int, model: Any) -> None:
+        steps.append(step)
+        sizes_at.append(unit_sizes(model, probe))
+
+    opts, p = _monitor_options(sizes, readable)
+    res = _lm.train_lm(sizes, optimizer, lr, weight_decay, seed=seed, data=data, monitor=opts,
+                       on_read=on_read)  # fmt: skip
+    mon = res["monitor"]
+    sites = _sites(sizes.n_layers)
+    records = mon.records()
+    table = {}
+    for i, (act, consumer) in enumerate(sites):
+        units = np.stack([s[i] for s in sizes_at])
+        a = approach_from_units(units, _reference_count(records, act))
+        table[act] = table[consumer] = a
+    cells = classify_cells(mon.rates(approach_values=table), sites, rows=sizes.probe * sizes.ctx,
+                           width=4 * sizes.d_model, n_probe=sizes.probe, fisher_params=p,
+                           readable=readable)  # fmt: skip
+    unit_rows, final_min, near = [], [], 0
+    for step, per_block in zip(steps, sizes_at):
+        for i, u in enumerate(per_block):
+            med = float(np.median(u))
+            ratio = math.log10(float(u.min()) / med) if u.min() > 0 and med > 0 else -math.inf
+            n_near = int(np.sum(u < readable.near_dead * med))
+            unit_rows.append({"step": step, "block": i, "min_unit_log10": ratio,
+                              "near_dead_units": n_near})  # fmt: skip
+            if step == steps[-1]:
+                final_min.append(ratio)
+                near += n_near
+    key = {"optimizer": optimizer, "weight_decay": weight_decay, "seed": seed}
+    paper = PAPER_CELLS.get(optimizer, (None, None))
+    row = {
+        "corpus": corpus, **key, "lr": lr, "steps": sizes.steps,
+        "cells_total": len(cells),
+        "cells_eligible": sum(c["eligible"] for c in cells),
+        "cells_dead": sum(c["dead"] for c in cells),
+        "cells_reading": sum(c["reads"] for c in cells),
+        "paper_reading": paper[0], "paper_total": paper[1],
+        "near_dead_units": near,
+        "min_unit_log10": min(final_min) if final_min else math.nan,
+        **{k: res[k] for k in ("min_val", "final_val", "gap")},
+        "readings": len(mon.steps), "monitor_seconds": round(float(mon.seconds), 3),
+        "diverged": bool(res["diverged"]), "seconds": round(float(res["seconds"]), 3),
+    }  # fmt: skip
+    row["_cells"] = [{**key, **c} for c in cells]
+    row["_units"] = [{**key, **u} for u in unit_rows]
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics and verdicts
+# ---------------------------------------------------------------------------------------------
+def verdict(reading: dict[str, float], dead_runs: int) -> str:
+    """:data:`RULE` for one DDC arm and weight decay from the paired test (DDC − base) of the
+    reading cells and the number of runs of the pair with a dead cell."""
+    if dead_runs == 0:
+        return "inconclusive (no dead cell in any run of the pair: nothing to read)"
+    p, d = reading["p"], reading["mean"]
+    if not (math.isfinite(p) and math.isfinite(d)):
+        return "inconclusive (too few paired seeds)"
+    if d > 0 and p < ALPHA:
+        return f"reproduced ({d:+.3g} reading cells, p = {p:.2g})"
+    if d <= 0:
+        return f"refuted ({d:+.3g} reading cells, p = {p:.2g})"
+    return f"inconclusive ({d:+.3g} reading cells, p = {p:.2g})"
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    optimizers: Sequence[str],
+    weight_decays: Sequence[float],
+    chosen: dict[tuple[str, float], float],
+) -> list[dict[str, Any]]:
+    """Per arm × weight decay: mean ± SE of :data:`METRICS`; for a DDC arm whose base ran, the
+    paired tests against it and the verdict (:func:`verdict`)."""
+    out = []
+    for wd in weight_decays:
+        for o in optimizers:
+            mine = sorted((r for r in rows if r["optimizer"] == o and r["weight_decay"] == wd),
+                          key=lambda r: r["seed"])  # fmt: skip
+            if not mine:
+                continue
+            s: dict[str, Any] = {"optimizer": o, "weight_decay": wd, "lr": chosen[(o, wd)],
+                                 "seeds": len(mine)}  # fmt: skip
+            for m in METRICS:
+                s[f"{m}_mean"], s[f"{m}_se"] = mean_se([finite_or_nan(r[m]) for r in mine])
+            base = overtraining.BASE.get(o)
+            theirs = {r["seed"]: r for r in rows if r["optimizer"] == base
+                      and r["weight_decay"] == wd}  # fmt: skip
+            pairs = [(r, theirs[r["seed"]]) for r in mine if r["seed"] in theirs]
+            if pairs:
+                reading = paired_t([a["cells_reading"] for a, _ in pairs],
+                                   [b["cells_reading"] for _, b in pairs])  # fmt: skip
+                mu = paired_t([a["min_unit_log10"] for a, _ in pairs],
+                              [b["min_unit_log10"] for _, b in pairs])  # fmt: skip
+                dead = sum(a["cells_dead"] > 0 or b["cells_dead"] > 0 for a, b in pairs)
+                s.update(base=base, reading_diff=reading["mean"], reading_diff_se=reading["se"],
+                         reading_p=reading["p"], dead_pairs=dead, min_unit_diff=mu["mean"],
+                         min_unit_p=mu["p"], verdict=verdict(reading, dead))  # fmt: skip
+            out.append(s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Run
+# ---------------------------------------------------------------------------------------------
 def run(
     out: str | Path | None = DEFAULT_OUT,
     *,
     quick: bool = False,
     size: str = "default",
-    seed: int = 0,
-    optimizers: Sequence[str] = _lm.DEFAULT_OPTIMIZERS,
+    corpus: str = "stdlib",
+    seeds: int | None = None,
+    optimizers: Sequence[str] = OPTIMIZERS,
     lrs: Sequence[float] | None = None,
     weight_decays: Sequence[float] | None = None,
     steps: int | None = None,
     n_train: int | None = None,
+    probe: int | None = None,
     readings: int | None = None,
-    threads: int | None = 1,
+    readable: Readable | None = None,
+    workers: int | None = None,
     plot: bool = True,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> DetectionResult:
-    """Run the detection experiment; write the CSVs and the plot into ``out``.
+    """Run the detection experiment; write the CSVs, config.json and the plot into ``out``.
 
-    Parameters: ``out``, ``quick``, ``size``, ``seed``, ``optimizers``, ``lrs``,
-    ``weight_decays``, ``steps``, ``n_train``, ``threads``, ``plot``, ``progress`` and ``echo``
-    set the grid of :func:`deadspec.experiments._lm.run_grid`, as their names say;
-    ``readings``: the number of monitor checkpoints per run (default 30; quick 8).
+    Parameters
+    ----------
+    out, quick, size, corpus, seeds, optimizers, lrs, weight_decays, steps, n_train, workers,
+    plot, progress, echo
+        As :func:`deadspec.experiments.overtraining.run` (``optimizers`` among its arms;
+        default :data:`OPTIMIZERS`). ``"default"``: 256 sequences of 32 bytes, 2 blocks of
+        d_model 32, 600 steps, 3 rates × 2 weight decays, 5 seeds, 3 arms (48 runs).
+    probe : int, optional
+        Probe sequences (default 32; quick 16).
+    readings : int, optional
+        Monitor checkpoints per run (default 30).
+    readable : Readable, optional
+        When a cell can read (default :class:`Readable`'s defaults).
 
     Returns
     -------
     DetectionResult
     """
-    sizes = _lm.lm_sizes(
-        quick,
-        size,
-        lrs=lrs,
-        weight_decays=weight_decays,
-        steps=steps,
-        n_train=n_train,
-        readings=readings,
-    )
+    fn = "deadspec.detection.run"
+    readable = Readable() if readable is None else readable
+    if not isinstance(readable, Readable):
+        raise TypeError(f"{fn}: readable must be a Readable, got {type(readable).__name__}")
+    readable.check(fn)
+    bad = [o for o in optimizers if o not in overtraining.OPTIMIZERS]
+    if bad or not optimizers:
+        raise ValueError(f"{fn}: optimizers must be a non-empty subset of "
+                         f"{overtraining.OPTIMIZERS}, got {list(optimizers)}")  # fmt: skip
+    sizes, n_seeds = overtraining.check_sizes(fn, quick, size, corpus, seeds, SIZES, lrs=lrs,
+                                              weight_decays=weight_decays, steps=steps,
+                                              n_train=n_train, probe=probe, readings=readings)
     _harness.check_out(out, "detection.run")  # before any work: a bad folder fails now
+    workers = _harness.default_workers() if workers is None else workers
+    if echo is not None:
+        echo(f"detection: {RULE}; {readable}; stated before the runs")
     t0 = time.perf_counter()
-    results = _lm.run_grid(
-        sizes,
-        optimizers,
-        seed=seed,
-        monitor=True,
-        threads=threads,
-        progress=progress,
-        desc="detection",
-    )
-    rows: list[dict[str, Any]] = []
-    cells: list[dict[str, Any]] = []
-    for r in results:
-        row, run_cells = _run_rows(r)
-        rows.append(row)
-        cells.extend(run_cells)
-    summary = summarize(rows, optimizers)
+    wds = sizes.weight_decays
+    tune_jobs = [(corpus, sizes, o, lr, wd, overtraining.TUNE_SEED) for wd in wds
+                 for o in optimizers for lr in sizes.lrs]  # fmt: skip
+    tuning = _harness.map_jobs(overtraining.one_run, tune_jobs, workers, progress,
+                               "detection tuning")  # fmt: skip
+    for r in tuning:
+        r.pop("_curve")
+    chosen = {(o, wd): overtraining.choose_lr(tuning, o, wd) for wd in wds for o in optimizers}
+    jobs = [(corpus, sizes, o, chosen[(o, wd)], wd, s, readable) for wd in wds
+            for o in optimizers for s in range(n_seeds)]  # fmt: skip
+    rows = _harness.map_jobs(one_run, jobs, workers, progress, "detection")
+    cells = [c for r in rows for c in r.pop("_cells")]
+    units = [u for r in rows for u in r.pop("_units")]
+    summary = summarize(rows, optimizers, wds, chosen)
+    verdicts = overtraining.arm_verdicts(summary)
+    config = overtraining.run_config(corpus, sizes, n_seeds, optimizers, chosen, workers, RULE)
+    config["readable"] = dataclasses.asdict(readable)
     paths = _harness.write_outputs(
         out,
-        {"detection.csv": (rows, CSV_COLUMNS), "detection_cells.csv": (cells, CELL_COLUMNS)},
-        {"detection.png": lambda path: plot_detection(rows, cells, path, sizes)} if plot else None,
+        {
+            "detection.csv": (rows, CSV_COLUMNS),
+            "detection_cells.csv": (cells, CELL_COLUMNS),
+            "detection_units.csv": (units, UNIT_COLUMNS),
+            "detection_tuning.csv": (tuning, overtraining.CSV_COLUMNS),
+            "detection_summary.csv": (summary, SUMMARY_COLUMNS),
+        },
+        {"detection.png": lambda path: plot_detection(summary, units, path, sizes, corpus)}
+        if plot
+        else None,
+        config={**config, "verdicts": verdicts},
     )
     seconds = time.perf_counter() - t0
-    _harness.report(
-        echo, [format_table(rows), "", format_summary(summary)], paths.values(), seconds
-    )
+    texts = [format_table(summary), "", *(f"verdict, {o}: {v}" for o, v in verdicts.items())]
+    _harness.report(echo, texts, paths.values(), seconds)
     return DetectionResult(
-        rows=rows,
-        cells=cells,
-        summary=summary,
-        sizes=sizes,
-        csv_path=paths.get("detection.csv"),
+        rows=rows, cells=cells, units=units, tuning=tuning, summary=summary, verdicts=verdicts,
+        sizes=sizes, csv_path=paths.get("detection.csv"),
         cells_path=paths.get("detection_cells.csv"),
-        png_path=paths.get("detection.png"),
+        summary_path=paths.get("detection_summary.csv"), png_path=paths.get("detection.png"),
         seconds=seconds,
-    )
+    )  # fmt: skip
 
 
-def summarize(rows: Sequence[dict[str, Any]], optimizers: Sequence[str]) -> list[dict[str, Any]]:
-    """Per optimizer: cells reading / total / with a dead cluster, summed over the grid."""
-    out = []
-    for o, mine in _harness.groups(rows, "optimizer", optimizers):
-        mean_gap, _ = summary_stats([finite_or_nan(r["gap"]) for r in mine])
-        out.append(
-            {
-                "optimizer": o,
-                "runs": len(mine),
-                "cells_reading": sum(r["cells_reading"] for r in mine),
-                "cells_total": sum(r["cells_total"] for r in mine),
-                "cells_dead": sum(r["cells_dead"] for r in mine),
-                "mean_gap": mean_gap,
-                "paper": PAPER_CELLS.get(o),
-            }
-        )
-    return out
-
-
-def _paper(cells: tuple[int | None, int | None] | None) -> str:
-    return "-" if cells is None or cells[0] is None else f"{cells[0]}/{cells[1]}"
-
-
+# ---------------------------------------------------------------------------------------------
+# Tables, figure, command line
+# ---------------------------------------------------------------------------------------------
 _Col = _harness.Col
-_TABLE = (
-    *_lm.GRID_COLUMNS,
-    _Col("reading", "cells_reading", ">7"),
-    _Col("total", "cells_total", ">5"),
-    _Col("dead", "cells_dead", ">4"),
-    _Col("paper", lambda r: _paper((r["paper_reading"], r["paper_total"])), ">6"),
-    _Col("gap", "gap", "7.3f"),
-    _Col("mon s", "monitor_seconds", "6.1f"),
-)
 _SUMMARY = (
-    _Col("optimizer", "optimizer", "<9"),
-    _Col("runs", "runs", ">4"),
-    _Col("reading/total", lambda s: f"{s['cells_reading']}/{s['cells_total']}", ">13"),
-    _Col("dead cells", "cells_dead", ">10"),
-    _Col("paper", lambda s: _paper(s["paper"]), ">6"),
+    _Col("optimizer", "optimizer", "<14"),
+    _Col("wd", "weight_decay", ">5g"),
+    _Col("lr", "lr", ">7.0e"),
+    _harness.mean_se_col("eligible", "cells_eligible", ".1f", ">11"),
+    _harness.mean_se_col("dead", "cells_dead", ".1f", ">11"),
+    _harness.mean_se_col("reading", "cells_reading", ".1f", ">11"),
+    _harness.mean_se_col("near-dead", "near_dead_units", ".1f", ">11"),
+    _harness.mean_se_col("log10 min u", "min_unit_log10", ".2f", ">13"),
+    _Col(
+        "Δreading (p)",
+        lambda s: "-" if "verdict" not in s else f"{s['reading_diff']:+.2f} ({s['reading_p']:.2g})",
+        ">14",
+    ),  # fmt: skip
+    _Col("verdict", lambda s: s.get("verdict", "-").split(" (")[0], ">13"),
 )
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of the per-run rows."""
-    return _harness.format_table(rows, _TABLE)
-
-
-def format_summary(summary: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of the per-optimizer sums."""
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of the per-arm summary (mean ± SE over seeds)."""
     return _harness.format_table(summary, _SUMMARY)
 
 
-def plot_detection(rows, cells, path: Path, sizes: _lm.LMSizes) -> None:
-    """Cells reading / with a dead cluster per run; fitted slope against prediction."""
-    colors = _lm.COLORS
-    with _harness.figure(path, figsize=(10, 3.6)) as fig:
-        axes = fig.subplots(1, 2)
+#: Where the figure draws a unit that never fires on the probe (size 0, log −∞).
+_FLOOR = -3.0
+
+
+def plot_detection(summary, units, path: Path, sizes: _lm.LMSizes, corpus: str) -> None:
+    """Cells eligible / dead / reading per arm (mean ± SE); the smallest unit size over the
+    median along training, per arm (mean over seeds and blocks), at each weight decay."""
+    wds = list(sizes.weight_decays)
+    with _harness.figure(path, figsize=(4.4 * (len(wds) + 1), 3.8)) as fig:
+        axes = fig.subplots(1, len(wds) + 1, squeeze=False)[0]
         ax = axes[0]
-        labels = [f"{r['optimizer']} {r['lr']:g}/{r['weight_decay']:g}" for r in rows]
-        xs = np.arange(len(rows))
-        ax.bar(xs - 0.2, [r["cells_dead"] for r in rows], 0.4, color="0.7", label="dead cluster")
-        ax.bar(
-            xs + 0.2,
-            [r["cells_reading"] for r in rows],
-            0.4,
-            color=[colors.get(r["optimizer"], "k") for r in rows],
-            label="reading the rate",
-        )
-        ax.set_xticks(xs)
-        ax.set_xticklabels(labels, fontsize=6, rotation=90)
-        ax.set_xlabel("optimizer lr/weight decay")
-        total = rows[0]["cells_total"] if rows else 0
-        ax.set_ylabel(f"cells (of {total})")
-        ax.set_title("cells with a dead cluster / reading the predicted rate", fontsize=9)
+        labels = [f"{s['optimizer']}\nwd {s['weight_decay']:g}" for s in summary]
+        x = np.arange(len(summary))
+        for j, (key, colour) in enumerate((("cells_eligible", "0.8"), ("cells_dead", "0.5"),
+                                           ("cells_reading", "C0"))):  # fmt: skip
+            m = [finite_or_nan(s[f"{key}_mean"]) for s in summary]
+            e = np.nan_to_num([finite_or_nan(s[f"{key}_se"]) for s in summary])
+            ax.bar(x + (j - 1) * 0.27, m, 0.27, yerr=e, capsize=2, color=colour,
+                   label=key.replace("cells_", ""))  # fmt: skip
+        ax.set_xticks(x, labels, fontsize=6)
+        total = 4 * sizes.n_layers
+        ax.set_ylabel(f"cells per run (of {total})")
+        ax.set_ylim(0, total)
+        ax.set_title("cells where a rate can be read / is read", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
-        ax = axes[1]
-        for c in cells:
-            p, s = c["predicted"], c["slope"]
-            if p in (None, 0, 0.0) or s is None or not np.isfinite(s):
-                continue
-            ax.scatter(
-                p,
-                s,
-                color=colors.get(c["optimizer"], "k"),
-                marker="o" if c["reads"] else "x",
-                s=14,
-            )
-        lim = ax.get_xlim()
-        ax.plot(lim, lim, "k--", lw=1)
-        ax.set_xlabel("predicted rate")
-        ax.set_ylabel("fitted slope (o reads, x does not)")
-        ax.set_title("trajectory rate vs prediction (colour = optimizer)", fontsize=9)
-        ax.grid(alpha=0.3)
+        for ax, wd in zip(axes[1:], wds):
+            mine = [u for u in units if u["weight_decay"] == wd]
+            for o in dict.fromkeys(u["optimizer"] for u in mine):
+                pts = [u for u in mine if u["optimizer"] == o]
+                steps = sorted({u["step"] for u in pts})
+                mean = [np.mean([max(u["min_unit_log10"], _FLOOR) for u in pts
+                                 if u["step"] == s]) for s in steps]  # fmt: skip
+                ax.plot(steps, mean, color=_lm.COLORS.get(o, "k"), label=o, lw=1.2)
+            ax.axhline(math.log10(0.01), color="k", ls=":", lw=1)
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"log10 (smallest unit size / median)\n(a unit silent on the probe: "
+                          f"{_FLOOR:g})", fontsize=8)  # fmt: skip
+            ax.set_title(f"how near a unit comes to dying, wd = {wd:g}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
         fig.suptitle(
-            f"detection: {sizes.n_layers} blocks × d_model {sizes.d_model}, {sizes.steps} steps, "
-            f"{sizes.readings} readings",
+            f"detection ({corpus}): {sizes.n_layers} blocks × d_model {sizes.d_model}, "
+            f"{sizes.steps} steps, a reading of {sizes.probe} probe sequences every "
+            f"{max(1, sizes.steps // sizes.readings)} steps",
             fontsize=10,
         )
 
 
 def _parser():
-    p = _lm.parser(
+    p = overtraining.parser(
         "python -m deadspec.experiments.detection",
-        "Detection: layer × observable cells in which the dead-direction rate reads "
-        "(DeadDirectionMonitor) on the over-training runs, per optimizer.",
+        "Detection: the cells in which the dead-direction rate can be read and is read "
+        "(DeadDirectionMonitor, a gauge-invariant approach parameter) on the over-training runs.",
         DEFAULT_OUT,
+        OPTIMIZERS,
     )
+    p.add_argument("--probe", type=int, default=None, help="probe sequences (default 32)")
     p.add_argument("--readings", type=int, default=None, help="monitor checkpoints per run")
+    defaults = Readable()
+    helps = {
+        "rows_per_width": "activation cells: eligible when probe rows > this × units",
+        "fisher_margin": "Fisher cells: eligible when probe sequences > this × parameters",
+        "tolerance": "a dead cell reads when |slope − p| ≤ this × |p| ...",
+        "min_r2": "... and R² ≥ this",
+        "near_dead": "report units below this fraction of the median size",
+    }
+    for f in dataclasses.fields(Readable):
+        value = getattr(defaults, f.name)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=float, default=value,
+                       help=f"{helps[f.name]} (default {value:g})")  # fmt: skip
     return p
+
+
+def _prepare(kwargs: dict[str, Any]) -> dict[str, Any]:
+    fields = [f.name for f in dataclasses.fields(Readable)]
+    kwargs["readable"] = Readable(**{k: kwargs.pop(k) for k in fields})
+    return kwargs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 0 (2 on a usage error)."""
-    return _harness.cli_main("detection", _parser(), run, argv)
+    return _harness.cli_main("detection", _parser(), run, argv, prepare=_prepare)
 
 
 if __name__ == "__main__":  # pragma: no cover

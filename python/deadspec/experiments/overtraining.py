@@ -71,10 +71,16 @@ __all__ = [
     "OPTIMIZERS",
     "RULE",
     "OverTrainingResult",
+    "arm_verdicts",
+    "check_sizes",
+    "choose_lr",
+    "corpus_data",
     "format_table",
     "main",
     "one_run",
+    "parser",
     "run",
+    "run_config",
     "unit_imbalance",
 ]
 
@@ -424,8 +430,13 @@ def run(
     -------
     OverTrainingResult
     """
-    sizes, n_seeds = _check(quick, size, corpus, seeds, optimizers, lrs, weight_decays, steps,
-                            n_train)  # fmt: skip
+    fn = "deadspec.overtraining.run"
+    bad = [o for o in optimizers if o not in OPTIMIZERS]
+    if bad or not optimizers:
+        raise ValueError(f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
+                         f"{list(optimizers)}")  # fmt: skip
+    sizes, n_seeds = check_sizes(fn, quick, size, corpus, seeds, SIZES, lrs=lrs,
+                                 weight_decays=weight_decays, steps=steps, n_train=n_train)
     _harness.check_out(out, "overtraining.run")  # before any work: a bad folder fails now
     if workers is None:
         workers = _harness.default_workers()
@@ -449,7 +460,7 @@ def run(
     ]
     summary = summarize(rows, optimizers, wds, chosen)
     verdicts = arm_verdicts(summary)
-    config = _config(corpus, sizes, n_seeds, optimizers, chosen, workers)
+    config = run_config(corpus, sizes, n_seeds, optimizers, chosen, workers, RULE)
     paths = _harness.write_outputs(
         out,
         {
@@ -482,27 +493,22 @@ def run(
     )
 
 
-def _check(quick, size, corpus, seeds, optimizers, lrs, weight_decays, steps, n_train):
-    """The sizes and the number of seeds; ValueError for a bad argument."""
-    fn = "deadspec.overtraining.run"
+def check_sizes(fn, quick, size, corpus, seeds, presets, **overrides):
+    """The sizes (``presets`` with the non-None ``overrides``) and the number of seeds;
+    ValueError naming ``fn`` for a bad argument (shared with the detection experiment)."""
     if size not in ("default", "full"):
         raise ValueError(f"{fn}: size must be 'default' or 'full', got {size!r}")
     if corpus not in CORPORA:
         raise ValueError(f"{fn}: corpus must be one of {CORPORA}, got {corpus!r}")
-    bad = [o for o in optimizers if o not in OPTIMIZERS]
-    if bad or not optimizers:
-        raise ValueError(f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
-                         f"{list(optimizers)}")  # fmt: skip
-    sizes = _lm.lm_sizes(quick, size, presets=SIZES, lrs=lrs, weight_decays=weight_decays,
-                         steps=steps, n_train=n_train)  # fmt: skip
+    sizes = _lm.lm_sizes(quick, size, presets=presets, **overrides)
     n_seeds = SEEDS["quick" if quick else size] if seeds is None else seeds
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         raise ValueError(f"{fn}: seeds must be a positive integer, got {n_seeds!r}")
     return sizes, n_seeds
 
 
-def _config(corpus, sizes, n_seeds, optimizers, chosen, workers) -> dict[str, Any]:
-    """config.json: the sizes, seeds, grid choice, rule and a digest of seed 0's data."""
+def run_config(corpus, sizes, n_seeds, optimizers, chosen, workers, rule) -> dict[str, Any]:
+    """config.json: the sizes, seeds, grid choice, ``rule`` and a digest of seed 0's data."""
     data = corpus_data(corpus, sizes, 0)
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in data[:4])).hexdigest()[:16]
     return {
@@ -514,7 +520,7 @@ def _config(corpus, sizes, n_seeds, optimizers, chosen, workers) -> dict[str, An
         "chosen_lr": [
             {"optimizer": o, "weight_decay": wd, "lr": lr} for (o, wd), lr in chosen.items()
         ],  # fmt: skip
-        "rule": RULE,
+        "rule": rule,
         "seed0_data_sha256": digest,
         "workers": workers,
     }
@@ -602,24 +608,28 @@ def _bars(ax, summary, wds, key: str, label: str) -> None:
     ax.legend(fontsize=7)
 
 
-def _parser():
-    p = _harness.parser(
-        "python -m deadspec.experiments.overtraining",
-        "Over-training: how far the validation loss of a small LM rises past its minimum, "
-        "DDC arms against their bases, each arm's learning rate tuned on the same grid.",
-        DEFAULT_OUT,
-        sizes=("default", "full"),
-        seed=False,
-    )
+def parser(prog: str, description: str, default_out: Path, optimizers: Sequence[str]):
+    """The command line of the over-training runs (shared with the detection experiment)."""
+    p = _harness.parser(prog, description, default_out, sizes=("default", "full"), seed=False)
     p.add_argument("--corpus", choices=CORPORA, default="stdlib")
     p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(optimizers))
     p.add_argument("--lrs", nargs="+", type=float, default=None)
     p.add_argument("--weight-decays", nargs="+", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
     return p
+
+
+def _parser():
+    return parser(
+        "python -m deadspec.experiments.overtraining",
+        "Over-training: how far the validation loss of a small LM rises past its minimum, "
+        "DDC arms against their bases, each arm's learning rate tuned on the same grid.",
+        DEFAULT_OUT,
+        OPTIMIZERS,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,9 @@ float``, evaluated under ``torch.no_grad`` at each reading, one value for all la
 ``"dead-norm"``); a module name applies ``"dead-norm"`` to the weight of that linear-like module
 (e.g. ``{"1": "0"}`` reads the ReLU output ``"1"`` of an ``nn.Sequential`` against the weight
 of the linear layer ``"0"`` feeding it; r still comes from ``"1"``'s activation Gram).
+``"dead-norm"`` sees dead rows of a weight only when it has no more rows than columns (h ≤ p).
+Finally :meth:`DeadDirectionMonitor.rates` takes ``approach_values={layer: a}``, one value per
+recorded checkpoint, for a parameter whose reference is known only after the run.
 
 Observables, fixed active set, window
 -------------------------------------

@@ -490,10 +490,15 @@ class DeadDirectionMonitor:
         min_r2: float | None = None,
         fixed_active: bool | None = None,
         method: str | None = None,
+        approach_values: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """The trajectory-rate readout: one row per layer × side × observable.
 
-        Each argument left None takes the constructor's value.
+        Each argument left None takes the constructor's value. ``approach_values`` (a dict
+        ``layer -> a(t)``, one finite-or-NaN number per recorded checkpoint, in the order of
+        :attr:`steps`) replaces the monitor's approach parameter for those layers in this
+        readout: for a parameter that needs the whole run to define, such as one measured
+        against a reference picked at the last checkpoint by the caller.
 
         Returns
         -------
@@ -515,15 +520,40 @@ class DeadDirectionMonitor:
             fixed_active=fixed_active,
             method=method,
         )
-        return rate_rows(
-            self._checkpoints, self.layers, self._approach_table(), self.predictions, fo
-        )
+        table = dict(self._approach_table())
+        table.update(self._external_approach(approach_values))
+        return rate_rows(self._checkpoints, self.layers, table, self.predictions, fo)
+
+    def _external_approach(self, values: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+        """``approach_values`` checked: monitored layers, one real number per checkpoint."""
+        if values is None:
+            return {}
+        if not isinstance(values, Mapping):
+            raise TypeError(
+                f"deadspec.{FN}.rates: approach_values must be a dict layer -> values, got "
+                f"{type(values).__name__}"
+            )
+        out = {}
+        n = len(self._checkpoints)
+        for layer, v in values.items():
+            self._check_layer(layer)
+            try:
+                arr = np.asarray(v, dtype=np.float64)
+            except (TypeError, ValueError):
+                arr = None
+            if arr is None or arr.shape != (n,):
+                raise ValueError(
+                    f"deadspec.{FN}.rates: approach_values[{layer!r}] must hold one number per "
+                    f"recorded checkpoint ({n}), got {np.shape(v) if arr is not None else v!r}"
+                )
+            out[layer] = arr
+        return out
 
     def cells_reading(self, **rate_options: Any) -> tuple[int, int]:
         """``(cells that read the predicted rate, cells with a prediction)``.
 
-        ``rate_options`` are passed to :meth:`rates`. Cells whose prediction is None (by
-        default the effective rank) are not counted in the total.
+        ``rate_options`` (including ``approach_values``) are passed to :meth:`rates`. Cells
+        whose prediction is None (by default the effective rank) are not counted in the total.
         """
         rows = self.rates(**rate_options)
         counted = [r for r in rows if r["predicted"] is not None]
