@@ -16,14 +16,6 @@ from deadspec.monitor import DeadDirectionMonitor  # noqa: E402
 DEAD = [3, 11, 20]  # the planted dead units of block 0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed=0):
     torch.manual_seed(seed)
     return _lm.TinyLM(20, 8, d_model=8, n_heads=2, n_layers=1).double().eval()
@@ -130,8 +122,11 @@ def test_readable_rule_is_explicit():
     rate = {"layer": "A", "side": "activation", "observable": "logdet_plus", "dead_count": 2,
             "predicted": 4.0, "slope": 4.1, "r2": 0.99, "n_points": 9, "log_range": 2.0,
             "reads": True}  # fmt: skip
-    rates = [rate, {**rate, "observable": "lambda_min", "reads": False},
-             {**rate, "layer": "F", "side": "fisher", "dead_count": 0, "reads": False}]
+    rates = [
+        rate,
+        {**rate, "observable": "lambda_min", "reads": False},
+        {**rate, "layer": "F", "side": "fisher", "dead_count": 0, "reads": False},
+    ]
     kw = {"rows": 100, "width": 64, "n_probe": 50, "fisher_params": 40}
     cells = detection.classify_cells(rates, [("A", "F")], readable=detection.Readable(), **kw)
     got = {(c["side"], c["observable"]): (c["eligible"], c["dead"], c["reads"]) for c in cells}

@@ -264,6 +264,25 @@ def count_forwards(model: Any) -> Iterator[list[int]]:
         handle.remove()
 
 
+@contextlib.contextmanager
+def capture_outputs(modules: Sequence[Any]) -> Iterator[list[Any]]:
+    """In the block, ``outputs[i]`` is the last output of ``modules[i]`` (None before one)."""
+    outputs: list[Any] = [None] * len(modules)
+
+    def keeper(i: int) -> Callable[..., None]:
+        def hook(_module: Any, _inputs: Any, out: Any) -> None:
+            outputs[i] = out
+
+        return hook
+
+    handles = [m.register_forward_hook(keeper(i)) for i, m in enumerate(modules)]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
 # ---------------------------------------------------------------------------------------------
 # Output files
 # ---------------------------------------------------------------------------------------------

@@ -96,7 +96,6 @@ class TinyLM(nn.Module):
         return self.unembed(self.ln_f(x))
 
 
-
 def lm_gauges(model: TinyLM, *, rotations: bool = False) -> list[Any]:
     """The gauges of a :class:`TinyLM`: the discovered ones plus the head's.
 
@@ -134,8 +133,6 @@ class LMSizes:
     weight_decays: tuple[float, ...]
     probe: int
     readings: int
-
-
 
 
 def lm_sizes(quick: bool, size: str, *, presets: dict[str, LMSizes], **overrides: Any) -> LMSizes:

@@ -71,7 +71,7 @@ from typing import Any
 import numpy as np
 
 from deadspec.experiments import _harness, _lm, overtraining
-from deadspec.experiments._stats import finite_or_nan, mean_se, paired_t
+from deadspec.experiments._stats import finite_or_nan, paired_t
 
 __all__ = [
     "CELL_COLUMNS",
@@ -244,21 +244,12 @@ def unit_sizes(model: Any, x: Any) -> list[np.ndarray]:
     the probe ``x``: ``(RMS(act_j) · ‖fc_out.weight[:, j]‖)^½`` (float64; gauge-invariant)."""
     import torch
 
-    acts: dict[int, Any] = {}
-    hooks = [
-        b.mlp.act.register_forward_hook(lambda _m, _i, out, k=k: acts.__setitem__(k, out))
-        for k, b in enumerate(model.blocks)
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with _harness.capture_outputs([b.mlp.act for b in model.blocks]) as acts, torch.no_grad():
+        model(x)
     out = []
     with torch.no_grad():
-        for k, b in enumerate(model.blocks):
-            rms = acts[k].flatten(0, -2).double().pow(2).mean(0).sqrt()
+        for act, b in zip(acts, model.blocks):
+            rms = act.flatten(0, -2).double().pow(2).mean(0).sqrt()
             col = torch.linalg.vector_norm(b.mlp.fc_out.weight.double(), dim=0)
             out.append((rms * col).sqrt().numpy())
     return out
@@ -428,40 +419,23 @@ def verdict(reading: dict[str, float], dead_runs: int) -> str:
     return f"inconclusive ({d:+.3g} reading cells, p = {p:.2g})"
 
 
-def summarize(
-    rows: Sequence[dict[str, Any]],
-    optimizers: Sequence[str],
-    weight_decays: Sequence[float],
-    chosen: dict[tuple[str, float], float],
-) -> list[dict[str, Any]]:
-    """Per arm × weight decay: mean ± SE of :data:`METRICS`; for a DDC arm whose base ran, the
-    paired tests against it and the verdict (:func:`verdict`)."""
-    out = []
-    for wd in weight_decays:
-        for o in optimizers:
-            mine = sorted((r for r in rows if r["optimizer"] == o and r["weight_decay"] == wd),
-                          key=lambda r: r["seed"])  # fmt: skip
-            if not mine:
-                continue
-            s: dict[str, Any] = {"optimizer": o, "weight_decay": wd, "lr": chosen[(o, wd)],
-                                 "seeds": len(mine)}  # fmt: skip
-            for m in METRICS:
-                s[f"{m}_mean"], s[f"{m}_se"] = mean_se([finite_or_nan(r[m]) for r in mine])
-            base = overtraining.BASE.get(o)
-            theirs = {r["seed"]: r for r in rows if r["optimizer"] == base
-                      and r["weight_decay"] == wd}  # fmt: skip
-            pairs = [(r, theirs[r["seed"]]) for r in mine if r["seed"] in theirs]
-            if pairs:
-                reading = paired_t([a["cells_reading"] for a, _ in pairs],
-                                   [b["cells_reading"] for _, b in pairs])  # fmt: skip
-                mu = paired_t([a["min_unit_log10"] for a, _ in pairs],
-                              [b["min_unit_log10"] for _, b in pairs])  # fmt: skip
-                dead = sum(a["cells_dead"] > 0 or b["cells_dead"] > 0 for a, b in pairs)
-                s.update(base=base, reading_diff=reading["mean"], reading_diff_se=reading["se"],
-                         reading_p=reading["p"], dead_pairs=dead, min_unit_diff=mu["mean"],
-                         min_unit_p=mu["p"], verdict=verdict(reading, dead))  # fmt: skip
-            out.append(s)
-    return out
+def _against_base(rows, mine, optimizer: str, wd: float) -> dict[str, Any]:
+    """The paired tests of a DDC arm's runs ``mine`` against its base's, and the verdict (empty
+    when the arm has no base or the base did not run)."""
+    base = overtraining.BASE.get(optimizer)
+    theirs = {r["seed"]: r for r in rows if r["optimizer"] == base and r["weight_decay"] == wd}
+    pairs = [(r, theirs[r["seed"]]) for r in mine if r["seed"] in theirs]
+    if not pairs:
+        return {}
+
+    def test(key: str) -> dict[str, float]:
+        return paired_t([a[key] for a, _ in pairs], [b[key] for _, b in pairs])
+
+    reading, mu = test("cells_reading"), test("min_unit_log10")
+    dead = sum(a["cells_dead"] > 0 or b["cells_dead"] > 0 for a, b in pairs)
+    return {"base": base, "reading_diff": reading["mean"], "reading_diff_se": reading["se"],
+            "reading_p": reading["p"], "dead_pairs": dead, "min_unit_diff": mu["mean"],
+            "min_unit_p": mu["p"], "verdict": verdict(reading, dead)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,9 +490,20 @@ def run(
     if bad or not optimizers:
         raise ValueError(f"{fn}: optimizers must be a non-empty subset of "
                          f"{overtraining.OPTIMIZERS}, got {list(optimizers)}")  # fmt: skip
-    sizes, n_seeds = overtraining.check_sizes(fn, quick, size, corpus, seeds, SIZES, lrs=lrs,
-                                              weight_decays=weight_decays, steps=steps,
-                                              n_train=n_train, probe=probe, readings=readings)
+    sizes, n_seeds = overtraining.check_sizes(
+        fn,
+        quick,
+        size,
+        corpus,
+        seeds,
+        SIZES,
+        lrs=lrs,
+        weight_decays=weight_decays,
+        steps=steps,
+        n_train=n_train,
+        probe=probe,
+        readings=readings,
+    )
     _harness.check_out(out, "detection.run")  # before any work: a bad folder fails now
     workers = _harness.default_workers() if workers is None else workers
     if echo is not None:
@@ -537,7 +522,7 @@ def run(
     rows = _harness.map_jobs(one_run, jobs, workers, progress, "detection")
     cells = [c for r in rows for c in r.pop("_cells")]
     units = [u for r in rows for u in r.pop("_units")]
-    summary = summarize(rows, optimizers, wds, chosen)
+    summary = overtraining.summarize_arms(rows, optimizers, wds, chosen, METRICS, _against_base)
     verdicts = overtraining.arm_verdicts(summary)
     config = overtraining.run_config(corpus, sizes, n_seeds, optimizers, chosen, workers, RULE)
     config["readable"] = dataclasses.asdict(readable)
@@ -556,7 +541,12 @@ def run(
         config={**config, "verdicts": verdicts},
     )
     seconds = time.perf_counter() - t0
-    texts = [format_table(summary), "", *(f"verdict, {o}: {v}" for o, v in verdicts.items())]
+    texts = [_harness.format_table(summary, _SUMMARY), ""]
+    for o, v in verdicts.items():
+        texts.append(f"verdict, {o}: {v}")
+        texts += [f"  wd {s['weight_decay']:g}: {s['verdict']}; log10 min unit size "
+                  f"{s['min_unit_diff']:+.3f} against {s['base']} (p = {s['min_unit_p']:.2g})"
+                  for s in summary if s["optimizer"] == o and "verdict" in s]  # fmt: skip
     _harness.report(echo, texts, paths.values(), seconds)
     return DetectionResult(
         rows=rows, cells=cells, units=units, tuning=tuning, summary=summary, verdicts=verdicts,
@@ -570,28 +560,12 @@ def run(
 # ---------------------------------------------------------------------------------------------
 # Tables, figure, command line
 # ---------------------------------------------------------------------------------------------
-_Col = _harness.Col
-_SUMMARY = (
-    _Col("optimizer", "optimizer", "<14"),
-    _Col("wd", "weight_decay", ">5g"),
-    _Col("lr", "lr", ">7.0e"),
-    _harness.mean_se_col("eligible", "cells_eligible", ".1f", ">11"),
-    _harness.mean_se_col("dead", "cells_dead", ".1f", ">11"),
-    _harness.mean_se_col("reading", "cells_reading", ".1f", ">11"),
-    _harness.mean_se_col("near-dead", "near_dead_units", ".1f", ">11"),
-    _harness.mean_se_col("log10 min u", "min_unit_log10", ".2f", ">13"),
-    _Col(
-        "Δreading (p)",
-        lambda s: "-" if "verdict" not in s else f"{s['reading_diff']:+.2f} ({s['reading_p']:.2g})",
-        ">14",
-    ),  # fmt: skip
-    _Col("verdict", lambda s: s.get("verdict", "-").split(" (")[0], ">13"),
-)
-
-
-def format_table(summary: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of the per-arm summary (mean ± SE over seeds)."""
-    return _harness.format_table(summary, _SUMMARY)
+_SUMMARY = overtraining.summary_columns(
+    (("eligible", "cells_eligible", ".1f"), ("dead", "cells_dead", ".1f"),
+     ("reading", "cells_reading", ".1f"), ("near-dead", "near_dead_units", ".1f"),
+     ("log10 min u", "min_unit_log10", ".2f")),
+    12, "Δreading (p)", "reading_diff", "reading_p", "+.2f",
+)  # fmt: skip
 
 
 #: Where the figure draws a unit that never fires on the probe (size 0, log −∞).

@@ -81,6 +81,8 @@ __all__ = [
     "parser",
     "run",
     "run_config",
+    "summarize_arms",
+    "summary_columns",
     "unit_imbalance",
 ]
 
@@ -284,14 +286,11 @@ def choose_lr(tuning: Sequence[dict[str, Any]], optimizer: str, weight_decay: fl
     return float(min(mine, key=key)["lr"])
 
 
-def summarize(
-    rows: Sequence[dict[str, Any]],
-    optimizers: Sequence[str],
-    weight_decays: Sequence[float],
-    chosen: dict[tuple[str, float], float],
-) -> list[dict[str, Any]]:
-    """Per arm × weight decay: mean ± SE of :data:`METRICS`; for a DDC arm whose base ran, the
-    paired tests against it and the verdict (:func:`verdict`)."""
+def summarize_arms(rows, optimizers, weight_decays, chosen, metrics, extra) -> list[dict[str, Any]]:
+    """Per arm × weight decay (in that order, arms that ran): the arm, its rate ``chosen[(arm,
+    wd)]``, the number of seeds, mean ± SE of each of ``metrics`` and the keys of
+    ``extra(rows, mine, arm, wd)`` (``mine``: the arm's runs at wd, by seed). Shared with the
+    detection experiment."""
     out = []
     for wd in weight_decays:
         for o in optimizers:
@@ -300,13 +299,28 @@ def summarize(
             if not mine:
                 continue
             s: dict[str, Any] = {"optimizer": o, "weight_decay": wd, "lr": chosen[(o, wd)],
-                                 "seeds": len(mine), "paper_gap": PAPER_GAP.get(o),
-                                 "diverged": sum(_broken(r) for r in mine)}  # fmt: skip
-            for m in METRICS:
+                                 "seeds": len(mine)}  # fmt: skip
+            for m in metrics:
                 s[f"{m}_mean"], s[f"{m}_se"] = mean_se([finite_or_nan(r[m]) for r in mine])
-            s.update(_against_base(rows, mine, o, wd))
+            s.update(extra(rows, mine, o, wd))
             out.append(s)
     return out
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    optimizers: Sequence[str],
+    weight_decays: Sequence[float],
+    chosen: dict[tuple[str, float], float],
+) -> list[dict[str, Any]]:
+    """Per arm × weight decay: mean ± SE of :data:`METRICS`; for a DDC arm whose base ran, the
+    paired tests against it and the verdict (:func:`verdict`)."""
+
+    def extra(rows, mine, o, wd):
+        return {"paper_gap": PAPER_GAP.get(o), "diverged": sum(_broken(r) for r in mine),
+                **_against_base(rows, mine, o, wd)}  # fmt: skip
+
+    return summarize_arms(rows, optimizers, weight_decays, chosen, METRICS, extra)
 
 
 def _against_base(rows, mine, optimizer: str, wd: float) -> dict[str, Any]:
@@ -435,8 +449,18 @@ def run(
     if bad or not optimizers:
         raise ValueError(f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
                          f"{list(optimizers)}")  # fmt: skip
-    sizes, n_seeds = check_sizes(fn, quick, size, corpus, seeds, SIZES, lrs=lrs,
-                                 weight_decays=weight_decays, steps=steps, n_train=n_train)
+    sizes, n_seeds = check_sizes(
+        fn,
+        quick,
+        size,
+        corpus,
+        seeds,
+        SIZES,
+        lrs=lrs,
+        weight_decays=weight_decays,
+        steps=steps,
+        n_train=n_train,
+    )
     _harness.check_out(out, "overtraining.run")  # before any work: a bad folder fails now
     if workers is None:
         workers = _harness.default_workers()
@@ -529,25 +553,32 @@ def run_config(corpus, sizes, n_seeds, optimizers, chosen, workers, rule) -> dic
 # ---------------------------------------------------------------------------------------------
 # Tables, figure, command line
 # ---------------------------------------------------------------------------------------------
-_Col = _harness.Col
+def summary_columns(middle, width: int, diff_title: str, diff_key: str, p_key: str,
+                    diff_spec: str):  # fmt: skip
+    """The columns of a per-arm summary table: arm, weight decay and rate, then a mean ± SE
+    column ``width`` wide per ``(title, metric, spec)`` of ``middle``, then the paired difference
+    against the base with its p-value, then the verdict's first word (shared with the
+    detection experiment)."""
+    col = _harness.Col
+
+    def diff(s: dict[str, Any]) -> str:
+        return "-" if "verdict" not in s else f"{s[diff_key]:{diff_spec}} ({s[p_key]:.2g})"
+
+    return (
+        col("optimizer", "optimizer", "<14"),
+        col("wd", "weight_decay", ">5g"),
+        col("lr", "lr", ">7.0e"),
+        *(_harness.mean_se_col(title, key, spec, f">{width}") for title, key, spec in middle),
+        col(diff_title, diff, ">16"),
+        col("verdict", lambda s: s.get("verdict", "-").split(" (")[0], ">13"),
+    )
 
 
-_SUMMARY = (
-    _Col("optimizer", "optimizer", "<14"),
-    _Col("wd", "weight_decay", ">5g"),
-    _Col("lr", "lr", ">7.0e"),
-    _harness.mean_se_col("min val", "min_val", ".3f", ">15"),
-    _harness.mean_se_col("val rise", "val_rise", ".3f", ">15"),
-    _harness.mean_se_col("final gap", "gap", ".3f", ">15"),
-    _harness.mean_se_col("logit RMS", "logit_rms", ".2f", ">15"),
-    _harness.mean_se_col("imbalance", "imbalance_final", ".2f", ">15"),
-    _Col(
-        "Δrise (p)",
-        lambda s: "-" if "verdict" not in s else f"{s['rise_diff']:+.3f} ({s['rise_p']:.2g})",
-        ">16",
-    ),  # fmt: skip
-    _Col("verdict", lambda s: s.get("verdict", "-").split(" (")[0], ">13"),
-)
+_SUMMARY = summary_columns(
+    (("min val", "min_val", ".3f"), ("val rise", "val_rise", ".3f"), ("final gap", "gap", ".3f"),
+     ("logit RMS", "logit_rms", ".2f"), ("imbalance", "imbalance_final", ".2f")),
+    15, "Δrise (p)", "rise_diff", "rise_p", "+.3f",
+)  # fmt: skip
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
