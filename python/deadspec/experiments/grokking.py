@@ -13,8 +13,9 @@ Setup (ours; the paper's network is not public)
   ``width`` = d_model), where the rotation gauge of the attention heads exists (DDCMuon's
   rotated heads) besides the LayerNorm and logit-shift gauges. ``"mlp"``: :class:`DeepModAddMLP`
   (an embedding, then ``depth − 1`` ReLU layers of width ``width``, then the head; only
-  rescaling gauges). The default depth is 4 (10 minutes on 2 cores with 2 workers; docs/ddc.md
-  gives the measurements); ``--size full`` is the paper's depth.
+  rescaling gauges). The default depth is 8, the deepest that fits 30 minutes on 2 cores (23
+  minutes with 2 workers; depth 4 took 10; docs/ddc.md gives both runs); ``--size full`` is the
+  paper's depth.
 - **Optimizers**: ``ddc-muon`` (:class:`deadspec.optim.DDCMuon`, gauges discovered) and
   ``muon`` (``torch.optim.Muon`` on the same hidden matrices, ``adjust_lr_fn="original"`` as
   DDCMuon, + ``torch.optim.AdamW`` on embeddings, head, gains and biases). Momentum 0.95,
@@ -157,7 +158,7 @@ class GrokSizes:
 SIZES = {
     "quick": GrokSizes(p=7, train_frac=0.6, model="transformer", width=16, depth=2, steps=40,
                        eval_every=10, seeds=2, tune_seeds=1, lrs=(0.005, 0.02), n_heads=2),
-    "default": GrokSizes(p=31, train_frac=0.25, model="transformer", width=32, depth=4,
+    "default": GrokSizes(p=31, train_frac=0.25, model="transformer", width=32, depth=8,
                          steps=2000, eval_every=100, seeds=8, tune_seeds=2,
                          lrs=(0.003, 0.01, 0.03)),
     "full": GrokSizes(p=97, train_frac=0.5, model="transformer", width=128, depth=24,
