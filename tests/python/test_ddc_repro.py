@@ -243,10 +243,12 @@ def test_detection_quick_outputs(det):
     for r in rows:
         # per block: post-ReLU activation and fc_out Fisher, log det+ and lambda_min
         assert int(r["cells_total"]) == 4 * sizes.n_layers
-        assert 0 <= int(r["cells_reading"]) <= int(r["cells_dead"]) <= int(r["cells_eligible"])
-        assert int(r["cells_eligible"]) == 2 * sizes.n_layers  # the Fisher cells cannot read
+        counts = [int(r[f"cells_{k}"]) for k in ("reading", "approached", "dead", "eligible")]
+        assert 0 <= counts[0] <= counts[1] <= counts[2] <= counts[3]
+        # 24 probe sequences × 8 > 2 × 64 units; the Fisher cells cannot read
+        assert int(r["cells_eligible"]) == 2 * sizes.n_layers
         assert int(r["readings"]) >= 4
-        assert _finite(r["gap"]) and float(r["min_unit_log10"]) <= 0
+        assert _finite(r["gap"])
     # the monitor leaves the model alone: the same run without it, at the rate it chose
     r = det.rows[0]
     plain = overtraining.one_run("stdlib", sizes, r["optimizer"], r["lr"], r["weight_decay"],
@@ -263,7 +265,7 @@ def test_detection_quick_outputs(det):
                   and u["weight_decay"] == r["weight_decay"])  # fmt: skip
     assert n_units == int(r["readings"]) * sizes.n_layers
     config = json.loads((det.csv_path.parent / "config.json").read_text())
-    assert config["readable"]["rows_per_width"] == 1.0 and config["rule"] == detection.RULE
+    assert config["readable"]["rows_per_width"] == 2.0 and config["rule"] == detection.RULE
     assert set(det.verdicts) == {"ddc-adam", "ddc-adam-split"}
     for s in det.summary:
         if s["optimizer"] != "adamw":

@@ -24,28 +24,38 @@ Setup (ours; the paper's cell definition is not public)
   per block. The attention and unembedding outputs are linear maps, not readings after a
   nonlinearity, and are not cells.
 - **Readable** (:class:`Readable`; every threshold is an argument): a cell is *eligible* when
-  the reading can exist at all — activation side: more probe rows (sequences × positions) than
-  units, ``R > rows_per_width·h``; Fisher side: more probe sequences than the layer has
-  parameters, ``N > fisher_margin·p`` (the N × N per-sequence Fisher-Gram has rank ≤ p, so
-  with N ≤ p every direction of it is live and a dead one cannot show). It is *dead* when it is
-  eligible and its spectrum has a dead cluster at the last checkpoint (r ≥ 1). It *reads* when
-  it is dead and its slope against the approach parameter is within ``tolerance`` of the
-  prediction with R² ≥ ``min_r2`` (the monitor's rule).
+  the reading can exist at all — activation side: more than twice as many probe rows
+  (sequences × positions) as units, ``R > rows_per_width·h`` (default 2: at R ≈ h the bottom
+  of a live spectrum already nears zero); Fisher side: more probe sequences than the layer has
+  parameters, ``N > fisher_margin·p`` (the N × N per-sequence Fisher-Gram has rank ≤ p; N > p
+  is sufficient for a dead direction to show, if not always necessary). It is *dead* when it is
+  eligible and its spectrum has a dead cluster at the last checkpoint (r ≥ 1). It is
+  *approached* when it is dead and a(t) spans at least ``min_decades`` decades over at least
+  the monitor's ``min_points`` fitted points: a unit that jumps to silence, or a gap with no
+  shrinking unit under it, has no rate to read. It *reads* when it is approached and its slope
+  against the approach parameter is within ``tolerance`` of the prediction with R² ≥
+  ``min_r2`` (the monitor's rule).
 - **Approach parameter, gauge-invariant.** Hidden unit j of block i has the size
   ``u_j = (RMS_probe(act_j) · ‖fc_out.weight[:, j]‖)^½``. The ReLU rescaling gauge (fc_in's row j
   and bias × c, fc_out's column j ÷ c) and the LayerNorm gauges before fc_in leave it unchanged
   (the activation moves by c, the column by 1/c; a LayerNorm gauge changes neither); for a unit
   whose incoming and outgoing weights shrink together as t, ``u_j ∝ t``. The dead set D is the
   r units with the smallest u at the last checkpoint, r the post-ReLU reading's dead count there;
-  ``a(t) = (Σ_{j∈D} u_j(t)²)^½`` (undefined when r = 0), for both of the block's sites.
+  ``a(t) = (Σ_{j∈D} u_j(t)²)^½`` (undefined when r = 0), for both of the block's sites. The
+  observables are not invariant: a dead unit's activation eigenvalue goes as RMS(act_j)², so
+  against a(t) its slope is 4 / (1 + dlog‖col_j‖ / dlog RMS(act_j)), the predicted 2 only for
+  balanced shrinkage (within the 25% tolerance for ratios of about 0.6 to 1.7). The reading
+  cells therefore count balanced approaches.
 - **Compression** (reported, not part of the rule): the smallest unit size over the median,
-  ``log10 min_j u_j / median u``, and the units below ``near_dead`` × the median at the end.
+  ``log10 min_j u_j / median u`` (the smaller over the blocks), and the units below
+  ``near_dead`` × the median at the end.
 - **Rule** (:data:`RULE`, printed before the runs and written to config.json), per DDC arm and
   weight decay, paired by seed against its base: reproduced when the DDC arm has more reading
-  cells with paired-t p < 0.05; refuted when a run of the pair has a dead cell (a rate could be
+  cells with paired-t p < 0.05; refuted when a pair has an approached cell (a rate could be
   read) and the DDC arm's reading cells are not more (mean paired difference ≤ 0); inconclusive
-  otherwise — in particular when no run of either arm has a dead cell: nothing is there to read.
-  Over the weight decays as the over-training rule.
+  otherwise — in particular when no pair has an approached cell (nothing is there to read) or
+  a paired run diverged. Over the weight decays as the over-training rule. Reported beside it:
+  each arm's reading cells over its approached cells (detection given an approach).
 
 Outputs (``--out DIR``, default ``./deadspec-out/detection``): ``detection.csv`` (one row per
 evaluation run), ``detection_cells.csv`` (one per run × cell: eligible, why not, dead count,
@@ -100,20 +110,23 @@ RULE = (
     "rule, per DDC arm and weight decay, paired by seed against its base (DDCAdam, both forms: "
     "AdamW; DDCMuon: Muon), each arm at the learning rate of the grid with the lowest minimum "
     "validation loss on the tuning seed: a cell (post-ReLU activation or fc_out Fisher reading, "
-    "log det+ or lambda_min) reads when it is eligible (more probe rows than units; more probe "
-    "sequences than the layer's parameters), has a dead cluster at the last checkpoint and its "
-    "slope against the gauge-invariant approach parameter is within the tolerance of the "
-    f"prediction with R^2 >= min_r2; reproduced when the DDC arm has more reading cells with "
-    f"paired-t p < {ALPHA}; refuted when a run of the pair has a dead cell and the DDC arm's "
-    "reading cells are not more (mean paired difference <= 0); inconclusive otherwise (no dead "
-    "cell in any run of the pair: nothing to read). An arm is reproduced when it is at every "
-    "weight decay, refuted when it is at some and reproduced at none"
+    "log det+ or lambda_min) reads when it is eligible (probe rows > rows_per_width x units; "
+    "probe sequences > fisher_margin x the layer's parameters), has a dead cluster at the last "
+    "checkpoint, is approached (the gauge-invariant approach parameter spans >= min_decades "
+    "over the fitted points) and its slope against that parameter is within the tolerance of "
+    f"the prediction with R^2 >= min_r2; reproduced when the DDC arm has more reading cells "
+    f"with paired-t p < {ALPHA}; refuted when a pair has an approached cell and the DDC arm's "
+    "reading cells are not more (mean paired difference <= 0); inconclusive otherwise (no "
+    "approached cell in any pair: nothing to read; or a paired run diverged). An arm is "
+    "reproduced when it is at every weight decay, refuted when it is at some and reproduced at "
+    "none"
 )
 
-#: The over-training sizes; quick: a probe with more rows than units (16 × 8 > 64).
+#: The over-training sizes; quick: a probe with more than twice as many rows as units
+#: (24 sequences × 8 > 2 × 64).
 SIZES = {
     **overtraining.SIZES,
-    "quick": dataclasses.replace(overtraining.SIZES["quick"], probe=16, readings=10),
+    "quick": dataclasses.replace(overtraining.SIZES["quick"], n_train=24, probe=24, readings=10),
 }
 
 CSV_COLUMNS = (
@@ -126,6 +139,7 @@ CSV_COLUMNS = (
     "cells_total",
     "cells_eligible",
     "cells_dead",
+    "cells_approached",
     "cells_reading",
     "paper_reading",
     "paper_total",
@@ -149,6 +163,7 @@ CELL_COLUMNS = (
     "eligible",
     "why_not",
     "dead_count",
+    "approached",
     "predicted",
     "slope",
     "r2",
@@ -158,8 +173,8 @@ CELL_COLUMNS = (
 )
 UNIT_COLUMNS = ("optimizer", "weight_decay", "seed", "step", "block", "min_unit_log10",
                 "near_dead_units")  # fmt: skip
-METRICS = ("cells_eligible", "cells_dead", "cells_reading", "near_dead_units", "min_unit_log10",
-           "min_val")  # fmt: skip
+METRICS = ("cells_eligible", "cells_dead", "cells_approached", "cells_reading", "near_dead_units",
+           "min_unit_log10", "min_val")  # fmt: skip
 SUMMARY_COLUMNS = (
     "optimizer",
     "weight_decay",
@@ -170,7 +185,9 @@ SUMMARY_COLUMNS = (
     "reading_diff",
     "reading_diff_se",
     "reading_p",
-    "dead_pairs",
+    "approached_pairs",
+    "reading_of_approached",
+    "diverged",
     "min_unit_diff",
     "min_unit_p",
     "verdict",
@@ -188,14 +205,19 @@ class Readable:
     fisher_margin : float
         Fisher side: eligible when the probe sequences N > fisher_margin × the layer's
         parameters.
+    min_decades : float
+        A dead cell is *approached* when a(t) spans at least this many decades over at least
+        the monitor's ``min_points`` fitted points (a unit that jumps to silence, or a gap with
+        no shrinking unit under it, is not an approach: no rate can be read there).
     tolerance, min_r2 : float
         A dead cell reads when ``|slope − p| ≤ tolerance·|p|`` and R² ≥ min_r2.
     near_dead : float
         A unit is near-dead when its size is below this fraction of the median (reported only).
     """
 
-    rows_per_width: float = 1.0
+    rows_per_width: float = 2.0
     fisher_margin: float = 1.0
+    min_decades: float = 1.0
     tolerance: float = 0.25
     min_r2: float = 0.9
     near_dead: float = 0.01
@@ -265,10 +287,12 @@ def approach_from_units(units: np.ndarray, r: int) -> np.ndarray:
     return np.sqrt(np.sum(units[:, dead] ** 2, axis=1))
 
 
-def _reference_count(records: Sequence[dict[str, Any]], layer: str) -> int:
-    """r of the activation side of ``layer`` at the last checkpoint (its dead count plus the
-    directions that sank below the active threshold since the largest active count)."""
-    mine = [r for r in records if r["layer"] == layer and r["side"] == "activation"]
+def _reference_count(
+    records: Sequence[dict[str, Any]], layer: str, side: str = "activation"
+) -> int:
+    """r of one side of ``layer`` at the last checkpoint (its dead count plus the directions
+    that sank below the active threshold since the largest active count)."""
+    mine = [r for r in records if r["layer"] == layer and r["side"] == side]
     if not mine:
         return 0
     last = mine[-1]
@@ -279,19 +303,24 @@ def classify_cells(
     rates: Sequence[dict[str, Any]],
     sites: Sequence[tuple[str, str]],
     *,
+    dead_counts: dict[tuple[str, str], int],
     rows: int,
     width: int,
     n_probe: int,
     fisher_params: int,
+    min_points: int,
     readable: Readable,
 ) -> list[dict[str, Any]]:
     """The cells of one run from the monitor's rate rows: per site pair and observable (log det⁺,
     λ_min) the post-ReLU activation cell and the consumer's Fisher cell, each with ``eligible``,
-    ``why_not``, ``dead`` and ``reads`` (:class:`Readable`). A missing rate row (the Fisher side
-    was not computed) is an ineligible cell."""
+    ``why_not``, ``dead`` (``dead_counts[(layer, side)]`` ≥ 1: r at the last checkpoint),
+    ``approached`` (dead, and a(t) spans ≥ ``min_decades`` over ≥ ``min_points`` fitted
+    points) and ``reads`` (approached, and the monitor's slope rule holds; :class:`Readable`).
+    A missing rate row (the Fisher side was not computed) is an ineligible cell."""
     by_key = {(r["layer"], r["side"], r["observable"]): r for r in rates}
     act_ok = rows > readable.rows_per_width * width
     fisher_ok = n_probe > readable.fisher_margin * fisher_params
+    span = readable.min_decades * math.log(10.0)  # the monitor's log_range is natural
     out = []
     for act, consumer in sites:
         for layer, side, ok, why in (
@@ -300,20 +329,26 @@ def classify_cells(
             (consumer, "fisher", fisher_ok, f"probe {n_probe} ≤ {readable.fisher_margin:g} × "
              f"parameters {fisher_params}"),
         ):  # fmt: skip
+            r_last = int(dead_counts.get((layer, side), 0))
             for obs in ("logdet_plus", "lambda_min"):
                 r = by_key.get((layer, side, obs))
                 eligible = bool(ok and r is not None)
-                dead = bool(eligible and r["dead_count"] >= 1)
+                dead = eligible and r_last >= 1
+                approached = bool(dead and r["n_points"] >= min_points
+                                  and finite_or_nan(r["log_range"]) >= span)  # fmt: skip
+                if eligible:
+                    why_not = ""
+                else:
+                    why_not = why if not ok else "not computed"
                 out.append({
                     "layer": layer, "side": side, "observable": obs, "eligible": eligible,
-                    "why_not": "" if eligible else why,
-                    "dead_count": int(r["dead_count"]) if r is not None else 0,
+                    "why_not": why_not, "dead_count": r_last, "approached": approached,
                     "predicted": None if r is None else r["predicted"],
                     "slope": math.nan if r is None else r["slope"],
                     "r2": math.nan if r is None else r["r2"],
                     "n_points": 0 if r is None else r["n_points"],
                     "log_range": math.nan if r is None else r["log_range"],
-                    "dead": dead, "reads": bool(dead and r["reads"]),
+                    "dead": dead, "reads": bool(approached and r["reads"]),
                 })  # fmt: skip
     return out
 
@@ -367,8 +402,12 @@ def one_run(
         units = np.stack([s[i] for s in sizes_at])
         a = approach_from_units(units, _reference_count(records, act))
         table[act] = table[consumer] = a
-    cells = classify_cells(mon.rates(approach_values=table), sites, rows=sizes.probe * sizes.ctx,
-                           width=4 * sizes.d_model, n_probe=sizes.probe, fisher_params=p,
+    dead_counts = {(name, side): _reference_count(records, name, side)
+                   for pair in sites for name, side in zip(pair, ("activation", "fisher"))}
+    n_probe, ctx = probe.shape  # the probe actually read (at most n_train sequences)
+    cells = classify_cells(mon.rates(approach_values=table), sites, dead_counts=dead_counts,
+                           rows=n_probe * ctx, width=4 * sizes.d_model, n_probe=n_probe,
+                           fisher_params=p, min_points=mon.min_points,
                            readable=readable)  # fmt: skip
     unit_rows, final_min, near = [], [], 0
     for step, per_block in zip(steps, sizes_at):
@@ -388,6 +427,7 @@ def one_run(
         "cells_total": len(cells),
         "cells_eligible": sum(c["eligible"] for c in cells),
         "cells_dead": sum(c["dead"] for c in cells),
+        "cells_approached": sum(c["approached"] for c in cells),
         "cells_reading": sum(c["reads"] for c in cells),
         "paper_reading": paper[0], "paper_total": paper[1],
         "near_dead_units": near,
@@ -404,11 +444,14 @@ def one_run(
 # ---------------------------------------------------------------------------------------------
 # Statistics and verdicts
 # ---------------------------------------------------------------------------------------------
-def verdict(reading: dict[str, float], dead_runs: int) -> str:
+def verdict(reading: dict[str, float], approached_pairs: int, diverged: int = 0) -> str:
     """:data:`RULE` for one DDC arm and weight decay from the paired test (DDC − base) of the
-    reading cells and the number of runs of the pair with a dead cell."""
-    if dead_runs == 0:
-        return "inconclusive (no dead cell in any run of the pair: nothing to read)"
+    reading cells, the number of pairs with an approached cell and of pairs with a diverged
+    run."""
+    if diverged:
+        return f"inconclusive ({diverged} paired runs diverged)"
+    if approached_pairs == 0:
+        return "inconclusive (no approached dead cell in any pair: nothing to read)"
     p, d = reading["p"], reading["mean"]
     if not (math.isfinite(p) and math.isfinite(d)):
         return "inconclusive (too few paired seeds)"
@@ -420,22 +463,30 @@ def verdict(reading: dict[str, float], dead_runs: int) -> str:
 
 
 def _against_base(rows, mine, optimizer: str, wd: float) -> dict[str, Any]:
-    """The paired tests of a DDC arm's runs ``mine`` against its base's, and the verdict (empty
-    when the arm has no base or the base did not run)."""
+    """The paired tests of a DDC arm's runs ``mine`` against its base's, and the verdict (only
+    the arm's conditional detection when it has no base run)."""
+    approached = sum(r["cells_approached"] for r in mine)
+    out: dict[str, Any] = {
+        "reading_of_approached": sum(r["cells_reading"] for r in mine) / approached
+        if approached else math.nan,
+        "diverged": sum(bool(r["diverged"]) for r in mine),
+    }  # fmt: skip
     base = overtraining.BASE.get(optimizer)
     theirs = {r["seed"]: r for r in rows if r["optimizer"] == base and r["weight_decay"] == wd}
     pairs = [(r, theirs[r["seed"]]) for r in mine if r["seed"] in theirs]
     if not pairs:
-        return {}
+        return out
 
     def test(key: str) -> dict[str, float]:
         return paired_t([a[key] for a, _ in pairs], [b[key] for _, b in pairs])
 
     reading, mu = test("cells_reading"), test("min_unit_log10")
-    dead = sum(a["cells_dead"] > 0 or b["cells_dead"] > 0 for a, b in pairs)
-    return {"base": base, "reading_diff": reading["mean"], "reading_diff_se": reading["se"],
-            "reading_p": reading["p"], "dead_pairs": dead, "min_unit_diff": mu["mean"],
-            "min_unit_p": mu["p"], "verdict": verdict(reading, dead)}  # fmt: skip
+    n_app = sum(a["cells_approached"] > 0 or b["cells_approached"] > 0 for a, b in pairs)
+    n_div = sum(bool(a["diverged"]) or bool(b["diverged"]) for a, b in pairs)
+    return {**out, "base": base, "reading_diff": reading["mean"],
+            "reading_diff_se": reading["se"], "reading_p": reading["p"],
+            "approached_pairs": n_app, "min_unit_diff": mu["mean"], "min_unit_p": mu["p"],
+            "verdict": verdict(reading, n_app, n_div)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,20 +541,14 @@ def run(
     if bad or not optimizers:
         raise ValueError(f"{fn}: optimizers must be a non-empty subset of "
                          f"{overtraining.OPTIMIZERS}, got {list(optimizers)}")  # fmt: skip
+    grid = {"lrs": lrs, "weight_decays": weight_decays, "steps": steps, "n_train": n_train}
     sizes, n_seeds = overtraining.check_sizes(
-        fn,
-        quick,
-        size,
-        corpus,
-        seeds,
-        SIZES,
-        lrs=lrs,
-        weight_decays=weight_decays,
-        steps=steps,
-        n_train=n_train,
-        probe=probe,
-        readings=readings,
+        fn, quick, size, corpus, seeds, SIZES, probe=probe, readings=readings, **grid
     )
+    if sizes.probe > sizes.n_train:
+        raise ValueError(
+            f"{fn}: probe must be at most n_train ({sizes.n_train}), got {sizes.probe}"
+        )
     _harness.check_out(out, "detection.run")  # before any work: a bad folder fails now
     workers = _harness.default_workers() if workers is None else workers
     if echo is not None:
@@ -535,7 +580,8 @@ def run(
             "detection_tuning.csv": (tuning, overtraining.CSV_COLUMNS),
             "detection_summary.csv": (summary, SUMMARY_COLUMNS),
         },
-        {"detection.png": lambda path: plot_detection(summary, units, path, sizes, corpus)}
+        {"detection.png": lambda path: plot_detection(summary, units, path, sizes, corpus,
+                                                     readable.near_dead)}
         if plot
         else None,
         config={**config, "verdicts": verdicts},
@@ -562,7 +608,8 @@ def run(
 # ---------------------------------------------------------------------------------------------
 _SUMMARY = overtraining.summary_columns(
     (("eligible", "cells_eligible", ".1f"), ("dead", "cells_dead", ".1f"),
-     ("reading", "cells_reading", ".1f"), ("near-dead", "near_dead_units", ".1f"),
+     ("approached", "cells_approached", ".1f"), ("reading", "cells_reading", ".1f"),
+     ("near-dead", "near_dead_units", ".1f"),
      ("log10 min u", "min_unit_log10", ".2f")),
     12, "Δreading (p)", "reading_diff", "reading_p", "+.2f",
 )  # fmt: skip
@@ -572,7 +619,9 @@ _SUMMARY = overtraining.summary_columns(
 _FLOOR = -3.0
 
 
-def plot_detection(summary, units, path: Path, sizes: _lm.LMSizes, corpus: str) -> None:
+def plot_detection(
+    summary, units, path: Path, sizes: _lm.LMSizes, corpus: str, near_dead: float = 0.01
+) -> None:
     """Cells eligible / dead / reading per arm (mean ± SE); the smallest unit size over the
     median along training, per arm (mean over seeds and blocks), at each weight decay."""
     wds = list(sizes.weight_decays)
@@ -581,11 +630,12 @@ def plot_detection(summary, units, path: Path, sizes: _lm.LMSizes, corpus: str) 
         ax = axes[0]
         labels = [f"{s['optimizer']}\nwd {s['weight_decay']:g}" for s in summary]
         x = np.arange(len(summary))
-        for j, (key, colour) in enumerate((("cells_eligible", "0.8"), ("cells_dead", "0.5"),
-                                           ("cells_reading", "C0"))):  # fmt: skip
+        keys = (("cells_eligible", "0.8"), ("cells_dead", "0.6"), ("cells_approached", "0.4"),
+                ("cells_reading", "C0"))
+        for j, (key, colour) in enumerate(keys):
             m = [finite_or_nan(s[f"{key}_mean"]) for s in summary]
             e = np.nan_to_num([finite_or_nan(s[f"{key}_se"]) for s in summary])
-            ax.bar(x + (j - 1) * 0.27, m, 0.27, yerr=e, capsize=2, color=colour,
+            ax.bar(x + (j - 1.5) * 0.2, m, 0.2, yerr=e, capsize=2, color=colour,
                    label=key.replace("cells_", ""))  # fmt: skip
         ax.set_xticks(x, labels, fontsize=6)
         total = 4 * sizes.n_layers
@@ -602,7 +652,7 @@ def plot_detection(summary, units, path: Path, sizes: _lm.LMSizes, corpus: str) 
                 mean = [np.mean([max(u["min_unit_log10"], _FLOOR) for u in pts
                                  if u["step"] == s]) for s in steps]  # fmt: skip
                 ax.plot(steps, mean, color=_lm.COLORS.get(o, "k"), label=o, lw=1.2)
-            ax.axhline(math.log10(0.01), color="k", ls=":", lw=1)
+            ax.axhline(math.log10(near_dead), color="k", ls=":", lw=1)
             ax.set_xlabel("step")
             ax.set_ylabel(f"log10 (smallest unit size / median)\n(a unit silent on the probe: "
                           f"{_FLOOR:g})", fontsize=8)  # fmt: skip
@@ -631,6 +681,7 @@ def _parser():
     helps = {
         "rows_per_width": "activation cells: eligible when probe rows > this × units",
         "fisher_margin": "Fisher cells: eligible when probe sequences > this × parameters",
+        "min_decades": "a dead cell is approached when a(t) spans ≥ this many decades",
         "tolerance": "a dead cell reads when |slope − p| ≤ this × |p| ...",
         "min_r2": "... and R² ≥ this",
         "near_dead": "report units below this fraction of the median size",

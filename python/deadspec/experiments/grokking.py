@@ -13,7 +13,7 @@ Setup (ours; the paper's network is not public)
   ``width`` = d_model), where the rotation gauge of the attention heads exists (DDCMuon's
   rotated heads) besides the LayerNorm and logit-shift gauges. ``"mlp"``: :class:`DeepModAddMLP`
   (an embedding, then ``depth − 1`` ReLU layers of width ``width``, then the head; only
-  rescaling gauges). The default depth is 8, the deepest that fits 30 minutes on 2 cores (23
+  rescaling gauges). The default depth is 8, the deepest run inside 30 minutes on 2 cores (23
   minutes with 2 workers; depth 4 took 10; docs/ddc.md gives both runs); ``--size full`` is the
   paper's depth.
 - **Optimizers**: ``ddc-muon`` (:class:`deadspec.optim.DDCMuon`, gauges discovered) and
