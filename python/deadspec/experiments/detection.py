@@ -537,13 +537,9 @@ def run(
     if not isinstance(readable, Readable):
         raise TypeError(f"{fn}: readable must be a Readable, got {type(readable).__name__}")
     readable.check(fn)
-    bad = [o for o in optimizers if o not in overtraining.OPTIMIZERS]
-    if bad or not optimizers:
-        raise ValueError(f"{fn}: optimizers must be a non-empty subset of "
-                         f"{overtraining.OPTIMIZERS}, got {list(optimizers)}")  # fmt: skip
     grid = {"lrs": lrs, "weight_decays": weight_decays, "steps": steps, "n_train": n_train}
     sizes, n_seeds = overtraining.check_sizes(
-        fn, quick, size, corpus, seeds, SIZES, probe=probe, readings=readings, **grid
+        fn, quick, size, corpus, seeds, optimizers, SIZES, probe=probe, readings=readings, **grid
     )
     if sizes.probe > sizes.n_train:
         raise ValueError(
@@ -555,13 +551,8 @@ def run(
         echo(f"detection: {RULE}; {readable}; stated before the runs")
     t0 = time.perf_counter()
     wds = sizes.weight_decays
-    tune_jobs = [(corpus, sizes, o, lr, wd, overtraining.TUNE_SEED) for wd in wds
-                 for o in optimizers for lr in sizes.lrs]  # fmt: skip
-    tuning = _harness.map_jobs(overtraining.one_run, tune_jobs, workers, progress,
-                               "detection tuning")  # fmt: skip
-    for r in tuning:
-        r.pop("_curve")
-    chosen = {(o, wd): overtraining.choose_lr(tuning, o, wd) for wd in wds for o in optimizers}
+    tuning, chosen = overtraining.tune(corpus, sizes, optimizers, workers, progress,
+                                       "detection tuning")  # fmt: skip
     jobs = [(corpus, sizes, o, chosen[(o, wd)], wd, s, readable) for wd in wds
             for o in optimizers for s in range(n_seeds)]  # fmt: skip
     rows = _harness.map_jobs(one_run, jobs, workers, progress, "detection")

@@ -83,6 +83,7 @@ __all__ = [
     "run_config",
     "summarize_arms",
     "summary_columns",
+    "tune",
     "unit_imbalance",
 ]
 
@@ -444,17 +445,13 @@ def run(
     -------
     OverTrainingResult
     """
-    fn = "deadspec.overtraining.run"
-    bad = [o for o in optimizers if o not in OPTIMIZERS]
-    if bad or not optimizers:
-        raise ValueError(f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
-                         f"{list(optimizers)}")  # fmt: skip
     sizes, n_seeds = check_sizes(
-        fn,
+        "deadspec.overtraining.run",
         quick,
         size,
         corpus,
         seeds,
+        optimizers,
         SIZES,
         lrs=lrs,
         weight_decays=weight_decays,
@@ -468,12 +465,7 @@ def run(
         echo(f"over-training: {RULE}; stated before the runs")
     t0 = time.perf_counter()
     wds = sizes.weight_decays
-    tune_jobs = [(corpus, sizes, o, lr, wd, TUNE_SEED) for wd in wds for o in optimizers
-                 for lr in sizes.lrs]  # fmt: skip
-    tuning = _harness.map_jobs(one_run, tune_jobs, workers, progress, "over-training tuning")
-    for r in tuning:
-        r.pop("_curve")
-    chosen = {(o, wd): choose_lr(tuning, o, wd) for wd in wds for o in optimizers}
+    tuning, chosen = tune(corpus, sizes, optimizers, workers, progress, "over-training tuning")
     jobs = [(corpus, sizes, o, chosen[(o, wd)], wd, s) for wd in wds for o in optimizers
             for s in range(n_seeds)]  # fmt: skip
     rows = _harness.map_jobs(one_run, jobs, workers, progress, "over-training")
@@ -517,9 +509,26 @@ def run(
     )
 
 
-def check_sizes(fn, quick, size, corpus, seeds, presets, **overrides):
+def tune(corpus, sizes, optimizers, workers: int, progress, desc: str):
+    """Every arm × weight decay × rate of the grid on :data:`TUNE_SEED`: (the tuning rows,
+    (arm, wd) -> the rate :func:`choose_lr` picks). Shared with the detection experiment."""
+    wds = sizes.weight_decays
+    jobs = [(corpus, sizes, o, lr, wd, TUNE_SEED) for wd in wds for o in optimizers
+            for lr in sizes.lrs]  # fmt: skip
+    tuning = _harness.map_jobs(one_run, jobs, workers, progress, desc)
+    for r in tuning:
+        r.pop("_curve")
+    return tuning, {(o, wd): choose_lr(tuning, o, wd) for wd in wds for o in optimizers}
+
+
+def check_sizes(fn, quick, size, corpus, seeds, optimizers, presets, **overrides):
     """The sizes (``presets`` with the non-None ``overrides``) and the number of seeds;
-    ValueError naming ``fn`` for a bad argument (shared with the detection experiment)."""
+    ValueError naming ``fn`` for a bad argument, ``optimizers`` among :data:`OPTIMIZERS`
+    included (shared with the detection experiment)."""
+    bad = [o for o in optimizers if o not in OPTIMIZERS]
+    if bad or not optimizers:
+        raise ValueError(f"{fn}: optimizers must be a non-empty subset of {OPTIMIZERS}, got "
+                         f"{list(optimizers)}")  # fmt: skip
     if size not in ("default", "full"):
         raise ValueError(f"{fn}: size must be 'default' or 'full', got {size!r}")
     if corpus not in CORPORA:
