@@ -111,21 +111,6 @@ DEADSPEC_ALWAYS_INLINE RowScale<T> row_scale(const SplitRef<T>& b, std::int64_t 
     return {r, ir, b.cs ? b.cs : s.ones.data(), b.cs ? b.ics : s.ones.data()};
 }
 
-// Σ a·b in float64 over the lanes.
-template <typename T, bool Fma>
-DEADSPEC_ALWAYS_INLINE double dot_lanes(const T* __restrict a, const T* __restrict b,
-                                        std::int64_t n) {
-    constexpr bool F = Fma && sizeof(T) == 4;
-    double acc[kLanes] = {};
-    std::int64_t j = 0;
-    for (; j + kLanes <= n; j += kLanes)
-        for (int k = 0; k < kLanes; ++k)
-            acc[k] = madd<F>(static_cast<double>(a[j + k]), static_cast<double>(b[j + k]), acc[k]);
-    for (int k = 0; j < n; ++j, ++k)
-        acc[k] = madd<F>(static_cast<double>(a[j]), static_cast<double>(b[j]), acc[k]);
-    return lanes_sum(acc);
-}
-
 // Where a row sum is not finite and every input is: the same sum scaled (±inf only where the exact
 // sum exceeds float64).
 template <typename T>
@@ -137,12 +122,6 @@ double rescue_dot(double r, const T* a, const T* b, std::int64_t n) {
         acc.add(term(x, y));
     }
     return acc.value();
-}
-
-template <typename T, bool Fma>
-DEADSPEC_ALWAYS_INLINE double checked_dot(const T* a, const T* b, std::int64_t n) {
-    const double r = dot_lanes<T, Fma>(a, b, n);
-    return std::isfinite(r) ? r : rescue_dot(r, a, b, n);
 }
 
 // Adds a·b to a column's rescue sum; false (the column keeps its plain sum) for a non-finite
@@ -185,24 +164,6 @@ void fit_rows(SplitScratch<T>& s, std::int64_t cols) {
 }
 
 // ---- pass 0 ------------------------------------------------------------------------------
-
-// Σ a·P x̃ and (cb) Σ (P x̃)² per column added to ca, cb.
-template <typename T, bool Fma>
-DEADSPEC_ALWAYS_INLINE void col_loop(const T* __restrict a, const T* __restrict xt,
-                                     const T* __restrict mu, double* __restrict ca,
-                                     double* __restrict cb, std::int64_t n) {
-    constexpr bool F = Fma && sizeof(T) == 4;
-    if (cb) {
-        for (std::int64_t j = 0; j < n; ++j) {
-            const double pc = static_cast<double>(xt[j] - mu[j]);
-            ca[j] = madd<F>(static_cast<double>(a[j]), pc, ca[j]);
-            cb[j] = madd<F>(pc, pc, cb[j]);
-        }
-        return;
-    }
-    for (std::int64_t j = 0; j < n; ++j)
-        ca[j] = madd<F>(static_cast<double>(a[j]), static_cast<double>(xt[j] - mu[j]), ca[j]);
-}
 
 template <typename T>
 using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
@@ -252,6 +213,52 @@ DEADSPEC_ALWAYS_INLINE void sums_row(const T* __restrict x, const T* __restrict 
         for (int k = 0; k < kLanes; ++k) top = tp[k] > top ? tp[k] : top;
 }
 
+// Pass 0 on kRowBlock rows at once, column sums only (no row sums): each column's sums take
+// the rows in row order, as kRowBlock calls of sums_row would (the same bits), with ca, cb and
+// the column factors read and written once per kRowBlock rows instead of once per row. Rows
+// x + q·xs and g + q·gs; sr, sir their row factors.
+constexpr int kRowBlock = 4;
+
+template <typename T, bool Fma, int Cols, bool Top>
+DEADSPEC_ALWAYS_INLINE void sums_cols_block(const T* __restrict x, std::int64_t xs,
+                                            const T* __restrict g, std::int64_t gs,
+                                            const T* __restrict sr, const T* __restrict sir,
+                                            const T* __restrict cs, const T* __restrict ics,
+                                            const T* __restrict mu, T f, double* __restrict ca,
+                                            double* __restrict cb, std::int64_t n,
+                                            Bits<T>& top) {
+    constexpr bool F = Fma && sizeof(T) == 4;
+    [[maybe_unused]] const Bits<T> mask = ~(Bits<T>(1) << (8 * sizeof(T) - 1));
+    T r[kRowBlock], ir[kRowBlock];
+    for (int q = 0; q < kRowBlock; ++q) {
+        r[q] = sr[q];
+        ir[q] = sir[q];
+    }
+    Bits<T> tp = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T c = cs[j], ic = ics[j], mj = mu[j];
+        double a = ca[j];
+        [[maybe_unused]] double bb = 0.0;
+        if constexpr (Cols == 2) bb = cb[j];
+        for (int q = 0; q < kRowBlock; ++q) {
+            const T xt = (x[q * xs + j] * f) * (ir[q] * ic);
+            const T gt = g[q * gs + j] * (r[q] * c);
+            const double pc = static_cast<double>(xt - mj);
+            a = madd<F>(static_cast<double>(gt), pc, a);
+            if constexpr (Cols == 2) bb = madd<F>(pc, pc, bb);
+            if constexpr (Top) {
+                Bits<T> u;
+                std::memcpy(&u, g + q * gs + j, sizeof(T));
+                u &= mask;
+                tp = u > tp ? u : tp;
+            }
+        }
+        ca[j] = a;
+        if constexpr (Cols == 2) cb[j] = bb;
+    }
+    if constexpr (Top) top = tp > top ? tp : top;
+}
+
 // A row's sums that were not finite, summed again scaled (rescue_dot) from x̃ and g̃.
 template <typename T>
 void rescue_row(const T* x, const T* g, const RowScale<T>& sc, T f, std::int64_t n,
@@ -270,7 +277,23 @@ DEADSPEC_ALWAYS_INLINE void sums_rows(const SplitRef<T>& b, const SplitItem& it,
                                       double* cxx, Bits<T>& top) {
     const std::int64_t n = b.cols;
     const T* mu = b.mu ? b.mu : s.zeros.data();
-    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+    std::int64_t i = it.r0;
+    if constexpr (!Rows && Cols >= 1) {  // column sums only: kRowBlock rows at once
+        if (b.gs1 == 1) {
+            for (; i + kRowBlock <= it.r1; i += kRowBlock) {
+                T r[kRowBlock], ir[kRowBlock];
+                for (int q = 0; q < kRowBlock; ++q) {
+                    const RowScale<T> sc = row_scale(b, i + q, s);
+                    r[q] = sc.r;
+                    ir[q] = sc.ir;
+                }
+                const RowScale<T> sc = row_scale(b, i, s);
+                sums_cols_block<T, Fma, Cols, Top>(b.x + i * n, n, b.g + i * b.gs0, b.gs0, r, ir,
+                                                   sc.cs, sc.ics, mu, b.decay, cgx, cxx, n, top);
+            }
+        }
+    }
+    for (; i < it.r1; ++i) {
         const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
         const T* x = b.x + i * n;
         if constexpr (!Rows && Cols == 0) {
@@ -371,53 +394,172 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_row(
     return refused;
 }
 
-// The halves of pass 1 for a row: its tangential input t (and x̃), then its moments and update
-// from t and (1−β₂)·t² (given averaged within the heads for rotated rows, t2_loop).
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE void tangent_loop(const T* __restrict x, const T* __restrict g,
-                                         const T* __restrict sig, const T* __restrict isig, T a,
-                                         const T* __restrict bc, const T* __restrict nrm,
-                                         const T* __restrict mu, T* __restrict t,
-                                         T* __restrict xt, std::int64_t n, T f) {
+// moments_row on kRowBlock rows at once, without row sums (Rows = false): each column's Σ u·P x̃
+// takes the rows in row order (the same bits), with cu and the per-column factors read once per
+// kRowBlock rows. Rows x + q·n, g + q·gs, m + q·n, v + q·n, and u + q·n where kept (Keep).
+template <typename T, int Mode, bool Fma, bool Cols, bool Keep>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_cols_block(
+    const T* __restrict x, const T* __restrict g, std::int64_t gs, T* __restrict m,
+    T* __restrict v, const T* __restrict sr, const T* __restrict sir, const T* __restrict cs,
+    const T* __restrict ics, const T* __restrict ra, const T* __restrict bc,
+    const T* __restrict nrm, const T* __restrict mu, T* __restrict u, double* __restrict cu,
+    std::int64_t n, T f, T b1, T b2, T ibc, T ss, T eps) {
+    constexpr bool F = Fma && sizeof(T) == 4;
+    const T w1 = T(1) - b1, w2 = T(1) - b2;
+    T r[kRowBlock], ir[kRowBlock], a[kRowBlock];
+    for (int q = 0; q < kRowBlock; ++q) {
+        r[q] = sr[q];
+        ir[q] = sir[q];
+        a[q] = ra[q];
+    }
+    CommitCount<T> cnt = 0;
+    // (the rows are distinct: no element of one is another's; GCC cannot tell for offsets q·n)
+#pragma GCC ivdep
     for (std::int64_t j = 0; j < n; ++j) {
-        const T xj = (x[j] * f) * isig[j];
-        t[j] = split_project<T, Mode>(g[j] * sig[j], xj, a, bc, nrm, mu, j);
-        xt[j] = xj;
+        const T c = cs[j], ic = ics[j];
+        [[maybe_unused]] double acc = 0.0;
+        if constexpr (Cols) acc = cu[j];
+        for (int q = 0; q < kRowBlock; ++q) {
+            const std::int64_t k = q * n + j;
+            const T xj = (x[k] * f) * (ir[q] * ic);
+            const T tj = split_project<T, Mode>(g[q * gs + j] * (r[q] * c), xj, a[q], bc, nrm,
+                                                mu, j);
+            const T m0 = m[k], v0 = v[k];
+            T mk = b1 * m0 + w1 * tj;
+            T vk = b2 * v0 + (w2 * tj) * tj;
+            cnt += keep_finite(m0, v0, mk, vk);
+            m[k] = mk;
+            v[k] = vk;
+            const T uj = split_update(mk, vk, ibc, ss, eps);
+            if constexpr (Keep) u[k] = uj;
+            if constexpr (Cols)
+                acc = madd<F>(static_cast<double>(uj), static_cast<double>(xj - mu[j]), acc);
+        }
+        if constexpr (Cols) cu[j] = acc;
+    }
+    return cnt;
+}
+
+// Rotated heads, the first half of pass 1 on one row in one loop, σ formed in registers: the
+// tangential input t, and (1−β₂)·t² stored into t2 or (Sum) added to the per-column sums in t2
+// (a head's rows, summed in row order as before; the same bits).
+template <typename T, int Mode, bool Sum>
+DEADSPEC_ALWAYS_INLINE void tangent_t2_row(const T* __restrict x, const T* __restrict g, T r,
+                                           T ir, const T* __restrict cs,
+                                           const T* __restrict ics, T a,
+                                           const T* __restrict bc, const T* __restrict nrm,
+                                           const T* __restrict mu, T* __restrict t,
+                                           T* __restrict t2, std::int64_t n, T f, T w2) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T xj = (x[j] * f) * (ir * ics[j]);
+        const T tj = split_project<T, Mode>(g[j] * (r * cs[j]), xj, a, bc, nrm, mu, j);
+        t[j] = tj;
+        const T q = (w2 * tj) * tj;
+        if constexpr (Sum) t2[j] += q;
+        else t2[j] = q;
     }
 }
 
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void t2_loop(const T* __restrict t, T* __restrict t2, std::int64_t n,
-                                    T w2) {
-    for (std::int64_t j = 0; j < n; ++j) t2[j] = (w2 * t[j]) * t[j];
-}
-
-template <typename T>
-DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t2_loop(
-    const T* __restrict x, const T* __restrict isig, const T* __restrict t,
-    const T* __restrict t2, T* __restrict m, T* __restrict v, T* __restrict u, T* __restrict xt,
-    std::int64_t n, T f, T b1, T b2, T ibc, T ss, T eps) {
-    const T one = T(1);
-    CommitCount<T> refused = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
+// Rotated heads, the second half of pass 1 on one row in one loop: the moments from t and the
+// averaged t2 (checked before commit), the update into u, its Σ u·x̃ (Rows; the lanes) into *ru
+// and Σ u·P x̃ (Cols) added to cu, x̃ formed in registers (as scales_row's 1/σ). Returns the
+// elements refused.
+template <typename T, bool Fma, bool Rows, bool Cols>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t2_row(
+    const T* __restrict x, T ir, const T* __restrict ics, const T* __restrict t,
+    const T* __restrict t2, T* __restrict m, T* __restrict v, T* __restrict u,
+    const T* __restrict mu, double* __restrict cu, std::int64_t n, T f, T b1, T b2, T ibc, T ss,
+    T eps, double* ru) {
+    constexpr bool F = Fma && sizeof(T) == 4;
+    const T w1 = T(1) - b1;
+    double acc[kLanes] = {};
+    CommitCount<T> cnt[kLanes] = {};
+    auto one = [&](std::int64_t j, int k) DEADSPEC_LAMBDA_INLINE {
         const T m0 = m[j], v0 = v[j];
-        T mk = b1 * m0 + (one - b1) * t[j];
+        T mk = b1 * m0 + w1 * t[j];
         T vk = b2 * v0 + t2[j];
-        refused += keep_finite(m0, v0, mk, vk);
+        cnt[k] += keep_finite(m0, v0, mk, vk);
         m[j] = mk;
         v[j] = vk;
-        u[j] = split_update(mk, vk, ibc, ss, eps);
-        xt[j] = (x[j] * f) * isig[j];
-    }
+        const T uj = split_update(mk, vk, ibc, ss, eps);
+        u[j] = uj;
+        const T xj = (x[j] * f) * (ir * ics[j]);
+        if constexpr (Rows) acc[k] = madd<F>(static_cast<double>(uj), static_cast<double>(xj), acc[k]);
+        if constexpr (Cols)
+            cu[j] = madd<F>(static_cast<double>(uj), static_cast<double>(xj - mu[j]), cu[j]);
+    };
+    std::int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+        for (int k = 0; k < kLanes; ++k) one(j + k, k);
+    for (int k = 0; j < n; ++j, ++k) one(j, k);
+    if constexpr (Rows) *ru = lanes_sum(acc);
+    CommitCount<T> refused = 0;
+    for (int k = 0; k < kLanes; ++k) refused += cnt[k];
     return refused;
 }
 
-// Row i's update sums: Σ u·P x̃ per column added to cu, Σ u·x̃ into ru[i] (nulls: not wanted).
-template <typename T, bool Fma>
-DEADSPEC_ALWAYS_INLINE void update_sums(std::int64_t i, std::int64_t n, const T* mu, const T* u,
-                                        SplitScratch<T>& s, double* ru, double* cu) {
-    if (cu) col_loop<T, Fma>(u, s.xt.data(), mu, cu, nullptr, n);
-    if (ru) ru[i] = checked_dot<T, Fma>(u, s.xt.data(), n);
+// Pass 1 over an item's rows, heads rotated: (1−β₂)·t² averaged within each head before it
+// enters v — along the row (axis 1), or over the head's rows per column (axis 0: this item is a
+// head, or rows outside the heads). A row's Σ u·x̃ that is not finite summed again scaled.
+template <typename T, int Mode, bool Fma, bool Rows, bool Cols>
+DEADSPEC_ALWAYS_INLINE std::int64_t moments_rotated(const SplitRef<T>& b, const SplitItem& it,
+                                                    SplitScratch<T>& s, double* ru, double* cu) {
+    const std::int64_t n = b.cols;
+    const T* mu = b.mu ? b.mu : s.zeros.data();
+    const AdamScalars<T>& hp = b.hp;
+    const T w2 = T(1) - hp.b2;
+    const bool head = b.axis == 0 && it.segment;  // t2: the per-column mean over the rows
+    const std::int64_t kept = b.axis == 0 ? it.r1 - it.r0 : 1;  // rows of t kept
+    fit(s.t, static_cast<std::size_t>(kept * n));
+    fit(s.t2, static_cast<std::size_t>((head ? 1 : kept) * n));
+    T* t2 = s.t2.data();
+    if (head) std::fill(t2, t2 + n, T(0));
+    std::int64_t refused = 0;
+    auto update = [&](std::int64_t i, const T* t, const T* q) DEADSPEC_LAMBDA_INLINE {
+        const RowScale<T> sc = row_scale(b, i, s);
+        const T* x = b.x + i * n;
+        T* u = b.u ? b.u + (i - b.u0) * n : s.u.data();
+        double sum = 0.0;
+        refused += moments_t2_row<T, Fma, Rows, Cols>(
+            x, sc.ir, sc.ics, t, q, b.m + i * n, b.v + i * n, u, mu, cu, n, b.decay, hp.b1,
+            hp.b2, hp.inv_bc2_sqrt, hp.step_size, hp.eps, &sum);
+        if constexpr (Rows) {
+            if (!std::isfinite(sum)) {
+                for (std::int64_t j = 0; j < n; ++j)
+                    s.xt[static_cast<std::size_t>(j)] = (x[j] * b.decay) * (sc.ir * sc.ics[j]);
+                sum = rescue_dot(sum, u, s.xt.data(), n);
+            }
+            ru[i] = sum;
+        }
+    };
+    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+        const RowScale<T> sc = row_scale(b, i, s);
+        const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
+        const std::int64_t off = b.axis == 0 ? (i - it.r0) * n : 0;
+        T* t = s.t.data() + off;
+        const T a = b.a ? b.a[i] : T(0);
+        if (head) {
+            tangent_t2_row<T, Mode, true>(b.x + i * n, g, sc.r, sc.ir, sc.cs, sc.ics, a, b.bc,
+                                          b.nrm, mu, t, t2, n, b.decay, w2);
+            continue;
+        }
+        tangent_t2_row<T, Mode, false>(b.x + i * n, g, sc.r, sc.ir, sc.cs, sc.ics, a, b.bc,
+                                       b.nrm, mu, t, t2 + off, n, b.decay, w2);
+        if (b.axis == 1) {
+            mean_within_segments(t2, *b.segs);
+            update(i, t, t2);
+        }
+    }
+    if (b.axis == 1) return refused;
+    if (head) {
+        const T count = static_cast<T>(kept);
+        for (std::int64_t j = 0; j < n; ++j) t2[j] = t2[j] / count;
+    }
+    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+        const std::int64_t off = (i - it.r0) * n;
+        update(i, s.t.data() + off, head ? t2 : t2 + off);
+    }
+    return refused;
 }
 
 // Pass 1 over an item's rows, heads not rotated (moments_row); a row's Σ u·x̃ that is not
@@ -429,7 +571,30 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_rows(const SplitRef<T>& b, const Spl
     const T* mu = b.mu ? b.mu : s.zeros.data();
     const AdamScalars<T>& hp = b.hp;
     std::int64_t refused = 0;
-    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+    std::int64_t i = it.r0;
+    if constexpr (!Rows) {  // no row sums: kRowBlock rows at once
+        if (b.gs1 == 1) {
+            for (; i + kRowBlock <= it.r1; i += kRowBlock) {
+                T r[kRowBlock], ir[kRowBlock], a[kRowBlock];
+                for (int q = 0; q < kRowBlock; ++q) {
+                    const RowScale<T> sc = row_scale(b, i + q, s);
+                    r[q] = sc.r;
+                    ir[q] = sc.ir;
+                    a[q] = b.a ? b.a[i + q] : T(0);
+                }
+                const RowScale<T> sc = row_scale(b, i, s);
+                const std::int64_t k = i * n;
+                auto go = [&](auto keep) DEADSPEC_LAMBDA_INLINE {
+                    return moments_cols_block<T, Mode, Fma, Cols, decltype(keep)::value>(
+                        b.x + k, b.g + i * b.gs0, b.gs0, b.m + k, b.v + k, r, ir, sc.cs, sc.ics, a,
+                        b.bc, b.nrm, mu, b.u ? b.u + (i - b.u0) * n : nullptr, cu, n, b.decay,
+                        hp.b1, hp.b2, hp.inv_bc2_sqrt, hp.step_size, hp.eps);
+                };
+                refused += b.u ? go(std::true_type{}) : go(std::false_type{});
+            }
+        }
+    }
+    for (; i < it.r1; ++i) {
         const RowScale<T> sc = row_scale(b, i, s);
         const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
         const T* x = b.x + i * n;
@@ -454,57 +619,16 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_rows(const SplitRef<T>& b, const Spl
 template <typename T, int Mode, bool Fma>
 DEADSPEC_ALWAYS_INLINE std::int64_t moments_mode(const SplitRef<T>& b, const SplitItem& it,
                                                  SplitScratch<T>& s, double* ru, double* cu) {
-    const std::int64_t n = b.cols;
-    const T* mu = b.mu ? b.mu : s.zeros.data();
-    const AdamScalars<T>& hp = b.hp;
-    std::int64_t refused = 0;
     if (b.axis < 0) {
         if (ru && cu) return moments_rows<T, Mode, Fma, true, true>(b, it, s, ru, cu);
         if (ru) return moments_rows<T, Mode, Fma, true, false>(b, it, s, ru, cu);
         if (cu) return moments_rows<T, Mode, Fma, false, true>(b, it, s, ru, cu);
         return moments_rows<T, Mode, Fma, false, false>(b, it, s, ru, cu);
     }
-    // rotated heads: (1−β₂)·t² averaged within each head before it enters v — along the row
-    // (axis 1), or over the head's rows per column (axis 0: this item is a head, or rows
-    // outside the heads)
-    const std::int64_t kept = b.axis == 0 ? it.r1 - it.r0 : 1;
-    fit(s.t, static_cast<std::size_t>(kept * n));
-    fit(s.t2, static_cast<std::size_t>(kept * n));
-    auto update = [&](std::int64_t i, const T* t, const T* t2) DEADSPEC_LAMBDA_INLINE {
-        scales_row(b, i, s);
-        T* u = b.u ? b.u + (i - b.u0) * n : s.u.data();
-        refused += moments_t2_loop<T>(b.x + i * n, s.isig.data(), t, t2, b.m + i * n,
-                                      b.v + i * n, u, s.xt.data(), n, b.decay, hp.b1, hp.b2,
-                                      hp.inv_bc2_sqrt, hp.step_size, hp.eps);
-        update_sums<T, Fma>(i, n, mu, u, s, ru, cu);
-    };
-    for (std::int64_t i = it.r0; i < it.r1; ++i) {
-        const std::int64_t off = b.axis == 0 ? (i - it.r0) * n : 0;
-        scales_row(b, i, s);
-        const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
-        tangent_loop<T, Mode>(b.x + i * n, g, s.sig.data(), s.isig.data(), b.a ? b.a[i] : T(0),
-                              b.bc, b.nrm, mu, s.t.data() + off, s.xt.data(), n, b.decay);
-        t2_loop<T>(s.t.data() + off, s.t2.data() + off, n, T(1) - hp.b2);
-        if (b.axis == 1) {
-            mean_within_segments(s.t2.data(), *b.segs);
-            update(i, s.t.data(), s.t2.data());
-        }
-    }
-    if (b.axis == 1) return refused;
-    if (it.segment) {  // per column, the mean over the head's rows (summed in row order)
-        T* __restrict t2 = s.t2.data();
-        T* __restrict sum = s.gt.data();
-        std::fill(sum, sum + n, T(0));
-        for (std::int64_t k = 0; k < kept; ++k)
-            for (std::int64_t j = 0; j < n; ++j) sum[j] += t2[k * n + j];
-        const T count = static_cast<T>(kept);
-        for (std::int64_t j = 0; j < n; ++j) sum[j] = sum[j] / count;
-        for (std::int64_t k = 0; k < kept; ++k)
-            for (std::int64_t j = 0; j < n; ++j) t2[k * n + j] = sum[j];
-    }
-    for (std::int64_t i = it.r0; i < it.r1; ++i)
-        update(i, s.t.data() + (i - it.r0) * n, s.t2.data() + (i - it.r0) * n);
-    return refused;
+    if (ru && cu) return moments_rotated<T, Mode, Fma, true, true>(b, it, s, ru, cu);
+    if (ru) return moments_rotated<T, Mode, Fma, true, false>(b, it, s, ru, cu);
+    if (cu) return moments_rotated<T, Mode, Fma, false, true>(b, it, s, ru, cu);
+    return moments_rotated<T, Mode, Fma, false, false>(b, it, s, ru, cu);
 }
 
 template <typename T, bool Fma>
@@ -546,6 +670,45 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_loop(
     return refused;
 }
 
+// apply_loop on kRowBlock rows at once (rows x + q·n, m + q·n, v + q·n, ku + q·n), the
+// per-column factors read once per kRowBlock rows; every element as apply_loop computes it.
+template <typename T, int Mode, int Cm, bool Kept>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_block(
+    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict ku,
+    const T* __restrict sr, const T* __restrict sir, const T* __restrict cs,
+    const T* __restrict ics, const T* __restrict ra, const T* __restrict bc,
+    const T* __restrict nrm, const T* __restrict mu, const T* __restrict rr,
+    const T* __restrict c, std::int64_t n, T f, T ibc, T ss, T eps) {
+    T r[kRowBlock], ir[kRowBlock], a[kRowBlock], rm[kRowBlock];
+    for (int q = 0; q < kRowBlock; ++q) {
+        r[q] = sr[q];
+        ir[q] = sir[q];
+        a[q] = ra[q];
+        rm[q] = rr[q];
+    }
+    CommitCount<T> refused = 0;
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < n; ++j) {
+        const T cj = cs[j], icj = ics[j];
+        for (int q = 0; q < kRowBlock; ++q) {
+            const std::int64_t k = q * n + j;
+            const T sig = r[q] * cj;
+            const T xj = x[k] * f;
+            const T xtj = xj * (ir[q] * icj);
+            const T uk = Kept ? ku[k] : split_update(m[k], v[k], ibc, ss, eps);
+            const T u = split_project<T, Mode>(uk, xtj, a[q], bc, nrm, mu, j);
+            T xn = xj * rm[q];
+            if constexpr (Cm == 1) xn = xn * c[j];
+            if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig * (xtj - mu[j]));
+            const T xk = xn - sig * u;
+            const bool ok = (xk - xk) == T(0);
+            x[k] = pick(ok, xk, xj);
+            refused += ok ? CommitCount<T>(0) : CommitCount<T>(1);
+        }
+    }
+    return refused;
+}
+
 template <typename T, int Mode, int Cm, bool Kept>
 DEADSPEC_ALWAYS_INLINE std::int64_t apply_mode(const SplitRef<T>& b, const SplitItem& it,
                                                SplitScratch<T>& s) {
@@ -553,7 +716,23 @@ DEADSPEC_ALWAYS_INLINE std::int64_t apply_mode(const SplitRef<T>& b, const Split
     const T* mu = b.mu ? b.mu : s.zeros.data();
     const AdamScalars<T>& hp = b.hp;
     std::int64_t refused = 0;
-    for (std::int64_t i = it.r0; i < it.r1; ++i) {
+    std::int64_t i = it.r0;
+    for (; i + kRowBlock <= it.r1; i += kRowBlock) {
+        T r[kRowBlock], ir[kRowBlock], a[kRowBlock], rm[kRowBlock];
+        for (int q = 0; q < kRowBlock; ++q) {
+            const RowScale<T> sc = row_scale(b, i + q, s);
+            r[q] = sc.r;
+            ir[q] = sc.ir;
+            a[q] = b.a ? b.a[i + q] : T(0);
+            rm[q] = b.rm ? b.rm[i + q] : T(1);
+        }
+        const RowScale<T> sc = row_scale(b, i, s);
+        refused += static_cast<std::int64_t>(apply_block<T, Mode, Cm, Kept>(
+            b.x + i * n, b.m + i * n, b.v + i * n, Kept ? b.u + (i - b.u0) * n : nullptr, r, ir,
+            sc.cs, sc.ics, a, b.bc, b.nrm, mu, rm, b.cm, n, b.decay, hp.inv_bc2_sqrt,
+            hp.step_size, hp.eps));
+    }
+    for (; i < it.r1; ++i) {
         const RowScale<T> sc = row_scale(b, i, s);
         refused += static_cast<std::int64_t>(apply_loop<T, Mode, Cm, Kept>(
             b.x + i * n, b.m + i * n, b.v + i * n, Kept ? b.u + (i - b.u0) * n : nullptr, sc.r, sc.ir,
