@@ -19,17 +19,23 @@ Before each timed step the script runs an untimed torch matmul (``--after torch`
 default), as a backward pass precedes every step in training; ``--after none`` times the steps
 back to back.
 
+``--isolate`` times every method in a fresh process of the script (the same models: seeded), so
+that none inherits another's heap, thread pools or state; in one process the split form's step
+was seen to take 4.1–4.3 ms after two other optimizers had run, against 2.0–2.6 ms alone.
+
     python bench/python/bench_optim.py [--repeat 20] [--threads 2] [--after torch|none]
-                                       [--csv out.csv] [--smoke]
+                                       [--isolate] [--csv out.csv] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -151,6 +157,17 @@ def _time_step(make, model: nn.Module, repeat: int, after: str) -> list[float]:
     return times
 
 
+def _time_isolated(argv: list[str] | None, mname: str, oname: str) -> list[float]:
+    """``_time_step`` of one method in a fresh process of this script (``--isolate``)."""
+    rest = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--isolate",)]
+    out = subprocess.run([sys.executable, __file__, *rest, "--only", f"{mname}::{oname}"],
+                         capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("#times "):
+            return json.loads(line[len("#times "):])
+    raise RuntimeError(f"{oname} on {mname}: the isolated run failed: {out.stderr[-500:]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch and deadspec threads")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny models, 2 steps (CI bit-rot check)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="time every method in a fresh process of this script, so that none "
+                    "inherits another's heap, thread pools or state")
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)  # (MODEL::METHOD, --isolate)
     ap.add_argument("--after", choices=["torch", "none"], default="torch",
                     help="before each timed step: a torch matmul, as training's backward pass "
                     "(default), or nothing (steps back to back)")
@@ -166,11 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         deadspec.set_num_threads(args.threads)
     repeat = 2 if args.smoke else args.repeat
+    torch.manual_seed(0)  # (the same models in every process of --isolate)
     models = (
         {"mlp 4x64": _mlp(64, 4), "transformer 2x32": _transformer(32, 2)}
         if args.smoke
         else {"mlp 4x1024": _mlp(1024, 4), "transformer 2x256": _transformer(256, 2)}
     )
+    if args.only:
+        mname, oname = args.only.split("::")
+        times = _time_step(_optimizers(models[mname])[oname], models[mname], repeat, args.after)
+        print("#times " + json.dumps(times))
+        return 0
     print(f"# torch {torch.__version__} ({torch.get_num_threads()} threads), deadspec "
           f"{deadspec.__version__} ({deadspec.num_threads()} threads), load {os.getloadavg()}, "
           f"before each step: {'a torch matmul' if args.after == 'torch' else 'nothing'}")
@@ -182,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         first = len(rows)
         for oname, make in _optimizers(model).items():
             try:
-                times = _time_step(make, model, repeat, args.after)
+                times = (_time_isolated(argv, mname, oname) if args.isolate
+                         else _time_step(make, model, repeat, args.after))
             except (RuntimeError, ValueError, TypeError) as exc:  # e.g. fused AdamW unsupported
                 print(f"# {mname}: {oname} skipped: {exc}", file=sys.stderr)
                 continue

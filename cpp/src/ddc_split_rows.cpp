@@ -1,175 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-// The split form's row passes and per-unit step (detail/split_rows.hpp). Plain loops over one
-// row, vectorised for the ISA of the wrapper they are inlined into: the baseline, AVX2 or
+// The split form's passes 0 and 1 over row ranges of a block (detail/split_rows.hpp; pass 2 in
+// ddc_split_apply.cpp, the shared helpers in detail/split_loops.hpp). Plain loops over rows,
+// vectorised for the ISA of the wrapper they are inlined into: the baseline, AVX2 or
 // AVX-512, chosen at run time. Built without contraction into fused multiply-adds (see
 // cpp/CMakeLists.txt), every version rounds every operation alike: the same bits.
-#include "detail/split_rows.hpp"
-
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <limits>
-#include <type_traits>
-
-#include "detail/scaled_sum.hpp"
-
-// A lambda inlined into the ISA wrapper it is called from (a lambda does not take the target of
-// its enclosing function, so one left out of line runs the baseline loops).
-#if defined(__GNUC__) || defined(__clang__)
-#define DEADSPEC_LAMBDA_INLINE __attribute__((always_inline))
-#else
-#define DEADSPEC_LAMBDA_INLINE
-#endif
+#include "detail/split_loops.hpp"
 
 namespace deadspec::detail {
 
 namespace {
 
-// lr/(1−β₁ᵗ)·m/(√v/√(1−β₂ᵗ) + ε), 0 where the denominator is 0 (ε = 0 on a coordinate whose
-// moments are both 0). The quotient is formed unconditionally and then selected, so the loops
-// stay branch-free and vectorise; 0/0 where the denominator is 0 is discarded.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE T split_update(T mk, T vk, T ibc, T ss, T eps) {
-    const T den = std::sqrt(vk) * ibc + eps;
-    const T q = mk / den;
-    return (den > T(0) ? q : T(0)) * ss;
-}
-
-// v minus its radial part along the block (SplitMode): the tangential input (v = g̃) and the
-// re-projected update (v = u) alike. `b`, `nrm` are read only for kSplitCol.
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE T split_project(T v, T xj, T a, const T* __restrict b,
-                                       const T* __restrict nrm, const T* __restrict mu,
-                                       std::int64_t j) {
-    if constexpr (Mode == kSplitRow) return v - a * xj;
-    if constexpr (Mode == kSplitCol) return (v - b[j] * (xj - mu[j])) * nrm[j];
-    return v;
-}
-
-// σ and 1/σ along row i (x̃ = x·(1/σ), g̃ = g·σ; 1/σ formed as (1/ρ_i)·(1/c_j)). The loops
-// below take their rows as restrict-qualified arguments, not through SplitRef: only so does
-// GCC vectorise them.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void scale_loop(const T* __restrict cs, const T* __restrict ics, T r, T ir,
-                                       T* __restrict sig, T* __restrict isig, std::int64_t n) {
-    for (std::int64_t j = 0; j < n; ++j) {
-        sig[j] = r * cs[j];
-        isig[j] = ir * ics[j];
-    }
-}
-
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void scales_row(const SplitRef<T>& b, std::int64_t i, SplitScratch<T>& s) {
-    const T r = b.rs ? b.rs[i] : T(1);
-    if (b.cs && s.sig_cs == b.cs && s.sig_r == r) return;  // (the same row factor: as before)
-    s.sig_cs = b.cs;
-    s.sig_r = r;
-    const T ir = b.rs ? T(1) / r : T(1);
-    if (!b.cs) {
-        std::fill(s.sig.begin(), s.sig.begin() + b.cols, r);
-        std::fill(s.isig.begin(), s.isig.begin() + b.cols, ir);
-        return;
-    }
-    scale_loop(b.cs, b.ics, r, ir, s.sig.data(), s.isig.data(), b.cols);
-}
-
-// The float64 row sums: element j of a row goes to partial sum j mod kLanes, the partial sums
-// added pairwise at the end (a fixed order: every ISA's loop gives the same bits; a single
-// running sum could not be reordered without -ffast-math). 32 lanes are four 8-wide registers
-// per sum: independent chains, so that the adds' latency does not bound the loop.
-constexpr int kLanes = 32;
-
-// c + a·b, as a fused multiply-add where `Fma` (the AVX2/AVX-512 loops): the product of two
-// float32 values is exact in float64, so both forms round once and give the same bits. (Float64
-// inputs keep the separate multiply and add: their product is not exact.)
-template <bool Fma>
-DEADSPEC_ALWAYS_INLINE double madd(double a, double b, double c) {
-    if constexpr (Fma) return __builtin_fma(a, b, c);
-    return c + a * b;
-}
-
-DEADSPEC_ALWAYS_INLINE double lanes_sum(double* acc) {
-    for (int w = kLanes / 2; w >= 1; w /= 2)
-        for (int k = 0; k < w; ++k) acc[k] += acc[k + w];
-    return acc[0];
-}
-
-// σ along row i in factors, formed where used (σ_j = r·c_j, 1/σ_j = (1/r)·(1/c_j): the values
-// scales_row stores; `ones` for a block without column factors).
-template <typename T>
-struct RowScale {
-    T r, ir;
-    const T* cs;
-    const T* ics;
-};
-
-template <typename T>
-DEADSPEC_ALWAYS_INLINE RowScale<T> row_scale(const SplitRef<T>& b, std::int64_t i,
-                                            const SplitScratch<T>& s) {
-    const T r = b.rs ? b.rs[i] : T(1);
-    const T ir = b.rs ? T(1) / r : T(1);
-    return {r, ir, b.cs ? b.cs : s.ones.data(), b.cs ? b.ics : s.ones.data()};
-}
-
-// Where a row sum is not finite and every input is: the same sum scaled (±inf only where the exact
-// sum exceeds float64).
-template <typename T>
-double rescue_dot(double r, const T* a, const T* b, std::int64_t n) {
-    ScaledSum acc;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const double x = static_cast<double>(a[j]), y = static_cast<double>(b[j]);
-        if (!std::isfinite(x) || !std::isfinite(y)) return r;
-        acc.add(term(x, y));
-    }
-    return acc.value();
-}
-
-// Adds a·b to a column's rescue sum; false (the column keeps its plain sum) for a non-finite
-// factor.
-inline bool add_term(ScaledSum& acc, double a, double b) {
-    if (!std::isfinite(a) || !std::isfinite(b)) return false;
-    acc.add(term(a, b));
-    return true;
-}
-
-// The largest |g| of a row as the bit pattern of |g| (sign cleared): integer order is numeric
-// order for IEEE values of one sign, with Inf above every finite value and NaN above Inf.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE std::uint64_t absmax_bits(const T* __restrict p, std::int64_t n) {
-    using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-    const U mask = ~(U(1) << (8 * sizeof(T) - 1));
-    U top = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        U u;
-        std::memcpy(&u, p + j, sizeof(T));
-        u &= mask;
-        top = u > top ? u : top;
-    }
-    return top;
-}
-
-template <typename T>
-void fit(std::vector<T>& v, std::size_t n) {
-    if (v.size() < n) v.resize(n);
-}
-
-// (called at the start of every item: the factors in sig/isig are not trusted across items)
-template <typename T>
-void fit_rows(SplitScratch<T>& s, std::int64_t cols) {
-    s.sig_cs = nullptr;
-    const auto n = static_cast<std::size_t>(cols);
-    for (auto* v : {&s.sig, &s.isig, &s.xt, &s.gt, &s.u}) fit(*v, n);
-    if (s.zeros.size() < n) s.zeros.assign(n, T(0));
-    if (s.ones.size() < n) s.ones.assign(n, T(1));
-}
-
 // ---- pass 0 ------------------------------------------------------------------------------
 
-template <typename T>
-using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-
 // Pass 0 on one row in one loop, x̃ = (x·f)·(1/σ) and g̃ = g·σ formed in registers: Σ g̃x̃ and
-// Σ x̃² into out[0], out[1] (Rows; the lanes above), Σ g̃·P x̃ (Cols >= 1) and Σ (P x̃)²
+// Σ x̃² into out[0], out[1] (Rows; the lanes, kLanes), Σ g̃·P x̃ (Cols >= 1) and Σ (P x̃)²
 // (Cols = 2) added to ca, cb; the largest |g| as bits (absmax_bits) into top (Top).
 template <typename T, bool Fma, bool Rows, int Cols, bool Top>
 DEADSPEC_ALWAYS_INLINE void sums_row(const T* __restrict x, const T* __restrict g, T sr, T sir,
@@ -217,8 +61,6 @@ DEADSPEC_ALWAYS_INLINE void sums_row(const T* __restrict x, const T* __restrict 
 // the rows in row order, as kRowBlock calls of sums_row would (the same bits), with ca, cb and
 // the column factors read and written once per kRowBlock rows instead of once per row. Rows
 // x + q·xs and g + q·gs; sr, sir their row factors.
-constexpr int kRowBlock = 4;
-
 template <typename T, bool Fma, int Cols, bool Top>
 DEADSPEC_ALWAYS_INLINE void sums_cols_block(const T* __restrict x, std::int64_t xs,
                                             const T* __restrict g, std::int64_t gs,
@@ -342,16 +184,6 @@ DEADSPEC_ALWAYS_INLINE void sums_impl(const SplitRef<T>& b, const SplitItem& it,
 }
 
 // ---- pass 1 ------------------------------------------------------------------------------
-
-// The check before commit of new moments (mk, vk): where either is not finite they become the
-// pre-step (m0, v0) (detail::commit on values, so that the loops vectorise); 1 when refused.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE CommitCount<T> keep_finite(T m0, T v0, T& mk, T& vk) {
-    const bool ok = ((mk - mk) + (vk - vk)) == T(0);
-    mk = pick(ok, mk, m0);
-    vk = pick(ok, vk, v0);
-    return ok ? CommitCount<T>(0) : CommitCount<T>(1);
-}
 
 // One row of pass 1 in one loop (heads not rotated), σ formed in registers (σ_j = r·c_j,
 // 1/σ_j = (1/r)·(1/c_j), as scales_row): the tangential input, the moments (checked before
@@ -641,132 +473,6 @@ DEADSPEC_ALWAYS_INLINE std::int64_t moments_impl(const SplitRef<T>& b, const Spl
     return moments_mode<T, kSplitPlain, Fma>(b, it, s, ru, cu);
 }
 
-// ---- pass 2 ------------------------------------------------------------------------------
-
-// Cm: 0 no column factor, 1 x·c_j, 2 only the centred part scaled (x + (c_j − 1)·σ·P x̃).
-// Kept: the update read from `ku` (pass 1's), else recomputed from the moments (the same bits).
-// σ formed in registers from its factors (moments_row).
-template <typename T, int Mode, int Cm, bool Kept>
-DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_loop(
-    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict ku,
-    T sr, T sir, const T* __restrict cs, const T* __restrict ics, T a, const T* __restrict bc,
-    const T* __restrict nrm, const T* __restrict mu, T r, const T* __restrict c, std::int64_t n,
-    T f, T ibc, T ss, T eps) {
-    CommitCount<T> refused = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T sig = sr * cs[j];
-        const T xj = x[j] * f;
-        const T xtj = xj * (sir * ics[j]);
-        const T uk = Kept ? ku[j] : split_update(m[j], v[j], ibc, ss, eps);
-        const T u = split_project<T, Mode>(uk, xtj, a, bc, nrm, mu, j);
-        T xn = xj * r;
-        if constexpr (Cm == 1) xn = xn * c[j];
-        if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig * (xtj - mu[j]));
-        const T xk = xn - sig * u;
-        const bool ok = (xk - xk) == T(0);  // a non-finite x keeps its (decayed) value
-        x[j] = pick(ok, xk, xj);
-        refused += ok ? CommitCount<T>(0) : CommitCount<T>(1);
-    }
-    return refused;
-}
-
-// apply_loop on kRowBlock rows at once (rows x + q·n, m + q·n, v + q·n, ku + q·n), the
-// per-column factors read once per kRowBlock rows; every element as apply_loop computes it.
-template <typename T, int Mode, int Cm, bool Kept>
-DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_block(
-    T* __restrict x, const T* __restrict m, const T* __restrict v, const T* __restrict ku,
-    const T* __restrict sr, const T* __restrict sir, const T* __restrict cs,
-    const T* __restrict ics, const T* __restrict ra, const T* __restrict bc,
-    const T* __restrict nrm, const T* __restrict mu, const T* __restrict rr,
-    const T* __restrict c, std::int64_t n, T f, T ibc, T ss, T eps) {
-    T r[kRowBlock], ir[kRowBlock], a[kRowBlock], rm[kRowBlock];
-    for (int q = 0; q < kRowBlock; ++q) {
-        r[q] = sr[q];
-        ir[q] = sir[q];
-        a[q] = ra[q];
-        rm[q] = rr[q];
-    }
-    CommitCount<T> refused = 0;
-#pragma GCC ivdep
-    for (std::int64_t j = 0; j < n; ++j) {
-        const T cj = cs[j], icj = ics[j];
-        for (int q = 0; q < kRowBlock; ++q) {
-            const std::int64_t k = q * n + j;
-            const T sig = r[q] * cj;
-            const T xj = x[k] * f;
-            const T xtj = xj * (ir[q] * icj);
-            const T uk = Kept ? ku[k] : split_update(m[k], v[k], ibc, ss, eps);
-            const T u = split_project<T, Mode>(uk, xtj, a[q], bc, nrm, mu, j);
-            T xn = xj * rm[q];
-            if constexpr (Cm == 1) xn = xn * c[j];
-            if constexpr (Cm == 2) xn = xn + (c[j] - T(1)) * (sig * (xtj - mu[j]));
-            const T xk = xn - sig * u;
-            const bool ok = (xk - xk) == T(0);
-            x[k] = pick(ok, xk, xj);
-            refused += ok ? CommitCount<T>(0) : CommitCount<T>(1);
-        }
-    }
-    return refused;
-}
-
-template <typename T, int Mode, int Cm, bool Kept>
-DEADSPEC_ALWAYS_INLINE std::int64_t apply_mode(const SplitRef<T>& b, const SplitItem& it,
-                                               SplitScratch<T>& s) {
-    const std::int64_t n = b.cols;
-    const T* mu = b.mu ? b.mu : s.zeros.data();
-    const AdamScalars<T>& hp = b.hp;
-    std::int64_t refused = 0;
-    std::int64_t i = it.r0;
-    for (; i + kRowBlock <= it.r1; i += kRowBlock) {
-        T r[kRowBlock], ir[kRowBlock], a[kRowBlock], rm[kRowBlock];
-        for (int q = 0; q < kRowBlock; ++q) {
-            const RowScale<T> sc = row_scale(b, i + q, s);
-            r[q] = sc.r;
-            ir[q] = sc.ir;
-            a[q] = b.a ? b.a[i + q] : T(0);
-            rm[q] = b.rm ? b.rm[i + q] : T(1);
-        }
-        const RowScale<T> sc = row_scale(b, i, s);
-        refused += static_cast<std::int64_t>(apply_block<T, Mode, Cm, Kept>(
-            b.x + i * n, b.m + i * n, b.v + i * n, Kept ? b.u + (i - b.u0) * n : nullptr, r, ir,
-            sc.cs, sc.ics, a, b.bc, b.nrm, mu, rm, b.cm, n, b.decay, hp.inv_bc2_sqrt,
-            hp.step_size, hp.eps));
-    }
-    for (; i < it.r1; ++i) {
-        const RowScale<T> sc = row_scale(b, i, s);
-        refused += static_cast<std::int64_t>(apply_loop<T, Mode, Cm, Kept>(
-            b.x + i * n, b.m + i * n, b.v + i * n, Kept ? b.u + (i - b.u0) * n : nullptr, sc.r, sc.ir,
-            sc.cs, sc.ics, b.a ? b.a[i] : T(0), b.bc, b.nrm, mu, b.rm ? b.rm[i] : T(1), b.cm, n,
-            b.decay, hp.inv_bc2_sqrt, hp.step_size, hp.eps));
-    }
-    return refused;
-}
-
-template <typename T, int Mode, int Cm>
-DEADSPEC_ALWAYS_INLINE std::int64_t apply_kept(const SplitRef<T>& b, const SplitItem& it,
-                                               SplitScratch<T>& s) {
-    if (b.u) return apply_mode<T, Mode, Cm, true>(b, it, s);
-    return apply_mode<T, Mode, Cm, false>(b, it, s);
-}
-
-template <typename T, int Mode>
-DEADSPEC_ALWAYS_INLINE std::int64_t apply_cm(const SplitRef<T>& b, const SplitItem& it,
-                                             SplitScratch<T>& s) {
-    if (!b.cm) return apply_kept<T, Mode, 0>(b, it, s);
-    if (!b.mu) return apply_kept<T, Mode, 1>(b, it, s);
-    return apply_kept<T, Mode, 2>(b, it, s);
-}
-
-template <typename T>
-DEADSPEC_ALWAYS_INLINE std::int64_t apply_impl(const SplitRef<T>& b, const SplitItem& it,
-                                               SplitScratch<T>& s) {
-    fit_rows(s, b.cols);
-    const int mode = b.mode();
-    if (mode == kSplitRow) return apply_cm<T, kSplitRow>(b, it, s);
-    if (mode == kSplitCol) return apply_cm<T, kSplitCol>(b, it, s);
-    return apply_cm<T, kSplitPlain>(b, it, s);
-}
-
 // ---- the run-time ISA choice ---------------------------------------------------------------
 
 template <typename T>
@@ -779,20 +485,8 @@ std::int64_t moments_base(const SplitRef<T>& b, const SplitItem& it, SplitScratc
                           double* ru, double* cu) {
     return moments_impl<T, false>(b, it, s, ru, cu);
 }
-template <typename T>
-std::int64_t apply_base(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s) {
-    return apply_impl<T>(b, it, s);
-}
 
 #ifdef DEADSPEC_DDC_AVX2
-// The ISAs' targets, with fused multiply-adds (madd); the AVX2 loops run where FMA does.
-#define DEADSPEC_SPLIT_AVX2 __attribute__((target("avx2,fma")))
-#define DEADSPEC_SPLIT_AVX512 \
-    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
-bool has_avx2_fma() {
-    static const bool yes = has_avx2() && __builtin_cpu_supports("fma") != 0;
-    return yes;
-}
 template <typename T>
 DEADSPEC_SPLIT_AVX2 void sums_avx2(const SplitRef<T>& b, const SplitItem& it,
                                                SplitScratch<T>& s, double* a, double* c,
@@ -807,11 +501,6 @@ DEADSPEC_SPLIT_AVX2 std::int64_t moments_avx2(const SplitRef<T>& b,
     return moments_impl<T, true>(b, it, s, ru, cu);
 }
 template <typename T>
-DEADSPEC_SPLIT_AVX2 std::int64_t apply_avx2(const SplitRef<T>& b, const SplitItem& it,
-                                                        SplitScratch<T>& s) {
-    return apply_impl<T>(b, it, s);
-}
-template <typename T>
 DEADSPEC_SPLIT_AVX512 void sums_avx512(const SplitRef<T>& b, const SplitItem& it,
                                      SplitScratch<T>& s, double* a, double* c, double* d,
                                      double* e, std::uint64_t* top) {
@@ -821,11 +510,6 @@ template <typename T>
 DEADSPEC_SPLIT_AVX512 std::int64_t moments_avx512(const SplitRef<T>& b, const SplitItem& it,
                                                 SplitScratch<T>& s, double* ru, double* cu) {
     return moments_impl<T, true>(b, it, s, ru, cu);
-}
-template <typename T>
-DEADSPEC_SPLIT_AVX512 std::int64_t apply_avx512(const SplitRef<T>& b, const SplitItem& it,
-                                              SplitScratch<T>& s) {
-    return apply_impl<T>(b, it, s);
 }
 #endif
 
@@ -873,62 +557,11 @@ std::int64_t split_moments_rows(const SplitRef<T>& b, const SplitItem& it, Split
     return moments_base<T>(b, it, s, row_u, col_u);
 }
 
-template <typename T>
-std::int64_t split_apply_rows(const SplitRef<T>& b, const SplitItem& it, SplitScratch<T>& s) {
-#ifdef DEADSPEC_DDC_AVX2
-    if (has_avx512()) return apply_avx512<T>(b, it, s);
-    if (has_avx2_fma()) return apply_avx2<T>(b, it, s);
-#endif
-    return apply_base<T>(b, it, s);
-}
-
-template <typename T>
-void split_rescue_columns(const SplitRef<T>& b, SplitScratch<T>& s, bool moments, double* ca,
-                          double* cb) {
-    if (!b.two_d) return;
-    const std::int64_t n = b.cols;
-    std::vector<std::int64_t> cols;
-    for (std::int64_t j = 0; j < n; ++j)
-        if (!std::isfinite(ca[j]) || (cb && !std::isfinite(cb[j]))) cols.push_back(j);
-    if (cols.empty()) return;
-    fit_rows(s, n);
-    const T* mu = b.mu ? b.mu : s.zeros.data();
-    std::vector<ScaledSum> sa(cols.size()), sb(cols.size());
-    std::vector<char> ok(cols.size(), 1);
-    for (std::int64_t i = 0; i < b.rows; ++i) {
-        scales_row(b, i, s);
-        const T* gi = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
-        for (std::size_t q = 0; q < cols.size(); ++q) {
-            if (!ok[q]) continue;
-            const std::int64_t j = cols[q], k = i * n + j;
-            const T xj = (b.x[k] * b.decay) * s.isig[static_cast<std::size_t>(j)];
-            const double pc = static_cast<double>(xj - mu[j]);
-            if (moments) {
-                const T uj = split_update(b.m[k], b.v[k], b.hp.inv_bc2_sqrt, b.hp.step_size,
-                                          b.hp.eps);
-                ok[q] = add_term(sa[q], static_cast<double>(uj), pc);
-            } else {
-                const T gj = gi[j] * s.sig[static_cast<std::size_t>(j)];
-                ok[q] = add_term(sa[q], static_cast<double>(gj), pc) && add_term(sb[q], pc, pc);
-            }
-        }
-    }
-    for (std::size_t q = 0; q < cols.size(); ++q) {
-        if (!ok[q]) continue;
-        ca[cols[q]] = sa[q].value();
-        if (cb) cb[cols[q]] = sb[q].value();
-    }
-}
-
 #define DEADSPEC_SPLIT_ROWS(T)                                                                  \
     template void split_sums_rows<T>(const SplitRef<T>&, const SplitItem&, SplitScratch<T>&,    \
                                      double*, double*, double*, double*, std::uint64_t*);        \
     template std::int64_t split_moments_rows<T>(const SplitRef<T>&, const SplitItem&,           \
-                                                SplitScratch<T>&, double*, double*);             \
-    template std::int64_t split_apply_rows<T>(const SplitRef<T>&, const SplitItem&,             \
-                                              SplitScratch<T>&);                                 \
-    template void split_rescue_columns<T>(const SplitRef<T>&, SplitScratch<T>&, bool, double*,  \
-                                          double*);
+                                                SplitScratch<T>&, double*, double*);
 DEADSPEC_SPLIT_ROWS(float)
 DEADSPEC_SPLIT_ROWS(double)
 #undef DEADSPEC_SPLIT_ROWS

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The split form's passes over row ranges of a block, and its per-unit step: one arithmetic for
 // the per-block passes (ddc_split.cpp) and the bound plan (ddc_split_plan.cpp), which must give
-// the same bits (ddc_split_rows.cpp).
+// the same bits (ddc_split_rows.cpp, ddc_split_apply.cpp).
 #pragma once
 
 #include <cstdint>
