@@ -23,6 +23,9 @@ namespace deadspec {
 
 namespace {
 
+using detail::absmax_loop;
+using detail::Bits;
+
 using detail::buffer_view;
 
 // Passes over fewer elements than this in all run on the calling thread. Below the element-wise
@@ -31,27 +34,6 @@ using detail::buffer_view;
 constexpr std::int64_t kPlanParallel = std::int64_t(1) << 18;
 // Work items of the gradient pass, in elements.
 constexpr std::int64_t kCheckChunk = std::int64_t(1) << 15;
-
-template <typename T>
-using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-
-// The largest |g| of n contiguous values as the bit pattern of |g| (sign cleared): for IEEE
-// values of one sign the integer order is the numeric order, with Inf above every finite value
-// and NaN above Inf, so one integer max (which vectorises) finds both the bound and a
-// non-finite entry.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE Bits<T> absmax_loop(const T* __restrict p, std::int64_t n) {
-    using U = Bits<T>;
-    const U mask = ~(U(1) << (8 * sizeof(T) - 1));
-    U top = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        U u;
-        std::memcpy(&u, p + j, sizeof(T));
-        u &= mask;
-        top = u > top ? u : top;
-    }
-    return top;
-}
 
 template <typename T>
 Bits<T> absmax_base(const T* p, std::int64_t n) {

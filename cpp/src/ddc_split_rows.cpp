@@ -12,9 +12,19 @@ namespace {
 
 // ---- pass 0 ------------------------------------------------------------------------------
 
+// Calls one(j, k) for every element j of a row of n, k = j mod kLanes: the partial sum of the
+// row sums that element j goes to.
+template <typename One>
+DEADSPEC_ALWAYS_INLINE void over_lanes(std::int64_t n, One&& one) {
+    std::int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes)
+        for (int k = 0; k < kLanes; ++k) one(j + k, k);
+    for (int k = 0; j < n; ++j, ++k) one(j, k);
+}
+
 // Pass 0 on one row in one loop, x̃ = (x·f)·(1/σ) and g̃ = g·σ formed in registers: Σ g̃x̃ and
 // Σ x̃² into out[0], out[1] (Rows; the lanes, kLanes), Σ g̃·P x̃ (Cols >= 1) and Σ (P x̃)²
-// (Cols = 2) added to ca, cb; the largest |g| as bits (absmax_bits) into top (Top).
+// (Cols = 2) added to ca, cb; the largest |g| as bits (absmax_loop) into top (Top).
 template <typename T, bool Fma, bool Rows, int Cols, bool Top>
 DEADSPEC_ALWAYS_INLINE void sums_row(const T* __restrict x, const T* __restrict g, T sr, T sir,
                                      const T* __restrict cs, const T* __restrict ics,
@@ -45,10 +55,7 @@ DEADSPEC_ALWAYS_INLINE void sums_row(const T* __restrict x, const T* __restrict 
             tp[k] = u > tp[k] ? u : tp[k];
         }
     };
-    std::int64_t j = 0;
-    for (; j + kLanes <= n; j += kLanes)
-        for (int k = 0; k < kLanes; ++k) one(j + k, k);
-    for (int k = 0; j < n; ++j, ++k) one(j, k);
+    over_lanes(n, one);
     if constexpr (Rows) {
         out[0] = lanes_sum(ag);
         out[1] = lanes_sum(ax);
@@ -139,7 +146,7 @@ DEADSPEC_ALWAYS_INLINE void sums_rows(const SplitRef<T>& b, const SplitItem& it,
         const T* g = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
         const T* x = b.x + i * n;
         if constexpr (!Rows && Cols == 0) {
-            top = std::max(top, static_cast<Bits<T>>(absmax_bits(g, n)));
+            top = std::max(top, absmax_loop<T>(g, n));
         } else {
             const RowScale<T> sc = row_scale(b, i, s);
             double out[2];
@@ -185,6 +192,30 @@ DEADSPEC_ALWAYS_INLINE void sums_impl(const SplitRef<T>& b, const SplitItem& it,
 
 // ---- pass 1 ------------------------------------------------------------------------------
 
+// Pass 1's commit of element j (lane k): the moments, checked before commit, stored; the update
+// into u; its Σ u·x̃ into lane k of acc (Rows) and Σ u·P x̃ into cu[j] (Cols).
+template <typename T, bool F, bool Rows, bool Cols>
+DEADSPEC_ALWAYS_INLINE void commit_lane(T m0, T v0, T mk, T vk, T xj, std::int64_t j, int k,
+                                        T* __restrict m, T* __restrict v, T* __restrict u,
+                                        const T* __restrict mu, double* __restrict cu,
+                                        double* acc, CommitCount<T>* cnt, T ibc, T ss, T eps) {
+    cnt[k] += keep_finite(m0, v0, mk, vk);
+    m[j] = mk;
+    v[j] = vk;
+    const T uj = split_update(mk, vk, ibc, ss, eps);
+    u[j] = uj;
+    if constexpr (Rows) acc[k] = madd<F>(static_cast<double>(uj), static_cast<double>(xj), acc[k]);
+    if constexpr (Cols)
+        cu[j] = madd<F>(static_cast<double>(uj), static_cast<double>(xj - mu[j]), cu[j]);
+}
+
+template <typename T>
+DEADSPEC_ALWAYS_INLINE CommitCount<T> lanes_count(const CommitCount<T>* cnt) {
+    CommitCount<T> refused = 0;
+    for (int k = 0; k < kLanes; ++k) refused += cnt[k];
+    return refused;
+}
+
 // One row of pass 1 in one loop (heads not rotated), σ formed in registers (σ_j = r·c_j,
 // 1/σ_j = (1/r)·(1/c_j), as scales_row): the tangential input, the moments (checked before
 // commit), the update into u, its Σ u·x̃ (Rows; the lanes) into *ru and Σ u·P x̃ (Cols) added
@@ -207,23 +238,12 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_row(
         T vk = b2 * v0 + (w2 * tj) * tj;  // AdamW's order: overflows where it does
         // (checked before written: non-finite moments keep their pre-step values, and the update
         // is that of the moments as stored)
-        cnt[k] += keep_finite(m0, v0, mk, vk);
-        m[j] = mk;
-        v[j] = vk;
-        const T uj = split_update(mk, vk, ibc, ss, eps);
-        u[j] = uj;
-        if constexpr (Rows) acc[k] = madd<F>(static_cast<double>(uj), static_cast<double>(xj), acc[k]);
-        if constexpr (Cols)
-            cu[j] = madd<F>(static_cast<double>(uj), static_cast<double>(xj - mu[j]), cu[j]);
+        commit_lane<T, F, Rows, Cols>(m0, v0, mk, vk, xj, j, k, m, v, u, mu, cu, acc, cnt, ibc, ss,
+                                      eps);
     };
-    std::int64_t j = 0;
-    for (; j + kLanes <= n; j += kLanes)
-        for (int k = 0; k < kLanes; ++k) one(j + k, k);
-    for (int k = 0; j < n; ++j, ++k) one(j, k);
+    over_lanes(n, one);
     if constexpr (Rows) *ru = lanes_sum(acc);
-    CommitCount<T> refused = 0;
-    for (int k = 0; k < kLanes; ++k) refused += cnt[k];
-    return refused;
+    return lanes_count<T>(cnt);
 }
 
 // moments_row on kRowBlock rows at once, without row sums (Rows = false): each column's Σ u·P x̃
@@ -310,24 +330,13 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t2_row(
         const T m0 = m[j], v0 = v[j];
         T mk = b1 * m0 + w1 * t[j];
         T vk = b2 * v0 + t2[j];
-        cnt[k] += keep_finite(m0, v0, mk, vk);
-        m[j] = mk;
-        v[j] = vk;
-        const T uj = split_update(mk, vk, ibc, ss, eps);
-        u[j] = uj;
         const T xj = (x[j] * f) * (ir * ics[j]);
-        if constexpr (Rows) acc[k] = madd<F>(static_cast<double>(uj), static_cast<double>(xj), acc[k]);
-        if constexpr (Cols)
-            cu[j] = madd<F>(static_cast<double>(uj), static_cast<double>(xj - mu[j]), cu[j]);
+        commit_lane<T, F, Rows, Cols>(m0, v0, mk, vk, xj, j, k, m, v, u, mu, cu, acc, cnt, ibc, ss,
+                                      eps);
     };
-    std::int64_t j = 0;
-    for (; j + kLanes <= n; j += kLanes)
-        for (int k = 0; k < kLanes; ++k) one(j + k, k);
-    for (int k = 0; j < n; ++j, ++k) one(j, k);
+    over_lanes(n, one);
     if constexpr (Rows) *ru = lanes_sum(acc);
-    CommitCount<T> refused = 0;
-    for (int k = 0; k < kLanes; ++k) refused += cnt[k];
-    return refused;
+    return lanes_count<T>(cnt);
 }
 
 // Pass 1 over an item's rows, heads rotated: (1−β₂)·t² averaged within each head before it

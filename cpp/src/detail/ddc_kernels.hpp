@@ -35,6 +35,27 @@
 
 namespace deadspec::detail {
 
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+
+// The largest |x| of n contiguous values as the bit pattern of |x| (sign cleared): for IEEE
+// values of one sign the integer order is the numeric order, with Inf above every finite value
+// and NaN above Inf, so one integer max (which vectorises) finds both the bound and a
+// non-finite entry.
+template <typename T>
+DEADSPEC_ALWAYS_INLINE Bits<T> absmax_loop(const T* __restrict p, std::int64_t n) {
+    using U = Bits<T>;
+    const U mask = ~(U(1) << (8 * sizeof(T) - 1));
+    U top = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+        U u;
+        std::memcpy(&u, p + j, sizeof(T));
+        u &= mask;
+        top = u > top ? u : top;
+    }
+    return top;
+}
+
 #ifdef DEADSPEC_DDC_AVX2
 // Whether the AVX2 kernels run. DEADSPEC_DDC_ISA=baseline forces the baseline loop (to check the
 // two agree, or to rule the AVX2 path out); read once.

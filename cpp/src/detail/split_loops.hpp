@@ -133,22 +133,6 @@ inline bool add_term(ScaledSum& acc, double a, double b) {
     return true;
 }
 
-// The largest |g| of a row as the bit pattern of |g| (sign cleared): integer order is numeric
-// order for IEEE values of one sign, with Inf above every finite value and NaN above Inf.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE std::uint64_t absmax_bits(const T* __restrict p, std::int64_t n) {
-    using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-    const U mask = ~(U(1) << (8 * sizeof(T) - 1));
-    U top = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-        U u;
-        std::memcpy(&u, p + j, sizeof(T));
-        u &= mask;
-        top = u > top ? u : top;
-    }
-    return top;
-}
-
 template <typename T>
 void fit(std::vector<T>& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
@@ -163,9 +147,6 @@ void fit_rows(SplitScratch<T>& s, std::int64_t cols) {
     if (s.zeros.size() < n) s.zeros.assign(n, T(0));
     if (s.ones.size() < n) s.ones.assign(n, T(1));
 }
-
-template <typename T>
-using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
 
 // Rows taken at once by the column-only loops (pass 0's column sums, pass 1's moments, pass 2's
 // apply): each column's sums still take the rows in row order.
