@@ -177,19 +177,19 @@ void split_rescue_columns(const SplitRef<T>& b, SplitScratch<T>& s, bool moments
     std::vector<ScaledSum> sa(cols.size()), sb(cols.size());
     std::vector<char> ok(cols.size(), 1);
     for (std::int64_t i = 0; i < b.rows; ++i) {
-        scales_row(b, i, s);
+        const RowScale<T> sc = row_scale(b, i, s);
         const T* gi = gather_row(b.g, i, b.gs0, b.gs1, n, s.gbuf);
         for (std::size_t q = 0; q < cols.size(); ++q) {
             if (!ok[q]) continue;
             const std::int64_t j = cols[q], k = i * n + j;
-            const T xj = (b.x[k] * b.decay) * s.isig[static_cast<std::size_t>(j)];
+            const T xj = (b.x[k] * b.decay) * (sc.ir * sc.ics[j]);
             const double pc = static_cast<double>(xj - mu[j]);
             if (moments) {
                 const T uj = split_update(b.m[k], b.v[k], b.hp.inv_bc2_sqrt, b.hp.step_size,
                                           b.hp.eps);
                 ok[q] = add_term(sa[q], static_cast<double>(uj), pc);
             } else {
-                const T gj = gi[j] * s.sig[static_cast<std::size_t>(j)];
+                const T gj = gi[j] * (sc.r * sc.cs[j]);
                 ok[q] = add_term(sa[q], static_cast<double>(gj), pc) && add_term(sb[q], pc, pc);
             }
         }

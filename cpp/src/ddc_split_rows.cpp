@@ -217,7 +217,7 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> lanes_count(const CommitCount<T>* cnt) {
 }
 
 // One row of pass 1 in one loop (heads not rotated), σ formed in registers (σ_j = r·c_j,
-// 1/σ_j = (1/r)·(1/c_j), as scales_row): the tangential input, the moments (checked before
+// 1/σ_j = (1/r)·(1/c_j), as row_scale): the tangential input, the moments (checked before
 // commit), the update into u, its Σ u·x̃ (Rows; the lanes) into *ru and Σ u·P x̃ (Cols) added
 // to cu. Returns the elements refused.
 template <typename T, int Mode, bool Fma, bool Rows, bool Cols>
@@ -314,7 +314,7 @@ DEADSPEC_ALWAYS_INLINE void tangent_t2_row(const T* __restrict x, const T* __res
 
 // Rotated heads, the second half of pass 1 on one row in one loop: the moments from t and the
 // averaged t2 (checked before commit), the update into u, its Σ u·x̃ (Rows; the lanes) into *ru
-// and Σ u·P x̃ (Cols) added to cu, x̃ formed in registers (as scales_row's 1/σ). Returns the
+// and Σ u·P x̃ (Cols) added to cu, x̃ formed in registers (row_scale's 1/σ). Returns the
 // elements refused.
 template <typename T, bool Fma, bool Rows, bool Cols>
 DEADSPEC_ALWAYS_INLINE CommitCount<T> moments_t2_row(

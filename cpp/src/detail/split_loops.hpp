@@ -47,33 +47,6 @@ DEADSPEC_ALWAYS_INLINE T split_project(T v, T xj, T a, const T* __restrict b,
     return v;
 }
 
-// σ and 1/σ along row i (x̃ = x·(1/σ), g̃ = g·σ; 1/σ formed as (1/ρ_i)·(1/c_j)). The loops
-// below take their rows as restrict-qualified arguments, not through SplitRef: only so does
-// GCC vectorise them.
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void scale_loop(const T* __restrict cs, const T* __restrict ics, T r, T ir,
-                                       T* __restrict sig, T* __restrict isig, std::int64_t n) {
-    for (std::int64_t j = 0; j < n; ++j) {
-        sig[j] = r * cs[j];
-        isig[j] = ir * ics[j];
-    }
-}
-
-template <typename T>
-DEADSPEC_ALWAYS_INLINE void scales_row(const SplitRef<T>& b, std::int64_t i, SplitScratch<T>& s) {
-    const T r = b.rs ? b.rs[i] : T(1);
-    if (b.cs && s.sig_cs == b.cs && s.sig_r == r) return;  // (the same row factor: as before)
-    s.sig_cs = b.cs;
-    s.sig_r = r;
-    const T ir = b.rs ? T(1) / r : T(1);
-    if (!b.cs) {
-        std::fill(s.sig.begin(), s.sig.begin() + b.cols, r);
-        std::fill(s.isig.begin(), s.isig.begin() + b.cols, ir);
-        return;
-    }
-    scale_loop(b.cs, b.ics, r, ir, s.sig.data(), s.isig.data(), b.cols);
-}
-
 // The float64 row sums: element j of a row goes to partial sum j mod kLanes, the partial sums
 // added pairwise at the end (a fixed order: every ISA's loop gives the same bits; a single
 // running sum could not be reordered without -ffast-math). 32 lanes are four 8-wide registers
@@ -95,8 +68,8 @@ DEADSPEC_ALWAYS_INLINE double lanes_sum(double* acc) {
     return acc[0];
 }
 
-// σ along row i in factors, formed where used (σ_j = r·c_j, 1/σ_j = (1/r)·(1/c_j): the values
-// scales_row stores; `ones` for a block without column factors).
+// σ along row i in factors, formed where used (σ_j = r·c_j, 1/σ_j = (1/r)·(1/c_j); `ones` for a
+// block without column factors).
 template <typename T>
 struct RowScale {
     T r, ir;
@@ -138,12 +111,11 @@ void fit(std::vector<T>& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
-// (called at the start of every item: the factors in sig/isig are not trusted across items)
+// (called at the start of every item)
 template <typename T>
 void fit_rows(SplitScratch<T>& s, std::int64_t cols) {
-    s.sig_cs = nullptr;
     const auto n = static_cast<std::size_t>(cols);
-    for (auto* v : {&s.sig, &s.isig, &s.xt, &s.gt, &s.u}) fit(*v, n);
+    for (auto* v : {&s.xt, &s.gt, &s.u}) fit(*v, n);
     if (s.zeros.size() < n) s.zeros.assign(n, T(0));
     if (s.ones.size() < n) s.ones.assign(n, T(1));
 }

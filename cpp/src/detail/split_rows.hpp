@@ -54,10 +54,7 @@ struct SplitRef {
 /// One thread's scratch rows (grown on demand, kept between passes).
 template <typename T>
 struct SplitScratch {
-    std::vector<T> sig, isig, xt, gt, u, zeros, ones, gbuf, t, t2, ku;
-    // the row factor and column factors sig/isig hold (within one item; null: none)
-    const T* sig_cs = nullptr;
-    T sig_r = T(0);
+    std::vector<T> xt, gt, u, zeros, ones, gbuf, t, t2, ku;
 };
 
 /// A work item of a pass: rows [r0, r1) of a block; `segment`: a rotated head (axis 0) whose
