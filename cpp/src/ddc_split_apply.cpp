@@ -20,6 +20,8 @@ DEADSPEC_ALWAYS_INLINE CommitCount<T> apply_loop(
     const T* __restrict nrm, const T* __restrict mu, T r, const T* __restrict c, std::int64_t n,
     T f, T ibc, T ss, T eps) {
     CommitCount<T> refused = 0;
+// (ivdep: see over_lanes in ddc_split_rows.cpp)
+#pragma GCC ivdep
     for (std::int64_t j = 0; j < n; ++j) {
         const T sig = sr * cs[j];
         const T xj = x[j] * f;

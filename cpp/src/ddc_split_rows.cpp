@@ -14,11 +14,19 @@ namespace {
 
 // Calls one(j, k) for every element j of a row of n, k = j mod kLanes: the partial sum of the
 // row sums that element j goes to.
+//
+// `ivdep` on the hot loops of the split passes (here, tangent_t2_row, apply_loop) and of the
+// coordinate step: their arrays are distinct (rows of distinct tensors, or scratch). Without it
+// GCC cannot prove that across inlined helpers and emits a vector and a scalar copy of the loop,
+// chosen by a run-time address test; for some heap layouts the test picks the scalar copy, and
+// the step took twice as long (in a fresh process, or after other optimizers had run).
 template <typename One>
 DEADSPEC_ALWAYS_INLINE void over_lanes(std::int64_t n, One&& one) {
     std::int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes)
+#pragma GCC ivdep
         for (int k = 0; k < kLanes; ++k) one(j + k, k);
+#pragma GCC ivdep
     for (int k = 0; j < n; ++j, ++k) one(j, k);
 }
 
@@ -302,6 +310,7 @@ DEADSPEC_ALWAYS_INLINE void tangent_t2_row(const T* __restrict x, const T* __res
                                            const T* __restrict bc, const T* __restrict nrm,
                                            const T* __restrict mu, T* __restrict t,
                                            T* __restrict t2, std::int64_t n, T f, T w2) {
+#pragma GCC ivdep
     for (std::int64_t j = 0; j < n; ++j) {
         const T xj = (x[j] * f) * (ir * ics[j]);
         const T tj = split_project<T, Mode>(g[j] * (r * cs[j]), xj, a, bc, nrm, mu, j);

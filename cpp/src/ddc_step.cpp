@@ -53,6 +53,8 @@ DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> step_row_loop(
         }
         return refused;
     } else {
+// (ivdep: see over_lanes in ddc_split_rows.cpp)
+#pragma GCC ivdep
         for (std::int64_t j = 0; j < cols; ++j) {
             const T s = sigma_at<Mode>(sig, r, j);
             const T gt = gi[j] * s;
