@@ -200,6 +200,107 @@ std::int64_t step_row_g2(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T*
     return refused;
 }
 
+// Rotated rows with σ formed in registers (Mode, as step_row): the second-moment input
+// (1−β₂)·g̃² of a row stored into g2, or (Sum) added to it (a head's rows, in row order); and
+// the step of a row from g2, g̃ = g·σ formed again. The same products, in the same order, as
+// the materialised path (sigma_row, the scaled rows, step_row_g2_loop): the same bits.
+template <int Mode, bool Sum, typename T>
+DEADSPEC_ALWAYS_INLINE void g2_sq_loop(const T* __restrict gi, const T* __restrict sig, T r,
+                                       T w2, T* __restrict g2, std::int64_t cols) {
+    // (ivdep: see over_lanes in ddc_split_rows.cpp)
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < cols; ++j) {
+        const T gt = Mode == kSigmaNone ? gi[j] : gi[j] * sigma_at<Mode>(sig, r, j);
+        const T q = (w2 * gt) * gt;
+        if constexpr (Sum) g2[j] += q;
+        else g2[j] = q;
+    }
+}
+
+template <bool Keep, int Mode, typename T>
+DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> g2_step_loop(
+    T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gi,
+    const T* __restrict g2, const T* __restrict sig, T r, std::int64_t cols, T decay, T b1, T b2,
+    T inv_bc2_sqrt, T step_size, T eps) {
+    const T one = T(1);
+    detail::CommitCount<T> refused = 0;
+#pragma GCC ivdep
+    for (std::int64_t j = 0; j < cols; ++j) {
+        const T s = sigma_at<Mode>(sig, r, j);
+        const T gt = Mode == kSigmaNone ? gi[j] : gi[j] * s;
+        const T mk = b1 * mi[j] + (one - b1) * gt;
+        const T vk = b2 * vi[j] + g2[j];
+        const T q = step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
+        const T xk = xi[j] * decay - (Mode == kSigmaNone ? q : q * s);
+        refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
+    }
+    return refused;
+}
+
+#define DEADSPEC_G2_SQ_ARGS const T *gi, const T *sig, T r, T w2, T *g2, std::int64_t cols
+#define DEADSPEC_G2_STEP_ARGS                                                                   \
+    T *xi, T *mi, T *vi, const T *gi, const T *g2, const T *sig, T r, std::int64_t cols, T decay, \
+        T b1, T b2, T inv_bc2_sqrt, T step_size, T eps
+#define DEADSPEC_G2_STEP_CALL \
+    g2_step_loop<Keep, Mode, T>(xi, mi, vi, gi, g2, sig, r, cols, decay, b1, b2, inv_bc2_sqrt, \
+                                step_size, eps)
+
+template <int Mode, bool Sum, typename T>
+void g2_sq_base(DEADSPEC_G2_SQ_ARGS) {
+    g2_sq_loop<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
+}
+template <bool Keep, int Mode, typename T>
+detail::CommitCount<T> g2_step_base(DEADSPEC_G2_STEP_ARGS) {
+    return DEADSPEC_G2_STEP_CALL;
+}
+
+#ifdef DEADSPEC_DDC_AVX2
+template <int Mode, bool Sum, typename T>
+__attribute__((target("avx2"))) void g2_sq_avx2(DEADSPEC_G2_SQ_ARGS) {
+    g2_sq_loop<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
+}
+template <int Mode, bool Sum, typename T>
+DEADSPEC_DDC_AVX512 void g2_sq_avx512(DEADSPEC_G2_SQ_ARGS) {
+    g2_sq_loop<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
+}
+template <bool Keep, int Mode, typename T>
+__attribute__((target("avx2"))) detail::CommitCount<T> g2_step_avx2(DEADSPEC_G2_STEP_ARGS) {
+    return DEADSPEC_G2_STEP_CALL;
+}
+template <bool Keep, int Mode, typename T>
+DEADSPEC_DDC_AVX512 detail::CommitCount<T> g2_step_avx512(DEADSPEC_G2_STEP_ARGS) {
+    return DEADSPEC_G2_STEP_CALL;
+}
+#endif
+
+template <int Mode, bool Sum, typename T>
+void g2_sq(DEADSPEC_G2_SQ_ARGS) {
+#ifdef DEADSPEC_DDC_AVX2
+    if (detail::has_avx512()) return g2_sq_avx512<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
+    if (detail::has_avx2()) return g2_sq_avx2<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
+#endif
+    g2_sq_base<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
+}
+
+// (in chunks of at most kCommitChunk elements, as step_row)
+template <bool Keep, int Mode, typename T>
+std::int64_t g2_step(T* xi, T* mi, T* vi, const T* gi, const T* g2, const T* sig, T r,
+                     std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
+    std::int64_t refused = 0;
+    for (std::int64_t j = 0; j < cols; j += detail::kCommitChunk) {
+        const std::int64_t n = std::min(cols - j, detail::kCommitChunk);
+        const T* sj = sig == nullptr ? nullptr : sig + j;
+        auto* f = &g2_step_base<Keep, Mode, T>;
+#ifdef DEADSPEC_DDC_AVX2
+        if (detail::has_avx512()) f = &g2_step_avx512<Keep, Mode, T>;
+        else if (detail::has_avx2()) f = &g2_step_avx2<Keep, Mode, T>;
+#endif
+        refused += f(xi + j, mi + j, vi + j, gi + j, g2 + j, sj, r, n, decay, b1, b2, inv_bc2_sqrt,
+                     step_size, eps);
+    }
+    return refused;
+}
+
 // One block, prepared for stepping any range of its rows (from any thread): typed pointers,
 // σ's structure, the column scales and the scalar hyper-parameters resolved once.
 template <typename T>
@@ -277,6 +378,7 @@ private:
     // axis 1) the second-moment input (1−β₂)·g̃² is replaced by its mean over the segment, so v
     // is invariant under a rotation of the segment and m/(√v + ε) rotates with the gradient.
     std::int64_t rotated_rows() const {
+        if (!(m_has_scale && m_ss1 != 0)) return rotated_fused();
         const auto n = static_cast<std::size_t>(m_cols);
         const T w2 = T(1) - m_hp.b2;
         std::int64_t refused = 0;
@@ -319,6 +421,68 @@ private:
                 refused += g2_row(i, gts.data() + r * n, g2.data(),
                                   sigs.empty() ? nullptr : sigs.data() + r * n);
             }
+        }
+        return refused;
+    }
+
+    // σ along row i as step_row's modes take it: f(mode, column factors, row factor). Not for a
+    // scale that varies along the row (m_ss1 != 0: sigma_row materialises that one).
+    template <typename F>
+    decltype(auto) by_sigma(std::int64_t i, F&& f) const {
+        using std::integral_constant;
+        if (!has_sigma()) return f(integral_constant<int, kSigmaNone>{}, nullptr, T(1));
+        if (!m_has_scale) return f(integral_constant<int, kSigmaVec>{}, m_col.data(), T(1));
+        const T r = detail::element<T>(m_scale, i * m_ss0);
+        if (m_col.empty()) return f(integral_constant<int, kSigmaRow>{}, nullptr, r);
+        return f(integral_constant<int, kSigmaRowCol>{}, m_col.data(), r);
+    }
+
+    // rotated_rows with σ formed in registers (g2_sq, g2_step): two loops per row, nothing
+    // materialised but the second-moment input g2.
+    std::int64_t rotated_fused() const {
+        const auto n = static_cast<std::size_t>(m_cols);
+        const T w2 = T(1) - m_hp.b2;
+        std::vector<T> gbuf, sig, g2(n);
+        std::int64_t refused = 0;
+        auto sq = [&](std::int64_t i, bool sum) {
+            const T* gi = grad_row(i, gbuf);
+            by_sigma(i, [&](auto mode, const T* c, T r) {
+                constexpr int M = decltype(mode)::value;
+                if (sum) g2_sq<M, true, T>(gi, c, r, w2, g2.data(), m_cols);
+                else g2_sq<M, false, T>(gi, c, r, w2, g2.data(), m_cols);
+            });
+        };
+        auto step = [&](std::int64_t i) {
+            const T* gi = grad_row(i, gbuf);
+            T *x = m_x + i * m_cols, *m = m_m + i * m_cols, *v = m_v + i * m_cols;
+            const auto& h = m_hp;
+            return by_sigma(i, [&](auto mode, const T* c, T r) {
+                constexpr int M = decltype(mode)::value;
+                return m_keep ? g2_step<true, M, T>(x, m, v, gi, g2.data(), c, r, m_cols, h.decay,
+                                                    h.b1, h.b2, h.inv_bc2_sqrt, h.step_size, h.eps)
+                              : g2_step<false, M, T>(x, m, v, gi, g2.data(), c, r, m_cols,
+                                                     h.decay, h.b1, h.b2, h.inv_bc2_sqrt,
+                                                     h.step_size, h.eps);
+            });
+        };
+        if (m_rot_axis == 1) {
+            for (std::int64_t i = 0; i < m_rows; ++i) {
+                sq(i, false);
+                detail::mean_within_segments(g2.data(), m_segs);
+                refused += step(i);
+            }
+            return refused;
+        }
+        std::vector<char> in_seg(static_cast<std::size_t>(m_rows), 0);
+        for (const auto& [a, b] : m_segs)
+            for (std::int64_t i = a; i < b; ++i) in_seg[static_cast<std::size_t>(i)] = 1;
+        for (std::int64_t i = 0; i < m_rows; ++i)
+            if (!in_seg[static_cast<std::size_t>(i)]) refused += plain_row(i, gbuf, sig);
+        for (const auto& [a, b] : m_segs) {
+            std::fill(g2.begin(), g2.end(), T(0));
+            for (std::int64_t i = a; i < b; ++i) sq(i, true);
+            for (std::size_t j = 0; j < n; ++j) g2[j] /= static_cast<T>(b - a);
+            for (std::int64_t i = a; i < b; ++i) refused += step(i);
         }
         return refused;
     }
