@@ -19,12 +19,15 @@ Before each timed step the script runs an untimed torch matmul (``--after torch`
 default), as a backward pass precedes every step in training; ``--after none`` times the steps
 back to back.
 
+The methods are taken in turn ``--rounds`` times (3), ``--repeat`` steps each time; best and
+median are over all rounds. On the 2-core VM of issue #16, every step ran about 1.8× slower for
+spells of seconds to minutes (both threads busy, no steal time reported), whatever ran; timed
+one after another, a method that fell in such a spell looked slower than one that did not.
 ``--isolate`` times every method in a fresh process of the script (the same models: seeded), so
-that none inherits another's heap, thread pools or state; in one process the split form's step
-was seen to take 4.1–4.3 ms after two other optimizers had run, against 2.0–2.6 ms alone.
+that none inherits another's heap, thread pools or state.
 
-    python bench/python/bench_optim.py [--repeat 20] [--threads 2] [--after torch|none]
-                                       [--isolate] [--csv out.csv] [--smoke]
+    python bench/python/bench_optim.py [--repeat 20] [--rounds 3] [--threads 2]
+                                       [--after torch|none] [--isolate] [--csv out.csv] [--smoke]
 """
 
 from __future__ import annotations
@@ -172,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times the methods are taken in turn, --repeat steps each time (best "
+                    "and median over all rounds)")
     ap.add_argument("--threads", type=int, default=None, help="torch and deadspec threads")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny models, 2 steps (CI bit-rot check)")
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         deadspec.set_num_threads(args.threads)
     repeat = 2 if args.smoke else args.repeat
+    rounds = 1 if args.smoke else args.rounds
     torch.manual_seed(0)  # (the same models in every process of --isolate)
     models = (
         {"mlp 4x64": _mlp(64, 4), "transformer 2x32": _transformer(32, 2)}
@@ -207,13 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         rate = _stream_add_rate(model, repeat)
         print(f"# {mname}: torch.add stream rate {rate / 1e9:.1f} GB/s")
         first = len(rows)
-        for oname, make in _optimizers(model).items():
-            try:
-                times = (_time_isolated(argv, mname, oname) if args.isolate
-                         else _time_step(make, model, repeat, args.after))
-            except (RuntimeError, ValueError, TypeError) as exc:  # e.g. fused AdamW unsupported
-                print(f"# {mname}: {oname} skipped: {exc}", file=sys.stderr)
-                continue
+        timed: dict[str, list[float]] = {}
+        skipped: set[str] = set()
+        for _ in range(rounds):  # (rounds interleaved: a slow spell of the machine hits all)
+            for oname, make in _optimizers(model).items():
+                if oname in skipped:
+                    continue
+                try:
+                    times = (_time_isolated(argv, mname, oname) if args.isolate
+                             else _time_step(make, model, repeat, args.after))
+                except (RuntimeError, ValueError, TypeError) as exc:  # e.g. no fused AdamW
+                    print(f"# {mname}: {oname} skipped: {exc}", file=sys.stderr)
+                    skipped.add(oname)
+                    continue
+                timed.setdefault(oname, []).extend(times)
+        for oname, times in timed.items():
             best, med = min(times), statistics.median(times)
             traffic = _traffic(model, oname)
             bound = None if traffic is None else traffic / rate

@@ -27,11 +27,28 @@ from torch.utils.dlpack import to_dlpack
 from deadspec import _core
 from deadspec.optim._functional import fused_ok
 
-__all__ = ["CorePlan"]
+__all__ = ["CorePlan", "grad_capsules"]
 
 
 def _plain(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, torch.Tensor))
+
+
+def grad_capsules(params: list[torch.Tensor]) -> list[Any] | None:
+    """The parameters' gradients as DLPack capsules (None where a parameter has none), or None
+    when one is not a gradient the core takes (sparse, not on CPU, not the parameter's dtype).
+    (Run every step: the cheap tensor properties, and no detach of a gradient that does not
+    require one.)"""
+    grads: list[Any] = []
+    for p in params:
+        g = p.grad
+        if g is None:
+            grads.append(None)
+        elif g.is_sparse or not g.is_cpu or g.dtype != p.dtype:
+            return None
+        else:
+            grads.append(to_dlpack(g.detach() if g.requires_grad else g))
+    return grads
 
 
 class CorePlan:
@@ -167,15 +184,9 @@ class CorePlan:
         """Hand the core this step's gradients; the first block with a non-finite one (-1: none),
         or None when a gradient is not one the core takes (sparse, another dtype: the per-block
         path decides what to do with it)."""
-        grads = []
-        for p in self.params:
-            g = p.grad
-            if g is None:
-                grads.append(None)
-            elif g.is_sparse or g.device.type != "cpu" or g.dtype != p.dtype:
-                return None
-            else:
-                grads.append(to_dlpack(g.detach()))
+        grads = grad_capsules(self.params)
+        if grads is None:
+            return None
         try:
             return self.core.check(grads)
         except (ValueError, TypeError, BufferError):

@@ -26,7 +26,7 @@ import torch
 from torch.utils.dlpack import to_dlpack
 
 from deadspec import _core
-from deadspec.optim._coreplan import CorePlan
+from deadspec.optim._coreplan import CorePlan, grad_capsules
 from deadspec.optim._functional import fused_ok
 from deadspec.optim._split import FUSED
 
@@ -188,15 +188,9 @@ class SplitCorePlan:
     def check(self, groups: list[tuple[float, float, float, float, float]]) -> int | None:
         """Hand the core this step's gradients and groups; the first block with a non-finite
         gradient (-1: none), or None when a gradient is not one the core takes."""
-        grads = []
-        for p in self.params:
-            g = p.grad
-            if g is None:
-                grads.append(None)
-            elif g.is_sparse or g.device.type != "cpu" or g.dtype != p.dtype:
-                return None
-            else:
-                grads.append(to_dlpack(g.detach()))
+        grads = grad_capsules(self.params)
+        if grads is None:
+            return None
         try:
             return self.core.check(grads, groups)
         except (ValueError, TypeError, BufferError):
