@@ -75,22 +75,23 @@ DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> step_row_loop(
     step_row_loop<Keep, Mode, T>(xi, mi, vi, gi, sig, r, cols, decay, b1, b2, inv_bc2_sqrt, \
                                  step_size, eps)
 
-template <bool Keep, int Mode, typename T>
-detail::CommitCount<T> step_row_base(DEADSPEC_STEP_ROW_ARGS) {
-    return DEADSPEC_STEP_ROW_CALL;
-}
-
+// The baseline, AVX2 and AVX-512 versions of a loop (NAME_base, NAME_avx2, NAME_avx512: the
+// same loop inlined into wrappers of each target, chosen at run time by the dispatchers below).
+// TPL, ARGS and CALL name macros: the template head, the parameters and the loop's call.
 #ifdef DEADSPEC_DDC_AVX2
-template <bool Keep, int Mode, typename T>
-__attribute__((target("avx2"))) detail::CommitCount<T> step_row_avx2(DEADSPEC_STEP_ROW_ARGS) {
-    return DEADSPEC_STEP_ROW_CALL;
-}
-
-template <bool Keep, int Mode, typename T>
-DEADSPEC_DDC_AVX512 detail::CommitCount<T> step_row_avx512(DEADSPEC_STEP_ROW_ARGS) {
-    return DEADSPEC_STEP_ROW_CALL;
-}
+#define DEADSPEC_ISA_VERSIONS(TPL, RET, NAME, ARGS, CALL)                       \
+    TPL RET NAME##_base(ARGS) { return CALL; }                                   \
+    TPL __attribute__((target("avx2"))) RET NAME##_avx2(ARGS) { return CALL; }  \
+    TPL DEADSPEC_DDC_AVX512 RET NAME##_avx512(ARGS) { return CALL; }
+#else
+#define DEADSPEC_ISA_VERSIONS(TPL, RET, NAME, ARGS, CALL) \
+    TPL RET NAME##_base(ARGS) { return CALL; }
 #endif
+#define DEADSPEC_TPL_KEEP_MODE template <bool Keep, int Mode, typename T>
+#define DEADSPEC_TPL_MODE_SUM template <int Mode, bool Sum, typename T>
+
+DEADSPEC_ISA_VERSIONS(DEADSPEC_TPL_KEEP_MODE, detail::CommitCount<T>, step_row,
+                      DEADSPEC_STEP_ROW_ARGS, DEADSPEC_STEP_ROW_CALL)
 
 // One row, in chunks of at most kCommitChunk elements (the count type's range), on the ISA chosen
 // at run time; returns the elements refused.
@@ -119,91 +120,10 @@ std::int64_t step_row(T* xi, T* mi, T* vi, const T* gi, const T* sig, T r, std::
     return refused;
 }
 
-// The step with the second-moment input given (`g2`: (1−β₂)·g̃² averaged over a rotated head
-// block, in AdamW's order ((1−β₂)·g̃)·g̃) and the scaled gradient `gt` = g·σ precomputed; `sig`
-// null for σ = 1. Dispatched like step_row; checked like it.
-template <bool Keep, typename T>
-DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> step_row_g2_loop(
-    T* __restrict xi, T* __restrict mi, T* __restrict vi, const T* __restrict gt,
-    const T* __restrict g2, const T* __restrict sig, std::int64_t cols, T decay, T b1, T b2,
-    T inv_bc2_sqrt, T step_size, T eps) {
-    const T one = T(1);
-    detail::CommitCount<T> refused = 0;
-    if (sig == nullptr) {
-        for (std::int64_t j = 0; j < cols; ++j) {
-            const T mk = b1 * mi[j] + (one - b1) * gt[j];
-            const T vk = b2 * vi[j] + g2[j];
-            const T xk = xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps));
-            refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
-        }
-        return refused;
-    }
-    for (std::int64_t j = 0; j < cols; ++j) {
-        const T mk = b1 * mi[j] + (one - b1) * gt[j];
-        const T vk = b2 * vi[j] + g2[j];
-        const T xk =
-            xi[j] * decay - step_size * (mk / (std::sqrt(vk) * inv_bc2_sqrt + eps)) * sig[j];
-        refused += detail::commit<Keep>(xi[j], mi[j], vi[j], xk, mk, vk);
-    }
-    return refused;
-}
-
-template <bool Keep, typename T>
-detail::CommitCount<T> step_row_g2_base(T* xi, T* mi, T* vi, const T* gt, const T* g2,
-                                        const T* sig, std::int64_t cols, T decay, T b1, T b2,
-                                        T inv_bc2_sqrt, T step_size, T eps) {
-    return step_row_g2_loop<Keep, T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt,
-                               step_size, eps);
-}
-
-#ifdef DEADSPEC_DDC_AVX2
-template <bool Keep, typename T>
-__attribute__((target("avx2"))) detail::CommitCount<T> step_row_g2_avx2(
-    T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig, std::int64_t cols, T decay,
-    T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
-    return step_row_g2_loop<Keep, T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt,
-                               step_size, eps);
-}
-
-template <bool Keep, typename T>
-DEADSPEC_DDC_AVX512 detail::CommitCount<T> step_row_g2_avx512(
-    T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig, std::int64_t cols, T decay,
-    T b1, T b2, T inv_bc2_sqrt, T step_size, T eps) {
-    return step_row_g2_loop<Keep, T>(xi, mi, vi, gt, g2, sig, cols, decay, b1, b2, inv_bc2_sqrt,
-                               step_size, eps);
-}
-#endif
-
-template <bool Keep, typename T>
-std::int64_t step_row_g2(T* xi, T* mi, T* vi, const T* gt, const T* g2, const T* sig,
-                         std::int64_t cols, T decay, T b1, T b2, T inv_bc2_sqrt, T step_size,
-                         T eps) {
-    std::int64_t refused = 0;
-    for (std::int64_t j = 0; j < cols; j += detail::kCommitChunk) {
-        const std::int64_t n = std::min(cols - j, detail::kCommitChunk);
-        const T* sj = sig == nullptr ? nullptr : sig + j;
-#ifdef DEADSPEC_DDC_AVX2
-        if (detail::has_avx512()) {
-            refused += step_row_g2_avx512<Keep, T>(xi + j, mi + j, vi + j, gt + j, g2 + j, sj, n,
-                                                   decay, b1, b2, inv_bc2_sqrt, step_size, eps);
-            continue;
-        }
-        if (detail::has_avx2()) {
-            refused += step_row_g2_avx2<Keep, T>(xi + j, mi + j, vi + j, gt + j, g2 + j, sj, n, decay,
-                                           b1, b2, inv_bc2_sqrt, step_size, eps);
-            continue;
-        }
-#endif
-        refused += step_row_g2_base<Keep, T>(xi + j, mi + j, vi + j, gt + j, g2 + j, sj, n, decay, b1,
-                                       b2, inv_bc2_sqrt, step_size, eps);
-    }
-    return refused;
-}
-
 // Rotated rows with σ formed in registers (Mode, as step_row): the second-moment input
 // (1−β₂)·g̃² of a row stored into g2, or (Sum) added to it (a head's rows, in row order); and
 // the step of a row from g2, g̃ = g·σ formed again. The same products, in the same order, as
-// the materialised path (sigma_row, the scaled rows, step_row_g2_loop): the same bits.
+// the path that stored the scaled rows before (sigma_row's σ, then g·σ): the same bits.
 template <int Mode, bool Sum, typename T>
 DEADSPEC_ALWAYS_INLINE void g2_sq_loop(const T* __restrict gi, const T* __restrict sig, T r,
                                        T w2, T* __restrict g2, std::int64_t cols) {
@@ -245,33 +165,11 @@ DEADSPEC_ALWAYS_INLINE detail::CommitCount<T> g2_step_loop(
     g2_step_loop<Keep, Mode, T>(xi, mi, vi, gi, g2, sig, r, cols, decay, b1, b2, inv_bc2_sqrt, \
                                 step_size, eps)
 
-template <int Mode, bool Sum, typename T>
-void g2_sq_base(DEADSPEC_G2_SQ_ARGS) {
-    g2_sq_loop<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
-}
-template <bool Keep, int Mode, typename T>
-detail::CommitCount<T> g2_step_base(DEADSPEC_G2_STEP_ARGS) {
-    return DEADSPEC_G2_STEP_CALL;
-}
+#define DEADSPEC_G2_SQ_CALL g2_sq_loop<Mode, Sum, T>(gi, sig, r, w2, g2, cols)
 
-#ifdef DEADSPEC_DDC_AVX2
-template <int Mode, bool Sum, typename T>
-__attribute__((target("avx2"))) void g2_sq_avx2(DEADSPEC_G2_SQ_ARGS) {
-    g2_sq_loop<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
-}
-template <int Mode, bool Sum, typename T>
-DEADSPEC_DDC_AVX512 void g2_sq_avx512(DEADSPEC_G2_SQ_ARGS) {
-    g2_sq_loop<Mode, Sum, T>(gi, sig, r, w2, g2, cols);
-}
-template <bool Keep, int Mode, typename T>
-__attribute__((target("avx2"))) detail::CommitCount<T> g2_step_avx2(DEADSPEC_G2_STEP_ARGS) {
-    return DEADSPEC_G2_STEP_CALL;
-}
-template <bool Keep, int Mode, typename T>
-DEADSPEC_DDC_AVX512 detail::CommitCount<T> g2_step_avx512(DEADSPEC_G2_STEP_ARGS) {
-    return DEADSPEC_G2_STEP_CALL;
-}
-#endif
+DEADSPEC_ISA_VERSIONS(DEADSPEC_TPL_MODE_SUM, void, g2_sq, DEADSPEC_G2_SQ_ARGS, DEADSPEC_G2_SQ_CALL)
+DEADSPEC_ISA_VERSIONS(DEADSPEC_TPL_KEEP_MODE, detail::CommitCount<T>, g2_step,
+                      DEADSPEC_G2_STEP_ARGS, DEADSPEC_G2_STEP_CALL)
 
 template <int Mode, bool Sum, typename T>
 void g2_sq(DEADSPEC_G2_SQ_ARGS) {
@@ -374,79 +272,33 @@ private:
         return sig.data();
     }
 
-    // The head-rotation variant: within each rotated segment (rows for axis 0, columns for
-    // axis 1) the second-moment input (1−β₂)·g̃² is replaced by its mean over the segment, so v
-    // is invariant under a rotation of the segment and m/(√v + ε) rotates with the gradient.
-    std::int64_t rotated_rows() const {
-        if (!(m_has_scale && m_ss1 != 0)) return rotated_fused();
-        const auto n = static_cast<std::size_t>(m_cols);
-        const T w2 = T(1) - m_hp.b2;
-        std::int64_t refused = 0;
-        std::vector<T> gbuf, sig, gt(n), g2(n);
-        auto scaled = [&](std::int64_t i, T* out_gt, const T** out_sig, std::vector<T>& sbuf) {
-            const T* gi = grad_row(i, gbuf);
-            const T* si = sigma_row(i, sbuf);
-            for (std::size_t j = 0; j < n; ++j) out_gt[j] = si ? gi[j] * si[j] : gi[j];
-            *out_sig = si;
-        };
-        if (m_rot_axis == 1) {
-            for (std::int64_t i = 0; i < m_rows; ++i) {
-                const T* si = nullptr;
-                scaled(i, gt.data(), &si, sig);
-                for (std::size_t j = 0; j < n; ++j) g2[j] = (w2 * gt[j]) * gt[j];
-                detail::mean_within_segments(g2.data(), m_segs);
-                refused += g2_row(i, gt.data(), g2.data(), si);
-            }
-            return refused;
-        }
-        std::vector<char> in_seg(static_cast<std::size_t>(m_rows), 0);
-        for (const auto& [a, b] : m_segs)
-            for (std::int64_t i = a; i < b; ++i) in_seg[static_cast<std::size_t>(i)] = 1;
-        for (std::int64_t i = 0; i < m_rows; ++i)
-            if (!in_seg[static_cast<std::size_t>(i)]) refused += plain_row(i, gbuf, sig);
-        for (const auto& [a, b] : m_segs) {
-            const auto k = static_cast<std::size_t>(b - a);
-            std::vector<T> gts(k * n), sigs(has_sigma() ? k * n : 0);
-            std::fill(g2.begin(), g2.end(), T(0));
-            for (std::size_t r = 0; r < k; ++r) {
-                const T* si = nullptr;
-                scaled(a + static_cast<std::int64_t>(r), gts.data() + r * n, &si, sig);
-                if (si) std::copy(si, si + n, sigs.begin() + static_cast<std::ptrdiff_t>(r * n));
-                for (std::size_t j = 0; j < n; ++j)
-                    g2[j] += (w2 * gts[r * n + j]) * gts[r * n + j];
-            }
-            for (std::size_t j = 0; j < n; ++j) g2[j] /= static_cast<T>(k);
-            for (std::size_t r = 0; r < k; ++r) {
-                const std::int64_t i = a + static_cast<std::int64_t>(r);
-                refused += g2_row(i, gts.data() + r * n, g2.data(),
-                                  sigs.empty() ? nullptr : sigs.data() + r * n);
-            }
-        }
-        return refused;
-    }
-
-    // σ along row i as step_row's modes take it: f(mode, column factors, row factor). Not for a
-    // scale that varies along the row (m_ss1 != 0: sigma_row materialises that one).
+    // σ along row i as step_row's modes take it: f(mode, column factors, row factor). A scale
+    // that varies along the row is materialised in `buf` (sigma_row) and taken as a vector;
+    // otherwise σ is formed in the loops (σ_j = r_i·c_j, r_i or c_j: the products sigma_row
+    // would store).
     template <typename F>
-    decltype(auto) by_sigma(std::int64_t i, F&& f) const {
+    decltype(auto) by_sigma(std::int64_t i, std::vector<T>& buf, F&& f) const {
         using std::integral_constant;
         if (!has_sigma()) return f(integral_constant<int, kSigmaNone>{}, nullptr, T(1));
         if (!m_has_scale) return f(integral_constant<int, kSigmaVec>{}, m_col.data(), T(1));
+        if (m_ss1 != 0) return f(integral_constant<int, kSigmaVec>{}, sigma_row(i, buf), T(1));
         const T r = detail::element<T>(m_scale, i * m_ss0);
         if (m_col.empty()) return f(integral_constant<int, kSigmaRow>{}, nullptr, r);
         return f(integral_constant<int, kSigmaRowCol>{}, m_col.data(), r);
     }
 
-    // rotated_rows with σ formed in registers (g2_sq, g2_step): two loops per row, nothing
-    // materialised but the second-moment input g2.
-    std::int64_t rotated_fused() const {
+    // The head-rotation variant: within each rotated segment (rows for axis 0, columns for
+    // axis 1) the second-moment input (1−β₂)·g̃² is replaced by its mean over the segment, so v
+    // is invariant under a rotation of the segment and m/(√v + ε) rotates with the gradient.
+    // Two loops per row (g2_sq, g2_step), σ formed in registers.
+    std::int64_t rotated_rows() const {
         const auto n = static_cast<std::size_t>(m_cols);
         const T w2 = T(1) - m_hp.b2;
         std::vector<T> gbuf, sig, g2(n);
         std::int64_t refused = 0;
         auto sq = [&](std::int64_t i, bool sum) {
             const T* gi = grad_row(i, gbuf);
-            by_sigma(i, [&](auto mode, const T* c, T r) {
+            by_sigma(i, sig, [&](auto mode, const T* c, T r) {
                 constexpr int M = decltype(mode)::value;
                 if (sum) g2_sq<M, true, T>(gi, c, r, w2, g2.data(), m_cols);
                 else g2_sq<M, false, T>(gi, c, r, w2, g2.data(), m_cols);
@@ -456,7 +308,7 @@ private:
             const T* gi = grad_row(i, gbuf);
             T *x = m_x + i * m_cols, *m = m_m + i * m_cols, *v = m_v + i * m_cols;
             const auto& h = m_hp;
-            return by_sigma(i, [&](auto mode, const T* c, T r) {
+            return by_sigma(i, sig, [&](auto mode, const T* c, T r) {
                 constexpr int M = decltype(mode)::value;
                 return m_keep ? g2_step<true, M, T>(x, m, v, gi, g2.data(), c, r, m_cols, h.decay,
                                                     h.b1, h.b2, h.inv_bc2_sqrt, h.step_size, h.eps)
@@ -489,16 +341,9 @@ private:
 
     std::int64_t plain_row(std::int64_t i, std::vector<T>& gbuf, std::vector<T>& sig) const {
         const T* gi = grad_row(i, gbuf);
-        // σ along the row without materialising it where it is r_i·c_j, r_i or c_j (the same
-        // products sigma_row would store)
-        if (!has_sigma()) return row_as<kSigmaNone>(i, gi, nullptr, T(1));
-        if (!m_has_scale) return row_as<kSigmaVec>(i, gi, m_col.data(), T(1));
-        if (m_ss1 == 0) {
-            const T r = detail::element<T>(m_scale, i * m_ss0);
-            return m_col.empty() ? row_as<kSigmaRow>(i, gi, nullptr, r)
-                                 : row_as<kSigmaRowCol>(i, gi, m_col.data(), r);
-        }
-        return row_as<kSigmaVec>(i, gi, sigma_row(i, sig), T(1));
+        return by_sigma(i, sig, [&](auto mode, const T* c, T r) {
+            return row_as<decltype(mode)::value>(i, gi, c, r);
+        });
     }
 
     template <int Mode>
@@ -509,16 +354,6 @@ private:
                                                 h.inv_bc2_sqrt, h.step_size, h.eps)
                       : step_row<false, Mode, T>(x, m, v, gi, sig, r, m_cols, h.decay, h.b1,
                                                  h.b2, h.inv_bc2_sqrt, h.step_size, h.eps);
-    }
-
-    // Row i of a rotated block from its scaled gradient `gt` and second-moment input `g2`.
-    std::int64_t g2_row(std::int64_t i, const T* gt, const T* g2, const T* si) const {
-        T *x = m_x + i * m_cols, *m = m_m + i * m_cols, *v = m_v + i * m_cols;
-        const auto& h = m_hp;
-        return m_keep ? step_row_g2<true, T>(x, m, v, gt, g2, si, m_cols, h.decay, h.b1, h.b2,
-                                             h.inv_bc2_sqrt, h.step_size, h.eps)
-                      : step_row_g2<false, T>(x, m, v, gt, g2, si, m_cols, h.decay, h.b1, h.b2,
-                                              h.inv_bc2_sqrt, h.step_size, h.eps);
     }
 
     T *m_x = nullptr, *m_m = nullptr, *m_v = nullptr;

@@ -688,6 +688,36 @@ def test_ddcadam_equivariant_multihead_attention():
             assert err <= 1e-10, (part, form, err)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rotated_rows_with_a_scale_along_the_row_match_the_torch_path(dtype):
+    """Rotated rows whose σ varies along the row through the scale tensor itself (a (1, d) scale
+    viewed as every row's, times column factors): the core materialises each σ row (sigma_row)
+    instead of forming it in the loops. The torch path's values."""
+    from deadspec import _core
+    from deadspec.optim._functional import ddc_adam_block_update
+
+    gen = torch.Generator().manual_seed(5)
+    p = torch.randn(8, 6, dtype=dtype, generator=gen)
+    segs = [(0, 3), (3, 6)]
+    scale = (torch.rand(1, 6, dtype=dtype, generator=gen) + 0.5).expand(8, 6)
+    col = torch.rand(6, dtype=dtype, generator=gen) + 0.5
+    q, m, v, mq, vq = p.clone(), *(torch.zeros_like(p) for _ in range(4))
+    st = torch.tensor(0.0)
+    for k in range(3):
+        g = torch.randn(8, 6, dtype=dtype, generator=gen)
+        ddc_adam_block_update(p, g, m, v, st, scale, 0, segs, lr=1e-2, beta1=0.9, beta2=0.99,
+                               eps=1e-8, col_scale=col)
+        _core.ddc_adam_update_many([dict(param=q.__dlpack__(), grad=g.__dlpack__(),
+                                         exp_avg=mq.__dlpack__(), exp_avg_sq=vq.__dlpack__(),
+                                         scale=scale.__dlpack__(), col_scale=col.__dlpack__(),
+                                         lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, step=k + 1,
+                                         decay=1.0, rot_axis=0, rot_segments=segs)])
+    tol = dict(rtol=1e-13, atol=1e-15) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(q, p, **tol)
+    torch.testing.assert_close(mq, m, **tol)
+    torch.testing.assert_close(vq, v, **tol)
+
+
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_rotated_block_fused_step_matches_the_torch_path(axis, dtype):
